@@ -1,0 +1,325 @@
+//! A dyno as the runtime sees it: what to run ([`DynoConfig`]), where its files live
+//! ([`DynoDir`]), and what its shim reports ([`Record`]).
+//!
+//! The shim and whoever supervises it (the `run` command now, the agent daemon later) talk
+//! only through the dyno directory: the supervisor writes `dyno.json` and starts the shim; the
+//! shim appends [`Record`]s to `stream.jsonl`. Because both sides are files, a supervisor that
+//! restarts can pick up a running dyno where it left off: nothing lives only in its memory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::network::NetworkConfig;
+use crate::size::DynoSize;
+
+/// Host-wide locations and settings every dyno on this host shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostConfig {
+    /// Persistent state: `stacks/`, `slugs/`, `dynos/`, `net/`.
+    pub state_dir: PathBuf,
+    /// Volatile state (tmpfs): libcontainer's container state.
+    pub run_dir: PathBuf,
+    /// Parent cgroup under which every dyno gets `<cgroup_parent>/<dyno id>`.
+    pub cgroup_parent: String,
+    pub network: NetworkConfig,
+}
+
+impl HostConfig {
+    /// The layout under one state directory (tests use a temporary one).
+    pub fn with_state_dir(state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        HostConfig {
+            network: NetworkConfig {
+                state_dir: state_dir.join("net"),
+                ..NetworkConfig::default()
+            },
+            state_dir,
+            run_dir: PathBuf::from("/run/manifold"),
+            cgroup_parent: "manifold".to_string(),
+        }
+    }
+
+    pub fn stacks_dir(&self) -> PathBuf {
+        self.state_dir.join("stacks")
+    }
+
+    pub fn slugs_dir(&self) -> PathBuf {
+        self.state_dir.join("slugs")
+    }
+
+    pub fn dynos_dir(&self) -> PathBuf {
+        self.state_dir.join("dynos")
+    }
+
+    /// libcontainer's state root.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.run_dir.join("containers")
+    }
+
+    /// The directory of a named stack.
+    pub fn stack(&self, name: &str) -> PathBuf {
+        self.stacks_dir().join(name)
+    }
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig::with_state_dir("/var/lib/manifold")
+    }
+}
+
+/// A slug to run: the archive and, when known, its checksum.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlugSource {
+    pub path: PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// Everything the shim needs to run one dyno.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DynoConfig {
+    /// Unique on the host: container id, hostname, directory name.
+    pub id: String,
+    /// The dyno's name as users see it: `web.1`, `run.4821`.
+    pub name: String,
+    /// Stack name, looked up under the host's stacks directory.
+    pub stack: String,
+    /// None runs the bare stack (an empty `/app`).
+    pub slug: Option<SlugSource>,
+    pub size: DynoSize,
+    /// Config vars. `PORT`, `DYNO`, `HOME` and `PS1` are added by [`DynoConfig::environment`].
+    pub env: BTreeMap<String, String>,
+    /// The process type's command, run by `bash -c` after `.profile.d`.
+    pub command: String,
+    /// `$PORT` for web dynos.
+    pub port: Option<u16>,
+    /// Host port forwarded to `$PORT`.
+    pub publish: Option<u16>,
+    /// Time between SIGTERM and SIGKILL on stop.
+    #[serde(with = "duration_ms")]
+    pub grace: Duration,
+    /// Unprivileged user and group the command runs as inside the dyno.
+    pub uid: u32,
+    pub gid: u32,
+    pub host: HostConfig,
+}
+
+/// The user every stack defines for dynos (`dyno`, uid and gid 1000).
+pub const DYNO_UID: u32 = 1000;
+pub const DYNO_GID: u32 = 1000;
+
+impl DynoConfig {
+    /// The environment the dyno's process sees, in a stable order.
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.insert("DYNO".into(), self.name.clone());
+        env.insert("HOME".into(), "/app".into());
+        env.insert("PS1".into(), r"\[\033[01;34m\]\w\[\033[00m\] \[\033[01;32m\]$ \[\033[00m\]".into());
+        env.entry("PATH".into())
+            .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".into());
+        match self.port {
+            Some(port) => env.insert("PORT".into(), port.to_string()),
+            None => env.remove("PORT"),
+        };
+        env
+    }
+}
+
+/// `grace` is stored in milliseconds so that `dyno.json` stays readable.
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// One dyno's directory and the files in it.
+#[derive(Debug, Clone)]
+pub struct DynoDir {
+    pub root: PathBuf,
+}
+
+impl DynoDir {
+    pub fn new(host: &HostConfig, id: &str) -> Self {
+        DynoDir {
+            root: host.dynos_dir().join(id),
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.join("dyno.json")
+    }
+
+    pub fn stream(&self) -> PathBuf {
+        self.root.join("stream.jsonl")
+    }
+
+    pub fn shim_pid(&self) -> PathBuf {
+        self.root.join("shim.pid")
+    }
+
+    pub fn shim_log(&self) -> PathBuf {
+        self.root.join("shim.log")
+    }
+
+    pub fn bundle(&self) -> PathBuf {
+        self.root.join("bundle")
+    }
+
+    /// The overlay's merged directory, which is the container's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.bundle().join("rootfs")
+    }
+
+    pub fn upper(&self) -> PathBuf {
+        self.root.join("upper")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    pub fn write_config(&self, config: &DynoConfig) -> io::Result<()> {
+        fs::create_dir_all(&self.root)?;
+        let json = serde_json::to_vec_pretty(config).map_err(io::Error::other)?;
+        write_atomic(&self.config(), &json)
+    }
+
+    pub fn read_config(&self) -> io::Result<DynoConfig> {
+        let bytes = fs::read(self.config())?;
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+}
+
+/// Writes via a temporary file and a rename so that a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+    }
+    fs::rename(tmp, path)
+}
+
+/// Which of the dyno's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// What the shim reports, one JSON object per line of `stream.jsonl`, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    /// A line the dyno printed.
+    Line {
+        ts: String,
+        stream: Stream,
+        text: String,
+    },
+    /// A step of the dyno's life, for the supervisor to turn into state and platform lines.
+    Event { ts: String, event: ShimEvent },
+}
+
+/// The shim's view of the dyno's life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ShimEvent {
+    /// The process is running (exec'd); `address` is the dyno's IP on the host bridge.
+    Started { pid: i32, address: Ipv4Addr },
+    /// A step before the process ran failed; nothing ran.
+    Failed { step: String, error: String },
+    /// A stop was asked for: SIGTERM sent to every process in the dyno.
+    Stopping,
+    /// The grace period ran out: SIGKILL sent to every process still there.
+    Killing,
+    /// The dyno's process ended.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        /// The kernel's OOM killer acted in the dyno's cgroup.
+        oom: bool,
+    },
+    /// Every resource of the dyno is gone; `errors` lists what could not be removed.
+    Cleaned { errors: Vec<String> },
+}
+
+impl ShimEvent {
+    /// The exit status a shell would show: the code, or 128 + the signal.
+    pub fn exit_status(code: Option<i32>, signal: Option<i32>) -> i32 {
+        match (code, signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_as_one_json_line() {
+        let r = Record::Event {
+            ts: "t".into(),
+            event: ShimEvent::Exited {
+                code: None,
+                signal: Some(9),
+                oom: true,
+            },
+        };
+        let s = serde_json::to_string(&r).expect("serialise");
+        assert!(!s.contains('\n'));
+        assert_eq!(serde_json::from_str::<Record>(&s).expect("parse"), r);
+        assert_eq!(ShimEvent::exit_status(None, Some(9)), 137);
+        assert_eq!(ShimEvent::exit_status(Some(3), None), 3);
+    }
+
+    #[test]
+    fn environment_adds_platform_vars() {
+        let mut env = BTreeMap::new();
+        env.insert("GREETING".to_string(), "hi".to_string());
+        env.insert("PORT".to_string(), "1".to_string());
+        let c = DynoConfig {
+            id: "x".into(),
+            name: "worker.1".into(),
+            stack: "testing".into(),
+            slug: None,
+            size: DynoSize::Standard1X,
+            env,
+            command: "true".into(),
+            port: None,
+            publish: None,
+            grace: Duration::from_secs(30),
+            uid: DYNO_UID,
+            gid: DYNO_GID,
+            host: HostConfig::default(),
+        };
+        let e = c.environment();
+        assert_eq!(e["DYNO"], "worker.1");
+        assert_eq!(e["HOME"], "/app");
+        assert_eq!(e["GREETING"], "hi");
+        assert!(!e.contains_key("PORT"), "PORT is for web dynos only");
+        let web = DynoConfig {
+            port: Some(5000),
+            ..c
+        };
+        assert_eq!(web.environment()["PORT"], "5000");
+    }
+}

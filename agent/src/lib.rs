@@ -1,0 +1,20 @@
+//! The Manifold agent: everything that happens on one host to run dynos.
+//!
+//! Where to start: [`supervisor::Dyno`] runs one dyno from a [`dyno::DynoConfig`]. It starts
+//! a [`shim`] (one single-threaded process per dyno, which owns the container and outlives
+//! the agent), and follows what the shim writes to the dyno's directory. The shim's steps, in
+//! order: [`slug`] (verify and unpack the slug once per host), [`rootfs`] (overlay of the slug
+//! layer over the stack), [`spec`] (the OCI runtime spec: namespaces, user, capabilities,
+//! seccomp, the [`size`]'s cgroup limits), libcontainer, [`network`] (veth to the host bridge,
+//! NAT, published port), then [`logs`] capture until exit, and cleanup.
+
+pub mod cgroup;
+pub mod dyno;
+pub mod logs;
+pub mod network;
+pub mod rootfs;
+pub mod shim;
+pub mod size;
+pub mod slug;
+pub mod spec;
+pub mod supervisor;

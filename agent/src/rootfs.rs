@@ -1,0 +1,138 @@
+//! The dyno's root filesystem: an overlay of the slug layer over the stack, with a per-dyno
+//! upper directory that is deleted when the dyno ends (Heroku's ephemeral filesystem).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Errors mounting or removing a root filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("stack directory {path} does not exist (build it with rootfs/build-stack)")]
+    NoStack { path: PathBuf },
+    #[error("cannot prepare {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount overlay at {target} (lower {lower})")]
+    Mount {
+        target: PathBuf,
+        lower: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot unmount {target}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The directories of one overlay.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    /// Highest first: the slug layer, then the stack.
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub merged: PathBuf,
+}
+
+impl Overlay {
+    /// Creates the upper, work and merged directories and mounts the overlay.
+    ///
+    /// When no slug layer is given, `/app` is created in the upper directory owned by the
+    /// dyno's user, so that a bare-stack dyno (a build, a one-off) still has a writable home.
+    pub fn mount(&self, app_owner: Option<(u32, u32)>) -> Result<(), RootfsError> {
+        for dir in [&self.upper, &self.work, &self.merged] {
+            fs::create_dir_all(dir).map_err(|source| RootfsError::Prepare {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        fs::set_permissions(&self.upper, fs::Permissions::from_mode(0o755)).map_err(|source| {
+            RootfsError::Prepare {
+                path: self.upper.clone(),
+                source,
+            }
+        })?;
+        if let Some((uid, gid)) = app_owner {
+            let app = self.upper.join("app");
+            fs::create_dir_all(&app)
+                .and_then(|()| chown(&app, Some(uid), Some(gid)))
+                .map_err(|source| RootfsError::Prepare { path: app, source })?;
+        }
+        let lower = self
+            .lower
+            .iter()
+            .map(|p| escape(p))
+            .collect::<Vec<_>>()
+            .join(":");
+        let data = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            escape(&self.upper),
+            escape(&self.work)
+        );
+        mount(
+            Some("overlay"),
+            &self.merged,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .map_err(|source| RootfsError::Mount {
+            target: self.merged.clone(),
+            lower,
+            source,
+        })
+    }
+}
+
+/// Overlay options separate fields with `,` and layers with `:`; paths holding either are
+/// escaped with a backslash, as the kernel expects.
+fn escape(p: &Path) -> String {
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace(':', "\\:")
+}
+
+/// Unmounts `target` if it is mounted. Lazy (`MNT_DETACH`) so a busy mount cannot wedge a
+/// stop; the dyno's processes are gone by then anyway.
+pub fn unmount(target: &Path) -> Result<(), RootfsError> {
+    match umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(source) => Err(RootfsError::Unmount {
+            target: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Whether anything is mounted at or below `path`, from `/proc/self/mountinfo`.
+pub fn mounted_under(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(path))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_overlay_separators() {
+        assert_eq!(escape(Path::new("/a,b:c")), "/a\\,b\\:c");
+    }
+}

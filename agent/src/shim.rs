@@ -1,0 +1,514 @@
+//! The shim: one small process per dyno that creates the container and stays its parent.
+//!
+//! ```text
+//!  supervisor ──spawn──▶ `manifold-agent shim --dir D` ──fork──▶ shim (setsid, detached)
+//!                          (exits at once)                    │ prepare: slug layer, overlay, spec
+//!                                                             │ libcontainer build (init waits)
+//!                                                             │ network attach, start
+//!                                                             ▼
+//!                                            event loop: pipes → stream.jsonl lines
+//!                                                        SIGTERM → stop (TERM all, KILL after grace)
+//!                                                        SIGCHLD → exit status, OOM check
+//!                                                             ▼
+//!                                            cleanup: container, cgroups, network, overlay
+//! ```
+//!
+//! Why a separate process (RUNTIME-NOTES): libcontainer clones and runs Rust in the child
+//! before `execve`, which can deadlock when the caller is a multi-threaded tokio process; the
+//! shim is single-threaded when it calls libcontainer. Being the container init's parent it
+//! can reap it and learn its exit status; holding the output pipes it keeps the dyno's logs
+//! flowing into `stream.jsonl` even while no supervisor runs. So a dyno never depends on the
+//! process that started it: the agent can restart and re-adopt it from the dyno directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, SigHandler, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
+
+use crate::cgroup::{self, Layout};
+use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
+use crate::logs::{timestamp, LineSplitter};
+use crate::network;
+use crate::rootfs::{self, Overlay};
+use crate::slug::{SlugCache, UnpackLimits};
+use crate::spec;
+
+/// Set by the signal handler when a stop is asked for before signals are routed to the
+/// signalfd (while the container is still being built).
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Detaches from the caller and runs the dyno described in `dir`. Returns only in the
+/// short-lived parent, after it has recorded the detached shim's pid.
+///
+/// Must be called before the process starts any thread.
+pub fn spawn_detached(dir: &Path) -> anyhow::Result<()> {
+    let dyno_dir = DynoDir {
+        root: dir.to_path_buf(),
+    };
+    // SAFETY: the shim process is single-threaded here (it was just exec'd and has started no
+    // thread), so the child may run arbitrary code after fork.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            crate::dyno::write_atomic(&dyno_dir.shim_pid(), child.to_string().as_bytes())?;
+            Ok(())
+        }
+        ForkResult::Child => {
+            let code = match run(dyno_dir) {
+                Ok(code) => code,
+                Err(err) => {
+                    tracing::error!("shim failed: {err:#}");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+/// The detached shim's life. Returns the process exit code of the shim itself.
+fn run(dir: DynoDir) -> anyhow::Result<i32> {
+    setsid()?;
+    redirect_stdio(&dir.shim_log())?;
+    // SAFETY: installing an async-signal-safe handler (it only stores to an atomic).
+    unsafe {
+        signal::signal(Signal::SIGTERM, SigHandler::Handler(request_stop))?;
+        signal::signal(Signal::SIGINT, SigHandler::Handler(request_stop))?;
+    }
+    let mut out = Recorder::open(&dir.stream())?;
+    let config = match dir.read_config() {
+        Ok(c) => c,
+        Err(err) => {
+            out.event(ShimEvent::Failed {
+                step: "config".into(),
+                error: format!("cannot read {}: {err}", dir.config().display()),
+            });
+            out.event(ShimEvent::Cleaned { errors: vec![] });
+            return Ok(1);
+        }
+    };
+    let mut shim = Shim {
+        config,
+        dir,
+        out,
+        container: None,
+    };
+    match shim.start() {
+        Ok(running) => shim.supervise(running)?,
+        Err(failure) => shim.out.event(ShimEvent::Failed {
+            step: failure.step.to_string(),
+            error: failure.message,
+        }),
+    }
+    let errors = cleanup(&shim.config, &shim.dir, shim.container.take());
+    shim.out.event(ShimEvent::Cleaned { errors });
+    Ok(0)
+}
+
+/// A failed start step and what went wrong, in words for the user.
+struct StartFailure {
+    step: &'static str,
+    message: String,
+}
+
+trait Step<T> {
+    fn step(self, step: &'static str) -> Result<T, StartFailure>;
+}
+
+impl<T, E: Into<anyhow::Error>> Step<T> for Result<T, E> {
+    fn step(self, step: &'static str) -> Result<T, StartFailure> {
+        self.map_err(|e| StartFailure {
+            step,
+            message: format!("{:#}", e.into()),
+        })
+    }
+}
+
+struct Shim {
+    config: DynoConfig,
+    dir: DynoDir,
+    out: Recorder,
+    container: Option<Container>,
+}
+
+/// The container's running state, as the event loop sees it.
+struct Running {
+    pid: Pid,
+    stdout: File,
+    stderr: File,
+}
+
+/// Where the stop sequence is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopState {
+    /// No stop asked for.
+    Running,
+    /// SIGTERM sent; SIGKILL due at the deadline.
+    Terminating { deadline: Instant },
+    /// SIGKILL sent.
+    Killed,
+}
+
+/// How long to keep reading the pipes after the dyno's init exited. Every other process of
+/// the dyno dies with its init (pid namespace), so EOF comes at once; this only bounds a
+/// pathological case.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+impl Shim {
+    /// Prepares everything and starts the dyno's process. On error, whatever was made is
+    /// left for [`cleanup`], which removes it idempotently.
+    fn start(&mut self) -> Result<Running, StartFailure> {
+        let c = &self.config;
+        let stack = c.host.stack(&c.stack);
+        if !stack.is_dir() {
+            return Err(rootfs::RootfsError::NoStack { path: stack }).step("stack");
+        }
+        let mut lower = Vec::new();
+        if let Some(slug) = &c.slug {
+            let cache = SlugCache::new(
+                c.host.slugs_dir(),
+                UnpackLimits::default(),
+                Some((c.uid, c.gid)),
+            );
+            let layer = cache
+                .layer(&slug.path, slug.sha256.as_deref())
+                .step("slug")?;
+            lower.push(layer.dir);
+        }
+        lower.push(stack.clone());
+        let overlay = Overlay {
+            lower,
+            upper: self.dir.upper(),
+            work: self.dir.work(),
+            merged: self.dir.rootfs(),
+        };
+        let app_owner = c.slug.is_none().then_some((c.uid, c.gid));
+        overlay.mount(app_owner).step("rootfs")?;
+
+        let spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
+        spec::write(&spec, &self.dir).step("spec")?;
+        network::ensure_host(&c.host.network).step("network")?;
+
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).step("pipes")?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).step("pipes")?;
+        for fd in [&out_r, &err_r] {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).step("pipes")?;
+        }
+        let devnull = File::open("/dev/null").step("pipes")?;
+        fs::create_dir_all(c.host.containers_dir()).step("container")?;
+        // Rust ignores SIGPIPE; the dyno must not inherit that.
+        // SAFETY: restoring a default disposition.
+        unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }.step("container")?;
+        let built = ContainerBuilder::new(c.id.clone(), SyscallType::default())
+            .with_root_path(c.host.containers_dir())
+            .and_then(|b| b.validate_id())
+            .map(|b| {
+                b.with_stdin(OwnedFd::from(devnull))
+                    .with_stdout(out_w)
+                    .with_stderr(err_w)
+                    .as_init(self.dir.bundle())
+                    .with_systemd(false)
+                    .with_detach(true)
+            })
+            .and_then(|b| b.build());
+        // SAFETY: back to Rust's usual disposition for the shim's own writes.
+        unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.step("container")?;
+        let container = self.container.insert(built.step("container")?);
+        let pid = container
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
+            .step("container")?;
+
+        let publish = c.publish.zip(c.port);
+        let attachment =
+            network::attach(&c.host.network, &c.id, pid.as_raw(), publish).step("network")?;
+        container.start().step("start")?;
+        self.out.event(ShimEvent::Started {
+            pid: pid.as_raw(),
+            address: attachment.address,
+        });
+        Ok(Running {
+            pid,
+            stdout: File::from(out_r),
+            stderr: File::from(err_r),
+        })
+    }
+
+    /// The event loop: relays output, handles stop requests, waits for the init to exit.
+    fn supervise(&mut self, running: Running) -> anyhow::Result<()> {
+        // From here on signals arrive through a signalfd; the init was cloned before this,
+        // so it does not inherit the blocked mask.
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+            mask.add(s);
+        }
+        mask.thread_block()?;
+        let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+
+        let mut splitters = [LineSplitter::default(), LineSplitter::default()];
+        let mut open = [true, true];
+        let mut stop = StopState::Running;
+        let mut exit: Option<WaitStatus> = None;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+
+        loop {
+            if STOP_REQUESTED.swap(false, Ordering::SeqCst) && stop == StopState::Running && exit.is_none() {
+                stop = self.begin_stop();
+            }
+            if exit.is_none() {
+                exit = reap(running.pid)?;
+                if exit.is_some() {
+                    drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
+                }
+            }
+            if exit.is_some() && (!open.iter().any(|o| *o) || drain_deadline.is_some_and(|d| Instant::now() >= d)) {
+                break;
+            }
+            if let StopState::Terminating { deadline } = stop {
+                if Instant::now() >= deadline && exit.is_none() {
+                    self.out.event(ShimEvent::Killing);
+                    self.signal_all(Signal::SIGKILL);
+                    stop = StopState::Killed;
+                }
+            }
+
+            let timeout = next_timeout(stop, drain_deadline);
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let streams = [(&running.stdout, Stream::Out), (&running.stderr, Stream::Err)];
+            let watched: Vec<usize> = (0..2).filter(|i| open[*i]).collect();
+            for i in &watched {
+                fds.push(PollFd::new(streams[*i].0.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            if ready[0] {
+                while let Ok(Some(info)) = sfd.read_signal() {
+                    let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+                    if (signo == libc::SIGTERM || signo == libc::SIGINT)
+                        && stop == StopState::Running
+                        && exit.is_none()
+                    {
+                        stop = self.begin_stop();
+                    }
+                }
+            }
+            for (slot, i) in watched.iter().enumerate() {
+                if !ready[slot + 1] && exit.is_none() {
+                    continue;
+                }
+                let (fd, stream) = streams[*i];
+                open[*i] = self.relay(fd, stream, &mut splitters[*i], &mut buf);
+            }
+        }
+        for (i, stream) in [Stream::Out, Stream::Err].into_iter().enumerate() {
+            let out = &mut self.out;
+            splitters[i].finish(|line| out.line(stream, line));
+        }
+        let (code, signal) = match exit {
+            Some(WaitStatus::Exited(_, code)) => (Some(code), None),
+            Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
+            _ => (None, None),
+        };
+        let oom = self.oom_killed();
+        self.out.event(ShimEvent::Exited { code, signal, oom });
+        Ok(())
+    }
+
+    /// Reads what is available from one pipe. Returns whether the pipe is still open.
+    fn relay(&mut self, mut file: &File, stream: Stream, splitter: &mut LineSplitter, buf: &mut [u8]) -> bool {
+        loop {
+            match file.read(buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let out = &mut self.out;
+                    splitter.feed(&buf[..n], |line| out.line(stream, line));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) -> StopState {
+        self.out.event(ShimEvent::Stopping);
+        self.signal_all(Signal::SIGTERM);
+        StopState::Terminating {
+            deadline: Instant::now() + self.config.grace,
+        }
+    }
+
+    /// Signals every process in the dyno's cgroup (Heroku: "SIGTERM is sent to all processes
+    /// in the dyno"); libcontainer freezes the cgroup while it does so, so no process forks
+    /// its way out of the signal.
+    fn signal_all(&mut self, sig: Signal) {
+        if let Some(container) = self.container.as_mut() {
+            if let Err(err) = container.kill(sig, true) {
+                tracing::warn!("cannot send {sig} to dyno {}: {err}", self.config.id);
+            }
+        }
+    }
+
+    fn oom_killed(&self) -> bool {
+        let root = Path::new("/sys/fs/cgroup");
+        let layout = Layout::detect(root);
+        let cgroup_path = format!("/{}/{}", self.config.host.cgroup_parent, self.config.id);
+        cgroup::oom_kills(layout, &layout.memory_dir(root, &cgroup_path)).unwrap_or(0) > 0
+    }
+}
+
+/// Checks, without blocking, whether the init has exited.
+fn reap(pid: Pid) -> anyhow::Result<Option<WaitStatus>> {
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => Ok(None),
+        Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => Ok(Some(status)),
+        Ok(_) => Ok(None),
+        Err(Errno::ECHILD) => Ok(Some(WaitStatus::Exited(pid, 255))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How long `poll` may sleep: until the next deadline, and never more than a second, so a
+/// SIGCHLD that arrived before the signalfd existed is still noticed.
+fn next_timeout(stop: StopState, drain: Option<Instant>) -> PollTimeout {
+    let now = Instant::now();
+    let mut wait = Duration::from_secs(1);
+    if let StopState::Terminating { deadline } = stop {
+        wait = wait.min(deadline.saturating_duration_since(now));
+    }
+    if let Some(d) = drain {
+        wait = wait.min(d.saturating_duration_since(now));
+    }
+    PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX)
+}
+
+/// Removes everything a dyno had, whatever state it is in; each step is idempotent, so this
+/// also serves a sweep after a crash. Returns what could not be removed.
+pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>) -> Vec<String> {
+    let mut errors = Vec::new();
+    let container = container.or_else(|| Container::load(config.host.containers_dir().join(&config.id)).ok());
+    if let Some(mut container) = container {
+        if let Err(err) = container.delete(true) {
+            errors.push(format!("container: {err}"));
+        }
+    }
+    let state = config.host.containers_dir().join(&config.id);
+    if state.exists() {
+        if let Err(err) = fs::remove_dir_all(&state) {
+            errors.push(format!("container state {}: {err}", state.display()));
+        }
+    }
+    errors.extend(remove_cgroups(&config.host.cgroup_parent, &config.id));
+    if let Err(err) = network::detach(&config.host.network, &config.id) {
+        errors.push(format!("network: {err}"));
+    }
+    if let Err(err) = rootfs::unmount(&dir.rootfs()) {
+        errors.push(format!("rootfs: {err}"));
+    }
+    for d in [dir.bundle(), dir.upper(), dir.work()] {
+        match fs::remove_dir_all(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("{}: {e}", d.display())),
+        }
+    }
+    errors
+}
+
+/// Removes the dyno's cgroup directories if libcontainer left any (a crash mid-create leaves
+/// a cgroup but no state for `delete` to find).
+fn remove_cgroups(parent: &str, id: &str) -> Vec<String> {
+    let root = Path::new("/sys/fs/cgroup");
+    let dirs: Vec<PathBuf> = match Layout::detect(root) {
+        Layout::V2 => vec![root.join(parent).join(id)],
+        Layout::V1 => fs::read_dir(root)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path().join(parent).join(id))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    dirs.into_iter()
+        .filter(|d| d.is_dir())
+        .filter_map(|d| fs::remove_dir(&d).err().map(|e| format!("cgroup {}: {e}", d.display())))
+        .collect()
+}
+
+/// Appends records to `stream.jsonl`. Write errors are logged and otherwise ignored: losing
+/// a log line must never take the dyno down.
+struct Recorder {
+    file: File,
+}
+
+impl Recorder {
+    fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Recorder { file })
+    }
+
+    fn write(&mut self, record: &Record) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::warn!("cannot encode a record: {err}");
+                return;
+            }
+        };
+        line.push(b'\n');
+        if let Err(err) = self.file.write_all(&line) {
+            tracing::warn!("cannot write to the stream: {err}");
+        }
+    }
+
+    fn line(&mut self, stream: Stream, text: &str) {
+        self.write(&Record::Line {
+            ts: timestamp(),
+            stream,
+            text: text.to_string(),
+        });
+    }
+
+    fn event(&mut self, event: ShimEvent) {
+        self.write(&Record::Event {
+            ts: timestamp(),
+            event,
+        });
+    }
+}
+
+/// Points the shim's own stdin at /dev/null and stdout/stderr at its log file, so that it
+/// holds nothing of the process that started it.
+fn redirect_stdio(log: &Path) -> io::Result<()> {
+    let devnull = File::open("/dev/null")?;
+    let log = OpenOptions::new().create(true).append(true).open(log)?;
+    nix::unistd::dup2(devnull.as_raw_fd(), 0)?;
+    nix::unistd::dup2(log.as_raw_fd(), 1)?;
+    nix::unistd::dup2(log.as_raw_fd(), 2)?;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The OCI runtime spec of a dyno: what libcontainer is asked to build.
+//!
+//! The spec is written as JSON and then parsed into `oci_spec`'s typed [`Spec`], so a typo in
+//! a field name is a test failure, not a silently ignored setting. Everything a dyno is
+//! allowed to do is decided here: namespaces, the unprivileged user, no capabilities,
+//! `no_new_privileges`, the seccomp deny-list, masked kernel paths and the size's limits.
+
+use std::path::Path;
+
+use libcontainer::oci_spec::runtime::{get_default_maskedpaths, get_default_readonly_paths, Spec};
+use serde_json::{json, Value};
+
+use crate::dyno::{DynoConfig, DynoDir};
+
+/// Errors building a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("dyno spec is not a valid OCI runtime spec")]
+    Invalid(#[source] serde_json::Error),
+    #[error("cannot write the dyno's OCI bundle at {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: libcontainer::oci_spec::OciSpecError,
+    },
+}
+
+/// RLIMIT_NOFILE inside a dyno, as on Heroku (`ulimit -n` is 10000).
+const NOFILE: u64 = 10_000;
+
+/// Syscalls a dyno has no business making: kernel modules, mounts, namespaces, clocks,
+/// reboot, keyrings, BPF, tracing other processes' memory. They fail with EPERM, which
+/// programs handle as "not allowed", rather than killing the process. The list follows the
+/// spirit of the default profiles of Docker and Podman, but as a deny-list so that ordinary
+/// programs (and new syscalls they adopt) keep working.
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "umount2",
+    "unshare",
+    "userfaultfd",
+    "vhangup",
+];
+
+/// The script a dyno's shell runs: Heroku's start-up order (config vars are already in the
+/// environment; `.profile.d/*.sh` then `.profile` are sourced; then the command).
+///
+/// `trap : TERM` keeps the shell, which is PID 1 of the dyno, able to die by SIGTERM: the
+/// kernel drops default-action signals sent to a namespace's init, so without a handler a
+/// stop would always end in SIGKILL. With a handler the shell waits for its child (which got
+/// the same SIGTERM, since a stop signals every process in the dyno) and exits with its
+/// status. A handler also keeps bash from `exec`ing the last command in place of itself.
+pub fn start_script(command: &str) -> String {
+    format!(
+        "trap : TERM\n\
+         cd /app || exit 1\n\
+         for f in /app/.profile.d/*.sh; do [ -r \"$f\" ] && . \"$f\"; done\n\
+         [ -r /app/.profile ] && . /app/.profile\n\
+         {command}"
+    )
+}
+
+/// The shell a stack offers: bash where it exists, else POSIX sh.
+pub fn shell_for(stack_dir: &Path) -> &'static str {
+    let has_bash = ["bin/bash", "usr/bin/bash"]
+        .iter()
+        .any(|p| stack_dir.join(p).symlink_metadata().is_ok());
+    if has_bash {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    }
+}
+
+/// Builds the dyno's runtime spec.
+pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, SpecError> {
+    let limits = config.size.limits();
+    let env: Vec<String> = config
+        .environment()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let cgroups_path = format!("/{}/{}", config.host.cgroup_parent, config.id);
+
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", "size=262144k"]),
+    ];
+    if Path::new("/etc/resolv.conf").exists() {
+        mounts.push(json!({
+            "destination": "/etc/resolv.conf",
+            "type": "bind",
+            "source": "/etc/resolv.conf",
+            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
+        }));
+    }
+
+    let seccomp_rules: Vec<Value> = DENIED_SYSCALLS
+        .iter()
+        .map(|name| json!({ "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM }))
+        .collect();
+
+    let no_caps: Vec<String> = Vec::new();
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": dir.rootfs(), "readonly": false },
+        "hostname": config.id,
+        "process": {
+            "terminal": false,
+            "user": { "uid": config.uid, "gid": config.gid, "additionalGids": [config.gid] },
+            "args": [shell, "-c", start_script(&config.command)],
+            "env": env,
+            "cwd": "/app",
+            "capabilities": {
+                "bounding": no_caps, "effective": no_caps, "inheritable": no_caps,
+                "permitted": no_caps, "ambient": no_caps,
+            },
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": NOFILE, "soft": NOFILE }],
+            "noNewPrivileges": true,
+        },
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "mount" }, { "type": "uts" },
+                { "type": "ipc" }, { "type": "network" }, { "type": "cgroup" },
+            ],
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                "devices": [{ "allow": false, "access": "rwm" }],
+                "memory": {
+                    "limit": limits.memory_limit,
+                    "reservation": limits.memory_quota,
+                    "swap": limits.memory_limit,
+                },
+                "cpu": { "shares": limits.cpu_shares },
+                "pids": { "limit": limits.pids },
+            },
+            "maskedPaths": get_default_maskedpaths(),
+            "readonlyPaths": get_default_readonly_paths(),
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
+                "syscalls": seccomp_rules,
+            },
+        },
+    });
+    serde_json::from_value(spec).map_err(SpecError::Invalid)
+}
+
+/// Writes `config.json` into the dyno's bundle directory.
+pub fn write(spec: &Spec, dir: &DynoDir) -> Result<(), SpecError> {
+    let path = dir.bundle().join("config.json");
+    spec.save(&path).map_err(|source| SpecError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Value {
+    json!({ "destination": destination, "type": typ, "source": source, "options": options })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::dyno::{HostConfig, DYNO_GID, DYNO_UID};
+    use crate::size::DynoSize;
+
+    fn config() -> DynoConfig {
+        DynoConfig {
+            id: "web-1-abc".into(),
+            name: "web.1".into(),
+            stack: "testing".into(),
+            slug: None,
+            size: DynoSize::Standard2X,
+            env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+            command: "echo $GREETING".into(),
+            port: Some(5000),
+            publish: None,
+            grace: Duration::from_secs(30),
+            uid: DYNO_UID,
+            gid: DYNO_GID,
+            host: HostConfig::default(),
+        }
+    }
+
+    #[test]
+    fn spec_is_locked_down_and_limited() {
+        let c = config();
+        let dir = DynoDir::new(&c.host, &c.id);
+        let spec = build(&c, &dir, "/bin/bash").expect("valid spec");
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.user().uid(), DYNO_UID);
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let caps = process.capabilities().as_ref().expect("caps");
+        assert!(caps.effective().as_ref().is_some_and(|c| c.is_empty()));
+        assert!(caps.bounding().as_ref().is_some_and(|c| c.is_empty()));
+        assert!(process.env().as_ref().expect("env").contains(&"PORT=5000".to_string()));
+        assert_eq!(process.cwd(), Path::new("/app"));
+
+        let linux = spec.linux().as_ref().expect("linux");
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/manifold/web-1-abc")));
+        let ns: Vec<String> = linux
+            .namespaces()
+            .as_ref()
+            .expect("namespaces")
+            .iter()
+            .map(|n| n.typ().to_string())
+            .collect();
+        for want in ["pid", "mount", "uts", "ipc", "network", "cgroup"] {
+            assert!(ns.iter().any(|n| n == want), "{want} missing from {ns:?}");
+        }
+        let res = linux.resources().as_ref().expect("resources");
+        let mem = res.memory().as_ref().expect("memory");
+        assert_eq!(mem.limit(), Some(2048 * 1024 * 1024));
+        assert_eq!(mem.reservation(), Some(1024 * 1024 * 1024));
+        assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(512));
+        let seccomp = linux.seccomp().as_ref().expect("seccomp");
+        assert_eq!(seccomp.syscalls().as_ref().map(|s| s.len()), Some(DENIED_SYSCALLS.len()));
+        assert!(linux.masked_paths().as_ref().is_some_and(|m| m.iter().any(|p| p == "/proc/kcore")));
+    }
+
+    #[test]
+    fn start_script_sources_profile_then_runs_command() {
+        let s = start_script("python3 app.py");
+        let profile_d = s.find(".profile.d").expect("profile.d");
+        let profile = s.find("/app/.profile ]").expect("profile");
+        let cmd = s.find("python3 app.py").expect("command");
+        assert!(s.starts_with("trap : TERM"));
+        assert!(profile_d < profile && profile < cmd);
+    }
+}

@@ -1,0 +1,549 @@
+//! The dyno supervisor: starts a dyno's shim, follows what it reports, and turns that into
+//! the dyno's state and Heroku's platform log lines.
+//!
+//! ```text
+//!            Started (worker)                 Exited (no stop asked)
+//! starting ───────────────────────▶ up ─────────────────────────────▶ crashed
+//!     │  Started (web) + $PORT accepts ▲   │ stop()
+//!     │                                    ▼
+//!     │                               stopping ──Exited──▶ down
+//!     └──Failed──▶ crashed
+//! ```
+//!
+//! [`Lifecycle`] is the pure state machine (records in, state and lines out, unit-tested);
+//! [`Dyno`] does the I/O: it writes `dyno.json`, spawns `manifold-agent shim`, tails
+//! `stream.jsonl` with inotify, probes `$PORT`, and forwards stop requests as SIGTERM to the
+//! shim. The same code serves `manifold-agent run` and, later, the agent daemon.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
+use crate::logs::timestamp;
+use crate::shim;
+
+/// A dyno's state, as `manifold ps` will show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Up,
+    Stopping,
+    Crashed,
+    Down,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Starting => "starting",
+            State::Up => "up",
+            State::Stopping => "stopping",
+            State::Crashed => "crashed",
+            State::Down => "down",
+        })
+    }
+}
+
+/// Who a log line is from: the app's own output, or the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    App,
+    Heroku,
+}
+
+/// One line of the dyno's log, in Logplex's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub ts: String,
+    pub source: Source,
+    pub dyno: String,
+    pub stream: Option<Stream>,
+    pub text: String,
+}
+
+impl fmt::Display for LogLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match self.source {
+            Source::App => "app",
+            Source::Heroku => "heroku",
+        };
+        write!(f, "{} {}[{}]: {}", self.ts, source, self.dyno, self.text)
+    }
+}
+
+/// What the I/O side must do after a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Probe `$PORT` at this address; call [`Lifecycle::port_accepted`] when it accepts.
+    ProbePort(SocketAddr),
+    /// The shim is done: every resource is gone; `status` is the dyno's exit status.
+    Finished { status: i32 },
+}
+
+/// The pure state machine of one dyno's run.
+#[derive(Debug)]
+pub struct Lifecycle {
+    name: String,
+    port: Option<u16>,
+    grace: Duration,
+    state: State,
+    status: Option<i32>,
+}
+
+impl Lifecycle {
+    pub fn new(name: &str, port: Option<u16>, grace: Duration) -> Self {
+        Lifecycle {
+            name: name.to_string(),
+            port,
+            grace,
+            state: State::Starting,
+            status: None,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The first platform line, written before the shim is started.
+    pub fn starting(&self, command: &str, out: &mut Vec<LogLine>) {
+        self.platform(out, format!("Starting process with command `{command}`"));
+    }
+
+    /// Feeds one record of the shim's stream.
+    pub fn record(&mut self, record: Record, out: &mut Vec<LogLine>) -> Option<Action> {
+        match record {
+            Record::Line { ts, stream, text } => {
+                out.push(LogLine {
+                    ts,
+                    source: Source::App,
+                    dyno: self.name.clone(),
+                    stream: Some(stream),
+                    text,
+                });
+                None
+            }
+            Record::Event { event, .. } => self.event(event, out),
+        }
+    }
+
+    fn event(&mut self, event: ShimEvent, out: &mut Vec<LogLine>) -> Option<Action> {
+        match event {
+            ShimEvent::Started { address, .. } => match self.port {
+                Some(port) => Some(Action::ProbePort(SocketAddr::from((address, port)))),
+                None => {
+                    self.transition(State::Up, out);
+                    None
+                }
+            },
+            ShimEvent::Failed { step, error } => {
+                self.platform(out, format!("Error starting dyno ({step}): {error}"));
+                self.status = Some(1);
+                self.transition(State::Crashed, out);
+                None
+            }
+            ShimEvent::Stopping => {
+                self.platform(out, "Stopping all processes with SIGTERM".into());
+                if self.state != State::Stopping {
+                    self.state = State::Stopping;
+                }
+                None
+            }
+            ShimEvent::Killing => {
+                self.platform(
+                    out,
+                    format!(
+                        "Error R12 (Exit timeout) -> At least one process failed to exit within {} seconds of SIGTERM",
+                        self.grace.as_secs()
+                    ),
+                );
+                self.platform(out, "Stopping remaining processes with SIGKILL".into());
+                None
+            }
+            ShimEvent::Exited { code, signal, oom } => {
+                let status = ShimEvent::exit_status(code, signal);
+                if oom {
+                    self.platform(out, "Error R15 (Memory quota vastly exceeded)".into());
+                    self.platform(out, "Stopping process with SIGKILL".into());
+                }
+                self.platform(out, format!("Process exited with status {status}"));
+                self.status = Some(status);
+                let next = if self.state == State::Stopping {
+                    State::Down
+                } else {
+                    State::Crashed
+                };
+                self.transition(next, out);
+                None
+            }
+            ShimEvent::Cleaned { errors } => {
+                for e in errors {
+                    self.platform(out, format!("Cleanup incomplete: {e}"));
+                }
+                Some(Action::Finished {
+                    status: self.status.unwrap_or(1),
+                })
+            }
+        }
+    }
+
+    /// The web dyno's `$PORT` accepted a connection.
+    pub fn port_accepted(&mut self, out: &mut Vec<LogLine>) {
+        if self.state == State::Starting {
+            self.transition(State::Up, out);
+        }
+    }
+
+    fn transition(&mut self, to: State, out: &mut Vec<LogLine>) {
+        // Heroku logs the state a stop started from, not "stopping", which it does not show.
+        let from = self.state;
+        if from == to {
+            return;
+        }
+        self.state = to;
+        let shown_from = if from == State::Stopping { State::Up } else { from };
+        self.platform(out, format!("State changed from {shown_from} to {to}"));
+    }
+
+    fn platform(&self, out: &mut Vec<LogLine>, text: String) {
+        out.push(LogLine {
+            ts: timestamp(),
+            source: Source::Heroku,
+            dyno: self.name.clone(),
+            stream: None,
+            text,
+        });
+    }
+}
+
+/// Errors starting or following a dyno.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot prepare dyno directory {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the shim {binary}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the shim {binary} exited with {status} before detaching")]
+    ShimStart {
+        binary: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error("cannot follow {path}")]
+    Follow {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A running dyno and the handle to follow it.
+#[derive(Debug)]
+pub struct Dyno {
+    pub config: DynoConfig,
+    pub dir: DynoDir,
+    shim_pid: Pid,
+}
+
+/// How often a web dyno's `$PORT` is tried while it boots.
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the supervisor checks the shim is alive when nothing else happens.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
+
+impl Dyno {
+    /// Writes the dyno's directory and starts its shim (`shim_binary shim --dir DIR`).
+    /// Lines and the exit status are then had from [`Dyno::follow`].
+    pub async fn start(config: DynoConfig, shim_binary: PathBuf) -> Result<Dyno, SupervisorError> {
+        let dir = DynoDir::new(&config.host, &config.id);
+        let prepare = |source| SupervisorError::Prepare {
+            path: dir.root.clone(),
+            source,
+        };
+        dir.write_config(&config).map_err(prepare)?;
+        File::create(dir.stream()).map_err(prepare)?;
+        let status = tokio::process::Command::new(&shim_binary)
+            .arg("shim")
+            .arg("--dir")
+            .arg(&dir.root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(|source| SupervisorError::Spawn {
+                binary: shim_binary.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(SupervisorError::ShimStart {
+                binary: shim_binary,
+                status,
+            });
+        }
+        let pid = std::fs::read_to_string(dir.shim_pid())
+            .map_err(prepare)?
+            .trim()
+            .parse::<i32>()
+            .map_err(|e| prepare(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        Ok(Dyno {
+            config,
+            dir,
+            shim_pid: Pid::from_raw(pid),
+        })
+    }
+
+    /// Asks the dyno to stop: SIGTERM to all its processes, SIGKILL after the grace period.
+    pub fn stop(&self) {
+        if let Err(err) = kill(self.shim_pid, Signal::SIGTERM) {
+            tracing::debug!("shim {} already gone: {err}", self.shim_pid);
+        }
+    }
+
+    /// Follows the dyno to its end, sending every log line to `lines`; `stop` asks for a
+    /// stop (e.g. on Ctrl-C). Returns the exit status. Removes the dyno's directory at the end.
+    pub async fn follow(
+        self,
+        lines: mpsc::UnboundedSender<LogLine>,
+        mut stop: mpsc::UnboundedReceiver<()>,
+    ) -> Result<i32, SupervisorError> {
+        let mut life = Lifecycle::new(&self.config.name, self.config.port, self.config.grace);
+        let mut out = Vec::new();
+        life.starting(&self.config.command, &mut out);
+        let follow_err = |source| SupervisorError::Follow {
+            path: self.dir.stream(),
+            source,
+        };
+        let mut tail = Tail::open(self.dir.stream()).map_err(follow_err)?;
+        let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+        let mut stop_open = true;
+        let status = 'outer: loop {
+            for line in out.drain(..) {
+                let _ = lines.send(line);
+            }
+            for record in tail.read_records().map_err(follow_err)? {
+                match life.record(record, &mut out) {
+                    Some(Action::ProbePort(addr)) => {
+                        tokio::spawn(probe(addr, probe_tx.clone()));
+                    }
+                    Some(Action::Finished { status }) => {
+                        for line in out.drain(..) {
+                            let _ = lines.send(line);
+                        }
+                        break 'outer status;
+                    }
+                    None => {}
+                }
+            }
+            if !out.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                ready = tail.changed() => ready.map_err(follow_err)?,
+                Some(()) = probe_rx.recv() => life.port_accepted(&mut out),
+                req = stop.recv(), if stop_open => match req {
+                    Some(()) => self.stop(),
+                    None => stop_open = false,
+                },
+                () = tokio::time::sleep(LIVENESS_INTERVAL) => {
+                    if kill(self.shim_pid, None).is_err() && tail.read_records().map_err(follow_err)?.is_empty() {
+                        // The shim died without finishing: clean up in its place.
+                        let errors = shim::cleanup(&self.config, &self.dir, None);
+                        life.record(Record::Event { ts: timestamp(), event: ShimEvent::Exited { code: None, signal: Some(9), oom: false } }, &mut out);
+                        life.record(Record::Event { ts: timestamp(), event: ShimEvent::Cleaned { errors } }, &mut out);
+                        for line in out.drain(..) {
+                            let _ = lines.send(line);
+                        }
+                        break 'outer 137;
+                    }
+                }
+            }
+        };
+        if let Err(err) = std::fs::remove_dir_all(&self.dir.root) {
+            tracing::warn!("cannot remove {}: {err}", self.dir.root.display());
+        }
+        Ok(status)
+    }
+}
+
+/// Tries to connect to a web dyno's `$PORT` until it accepts.
+async fn probe(addr: SocketAddr, accepted: mpsc::UnboundedSender<()>) {
+    loop {
+        if accepted.is_closed() {
+            return;
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let _ = accepted.send(());
+            return;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Follows a growing JSON-lines file, woken by inotify rather than by polling.
+struct Tail {
+    file: File,
+    pending: Vec<u8>,
+    notify: AsyncFd<InotifyFd>,
+}
+
+/// `Inotify` with the `AsRawFd` that tokio's `AsyncFd` wants.
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Tail {
+    fn open(path: PathBuf) -> io::Result<Tail> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
+        // SAFETY: `InotifyFd` owns the inotify descriptor and always returns that same fd; the
+        // `AsyncFd` owns the `InotifyFd` for its whole life.
+        let notify = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Tail {
+            file: File::open(&path)?,
+            pending: Vec::new(),
+            notify,
+        })
+    }
+
+    /// Every complete record appended since the last call.
+    fn read_records(&mut self) -> io::Result<Vec<Record>> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = self.file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+        let mut records = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.pending[start..start + nl];
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) => records.push(r),
+                Err(err) => tracing::warn!("skipping a malformed stream record: {err}"),
+            }
+            start += nl + 1;
+        }
+        self.pending.drain(..start);
+        Ok(records)
+    }
+
+    /// Waits until the file was written to.
+    async fn changed(&mut self) -> io::Result<()> {
+        let mut guard = self.notify.readable().await?;
+        let _ = guard.get_inner().0.read_events();
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn ev(event: ShimEvent) -> Record {
+        Record::Event { ts: "t".into(), event }
+    }
+
+    fn texts(out: &[LogLine]) -> Vec<String> {
+        out.iter().map(|l| l.text.clone()).collect()
+    }
+
+    #[test]
+    fn worker_runs_and_crashes() {
+        let mut life = Lifecycle::new("worker.1", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        life.starting("bin/work", &mut out);
+        life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::LOCALHOST }), &mut out);
+        assert_eq!(life.state(), State::Up);
+        life.record(
+            Record::Line { ts: "t".into(), stream: Stream::Out, text: "hello".into() },
+            &mut out,
+        );
+        life.record(ev(ShimEvent::Exited { code: Some(3), signal: None, oom: false }), &mut out);
+        let done = life.record(ev(ShimEvent::Cleaned { errors: vec![] }), &mut out);
+        assert_eq!(done, Some(Action::Finished { status: 3 }));
+        assert_eq!(
+            texts(&out),
+            vec![
+                "Starting process with command `bin/work`",
+                "State changed from starting to up",
+                "hello",
+                "Process exited with status 3",
+                "State changed from up to crashed",
+            ]
+        );
+        assert_eq!(out[2].to_string(), "t app[worker.1]: hello");
+        assert!(out[0].to_string().contains(" heroku[worker.1]: Starting process"));
+    }
+
+    #[test]
+    fn web_is_up_only_when_port_accepts_and_stop_ends_down() {
+        let mut life = Lifecycle::new("web.1", Some(5000), Duration::from_secs(2));
+        let mut out = Vec::new();
+        let a = life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::new(10, 0, 0, 2) }), &mut out);
+        assert_eq!(a, Some(Action::ProbePort("10.0.0.2:5000".parse().expect("addr"))));
+        assert_eq!(life.state(), State::Starting);
+        life.port_accepted(&mut out);
+        assert_eq!(life.state(), State::Up);
+        life.record(ev(ShimEvent::Stopping), &mut out);
+        life.record(ev(ShimEvent::Killing), &mut out);
+        life.record(ev(ShimEvent::Exited { code: None, signal: Some(9), oom: false }), &mut out);
+        assert_eq!(life.state(), State::Down);
+        assert_eq!(
+            texts(&out),
+            vec![
+                "State changed from starting to up",
+                "Stopping all processes with SIGTERM",
+                "Error R12 (Exit timeout) -> At least one process failed to exit within 2 seconds of SIGTERM",
+                "Stopping remaining processes with SIGKILL",
+                "Process exited with status 137",
+                "State changed from up to down",
+            ]
+        );
+    }
+
+    #[test]
+    fn oom_is_reported_as_r15_and_failures_as_crashes() {
+        let mut life = Lifecycle::new("web.1", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::LOCALHOST }), &mut out);
+        life.record(ev(ShimEvent::Exited { code: None, signal: Some(9), oom: true }), &mut out);
+        assert!(texts(&out).contains(&"Error R15 (Memory quota vastly exceeded)".to_string()));
+        assert_eq!(life.state(), State::Crashed);
+
+        let mut life = Lifecycle::new("web.1", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        life.record(ev(ShimEvent::Failed { step: "slug".into(), error: "bad".into() }), &mut out);
+        let done = life.record(ev(ShimEvent::Cleaned { errors: vec![] }), &mut out);
+        assert_eq!(done, Some(Action::Finished { status: 1 }));
+        assert_eq!(texts(&out)[0], "Error starting dyno (slug): bad");
+    }
+}

@@ -1,0 +1,104 @@
+# shellcheck shell=bash
+# Stack "bookworm": Debian 12 minbase from debootstrap plus language runtimes.
+# The package mirror comes from the machine's own apt configuration (debian_mirror).
+# Sourced by rootfs/build-stack, which provides log, die, ensure_packages and friends.
+
+BOOKWORM_SUITE=bookworm
+BOOKWORM_VARIANT=minbase
+# Installed on top of minbase with apt (no recommends).
+BOOKWORM_PACKAGES=(bash ca-certificates curl netbase python3 python3-pip python3-venv nodejs npm)
+# Bump to throw away the cached rootfs tarball and download again (e.g. for point releases).
+BOOKWORM_REVISION=1
+
+stack_prereqs() { echo debootstrap debian-archive-keyring zstd; }
+
+# The downloaded rootfs is cached under this key: suite, variant, arch, package list.
+bookworm_cache_key() {
+	{
+		printf 'suite=%s variant=%s arch=%s revision=%s\n' \
+			"$BOOKWORM_SUITE" "$BOOKWORM_VARIANT" "$(host_arch)" "$BOOKWORM_REVISION"
+		printf '%s\n' "${BOOKWORM_PACKAGES[@]}" | LC_ALL=C sort -u
+	} | sha256sum | cut -c1-16
+}
+
+bookworm_tarball() {
+	printf '%s/stacks/%s-%s-%s.tar.zst\n' \
+		"$CACHE_DIR" "$BOOKWORM_SUITE" "$(host_arch)" "$(bookworm_cache_key)"
+}
+
+stack_key_inputs() { printf 'rootfs=%s\n' "$(bookworm_cache_key)"; }
+
+stack_build() {
+	local root=$1 tarball
+	tarball=$(bookworm_tarball)
+	if [[ -f $tarball ]]; then
+		log "unpacking cached rootfs $tarball"
+		if ! tar -C "$root" --numeric-owner --xattrs --xattrs-include='*' -I zstd -xpf "$tarball"; then
+			warn "cached rootfs $tarball is unreadable; removing it and downloading again"
+			rm -f "$tarball"
+			find "$root" -mindepth 1 -delete
+		fi
+	fi
+	if [[ ! -f $tarball ]]; then
+		bookworm_bootstrap "$root"
+		bookworm_save "$root" "$tarball"
+	fi
+	local n
+	n=$(find "$root" -xdev -type f -perm /6000 | wc -l)
+	log "$n setuid/setgid files, as Debian ships them"
+}
+
+bookworm_bootstrap() {
+	local root=$1 mirror
+	mirror=$(debian_mirror "$BOOKWORM_SUITE")
+	log "debootstrap --variant=$BOOKWORM_VARIANT $BOOKWORM_SUITE from $mirror (apt configuration)"
+	debootstrap --variant="$BOOKWORM_VARIANT" --arch="$(host_arch)" \
+		"$BOOKWORM_SUITE" "$root" "$mirror"
+
+	# Build-time only: no daemons started by maintainer scripts.
+	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+	chmod 0755 "$root/usr/sbin/policy-rc.d"
+	# Stays in the stack: packages added later skip docs too.
+	cat >"$root/etc/dpkg/dpkg.cfg.d/manifold-slim" <<'EOF'
+# Manifold stack: no documentation beyond copyright files.
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+EOF
+
+	log "apt-get install ${BOOKWORM_PACKAGES[*]}"
+	mount -t proc proc "$root/proc"
+	in_chroot "$root" apt-get update -q
+	in_chroot "$root" apt-get install -y -q --no-install-recommends "${BOOKWORM_PACKAGES[@]}"
+	in_chroot "$root" apt-get clean
+	umount "$root/proc"
+	rm -f "$root/usr/sbin/policy-rc.d"
+
+	log "cleaning apt lists, logs and docs"
+	rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \
+		"$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \
+		"$root"/var/log/apt/* "$root"/var/log/*.log \
+		"$root"/usr/share/man/* "$root"/usr/share/info/* "$root/root/.npm"
+	mkdir -p "$root/var/lib/apt/lists/partial"
+	find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+	find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+	# Copied from the host by debootstrap; finish_stack leaves empty placeholders.
+	rm -f "$root/etc/resolv.conf" "$root/etc/hostname"
+}
+
+bookworm_save() {
+	local root=$1 tarball=$2 old
+	mkdir -p "$(dirname "$tarball")"
+	log "caching rootfs as $tarball"
+	CACHE_TMP=$(mktemp "$tarball.XXXXXX")
+	tar -C "$root" --numeric-owner --xattrs --xattrs-include='*' --one-file-system \
+		-I 'zstd -T0 -10' -cf "$CACHE_TMP" .
+	mv -f "$CACHE_TMP" "$tarball"
+	CACHE_TMP=""
+	for old in "$(dirname "$tarball")/$BOOKWORM_SUITE-$(host_arch)-"*.tar.zst; do
+		[[ $old == "$tarball" || ! -f $old ]] && continue
+		log "removing outdated cache $old"
+		rm -f "$old"
+	done
+}
