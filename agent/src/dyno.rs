@@ -104,10 +104,52 @@ pub struct DynoConfig {
     /// Time between SIGTERM and SIGKILL on stop.
     #[serde(with = "duration_ms")]
     pub grace: Duration,
+    /// Host directories bind-mounted into the dyno (a build dyno's slugbuilder and output).
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
     /// Unprivileged user and group the command runs as inside the dyno.
     pub uid: u32,
     pub gid: u32,
     pub host: HostConfig,
+}
+
+/// A host path made visible inside a dyno.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the dyno.
+    pub destination: PathBuf,
+    pub readonly: bool,
+}
+
+impl std::str::FromStr for BindMount {
+    type Err = String;
+
+    /// `SOURCE:DESTINATION[:ro|:rw]`, as `docker run -v` spells it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, destination, mode) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, "rw"),
+            [src, dst, mode] => (*src, *dst, *mode),
+            _ => return Err(format!("invalid mount {s:?}: expected SOURCE:DESTINATION[:ro|:rw]")),
+        };
+        let readonly = match mode {
+            "ro" => true,
+            "rw" => false,
+            other => return Err(format!("invalid mount mode {other:?} in {s:?}: expected ro or rw")),
+        };
+        if !destination.starts_with('/') || destination.split('/').any(|c| c == "..") {
+            return Err(format!("invalid mount destination {destination:?}: must be absolute, without `..`"));
+        }
+        if source.is_empty() {
+            return Err(format!("invalid mount {s:?}: empty source"));
+        }
+        Ok(BindMount {
+            source: PathBuf::from(source),
+            destination: PathBuf::from(destination),
+            readonly,
+        })
+    }
 }
 
 /// The user every stack defines for dynos (`dyno`, uid and gid 1000).
@@ -292,6 +334,17 @@ mod tests {
     }
 
     #[test]
+    fn bind_mounts_parse_like_docker_volumes() {
+        let m: BindMount = "/srv/out:/out".parse().expect("parse");
+        assert_eq!(m.destination, PathBuf::from("/out"));
+        assert!(!m.readonly);
+        assert!("/a:/b:ro".parse::<BindMount>().expect("parse").readonly);
+        for bad in ["/a", "/a:b", "/a:/b:rx", ":/b", "/a:/../etc", "/a:/b:ro:x"] {
+            assert!(bad.parse::<BindMount>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
     fn environment_adds_platform_vars() {
         let mut env = BTreeMap::new();
         env.insert("GREETING".to_string(), "hi".to_string());
@@ -307,6 +360,7 @@ mod tests {
             port: None,
             publish: None,
             grace: Duration::from_secs(30),
+            mounts: vec![],
             uid: DYNO_UID,
             gid: DYNO_GID,
             host: HostConfig::default(),

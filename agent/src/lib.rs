@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod dyno;
+pub mod host;
 pub mod logs;
 pub mod network;
 pub mod rootfs;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use manifold_agent::dyno::{DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
+use manifold_agent::dyno::{BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
 use manifold_agent::size::DynoSize;
 use manifold_agent::supervisor::{Dyno, LogLine, Source};
-use manifold_agent::{network, shim, slug};
+use manifold_agent::{host, network, shim, slug};
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -65,6 +65,9 @@ struct RunArgs {
     /// Time between SIGTERM and SIGKILL when stopping.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Bind-mount a host path into the dyno: SOURCE:DESTINATION[:ro|:rw].
+    #[arg(long = "mount", value_name = "SRC:DST[:ro]")]
+    mounts: Vec<BindMount>,
     /// The command, run by bash after .profile.d.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -130,11 +133,17 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         port,
         publish: args.publish,
         grace: args.grace,
+        mounts: args.mounts,
         uid: DYNO_UID,
         gid: DYNO_GID,
         host,
     };
 
+    match host::favor_cgroup_migrations() {
+        Ok(Some(path)) => tracing::info!("enabled favordynmods on {}", path.display()),
+        Ok(None) => {}
+        Err(err) => tracing::warn!("cannot tune cgroup migrations: {err}"),
+    }
     let dyno = Dyno::start(config, std::env::current_exe()?).await?;
     let (line_tx, mut line_rx) = mpsc::unbounded_channel::<LogLine>();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
@@ -199,10 +208,19 @@ fn gc(host: &HostConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the dyno's shim is still running (its pid is alive and is a `manifold-agent shim`).
+/// How long a dyno directory may exist without a shim pid: its supervisor is still starting
+/// the shim.
+const STARTING_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether the dyno's shim is still running (its pid is alive and is a `manifold-agent shim`),
+/// or is about to be (the directory is new and has no pid yet).
 fn shim_alive(dir: &DynoDir) -> bool {
     let Ok(pid) = std::fs::read_to_string(dir.shim_pid()) else {
-        return false;
+        let age = std::fs::metadata(&dir.root)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        return age.is_some_and(|a| a < STARTING_GRACE);
     };
     std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
         .map(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"shim"))

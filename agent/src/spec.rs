@@ -144,6 +144,16 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
         }));
     }
 
+    for m in &config.mounts {
+        let mode = if m.readonly { "ro" } else { "rw" };
+        mounts.push(json!({
+            "destination": m.destination,
+            "type": "bind",
+            "source": m.source,
+            "options": ["rbind", mode, "nosuid", "nodev"],
+        }));
+    }
+
     let seccomp_rules: Vec<Value> = DENIED_SYSCALLS
         .iter()
         .map(|name| json!({ "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM }))
@@ -230,6 +240,7 @@ mod tests {
             port: Some(5000),
             publish: None,
             grace: Duration::from_secs(30),
+            mounts: vec!["/srv/sb:/.manifold/bin:ro".parse().expect("mount")],
             uid: DYNO_UID,
             gid: DYNO_GID,
             host: HostConfig::default(),
@@ -270,6 +281,12 @@ mod tests {
         let seccomp = linux.seccomp().as_ref().expect("seccomp");
         assert_eq!(seccomp.syscalls().as_ref().map(|s| s.len()), Some(DENIED_SYSCALLS.len()));
         assert!(linux.masked_paths().as_ref().is_some_and(|m| m.iter().any(|p| p == "/proc/kcore")));
+        let bind = spec
+            .mounts()
+            .as_ref()
+            .and_then(|m| m.iter().find(|m| m.destination() == Path::new("/.manifold/bin")))
+            .expect("bind mount in spec");
+        assert!(bind.options().as_ref().is_some_and(|o| o.iter().any(|o| o == "ro")));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!     │                                    ▼
 //!     │                               stopping ──Exited──▶ down
 //!     └──Failed──▶ crashed
+//!
+//! A one-off dyno (`run.N`, `release.N`) that exits on its own is `complete`, not `crashed`.
 //! ```
 //!
 //! [`Lifecycle`] is the pure state machine (records in, state and lines out, unit-tested);
@@ -42,6 +44,8 @@ pub enum State {
     Stopping,
     Crashed,
     Down,
+    /// A one-off dyno (`run.N`, `release.N`) that finished: one-offs are never restarted.
+    Complete,
 }
 
 impl fmt::Display for State {
@@ -52,6 +56,7 @@ impl fmt::Display for State {
             State::Stopping => "stopping",
             State::Crashed => "crashed",
             State::Down => "down",
+            State::Complete => "complete",
         })
     }
 }
@@ -98,6 +103,7 @@ pub struct Lifecycle {
     name: String,
     port: Option<u16>,
     grace: Duration,
+    one_off: bool,
     state: State,
     status: Option<i32>,
 }
@@ -108,6 +114,7 @@ impl Lifecycle {
             name: name.to_string(),
             port,
             grace,
+            one_off: name.starts_with("run.") || name.starts_with("release."),
             state: State::Starting,
             status: None,
         }
@@ -182,6 +189,8 @@ impl Lifecycle {
                 self.status = Some(status);
                 let next = if self.state == State::Stopping {
                     State::Down
+                } else if self.one_off {
+                    State::Complete
                 } else {
                     State::Crashed
                 };
@@ -545,5 +554,15 @@ mod tests {
         let done = life.record(ev(ShimEvent::Cleaned { errors: vec![] }), &mut out);
         assert_eq!(done, Some(Action::Finished { status: 1 }));
         assert_eq!(texts(&out)[0], "Error starting dyno (slug): bad");
+    }
+
+    #[test]
+    fn one_off_that_exits_is_complete() {
+        let mut life = Lifecycle::new("run.4821", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::LOCALHOST }), &mut out);
+        life.record(ev(ShimEvent::Exited { code: Some(0), signal: None, oom: false }), &mut out);
+        assert_eq!(life.state(), State::Complete);
+        assert_eq!(texts(&out).last().map(String::as_str), Some("State changed from up to complete"));
     }
 }

@@ -1,0 +1,110 @@
+//! Helpers shared by the agent's acceptance tests: they drive the real `manifold-agent`
+//! binary, as root, against the real kernel.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_manifold-agent");
+
+/// Whether the acceptance tests can run here. In CI they must: a skipped acceptance test is a
+/// missing one, so there a missing precondition fails the test instead.
+pub fn ready() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let stack = Path::new("/var/lib/manifold/stacks/testing/bin/busybox").exists();
+    if root && stack {
+        return true;
+    }
+    let why = if root {
+        "the testing stack is missing: run `rootfs/build-stack testing`"
+    } else {
+        "they need root"
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("acceptance tests cannot run: {why}");
+    }
+    eprintln!("\n\n!!! SKIPPING agent acceptance test: {why} !!!\n");
+    false
+}
+
+/// Runs `manifold-agent run ARGS -- COMMAND` to completion.
+pub fn run(args: &[&str], command: &str) -> Output {
+    Command::new(BIN)
+        .arg("run")
+        .args(args)
+        .arg("--")
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run manifold-agent")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The `app[...]` lines' messages, in order.
+pub fn app_lines(o: &Output) -> Vec<String> {
+    stdout(o)
+        .lines()
+        .filter_map(|l| l.split_once(" app[").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once("]: ").map(|(_, m)| m.to_string()))
+        .collect()
+}
+
+/// The `heroku[...]` lines' messages, in order.
+pub fn platform_lines(o: &Output) -> Vec<String> {
+    stdout(o)
+        .lines()
+        .filter_map(|l| l.split_once(" heroku[").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once("]: ").map(|(_, m)| m.to_string()))
+        .collect()
+}
+
+/// Builds a slug (`tar.gz` of `./app`) holding `files` (path under app/, contents, mode).
+pub fn slug(dir: &Path, name: &str, files: &[(&str, &str, u32)]) -> PathBuf {
+    let path = dir.join(name);
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    let mut dirs = std::collections::BTreeSet::new();
+    for (file, _, _) in files {
+        let mut p = Path::new(file).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    header.set_size(0);
+    tar.append_data(&mut header.clone(), "./app/", std::io::empty()).unwrap();
+    for d in dirs {
+        tar.append_data(&mut header.clone(), Path::new("./app").join(d), std::io::empty())
+            .unwrap();
+    }
+    for (file, contents, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(*mode);
+        h.set_size(contents.len() as u64);
+        tar.append_data(&mut h, Path::new("./app").join(file), contents.as_bytes())
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    path
+}
+
+/// A free TCP port on the host.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Dyno start benchmark: Manifold vs crun vs runc, side by side in one run.
+
+Measures, for each runtime, interleaved run by run so that machine noise hits all alike:
+  first-line  time from launching the command to the container's first output line
+  true        a full run of `true`: create + start + exit + cleanup
+
+Manifold's number is a *complete* dyno: `manifold-agent run` (a tokio process), its shim
+(a second process), overlay rootfs, cgroups, its own network namespace with a veth on the
+host bridge, log capture, and removal of all of it. crun and runc get an OCI bundle of the
+same stack directory, with the same namespaces and limits, but no overlay and no veth (just
+their own empty network namespace).
+
+crun refuses this host's hybrid cgroup layout, so the whole benchmark runs in a private mount
+namespace with /sys/fs/cgroup/unified unmounted (all three runtimes see the same thing).
+
+Usage: sudo bench/start.py [-n RUNS] [--agent PATH]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+STACK = "/var/lib/manifold/stacks/testing"
+
+
+def reexec_in_private_mount_ns():
+    if os.environ.get("MANIFOLD_BENCH_NS") == "1":
+        return
+    if os.path.ismount("/sys/fs/cgroup/unified"):
+        env = dict(os.environ, MANIFOLD_BENCH_NS="1")
+        script = "umount /sys/fs/cgroup/unified && exec " + " ".join(
+            ["'" + a.replace("'", "'\\''") + "'" for a in [sys.executable] + sys.argv])
+        os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", script], env)
+
+
+def bundle(root, name, args):
+    path = os.path.join(root, name)
+    os.makedirs(path)
+    spec = {
+        "ociVersion": "1.0.2",
+        "root": {"path": STACK, "readonly": True},
+        "hostname": name,
+        "process": {
+            "terminal": False,
+            "user": {"uid": 1000, "gid": 1000},
+            "args": args,
+            "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/app"],
+            "cwd": "/",
+            "capabilities": {k: [] for k in ["bounding", "effective", "inheritable", "permitted", "ambient"]},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 10000, "soft": 10000}],
+            "noNewPrivileges": True,
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ["pid", "mount", "uts", "ipc", "network", "cgroup"]],
+            "cgroupsPath": "/manifold-bench/" + name,
+            "resources": {
+                "memory": {"limit": 1 << 30},
+                "cpu": {"shares": 1024},
+                "pids": {"limit": 256},
+            },
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(spec, f)
+    return path
+
+
+def timed(cmd, marker):
+    """Seconds to the first stdout line containing `marker` (None: not measured), and to exit."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    first = None
+    for line in p.stdout:
+        if first is None and marker is not None and marker.encode() in line:
+            first = time.perf_counter() - start
+    p.wait()
+    total = time.perf_counter() - start
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed with {p.returncode}")
+    return first, total
+
+
+def stats(xs):
+    xs = sorted(xs)
+    p95 = xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+    return statistics.median(xs) * 1000, p95 * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=50)
+    ap.add_argument("--agent", default="/var/cache/manifold/target/release/manifold-agent")
+    a = ap.parse_args()
+    reexec_in_private_mount_ns()
+    tmp = tempfile.mkdtemp(prefix="manifold-bench-")
+    try:
+        runtimes = {"manifold": None}
+        for rt in ["crun", "runc"]:
+            if shutil.which(rt):
+                runtimes[rt] = shutil.which(rt)
+        echo = ["/bin/sh", "-c", "echo first-line-$((40+2))"]
+        true = ["/bin/true"]
+        bundles = {}
+        for rt in runtimes:
+            if rt != "manifold":
+                bundles[(rt, "echo")] = bundle(tmp, f"{rt}-echo", echo)
+                bundles[(rt, "true")] = bundle(tmp, f"{rt}-true", true)
+
+        def cmd(rt, what, i):
+            if rt == "manifold":
+                c = "echo first-line-$((40+2))" if what == "echo" else "true"
+                return [a.agent, "run", "--name", "worker.1", "--", c]
+            return [runtimes[rt], "run", "--bundle", bundles[(rt, what)], f"b{rt}{what}{os.getpid()}{i}"]
+
+        results = {rt: {"first-line": [], "true": []} for rt in runtimes}
+        warmup = 3
+        for i in range(a.n + warmup):
+            for rt in runtimes:
+                first, _ = timed(cmd(rt, "echo", i), "first-line-42")
+                _, total = timed(cmd(rt, "true", i), None)
+                if i >= warmup:
+                    results[rt]["first-line"].append(first)
+                    results[rt]["true"].append(total)
+        print(f"dyno start, n={a.n} each, interleaved ({os.cpu_count()} cores)")
+        print(f"{'runtime':<10} {'metric':<11} {'median ms':>10} {'p95 ms':>8} {'vs crun':>8}")
+        for metric in ["first-line", "true"]:
+            base = stats(results["crun"][metric])[0] if "crun" in results else None
+            for rt in runtimes:
+                med, p95 = stats(results[rt][metric])
+                ratio = f"{med / base:.2f}x" if base else "-"
+                print(f"{rt:<10} {metric:<11} {med:>10.1f} {p95:>8.1f} {ratio:>8}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
