@@ -61,11 +61,6 @@ impl HostConfig {
     pub fn containers_dir(&self) -> PathBuf {
         self.run_dir.join("containers")
     }
-
-    /// The directory of a named stack.
-    pub fn stack(&self, name: &str) -> PathBuf {
-        self.stacks_dir().join(name)
-    }
 }
 
 impl Default for HostConfig {

@@ -200,8 +200,10 @@ fn gc(host: &HostConfig) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir.root).with_context(|| format!("cannot remove {}", dir.root.display()))?;
         println!("removed dyno {id}");
     }
-    let net = HostConfig::with_state_dir(&host.state_dir).network;
-    for id in network::sweep(&net, &|id| alive.iter().any(|a| a == id))? {
+    let net = &host.network;
+    // Repairs the host's bridge and rules too, in case someone flushed them.
+    network::ensure_host(net)?;
+    for id in network::sweep(net, &|id| alive.iter().any(|a| a == id))? {
         println!("released network of {id}");
     }
     slug::SlugCache::sweep_tmp(&host.slugs_dir())?;

@@ -1,15 +1,2187 @@
-//! TEMPORARY stand-in until the real module lands.
+//! Dyno networking: one bridge per host, one veth pair per dyno, NAT with nftables.
+//!
+//! ```text
+//!  host                                                  dyno (netns made by the container)
+//!  ────────────────────────────────────────────────────  ─────────────────────────────────
+//!  eth0 ◀── masquerade (subnet leaving by any other if)
+//!  manifold0  10.217.0.1/16 ─┬─ mf3fa07c51e2b1d ══ veth ══ eth0  10.217.0.7/16 (MAC from IP)
+//!  (route_localnet=1)        └─ mf…            ══ veth ══ eth0  10.217.0.8/16
+//!                                                          lo up, default via 10.217.0.1
+//!  nft table `ip manifold`
+//!    map published { host port : dyno address . dyno port }   one element per published dyno,
+//!    prerouting: local address, tcp dport in map → dnat      comment "dyno:<id>"
+//!    output:     same, for connections the host makes itself (127.0.0.1 included)
+//!    postrouting: masquerade outbound, 127/8 → dyno, and DNATed dyno → dyno (hairpin)
+//! ```
+//!
+//! Where to start: [`ensure_host`] prepares the host (idempotent, about 15 ms, most of it one
+//! `nft` run, so calling it before every attach is affordable and heals a ruleset someone
+//! flushed); [`sweep`] releases what dead dynos left, at agent start-up; the per-dyno shim
+//! calls [`attach`] after the container is created and before it is started, and [`detach`]
+//! when it has ended.
+//!
+//! Every entry point is synchronous: it builds a current-thread tokio runtime for rtnetlink
+//! and drops it before returning, because the shim must stay single-threaded for
+//! libcontainer's sake. The one step that must run inside the dyno's netns does so on a
+//! scoped thread that is joined before `attach` returns, so the caller's own thread never
+//! changes namespace.
+//!
+//! The kernel steps sit behind the private `Dataplane` trait so the ordering and undo logic
+//! is unit-tested with a fake; the real thing is tested as root at the bottom of this file.
+//! State on disk, under [`NetworkConfig::state_dir`]:
+//! - `leases/<address>`: JSON `{"dyno": id, "publish": [host_port, dyno_port] | null}`,
+//!   made visible atomically (an `O_TMPFILE` linked into place), so the file name is the
+//!   cross-process claim on the address and a reader never sees a half-written lease;
+//! - `lock`: `flock`ed by [`ensure_host`] (concurrent shims set the host up once at a time)
+//!   and [`detach`] (so two detaches of one dyno cannot both act on the same lease or port
+//!   while an attach reuses it). `attach` needs no lock: its claims are atomic.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use futures::TryStreamExt;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, Flock, FlockArg};
+use nix::sched::CloneFlags;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NetworkConfig { pub bridge: String, pub state_dir: PathBuf }
-impl Default for NetworkConfig { fn default() -> Self { NetworkConfig { bridge: "manifold0".into(), state_dir: "/var/lib/manifold/net".into() } } }
-pub struct Attachment { pub address: Ipv4Addr }
+use sha2::{Digest, Sha256};
+
+/// Name of the dyno's end of the veth pair, inside its network namespace.
+const PEER_NAME: &str = "eth0";
+/// Prefix of every nft element comment, so foreign or hand-made elements are left alone.
+const COMMENT_PREFIX: &str = "dyno:";
+/// Longest dyno id we accept: nft comments hold at most 128 bytes.
+const MAX_DYNO_ID: usize = 100;
+/// The name of the nft map that holds the published ports.
+const PUBLISHED_MAP: &str = "published";
+
+/// An IPv4 network in CIDR form. Its first host address is the gateway, on the bridge.
+/// Serialised as its text, `"10.217.0.0/16"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv4Subnet {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Subnet {
+    /// Prefixes shorter than /8 would swallow other routes of the host, and longer than /30
+    /// leave no address for a dyno besides the gateway.
+    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, NetworkError> {
+        let invalid = |reason| NetworkError::InvalidConfig {
+            field: "subnet",
+            value: format!("{network}/{prefix}"),
+            reason,
+        };
+        if !(8..=30).contains(&prefix) {
+            return Err(invalid("prefix must be between 8 and 30"));
+        }
+        if u32::from(network) & !(u32::MAX << (32 - prefix)) != 0 {
+            return Err(invalid("host bits must be zero"));
+        }
+        Ok(Self { network, prefix })
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The bridge's address: the first host address, what dynos route through.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.host(1)
+    }
+
+    /// Addresses a dyno may get: everything but the network, gateway and broadcast addresses.
+    fn dyno_capacity(&self) -> u32 {
+        (1u32 << (32 - self.prefix)) - 3
+    }
+
+    fn host(&self, offset: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + offset)
+    }
+}
+
+impl fmt::Display for Ipv4Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Subnet {
+    type Err = NetworkError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || NetworkError::InvalidConfig {
+            field: "subnet",
+            value: text.to_string(),
+            reason: "expected an address and a prefix length, e.g. 10.217.0.0/16",
+        };
+        let (address, prefix) = text.split_once('/').ok_or_else(invalid)?;
+        let address = address.parse().map_err(|_| invalid())?;
+        let prefix = prefix.parse().map_err(|_| invalid())?;
+        Self::new(address, prefix)
+    }
+}
+
+impl TryFrom<String> for Ipv4Subnet {
+    type Error = NetworkError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Ipv4Subnet> for String {
+    fn from(subnet: Ipv4Subnet) -> Self {
+        subnet.to_string()
+    }
+}
+
+/// Where dynos live on this host. The four fields go together: every process that attaches,
+/// detaches or sweeps on one bridge must use the same subnet, table and state directory (the
+/// leases there are what keeps addresses unique). Two configs that differ in all four do not
+/// see each other, which is what lets tests run beside a real agent.
+///
+/// Fields missing from a serialised config take their defaults, so configs written before a
+/// field existed still load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkConfig {
+    /// The host bridge every dyno's veth joins; at most 15 characters.
+    pub bridge: String,
+    /// The dynos' subnet; the gateway address goes on the bridge.
+    pub subnet: Ipv4Subnet,
+    /// Leases and the host lock live here.
+    pub state_dir: PathBuf,
+    /// Name of the `ip` family nft table that holds the NAT chains and published ports.
+    pub table: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            bridge: "manifold0".to_string(),
+            subnet: Ipv4Subnet {
+                network: Ipv4Addr::new(10, 217, 0, 0),
+                prefix: 16,
+            },
+            state_dir: PathBuf::from("/var/lib/manifold/net"),
+            table: "manifold".to_string(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The bridge name lands in `/proc/sys` paths and the table name in nft scripts, so both
+    /// are held to a plain alphabet rather than quoted.
+    fn validate(&self) -> Result<(), NetworkError> {
+        let plain = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if self.bridge.is_empty() || self.bridge.len() > 15 || !plain(&self.bridge) {
+            return Err(NetworkError::InvalidConfig {
+                field: "bridge",
+                value: self.bridge.clone(),
+                reason: "must be 1 to 15 letters, digits or underscores",
+            });
+        }
+        if self.table.is_empty() || !plain(&self.table) {
+            return Err(NetworkError::InvalidConfig {
+                field: "table",
+                value: self.table.clone(),
+                reason: "must be letters, digits or underscores",
+            });
+        }
+        Ok(())
+    }
+
+    fn lease_dir(&self) -> PathBuf {
+        self.state_dir.join("leases")
+    }
+}
+
+/// What [`attach`] gave a dyno.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    /// Host end of the veth pair, on the bridge.
+    pub host_veth: String,
+    /// Host port that forwards to the dyno, if one was published.
+    pub published: Option<u16>,
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("net")]
-pub struct NetworkError;
-pub fn ensure_host(_c: &NetworkConfig) -> Result<(), NetworkError> { Ok(()) }
-pub fn attach(_c: &NetworkConfig, _id: &str, _pid: i32, _p: Option<(u16,u16)>) -> Result<Attachment, NetworkError> { Ok(Attachment { address: Ipv4Addr::LOCALHOST }) }
-pub fn detach(_c: &NetworkConfig, _id: &str) -> Result<(), NetworkError> { Ok(()) }
-pub fn sweep(_c: &NetworkConfig, _a: &dyn Fn(&str) -> bool) -> Result<Vec<String>, NetworkError> { Ok(vec![]) }
+pub enum NetworkError {
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidConfig {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("invalid dyno id {id:?}: {reason}")]
+    InvalidDynoId { id: String, reason: &'static str },
+    #[error("invalid port mapping {host_port}:{dyno_port}: ports must not be zero")]
+    InvalidPublish { host_port: u16, dyno_port: u16 },
+    #[error("could not {step} {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not open a netlink connection")]
+    Connect {
+        #[source]
+        source: io::Error,
+    },
+    #[error("netlink could not {step} {device}")]
+    Netlink {
+        step: &'static str,
+        device: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("bridge {bridge} does not exist; ensure_host must run first")]
+    BridgeMissing { bridge: String },
+    #[error("{device} exists but is not a bridge")]
+    NotABridge { device: String },
+    #[error("{device} vanished from the network namespace of process {pid}")]
+    LinkVanished { pid: i32, device: &'static str },
+    #[error("process {pid} shares this process's network namespace; a dyno needs its own")]
+    SharedNamespace { pid: i32 },
+    #[error("could not enter the network namespace of process {pid}")]
+    EnterNamespace {
+        pid: i32,
+        #[source]
+        source: Errno,
+    },
+    #[error("no free address left in {subnet}")]
+    SubnetExhausted { subnet: Ipv4Subnet },
+    #[error("host port {port} is already published")]
+    PortInUse { port: u16 },
+    #[error("could not run nft to {step}")]
+    NftSpawn {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("nft could not {step}: {stderr}")]
+    Nft { step: &'static str, stderr: String },
+    #[error("could not parse nft output to {step}")]
+    NftOutput {
+        step: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl NetworkError {
+    /// nft reports kernel errors only as text; `LC_ALL=C` (see [`run_nft`]) keeps it stable.
+    fn nft_says(&self, text: &str) -> bool {
+        matches!(self, NetworkError::Nft { stderr, .. } if stderr.contains(text))
+    }
+}
+
+fn io_error<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NetworkError + 'a {
+    move |source| NetworkError::Io {
+        step,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn netlink_error<'a>(
+    step: &'static str,
+    device: &'a str,
+) -> impl FnOnce(rtnetlink::Error) -> NetworkError + 'a {
+    move |source| NetworkError::Netlink {
+        step,
+        device: device.to_string(),
+        source,
+    }
+}
+
+/// Prepares the host once for all dynos: bridge up with the gateway address, forwarding and
+/// `route_localnet` on, and the nft table with its chains, map and masquerade rules.
+///
+/// Idempotent, and safe to run from several processes at once (they serialise on the host
+/// lock). The nft part is replaced in one transaction, so rules never double up and published
+/// ports (map elements) survive a re-run.
+pub fn ensure_host(cfg: &NetworkConfig) -> Result<(), NetworkError> {
+    cfg.validate()?;
+    let lease_dir = cfg.lease_dir();
+    fs::create_dir_all(&lease_dir).map_err(io_error("create", &lease_dir))?;
+    let _lock = lock_host(&cfg.state_dir)?;
+    let (rt, handle) = connect()?;
+    rt.block_on(ensure_bridge(&handle, cfg))?;
+    drop(rt);
+    write_sysctls(Path::new("/proc/sys"), &cfg.bridge)?;
+    run_nft(
+        "install the host rules",
+        &["-f", "-"],
+        Some(&host_script(cfg)),
+    )?;
+    Ok(())
+}
+
+/// [`ensure_host`] when the host may not be prepared yet, and nothing when it is: the fast
+/// path reads two small files instead of running `nft` (about 16 ms) on every dyno start.
+///
+/// The host counts as prepared when the stamp that the last full [`ensure_host`] wrote names
+/// this boot and the bridge's current interface index: a reboot, or a bridge deleted and made
+/// again, redoes the work. Rules flushed by someone else are not noticed here; the agent
+/// daemon and `manifold-agent gc` run the full [`ensure_host`] to repair that.
+pub fn ensure_host_cached(cfg: &NetworkConfig) -> Result<(), NetworkError> {
+    let stamp = cfg.state_dir.join("host.ready");
+    if let (Some(identity), Ok(recorded)) = (host_identity(cfg), fs::read_to_string(&stamp)) {
+        if identity == recorded {
+            return Ok(());
+        }
+    }
+    ensure_host(cfg)?;
+    if let Some(identity) = host_identity(cfg) {
+        let tmp = stamp.with_extension("tmp");
+        fs::write(&tmp, identity)
+            .and_then(|()| fs::rename(&tmp, &stamp))
+            .map_err(io_error("write", &stamp))?;
+    }
+    Ok(())
+}
+
+/// This boot's id and the bridge's interface index, or None when the bridge is missing.
+fn host_identity(cfg: &NetworkConfig) -> Option<String> {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ifindex = fs::read_to_string(format!("/sys/class/net/{}/ifindex", cfg.bridge)).ok()?;
+    Some(format!("{} {} {}\n", boot.trim(), cfg.bridge, ifindex.trim()))
+}
+
+/// Gives the dyno whose container init is `pid` an address, a veth pair onto the bridge and
+/// (with `publish = Some((host_port, dyno_port))`) a host port forwarded to it.
+///
+/// The netns must be the container's own (not this process's). On failure everything done
+/// so far (lease, veth) is undone before the error is returned; the nft change is the last
+/// step and atomic, so it never needs undoing.
+pub fn attach(
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    pid: i32,
+    publish: Option<(u16, u16)>,
+) -> Result<Attachment, NetworkError> {
+    cfg.validate()?;
+    validate_dyno_id(dyno_id)?;
+    if let Some((host_port, dyno_port)) = publish {
+        if host_port == 0 || dyno_port == 0 {
+            return Err(NetworkError::InvalidPublish {
+                host_port,
+                dyno_port,
+            });
+        }
+    }
+    let mut kernel = Kernel::new()?;
+    attach_with(&mut kernel, cfg, dyno_id, pid, publish, rand::random())
+}
+
+/// Removes what [`attach`] made for `dyno_id`: its published ports, its host veth if the
+/// kernel has not already taken it with the netns, and its lease. Idempotent; safe after a
+/// partial attach or a crash.
+pub fn detach(cfg: &NetworkConfig, dyno_id: &str) -> Result<(), NetworkError> {
+    cfg.validate()?;
+    validate_dyno_id(dyno_id)?;
+    let mut kernel = Kernel::new()?;
+    detach_with(&mut kernel, cfg, dyno_id)
+}
+
+/// Start-up sweep: detaches every dyno that holds a lease or a published port but for which
+/// `alive` says no, and returns their ids. Run it after [`ensure_host`] and before any new
+/// dyno is attached, with `alive` true for every dyno the agent re-adopted.
+pub fn sweep(
+    cfg: &NetworkConfig,
+    alive: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, NetworkError> {
+    cfg.validate()?;
+    let mut kernel = Kernel::new()?;
+    sweep_with(&mut kernel, cfg, alive)
+}
+
+/// The dyno id lands in lease files, interface aliases and nft comments (inside quotes), so
+/// it is held to a small alphabet and to the comment size.
+fn validate_dyno_id(id: &str) -> Result<(), NetworkError> {
+    let invalid = |reason| NetworkError::InvalidDynoId {
+        id: id.to_string(),
+        reason,
+    };
+    if id.is_empty() || id.len() > MAX_DYNO_ID {
+        return Err(invalid("must be 1 to 100 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(invalid("may hold only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Host end of a dyno's veth: derived from the id alone, so detach finds it after a crash
+/// with nothing but the id. 13 hex digits (52 bits) keep it within IFNAMSIZ (15) with the
+/// `mf` prefix that tells operators whose it is.
+fn host_veth_name(dyno_id: &str) -> String {
+    let digest = Sha256::digest(dyno_id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("mf{}", &hex[..13])
+}
+
+/// A locally administered MAC derived from an IPv4 address. A dyno that reuses an address
+/// then reuses its MAC too, so the host's neighbour entry for it is never stale; the bridge
+/// gets the gateway's, which also pins it (a bridge without an explicit MAC takes its lowest
+/// port's, and so changes whenever a dyno comes or goes).
+fn mac_for(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x6d, a, b, c, d]
+}
+
+/// Addresses to try, in order: every dyno address once, from `start` and wrapping around.
+/// A random start spreads concurrent allocators apart and makes quick reuse of a just-freed
+/// address (and of whatever conntrack still remembers about it) unlikely.
+fn candidates(subnet: Ipv4Subnet, start: u32) -> impl Iterator<Item = Ipv4Addr> {
+    let capacity = subnet.dyno_capacity();
+    let start = start % capacity;
+    (0..capacity).map(move |i| subnet.host(2 + (start + i) % capacity))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    dyno: String,
+    /// `(host_port, dyno_port)`; tells detach whether nft needs looking at.
+    publish: Option<(u16, u16)>,
+}
+
+/// Claims the first free candidate address. The lease is written into an unnamed
+/// (`O_TMPFILE`) file first, then linked under each candidate's name until one link does not
+/// already exist: the link is the atomic claim, and the file is complete from the moment
+/// it has a name.
+fn allocate_lease(
+    dir: &Path,
+    subnet: Ipv4Subnet,
+    lease: &Lease,
+    start: u32,
+) -> Result<Ipv4Addr, NetworkError> {
+    fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .map_err(io_error("create an unnamed lease in", dir))?;
+    let json = serde_json::to_vec(lease).map_err(|source| NetworkError::Io {
+        step: "serialise a lease for",
+        path: dir.to_path_buf(),
+        source: source.into(),
+    })?;
+    file.write_all(&json)
+        .map_err(io_error("write a lease in", dir))?;
+    let unnamed = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    for address in candidates(subnet, start) {
+        let path = dir.join(address.to_string());
+        match nix::unistd::linkat(None, &unnamed, None, &path, AtFlags::AT_SYMLINK_FOLLOW) {
+            Ok(()) => return Ok(address),
+            Err(Errno::EEXIST) => continue,
+            Err(errno) => return Err(io_error("link lease", &path)(errno.into())),
+        }
+    }
+    Err(NetworkError::SubnetExhausted { subnet })
+}
+
+/// Every readable lease. A lease that vanishes while being read was just released, and one
+/// that does not parse was not written by us: both are skipped, not fatal, so one bad file
+/// cannot block every detach.
+fn read_leases(dir: &Path) -> Result<Vec<(Ipv4Addr, Lease)>, NetworkError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error("read", dir)(e)),
+    };
+    let mut leases = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error("read", dir))?;
+        let Some(address) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let path = entry.path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error("read", &path)(e)),
+        };
+        match serde_json::from_str(&text) {
+            Ok(lease) => leases.push((address, lease)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "skipping malformed lease")
+            }
+        }
+    }
+    Ok(leases)
+}
+
+fn remove_lease(dir: &Path, address: Ipv4Addr) -> Result<(), NetworkError> {
+    let path = dir.join(address.to_string());
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", &path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Serialises host set-up and detaches across processes; released when dropped.
+fn lock_host(state_dir: &Path) -> Result<Flock<File>, NetworkError> {
+    fs::create_dir_all(state_dir).map_err(io_error("create", state_dir))?;
+    let path = state_dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open", &path))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io_error("lock", &path)(errno.into()))
+}
+
+/// `route_localnet` on the bridge lets a connection the host makes to 127.0.0.1, once DNATed
+/// to a dyno, leave through the bridge (and its replies come back) instead of being dropped
+/// as martian. `lo` does not need it. `proc_sys` is a parameter so tests can use a fixture.
+fn write_sysctls(proc_sys: &Path, bridge: &str) -> Result<(), NetworkError> {
+    for (key, value) in [
+        (PathBuf::from("net/ipv4/ip_forward"), "1"),
+        (
+            PathBuf::from(format!("net/ipv4/conf/{bridge}/route_localnet")),
+            "1",
+        ),
+    ] {
+        let path = proc_sys.join(key);
+        fs::write(&path, value).map_err(io_error("write", &path))?;
+    }
+    Ok(())
+}
+
+/// The host's nft table. The table, map and chains are declared (a no-op when they exist),
+/// then the chains are flushed and refilled in the same transaction: re-running it never
+/// duplicates a rule, and it leaves the map's elements (the published ports) alone.
+///
+/// - prerouting/output: TCP to a host-local address whose port is in the map is DNATed to
+///   the dyno; output covers connections from the host itself, 127.0.0.1 included.
+/// - postrouting: the subnet leaving by any other interface is masqueraded; host-originated
+///   127/8 traffic DNATed onto the bridge is masqueraded to the gateway (a dyno cannot reply
+///   to 127.0.0.1); and DNATed dyno→dyno traffic is masqueraded so the reply comes back
+///   through the host to be un-DNATed rather than straight across the bridge.
+fn host_script(cfg: &NetworkConfig) -> String {
+    let NetworkConfig {
+        bridge,
+        subnet,
+        table,
+        ..
+    } = cfg;
+    format!(
+        "table ip {table} {{
+    map {PUBLISHED_MAP} {{
+        type inet_service : ipv4_addr . inet_service
+    }}
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+    }}
+    chain output {{
+        type nat hook output priority -100; policy accept;
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+    }}
+}}
+flush chain ip {table} prerouting
+flush chain ip {table} output
+flush chain ip {table} postrouting
+add rule ip {table} prerouting fib daddr type local dnat ip to tcp dport map @{PUBLISHED_MAP}
+add rule ip {table} output fib daddr type local dnat ip to tcp dport map @{PUBLISHED_MAP}
+add rule ip {table} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade
+add rule ip {table} postrouting oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade
+add rule ip {table} postrouting oifname \"{bridge}\" ip saddr {subnet} ct status dnat masquerade
+"
+    )
+}
+
+/// One map element: `host_port comment "dyno:<id>" : address . dyno_port`.
+fn element(dyno_id: &str, address: Ipv4Addr, publish: (u16, u16)) -> String {
+    let (host_port, dyno_port) = publish;
+    format!("{host_port} comment \"{COMMENT_PREFIX}{dyno_id}\" : {address} . {dyno_port}")
+}
+
+/// `create` (not `add`) fails if the host port is in the map at all, so two dynos can never
+/// share a port, not even a stale one that a sweep has not yet removed.
+fn publish_script(
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    address: Ipv4Addr,
+    publish: (u16, u16),
+) -> String {
+    let element = element(dyno_id, address, publish);
+    format!(
+        "create element ip {} {PUBLISHED_MAP} {{ {element} }}\n",
+        cfg.table
+    )
+}
+
+fn unpublish_script(cfg: &NetworkConfig, host_ports: &[u16]) -> String {
+    let ports: Vec<String> = host_ports.iter().map(u16::to_string).collect();
+    format!(
+        "delete element ip {} {PUBLISHED_MAP} {{ {} }}\n",
+        cfg.table,
+        ports.join(", ")
+    )
+}
+
+/// Deletes the element a lease says we published, in one nft run and only if it is still
+/// ours: `add` of an identical element is a no-op (or re-creates one already gone, so the
+/// `delete` cannot fail), while `add` over the same port mapped elsewhere fails with "File
+/// exists" and aborts the whole transaction. That saves listing the map first (an nft run
+/// costs 5-10 ms, most of it nft filling its cache).
+fn retract_script(
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    address: Ipv4Addr,
+    publish: (u16, u16),
+) -> String {
+    let table = &cfg.table;
+    let element = element(dyno_id, address, publish);
+    let host_port = publish.0;
+    format!(
+        "add element ip {table} {PUBLISHED_MAP} {{ {element} }}\n\
+         delete element ip {table} {PUBLISHED_MAP} {{ {host_port} }}\n"
+    )
+}
+
+/// `(host_port, dyno_id)` for every element of `nft -j list map` that carries our comment.
+fn parse_published(json: &str) -> Result<Vec<(u16, String)>, serde_json::Error> {
+    let root: serde_json::Value = serde_json::from_str(json)?;
+    let maps = root["nftables"].as_array().into_iter().flatten();
+    let elements = maps
+        .filter_map(|item| item["map"]["elem"].as_array())
+        .flatten();
+    Ok(elements
+        .filter_map(|pair| {
+            let element = &pair[0]["elem"];
+            let port = u16::try_from(element["val"].as_u64()?).ok()?;
+            let id = element["comment"].as_str()?.strip_prefix(COMMENT_PREFIX)?;
+            Some((port, id.to_string()))
+        })
+        .collect())
+}
+
+/// The published ports of every dyno; none when the table does not exist (yet).
+fn list_published(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+) -> Result<Vec<(u16, String)>, NetworkError> {
+    const STEP: &str = "list published ports";
+    let args = ["-j", "list", "map", "ip", &cfg.table, PUBLISHED_MAP];
+    match kernel.nft(STEP, &args, None) {
+        Ok(json) => {
+            parse_published(&json).map_err(|source| NetworkError::NftOutput { step: STEP, source })
+        }
+        Err(e) if e.nft_says("No such file or directory") => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What attach, detach and sweep need from the kernel, so their ordering and undo paths can
+/// be tested against a fake that records calls and injects failures.
+trait Dataplane {
+    /// Creates the veth pair: host end `host` on `bridge`, up, in hairpin mode, with `alias`;
+    /// peer [`PEER_NAME`] with `mac`, directly in the netns of `pid`.
+    fn create_veth(
+        &mut self,
+        bridge: &str,
+        host: &str,
+        alias: &str,
+        pid: i32,
+        mac: [u8; 6],
+    ) -> Result<(), NetworkError>;
+    /// Inside the netns of `pid`: `lo` and [`PEER_NAME`] up, `address/prefix` on it, default
+    /// route via `gateway`.
+    fn configure_inside(
+        &mut self,
+        pid: i32,
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetworkError>;
+    /// Deletes the link `name`; a link that does not exist is success.
+    fn delete_link(&mut self, name: &str) -> Result<(), NetworkError>;
+    /// Runs `nft args…` with `script` on stdin and returns its stdout.
+    fn nft(
+        &mut self,
+        step: &'static str,
+        args: &[&str],
+        script: Option<&str>,
+    ) -> Result<String, NetworkError>;
+}
+
+fn attach_with(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    pid: i32,
+    publish: Option<(u16, u16)>,
+    start: u32,
+) -> Result<Attachment, NetworkError> {
+    let lease_dir = cfg.lease_dir();
+    let lease = Lease {
+        dyno: dyno_id.to_string(),
+        publish,
+    };
+    let address = allocate_lease(&lease_dir, cfg.subnet, &lease, start)?;
+    let host_veth = host_veth_name(dyno_id);
+    let wired = wire(kernel, cfg, dyno_id, pid, publish, address, &host_veth);
+    if let Err(error) = wired {
+        if let Err(undo) = kernel.delete_link(&host_veth) {
+            tracing::warn!(dyno = dyno_id, error = %undo, "attach undo: could not delete the veth");
+        }
+        if let Err(undo) = remove_lease(&lease_dir, address) {
+            tracing::warn!(dyno = dyno_id, error = %undo, "attach undo: could not release the lease");
+        }
+        return Err(error);
+    }
+    Ok(Attachment {
+        address,
+        gateway: cfg.subnet.gateway(),
+        host_veth,
+        published: publish.map(|(host_port, _)| host_port),
+    })
+}
+
+/// The steps of attach after the lease; any failure leaves the undo to [`attach_with`].
+fn wire(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    pid: i32,
+    publish: Option<(u16, u16)>,
+    address: Ipv4Addr,
+    host_veth: &str,
+) -> Result<(), NetworkError> {
+    kernel.create_veth(&cfg.bridge, host_veth, dyno_id, pid, mac_for(address))?;
+    kernel.configure_inside(pid, address, cfg.subnet.prefix(), cfg.subnet.gateway())?;
+    if let Some(publish) = publish {
+        let script = publish_script(cfg, dyno_id, address, publish);
+        kernel
+            .nft("publish a port", &["-f", "-"], Some(&script))
+            .map_err(|e| {
+                if e.nft_says("File exists") {
+                    NetworkError::PortInUse { port: publish.0 }
+                } else {
+                    e
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Order matters for crash safety: published ports, then the veth, then the lease last, so
+/// whatever a crash leaves behind still has a lease naming its dyno for the next sweep.
+/// The host lock keeps two detaches of one dyno from racing a new attach for the same
+/// address or port.
+fn detach_with(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+) -> Result<(), NetworkError> {
+    let _lock = lock_host(&cfg.state_dir)?;
+    let lease_dir = cfg.lease_dir();
+    let leases: Vec<(Ipv4Addr, Lease)> = read_leases(&lease_dir)?
+        .into_iter()
+        .filter(|(_, lease)| lease.dyno == dyno_id)
+        .collect();
+    if leases.is_empty() {
+        // Nothing says what was published (a sweep finds dynos this way): look.
+        let ports: Vec<u16> = list_published(kernel, cfg)?
+            .into_iter()
+            .filter(|(_, id)| id == dyno_id)
+            .map(|(port, _)| port)
+            .collect();
+        if !ports.is_empty() {
+            kernel.nft(
+                "unpublish ports",
+                &["-f", "-"],
+                Some(&unpublish_script(cfg, &ports)),
+            )?;
+        }
+    } else {
+        let script: String = leases
+            .iter()
+            .filter_map(|(address, lease)| {
+                lease
+                    .publish
+                    .map(|publish| retract_script(cfg, dyno_id, *address, publish))
+            })
+            .collect();
+        if !script.is_empty() {
+            match kernel.nft("unpublish a port", &["-f", "-"], Some(&script)) {
+                // The port maps elsewhere, so nothing of ours is left; or there is no table.
+                Err(e) if e.nft_says("File exists") || e.nft_says("No such file or directory") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+    }
+    kernel.delete_link(&host_veth_name(dyno_id))?;
+    for (address, _) in leases {
+        remove_lease(&lease_dir, address)?;
+    }
+    Ok(())
+}
+
+fn sweep_with(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    alive: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, NetworkError> {
+    let mut ids: BTreeSet<String> = read_leases(&cfg.lease_dir())?
+        .into_iter()
+        .map(|(_, lease)| lease.dyno)
+        .collect();
+    ids.extend(list_published(kernel, cfg)?.into_iter().map(|(_, id)| id));
+    let dead: Vec<String> = ids.into_iter().filter(|id| !alive(id)).collect();
+    for id in &dead {
+        tracing::info!(dyno = %id, "sweeping the network of a dyno that is gone");
+        detach_with(kernel, cfg, id)?;
+    }
+    Ok(dead)
+}
+
+/// Runs nft with the C locale, because callers recognise kernel errors by their text.
+fn run_nft(
+    step: &'static str,
+    args: &[&str],
+    script: Option<&str>,
+) -> Result<String, NetworkError> {
+    let spawn_error = |source| NetworkError::NftSpawn { step, source };
+    let mut child = Command::new("nft")
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(if script.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let (Some(script), Some(mut stdin)) = (script, child.stdin.take()) {
+        stdin.write_all(script.as_bytes()).map_err(spawn_error)?;
+    }
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    if !output.status.success() {
+        return Err(NetworkError::Nft {
+            step,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A current-thread runtime and an rtnetlink handle bound to the calling thread's netns.
+/// Dropping the runtime drops the connection task with it; no thread is started.
+fn connect() -> Result<(tokio::runtime::Runtime, rtnetlink::Handle), NetworkError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| NetworkError::Connect { source })?;
+    let (connection, handle, _) = {
+        let _context = rt.enter();
+        rtnetlink::new_connection().map_err(|source| NetworkError::Connect { source })?
+    };
+    rt.spawn(connection);
+    Ok((rt, handle))
+}
+
+fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.to_io().raw_os_error(),
+        _ => None,
+    }
+}
+
+async fn find_link(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<Option<rtnetlink::packet_route::link::LinkMessage>, NetworkError> {
+    match handle
+        .link()
+        .get()
+        .match_name(name)
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link),
+        Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(netlink_error("look up", name)(e)),
+    }
+}
+
+async fn ensure_bridge(
+    handle: &rtnetlink::Handle,
+    cfg: &NetworkConfig,
+) -> Result<(), NetworkError> {
+    let name = cfg.bridge.as_str();
+    let mac = mac_for(cfg.subnet.gateway()).to_vec();
+    if find_link(handle, name).await?.is_none() {
+        let create = LinkBridge::new(name).address(mac.clone()).build();
+        match handle.link().add(create).execute().await {
+            Err(e) if errno_of(&e) != Some(libc::EEXIST) => {
+                return Err(netlink_error("create bridge", name)(e))
+            }
+            _ => {}
+        }
+    }
+    let link = find_link(handle, name)
+        .await?
+        .ok_or_else(|| NetworkError::BridgeMissing {
+            bridge: name.to_string(),
+        })?;
+    let is_bridge = link.attributes.iter().any(|attribute| {
+        matches!(attribute, LinkAttribute::LinkInfo(infos)
+            if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Bridge))))
+    });
+    if !is_bridge {
+        return Err(NetworkError::NotABridge {
+            device: name.to_string(),
+        });
+    }
+    let index = link.header.index;
+    // Also for a bridge made by someone else: pin its MAC and bring it up.
+    let up = LinkUnspec::new_with_index(index).address(mac).up().build();
+    handle
+        .link()
+        .change(up)
+        .execute()
+        .await
+        .map_err(netlink_error("bring up", name))?;
+    let gateway = cfg.subnet.gateway().into();
+    let add = handle.address().add(index, gateway, cfg.subnet.prefix());
+    match add.execute().await {
+        Err(e) if errno_of(&e) != Some(libc::EEXIST) => {
+            Err(netlink_error("add the gateway address to", name)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Opens the netns of `pid`, refusing our own: wiring "the dyno's" namespace when it is
+/// really the host's would rename and re-address the host's interfaces.
+fn open_netns(pid: i32) -> Result<File, NetworkError> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let theirs = File::open(&path).map_err(io_error("open", &path))?;
+    let own_path = Path::new("/proc/thread-self/ns/net");
+    let own = fs::metadata(own_path).map_err(io_error("stat", own_path))?;
+    let their_meta = theirs.metadata().map_err(io_error("stat", &path))?;
+    if (own.dev(), own.ino()) == (their_meta.dev(), their_meta.ino()) {
+        return Err(NetworkError::SharedNamespace { pid });
+    }
+    Ok(theirs)
+}
+
+/// Runs `work` on a short-lived thread that has joined the netns `ns`, and joins it. The
+/// calling thread never changes namespace, so a failure cannot strand it in the dyno's.
+fn in_netns<T: Send>(
+    ns: &File,
+    pid: i32,
+    work: impl FnOnce() -> Result<T, NetworkError> + Send,
+) -> Result<T, NetworkError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| NetworkError::EnterNamespace { pid, source })?;
+                work()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The real [`Dataplane`]: rtnetlink for links, addresses and routes, the `nft` binary for
+/// NAT. Lives for one API call.
+struct Kernel {
+    rt: tokio::runtime::Runtime,
+    handle: rtnetlink::Handle,
+}
+
+impl Kernel {
+    fn new() -> Result<Self, NetworkError> {
+        let (rt, handle) = connect()?;
+        Ok(Self { rt, handle })
+    }
+}
+
+impl Dataplane for Kernel {
+    /// One RTM_NEWLINK makes both ends: the peer is born in the dyno's netns, named and with
+    /// its MAC, and the host end is born on the bridge and up. Asking for the peer to be up
+    /// as well is refused (ENOTCONN, kernel 6.18), so `configure_inside` brings it up.
+    ///
+    /// The kernel ignores port options and the alias on a link it is creating, hence a second
+    /// message for hairpin mode and the alias (the dyno id, for operators). Hairpin matters
+    /// where `br_netfilter` is loaded (as here): a dyno connecting to its own published port
+    /// has its DNATed packet bridged back out of the port it came in by, which a bridge
+    /// refuses without hairpin.
+    fn create_veth(
+        &mut self,
+        bridge: &str,
+        host: &str,
+        alias: &str,
+        pid: i32,
+        mac: [u8; 6],
+    ) -> Result<(), NetworkError> {
+        let ns = open_netns(pid)?;
+        let handle = &self.handle;
+        self.rt.block_on(async {
+            let bridge_index = find_link(handle, bridge)
+                .await?
+                .ok_or_else(|| NetworkError::BridgeMissing {
+                    bridge: bridge.to_string(),
+                })?
+                .header
+                .index;
+            let peer = LinkUnspec::new_with_name(PEER_NAME)
+                .address(mac.to_vec())
+                .setns_by_fd(ns.as_raw_fd())
+                .build();
+            let pair = LinkVeth::new(host, PEER_NAME)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .controller(bridge_index)
+                .up()
+                .build();
+            handle
+                .link()
+                .add(pair)
+                .execute()
+                .await
+                .map_err(netlink_error("create veth", host))?;
+            let port = LinkBridgePort::new(0)
+                .name(host)
+                .alias(alias)
+                .hairpin(true)
+                .build();
+            handle
+                .link()
+                .set_port(port)
+                .execute()
+                .await
+                .map_err(netlink_error("set hairpin mode and alias on", host))
+        })
+    }
+
+    fn configure_inside(
+        &mut self,
+        pid: i32,
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetworkError> {
+        let ns = open_netns(pid)?;
+        in_netns(&ns, pid, || {
+            let (rt, handle) = connect()?;
+            rt.block_on(async {
+                let lo = LinkUnspec::new_with_name("lo").up().build();
+                handle
+                    .link()
+                    .change(lo)
+                    .execute()
+                    .await
+                    .map_err(netlink_error("bring up", "lo"))?;
+                let index = find_link(&handle, PEER_NAME)
+                    .await?
+                    .ok_or(NetworkError::LinkVanished {
+                        pid,
+                        device: PEER_NAME,
+                    })?
+                    .header
+                    .index;
+                let up = LinkUnspec::new_with_index(index).up().build();
+                handle
+                    .link()
+                    .change(up)
+                    .execute()
+                    .await
+                    .map_err(netlink_error("bring up", PEER_NAME))?;
+                handle
+                    .address()
+                    .add(index, address.into(), prefix)
+                    .execute()
+                    .await
+                    .map_err(netlink_error("add the dyno address to", PEER_NAME))?;
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .output_interface(index)
+                    .build();
+                handle
+                    .route()
+                    .add(route)
+                    .execute()
+                    .await
+                    .map_err(netlink_error("add the default route via", PEER_NAME))
+            })
+        })
+    }
+
+    fn delete_link(&mut self, name: &str) -> Result<(), NetworkError> {
+        let request = LinkUnspec::new_with_name(name).build();
+        match self
+            .rt
+            .block_on(self.handle.link().del_with_message(request).execute())
+        {
+            Err(e) if errno_of(&e) != Some(libc::ENODEV) => Err(netlink_error("delete", name)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn nft(
+        &mut self,
+        step: &'static str,
+        args: &[&str],
+        script: Option<&str>,
+    ) -> Result<String, NetworkError> {
+        run_nft(step, args, script)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::Child;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn subnet(text: &str) -> Ipv4Subnet {
+        text.parse().unwrap()
+    }
+
+    fn test_config(state_dir: &Path) -> NetworkConfig {
+        NetworkConfig {
+            state_dir: state_dir.to_path_buf(),
+            ..NetworkConfig::default()
+        }
+    }
+
+    #[test]
+    fn subnet_parses_validates_and_names_its_gateway() {
+        let net = subnet("10.217.0.0/16");
+        assert_eq!(net.gateway(), Ipv4Addr::new(10, 217, 0, 1));
+        assert_eq!(net.to_string(), "10.217.0.0/16");
+        assert_eq!(net.dyno_capacity(), 65533);
+        assert_eq!(NetworkConfig::default().subnet, net);
+        for bad in [
+            "10.217.0.0",
+            "10.217.0.1/16",
+            "10.217.0.0/31",
+            "10.0.0.0/7",
+            "x/16",
+            "10.217.0.0/x",
+        ] {
+            assert!(bad.parse::<Ipv4Subnet>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn config_round_trips_through_json_and_fills_in_missing_fields() {
+        let cfg = NetworkConfig::default();
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"bridge":"manifold0","subnet":"10.217.0.0/16","state_dir":"/var/lib/manifold/net","table":"manifold"}"#
+        );
+        assert_eq!(serde_json::from_str::<NetworkConfig>(&json).unwrap(), cfg);
+        let old: NetworkConfig =
+            serde_json::from_str(r#"{"bridge":"br1","state_dir":"/x"}"#).unwrap();
+        assert_eq!(
+            (old.bridge.as_str(), old.table.as_str(), old.subnet),
+            ("br1", "manifold", cfg.subnet)
+        );
+        assert!(serde_json::from_str::<NetworkConfig>(r#"{"subnet":"10.217.0.1/16"}"#).is_err());
+    }
+
+    #[test]
+    fn candidates_visit_every_dyno_address_once_from_the_start() {
+        let net = subnet("10.219.0.0/29");
+        let from_three: Vec<String> = candidates(net, 3).map(|a| a.to_string()).collect();
+        assert_eq!(
+            from_three,
+            [
+                "10.219.0.5",
+                "10.219.0.6",
+                "10.219.0.2",
+                "10.219.0.3",
+                "10.219.0.4"
+            ]
+        );
+        // Any start, however large, still covers the same five: never .0, .1 (gateway), .7.
+        let mut wrapped: Vec<Ipv4Addr> = candidates(net, u32::MAX).collect();
+        wrapped.sort();
+        assert_eq!(
+            wrapped,
+            (2..=6)
+                .map(|i| Ipv4Addr::new(10, 219, 0, i))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn host_veth_name_is_short_stable_and_distinct() {
+        let name = host_veth_name("web.1");
+        assert_eq!(
+            name, "mff2059589cb873",
+            "the name must not change between agent versions"
+        );
+        assert!(name.len() <= 15);
+        assert_ne!(host_veth_name("web.2"), name);
+        let long = "x".repeat(MAX_DYNO_ID);
+        assert_eq!(host_veth_name(&long).len(), 15);
+    }
+
+    #[test]
+    fn mac_is_locally_administered_unicast_and_follows_the_address() {
+        let mac = mac_for(Ipv4Addr::new(10, 217, 3, 7));
+        assert_eq!(mac, [0x02, 0x6d, 10, 217, 3, 7]);
+        assert_eq!(mac[0] & 0b11, 0b10, "locally administered, unicast");
+    }
+
+    #[test]
+    fn dyno_ids_and_config_names_are_checked() {
+        for good in ["web.1", "run.4821", "app-x_y.worker.12"] {
+            validate_dyno_id(good).unwrap();
+        }
+        let too_long = "a".repeat(MAX_DYNO_ID + 1);
+        for bad in ["", "web 1", "a\"b", "a/b", "ü", too_long.as_str()] {
+            assert!(
+                matches!(
+                    validate_dyno_id(bad),
+                    Err(NetworkError::InvalidDynoId { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let good = NetworkConfig::default();
+        good.validate().unwrap();
+        for cfg in [
+            NetworkConfig {
+                bridge: "sixteen_chars_xx".into(),
+                ..good.clone()
+            },
+            NetworkConfig {
+                bridge: "br\"0".into(),
+                ..good.clone()
+            },
+            NetworkConfig {
+                table: "".into(),
+                ..good.clone()
+            },
+            NetworkConfig {
+                table: "a b".into(),
+                ..good.clone()
+            },
+        ] {
+            assert!(
+                matches!(cfg.validate(), Err(NetworkError::InvalidConfig { .. })),
+                "{cfg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_script_declares_then_refills_the_chains() {
+        let script = host_script(&NetworkConfig::default());
+        let expected = "table ip manifold {
+    map published {
+        type inet_service : ipv4_addr . inet_service
+    }
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+    }
+    chain output {
+        type nat hook output priority -100; policy accept;
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+    }
+}
+flush chain ip manifold prerouting
+flush chain ip manifold output
+flush chain ip manifold postrouting
+add rule ip manifold prerouting fib daddr type local dnat ip to tcp dport map @published
+add rule ip manifold output fib daddr type local dnat ip to tcp dport map @published
+add rule ip manifold postrouting ip saddr 10.217.0.0/16 oifname != \"manifold0\" masquerade
+add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masquerade
+add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct status dnat masquerade
+";
+        assert_eq!(script, expected);
+    }
+
+    #[test]
+    fn publish_and_unpublish_scripts() {
+        let cfg = NetworkConfig::default();
+        let address = Ipv4Addr::new(10, 217, 0, 7);
+        assert_eq!(
+            publish_script(&cfg, "web.1", address, (8080, 5000)),
+            "create element ip manifold published { 8080 comment \"dyno:web.1\" : 10.217.0.7 . 5000 }\n"
+        );
+        assert_eq!(
+            retract_script(&cfg, "web.1", address, (8080, 5000)),
+            "add element ip manifold published { 8080 comment \"dyno:web.1\" : 10.217.0.7 . 5000 }\n\
+             delete element ip manifold published { 8080 }\n"
+        );
+        assert_eq!(
+            unpublish_script(&cfg, &[8080, 8081]),
+            "delete element ip manifold published { 8080, 8081 }\n"
+        );
+    }
+
+    /// What `nft -j list map` printed on nftables 1.0.6, plus an uncommented element and one
+    /// with a foreign comment, which must both be ignored.
+    const LISTING: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "ip", "name": "published", "table": "manifold", "type": "inet_service", "handle": 4, "map": "ipv4_addr . inet_service", "elem": [[{"elem": {"val": 18080, "comment": "dyno:web.1"}}, {"concat": ["10.217.0.2", 5000]}], [18081, {"concat": ["10.217.0.3", 5000]}], [{"elem": {"val": 18082, "comment": "admin"}}, {"concat": ["10.217.0.4", 5000]}], [{"elem": {"val": 18083, "comment": "dyno:run.9"}}, {"concat": ["10.217.0.5", 22]}]]}}]}"#;
+
+    #[test]
+    fn parse_published_reads_only_our_elements() {
+        assert_eq!(
+            parse_published(LISTING).unwrap(),
+            [(18080, "web.1".to_string()), (18083, "run.9".to_string())]
+        );
+        let empty = r#"{"nftables": [{"metainfo": {}}, {"map": {"name": "published"}}]}"#;
+        assert_eq!(parse_published(empty).unwrap(), []);
+        assert!(parse_published("not json").is_err());
+    }
+
+    #[test]
+    fn leases_are_unique_across_concurrent_allocators_until_the_subnet_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = subnet("10.219.0.0/26"); // 61 dyno addresses
+        let results: Vec<Result<Ipv4Addr, NetworkError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|worker| {
+                    let dir = dir.path();
+                    scope.spawn(move || {
+                        (0..10)
+                            .map(|i| {
+                                let lease = Lease {
+                                    dyno: format!("d{worker}.{i}"),
+                                    publish: None,
+                                };
+                                // Everyone starts at the same place: the worst case for races.
+                                allocate_lease(dir, net, &lease, 0)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let granted: BTreeSet<Ipv4Addr> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        let granted_count = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(granted_count, 61, "every address granted exactly once");
+        assert_eq!(granted.len(), 61);
+        assert!(results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, NetworkError::SubnetExhausted { .. })));
+        let on_disk = read_leases(dir.path()).unwrap();
+        assert_eq!(on_disk.len(), 61);
+        let dynos: BTreeSet<&str> = on_disk.iter().map(|(_, l)| l.dyno.as_str()).collect();
+        assert_eq!(dynos.len(), 61, "each lease names its own dyno");
+    }
+
+    #[test]
+    fn a_lease_is_complete_json_and_removal_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = subnet("10.219.0.0/24");
+        let lease = Lease {
+            dyno: "web.1".into(),
+            publish: Some((8080, 5000)),
+        };
+        let address = allocate_lease(dir.path(), net, &lease, 5).unwrap();
+        assert_eq!(address, Ipv4Addr::new(10, 219, 0, 7));
+        let text = fs::read_to_string(dir.path().join("10.219.0.7")).unwrap();
+        assert_eq!(text, r#"{"dyno":"web.1","publish":[8080,5000]}"#);
+        fs::write(dir.path().join("10.219.0.9"), "garbage").unwrap();
+        fs::write(dir.path().join("README"), "not a lease").unwrap();
+        assert_eq!(read_leases(dir.path()).unwrap(), [(address, lease)]);
+        remove_lease(dir.path(), address).unwrap();
+        remove_lease(dir.path(), address).unwrap();
+        assert_eq!(read_leases(&dir.path().join("missing")).unwrap(), []);
+    }
+
+    #[test]
+    fn sysctls_are_written_under_the_given_root() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("net/ipv4/conf/manifold0")).unwrap();
+        write_sysctls(root.path(), "manifold0").unwrap();
+        assert_eq!(
+            fs::read_to_string(root.path().join("net/ipv4/ip_forward")).unwrap(),
+            "1"
+        );
+        let localnet = root.path().join("net/ipv4/conf/manifold0/route_localnet");
+        assert_eq!(fs::read_to_string(localnet).unwrap(), "1");
+        let err = write_sysctls(root.path(), "nosuchbridge").unwrap_err();
+        assert!(
+            err.to_string().contains("nosuchbridge/route_localnet"),
+            "{err}"
+        );
+    }
+
+    /// Records calls; fails the step named in `fail_at`; nft fails with `nft_stderr` if set.
+    #[derive(Default)]
+    struct Fake {
+        calls: Vec<String>,
+        fail_at: Option<&'static str>,
+        nft_stderr: Option<&'static str>,
+        listing: String,
+    }
+
+    impl Fake {
+        fn step(&mut self, name: &'static str, call: String) -> Result<(), NetworkError> {
+            self.calls.push(call);
+            if self.fail_at == Some(name) {
+                return Err(NetworkError::Nft {
+                    step: name,
+                    stderr: "injected".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl Dataplane for Fake {
+        fn create_veth(
+            &mut self,
+            bridge: &str,
+            host: &str,
+            alias: &str,
+            pid: i32,
+            mac: [u8; 6],
+        ) -> Result<(), NetworkError> {
+            self.step(
+                "create_veth",
+                format!(
+                    "create_veth {host} on {bridge} for {alias} in {pid} mac {:02x}",
+                    mac[5]
+                ),
+            )
+        }
+
+        fn configure_inside(
+            &mut self,
+            pid: i32,
+            address: Ipv4Addr,
+            prefix: u8,
+            gateway: Ipv4Addr,
+        ) -> Result<(), NetworkError> {
+            self.step(
+                "configure_inside",
+                format!("configure_inside {pid} {address}/{prefix} via {gateway}"),
+            )
+        }
+
+        fn delete_link(&mut self, name: &str) -> Result<(), NetworkError> {
+            self.step("delete_link", format!("delete_link {name}"))
+        }
+
+        fn nft(
+            &mut self,
+            step: &'static str,
+            args: &[&str],
+            script: Option<&str>,
+        ) -> Result<String, NetworkError> {
+            self.step(
+                "nft",
+                format!("nft {} {}", args.join(" "), script.unwrap_or("").trim_end()),
+            )?;
+            match self.nft_stderr {
+                Some(stderr) => Err(NetworkError::Nft {
+                    step,
+                    stderr: stderr.into(),
+                }),
+                None if args.first() == Some(&"-j") => Ok(self.listing.clone()),
+                None => Ok(String::new()),
+            }
+        }
+    }
+
+    #[test]
+    fn attach_runs_its_steps_in_order() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake::default();
+        let attachment = attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+        assert_eq!(
+            attachment,
+            Attachment {
+                address: Ipv4Addr::new(10, 217, 0, 2),
+                gateway: Ipv4Addr::new(10, 217, 0, 1),
+                host_veth: host_veth_name("web.1"),
+                published: Some(8080),
+            }
+        );
+        let veth = host_veth_name("web.1");
+        assert_eq!(
+            fake.calls,
+            [
+                format!("create_veth {veth} on manifold0 for web.1 in 42 mac 02"),
+                "configure_inside 42 10.217.0.2/16 via 10.217.0.1".to_string(),
+                "nft -f - create element ip manifold published { 8080 comment \"dyno:web.1\" : 10.217.0.2 . 5000 }".to_string(),
+            ]
+        );
+        let leases = read_leases(&cfg.lease_dir()).unwrap();
+        assert_eq!(
+            leases,
+            [(
+                attachment.address,
+                Lease {
+                    dyno: "web.1".into(),
+                    publish: Some((8080, 5000))
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn attach_undoes_everything_when_any_step_fails() {
+        for failing in ["create_veth", "configure_inside", "nft"] {
+            let state = tempfile::tempdir().unwrap();
+            let cfg = test_config(state.path());
+            let mut fake = Fake {
+                fail_at: Some(failing),
+                ..Fake::default()
+            };
+            let err = attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
+            assert!(
+                matches!(err, NetworkError::Nft { step, .. } if step == failing),
+                "{failing}: {err}"
+            );
+            assert_eq!(
+                read_leases(&cfg.lease_dir()).unwrap(),
+                [],
+                "{failing}: lease left behind"
+            );
+            let last = fake.calls.last().unwrap();
+            assert_eq!(
+                last,
+                &format!("delete_link {}", host_veth_name("web.1")),
+                "{failing}"
+            );
+        }
+    }
+
+    #[test]
+    fn attach_reports_a_taken_port_as_such() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake {
+            nft_stderr: Some("Error: Could not process rule: File exists"),
+            ..Fake::default()
+        };
+        let err = attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
+        assert!(
+            matches!(err, NetworkError::PortInUse { port: 8080 }),
+            "{err}"
+        );
+        assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
+    }
+
+    #[test]
+    fn detach_of_an_unpublished_dyno_never_runs_nft() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake::default();
+        attach_with(&mut fake, &cfg, "worker.1", 42, None, 0).unwrap();
+        fake.calls.clear();
+        detach_with(&mut fake, &cfg, "worker.1").unwrap();
+        assert_eq!(
+            fake.calls,
+            [format!("delete_link {}", host_veth_name("worker.1"))]
+        );
+        assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
+    }
+
+    #[test]
+    fn detach_retracts_a_published_port_in_one_nft_run_and_tolerates_it_being_gone() {
+        for stderr in [None, Some("Error: Could not process rule: File exists")] {
+            let state = tempfile::tempdir().unwrap();
+            let cfg = test_config(state.path());
+            let mut fake = Fake::default();
+            attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+            fake.calls.clear();
+            fake.nft_stderr = stderr;
+            detach_with(&mut fake, &cfg, "web.1").unwrap();
+            assert_eq!(
+                fake.calls,
+                [
+                    "nft -f - add element ip manifold published { 8080 comment \"dyno:web.1\" : 10.217.0.2 . 5000 }\n\
+                     delete element ip manifold published { 8080 }"
+                        .to_string(),
+                    format!("delete_link {}", host_veth_name("web.1")),
+                ]
+            );
+            assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
+        }
+    }
+
+    #[test]
+    fn detach_keeps_the_lease_when_a_step_fails_so_it_can_be_retried() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake::default();
+        attach_with(&mut fake, &cfg, "web.1", 42, None, 0).unwrap();
+        fake.fail_at = Some("delete_link");
+        assert!(detach_with(&mut fake, &cfg, "web.1").is_err());
+        assert_eq!(read_leases(&cfg.lease_dir()).unwrap().len(), 1);
+        fake.fail_at = None;
+        detach_with(&mut fake, &cfg, "web.1").unwrap();
+        assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
+    }
+
+    #[test]
+    fn detach_without_a_lease_looks_for_its_elements() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake {
+            listing: LISTING.into(),
+            ..Fake::default()
+        };
+        detach_with(&mut fake, &cfg, "run.9").unwrap();
+        assert_eq!(
+            fake.calls,
+            [
+                "nft -j list map ip manifold published ".to_string(),
+                "nft -f - delete element ip manifold published { 18083 }".to_string(),
+                format!("delete_link {}", host_veth_name("run.9")),
+            ]
+        );
+        // Without a table there is nothing to list, and that is not an error.
+        let mut fake = Fake {
+            nft_stderr: Some("Error: No such file or directory"),
+            ..Fake::default()
+        };
+        detach_with(&mut fake, &cfg, "run.9").unwrap();
+    }
+
+    #[test]
+    fn sweep_detaches_dynos_that_are_gone_and_only_those() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake {
+            listing: LISTING.into(),
+            ..Fake::default()
+        };
+        attach_with(&mut fake, &cfg, "web.1", 42, Some((18080, 5000)), 0).unwrap();
+        attach_with(&mut fake, &cfg, "worker.1", 43, None, 0).unwrap();
+        attach_with(&mut fake, &cfg, "worker.2", 44, None, 0).unwrap();
+        fake.calls.clear();
+        let alive = |id: &str| id == "worker.2";
+        // run.9 holds only an nft element (its lease is gone): it is swept too.
+        let swept = sweep_with(&mut fake, &cfg, &alive).unwrap();
+        assert_eq!(swept, ["run.9", "web.1", "worker.1"]);
+        let left: Vec<String> = read_leases(&cfg.lease_dir())
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l.dyno)
+            .collect();
+        assert_eq!(left, ["worker.2"]);
+        for id in ["run.9", "web.1", "worker.1"] {
+            assert!(
+                fake.calls
+                    .contains(&format!("delete_link {}", host_veth_name(id))),
+                "{id}"
+            );
+        }
+        assert!(!fake
+            .calls
+            .contains(&format!("delete_link {}", host_veth_name("worker.2"))));
+    }
+
+    // ---- against the real kernel: root only -------------------------------------------
+
+    /// Root tests must run in CI (which is root); elsewhere they skip, loudly.
+    fn root_or_skip(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs root and CI must run it as root"
+        );
+        eprintln!("SKIPPED {test}: needs root (CI runs it as root)");
+        false
+    }
+
+    fn run(program: &str, args: &[&str]) -> String {
+        let output = Command::new(program).args(args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A host network of its own (bridge, /24, nft table, state dir) so tests neither clash
+    /// with each other nor with a real agent; torn down on drop, even when the test fails.
+    struct TestHost {
+        cfg: NetworkConfig,
+        _state: tempfile::TempDir,
+    }
+
+    impl TestHost {
+        fn new() -> Self {
+            static NEXT_OCTET: AtomicU8 = AtomicU8::new(0);
+            // A random base per process keeps concurrent test runs apart, the counter keeps
+            // this run's tests apart.
+            static BASE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+            let base = *BASE.get_or_init(rand::random);
+            let octet = base.wrapping_add(NEXT_OCTET.fetch_add(1, Ordering::Relaxed));
+            let tag = format!("mft{:06x}", rand::random::<u32>() & 0xff_ffff);
+            let state = tempfile::tempdir().unwrap();
+            let cfg = NetworkConfig {
+                bridge: tag.clone(),
+                subnet: Ipv4Subnet::new(Ipv4Addr::new(10, 219, octet, 0), 24).unwrap(),
+                state_dir: state.path().to_path_buf(),
+                table: tag,
+            };
+            let host = Self { cfg, _state: state };
+            ensure_host(&host.cfg).unwrap();
+            host
+        }
+
+        fn table(&self) -> String {
+            run("nft", &["list", "table", "ip", &self.cfg.table])
+        }
+    }
+
+    impl Drop for TestHost {
+        fn drop(&mut self) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &self.cfg.table])
+                .status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.cfg.bridge])
+                .status();
+        }
+    }
+
+    /// A process in a new network namespace, standing in for a created container's init.
+    struct Dyno {
+        child: Child,
+        id: String,
+    }
+
+    impl Dyno {
+        fn new(name: &str) -> Self {
+            Self::spawn(name, &["-n"])
+        }
+
+        /// Like a container with a user namespace: its netns belongs to that namespace.
+        fn with_user_namespace(name: &str) -> Self {
+            Self::spawn(name, &["-U", "-r", "-n"])
+        }
+
+        fn spawn(name: &str, namespaces: &[&str]) -> Self {
+            let child = Command::new("unshare")
+                .args(namespaces)
+                .args(["sleep", "120"])
+                .spawn()
+                .unwrap();
+            let own = fs::read_link("/proc/self/ns/net").unwrap();
+            let theirs = format!("/proc/{}/ns/net", child.id());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            // unshare(1) needs a moment before it has its own namespace.
+            while fs::read_link(&theirs).unwrap() == own {
+                assert!(
+                    Instant::now() < deadline,
+                    "unshare never left the host netns"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let id = format!("{name}-{:08x}", rand::random::<u32>());
+            Self { child, id }
+        }
+
+        fn pid(&self) -> i32 {
+            i32::try_from(self.child.id()).unwrap()
+        }
+
+        /// Runs `work` inside the dyno's network namespace.
+        fn inside<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+            let ns = File::open(format!("/proc/{}/ns/net", self.pid())).unwrap();
+            in_netns(&ns, self.pid(), || Ok(work())).unwrap()
+        }
+
+        fn links(&self) -> Vec<String> {
+            let pid = self.pid().to_string();
+            run("nsenter", &["-t", &pid, "-n", "ip", "-o", "link"])
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(1))
+                .map(|name| {
+                    name.trim_end_matches(':')
+                        .split('@')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        }
+
+        fn addresses(&self) -> String {
+            let pid = self.pid().to_string();
+            let out = run("nsenter", &["-t", &pid, "-n", "ip", "-o", "-4", "addr"]);
+            out.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+    }
+
+    impl Drop for Dyno {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// Connects with `connect`, has `listener` accept and greet, returns what the client read
+    /// and the client address the server saw. The handshake completes in the kernel's
+    /// backlog, so connect-then-accept needs no second thread.
+    fn exchange(
+        listener: &TcpListener,
+        connect: impl FnOnce() -> io::Result<TcpStream>,
+    ) -> (String, Ipv4Addr) {
+        let mut client = connect().unwrap();
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (mut server, seen) = listener.accept().unwrap();
+        server.write_all(b"hello").unwrap();
+        drop(server);
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        let SocketAddr::V4(seen) = seen else {
+            panic!("{seen} is not ipv4")
+        };
+        (got, *seen.ip())
+    }
+
+    fn connect(address: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
+        TcpStream::connect_timeout(&SocketAddr::from((address, port)), TIMEOUT)
+    }
+
+    /// Any host port will do (DNAT wins over whatever listens there); random keeps parallel
+    /// tests and test runs apart.
+    fn random_port() -> u16 {
+        rand::random::<u16>() % 30000 + 20000
+    }
+
+    #[test]
+    fn attach_wires_the_dyno_and_detach_removes_everything() {
+        if !root_or_skip("attach_wires_the_dyno_and_detach_removes_everything") {
+            return;
+        }
+        let host = TestHost::new();
+        let cfg = &host.cfg;
+        let dyno = Dyno::new("web.1");
+        let port = random_port();
+        let attachment = attach(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
+        let gateway = cfg.subnet.gateway();
+        assert_eq!(attachment.gateway, gateway);
+        assert_eq!(attachment.published, Some(port));
+        assert_eq!(attachment.host_veth, host_veth_name(&dyno.id));
+
+        assert_eq!(dyno.links(), ["lo", "eth0"]);
+        let expected = format!("eth0 inet {}/24", attachment.address);
+        assert!(dyno.addresses().contains(&expected), "{}", dyno.addresses());
+        let host_links = run("ip", &["-o", "link", "show", "master", &cfg.bridge]);
+        assert!(host_links.contains(&attachment.host_veth), "{host_links}");
+        assert!(host_links.contains(",UP,"), "{host_links}");
+
+        // The dyno reaches the host through the gateway.
+        let on_host = TcpListener::bind((gateway, 0)).unwrap();
+        let host_port = on_host.local_addr().unwrap().port();
+        let (got, seen) = exchange(&on_host, || dyno.inside(|| connect(gateway, host_port)));
+        assert_eq!((got.as_str(), seen), ("hello", attachment.address));
+
+        // The published port reaches the dyno from the host, by 127.0.0.1 (masqueraded to
+        // the gateway, as a dyno cannot answer 127.0.0.1) and by the gateway address.
+        let in_dyno = dyno
+            .inside(|| TcpListener::bind(("0.0.0.0", 5000)))
+            .unwrap();
+        let (got, seen) = exchange(&in_dyno, || connect(Ipv4Addr::LOCALHOST, port));
+        assert_eq!((got.as_str(), seen), ("hello", gateway));
+        let (got, _) = exchange(&in_dyno, || connect(gateway, port));
+        assert_eq!(got, "hello");
+        // And from the dyno itself through the host (hairpin).
+        let (got, seen) = exchange(&in_dyno, || dyno.inside(|| connect(gateway, port)));
+        assert_eq!((got.as_str(), seen), ("hello", gateway));
+
+        detach(cfg, &dyno.id).unwrap();
+        assert!(!run("ip", &["-o", "link"]).contains(&attachment.host_veth));
+        assert_eq!(dyno.links(), ["lo"], "the peer goes with the host end");
+        assert!(!host.table().contains(&dyno.id), "{}", host.table());
+        assert_eq!(fs::read_dir(cfg.lease_dir()).unwrap().count(), 0);
+        assert!(connect(Ipv4Addr::LOCALHOST, port).is_err());
+        detach(cfg, &dyno.id).unwrap();
+    }
+
+    #[test]
+    fn dynos_reach_the_outside_masqueraded() {
+        if !root_or_skip("dynos_reach_the_outside_masqueraded") {
+            return;
+        }
+        let host = TestHost::new();
+        let dyno = Dyno::new("web.1");
+        attach(&host.cfg, &dyno.id, dyno.pid(), None).unwrap();
+        // "The outside": another netns behind a /30 uplink that knows no route to dynos.
+        let outside = Dyno::new("outside");
+        let [_, _, octet, _] = host.cfg.subnet.network().octets();
+        let uplink = format!("mfo{}", &host.cfg.bridge[3..]);
+        let (near, far) = (
+            Ipv4Addr::new(10, 220, octet, 1),
+            Ipv4Addr::new(10, 220, octet, 2),
+        );
+        let pid = outside.pid().to_string();
+        for args in [
+            vec![
+                "link", "add", &uplink, "type", "veth", "peer", "name", "up0", "netns", &pid,
+            ],
+            vec!["addr", "add", &format!("{near}/30"), "dev", &uplink],
+            vec!["link", "set", &uplink, "up"],
+        ] {
+            assert!(
+                Command::new("ip").args(&args).status().unwrap().success(),
+                "{args:?}"
+            );
+        }
+        let inside_outside = format!("ip addr add {far}/30 dev up0 && ip link set up0 up");
+        let status = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "sh", "-c", &inside_outside])
+            .status();
+        assert!(status.unwrap().success());
+
+        let server = outside.inside(|| TcpListener::bind((far, 0))).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let (got, seen) = exchange(&server, || dyno.inside(|| connect(far, port)));
+        assert_eq!(
+            (got.as_str(), seen),
+            ("hello", near),
+            "the dyno's address must not leak"
+        );
+        detach(&host.cfg, &dyno.id).unwrap();
+    }
+
+    #[test]
+    fn ensure_host_is_idempotent_under_concurrency_and_keeps_published_ports() {
+        if !root_or_skip("ensure_host_is_idempotent_under_concurrency_and_keeps_published_ports") {
+            return;
+        }
+        let host = TestHost::new();
+        let cfg = &host.cfg;
+        let dyno = Dyno::new("web.1");
+        let port = random_port();
+        attach(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..4).map(|_| scope.spawn(|| ensure_host(cfg))).collect();
+            for run in runs {
+                run.join().unwrap().unwrap();
+            }
+        });
+        let table = host.table();
+        assert_eq!(table.matches("masquerade").count(), 3, "{table}");
+        assert_eq!(table.matches("dnat ip to").count(), 2, "{table}");
+        assert!(
+            table.contains(&format!("{port} comment \"dyno:{}\"", dyno.id)),
+            "{table}"
+        );
+        let addresses = run("ip", &["-o", "-4", "addr", "show", "dev", &cfg.bridge]);
+        assert_eq!(addresses.lines().count(), 1, "{addresses}");
+        assert!(
+            addresses.contains(&format!("inet {}/24", cfg.subnet.gateway())),
+            "{addresses}"
+        );
+        let mac = run("cat", &[&format!("/sys/class/net/{}/address", cfg.bridge)]);
+        let [_, _, a, b, c, d] = mac_for(cfg.subnet.gateway());
+        assert_eq!(mac.trim(), format!("02:6d:{a:02x}:{b:02x}:{c:02x}:{d:02x}"));
+        let localnet = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", cfg.bridge);
+        assert_eq!(fs::read_to_string(localnet).unwrap().trim(), "1");
+        assert_eq!(
+            fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .unwrap()
+                .trim(),
+            "1"
+        );
+        detach(cfg, &dyno.id).unwrap();
+    }
+
+    #[test]
+    fn attach_refuses_a_taken_port_and_undoes_itself() {
+        if !root_or_skip("attach_refuses_a_taken_port_and_undoes_itself") {
+            return;
+        }
+        let host = TestHost::new();
+        let cfg = &host.cfg;
+        let (first, second) = (Dyno::new("web.1"), Dyno::new("web.2"));
+        let port = random_port();
+        attach(cfg, &first.id, first.pid(), Some((port, 5000))).unwrap();
+        let err = attach(cfg, &second.id, second.pid(), Some((port, 5000))).unwrap_err();
+        assert!(
+            matches!(err, NetworkError::PortInUse { port: p } if p == port),
+            "{err}"
+        );
+        assert_eq!(second.links(), ["lo"], "the veth was undone");
+        assert!(!run("ip", &["-o", "link"]).contains(&host_veth_name(&second.id)));
+        let leases: Vec<String> = read_leases(&cfg.lease_dir())
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l.dyno)
+            .collect();
+        assert_eq!(leases, std::slice::from_ref(&first.id));
+        // The first dyno still owns the port.
+        let in_first = first
+            .inside(|| TcpListener::bind(("0.0.0.0", 5000)))
+            .unwrap();
+        assert_eq!(
+            exchange(&in_first, || connect(Ipv4Addr::LOCALHOST, port)).0,
+            "hello"
+        );
+        detach(cfg, &first.id).unwrap();
+    }
+
+    #[test]
+    fn attach_refuses_the_hosts_namespace_and_a_missing_bridge() {
+        if !root_or_skip("attach_refuses_the_hosts_namespace_and_a_missing_bridge") {
+            return;
+        }
+        let host = TestHost::new();
+        let own_pid = i32::try_from(std::process::id()).unwrap();
+        let err = attach(&host.cfg, "web.1", own_pid, None).unwrap_err();
+        assert!(matches!(err, NetworkError::SharedNamespace { .. }), "{err}");
+        assert_eq!(read_leases(&host.cfg.lease_dir()).unwrap(), []);
+
+        let dyno = Dyno::new("web.1");
+        let no_bridge = NetworkConfig {
+            bridge: "mftnobridge".into(),
+            ..host.cfg.clone()
+        };
+        let err = attach(&no_bridge, &dyno.id, dyno.pid(), None).unwrap_err();
+        assert!(matches!(err, NetworkError::BridgeMissing { .. }), "{err}");
+        assert_eq!(read_leases(&host.cfg.lease_dir()).unwrap(), []);
+        assert_eq!(dyno.links(), ["lo"]);
+    }
+
+    #[test]
+    fn dynos_reach_each_other_by_published_port_and_sweep_removes_the_dead() {
+        if !root_or_skip("dynos_reach_each_other_by_published_port_and_sweep_removes_the_dead") {
+            return;
+        }
+        let host = TestHost::new();
+        let cfg = &host.cfg;
+        let (web, worker) = (Dyno::new("web.1"), Dyno::with_user_namespace("worker.1"));
+        let (web_port, worker_port) = (random_port(), random_port().wrapping_add(1));
+        let web_net = attach(cfg, &web.id, web.pid(), Some((web_port, 5000))).unwrap();
+        let worker_net = attach(cfg, &worker.id, worker.pid(), Some((worker_port, 5000))).unwrap();
+
+        // worker → host:web_port → web, replies back through the host (masqueraded).
+        let in_web = web.inside(|| TcpListener::bind(("0.0.0.0", 5000))).unwrap();
+        let (got, seen) = exchange(&in_web, || {
+            worker.inside(|| connect(cfg.subnet.gateway(), web_port))
+        });
+        assert_eq!((got.as_str(), seen), ("hello", cfg.subnet.gateway()));
+
+        let web_id = web.id.clone();
+        let alive = move |id: &str| id == web_id;
+        let swept = sweep(cfg, &alive).unwrap();
+        assert_eq!(swept, std::slice::from_ref(&worker.id));
+        let table = host.table();
+        assert!(
+            !table.contains(&worker.id) && table.contains(&web.id),
+            "{table}"
+        );
+        let links = run("ip", &["-o", "link"]);
+        assert!(!links.contains(&worker_net.host_veth) && links.contains(&web_net.host_veth));
+        let leases: Vec<String> = read_leases(&cfg.lease_dir())
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l.dyno)
+            .collect();
+        assert_eq!(leases, std::slice::from_ref(&web.id));
+        assert_eq!(sweep(cfg, &|_: &str| true).unwrap(), Vec::<String>::new());
+        detach(cfg, &web.id).unwrap();
+    }
+
+    /// `cargo test -- --ignored --nocapture attach_detach_timing`: medians of 21 rounds of
+    /// ensure_host on a set-up host, and of attach and detach, each with a fresh netns,
+    /// detached while it lives (the kernel deletes the veth on our clock) and after it is
+    /// gone (the kernel already has).
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn attach_detach_timing() {
+        if !root_or_skip("attach_detach_timing") {
+            return;
+        }
+        let host = TestHost::new();
+        let median = |mut samples: Vec<Duration>| {
+            samples.sort();
+            samples[samples.len() / 2]
+        };
+        let reruns = (0..21)
+            .map(|_| {
+                let started = Instant::now();
+                ensure_host(&host.cfg).unwrap();
+                started.elapsed()
+            })
+            .collect();
+        println!("ensure_host, already set up: {:?}", median(reruns));
+        for publish in [None, Some((random_port(), 5000))] {
+            for after_exit in [false, true] {
+                let (mut attaches, mut detaches) = (Vec::new(), Vec::new());
+                for _ in 0..21 {
+                    let dyno = Dyno::new("time");
+                    let started = Instant::now();
+                    attach(&host.cfg, &dyno.id, dyno.pid(), publish).unwrap();
+                    attaches.push(started.elapsed());
+                    let id = dyno.id.clone();
+                    if after_exit {
+                        drop(dyno);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    let started = Instant::now();
+                    detach(&host.cfg, &id).unwrap();
+                    detaches.push(started.elapsed());
+                }
+                println!(
+                    "publish {:5} detach after exit {after_exit:5}: attach {:?} detach {:?}",
+                    publish.is_some(),
+                    median(attaches),
+                    median(detaches)
+                );
+            }
+        }
+    }
+}

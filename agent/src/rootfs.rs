@@ -11,8 +11,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 /// Errors mounting or removing a root filesystem.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("stack directory {path} does not exist (build it with rootfs/build-stack)")]
-    NoStack { path: PathBuf },
+    #[error("stack {name:?} not found at {path} (build it with `rootfs/build-stack {name}`)")]
+    NoStack { name: String, path: PathBuf },
+    #[error("invalid stack name {name:?}: use lower-case letters, digits, `-`, `_` and `.`, not starting with `.`")]
+    StackName { name: String },
     #[error("cannot prepare {path}")]
     Prepare {
         path: PathBuf,
@@ -32,6 +34,31 @@ pub enum RootfsError {
         #[source]
         source: nix::Error,
     },
+}
+
+/// Finds a stack by name. Only a finished stack counts: `rootfs/build-stack` writes
+/// `.manifold-stack` last, so a stack being built or replaced is never used half-made. The
+/// name is checked so that it cannot name a path outside the stacks directory.
+pub fn find_stack(stacks_dir: &Path, name: &str) -> Result<PathBuf, RootfsError> {
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if !valid {
+        return Err(RootfsError::StackName {
+            name: name.to_string(),
+        });
+    }
+    let path = stacks_dir.join(name);
+    if path.join(".manifold-stack").is_file() {
+        Ok(path)
+    } else {
+        Err(RootfsError::NoStack {
+            name: name.to_string(),
+            path,
+        })
+    }
 }
 
 /// The directories of one overlay.
@@ -130,6 +157,20 @@ pub fn mounted_under(path: &Path) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stacks_are_found_only_when_finished_and_well_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("half")).expect("mkdir");
+        fs::create_dir_all(dir.path().join("done")).expect("mkdir");
+        fs::write(dir.path().join("done/.manifold-stack"), "name=done\n").expect("write");
+        assert_eq!(find_stack(dir.path(), "done").expect("found"), dir.path().join("done"));
+        let half = find_stack(dir.path(), "half").expect_err("unfinished");
+        assert!(half.to_string().contains("rootfs/build-stack half"), "{half}");
+        for bad in ["../etc", ".tmp", "", "a/b", "Upper"] {
+            assert!(matches!(find_stack(dir.path(), bad), Err(RootfsError::StackName { .. })), "{bad}");
+        }
+    }
 
     #[test]
     fn escapes_overlay_separators() {

@@ -175,10 +175,7 @@ impl Shim {
     /// left for [`cleanup`], which removes it idempotently.
     fn start(&mut self) -> Result<Running, StartFailure> {
         let c = &self.config;
-        let stack = c.host.stack(&c.stack);
-        if !stack.is_dir() {
-            return Err(rootfs::RootfsError::NoStack { path: stack }).step("stack");
-        }
+        let stack = rootfs::find_stack(&c.host.stacks_dir(), &c.stack).step("stack")?;
         let mut lower = Vec::new();
         if let Some(slug) = &c.slug {
             let cache = SlugCache::new(
@@ -203,7 +200,7 @@ impl Shim {
 
         let spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
         spec::write(&spec, &self.dir).step("spec")?;
-        network::ensure_host(&c.host.network).step("network")?;
+        network::ensure_host_cached(&c.host.network).step("network")?;
 
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).step("pipes")?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).step("pipes")?;

@@ -270,7 +270,7 @@ mod tests {
             .iter()
             .map(|n| n.typ().to_string())
             .collect();
-        for want in ["pid", "mount", "uts", "ipc", "network", "cgroup"] {
+        for want in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
             assert!(ns.iter().any(|n| n == want), "{want} missing from {ns:?}");
         }
         let res = linux.resources().as_ref().expect("resources");

@@ -108,3 +108,43 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A `manifold-agent run` started in the background. Dropping it stops the dyno (SIGTERM,
+/// then SIGKILL) so that a failing test does not leave a dyno running.
+pub struct Background {
+    pub child: Option<std::process::Child>,
+}
+
+impl Background {
+    pub fn spawn(cmd: &mut Command) -> Background {
+        Background {
+            child: Some(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap()),
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// Stops the dyno with SIGTERM and collects its output.
+    pub fn stop(mut self) -> Output {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}

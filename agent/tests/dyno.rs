@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,7 +37,8 @@ fn output_exit_status_and_environment() {
     let platform = platform_lines(&out);
     assert!(platform[0].starts_with("Starting process with command `echo"), "{platform:?}");
     assert!(platform.contains(&"Process exited with status 7".to_string()), "{platform:?}");
-    assert!(platform.contains(&"State changed from up to crashed".to_string()), "{platform:?}");
+    // It never bound $PORT, so it never was up (Heroku: "starting to crashed").
+    assert!(platform.contains(&"State changed from starting to crashed".to_string()), "{platform:?}");
     // Logplex's line shape: `<rfc3339 with µs> app[web.3]: ...`
     let first_app = stdout(&out).lines().find(|l| l.contains(" app[web.3]: ")).unwrap().to_string();
     let ts = first_app.split(' ').next().unwrap();
@@ -139,15 +140,9 @@ fn sigterm_trapped_exits_cleanly_and_ignored_is_killed_after_grace() {
         return;
     }
     let stop = |command: &str| {
-        let child = Command::new(BIN)
-            .args(["run", "--name", "worker.1", "--grace", "2s", "--", command])
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let dyno = Background::spawn(Command::new(BIN).args(["run", "--name", "worker.1", "--grace", "2s", "--", command]));
         std::thread::sleep(Duration::from_millis(1500));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-        child.wait_with_output().unwrap()
+        dyno.stop()
     };
     let trapped = stop("trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.2; done");
     assert_eq!(trapped.status.code(), Some(0), "{}", stdout(&trapped));
@@ -174,13 +169,11 @@ fn web_dyno_answers_through_the_published_port() {
     let tmp = tempfile::tempdir().unwrap();
     let slug = slug(tmp.path(), "web.tgz", &[("public/index.html", "hello from a dyno\n", 0o644)]);
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["run", "--slug", slug.to_str().unwrap(), "--name", "web.1", "--grace", "2s"])
-        .args(["--publish", &port.to_string(), "--", "exec busybox httpd -f -p $PORT -h /app/public"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let dyno = Background::spawn(
+        Command::new(BIN)
+            .args(["run", "--slug", slug.to_str().unwrap(), "--name", "web.1", "--grace", "2s"])
+            .args(["--publish", &port.to_string(), "--", "exec busybox httpd -f -p $PORT -h /app/public"]),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -195,12 +188,10 @@ fn web_dyno_answers_through_the_published_port() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(body.ends_with("hello from a dyno\n"), "{body}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    assert!(out.contains("State changed from starting to up"), "{out}");
-    assert!(status.code().is_some());
+    let out = dyno.stop();
+    let p = platform_lines(&out);
+    assert!(p.contains(&"State changed from starting to up".to_string()), "{p:?}");
+    assert!(p.contains(&"State changed from up to down".to_string()), "{p:?}");
 }
 
 #[test]
@@ -257,13 +248,12 @@ fn dyno_outlives_the_process_that_started_it() {
         return;
     }
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
-        .args(["run", "--name", "worker.1", "--grace", "2s", "--"])
-        .arg("echo id=$(hostname); i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut dyno = Background::spawn(
+        Command::new(BIN)
+            .args(["run", "--name", "worker.1", "--grace", "2s", "--"])
+            .arg("echo id=$(hostname); i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"),
+    );
+    let mut child = dyno.child.take().unwrap();
     let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     let id = loop {

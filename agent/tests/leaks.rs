@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -82,15 +82,9 @@ fn a_hundred_dynos_leave_nothing_behind() {
             3 => run(&["--slug", &slug, "--sha256", &"a".repeat(64), "--name", "worker.1"], "true"),
             // stopped by a signal mid-run
             _ => {
-                let child = Command::new(BIN)
-                    .args(["run", "--name", "worker.1", "--grace", "1s", "--", "echo up; sleep 30"])
-                    .stdout(Stdio::piped())
-                    .stdin(Stdio::null())
-                    .spawn()
-                    .unwrap();
+                let dyno = Background::spawn(Command::new(BIN).args(["run", "--name", "worker.1", "--grace", "1s", "--", "echo up; sleep 30"]));
                 std::thread::sleep(Duration::from_millis(200));
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-                child.wait_with_output().unwrap()
+                dyno.stop()
             }
         };
         assert!(

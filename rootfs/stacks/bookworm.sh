@@ -26,7 +26,31 @@ bookworm_tarball() {
 		"$CACHE_DIR" "$BOOKWORM_SUITE" "$(host_arch)" "$(bookworm_cache_key)"
 }
 
-stack_key_inputs() { printf 'rootfs=%s\n' "$(bookworm_cache_key)"; }
+# Certificate authorities the operator added on the host (/usr/local/share/ca-certificates,
+# e.g. a company's TLS-inspecting proxy) are trusted by the stack too, so that builds and
+# dynos reach package registries the way the host does. They are part of the stack's key.
+host_local_cas() { find /usr/local/share/ca-certificates -type f -name '*.crt' 2>/dev/null | sort; }
+
+stack_key_inputs() {
+	printf 'rootfs=%s\n' "$(bookworm_cache_key)"
+	local ca
+	while read -r ca; do
+		[[ -n $ca ]] && printf 'ca=%s %s\n' "$(basename "$ca")" "$(sha256sum <"$ca" | cut -d' ' -f1)"
+	done < <(host_local_cas)
+}
+
+bookworm_trust_host_cas() {
+	local root=$1 ca n=0
+	while read -r ca; do
+		[[ -n $ca ]] || continue
+		install -D -m 0644 "$ca" "$root/usr/local/share/ca-certificates/$(basename "$ca")"
+		n=$((n + 1))
+	done < <(host_local_cas)
+	if ((n > 0)); then
+		log "trusting $n certificate authorities added on this host"
+		chroot "$root" update-ca-certificates >/dev/null
+	fi
+}
 
 stack_build() {
 	local root=$1 tarball
@@ -43,6 +67,7 @@ stack_build() {
 		bookworm_bootstrap "$root"
 		bookworm_save "$root" "$tarball"
 	fi
+	bookworm_trust_host_cas "$root"
 	local n
 	n=$(find "$root" -xdev -type f -perm /6000 | wc -l)
 	log "$n setuid/setgid files, as Debian ships them"
@@ -60,22 +85,24 @@ bookworm_bootstrap() {
 	chmod 0755 "$root/usr/sbin/policy-rc.d"
 	# Stays in the stack: packages added later skip docs too.
 	cat >"$root/etc/dpkg/dpkg.cfg.d/manifold-slim" <<'EOF'
-# Manifold stack: no documentation beyond copyright files.
+# Manifold stack: no documentation beyond copyright files, no message translations.
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
 path-exclude /usr/share/man/*
 path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
 EOF
 
 	log "apt-get install ${BOOKWORM_PACKAGES[*]}"
 	mount -t proc proc "$root/proc"
 	in_chroot "$root" apt-get update -q
-	in_chroot "$root" apt-get install -y -q --no-install-recommends "${BOOKWORM_PACKAGES[@]}"
+	in_chroot "$root" apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "${BOOKWORM_PACKAGES[@]}"
 	in_chroot "$root" apt-get clean
 	umount "$root/proc"
 	rm -f "$root/usr/sbin/policy-rc.d"
 
-	log "cleaning apt lists, logs and docs"
+	log "cleaning apt lists, logs, docs and translations"
 	rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \
 		"$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \
 		"$root"/var/log/apt/* "$root"/var/log/*.log \
@@ -83,6 +110,8 @@ EOF
 	mkdir -p "$root/var/lib/apt/lists/partial"
 	find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
 	find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+	find "$root/usr/share/locale" -mindepth 1 ! -type d ! -name locale.alias -delete
+	find "$root/usr/share/locale" -mindepth 1 -type d -empty -delete
 	# Copied from the host by debootstrap; finish_stack leaves empty placeholders.
 	rm -f "$root/etc/resolv.conf" "$root/etc/hostname"
 }

@@ -179,12 +179,11 @@ fn append_entry<W: Write>(
             name.truncate(len);
             name.extend_from_slice(child.file_name().as_bytes());
             let child_path = child.path();
-            let child_meta = fs::symlink_metadata(&child_path).map_err(|source| {
-                PackError::Read {
+            let child_meta =
+                fs::symlink_metadata(&child_path).map_err(|source| PackError::Read {
                     path: child_path.clone(),
                     source,
-                }
-            })?;
+                })?;
             append_entry(archive, &child_path, &child_meta, name)?;
         }
         name.truncate(len - 1);
@@ -337,7 +336,10 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn entries(slug: &Path) -> Vec<(String, EntryType, u32, Option<String>, Vec<u8>)> {
+    /// One archive entry as read back: name, type, mode, link target, content.
+    type Entry = (String, EntryType, u32, Option<String>, Vec<u8>);
+
+    fn entries(slug: &Path) -> Vec<Entry> {
         let file = File::open(slug).expect("open slug");
         // A single-member decoder on purpose: the slug must be one gzip member.
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
@@ -363,8 +365,7 @@ mod tests {
         let app = dir.path().join("build");
         fs::create_dir_all(app.join("bin")).expect("mkdir");
         fs::write(app.join("bin/run"), "#!/bin/sh\necho hi\n").expect("write");
-        fs::set_permissions(app.join("bin/run"), fs::Permissions::from_mode(0o750))
-            .expect("chmod");
+        fs::set_permissions(app.join("bin/run"), fs::Permissions::from_mode(0o750)).expect("chmod");
         fs::write(app.join("README"), "hello").expect("write");
         symlink("bin/run", app.join("run")).expect("symlink");
         let long_dir = "d".repeat(80);
@@ -401,7 +402,10 @@ mod tests {
         assert_eq!(find("./app/bin/run").4, b"#!/bin/sh\necho hi\n");
         assert_eq!(find("./app/run").1, EntryType::Symlink);
         assert_eq!(find("./app/run").3.as_deref(), Some("bin/run"));
-        assert_eq!(find("./app/dangling").3.as_deref(), Some(long_target.as_str()));
+        assert_eq!(
+            find("./app/dangling").3.as_deref(),
+            Some(long_target.as_str())
+        );
         assert_eq!(find(&long_path).4, b"long");
     }
 
@@ -464,6 +468,9 @@ mod tests {
             ..PackOptions::default()
         };
         let err = pack(&app, &out, &options).expect_err("over the limit");
-        assert!(matches!(err, PackError::TooLarge { limit: 1_000_000 }), "{err}");
+        assert!(
+            matches!(err, PackError::TooLarge { limit: 1_000_000 }),
+            "{err}"
+        );
     }
 }

@@ -281,9 +281,17 @@ mod tests {
                 }
                 (
                     Want::Duplicate { line, first },
-                    Err(e @ ProcfileError::DuplicateName { first: got_first, .. }),
+                    Err(
+                        e @ ProcfileError::DuplicateName {
+                            first: got_first, ..
+                        },
+                    ),
                 ) => {
-                    assert_eq!((e.line(), got_first), (Some(*line), *first), "case {case:?}");
+                    assert_eq!(
+                        (e.line(), got_first),
+                        (Some(*line), *first),
+                        "case {case:?}"
+                    );
                     assert!(e.to_string().contains(&format!("line {line}")));
                 }
                 (_, got) => panic!("case {case:?}: unexpected result {got:?}"),

@@ -160,7 +160,12 @@ mod tests {
         assert_eq!(applied.skipped_negations, vec![6]);
         assert_eq!(
             remaining(dir.path()),
-            vec![".slugignore", "app.py", "data/small.txt", "src/docs/keep.md"]
+            vec![
+                ".slugignore",
+                "app.py",
+                "data/small.txt",
+                "src/docs/keep.md"
+            ]
         );
         assert!(applied.removed.contains(&PathBuf::from("docs")));
         assert!(applied.removed.contains(&PathBuf::from("src/tests")));

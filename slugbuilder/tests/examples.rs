@@ -1,0 +1,192 @@
+//! The example apps built by the real built-in buildpacks against the real package
+//! registries (PyPI, npm), then run from their unpacked slugs the way a dyno runs them: at a
+//! different path than they were built at, `.profile.d` sourced, `PORT` set.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// A process type started from an unpacked slug; killed with its group when dropped.
+struct Dyno(Child);
+
+impl Dyno {
+    fn start(app: &Path, command: &str, env: &[(&str, String)]) -> Dyno {
+        let script =
+            format!("for f in .profile.d/*.sh; do [ -f \"$f\" ] && . \"$f\"; done; exec {command}");
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(app)
+            .env("HOME", app)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("start the process type");
+        Dyno(child)
+    }
+
+    /// Lines of standard output, as they come.
+    fn lines(&mut self) -> mpsc::Receiver<String> {
+        let stdout = self.0.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.0.id()).expect("pid fits"));
+        let _ = killpg(pid, signal);
+    }
+}
+
+impl Drop for Dyno {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// `GET path` on localhost:port, retried until the server answers or 30 s pass.
+fn http_get(port: u16, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        });
+        match attempt {
+            Ok(response) if !response.is_empty() => return response,
+            _ if Instant::now() > deadline => panic!("no answer on port {port}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Builds an example twice with one cache and runs its `web` and `worker` from the slug.
+/// Returns the unpacked app for example-specific checks.
+fn build_and_run(example: &str, detected: &str, tmp: &Path) -> std::path::PathBuf {
+    let src = repo().join("examples").join(example);
+    let out = tmp.join("slug.tgz");
+    let cache = tmp.join("cache");
+    let cache_arg = cache.to_str().expect("utf8");
+
+    let cold = build(&src, &out, &["--cache-dir", cache_arg]);
+    assert_ok(&cold);
+    let (cold_log, _) = text(&cold);
+    assert!(
+        cold_log.contains(&format!("-----> {detected} app detected")),
+        "{cold_log}"
+    );
+    assert!(!cold_log.contains("Restoring cache"), "{cold_log}");
+    let cold_meta = metadata(&out);
+
+    let warm = build(&src, &out, &["--cache-dir", cache_arg]);
+    assert_ok(&warm);
+    let (warm_log, _) = text(&warm);
+    assert!(warm_log.contains("-----> Restoring cache"), "{warm_log}");
+    let meta = metadata(&out);
+    let (cold_ms, warm_ms) = (
+        cold_meta["duration_ms"].as_u64().expect("cold duration"),
+        meta["duration_ms"].as_u64().expect("warm duration"),
+    );
+    assert!(
+        warm_ms < cold_ms,
+        "the warm build ({warm_ms} ms) is not faster than the cold one ({cold_ms} ms)"
+    );
+
+    let types = meta["process_types"].as_object().expect("process_types");
+    let mut names: Vec<&str> = types.keys().map(String::as_str).collect();
+    names.sort();
+    assert!(
+        names.contains(&"web") && names.contains(&"worker"),
+        "{names:?}"
+    );
+    assert_eq!(meta["buildpacks"][0]["name"], detected);
+
+    // Run from a path that is not the build directory, as a dyno does at /app.
+    let app = unpack(&out, &tmp.join("dyno"));
+    let port = free_port();
+    let web = Dyno::start(
+        &app,
+        types["web"].as_str().expect("web command"),
+        &[("PORT", port.to_string()), ("DYNO", "web.1".to_owned())],
+    );
+    let response = http_get(port, "/");
+    assert!(response.starts_with("HTTP/1."), "{response}");
+    assert!(response.contains("Hello from web.1"), "{response}");
+    drop(web);
+
+    let mut worker = Dyno::start(
+        &app,
+        types["worker"].as_str().expect("worker command"),
+        &[
+            ("WORKER_INTERVAL", "0.2".to_owned()),
+            ("DYNO", "worker.1".to_owned()),
+        ],
+    );
+    let lines = worker.lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("worker: tick 2")) {
+        match lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("worker logged no second tick: {seen:?}"),
+        }
+    }
+    worker.signal(Signal::SIGTERM);
+    let status = worker.0.wait().expect("worker exits");
+    assert!(status.success(), "worker exited with {status} on SIGTERM");
+    app
+}
+
+#[test]
+fn python_example_builds_caches_and_runs_from_its_slug() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let app = build_and_run("python-web", "Python", tmp.path());
+    // .slugignore in the example names README.md.
+    assert!(!app.join("README.md").exists());
+    assert!(app.join("app.py").exists());
+    // Console scripts do not name the build directory.
+    let pip = std::fs::read_to_string(app.join(".heroku/python/bin/pip")).expect("pip script");
+    assert!(pip.starts_with("#!/usr/bin/env python3\n"), "{pip}");
+    assert!(app.join(".profile.d/python.sh").exists());
+}
+
+#[test]
+fn node_example_builds_caches_and_runs_from_its_slug() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let app = build_and_run("node-web", "Node.js", tmp.path());
+    assert!(app.join("node_modules/ms/package.json").exists());
+    // `npm run build` ran.
+    assert!(app.join("build-info.json").exists());
+    assert!(app.join(".profile.d/nodejs.sh").exists());
+}
