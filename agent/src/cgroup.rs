@@ -64,8 +64,11 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let v1 = Layout::V1.memory_dir(root.path(), "/manifold/d1");
         fs::create_dir_all(&v1).expect("mkdir");
-        fs::write(v1.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
-            .expect("write");
+        fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .expect("write");
         assert_eq!(oom_kills(Layout::V1, &v1).expect("read"), 2);
         assert_eq!(Layout::detect(root.path()), Layout::V1);
 
@@ -74,9 +77,15 @@ mod tests {
         assert_eq!(Layout::detect(v2root.path()), Layout::V2);
         let v2 = Layout::V2.memory_dir(v2root.path(), "/manifold/d1");
         fs::create_dir_all(&v2).expect("mkdir");
-        fs::write(v2.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
-            .expect("write");
+        fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        )
+        .expect("write");
         assert_eq!(oom_kills(Layout::V2, &v2).expect("read"), 1);
-        assert_eq!(oom_kills(Layout::V2, &v2root.path().join("gone")).expect("read"), 0);
+        assert_eq!(
+            oom_kills(Layout::V2, &v2root.path().join("gone")).expect("read"),
+            0
+        );
     }
 }

@@ -126,15 +126,25 @@ impl std::str::FromStr for BindMount {
         let (source, destination, mode) = match parts.as_slice() {
             [src, dst] => (*src, *dst, "rw"),
             [src, dst, mode] => (*src, *dst, *mode),
-            _ => return Err(format!("invalid mount {s:?}: expected SOURCE:DESTINATION[:ro|:rw]")),
+            _ => {
+                return Err(format!(
+                    "invalid mount {s:?}: expected SOURCE:DESTINATION[:ro|:rw]"
+                ))
+            }
         };
         let readonly = match mode {
             "ro" => true,
             "rw" => false,
-            other => return Err(format!("invalid mount mode {other:?} in {s:?}: expected ro or rw")),
+            other => {
+                return Err(format!(
+                    "invalid mount mode {other:?} in {s:?}: expected ro or rw"
+                ))
+            }
         };
         if !destination.starts_with('/') || destination.split('/').any(|c| c == "..") {
-            return Err(format!("invalid mount destination {destination:?}: must be absolute, without `..`"));
+            return Err(format!(
+                "invalid mount destination {destination:?}: must be absolute, without `..`"
+            ));
         }
         if source.is_empty() {
             return Err(format!("invalid mount {s:?}: empty source"));
@@ -157,9 +167,13 @@ impl DynoConfig {
         let mut env = self.env.clone();
         env.insert("DYNO".into(), self.name.clone());
         env.insert("HOME".into(), "/app".into());
-        env.insert("PS1".into(), r"\[\033[01;34m\]\w\[\033[00m\] \[\033[01;32m\]$ \[\033[00m\]".into());
-        env.entry("PATH".into())
-            .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".into());
+        env.insert(
+            "PS1".into(),
+            r"\[\033[01;34m\]\w\[\033[00m\] \[\033[01;32m\]$ \[\033[00m\]".into(),
+        );
+        env.entry("PATH".into()).or_insert_with(|| {
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".into()
+        });
         match self.port {
             Some(port) => env.insert("PORT".into(), port.to_string()),
             None => env.remove("PORT"),

@@ -69,7 +69,10 @@ fn remount_flags(flags: &[String]) -> MsFlags {
 pub fn favor_cgroup_migrations() -> io::Result<Option<PathBuf>> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     let mounts = cgroup2_mounts(&info);
-    if mounts.iter().any(|m| m.options.iter().any(|o| o == "favordynmods")) {
+    if mounts
+        .iter()
+        .any(|m| m.options.iter().any(|o| o == "favordynmods"))
+    {
         return Ok(None);
     }
     let Some(m) = mounts.first() else {
@@ -83,7 +86,13 @@ pub fn favor_cgroup_migrations() -> io::Result<Option<PathBuf>> {
         .collect();
     options.push("favordynmods");
     let data = options.join(",");
-    match mount(None::<&str>, &m.path, None::<&str>, remount_flags(&m.flags), Some(data.as_str())) {
+    match mount(
+        None::<&str>,
+        &m.path,
+        None::<&str>,
+        remount_flags(&m.flags),
+        Some(data.as_str()),
+    ) {
         Ok(()) => Ok(Some(m.path.clone())),
         Err(nix::Error::EINVAL) => Ok(None),
         Err(e) => Err(e.into()),

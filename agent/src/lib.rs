@@ -8,6 +8,7 @@
 //! seccomp, the [`size`]'s cgroup limits), libcontainer, [`network`] (veth to the host bridge,
 //! NAT, published port), then [`logs`] capture until exit, and cleanup.
 
+pub mod build;
 pub mod cgroup;
 pub mod dyno;
 pub mod host;

@@ -5,7 +5,9 @@
 //! and never blocks: it only buffers the current partial line (at most [`MAX_LINE`] bytes),
 //! so a dyno that floods output costs the shim a bounded amount of memory.
 
-use time::format_description::well_known::iso8601::{Config, EncodedConfig, Iso8601, TimePrecision};
+use time::format_description::well_known::iso8601::{
+    Config, EncodedConfig, Iso8601, TimePrecision,
+};
 use time::OffsetDateTime;
 
 /// Longest line before it is split, in bytes (Heroku: 10,000).

@@ -1,22 +1,33 @@
 //! `manifold-agent`: runs dynos on this host.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use manifold_agent::dyno::{BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
+use manifold_agent::dyno::{
+    BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
+};
 use manifold_agent::size::DynoSize;
 use manifold_agent::supervisor::{Dyno, LogLine, Source};
-use manifold_agent::{host, network, shim, slug};
+use manifold_agent::{build, host, network, shim, slug};
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
-#[command(name = "manifold-agent", version, about = "Runs Manifold dynos on this host")]
+#[command(
+    name = "manifold-agent",
+    version,
+    about = "Runs Manifold dynos on this host"
+)]
 struct Cli {
     /// Persistent state: stacks, slug layers, dynos.
-    #[arg(long, global = true, env = "MANIFOLD_STATE_DIR", default_value = "/var/lib/manifold")]
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_STATE_DIR",
+        default_value = "/var/lib/manifold"
+    )]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -26,6 +37,8 @@ struct Cli {
 enum Command {
     /// Run one dyno in the foreground, printing its log; exits with its exit status.
     Run(RunArgs),
+    /// Build a slug from app source in a build dyno on the app's stack (buildpacks, isolated).
+    Build(BuildArgs),
     /// Remove what dynos whose shim is gone left behind (mounts, cgroups, network, files).
     Gc,
     /// Internal: the per-dyno helper process. Started by `run` and the agent.
@@ -73,6 +86,39 @@ struct RunArgs {
     command: Vec<String>,
 }
 
+#[derive(Args)]
+struct BuildArgs {
+    /// The app's source directory.
+    source: PathBuf,
+    /// Where to write the slug; its metadata goes beside it (`slug.tgz` → `slug.json`).
+    #[arg(long)]
+    out: PathBuf,
+    /// The app's stack.
+    #[arg(long, default_value = "bookworm")]
+    stack: String,
+    /// Size of the build dyno.
+    #[arg(long, default_value = "standard-2x")]
+    size: DynoSize,
+    /// Config vars for the build (ENV_DIR), KEY=VALUE.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Buildpacks in order: a built-in name, a git URL or a directory. Default: detect.
+    #[arg(long = "buildpack")]
+    buildpacks: Vec<String>,
+    /// Build cache kept between builds of the app (default: one per source directory).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// The built-in buildpacks.
+    #[arg(long, env = "MANIFOLD_BUILDPACKS")]
+    buildpacks_dir: Option<PathBuf>,
+    /// The slugbuilder binary (default: beside manifold-agent).
+    #[arg(long)]
+    slugbuilder: Option<PathBuf>,
+    /// Build time limit.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -91,29 +137,31 @@ fn main() -> anyhow::Result<()> {
             let status = runtime.block_on(run(host, args))?;
             std::process::exit(status)
         }
+        Command::Build(args) => {
+            let host = HostConfig::with_state_dir(&cli.state_dir);
+            let runtime = tokio::runtime::Runtime::new()?;
+            let status = runtime.block_on(build(host, args))?;
+            std::process::exit(status)
+        }
         Command::Gc => gc(&HostConfig::with_state_dir(&cli.state_dir)),
     }
 }
 
 async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
     let process_type = args.name.split('.').next().unwrap_or_default().to_string();
-    if args.name.is_empty() || !args.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if args.name.is_empty()
+        || !args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         bail!("invalid dyno name {:?}: use TYPE.N, e.g. web.1", args.name);
     }
     let port = args.port.or((process_type == "web").then_some(5000));
     if args.publish.is_some() && port.is_none() {
         bail!("--publish needs a $PORT: give --port or run a web dyno");
     }
-    let mut env = BTreeMap::new();
-    for kv in &args.env {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("invalid config var {kv:?}: expected KEY=VALUE"))?;
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            bail!("invalid config var name {k:?}: use letters, digits and _");
-        }
-        env.insert(k.to_string(), v.to_string());
-    }
+    let env = parse_env(&args.env)?;
     let slug = match args.slug {
         Some(path) => Some(SlugSource {
             path: std::fs::canonicalize(&path)
@@ -123,7 +171,11 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let config = DynoConfig {
-        id: format!("{}-{:08x}", args.name.replace('.', "-"), rand::random::<u32>()),
+        id: format!(
+            "{}-{:08x}",
+            args.name.replace('.', "-"),
+            rand::random::<u32>()
+        ),
         name: args.name,
         stack: args.stack,
         slug,
@@ -139,6 +191,23 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         host,
     };
 
+    follow(config, |line| {
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "{line}");
+        if line.source == Source::Heroku {
+            let _ = stdout.flush();
+        }
+    })
+    .await
+}
+
+/// Starts a dyno and follows it to its end, handing each log line to `print`; Ctrl-C or
+/// SIGTERM stops the dyno. Returns its exit status.
+async fn follow(
+    config: DynoConfig,
+    mut print: impl FnMut(LogLine) + Send + 'static,
+) -> anyhow::Result<i32> {
     match host::favor_cgroup_migrations() {
         Ok(Some(path)) => tracing::info!("enabled favordynmods on {}", path.display()),
         Ok(None) => {}
@@ -149,7 +218,10 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         loop {
@@ -163,19 +235,105 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         }
     });
     let printer = tokio::spawn(async move {
-        use std::io::Write;
-        let mut stdout = std::io::stdout();
         while let Some(line) = line_rx.recv().await {
-            let _ = writeln!(stdout, "{line}");
-            if line.source == Source::Heroku {
-                let _ = stdout.flush();
-            }
+            print(line);
         }
-        let _ = stdout.flush();
     });
     let status = dyno.follow(line_tx, stop_rx).await?;
     printer.await?;
     Ok(status)
+}
+
+async fn build(host: HostConfig, args: BuildArgs) -> anyhow::Result<i32> {
+    let source = std::fs::canonicalize(&args.source)
+        .with_context(|| format!("source {} not found", args.source.display()))?;
+    let exe = std::env::current_exe()?;
+    let slugbuilder = match args.slugbuilder {
+        Some(p) => p,
+        None => exe.with_file_name("slugbuilder"),
+    };
+    let buildpacks_dir = match args.buildpacks_dir {
+        Some(p) => p,
+        None => {
+            let installed = exe
+                .parent()
+                .and_then(Path::parent)
+                .map(|p| p.join("share/manifold/buildpacks"))
+                .filter(|p| p.is_dir());
+            installed.context(
+                "no buildpacks directory: pass --buildpacks-dir or set MANIFOLD_BUILDPACKS",
+            )?
+        }
+    };
+    let cache_dir = match args.cache_dir {
+        Some(p) => p,
+        None => {
+            use sha2::Digest;
+            let key = sha2::Sha256::digest(source.as_os_str().as_encoded_bytes());
+            let hex: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            host.state_dir.join("cache").join(hex)
+        }
+    };
+    let id = format!("build-{:08x}", rand::random::<u32>());
+    let request = build::BuildRequest {
+        source,
+        stack: args.stack,
+        size: args.size,
+        env: parse_env(&args.env)?,
+        buildpacks: args.buildpacks,
+        cache_dir,
+        slugbuilder: std::fs::canonicalize(&slugbuilder)
+            .with_context(|| format!("slugbuilder {} not found", slugbuilder.display()))?,
+        buildpacks_dir: std::fs::canonicalize(&buildpacks_dir).with_context(|| {
+            format!(
+                "buildpacks directory {} not found",
+                buildpacks_dir.display()
+            )
+        })?,
+        timeout: args.timeout,
+    };
+    let prepared = build::prepare(&host, &id, &request)?;
+    let result = follow(prepared.dyno, |line| match line.source {
+        Source::App => println!("{}", line.text),
+        Source::Heroku => eprintln!("{line}"),
+    })
+    .await;
+    let outcome = result.and_then(|status| {
+        if status == 0 {
+            let json = args.out.with_extension("json");
+            std::fs::copy(prepared.out.join("slug.tgz"), &args.out)
+                .with_context(|| format!("cannot write {}", args.out.display()))?;
+            std::fs::copy(prepared.out.join("slug.json"), &json)
+                .with_context(|| format!("cannot write {}", json.display()))?;
+            for file in [&args.out, &json] {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644))?;
+            }
+        }
+        Ok(status)
+    });
+    if let Err(err) = std::fs::remove_dir_all(&prepared.work) {
+        tracing::warn!("cannot remove {}: {err}", prepared.work.display());
+    }
+    outcome
+}
+
+/// Parses `KEY=VALUE` config vars, refusing names a shell could not export.
+fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for kv in pairs {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("invalid config var {kv:?}: expected KEY=VALUE"))?;
+        if k.is_empty()
+            || k.starts_with(|c: char| c.is_ascii_digit())
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            bail!("invalid config var name {k:?}: use letters, digits and _, not starting with a digit");
+        }
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
 }
 
 fn gc(host: &HostConfig) -> anyhow::Result<()> {
@@ -197,7 +355,8 @@ fn gc(host: &HostConfig) -> anyhow::Result<()> {
                 eprintln!("gc {id}: {err}");
             }
         }
-        std::fs::remove_dir_all(&dir.root).with_context(|| format!("cannot remove {}", dir.root.display()))?;
+        std::fs::remove_dir_all(&dir.root)
+            .with_context(|| format!("cannot remove {}", dir.root.display()))?;
         println!("removed dyno {id}");
     }
     let net = &host.network;

@@ -365,7 +365,12 @@ pub fn ensure_host_cached(cfg: &NetworkConfig) -> Result<(), NetworkError> {
 fn host_identity(cfg: &NetworkConfig) -> Option<String> {
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let ifindex = fs::read_to_string(format!("/sys/class/net/{}/ifindex", cfg.bridge)).ok()?;
-    Some(format!("{} {} {}\n", boot.trim(), cfg.bridge, ifindex.trim()))
+    Some(format!(
+        "{} {} {}\n",
+        boot.trim(),
+        cfg.bridge,
+        ifindex.trim()
+    ))
 }
 
 /// Gives the dyno whose container init is `pid` an address, a veth pair onto the bridge and

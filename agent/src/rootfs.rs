@@ -164,11 +164,23 @@ mod tests {
         fs::create_dir_all(dir.path().join("half")).expect("mkdir");
         fs::create_dir_all(dir.path().join("done")).expect("mkdir");
         fs::write(dir.path().join("done/.manifold-stack"), "name=done\n").expect("write");
-        assert_eq!(find_stack(dir.path(), "done").expect("found"), dir.path().join("done"));
+        assert_eq!(
+            find_stack(dir.path(), "done").expect("found"),
+            dir.path().join("done")
+        );
         let half = find_stack(dir.path(), "half").expect_err("unfinished");
-        assert!(half.to_string().contains("rootfs/build-stack half"), "{half}");
+        assert!(
+            half.to_string().contains("rootfs/build-stack half"),
+            "{half}"
+        );
         for bad in ["../etc", ".tmp", "", "a/b", "Upper"] {
-            assert!(matches!(find_stack(dir.path(), bad), Err(RootfsError::StackName { .. })), "{bad}");
+            assert!(
+                matches!(
+                    find_stack(dir.path(), bad),
+                    Err(RootfsError::StackName { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 

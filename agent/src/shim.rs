@@ -266,7 +266,10 @@ impl Shim {
         let mut buf = vec![0u8; 64 * 1024];
 
         loop {
-            if STOP_REQUESTED.swap(false, Ordering::SeqCst) && stop == StopState::Running && exit.is_none() {
+            if STOP_REQUESTED.swap(false, Ordering::SeqCst)
+                && stop == StopState::Running
+                && exit.is_none()
+            {
                 stop = self.begin_stop();
             }
             if exit.is_none() {
@@ -275,7 +278,9 @@ impl Shim {
                     drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
                 }
             }
-            if exit.is_some() && (!open.iter().any(|o| *o) || drain_deadline.is_some_and(|d| Instant::now() >= d)) {
+            if exit.is_some()
+                && (!open.iter().any(|o| *o) || drain_deadline.is_some_and(|d| Instant::now() >= d))
+            {
                 break;
             }
             if let StopState::Terminating { deadline } = stop {
@@ -288,7 +293,10 @@ impl Shim {
 
             let timeout = next_timeout(stop, drain_deadline);
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-            let streams = [(&running.stdout, Stream::Out), (&running.stderr, Stream::Err)];
+            let streams = [
+                (&running.stdout, Stream::Out),
+                (&running.stderr, Stream::Err),
+            ];
             let watched: Vec<usize> = (0..2).filter(|i| open[*i]).collect();
             for i in &watched {
                 fds.push(PollFd::new(streams[*i].0.as_fd(), PollFlags::POLLIN));
@@ -336,7 +344,13 @@ impl Shim {
     }
 
     /// Reads what is available from one pipe. Returns whether the pipe is still open.
-    fn relay(&mut self, mut file: &File, stream: Stream, splitter: &mut LineSplitter, buf: &mut [u8]) -> bool {
+    fn relay(
+        &mut self,
+        mut file: &File,
+        stream: Stream,
+        splitter: &mut LineSplitter,
+        buf: &mut [u8],
+    ) -> bool {
         loop {
             match file.read(buf) {
                 Ok(0) => return false,
@@ -407,7 +421,8 @@ fn next_timeout(stop: StopState, drain: Option<Instant>) -> PollTimeout {
 /// also serves a sweep after a crash. Returns what could not be removed.
 pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>) -> Vec<String> {
     let mut errors = Vec::new();
-    let container = container.or_else(|| Container::load(config.host.containers_dir().join(&config.id)).ok());
+    let container =
+        container.or_else(|| Container::load(config.host.containers_dir().join(&config.id)).ok());
     if let Some(mut container) = container {
         if let Err(err) = container.delete(true) {
             errors.push(format!("container: {err}"));
@@ -453,7 +468,11 @@ fn remove_cgroups(parent: &str, id: &str) -> Vec<String> {
     };
     dirs.into_iter()
         .filter(|d| d.is_dir())
-        .filter_map(|d| fs::remove_dir(&d).err().map(|e| format!("cgroup {}: {e}", d.display())))
+        .filter_map(|d| {
+            fs::remove_dir(&d)
+                .err()
+                .map(|e| format!("cgroup {}: {e}", d.display()))
+        })
         .collect()
 }
 

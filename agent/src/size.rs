@@ -146,13 +146,19 @@ mod tests {
             let json = serde_json::to_string(&size).expect("serialise");
             assert_eq!(json, format!("\"{}\"", size.name()));
         }
-        assert_eq!("Standard-2X".parse::<DynoSize>().ok(), Some(DynoSize::Standard2X));
+        assert_eq!(
+            "Standard-2X".parse::<DynoSize>().ok(),
+            Some(DynoSize::Standard2X)
+        );
     }
 
     #[test]
     fn unknown_size_names_the_choices() {
         let err = "huge".parse::<DynoSize>().expect_err("must fail");
         let msg = err.to_string();
-        assert!(msg.contains("\"huge\"") && msg.contains("standard-1x"), "{msg}");
+        assert!(
+            msg.contains("\"huge\"") && msg.contains("standard-1x"),
+            "{msg}"
+        );
     }
 }

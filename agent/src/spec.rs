@@ -117,23 +117,55 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
 
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
             &["nosuid", "noexec", "nodev", "relatime", "ro"],
         ),
-        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", "size=262144k"]),
+        mount(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777", "size=262144k"],
+        ),
     ];
     if Path::new("/etc/resolv.conf").exists() {
         mounts.push(json!({
@@ -258,11 +290,18 @@ mod tests {
         let caps = process.capabilities().as_ref().expect("caps");
         assert!(caps.effective().as_ref().is_some_and(|c| c.is_empty()));
         assert!(caps.bounding().as_ref().is_some_and(|c| c.is_empty()));
-        assert!(process.env().as_ref().expect("env").contains(&"PORT=5000".to_string()));
+        assert!(process
+            .env()
+            .as_ref()
+            .expect("env")
+            .contains(&"PORT=5000".to_string()));
         assert_eq!(process.cwd(), Path::new("/app"));
 
         let linux = spec.linux().as_ref().expect("linux");
-        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/manifold/web-1-abc")));
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/manifold/web-1-abc"))
+        );
         let ns: Vec<String> = linux
             .namespaces()
             .as_ref()
@@ -279,14 +318,26 @@ mod tests {
         assert_eq!(mem.reservation(), Some(1024 * 1024 * 1024));
         assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(512));
         let seccomp = linux.seccomp().as_ref().expect("seccomp");
-        assert_eq!(seccomp.syscalls().as_ref().map(|s| s.len()), Some(DENIED_SYSCALLS.len()));
-        assert!(linux.masked_paths().as_ref().is_some_and(|m| m.iter().any(|p| p == "/proc/kcore")));
+        assert_eq!(
+            seccomp.syscalls().as_ref().map(|s| s.len()),
+            Some(DENIED_SYSCALLS.len())
+        );
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|p| p == "/proc/kcore")));
         let bind = spec
             .mounts()
             .as_ref()
-            .and_then(|m| m.iter().find(|m| m.destination() == Path::new("/.manifold/bin")))
+            .and_then(|m| {
+                m.iter()
+                    .find(|m| m.destination() == Path::new("/.manifold/bin"))
+            })
             .expect("bind mount in spec");
-        assert!(bind.options().as_ref().is_some_and(|o| o.iter().any(|o| o == "ro")));
+        assert!(bind
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "ro")));
     }
 
     #[test]

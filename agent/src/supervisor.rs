@@ -9,7 +9,7 @@
 //!     │                               stopping ──Exited──▶ down
 //!     └──Failed──▶ crashed
 //!
-//! A one-off dyno (`run.N`, `release.N`) that exits on its own is `complete`, not `crashed`.
+//! A one-off dyno (`run.N`, `release.N`, a build) that exits on its own is `complete`, not `crashed`.
 //! ```
 //!
 //! [`Lifecycle`] is the pure state machine (records in, state and lines out, unit-tested);
@@ -114,7 +114,9 @@ impl Lifecycle {
             name: name.to_string(),
             port,
             grace,
-            one_off: name.starts_with("run.") || name.starts_with("release."),
+            one_off: ["run.", "release.", "build."]
+                .iter()
+                .any(|p| name.starts_with(p)),
             state: State::Starting,
             status: None,
         }
@@ -222,7 +224,11 @@ impl Lifecycle {
             return;
         }
         self.state = to;
-        let shown_from = if from == State::Stopping { State::Up } else { from };
+        let shown_from = if from == State::Stopping {
+            State::Up
+        } else {
+            from
+        };
         self.platform(out, format!("State changed from {shown_from} to {to}"));
     }
 
@@ -429,8 +435,9 @@ impl Tail {
         inotify.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
         // SAFETY: `InotifyFd` owns the inotify descriptor and always returns that same fd; the
         // `AsyncFd` owns the `InotifyFd` for its whole life.
-        let notify = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let notify =
+            unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
         Ok(Tail {
             file: File::open(&path)?,
             pending: Vec::new(),
@@ -478,7 +485,10 @@ mod tests {
     use super::*;
 
     fn ev(event: ShimEvent) -> Record {
-        Record::Event { ts: "t".into(), event }
+        Record::Event {
+            ts: "t".into(),
+            event,
+        }
     }
 
     fn texts(out: &[LogLine]) -> Vec<String> {
@@ -490,13 +500,30 @@ mod tests {
         let mut life = Lifecycle::new("worker.1", None, Duration::from_secs(30));
         let mut out = Vec::new();
         life.starting("bin/work", &mut out);
-        life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::LOCALHOST }), &mut out);
-        assert_eq!(life.state(), State::Up);
         life.record(
-            Record::Line { ts: "t".into(), stream: Stream::Out, text: "hello".into() },
+            ev(ShimEvent::Started {
+                pid: 9,
+                address: Ipv4Addr::LOCALHOST,
+            }),
             &mut out,
         );
-        life.record(ev(ShimEvent::Exited { code: Some(3), signal: None, oom: false }), &mut out);
+        assert_eq!(life.state(), State::Up);
+        life.record(
+            Record::Line {
+                ts: "t".into(),
+                stream: Stream::Out,
+                text: "hello".into(),
+            },
+            &mut out,
+        );
+        life.record(
+            ev(ShimEvent::Exited {
+                code: Some(3),
+                signal: None,
+                oom: false,
+            }),
+            &mut out,
+        );
         let done = life.record(ev(ShimEvent::Cleaned { errors: vec![] }), &mut out);
         assert_eq!(done, Some(Action::Finished { status: 3 }));
         assert_eq!(
@@ -510,21 +537,39 @@ mod tests {
             ]
         );
         assert_eq!(out[2].to_string(), "t app[worker.1]: hello");
-        assert!(out[0].to_string().contains(" heroku[worker.1]: Starting process"));
+        assert!(out[0]
+            .to_string()
+            .contains(" heroku[worker.1]: Starting process"));
     }
 
     #[test]
     fn web_is_up_only_when_port_accepts_and_stop_ends_down() {
         let mut life = Lifecycle::new("web.1", Some(5000), Duration::from_secs(2));
         let mut out = Vec::new();
-        let a = life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::new(10, 0, 0, 2) }), &mut out);
-        assert_eq!(a, Some(Action::ProbePort("10.0.0.2:5000".parse().expect("addr"))));
+        let a = life.record(
+            ev(ShimEvent::Started {
+                pid: 9,
+                address: Ipv4Addr::new(10, 0, 0, 2),
+            }),
+            &mut out,
+        );
+        assert_eq!(
+            a,
+            Some(Action::ProbePort("10.0.0.2:5000".parse().expect("addr")))
+        );
         assert_eq!(life.state(), State::Starting);
         life.port_accepted(&mut out);
         assert_eq!(life.state(), State::Up);
         life.record(ev(ShimEvent::Stopping), &mut out);
         life.record(ev(ShimEvent::Killing), &mut out);
-        life.record(ev(ShimEvent::Exited { code: None, signal: Some(9), oom: false }), &mut out);
+        life.record(
+            ev(ShimEvent::Exited {
+                code: None,
+                signal: Some(9),
+                oom: false,
+            }),
+            &mut out,
+        );
         assert_eq!(life.state(), State::Down);
         assert_eq!(
             texts(&out),
@@ -543,14 +588,33 @@ mod tests {
     fn oom_is_reported_as_r15_and_failures_as_crashes() {
         let mut life = Lifecycle::new("web.1", None, Duration::from_secs(30));
         let mut out = Vec::new();
-        life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::LOCALHOST }), &mut out);
-        life.record(ev(ShimEvent::Exited { code: None, signal: Some(9), oom: true }), &mut out);
+        life.record(
+            ev(ShimEvent::Started {
+                pid: 9,
+                address: Ipv4Addr::LOCALHOST,
+            }),
+            &mut out,
+        );
+        life.record(
+            ev(ShimEvent::Exited {
+                code: None,
+                signal: Some(9),
+                oom: true,
+            }),
+            &mut out,
+        );
         assert!(texts(&out).contains(&"Error R15 (Memory quota vastly exceeded)".to_string()));
         assert_eq!(life.state(), State::Crashed);
 
         let mut life = Lifecycle::new("web.1", None, Duration::from_secs(30));
         let mut out = Vec::new();
-        life.record(ev(ShimEvent::Failed { step: "slug".into(), error: "bad".into() }), &mut out);
+        life.record(
+            ev(ShimEvent::Failed {
+                step: "slug".into(),
+                error: "bad".into(),
+            }),
+            &mut out,
+        );
         let done = life.record(ev(ShimEvent::Cleaned { errors: vec![] }), &mut out);
         assert_eq!(done, Some(Action::Finished { status: 1 }));
         assert_eq!(texts(&out)[0], "Error starting dyno (slug): bad");
@@ -560,9 +624,25 @@ mod tests {
     fn one_off_that_exits_is_complete() {
         let mut life = Lifecycle::new("run.4821", None, Duration::from_secs(30));
         let mut out = Vec::new();
-        life.record(ev(ShimEvent::Started { pid: 9, address: Ipv4Addr::LOCALHOST }), &mut out);
-        life.record(ev(ShimEvent::Exited { code: Some(0), signal: None, oom: false }), &mut out);
+        life.record(
+            ev(ShimEvent::Started {
+                pid: 9,
+                address: Ipv4Addr::LOCALHOST,
+            }),
+            &mut out,
+        );
+        life.record(
+            ev(ShimEvent::Exited {
+                code: Some(0),
+                signal: None,
+                oom: false,
+            }),
+            &mut out,
+        );
         assert_eq!(life.state(), State::Complete);
-        assert_eq!(texts(&out).last().map(String::as_str), Some("State changed from up to complete"));
+        assert_eq!(
+            texts(&out).last().map(String::as_str),
+            Some("State changed from up to complete")
+        );
     }
 }

@@ -83,10 +83,15 @@ pub fn slug(dir: &Path, name: &str, files: &[(&str, &str, u32)]) -> PathBuf {
     header.set_entry_type(tar::EntryType::Directory);
     header.set_mode(0o755);
     header.set_size(0);
-    tar.append_data(&mut header.clone(), "./app/", std::io::empty()).unwrap();
+    tar.append_data(&mut header.clone(), "./app/", std::io::empty())
+        .unwrap();
     for d in dirs {
-        tar.append_data(&mut header.clone(), Path::new("./app").join(d), std::io::empty())
-            .unwrap();
+        tar.append_data(
+            &mut header.clone(),
+            Path::new("./app").join(d),
+            std::io::empty(),
+        )
+        .unwrap();
     }
     for (file, contents, mode) in files {
         let mut h = tar::Header::new_gnu();
@@ -118,7 +123,12 @@ pub struct Background {
 impl Background {
     pub fn spawn(cmd: &mut Command) -> Background {
         Background {
-            child: Some(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap()),
+            child: Some(
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            ),
         }
     }
 

@@ -32,17 +32,38 @@ fn output_exit_status_and_environment() {
     assert_eq!(out.status.code(), Some(7), "{}", stdout(&out));
     assert_eq!(
         app_lines(&out),
-        vec!["hi there|web.3|6000|/app|/app|yes|also", "to-stderr", "no newline"]
+        vec![
+            "hi there|web.3|6000|/app|/app|yes|also",
+            "to-stderr",
+            "no newline"
+        ]
     );
     let platform = platform_lines(&out);
-    assert!(platform[0].starts_with("Starting process with command `echo"), "{platform:?}");
-    assert!(platform.contains(&"Process exited with status 7".to_string()), "{platform:?}");
+    assert!(
+        platform[0].starts_with("Starting process with command `echo"),
+        "{platform:?}"
+    );
+    assert!(
+        platform.contains(&"Process exited with status 7".to_string()),
+        "{platform:?}"
+    );
     // It never bound $PORT, so it never was up (Heroku: "starting to crashed").
-    assert!(platform.contains(&"State changed from starting to crashed".to_string()), "{platform:?}");
+    assert!(
+        platform.contains(&"State changed from starting to crashed".to_string()),
+        "{platform:?}"
+    );
     // Logplex's line shape: `<rfc3339 with µs> app[web.3]: ...`
-    let first_app = stdout(&out).lines().find(|l| l.contains(" app[web.3]: ")).unwrap().to_string();
+    let first_app = stdout(&out)
+        .lines()
+        .find(|l| l.contains(" app[web.3]: "))
+        .unwrap()
+        .to_string();
     let ts = first_app.split(' ').next().unwrap();
-    assert_eq!(ts.len(), "2024-01-01T12:00:00.123456+00:00".len(), "{first_app}");
+    assert_eq!(
+        ts.len(),
+        "2024-01-01T12:00:00.123456+00:00".len(),
+        "{first_app}"
+    );
     assert!(ts.ends_with("+00:00"));
 }
 
@@ -73,7 +94,10 @@ fn dyno_is_isolated() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let lines = app_lines(&out);
     let procs: usize = lines[0].trim_start_matches("procs=").parse().unwrap();
-    assert!(procs <= 4, "the dyno sees only its own processes: {lines:?}");
+    assert!(
+        procs <= 4,
+        "the dyno sees only its own processes: {lines:?}"
+    );
     assert_eq!(lines[1], "uid=1000");
     assert_eq!(lines[2], "CapEff:\t0000000000000000");
     let host = lines[3].trim_start_matches("host=");
@@ -95,7 +119,12 @@ fn app_writes_vanish_with_the_dyno() {
     let slug = slug(tmp.path(), "app.tgz", &[("Procfile", "web: true\n", 0o644)]);
     let args = ["--slug", slug.to_str().unwrap(), "--name", "worker.1"];
     let first = run(&args, "ls /app/marker 2>/dev/null || echo absent; echo hi > /app/marker && cat /app/marker; touch /tmp/t && echo tmp-ok");
-    assert_eq!(app_lines(&first), vec!["absent", "hi", "tmp-ok"], "{}", stdout(&first));
+    assert_eq!(
+        app_lines(&first),
+        vec!["absent", "hi", "tmp-ok"],
+        "{}",
+        stdout(&first)
+    );
     let second = run(&args, "ls /app/marker 2>/dev/null || echo absent");
     assert_eq!(app_lines(&second), vec!["absent"]);
 }
@@ -112,7 +141,10 @@ fn memory_past_the_limit_is_an_oom_kill() {
     );
     assert_eq!(out.status.code(), Some(137), "{}", stdout(&out));
     let platform = platform_lines(&out);
-    assert!(platform.contains(&"Error R15 (Memory quota vastly exceeded)".to_string()), "{platform:?}");
+    assert!(
+        platform.contains(&"Error R15 (Memory quota vastly exceeded)".to_string()),
+        "{platform:?}"
+    );
     assert!(!app_lines(&out).iter().any(|l| l.starts_with("survived")));
 }
 
@@ -131,7 +163,11 @@ fn fork_bomb_stops_at_the_pids_limit() {
     assert!(echo.success());
     assert!(start.elapsed() < Duration::from_secs(120));
     let text = stdout(&out);
-    assert!(text.contains("Process exited with status"), "{}", &text[text.len().saturating_sub(2000)..]);
+    assert!(
+        text.contains("Process exited with status"),
+        "{}",
+        &text[text.len().saturating_sub(2000)..]
+    );
 }
 
 #[test]
@@ -140,7 +176,9 @@ fn sigterm_trapped_exits_cleanly_and_ignored_is_killed_after_grace() {
         return;
     }
     let stop = |command: &str| {
-        let dyno = Background::spawn(Command::new(BIN).args(["run", "--name", "worker.1", "--grace", "2s", "--", command]));
+        let dyno = Background::spawn(
+            Command::new(BIN).args(["run", "--name", "worker.1", "--grace", "2s", "--", command]),
+        );
         std::thread::sleep(Duration::from_millis(1500));
         dyno.stop()
     };
@@ -148,17 +186,35 @@ fn sigterm_trapped_exits_cleanly_and_ignored_is_killed_after_grace() {
     assert_eq!(trapped.status.code(), Some(0), "{}", stdout(&trapped));
     assert!(app_lines(&trapped).contains(&"bye".to_string()));
     let p = platform_lines(&trapped);
-    assert!(p.contains(&"Stopping all processes with SIGTERM".to_string()), "{p:?}");
-    assert!(p.contains(&"State changed from up to down".to_string()), "{p:?}");
+    assert!(
+        p.contains(&"Stopping all processes with SIGTERM".to_string()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"State changed from up to down".to_string()),
+        "{p:?}"
+    );
 
     let started = Instant::now();
     let ignored = stop("trap '' TERM; echo ready; while true; do sleep 0.2; done");
     assert_eq!(ignored.status.code(), Some(137), "{}", stdout(&ignored));
-    assert!(started.elapsed() >= Duration::from_secs(2), "SIGKILL only after the grace period");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "SIGKILL only after the grace period"
+    );
     let p = platform_lines(&ignored);
-    assert!(p.iter().any(|l| l.starts_with("Error R12 (Exit timeout)")), "{p:?}");
-    assert!(p.contains(&"Stopping remaining processes with SIGKILL".to_string()), "{p:?}");
-    assert!(p.contains(&"Process exited with status 137".to_string()), "{p:?}");
+    assert!(
+        p.iter().any(|l| l.starts_with("Error R12 (Exit timeout)")),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"Stopping remaining processes with SIGKILL".to_string()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"Process exited with status 137".to_string()),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -167,31 +223,58 @@ fn web_dyno_answers_through_the_published_port() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let slug = slug(tmp.path(), "web.tgz", &[("public/index.html", "hello from a dyno\n", 0o644)]);
+    let slug = slug(
+        tmp.path(),
+        "web.tgz",
+        &[("public/index.html", "hello from a dyno\n", 0o644)],
+    );
     let port = free_port();
     let dyno = Background::spawn(
         Command::new(BIN)
-            .args(["run", "--slug", slug.to_str().unwrap(), "--name", "web.1", "--grace", "2s"])
-            .args(["--publish", &port.to_string(), "--", "exec busybox httpd -f -p $PORT -h /app/public"]),
+            .args([
+                "run",
+                "--slug",
+                slug.to_str().unwrap(),
+                "--name",
+                "web.1",
+                "--grace",
+                "2s",
+            ])
+            .args([
+                "--publish",
+                &port.to_string(),
+                "--",
+                "exec busybox httpd -f -p $PORT -h /app/public",
+            ]),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
             let mut buf = String::new();
             if s.read_to_string(&mut buf).is_ok() && buf.contains("200") {
                 break buf;
             }
         }
-        assert!(Instant::now() < deadline, "web dyno never answered on 127.0.0.1:{port}");
+        assert!(
+            Instant::now() < deadline,
+            "web dyno never answered on 127.0.0.1:{port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(body.ends_with("hello from a dyno\n"), "{body}");
     let out = dyno.stop();
     let p = platform_lines(&out);
-    assert!(p.contains(&"State changed from starting to up".to_string()), "{p:?}");
-    assert!(p.contains(&"State changed from up to down".to_string()), "{p:?}");
+    assert!(
+        p.contains(&"State changed from starting to up".to_string()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"State changed from up to down".to_string()),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -220,26 +303,53 @@ fn hostile_slugs_are_refused_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("evil.tgz");
     // A symlink out of the layer, then a file written through it.
-    let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::fast(),
+    );
     let mut tar = tar::Builder::new(gz);
     let mut link = tar::Header::new_gnu();
     link.set_entry_type(tar::EntryType::Symlink);
     link.set_size(0);
     link.set_mode(0o777);
-    tar.append_link(&mut link, "./app/escape", "../../../../../../tmp").unwrap();
+    tar.append_link(&mut link, "./app/escape", "../../../../../../tmp")
+        .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
-    let out = run(&["--slug", path.to_str().unwrap(), "--name", "worker.1"], "echo ran");
+    let out = run(
+        &["--slug", path.to_str().unwrap(), "--name", "worker.1"],
+        "echo ran",
+    );
     assert_ne!(out.status.code(), Some(0));
     assert!(app_lines(&out).is_empty(), "nothing ran");
     let p = platform_lines(&out);
-    let err = p.iter().find(|l| l.starts_with("Error starting dyno (slug)")).unwrap_or_else(|| panic!("{p:?}"));
-    assert!(err.contains("app/escape"), "the error names the entry: {err}");
+    let err = p
+        .iter()
+        .find(|l| l.starts_with("Error starting dyno (slug)"))
+        .unwrap_or_else(|| panic!("{p:?}"));
+    assert!(
+        err.contains("app/escape"),
+        "the error names the entry: {err}"
+    );
 
     let bad_sum = slug(tmp.path(), "ok.tgz", &[("a", "b", 0o644)]);
-    let out = run(&["--slug", bad_sum.to_str().unwrap(), "--sha256", &"0".repeat(64), "--name", "worker.1"], "echo ran");
+    let out = run(
+        &[
+            "--slug",
+            bad_sum.to_str().unwrap(),
+            "--sha256",
+            &"0".repeat(64),
+            "--name",
+            "worker.1",
+        ],
+        "echo ran",
+    );
     assert_ne!(out.status.code(), Some(0));
     let p = platform_lines(&out);
-    assert!(p.iter().any(|l| l.contains("Error starting dyno (slug)") && l.contains("sha256")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|l| l.contains("Error starting dyno (slug)") && l.contains("sha256")),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -258,7 +368,10 @@ fn dyno_outlives_the_process_that_started_it() {
     let mut line = String::new();
     let id = loop {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "run ended before printing the id");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "run ended before printing the id"
+        );
         if let Some((_, id)) = line.trim_end().split_once("]: id=") {
             break id.to_string();
         }
@@ -268,22 +381,51 @@ fn dyno_outlives_the_process_that_started_it() {
     child.wait().unwrap();
     let dir = std::path::Path::new("/var/lib/manifold/dynos").join(&id);
     let stream = dir.join("stream.jsonl");
-    let ticks = || std::fs::read_to_string(&stream).unwrap().matches("\"tick ").count();
+    let ticks = || {
+        std::fs::read_to_string(&stream)
+            .unwrap()
+            .matches("\"tick ")
+            .count()
+    };
     let before = ticks();
     std::thread::sleep(Duration::from_millis(800));
-    assert!(ticks() > before + 3, "the dyno kept running and logging without its supervisor");
+    assert!(
+        ticks() > before + 3,
+        "the dyno kept running and logging without its supervisor"
+    );
 
     // Whoever comes next (the restarted agent) finds the shim and stops the dyno through it.
-    let shim: i32 = std::fs::read_to_string(dir.join("shim.pid")).unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let shim: i32 = std::fs::read_to_string(dir.join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&stream).unwrap().contains("\"type\":\"cleaned\"") {
-        assert!(Instant::now() < deadline, "the shim did not finish the stop");
+    while !std::fs::read_to_string(&stream)
+        .unwrap()
+        .contains("\"type\":\"cleaned\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the shim did not finish the stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let text = std::fs::read_to_string(&stream).unwrap();
-    assert!(text.contains("\"type\":\"exited\""), "the exit status was recorded: {text}");
+    assert!(
+        text.contains("\"type\":\"exited\""),
+        "the exit status was recorded: {text}"
+    );
     let gc = Command::new(BIN).arg("gc").output().unwrap();
-    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
     assert!(!dir.exists(), "gc removed the finished dyno's directory");
 }

@@ -20,15 +20,31 @@ fn dyno_resources() -> Vec<String> {
     let state = Path::new("/var/lib/manifold");
     for dir in ["dynos", "net/leases"] {
         if let Ok(entries) = std::fs::read_dir(state.join(dir)) {
-            found.extend(entries.filter_map(Result::ok).map(|e| format!("{dir}/{}", e.file_name().to_string_lossy())));
+            found.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy())),
+            );
         }
     }
     if let Ok(entries) = std::fs::read_dir("/run/manifold/containers") {
-        found.extend(entries.filter_map(Result::ok).map(|e| format!("container state {}", e.file_name().to_string_lossy())));
+        found.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| format!("container state {}", e.file_name().to_string_lossy())),
+        );
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    found.extend(mounts.lines().filter(|l| l.contains("/var/lib/manifold/dynos")).map(|l| format!("mount {l}")));
-    for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().filter_map(Result::ok) {
+    found.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains("/var/lib/manifold/dynos"))
+            .map(|l| format!("mount {l}")),
+    );
+    for controller in std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(Result::ok)
+    {
         let parent = controller.path().join("manifold");
         if let Ok(children) = std::fs::read_dir(&parent) {
             found.extend(
@@ -39,7 +55,10 @@ fn dyno_resources() -> Vec<String> {
             );
         }
     }
-    let links = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show", "type", "veth"])
+        .output()
+        .unwrap();
     found.extend(
         String::from_utf8_lossy(&links.stdout)
             .lines()
@@ -47,17 +66,33 @@ fn dyno_resources() -> Vec<String> {
             .map(|l| format!("veth {l}")),
     );
     if let Ok(netns) = std::fs::read_dir("/var/run/netns") {
-        found.extend(netns.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("manifold")).map(|n| format!("netns {n}")));
+        found.extend(
+            netns
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("manifold"))
+                .map(|n| format!("netns {n}")),
+        );
     }
-    let rules = Command::new("nft").args(["-a", "list", "table", "ip", "manifold"]).output().unwrap();
+    let rules = Command::new("nft")
+        .args(["-a", "list", "table", "ip", "manifold"])
+        .output()
+        .unwrap();
     found.extend(
         String::from_utf8_lossy(&rules.stdout)
             .lines()
             .filter(|l| l.contains("comment \"dyno:") || l.contains("comment \"manifold:"))
             .map(|l| format!("nft {}", l.trim())),
     );
-    let procs = Command::new("pgrep").args(["-f", "manifold-agent shim"]).output().unwrap();
-    found.extend(String::from_utf8_lossy(&procs.stdout).lines().map(|p| format!("shim process {p}")));
+    let procs = Command::new("pgrep")
+        .args(["-f", "manifold-agent shim"])
+        .output()
+        .unwrap();
+    found.extend(
+        String::from_utf8_lossy(&procs.stdout)
+            .lines()
+            .map(|p| format!("shim process {p}")),
+    );
     found
 }
 
@@ -67,7 +102,11 @@ fn a_hundred_dynos_leave_nothing_behind() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let slug = slug(tmp.path(), "app.tgz", &[("public/index.html", "hi\n", 0o644)]);
+    let slug = slug(
+        tmp.path(),
+        "app.tgz",
+        &[("public/index.html", "hi\n", 0o644)],
+    );
     let slug = slug.to_str().unwrap().to_string();
     for i in 0..100 {
         let port = free_port().to_string();
@@ -75,14 +114,35 @@ fn a_hundred_dynos_leave_nothing_behind() {
             // exits on its own, with output
             0 => run(&["--slug", &slug, "--name", "worker.1"], "echo hi; exit 3"),
             // a web dyno with a published port
-            1 => run(&["--slug", &slug, "--name", "web.1", "--publish", &port], "busybox httpd -p $PORT -h /app/public; sleep 0.3"),
+            1 => run(
+                &["--slug", &slug, "--name", "web.1", "--publish", &port],
+                "busybox httpd -p $PORT -h /app/public; sleep 0.3",
+            ),
             // fails to start: unknown stack
             2 => run(&["--stack", "no-such-stack", "--name", "worker.1"], "true"),
             // fails to start: bad checksum
-            3 => run(&["--slug", &slug, "--sha256", &"a".repeat(64), "--name", "worker.1"], "true"),
+            3 => run(
+                &[
+                    "--slug",
+                    &slug,
+                    "--sha256",
+                    &"a".repeat(64),
+                    "--name",
+                    "worker.1",
+                ],
+                "true",
+            ),
             // stopped by a signal mid-run
             _ => {
-                let dyno = Background::spawn(Command::new(BIN).args(["run", "--name", "worker.1", "--grace", "1s", "--", "echo up; sleep 30"]));
+                let dyno = Background::spawn(Command::new(BIN).args([
+                    "run",
+                    "--name",
+                    "worker.1",
+                    "--grace",
+                    "1s",
+                    "--",
+                    "echo up; sleep 30",
+                ]));
                 std::thread::sleep(Duration::from_millis(200));
                 dyno.stop()
             }
@@ -94,5 +154,9 @@ fn a_hundred_dynos_leave_nothing_behind() {
         );
     }
     let leaked = dyno_resources();
-    assert!(leaked.is_empty(), "leaked after 100 dynos:\n{}", leaked.join("\n"));
+    assert!(
+        leaked.is_empty(),
+        "leaked after 100 dynos:\n{}",
+        leaked.join("\n")
+    );
 }

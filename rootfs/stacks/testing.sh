@@ -17,7 +17,23 @@ testing_busybox() {
 testing_inputs() {
 	testing_busybox
 	readlink -f /bin/bash
+	testing_libs
+}
+
+# bash's shared libraries, plus libgcc_s: Rust programs (the slugbuilder run in a build dyno)
+# need it for unwinding, and it is the only library they use beyond bash's.
+testing_libs() {
 	ldd /bin/bash | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
+	readlink -f "$(gcc_s_path)"
+}
+
+gcc_s_path() {
+	local p
+	for p in /lib/x86_64-linux-gnu/libgcc_s.so.1 /usr/lib/x86_64-linux-gnu/libgcc_s.so.1 \
+		/lib/aarch64-linux-gnu/libgcc_s.so.1 /usr/lib/aarch64-linux-gnu/libgcc_s.so.1; do
+		[[ -e $p ]] && { echo "$p"; return; }
+	done
+	die "libgcc_s.so.1 not found on the host"
 }
 
 stack_key_inputs() {
@@ -64,7 +80,7 @@ stack_build() {
 	rm -f "$root/usr/bin/bash"
 	install -m 0755 "$(readlink -f /bin/bash)" "$root/usr/bin/bash"
 	ldd /bin/bash | grep -q 'not found' && die "bash has unresolved libraries"
-	for lib in $(ldd /bin/bash | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+	for lib in $(ldd /bin/bash | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }') "$(gcc_s_path)"; do
 		# The stack's lib -> usr/lib and lib64 -> usr/lib64 links place these under /usr.
 		mkdir -p "$root$(dirname "$lib")"
 		cp -L "$lib" "$root$lib"

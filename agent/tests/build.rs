@@ -1,0 +1,213 @@
+//! Acceptance: builds run in a dyno (`manifold-agent build`), and what they build runs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn build(source: &Path, out: &Path, extra: &[&str]) -> Output {
+    let slugbuilder = Path::new(BIN).with_file_name("slugbuilder");
+    assert!(
+        slugbuilder.exists(),
+        "build the workspace's binaries first: {} is missing",
+        slugbuilder.display()
+    );
+    Command::new(BIN)
+        .arg("build")
+        .arg(source)
+        .arg("--out")
+        .arg(out)
+        .arg("--buildpacks-dir")
+        .arg(repo().join("buildpacks"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn build_dyno_cannot_write_outside_its_build_and_output_directories() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("Procfile"), "web: busybox httpd -f -p $PORT\n").unwrap();
+    // A buildpack that tries to write everywhere and reports what worked.
+    let bp = tmp.path().join("nosy");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    let script = |name: &str, body: &str| {
+        let p = bp.join("bin").join(name);
+        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script("detect", "echo Nosy");
+    script(
+        "compile",
+        r#"try() { if ( echo x > "$1" ) 2>/dev/null; then echo "wrote $1"; else echo "denied $1"; fi; }
+try /etc/nosy; try /usr/bin/nosy; try /nosy; try /.manifold/buildpacks/nosy; try /.manifold/bin/nosy
+try /.manifold/custom-buildpacks/0/nosy; try /.manifold/env/nosy
+try "$1/built"; try "$2/cached"; try /.manifold/out/extra
+echo "env GREETING=$(cat "$3/GREETING")"; echo "uid=$(id -u)""#,
+    );
+    script("release", "echo '--- {}'");
+    let out = tmp.path().join("slug.tgz");
+    let stack_before = Command::new("find")
+        .arg("/var/lib/manifold/stacks/testing")
+        .arg("-newer")
+        .arg(&src)
+        .output()
+        .unwrap();
+    let result = build(
+        &src,
+        &out,
+        &[
+            "--stack",
+            "testing",
+            "--buildpack",
+            bp.to_str().unwrap(),
+            "-e",
+            "GREETING=hi",
+        ],
+    );
+    let text = String::from_utf8_lossy(&result.stdout).to_string();
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for denied in [
+        "/etc/nosy",
+        "/usr/bin/nosy",
+        "/nosy",
+        "/.manifold/buildpacks/nosy",
+        "/.manifold/bin/nosy",
+        "/.manifold/custom-buildpacks/0/nosy",
+        "/.manifold/env/nosy",
+    ] {
+        assert!(
+            text.contains(&format!("denied {denied}")),
+            "{denied} must not be writable:\n{text}"
+        );
+    }
+    for wrote in [
+        "/app/built",
+        "/.manifold/cache/cached",
+        "/.manifold/out/extra",
+    ] {
+        assert!(
+            text.contains(&format!("wrote {wrote}")),
+            "{wrote} must be writable:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("env GREETING=hi"),
+        "config vars reach bin/compile through ENV_DIR:\n{text}"
+    );
+    assert!(text.contains("uid=1000"), "{text}");
+    assert!(
+        !bp.join("nosy").exists(),
+        "the buildpack directory on the host is untouched"
+    );
+    let stack_after = Command::new("find")
+        .arg("/var/lib/manifold/stacks/testing")
+        .arg("-newer")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(
+        stack_before.stdout, stack_after.stdout,
+        "the stack is untouched"
+    );
+    assert!(out.exists() && out.with_extension("json").exists());
+    let meta = std::fs::read_to_string(out.with_extension("json")).unwrap();
+    assert!(meta.contains("\"web\""), "{meta}");
+}
+
+#[test]
+fn python_example_builds_in_a_dyno_and_answers_http_on_bookworm() {
+    if !ready() {
+        return;
+    }
+    if !Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the bookworm stack is missing: run `rootfs/build-stack bookworm`"
+        );
+        eprintln!("\n!!! SKIPPING: the bookworm stack is missing: run `rootfs/build-stack bookworm` !!!\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("slug.tgz");
+    let cache = tmp.path().join("cache");
+    let result = build(
+        &repo().join("examples/python-web"),
+        &out,
+        &["--cache-dir", cache.to_str().unwrap()],
+    );
+    let text = String::from_utf8_lossy(&result.stdout).to_string();
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(text.contains("-----> Python app detected"), "{text}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    let web = meta["process_types"]["web"].as_str().unwrap().to_string();
+    assert!(meta["process_types"]["worker"].is_string(), "{meta}");
+
+    let port = free_port();
+    let dyno = Background::spawn(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--stack",
+                "bookworm",
+                "--slug",
+                out.to_str().unwrap(),
+                "--name",
+                "web.1",
+                "--grace",
+                "3s",
+            ])
+            .args(["--publish", &port.to_string(), "--", &web]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            let mut buf = String::new();
+            if s.read_to_string(&mut buf).is_ok() && buf.starts_with("HTTP/1.0 200") {
+                break buf;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Python web dyno never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("web.1"), "{body}");
+    let out = dyno.stop();
+    assert_eq!(out.status.code(), Some(143), "{}", stdout(&out));
+}
