@@ -7,9 +7,10 @@ Measures, for each runtime, interleaved run by run so that machine noise hits al
 
 Manifold's number is a *complete* dyno: `manifold-agent run` (a tokio process), its shim
 (a second process), overlay rootfs, cgroups, its own network namespace with a veth on the
-host bridge, log capture, and removal of all of it. crun and runc get an OCI bundle of the
-same stack directory, with the same namespaces and limits, but no overlay and no veth (just
-their own empty network namespace).
+host bridge, log capture, and removal of all of it. crun and runc get an OCI bundle with
+Manifold's own spec for the same command (`manifold-agent run --print-spec`): the same bash
+start script, namespaces, user, no capabilities, seccomp, mounts and limits, rooted at the
+same stack directory (read-only, no overlay), with an empty network namespace (no veth).
 
 crun refuses this host's hybrid cgroup layout, so the whole benchmark runs in a private mount
 namespace with /sys/fs/cgroup/unified unmounted (all three runtimes see the same thing).
@@ -39,42 +40,21 @@ def reexec_in_private_mount_ns():
         os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", script], env)
 
 
-def bundle(root, name, args):
+def bundle(root, name, args, agent):
+    """An OCI bundle with Manifold's own spec for the same command (`run --print-spec`): the
+    same namespaces, user, capabilities, seccomp profile, mounts, masked paths and limits. Only
+    the root differs: the stack directory itself, read-only (no overlay, no slug layer), and
+    no bind of the host's resolv.conf; and crun/runc get no veth, just an empty netns."""
     path = os.path.join(root, name)
     os.makedirs(path)
-    spec = {
-        "ociVersion": "1.0.2",
-        "root": {"path": STACK, "readonly": True},
-        "hostname": name,
-        "process": {
-            "terminal": False,
-            "user": {"uid": 1000, "gid": 1000},
-            "args": args,
-            "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/app"],
-            "cwd": "/",
-            "capabilities": {k: [] for k in ["bounding", "effective", "inheritable", "permitted", "ambient"]},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 10000, "soft": 10000}],
-            "noNewPrivileges": True,
-        },
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-        ],
-        "linux": {
-            "namespaces": [{"type": t} for t in ["pid", "mount", "uts", "ipc", "network", "cgroup"]],
-            "cgroupsPath": "/manifold-bench/" + name,
-            "resources": {
-                "memory": {"limit": 1 << 30},
-                "cpu": {"shares": 1024},
-                "pids": {"limit": 256},
-            },
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-        },
-    }
+    script = args[-1]
+    spec = json.loads(subprocess.check_output(
+        [agent, "run", "--name", "worker.1", "--print-spec", "--", script]))
+    spec["root"] = {"path": STACK, "readonly": True}
+    spec["hostname"] = name
+    spec["linux"]["cgroupsPath"] = "/manifold-bench/" + name
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in ("/etc/resolv.conf",)]
+    # A read-only root cannot grow mount points: cwd /app exists in the stack.
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(spec, f)
     return path
@@ -105,21 +85,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--agent", default="/var/cache/manifold/target/release/manifold-agent")
+    ap.add_argument("--only", action="append", help="run only these runtimes (repeatable)")
     a = ap.parse_args()
     reexec_in_private_mount_ns()
     tmp = tempfile.mkdtemp(prefix="manifold-bench-")
     try:
         runtimes = {"manifold": None}
         for rt in ["crun", "runc"]:
-            if shutil.which(rt):
+            if shutil.which(rt) and (not a.only or rt in a.only):
                 runtimes[rt] = shutil.which(rt)
-        echo = ["/bin/sh", "-c", "echo first-line-$((40+2))"]
-        true = ["/bin/true"]
+        echo = ["echo first-line-$((40+2))"]
+        true = ["true"]
         bundles = {}
         for rt in runtimes:
             if rt != "manifold":
-                bundles[(rt, "echo")] = bundle(tmp, f"{rt}-echo", echo)
-                bundles[(rt, "true")] = bundle(tmp, f"{rt}-true", true)
+                bundles[(rt, "echo")] = bundle(tmp, f"{rt}-echo", echo, a.agent)
+                bundles[(rt, "true")] = bundle(tmp, f"{rt}-true", true, a.agent)
 
         def cmd(rt, what, i):
             if rt == "manifold":

@@ -78,6 +78,9 @@ struct RunArgs {
     /// Time between SIGTERM and SIGKILL when stopping.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Print the dyno's OCI runtime spec (config.json) instead of running it.
+    #[arg(long)]
+    print_spec: bool,
     /// Bind-mount a host path into the dyno: SOURCE:DESTINATION[:ro|:rw].
     #[arg(long = "mount", value_name = "SRC:DST[:ro]")]
     mounts: Vec<BindMount>,
@@ -130,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         // The shim must stay single-threaded: it is dispatched before any runtime exists.
-        Command::Shim { dir } => shim::spawn_detached(&dir),
+        Command::Shim { dir } => shim::main(&dir),
         Command::Run(args) => {
             let host = HostConfig::with_state_dir(&cli.state_dir);
             let runtime = tokio::runtime::Runtime::new()?;
@@ -148,6 +151,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
+    let print_spec = args.print_spec;
     let process_type = args.name.split('.').next().unwrap_or_default().to_string();
     if args.name.is_empty()
         || !args
@@ -191,6 +195,14 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         host,
     };
 
+    if print_spec {
+        let stack = manifold_agent::rootfs::find_stack(&config.host.stacks_dir(), &config.stack)?;
+        let dir = manifold_agent::dyno::DynoDir::new(&config.host, &config.id);
+        let spec =
+            manifold_agent::spec::build(&config, &dir, manifold_agent::spec::shell_for(&stack))?;
+        println!("{}", serde_json::to_string_pretty(&spec)?);
+        return Ok(0);
+    }
     follow(config, |line| {
         use std::io::Write;
         let mut stdout = std::io::stdout();

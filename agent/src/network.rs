@@ -406,7 +406,26 @@ pub fn detach(cfg: &NetworkConfig, dyno_id: &str) -> Result<(), NetworkError> {
     cfg.validate()?;
     validate_dyno_id(dyno_id)?;
     let mut kernel = Kernel::new()?;
-    detach_with(&mut kernel, cfg, dyno_id)
+    detach_with(&mut kernel, cfg, dyno_id, Veth::Delete)
+}
+
+/// [`detach`] for a dyno whose container is gone: its network namespace is being destroyed
+/// and the kernel removes the veth pair with it. Deleting the host end ourselves would wait
+/// for an RCU grace period (about 15 ms measured) on every dyno's stop path for nothing. A
+/// namespace kept alive by a stray holder keeps its veth until the holder ends; `gc` (which
+/// uses [`detach`]) removes such leftovers.
+pub fn release(cfg: &NetworkConfig, dyno_id: &str) -> Result<(), NetworkError> {
+    cfg.validate()?;
+    validate_dyno_id(dyno_id)?;
+    let mut kernel = Kernel::new()?;
+    detach_with(&mut kernel, cfg, dyno_id, Veth::LeaveToKernel)
+}
+
+/// Whether detaching deletes the host end of the veth pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Veth {
+    Delete,
+    LeaveToKernel,
 }
 
 /// Start-up sweep: detaches every dyno that holds a lease or a published port but for which
@@ -808,6 +827,7 @@ fn detach_with(
     kernel: &mut impl Dataplane,
     cfg: &NetworkConfig,
     dyno_id: &str,
+    veth: Veth,
 ) -> Result<(), NetworkError> {
     let _lock = lock_host(&cfg.state_dir)?;
     let lease_dir = cfg.lease_dir();
@@ -848,7 +868,9 @@ fn detach_with(
             }
         }
     }
-    kernel.delete_link(&host_veth_name(dyno_id))?;
+    if veth == Veth::Delete {
+        kernel.delete_link(&host_veth_name(dyno_id))?;
+    }
     for (address, _) in leases {
         remove_lease(&lease_dir, address)?;
     }
@@ -868,7 +890,7 @@ fn sweep_with(
     let dead: Vec<String> = ids.into_iter().filter(|id| !alive(id)).collect();
     for id in &dead {
         tracing::info!(dyno = %id, "sweeping the network of a dyno that is gone");
-        detach_with(kernel, cfg, id)?;
+        detach_with(kernel, cfg, id, Veth::Delete)?;
     }
     Ok(dead)
 }
@@ -1623,13 +1645,34 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
     }
 
     #[test]
+    fn release_leaves_the_veth_to_the_kernel_but_frees_the_lease_and_port() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake::default();
+        attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+        fake.calls.clear();
+        detach_with(&mut fake, &cfg, "web.1", Veth::LeaveToKernel).unwrap();
+        assert!(
+            !fake.calls.iter().any(|c| c.starts_with("delete_link")),
+            "{:?}",
+            fake.calls
+        );
+        assert!(
+            fake.calls.iter().any(|c| c.contains("nft")),
+            "{:?}",
+            fake.calls
+        );
+        assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
+    }
+
+    #[test]
     fn detach_of_an_unpublished_dyno_never_runs_nft() {
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
         attach_with(&mut fake, &cfg, "worker.1", 42, None, 0).unwrap();
         fake.calls.clear();
-        detach_with(&mut fake, &cfg, "worker.1").unwrap();
+        detach_with(&mut fake, &cfg, "worker.1", Veth::Delete).unwrap();
         assert_eq!(
             fake.calls,
             [format!("delete_link {}", host_veth_name("worker.1"))]
@@ -1646,7 +1689,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
             attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
             fake.calls.clear();
             fake.nft_stderr = stderr;
-            detach_with(&mut fake, &cfg, "web.1").unwrap();
+            detach_with(&mut fake, &cfg, "web.1", Veth::Delete).unwrap();
             assert_eq!(
                 fake.calls,
                 [
@@ -1667,10 +1710,10 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
         let mut fake = Fake::default();
         attach_with(&mut fake, &cfg, "web.1", 42, None, 0).unwrap();
         fake.fail_at = Some("delete_link");
-        assert!(detach_with(&mut fake, &cfg, "web.1").is_err());
+        assert!(detach_with(&mut fake, &cfg, "web.1", Veth::Delete).is_err());
         assert_eq!(read_leases(&cfg.lease_dir()).unwrap().len(), 1);
         fake.fail_at = None;
-        detach_with(&mut fake, &cfg, "web.1").unwrap();
+        detach_with(&mut fake, &cfg, "web.1", Veth::Delete).unwrap();
         assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
     }
 
@@ -1682,7 +1725,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
             listing: LISTING.into(),
             ..Fake::default()
         };
-        detach_with(&mut fake, &cfg, "run.9").unwrap();
+        detach_with(&mut fake, &cfg, "run.9", Veth::Delete).unwrap();
         assert_eq!(
             fake.calls,
             [
@@ -1696,7 +1739,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
             nft_stderr: Some("Error: No such file or directory"),
             ..Fake::default()
         };
-        detach_with(&mut fake, &cfg, "run.9").unwrap();
+        detach_with(&mut fake, &cfg, "run.9", Veth::Delete).unwrap();
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The shim: one small process per dyno that creates the container and stays its parent.
 //!
 //! ```text
-//!  supervisor ──spawn──▶ `manifold-agent shim --dir D` ──fork──▶ shim (setsid, detached)
-//!                          (exits at once)                    │ prepare: slug layer, overlay, spec
+//!  supervisor ──spawn──▶ `manifold-agent shim --dir D` (setsid; outlives the supervisor)
+//!                                                             │ prepare: slug layer, overlay, spec
 //!                                                             │ libcontainer build (init waits)
 //!                                                             │ network attach, start
 //!                                                             ▼
@@ -36,7 +36,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
+use nix::unistd::{pipe2, setsid, Pid};
 
 use crate::cgroup::{self, Layout};
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
@@ -54,32 +54,23 @@ extern "C" fn request_stop(_: libc::c_int) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
 }
 
-/// Detaches from the caller and runs the dyno described in `dir`. Returns only in the
-/// short-lived parent, after it has recorded the detached shim's pid.
+/// Runs the dyno described in `dir` to its end, then exits the process.
 ///
-/// Must be called before the process starts any thread.
-pub fn spawn_detached(dir: &Path) -> anyhow::Result<()> {
-    let dyno_dir = DynoDir {
+/// The shim starts its own session so that signals for the supervisor's terminal (Ctrl-C)
+/// do not reach it: stops come only from the supervisor, as SIGTERM. It needs no double
+/// fork to outlive the supervisor: when that dies, the shim is adopted by init (or the
+/// service manager's subreaper) and goes on. Must be called before any thread exists.
+pub fn main(dir: &Path) -> ! {
+    let code = match run(DynoDir {
         root: dir.to_path_buf(),
+    }) {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("shim failed: {err:#}");
+            1
+        }
     };
-    // SAFETY: the shim process is single-threaded here (it was just exec'd and has started no
-    // thread), so the child may run arbitrary code after fork.
-    match unsafe { fork() }? {
-        ForkResult::Parent { child } => {
-            crate::dyno::write_atomic(&dyno_dir.shim_pid(), child.to_string().as_bytes())?;
-            Ok(())
-        }
-        ForkResult::Child => {
-            let code = match run(dyno_dir) {
-                Ok(code) => code,
-                Err(err) => {
-                    tracing::error!("shim failed: {err:#}");
-                    1
-                }
-            };
-            std::process::exit(code)
-        }
-    }
+    std::process::exit(code)
 }
 
 /// The detached shim's life. Returns the process exit code of the shim itself.
@@ -435,7 +426,8 @@ pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>)
         }
     }
     errors.extend(remove_cgroups(&config.host.cgroup_parent, &config.id));
-    if let Err(err) = network::detach(&config.host.network, &config.id) {
+    // The container is gone, so its netns is going and takes the veth pair along.
+    if let Err(err) = network::release(&config.host.network, &config.id) {
         errors.push(format!("network: {err}"));
     }
     if let Err(err) = rootfs::unmount(&dir.rootfs()) {

@@ -258,11 +258,6 @@ pub enum SupervisorError {
         #[source]
         source: io::Error,
     },
-    #[error("the shim {binary} exited with {status} before detaching")]
-    ShimStart {
-        binary: PathBuf,
-        status: std::process::ExitStatus,
-    },
     #[error("cannot follow {path}")]
     Follow {
         path: PathBuf,
@@ -295,30 +290,28 @@ impl Dyno {
         };
         dir.write_config(&config).map_err(prepare)?;
         File::create(dir.stream()).map_err(prepare)?;
-        let status = tokio::process::Command::new(&shim_binary)
+        let mut child = tokio::process::Command::new(&shim_binary)
             .arg("shim")
             .arg("--dir")
             .arg(&dir.root)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .status()
-            .await
+            .spawn()
             .map_err(|source| SupervisorError::Spawn {
                 binary: shim_binary.clone(),
                 source,
             })?;
-        if !status.success() {
-            return Err(SupervisorError::ShimStart {
-                binary: shim_binary,
-                status,
-            });
-        }
-        let pid = std::fs::read_to_string(dir.shim_pid())
-            .map_err(prepare)?
-            .trim()
-            .parse::<i32>()
-            .map_err(|e| prepare(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        let pid = child.id().ok_or_else(|| SupervisorError::Spawn {
+            binary: shim_binary.clone(),
+            source: io::Error::other("the shim exited at once"),
+        })?;
+        let pid = i32::try_from(pid).map_err(|e| prepare(io::Error::other(e)))?;
+        crate::dyno::write_atomic(&dir.shim_pid(), pid.to_string().as_bytes()).map_err(prepare)?;
+        // Reap the shim while this process lives; if it dies first, init adopts the shim.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
         Ok(Dyno {
             config,
             dir,

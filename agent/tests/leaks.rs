@@ -153,7 +153,14 @@ fn a_hundred_dynos_leave_nothing_behind() {
             stdout(&out)
         );
     }
-    let leaked = dyno_resources();
+    // The kernel removes a dyno's veth pair with its network namespace, asynchronously, just
+    // after the dyno ends: give that a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut leaked = dyno_resources();
+    while !leaked.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        leaked = dyno_resources();
+    }
     assert!(
         leaked.is_empty(),
         "leaked after 100 dynos:\n{}",
