@@ -101,8 +101,12 @@ pub fn prepare(
         fs::create_dir_all(dir).map_err(prep(dir))?;
     }
     // The build runs as the dyno user: it must own what it writes.
+    let (uid, gid) = match host.userns {
+        Some(ns) => (ns.host_base + DYNO_UID, ns.host_base + DYNO_GID),
+        None => (DYNO_UID, DYNO_GID),
+    };
     for dir in [&out, &req.cache_dir] {
-        chown(dir, Some(DYNO_UID), Some(DYNO_GID)).map_err(prep(dir))?;
+        chown(dir, Some(uid), Some(gid)).map_err(prep(dir))?;
     }
     for (key, value) in &req.env {
         let file = env_dir.join(key);

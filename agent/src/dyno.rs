@@ -28,6 +28,31 @@ pub struct HostConfig {
     /// Parent cgroup under which every dyno gets `<cgroup_parent>/<dyno id>`.
     pub cgroup_parent: String,
     pub network: NetworkConfig,
+    /// The user namespace dynos run in, where the host allows one.
+    #[serde(default)]
+    pub userns: Option<UserNamespace>,
+}
+
+/// A dyno's user namespace: uids and gids `0..size` inside are `host_base..host_base+size`
+/// outside. Root in a dyno is then nobody on the host, and the dyno user (uid 1000) is host
+/// uid `host_base + 1000`, which owns the dyno's `/app`. Every dyno of the host shares the one
+/// range: a per-dyno range would need a slug layer per dyno (or idmapped mounts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    pub host_base: u32,
+    pub size: u32,
+}
+
+impl UserNamespace {
+    /// Manifold's default range: 100000..165536, the first range `useradd` hands out on
+    /// Debian's `/etc/subuid`, used when the kernel allows user namespaces.
+    pub fn host_default() -> Option<UserNamespace> {
+        let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").ok()?;
+        (max.trim().parse::<u64>().ok()? > 0).then_some(UserNamespace {
+            host_base: 100_000,
+            size: 65_536,
+        })
+    }
 }
 
 impl HostConfig {
@@ -42,6 +67,7 @@ impl HostConfig {
             state_dir,
             run_dir: PathBuf::from("/run/manifold"),
             cgroup_parent: "manifold".to_string(),
+            userns: UserNamespace::host_default(),
         }
     }
 
@@ -51,6 +77,12 @@ impl HostConfig {
 
     pub fn slugs_dir(&self) -> PathBuf {
         self.state_dir.join("slugs")
+    }
+
+    /// Slug layers unpacked for one owner: layers are chowned to the dyno user's host ids,
+    /// so a host whose user namespace setting changes must not reuse the other owner's.
+    pub fn slug_layers_dir(&self, (uid, gid): (u32, u32)) -> PathBuf {
+        self.slugs_dir().join(format!("{uid}-{gid}"))
     }
 
     pub fn dynos_dir(&self) -> PathBuf {
@@ -162,6 +194,14 @@ pub const DYNO_UID: u32 = 1000;
 pub const DYNO_GID: u32 = 1000;
 
 impl DynoConfig {
+    /// The host uid and gid of the dyno's user: what owns its `/app` on the host.
+    pub fn host_ids(&self) -> (u32, u32) {
+        match self.host.userns {
+            Some(ns) => (ns.host_base + self.uid, ns.host_base + self.gid),
+            None => (self.uid, self.gid),
+        }
+    }
+
     /// The environment the dyno's process sees, in a stable order.
     pub fn environment(&self) -> BTreeMap<String, String> {
         let mut env = self.env.clone();

@@ -377,7 +377,11 @@ fn gc(host: &HostConfig) -> anyhow::Result<()> {
     for id in network::sweep(net, &|id| alive.iter().any(|a| a == id))? {
         println!("released network of {id}");
     }
-    slug::SlugCache::sweep_tmp(&host.slugs_dir())?;
+    if let Ok(owners) = std::fs::read_dir(host.slugs_dir()) {
+        for owner in owners.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
+            slug::SlugCache::sweep_tmp(&owner.path())?;
+        }
+    }
     Ok(())
 }
 

@@ -121,6 +121,32 @@ impl Overlay {
     }
 }
 
+/// Creates the mount points of bind mounts in the dyno's root, as the host's root, so that
+/// the container (whose root in a user namespace is nobody on the host) need not create them
+/// in directories it does not own. A file gets an empty file, a directory a directory.
+pub fn make_mount_points(merged: &Path, binds: &[(PathBuf, PathBuf)]) -> Result<(), RootfsError> {
+    for (source, destination) in binds {
+        let rel = destination.strip_prefix("/").unwrap_or(destination);
+        let target = merged.join(rel);
+        let prepare = |source| RootfsError::Prepare {
+            path: target.clone(),
+            source,
+        };
+        if target.symlink_metadata().is_ok() {
+            continue;
+        }
+        if source.is_dir() {
+            fs::create_dir_all(&target).map_err(prepare)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(prepare)?;
+            }
+            fs::File::create(&target).map_err(prepare)?;
+        }
+    }
+    Ok(())
+}
+
 /// Overlay options separate fields with `,` and layers with `:`; paths holding either are
 /// escaped with a backslash, as the kernel expects.
 fn escape(p: &Path) -> String {

@@ -170,9 +170,9 @@ impl Shim {
         let mut lower = Vec::new();
         if let Some(slug) = &c.slug {
             let cache = SlugCache::new(
-                c.host.slugs_dir(),
+                c.host.slug_layers_dir(c.host_ids()),
                 UnpackLimits::default(),
-                Some((c.uid, c.gid)),
+                Some(c.host_ids()),
             );
             let layer = cache
                 .layer(&slug.path, slug.sha256.as_deref())
@@ -186,8 +186,14 @@ impl Shim {
             work: self.dir.work(),
             merged: self.dir.rootfs(),
         };
-        let app_owner = c.slug.is_none().then_some((c.uid, c.gid));
+        let app_owner = c.slug.is_none().then_some(c.host_ids());
         overlay.mount(app_owner).step("rootfs")?;
+        let binds: Vec<_> = c
+            .mounts
+            .iter()
+            .map(|m| (m.source.clone(), m.destination.clone()))
+            .collect();
+        rootfs::make_mount_points(&self.dir.rootfs(), &binds).step("rootfs")?;
 
         let spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
         spec::write(&spec, &self.dir).step("spec")?;

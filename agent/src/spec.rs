@@ -235,6 +235,16 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
             },
         },
     });
+    let mut spec = spec;
+    if let Some(ns) = config.host.userns {
+        let map = json!([{ "containerID": 0, "hostID": ns.host_base, "size": ns.size }]);
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .into_iter()
+            .for_each(|a| a.push(json!({ "type": "user" })));
+        spec["linux"]["uidMappings"] = map.clone();
+        spec["linux"]["gidMappings"] = map;
+    }
     serde_json::from_value(spec).map_err(SpecError::Invalid)
 }
 
@@ -312,6 +322,7 @@ mod tests {
         for want in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
             assert!(ns.iter().any(|n| n == want), "{want} missing from {ns:?}");
         }
+        assert_eq!(ns.iter().any(|n| n == "user"), c.host.userns.is_some());
         let res = linux.resources().as_ref().expect("resources");
         let mem = res.memory().as_ref().expect("memory");
         assert_eq!(mem.limit(), Some(2048 * 1024 * 1024));
@@ -338,6 +349,27 @@ mod tests {
             .options()
             .as_ref()
             .is_some_and(|o| o.iter().any(|o| o == "ro")));
+    }
+
+    #[test]
+    fn user_namespace_maps_the_host_range() {
+        let mut c = config();
+        c.host.userns = Some(crate::dyno::UserNamespace {
+            host_base: 200_000,
+            size: 65_536,
+        });
+        assert_eq!(c.host_ids(), (201_000, 201_000));
+        let dir = DynoDir::new(&c.host, &c.id);
+        let spec = build(&c, &dir, "/bin/bash").expect("valid spec");
+        let linux = spec.linux().as_ref().expect("linux");
+        let uid = &linux.uid_mappings().as_ref().expect("uid map")[0];
+        assert_eq!(
+            (uid.container_id(), uid.host_id(), uid.size()),
+            (0, 200_000, 65_536)
+        );
+        assert!(linux.gid_mappings().is_some());
+        c.host.userns = None;
+        assert_eq!(c.host_ids(), (DYNO_UID, DYNO_GID));
     }
 
     #[test]

@@ -89,7 +89,8 @@ fn dyno_is_isolated() {
          echo host=$(hostname); mount -t tmpfs none /mnt 2>/dev/null && echo mount=yes || echo mount=no; \
          echo ifaces=$(ls /sys/class/net | sort | tr '\\n' ,); \
          unshare -U true 2>/dev/null && echo unshare=yes || echo unshare=no; \
-         cat /proc/kcore >/dev/null 2>&1 && echo kcore=yes || echo kcore=no",
+         cat /proc/kcore >/dev/null 2>&1 && echo kcore=yes || echo kcore=no; \
+         echo uidmap=$(cat /proc/self/uid_map)",
     );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let lines = app_lines(&out);
@@ -108,6 +109,19 @@ fn dyno_is_isolated() {
     assert_eq!(lines[5], "ifaces=eth0,lo,", "only its own interfaces");
     assert_eq!(lines[6], "unshare=no");
     assert_eq!(lines[7], "kcore=no");
+    // Where the kernel allows user namespaces, root in the dyno is nobody on the host.
+    let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .map(|m| m.trim() != "0")
+        .unwrap_or(false);
+    let map: Vec<&str> = lines[8]
+        .trim_start_matches("uidmap=")
+        .split_whitespace()
+        .collect();
+    if userns {
+        assert_eq!(map, vec!["0", "100000", "65536"], "{lines:?}");
+    } else {
+        assert_eq!(map, vec!["0", "0", "4294967295"], "{lines:?}");
+    }
 }
 
 #[test]
