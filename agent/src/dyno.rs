@@ -258,6 +258,11 @@ impl DynoDir {
         self.root.join("stream.jsonl")
     }
 
+    /// The previous stream segment, kept until the next rotation.
+    pub fn stream_previous(&self) -> PathBuf {
+        self.root.join("stream.jsonl.1")
+    }
+
     pub fn shim_pid(&self) -> PathBuf {
         self.root.join("shim.pid")
     }
@@ -348,6 +353,10 @@ pub enum ShimEvent {
     },
     /// Every resource of the dyno is gone; `errors` lists what could not be removed.
     Cleaned { errors: Vec<String> },
+    /// The first record of a new stream segment: the shim rotated `stream.jsonl` to
+    /// `stream.jsonl.1` after writing `records_before` records in all, so that a dyno that
+    /// floods output uses bounded disk. A reader that has read fewer records lost the rest.
+    Rotated { records_before: u64 },
 }
 
 impl ShimEvent {

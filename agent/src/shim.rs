@@ -82,7 +82,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         signal::signal(Signal::SIGTERM, SigHandler::Handler(request_stop))?;
         signal::signal(Signal::SIGINT, SigHandler::Handler(request_stop))?;
     }
-    let mut out = Recorder::open(&dir.stream())?;
+    let mut out = Recorder::open(&dir, SEGMENT_BYTES)?;
     let config = match dir.read_config() {
         Ok(c) => c,
         Err(err) => {
@@ -474,30 +474,74 @@ fn remove_cgroups(parent: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Appends records to `stream.jsonl`. Write errors are logged and otherwise ignored: losing
-/// a log line must never take the dyno down.
+/// Size at which `stream.jsonl` is rotated: a dyno's records use at most two segments
+/// (the current one and `stream.jsonl.1`) of disk, however much it prints.
+pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Appends records to `stream.jsonl`, rotating it at [`SEGMENT_BYTES`]. Write errors are
+/// logged and otherwise ignored: losing a log line must never take the dyno down.
 struct Recorder {
     file: File,
+    path: PathBuf,
+    previous: PathBuf,
+    /// Bytes in the current segment.
+    written: u64,
+    /// Records written in all segments.
+    records: u64,
+    segment_bytes: u64,
 }
 
 impl Recorder {
-    fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Recorder { file })
+    fn open(dir: &DynoDir, segment_bytes: u64) -> io::Result<Self> {
+        let path = dir.stream();
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let written = file.metadata()?.len();
+        Ok(Recorder {
+            file,
+            path,
+            previous: dir.stream_previous(),
+            written,
+            records: 0,
+            segment_bytes,
+        })
     }
 
     fn write(&mut self, record: &Record) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(l) => l,
-            Err(err) => {
-                tracing::warn!("cannot encode a record: {err}");
-                return;
-            }
-        };
-        line.push(b'\n');
-        if let Err(err) = self.file.write_all(&line) {
+        if let Err(err) = self.append(record) {
             tracing::warn!("cannot write to the stream: {err}");
+            return;
         }
+        if self.written >= self.segment_bytes {
+            if let Err(err) = self.rotate() {
+                tracing::warn!("cannot rotate the stream: {err}");
+            }
+        }
+    }
+
+    /// Writes one record as a JSON line and counts it.
+    fn append(&mut self, record: &Record) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.written += line.len() as u64;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Moves the current segment aside (dropping the one before) and starts a new one whose
+    /// first record says how many records came before it.
+    fn rotate(&mut self) -> io::Result<()> {
+        fs::rename(&self.path, &self.previous)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.written = 0;
+        let records_before = self.records;
+        self.append(&Record::Event {
+            ts: timestamp(),
+            event: ShimEvent::Rotated { records_before },
+        })
     }
 
     fn line(&mut self, stream: Stream, text: &str) {
@@ -525,4 +569,37 @@ fn redirect_stdio(log: &Path) -> io::Result<()> {
     nix::unistd::dup2(log.as_raw_fd(), 1)?;
     nix::unistd::dup2(log.as_raw_fd(), 2)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_rotates_and_counts_records_before_each_segment() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DynoDir {
+            root: tmp.path().to_path_buf(),
+        };
+        let mut r = Recorder::open(&dir, 300).expect("open");
+        for i in 0..20 {
+            r.line(Stream::Out, &format!("line {i}"));
+        }
+        let current = fs::read_to_string(dir.stream()).expect("current");
+        let previous = fs::read_to_string(dir.stream_previous()).expect("previous");
+        assert!(previous.len() < 300 + 200, "segments stay near the limit");
+        let first: Record =
+            serde_json::from_str(current.lines().next().expect("a line")).expect("record");
+        let Record::Event {
+            event: ShimEvent::Rotated { records_before },
+            ..
+        } = first
+        else {
+            panic!("a segment starts with its rotation record: {current}");
+        };
+        let kept_lines = current.lines().count() as u64 - 1;
+        assert!(current.contains("line 19"));
+        // Every record is counted: those before the last rotation, then this segment's.
+        assert_eq!(records_before + 1 + kept_lines, r.records);
+    }
 }

@@ -106,6 +106,9 @@ pub struct Lifecycle {
     one_off: bool,
     state: State,
     status: Option<i32>,
+    /// Records seen so far, to tell how many a stream rotation dropped.
+    records_seen: u64,
+    last_ts: Option<String>,
 }
 
 impl Lifecycle {
@@ -119,6 +122,8 @@ impl Lifecycle {
                 .any(|p| name.starts_with(p)),
             state: State::Starting,
             status: None,
+            records_seen: 0,
+            last_ts: None,
         }
     }
 
@@ -133,6 +138,27 @@ impl Lifecycle {
 
     /// Feeds one record of the shim's stream.
     pub fn record(&mut self, record: Record, out: &mut Vec<LogLine>) -> Option<Action> {
+        if let Record::Event {
+            event: ShimEvent::Rotated { records_before },
+            ..
+        } = record
+        {
+            let dropped = records_before.saturating_sub(self.records_seen);
+            if dropped > 0 {
+                let since = self.last_ts.clone().unwrap_or_else(timestamp);
+                self.platform(
+                    out,
+                    format!("Error L10 (output buffer overflow): {dropped} messages dropped since {since}"),
+                );
+            }
+            self.records_seen = records_before + 1;
+            return None;
+        }
+        self.records_seen += 1;
+        let ts = match &record {
+            Record::Line { ts, .. } | Record::Event { ts, .. } => ts.clone(),
+        };
+        self.last_ts = Some(ts);
         match record {
             Record::Line { ts, stream, text } => {
                 out.push(LogLine {
@@ -199,6 +225,8 @@ impl Lifecycle {
                 self.transition(next, out);
                 None
             }
+            // Handled in `record`, which counts records across segments.
+            ShimEvent::Rotated { .. } => None,
             ShimEvent::Cleaned { errors } => {
                 for e in errors {
                     self.platform(out, format!("Cleanup incomplete: {e}"));
@@ -406,8 +434,12 @@ async fn probe(addr: SocketAddr, accepted: mpsc::UnboundedSender<()>) {
     }
 }
 
-/// Follows a growing JSON-lines file, woken by inotify rather than by polling.
+/// Follows the shim's stream, woken by inotify rather than by polling. The shim rotates
+/// `stream.jsonl` (renames it to `stream.jsonl.1` and starts a new one), so the directory is
+/// watched, and a file whose name now points elsewhere is read to its end before moving on:
+/// the shim never writes to a segment after renaming it.
 struct Tail {
+    path: PathBuf,
     file: File,
     pending: Vec<u8>,
     notify: AsyncFd<InotifyFd>,
@@ -425,7 +457,11 @@ impl AsRawFd for InotifyFd {
 impl Tail {
     fn open(path: PathBuf) -> io::Result<Tail> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+        )?;
         // SAFETY: `InotifyFd` owns the inotify descriptor and always returns that same fd; the
         // `AsyncFd` owns the `InotifyFd` for its whole life.
         let notify =
@@ -433,13 +469,32 @@ impl Tail {
                 .map_err(|e| e.into_parts().1)?;
         Ok(Tail {
             file: File::open(&path)?,
+            path,
             pending: Vec::new(),
             notify,
         })
     }
 
-    /// Every complete record appended since the last call.
+    /// Every complete record appended since the last call, across rotations.
     fn read_records(&mut self) -> io::Result<Vec<Record>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut records = Vec::new();
+        loop {
+            // Look for a rotation first: once the name points elsewhere, this file is final.
+            let rotated = match (std::fs::metadata(&self.path), self.file.metadata()) {
+                (Ok(named), Ok(open)) => named.ino() != open.ino(),
+                _ => false,
+            };
+            self.drain(&mut records)?;
+            if !rotated {
+                return Ok(records);
+            }
+            self.file = File::open(&self.path)?;
+            self.pending.clear();
+        }
+    }
+
+    fn drain(&mut self, records: &mut Vec<Record>) -> io::Result<()> {
         let mut buf = [0u8; 64 * 1024];
         loop {
             let n = self.file.read(&mut buf)?;
@@ -448,7 +503,6 @@ impl Tail {
             }
             self.pending.extend_from_slice(&buf[..n]);
         }
-        let mut records = Vec::new();
         let mut start = 0;
         while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
             let line = &self.pending[start..start + nl];
@@ -459,10 +513,10 @@ impl Tail {
             start += nl + 1;
         }
         self.pending.drain(..start);
-        Ok(records)
+        Ok(())
     }
 
-    /// Waits until the file was written to.
+    /// Waits until something in the dyno's directory was written.
     async fn changed(&mut self) -> io::Result<()> {
         let mut guard = self.notify.readable().await?;
         let _ = guard.get_inner().0.read_events();
@@ -611,6 +665,33 @@ mod tests {
         let done = life.record(ev(ShimEvent::Cleaned { errors: vec![] }), &mut out);
         assert_eq!(done, Some(Action::Finished { status: 1 }));
         assert_eq!(texts(&out)[0], "Error starting dyno (slug): bad");
+    }
+
+    #[test]
+    fn rotation_that_outran_the_reader_is_an_l10_with_the_count() {
+        let mut life = Lifecycle::new("worker.1", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        let line = |text: &str| Record::Line {
+            ts: "t1".into(),
+            stream: Stream::Out,
+            text: text.into(),
+        };
+        life.record(line("a"), &mut out);
+        life.record(line("b"), &mut out);
+        // The reader kept up: two records before the rotation, two seen.
+        life.record(ev(ShimEvent::Rotated { records_before: 2 }), &mut out);
+        assert!(!texts(&out).iter().any(|t| t.contains("L10")));
+        life.record(line("c"), &mut out);
+        // A whole segment went by unread: records 5..=9 were never seen.
+        life.record(ev(ShimEvent::Rotated { records_before: 9 }), &mut out);
+        let l10 = texts(&out)
+            .into_iter()
+            .find(|t| t.contains("L10"))
+            .expect("an L10 line");
+        assert_eq!(
+            l10,
+            "Error L10 (output buffer overflow): 5 messages dropped since t1"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -227,5 +228,119 @@ fn example_builds_in_a_dyno_and_answers_http(example: &str, detected: &str) {
     assert!(
         p.contains(&"State changed from up to down".to_string()),
         "{p:?}"
+    );
+}
+
+/// Kills a helper process and everything it started (`git daemon` runs `git-daemon` as a
+/// child) when the test ends, however it ends. The helper leads its own process group.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn third_party_buildpack_from_a_git_url_runs_in_a_build_dyno() {
+    if !ready() {
+        return;
+    }
+    if !Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the bookworm stack is missing"
+        );
+        eprintln!("\n!!! SKIPPING: the bookworm stack is missing !!!\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.email=ci@manifold.invalid",
+                "-c",
+                "user.name=ci",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A classic buildpack in a git repository, served by `git daemon` on the host: the build
+    // dyno reaches it through the bridge, as it would reach a buildpack on a git host.
+    let bp = tmp.path().join("bp");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    for (name, body) in [
+        ("detect", "echo Hello"),
+        (
+            "compile",
+            "echo '-----> hello buildpack from git'; echo built > \"$1/built.txt\"",
+        ),
+        (
+            "release",
+            "echo '--- {default_process_types: {web: cat built.txt}}'",
+        ),
+    ] {
+        let p = bp.join("bin").join(name);
+        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    git(&bp, &["init", "-q"]);
+    git(&bp, &["add", "-A"]);
+    git(&bp, &["commit", "-qm", "buildpack"]);
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    git(tmp.path(), &["clone", "-q", "--bare", "bp", "srv/bp.git"]);
+    let port = free_port();
+    let _daemon = KillOnDrop(
+        Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--listen=0.0.0.0"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", srv.display()))
+            .arg(&srv)
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let gateway = manifold_agent::network::NetworkConfig::default()
+        .subnet
+        .gateway();
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("README"), "hi\n").unwrap();
+    let out = tmp.path().join("slug.tgz");
+    let url = format!("git://{gateway}:{port}/bp.git");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let result = loop {
+        let result = build(&app, &out, &["--buildpack", &url]);
+        // The daemon may take a moment to listen.
+        if result.status.success() || Instant::now() > deadline {
+            break result;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let text = String::from_utf8_lossy(&result.stdout).to_string();
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(text.contains("-----> hello buildpack from git"), "{text}");
+    let meta = std::fs::read_to_string(out.with_extension("json")).unwrap();
+    assert!(
+        meta.contains("cat built.txt"),
+        "default_process_types from bin/release: {meta}"
     );
 }

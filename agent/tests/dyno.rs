@@ -443,3 +443,55 @@ fn dyno_outlives_the_process_that_started_it() {
     );
     assert!(!dir.exists(), "gc removed the finished dyno's directory");
 }
+
+#[test]
+fn a_flooding_dyno_uses_bounded_disk_and_loses_no_line_when_read() {
+    if !ready() {
+        return;
+    }
+    use std::io::BufRead;
+    let mut dyno = Background::spawn(
+        Command::new(BIN)
+            .args(["run", "--name", "worker.1", "--"])
+            .arg("echo id=$(hostname); seq 1 600000"),
+    );
+    let mut child = dyno.child.take().unwrap();
+    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut dir = None;
+    let mut count = 0u64;
+    let mut last = String::new();
+    let mut largest = 0u64;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.unwrap();
+        if let Some((_, id)) = line.split_once("]: id=") {
+            dir = Some(std::path::Path::new("/var/lib/manifold/dynos").join(id));
+        }
+        if line.contains(" app[worker.1]: ") {
+            count += 1;
+            last = line.clone();
+        }
+        assert!(
+            !line.contains("Error L10"),
+            "a reader that keeps up loses nothing: {line}"
+        );
+        if i % 20_000 == 0 {
+            if let Some(d) = &dir {
+                let size: u64 = ["stream.jsonl", "stream.jsonl.1"]
+                    .iter()
+                    .filter_map(|f| std::fs::metadata(d.join(f)).ok())
+                    .map(|m| m.len())
+                    .sum();
+                largest = largest.max(size);
+            }
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(count, 600_001, "every line arrived");
+    assert!(last.ends_with(": 600000"), "{last}");
+    // 600,000 records are about 48 MB of JSON: without rotation the file would hold them all.
+    assert!(largest > 0, "the stream was sampled");
+    assert!(
+        largest <= 2 * 16 * 1024 * 1024 + 1024 * 1024,
+        "disk use stays within two segments: {largest}"
+    );
+}

@@ -6,7 +6,7 @@
 BOOKWORM_SUITE=bookworm
 BOOKWORM_VARIANT=minbase
 # Installed on top of minbase with apt (no recommends).
-BOOKWORM_PACKAGES=(bash ca-certificates curl netbase python3 python3-pip python3-venv nodejs npm)
+BOOKWORM_PACKAGES=(bash ca-certificates curl git netbase python3 python3-pip python3-venv nodejs npm)
 # Bump to throw away the cached rootfs tarball and download again (e.g. for point releases).
 BOOKWORM_REVISION=1
 
