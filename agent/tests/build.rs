@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +17,17 @@ fn repo() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Whether the bookworm stack is there (in CI it must be: a missing stack fails the test).
+fn bookworm_ready() -> bool {
+    if Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
+        return true;
+    }
+    let why = "the bookworm stack is missing: run `rootfs/build-stack bookworm`";
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("\n!!! SKIPPING: {why} !!!\n");
+    false
 }
 
 fn build(source: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -155,12 +164,7 @@ fn example_builds_in_a_dyno_and_answers_http(example: &str, detected: &str) {
     if !ready() {
         return;
     }
-    if !Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the bookworm stack is missing: run `rootfs/build-stack bookworm`"
-        );
-        eprintln!("\n!!! SKIPPING: the bookworm stack is missing: run `rootfs/build-stack bookworm` !!!\n");
+    if !bookworm_ready() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -201,27 +205,7 @@ fn example_builds_in_a_dyno_and_answers_http(example: &str, detected: &str) {
             ])
             .args(["--publish", &port.to_string(), "--", &web]),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let body = loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-            let mut buf = String::new();
-            if s.read_to_string(&mut buf).is_ok()
-                && buf
-                    .lines()
-                    .next()
-                    .is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200"))
-            {
-                break buf;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the {example} web dyno never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let body = http_get_ok(port, "/", Duration::from_secs(60));
     assert!(body.contains("web.1"), "{body}");
     let out = dyno.stop();
     let p = platform_lines(&out);
@@ -248,12 +232,7 @@ fn third_party_buildpack_from_a_git_url_runs_in_a_build_dyno() {
     if !ready() {
         return;
     }
-    if !Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the bookworm stack is missing"
-        );
-        eprintln!("\n!!! SKIPPING: the bookworm stack is missing !!!\n");
+    if !bookworm_ready() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -158,3 +158,28 @@ impl Drop for Background {
         }
     }
 }
+
+/// GETs `path` from 127.0.0.1:`port` until it answers 200 (a dyno may still be booting), and
+/// returns the whole response. Panics after `within`.
+pub fn http_get_ok(port: u16, path: &str, within: std::time::Duration) -> String {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut buf = String::new();
+            let ok = |l: &str| l.starts_with("HTTP/1.") && l.contains(" 200");
+            if s.read_to_string(&mut buf).is_ok() && buf.lines().next().is_some_and(ok) {
+                return buf;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing answered 200 on 127.0.0.1:{port}{path}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -261,23 +259,7 @@ fn web_dyno_answers_through_the_published_port() {
                 "exec busybox httpd -f -p $PORT -h /app/public",
             ]),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let mut buf = String::new();
-            if s.read_to_string(&mut buf).is_ok() && buf.contains("200") {
-                break buf;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "web dyno never answered on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let body = http_get_ok(port, "/index.html", Duration::from_secs(30));
     assert!(body.ends_with("hello from a dyno\n"), "{body}");
     let out = dyno.stop();
     let p = platform_lines(&out);
