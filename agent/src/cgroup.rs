@@ -55,6 +55,30 @@ pub fn oom_kills(layout: Layout, memory_dir: &Path) -> io::Result<u64> {
         .unwrap_or(0))
 }
 
+/// Memory the dyno's processes use, as Heroku counts it for R14: resident anonymous memory
+/// plus swap, without the page cache (v1 `memory.stat` `total_rss` + `total_swap`; v2
+/// `memory.stat` `anon` + `memory.swap.current`).
+pub fn memory_usage(layout: Layout, memory_dir: &Path) -> io::Result<u64> {
+    let stat = fs::read_to_string(memory_dir.join("memory.stat"))?;
+    let field = |name: &str| -> u64 {
+        stat.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .filter_map(|n| n.trim().parse().ok())
+            .next()
+            .unwrap_or(0)
+    };
+    Ok(match layout {
+        Layout::V1 => field("total_rss") + field("total_swap"),
+        Layout::V2 => {
+            let swap = fs::read_to_string(memory_dir.join("memory.swap.current"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            field("anon") + swap
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +111,23 @@ mod tests {
             oom_kills(Layout::V2, &v2root.path().join("gone")).expect("read"),
             0
         );
+    }
+
+    #[test]
+    fn memory_usage_is_rss_plus_swap_without_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            dir.path().join("memory.stat"),
+            "cache 999\nrss 5\ntotal_cache 999\ntotal_rss 100\ntotal_rss_huge 0\ntotal_swap 20\n",
+        )
+        .expect("write");
+        assert_eq!(memory_usage(Layout::V1, dir.path()).expect("v1"), 120);
+        fs::write(
+            dir.path().join("memory.stat"),
+            "anon 300\nfile 999\nanon_thp 0\n",
+        )
+        .expect("write");
+        fs::write(dir.path().join("memory.swap.current"), "7\n").expect("write");
+        assert_eq!(memory_usage(Layout::V2, dir.path()).expect("v2"), 307);
     }
 }

@@ -353,6 +353,9 @@ pub enum ShimEvent {
     },
     /// Every resource of the dyno is gone; `errors` lists what could not be removed.
     Cleaned { errors: Vec<String> },
+    /// The dyno uses more memory than its size's quota (but less than the limit where the
+    /// kernel kills it): Heroku's R14. Repeated at most every 20 seconds while it lasts.
+    MemoryQuotaExceeded { usage: u64, quota: u64 },
     /// The first record of a new stream segment: the shim rotated `stream.jsonl` to
     /// `stream.jsonl.1` after writing `records_before` records in all, so that a dyno that
     /// floods output uses bounded disk. A reader that has read fewer records lost the rest.

@@ -156,6 +156,11 @@ enum StopState {
     Killed,
 }
 
+/// How often the shim samples the dyno's memory for R14.
+const MEMORY_SAMPLE: Duration = Duration::from_secs(1);
+/// How often R14 is repeated while the dyno stays over its quota.
+const R14_REPEAT: Duration = Duration::from_secs(20);
+
 /// How long to keep reading the pipes after the dyno's init exited. Every other process of
 /// the dyno dies with its init (pid namespace), so EOF comes at once; this only bounds a
 /// pathological case.
@@ -261,8 +266,21 @@ impl Shim {
         let mut exit: Option<WaitStatus> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut buf = vec![0u8; 64 * 1024];
+        let memory = self.memory_dir();
+        let quota = self.config.size.limits().memory_quota;
+        let mut next_sample = Instant::now() + MEMORY_SAMPLE;
+        let mut last_r14: Option<Instant> = None;
 
         loop {
+            if exit.is_none() && Instant::now() >= next_sample {
+                next_sample = Instant::now() + MEMORY_SAMPLE;
+                let usage = cgroup::memory_usage(memory.0, &memory.1).unwrap_or(0);
+                if usage > quota && last_r14.is_none_or(|t| t.elapsed() >= R14_REPEAT) {
+                    last_r14 = Some(Instant::now());
+                    self.out
+                        .event(ShimEvent::MemoryQuotaExceeded { usage, quota });
+                }
+            }
             if STOP_REQUESTED.swap(false, Ordering::SeqCst)
                 && stop == StopState::Running
                 && exit.is_none()
@@ -381,11 +399,17 @@ impl Shim {
         }
     }
 
-    fn oom_killed(&self) -> bool {
+    /// The host's cgroup layout and the dyno's memory cgroup directory.
+    fn memory_dir(&self) -> (Layout, PathBuf) {
         let root = Path::new("/sys/fs/cgroup");
         let layout = Layout::detect(root);
         let cgroup_path = format!("/{}/{}", self.config.host.cgroup_parent, self.config.id);
-        cgroup::oom_kills(layout, &layout.memory_dir(root, &cgroup_path)).unwrap_or(0) > 0
+        (layout, layout.memory_dir(root, &cgroup_path))
+    }
+
+    fn oom_killed(&self) -> bool {
+        let (layout, dir) = self.memory_dir();
+        cgroup::oom_kills(layout, &dir).unwrap_or(0) > 0
     }
 }
 

@@ -227,6 +227,13 @@ impl Lifecycle {
             }
             // Handled in `record`, which counts records across segments.
             ShimEvent::Rotated { .. } => None,
+            ShimEvent::MemoryQuotaExceeded { usage, quota } => {
+                let mb = usage / (1024 * 1024);
+                let percent = usage as f64 * 100.0 / quota.max(1) as f64;
+                self.platform(out, format!("Process running mem={mb}MB({percent:.1}%)"));
+                self.platform(out, "Error R14 (Memory quota exceeded)".into());
+                None
+            }
             ShimEvent::Cleaned { errors } => {
                 for e in errors {
                     self.platform(out, format!("Cleanup incomplete: {e}"));
@@ -691,6 +698,27 @@ mod tests {
         assert_eq!(
             l10,
             "Error L10 (output buffer overflow): 5 messages dropped since t1"
+        );
+    }
+
+    #[test]
+    fn memory_over_quota_is_r14_in_herokus_words() {
+        let mut life = Lifecycle::new("web.1", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        let quota = 512 * 1024 * 1024;
+        life.record(
+            ev(ShimEvent::MemoryQuotaExceeded {
+                usage: quota / 100 * 103 + 5 * 1024 * 1024,
+                quota,
+            }),
+            &mut out,
+        );
+        assert_eq!(
+            texts(&out),
+            vec![
+                "Process running mem=532MB(104.0%)",
+                "Error R14 (Memory quota exceeded)"
+            ]
         );
     }
 

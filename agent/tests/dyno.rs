@@ -477,3 +477,28 @@ fn a_flooding_dyno_uses_bounded_disk_and_loses_no_line_when_read() {
         "disk use stays within two segments: {largest}"
     );
 }
+
+#[test]
+fn memory_over_the_quota_but_under_the_limit_is_r14_not_a_kill() {
+    if !ready() {
+        return;
+    }
+    // eco: R14 above 512 MB, killed only at 1 GB. `tail -c` holds 650 MB while it waits.
+    let out = run(
+        &["--name", "worker.1", "--size", "eco"],
+        "{ head -c 650000000 /dev/zero; sleep 2.5; } | tail -c 650000000 | wc -c",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(app_lines(&out), vec!["650000000"]);
+    let p = platform_lines(&out);
+    assert!(
+        p.contains(&"Error R14 (Memory quota exceeded)".to_string()),
+        "{p:?}"
+    );
+    let mem = p
+        .iter()
+        .find(|l| l.starts_with("Process running mem="))
+        .expect("a mem= line");
+    assert!(mem.ends_with("%)") && mem.contains("MB("), "{mem}");
+    assert!(!p.iter().any(|l| l.contains("R15")), "{p:?}");
+}
