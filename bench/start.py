@@ -127,6 +127,15 @@ def main():
                 print(f"{rt:<10} {metric:<11} {med:>10.1f} {p95:>8.1f} {ratio:>8}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        # crun and runc leave the (empty) parent cgroups behind.
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]:
+            for d in [os.path.join(root, "manifold-bench")] + [
+                    os.path.join(root, c, "manifold-bench") for c in os.listdir(root)
+                    if os.path.isdir(os.path.join(root, c))]:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
 
 
 if __name__ == "__main__":

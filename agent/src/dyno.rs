@@ -356,6 +356,9 @@ pub enum ShimEvent {
     /// The dyno uses more memory than its size's quota (but less than the limit where the
     /// kernel kills it): Heroku's R14. Repeated at most every 20 seconds while it lasts.
     MemoryQuotaExceeded { usage: u64, quota: u64 },
+    /// The last record of a stream segment: the stream goes on in a new `stream.jsonl`,
+    /// which exists by the time this record is written (so a reader can open it at once).
+    Continued,
     /// The first record of a new stream segment: the shim rotated `stream.jsonl` to
     /// `stream.jsonl.1` after writing `records_before` records in all, so that a dyno that
     /// floods output uses bounded disk. A reader that has read fewer records lost the rest.

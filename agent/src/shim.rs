@@ -554,12 +554,20 @@ impl Recorder {
 
     /// Moves the current segment aside (dropping the one before) and starts a new one whose
     /// first record says how many records came before it.
+    ///
+    /// Order matters to readers, which watch files, not the directory: the new segment exists
+    /// before the old one's last record (`continued`) tells them to open it.
     fn rotate(&mut self) -> io::Result<()> {
         fs::rename(&self.path, &self.previous)?;
-        self.file = OpenOptions::new()
+        let next = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
+        self.append(&Record::Event {
+            ts: timestamp(),
+            event: ShimEvent::Continued,
+        })?;
+        self.file = next;
         self.written = 0;
         let records_before = self.records;
         self.append(&Record::Event {
@@ -612,6 +620,18 @@ mod tests {
         let current = fs::read_to_string(dir.stream()).expect("current");
         let previous = fs::read_to_string(dir.stream_previous()).expect("previous");
         assert!(previous.len() < 300 + 200, "segments stay near the limit");
+        let last_of_previous: Record =
+            serde_json::from_str(previous.lines().last().expect("a line")).expect("record");
+        assert!(
+            matches!(
+                last_of_previous,
+                Record::Event {
+                    event: ShimEvent::Continued,
+                    ..
+                }
+            ),
+            "a segment ends with `continued`: {previous}"
+        );
         let first: Record =
             serde_json::from_str(current.lines().next().expect("a line")).expect("record");
         let Record::Event {

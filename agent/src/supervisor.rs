@@ -226,7 +226,8 @@ impl Lifecycle {
                 None
             }
             // Handled in `record`, which counts records across segments.
-            ShimEvent::Rotated { .. } => None,
+            // `continued` only tells the tail to open the next segment.
+            ShimEvent::Rotated { .. } | ShimEvent::Continued => None,
             ShimEvent::MemoryQuotaExceeded { usage, quota } => {
                 let mb = usage / (1024 * 1024);
                 let percent = usage as f64 * 100.0 / quota.max(1) as f64;
@@ -442,9 +443,9 @@ async fn probe(addr: SocketAddr, accepted: mpsc::UnboundedSender<()>) {
 }
 
 /// Follows the shim's stream, woken by inotify rather than by polling. The shim rotates
-/// `stream.jsonl` (renames it to `stream.jsonl.1` and starts a new one), so the directory is
-/// watched, and a file whose name now points elsewhere is read to its end before moving on:
-/// the shim never writes to a segment after renaming it.
+/// `stream.jsonl`, ending each segment with a `continued` record once the next segment
+/// exists; on reading it the tail opens (and watches) the new file. Only the stream file is
+/// watched: a watch on the whole dyno directory measured about 8 ms slower per dyno.
 struct Tail {
     path: PathBuf,
     file: File,
@@ -464,11 +465,7 @@ impl AsRawFd for InotifyFd {
 impl Tail {
     fn open(path: PathBuf) -> io::Result<Tail> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
-        inotify.add_watch(
-            dir,
-            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
-        )?;
+        inotify.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
         // SAFETY: `InotifyFd` owns the inotify descriptor and always returns that same fd; the
         // `AsyncFd` owns the `InotifyFd` for its whole life.
         let notify =
@@ -484,24 +481,20 @@ impl Tail {
 
     /// Every complete record appended since the last call, across rotations.
     fn read_records(&mut self) -> io::Result<Vec<Record>> {
-        use std::os::unix::fs::MetadataExt;
         let mut records = Vec::new();
-        loop {
-            // Look for a rotation first: once the name points elsewhere, this file is final.
-            let rotated = match (std::fs::metadata(&self.path), self.file.metadata()) {
-                (Ok(named), Ok(open)) => named.ino() != open.ino(),
-                _ => false,
-            };
-            self.drain(&mut records)?;
-            if !rotated {
-                return Ok(records);
-            }
+        while self.drain(&mut records)? {
             self.file = File::open(&self.path)?;
             self.pending.clear();
+            self.notify
+                .get_ref()
+                .0
+                .add_watch(&self.path, AddWatchFlags::IN_MODIFY)?;
         }
+        Ok(records)
     }
 
-    fn drain(&mut self, records: &mut Vec<Record>) -> io::Result<()> {
+    /// Reads the current file to its end; true when it ended with `continued`.
+    fn drain(&mut self, records: &mut Vec<Record>) -> io::Result<bool> {
         let mut buf = [0u8; 64 * 1024];
         loop {
             let n = self.file.read(&mut buf)?;
@@ -511,19 +504,29 @@ impl Tail {
             self.pending.extend_from_slice(&buf[..n]);
         }
         let mut start = 0;
+        let mut continued = false;
         while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
             let line = &self.pending[start..start + nl];
             match serde_json::from_slice::<Record>(line) {
-                Ok(r) => records.push(r),
+                Ok(r) => {
+                    continued = matches!(
+                        r,
+                        Record::Event {
+                            event: ShimEvent::Continued,
+                            ..
+                        }
+                    );
+                    records.push(r);
+                }
                 Err(err) => tracing::warn!("skipping a malformed stream record: {err}"),
             }
             start += nl + 1;
         }
         self.pending.drain(..start);
-        Ok(())
+        Ok(continued)
     }
 
-    /// Waits until something in the dyno's directory was written.
+    /// Waits until the stream file was written to.
     async fn changed(&mut self) -> io::Result<()> {
         let mut guard = self.notify.readable().await?;
         let _ = guard.get_inner().0.read_events();
