@@ -78,18 +78,20 @@ pub const DENIED_SYSCALLS: &[&str] = &[
 /// The script a dyno's shell runs: Heroku's start-up order (config vars are already in the
 /// environment; `.profile.d/*.sh` then `.profile` are sourced; then the command).
 ///
-/// `trap : TERM` keeps the shell, which is PID 1 of the dyno, able to die by SIGTERM: the
-/// kernel drops default-action signals sent to a namespace's init, so without a handler a
-/// stop would always end in SIGKILL. With a handler the shell waits for its child (which got
-/// the same SIGTERM, since a stop signals every process in the dyno) and exits with its
-/// status. A handler also keeps bash from `exec`ing the last command in place of itself.
+/// The shell stays PID 1 of the dyno and runs the command in a foreground subshell. The kernel
+/// drops default-action signals sent to a namespace's init, so an app that were PID 1 (as a
+/// Procfile's `exec server` would make it) could never be stopped by SIGTERM, only killed
+/// after the grace period. In the subshell an `exec` replaces the subshell, not PID 1, and the
+/// app dies of SIGTERM like any process. `trap : TERM` lets the shell itself wait for its
+/// child (which got the same SIGTERM: a stop signals every process in the dyno) and exit with
+/// its status; the subshell resets the trap to the default, as POSIX shells do.
 pub fn start_script(command: &str) -> String {
     format!(
         "trap : TERM\n\
          cd /app || exit 1\n\
          for f in /app/.profile.d/*.sh; do [ -r \"$f\" ] && . \"$f\"; done\n\
          [ -r /app/.profile ] && . /app/.profile\n\
-         {command}"
+         (\n{command}\n)"
     )
 }
 
@@ -380,5 +382,9 @@ mod tests {
         let cmd = s.find("python3 app.py").expect("command");
         assert!(s.starts_with("trap : TERM"));
         assert!(profile_d < profile && profile < cmd);
+        assert!(
+            s.ends_with("(\npython3 app.py\n)"),
+            "the command runs in a subshell: {s}"
+        );
     }
 }

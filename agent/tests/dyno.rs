@@ -93,8 +93,9 @@ fn dyno_is_isolated() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let lines = app_lines(&out);
     let procs: usize = lines[0].trim_start_matches("procs=").parse().unwrap();
+    // Its shell (PID 1), the command's subshell, and the pipeline counting: not the host's.
     assert!(
-        procs <= 4,
+        procs <= 6,
         "the dyno sees only its own processes: {lines:?}"
     );
     assert_eq!(lines[1], "uid=1000");
@@ -205,6 +206,20 @@ fn sigterm_trapped_exits_cleanly_and_ignored_is_killed_after_grace() {
     assert!(
         p.contains(&"State changed from up to down".to_string()),
         "{p:?}"
+    );
+
+    // An app that `exec`s (as Procfiles often do) is not PID 1, so SIGTERM reaches it.
+    let started = Instant::now();
+    let execd = stop("exec sleep 100");
+    assert_eq!(execd.status.code(), Some(143), "{}", stdout(&execd));
+    let p = platform_lines(&execd);
+    assert!(
+        !p.iter().any(|l| l.starts_with("Error R12")),
+        "stopped by SIGTERM, not after the grace: {p:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500 + 1900),
+        "no grace period was waited"
     );
 
     let started = Instant::now();
@@ -501,4 +516,60 @@ fn memory_over_the_quota_but_under_the_limit_is_r14_not_a_kill() {
         .expect("a mem= line");
     assert!(mem.ends_with("%)") && mem.contains("MB("), "{mem}");
     assert!(!p.iter().any(|l| l.contains("R15")), "{p:?}");
+}
+
+#[test]
+fn many_dynos_started_at_once_all_run_with_their_own_address_and_port() {
+    if !ready() {
+        return;
+    }
+    // A new slug, so that all of them race to unpack it; published ports and leases race too.
+    let tmp = tempfile::tempdir().unwrap();
+    let slug = slug(
+        tmp.path(),
+        "app.tgz",
+        &[(
+            "public/index.html",
+            &format!("load {}\n", std::process::id()),
+            0o644,
+        )],
+    );
+    let ports: Vec<u16> = (0..12).map(|_| free_port()).collect();
+    let dynos: Vec<Background> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            Background::spawn(Command::new(BIN).args([
+                "run",
+                "--slug",
+                slug.to_str().unwrap(),
+                "--name",
+                &format!("web.{}", i + 1),
+                "--grace",
+                "2s",
+                "--publish",
+                &port.to_string(),
+                "--",
+                "echo addr=$(ip -4 -o addr show eth0 | awk '{print $4}'); exec busybox httpd -f -p $PORT -h /app/public",
+            ]))
+        })
+        .collect();
+    for port in &ports {
+        let body = http_get_ok(*port, "/index.html", Duration::from_secs(60));
+        assert!(
+            body.ends_with(&format!("load {}\n", std::process::id())),
+            "{body}"
+        );
+    }
+    let mut addresses = std::collections::BTreeSet::new();
+    for dyno in dynos {
+        let out = dyno.stop();
+        let addr = app_lines(&out)
+            .into_iter()
+            .find_map(|l| l.strip_prefix("addr=").map(str::to_string))
+            .unwrap_or_else(|| panic!("no address printed: {}", stdout(&out)));
+        assert!(addresses.insert(addr.clone()), "address {addr} given twice");
+        assert!(platform_lines(&out).contains(&"State changed from up to down".to_string()));
+    }
+    assert_eq!(addresses.len(), 12);
 }
