@@ -101,10 +101,7 @@ pub fn prepare(
         fs::create_dir_all(dir).map_err(prep(dir))?;
     }
     // The build runs as the dyno user: it must own what it writes.
-    let (uid, gid) = match host.userns {
-        Some(ns) => (ns.host_base + DYNO_UID, ns.host_base + DYNO_GID),
-        None => (DYNO_UID, DYNO_GID),
-    };
+    let (uid, gid) = host.host_ids(DYNO_UID, DYNO_GID);
     for dir in [&out, &req.cache_dir] {
         chown(dir, Some(uid), Some(gid)).map_err(prep(dir))?;
     }

@@ -71,6 +71,14 @@ impl HostConfig {
         }
     }
 
+    /// The host ids that a dyno's `uid` and `gid` are, through the host's user namespace.
+    pub fn host_ids(&self, uid: u32, gid: u32) -> (u32, u32) {
+        match self.userns {
+            Some(ns) => (ns.host_base + uid, ns.host_base + gid),
+            None => (uid, gid),
+        }
+    }
+
     pub fn stacks_dir(&self) -> PathBuf {
         self.state_dir.join("stacks")
     }
@@ -196,10 +204,7 @@ pub const DYNO_GID: u32 = 1000;
 impl DynoConfig {
     /// The host uid and gid of the dyno's user: what owns its `/app` on the host.
     pub fn host_ids(&self) -> (u32, u32) {
-        match self.host.userns {
-            Some(ns) => (ns.host_base + self.uid, ns.host_base + self.gid),
-            None => (self.uid, self.gid),
-        }
+        self.host.host_ids(self.uid, self.gid)
     }
 
     /// The environment the dyno's process sees, in a stable order.

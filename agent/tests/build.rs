@@ -209,10 +209,7 @@ fn example_builds_in_a_dyno_and_answers_http(example: &str, detected: &str) {
     assert!(body.contains("web.1"), "{body}");
     let out = dyno.stop();
     let p = platform_lines(&out);
-    assert!(
-        p.contains(&"State changed from up to down".to_string()),
-        "{p:?}"
-    );
+    assert_has(&p, "State changed from up to down");
 }
 
 /// Kills a helper process and everything it started (`git daemon` runs `git-daemon` as a

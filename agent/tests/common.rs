@@ -183,3 +183,11 @@ pub fn http_get_ok(port: u16, path: &str, within: std::time::Duration) -> String
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Asserts that `lines` (as from [`app_lines`] or [`platform_lines`]) has the line `want`.
+pub fn assert_has(lines: &[String], want: &str) {
+    assert!(
+        lines.iter().any(|l| l == want),
+        "no line {want:?} in {lines:?}"
+    );
+}

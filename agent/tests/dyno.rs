@@ -41,15 +41,9 @@ fn output_exit_status_and_environment() {
         platform[0].starts_with("Starting process with command `echo"),
         "{platform:?}"
     );
-    assert!(
-        platform.contains(&"Process exited with status 7".to_string()),
-        "{platform:?}"
-    );
+    assert_has(&platform, "Process exited with status 7");
     // It never bound $PORT, so it never was up (Heroku: "starting to crashed").
-    assert!(
-        platform.contains(&"State changed from starting to crashed".to_string()),
-        "{platform:?}"
-    );
+    assert_has(&platform, "State changed from starting to crashed");
     // Logplex's line shape: `<rfc3339 with µs> app[web.3]: ...`
     let first_app = stdout(&out)
         .lines()
@@ -73,7 +67,7 @@ fn worker_has_no_port_and_one_off_completes() {
     let out = run(&["--name", "run.77"], "echo \"port=[${PORT-unset}]\"");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(app_lines(&out), vec!["port=[unset]"]);
-    assert!(platform_lines(&out).contains(&"State changed from up to complete".to_string()));
+    assert_has(&platform_lines(&out), "State changed from up to complete");
 }
 
 #[test]
@@ -154,10 +148,7 @@ fn memory_past_the_limit_is_an_oom_kill() {
     );
     assert_eq!(out.status.code(), Some(137), "{}", stdout(&out));
     let platform = platform_lines(&out);
-    assert!(
-        platform.contains(&"Error R15 (Memory quota vastly exceeded)".to_string()),
-        "{platform:?}"
-    );
+    assert_has(&platform, "Error R15 (Memory quota vastly exceeded)");
     assert!(!app_lines(&out).iter().any(|l| l.starts_with("survived")));
 }
 
@@ -197,16 +188,10 @@ fn sigterm_trapped_exits_cleanly_and_ignored_is_killed_after_grace() {
     };
     let trapped = stop("trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.2; done");
     assert_eq!(trapped.status.code(), Some(0), "{}", stdout(&trapped));
-    assert!(app_lines(&trapped).contains(&"bye".to_string()));
+    assert_has(&app_lines(&trapped), "bye");
     let p = platform_lines(&trapped);
-    assert!(
-        p.contains(&"Stopping all processes with SIGTERM".to_string()),
-        "{p:?}"
-    );
-    assert!(
-        p.contains(&"State changed from up to down".to_string()),
-        "{p:?}"
-    );
+    assert_has(&p, "Stopping all processes with SIGTERM");
+    assert_has(&p, "State changed from up to down");
 
     // An app that `exec`s (as Procfiles often do) is not PID 1, so SIGTERM reaches it.
     let started = Instant::now();
@@ -234,14 +219,8 @@ fn sigterm_trapped_exits_cleanly_and_ignored_is_killed_after_grace() {
         p.iter().any(|l| l.starts_with("Error R12 (Exit timeout)")),
         "{p:?}"
     );
-    assert!(
-        p.contains(&"Stopping remaining processes with SIGKILL".to_string()),
-        "{p:?}"
-    );
-    assert!(
-        p.contains(&"Process exited with status 137".to_string()),
-        "{p:?}"
-    );
+    assert_has(&p, "Stopping remaining processes with SIGKILL");
+    assert_has(&p, "Process exited with status 137");
 }
 
 #[test]
@@ -278,14 +257,8 @@ fn web_dyno_answers_through_the_published_port() {
     assert!(body.ends_with("hello from a dyno\n"), "{body}");
     let out = dyno.stop();
     let p = platform_lines(&out);
-    assert!(
-        p.contains(&"State changed from starting to up".to_string()),
-        "{p:?}"
-    );
-    assert!(
-        p.contains(&"State changed from up to down".to_string()),
-        "{p:?}"
-    );
+    assert_has(&p, "State changed from starting to up");
+    assert_has(&p, "State changed from up to down");
 }
 
 #[test]
@@ -506,10 +479,7 @@ fn memory_over_the_quota_but_under_the_limit_is_r14_not_a_kill() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(app_lines(&out), vec!["650000000"]);
     let p = platform_lines(&out);
-    assert!(
-        p.contains(&"Error R14 (Memory quota exceeded)".to_string()),
-        "{p:?}"
-    );
+    assert_has(&p, "Error R14 (Memory quota exceeded)");
     let mem = p
         .iter()
         .find(|l| l.starts_with("Process running mem="))
@@ -569,7 +539,7 @@ fn many_dynos_started_at_once_all_run_with_their_own_address_and_port() {
             .find_map(|l| l.strip_prefix("addr=").map(str::to_string))
             .unwrap_or_else(|| panic!("no address printed: {}", stdout(&out)));
         assert!(addresses.insert(addr.clone()), "address {addr} given twice");
-        assert!(platform_lines(&out).contains(&"State changed from up to down".to_string()));
+        assert_has(&platform_lines(&out), "State changed from up to down");
     }
     assert_eq!(addresses.len(), 12);
 }
