@@ -56,6 +56,21 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    #[error("source archive {path} is not a valid tar.gz")]
+    SourceArchive {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("source archive entry {entry:?} is refused: {reason}")]
+    SourceEntry { entry: String, reason: &'static str },
+    #[error("source archive unpacks to more than {limit} bytes")]
+    SourceTooLarge { limit: u64 },
+    #[error("cannot unpack the source")]
+    Unpack {
+        #[source]
+        source: crate::slug::SlugError,
+    },
 }
 
 /// A prepared build: the dyno to run and where its slug will appear.
@@ -177,6 +192,91 @@ pub fn prepare(
     Ok(PreparedBuild { dyno, work, out })
 }
 
+/// Unpacks an uploaded source archive (`tar.gz` with the app's files at its root, as
+/// `manifold deploy` packs them) into `WORK/layer/.../app` and returns that directory.
+///
+/// The archive is hostile input. Rather than a second unpacker, its entries are re-packed
+/// under `app/` (never touching the filesystem, refusing absolute and `..` paths, bounded
+/// in size) and the result goes through [`crate::slug::SlugCache`], which refuses every
+/// hostile entry a slug may not have (escaping links, devices, duplicates, ...).
+pub fn unpack_source(archive: &Path, work: &Path) -> Result<PathBuf, BuildError> {
+    let limits = crate::slug::UnpackLimits::default();
+    let wrapped = work.join("source-app.tgz");
+    let prep = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Prepare { path, source }
+    };
+    fs::create_dir_all(work).map_err(prep(work))?;
+    let bad = |source| BuildError::SourceArchive {
+        path: archive.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(archive).map_err(bad)?;
+    let mut input = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let out = fs::File::create(&wrapped).map_err(prep(&wrapped))?;
+    let mut output = tar::Builder::new(flate2::write::GzEncoder::new(
+        out,
+        flate2::Compression::fast(),
+    ));
+    let mut total = 0u64;
+    for entry in input.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.into_owned();
+        let name = path.display().to_string();
+        let refuse = |reason| BuildError::SourceEntry {
+            entry: name.clone(),
+            reason,
+        };
+        use std::path::Component;
+        if path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(refuse("absolute path or `..`"));
+        }
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            continue;
+        }
+        if kind == tar::EntryType::GNUSparse {
+            return Err(refuse("sparse file"));
+        }
+        total = total.saturating_add(entry.size());
+        if total > limits.max_unpacked_bytes {
+            return Err(BuildError::SourceTooLarge {
+                limit: limits.max_unpacked_bytes,
+            });
+        }
+        let inside = Path::new("app").join(&path);
+        let mut header = entry.header().clone();
+        let link = entry.link_name().map_err(bad)?.map(|l| l.into_owned());
+        let written = match (kind, link) {
+            // A hard link names another entry of the archive, which moved under app/ too.
+            (tar::EntryType::Link, Some(target)) => {
+                output.append_link(&mut header, &inside, Path::new("app").join(target))
+            }
+            (tar::EntryType::Symlink, Some(target)) => {
+                output.append_link(&mut header, &inside, target)
+            }
+            _ => output.append_data(&mut header, &inside, &mut entry),
+        };
+        written.map_err(bad)?;
+    }
+    output
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(prep(&wrapped))?;
+    let cache = crate::slug::SlugCache::new(work.join("layer"), limits, None);
+    let layer = cache
+        .layer(&wrapped, None)
+        .map_err(|source| BuildError::Unpack { source })?;
+    let _ = fs::remove_file(&wrapped);
+    Ok(layer.dir.join("app"))
+}
+
 fn bind(source: &Path, destination: &str, readonly: bool) -> BindMount {
     BindMount {
         source: source.to_path_buf(),
@@ -218,6 +318,49 @@ mod tests {
         assert_eq!(shell_quote("/app"), "/app");
         assert_eq!(shell_quote("https://x/y.git#v1"), "'https://x/y.git#v1'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    /// A tar.gz of `(path, contents)` regular files, written with raw header names so that
+    /// hostile paths can be made.
+    fn source_archive(path: &Path, files: &[(&str, &str)]) {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(path).expect("create"),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        for (name, contents) in files {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().expect("gnu").name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_mode(0o644);
+            h.set_size(contents.len() as u64);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            tar.append(&h, contents.as_bytes()).expect("append");
+        }
+        tar.into_inner().expect("tar").finish().expect("gz");
+    }
+
+    #[test]
+    fn uploaded_source_is_unpacked_under_app_and_hostile_paths_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let good = tmp.path().join("good.tgz");
+        source_archive(&good, &[("Procfile", "web: x\n"), ("./lib/a.rb", "1")]);
+        let app = unpack_source(&good, &tmp.path().join("w1")).expect("unpack");
+        assert!(app.ends_with("app"));
+        assert_eq!(
+            fs::read_to_string(app.join("Procfile")).expect("read"),
+            "web: x\n"
+        );
+        assert_eq!(fs::read_to_string(app.join("lib/a.rb")).expect("read"), "1");
+        for bad in ["../evil", "/etc/evil", "a/../../evil"] {
+            let archive = tmp.path().join("bad.tgz");
+            source_archive(&archive, &[("ok", "1"), (bad, "x")]);
+            let err = unpack_source(&archive, &tmp.path().join("w2")).expect_err(bad);
+            assert!(
+                matches!(err, BuildError::SourceEntry { .. }),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -7,16 +7,22 @@
 //! layer over the stack), [`spec`] (the OCI runtime spec: namespaces, user, capabilities,
 //! seccomp, the [`size`]'s cgroup limits), libcontainer, [`network`] (veth to the host bridge,
 //! NAT, published port), then [`logs`] capture until exit, and cleanup.
+//!
+//! The daemon (`manifold-agent --scheduler URL`) is [`daemon::run`]: it holds the AgentLink
+//! stream ([`link`]) and reconciles the host's dynos toward the scheduler's assignments.
 
 pub mod build;
 pub mod cgroup;
+pub mod daemon;
 pub mod dyno;
 pub mod host;
+pub mod link;
 pub mod logs;
 pub mod network;
 pub mod rootfs;
 pub mod shim;
-pub mod size;
+/// The dyno size table, shared with the scheduler (crate `manifold-sizes`).
+pub use manifold_sizes as size;
 pub mod slug;
 pub mod spec;
 pub mod supervisor;

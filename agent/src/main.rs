@@ -10,8 +10,9 @@ use manifold_agent::dyno::{
     BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
 use manifold_agent::size::DynoSize;
+use manifold_agent::supervisor::shim_alive;
 use manifold_agent::supervisor::{Dyno, LogLine, Source};
-use manifold_agent::{build, host, network, shim, slug};
+use manifold_agent::{build, daemon, host, link, network, shim, slug};
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -29,8 +30,61 @@ struct Cli {
         default_value = "/var/lib/manifold"
     )]
     state_dir: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// Without a command, runs the daemon.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// The daemon's flags (no subcommand).
+#[derive(Args)]
+struct DaemonArgs {
+    /// The scheduler's URL (gRPC and blobs), e.g. http://scheduler:7000.
+    #[arg(long, env = "MANIFOLD_SCHEDULER")]
+    scheduler: Option<String>,
+    /// The agent token.
+    #[arg(long, env = "MANIFOLD_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file whose first line is the agent token (when --token is not given).
+    #[arg(long, env = "MANIFOLD_AGENT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// This host's id (default: STATE_DIR/host-id, else the hostname).
+    #[arg(long, env = "MANIFOLD_HOST_ID")]
+    host_id: Option<String>,
+    /// The address the router reaches published dyno ports on.
+    #[arg(long, env = "MANIFOLD_ADDRESS", default_value = "127.0.0.1")]
+    address: String,
+    /// Memory for dynos: bytes or like 8G (default: MemTotal minus 512 MiB).
+    #[arg(long, env = "MANIFOLD_MEMORY", value_parser = daemon::parse_memory)]
+    memory: Option<u64>,
+    /// How many dynos this host runs at most.
+    #[arg(long, env = "MANIFOLD_SLOTS", default_value_t = 100)]
+    slots: u32,
+    /// Host ports for web dynos' $PORT.
+    #[arg(long, env = "MANIFOLD_PORTS", default_value = "30000-30999")]
+    ports: daemon::PortRange,
+    /// Parent cgroup of every dyno's cgroup.
+    #[arg(long, env = "MANIFOLD_CGROUP_PARENT", default_value = "manifold")]
+    cgroup_parent: String,
+    /// The dynos' host bridge.
+    #[arg(long, env = "MANIFOLD_BRIDGE")]
+    bridge: Option<String>,
+    /// The dynos' subnet (CIDR).
+    #[arg(long, env = "MANIFOLD_SUBNET")]
+    subnet: Option<network::Ipv4Subnet>,
+    /// The nft table for NAT and published ports.
+    #[arg(long, env = "MANIFOLD_NFT_TABLE")]
+    nft_table: Option<String>,
+    /// Heartbeat interval.
+    #[arg(long, env = "MANIFOLD_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// The built-in buildpacks, for builds.
+    #[arg(long, env = "MANIFOLD_BUILDPACKS")]
+    buildpacks_dir: Option<PathBuf>,
+    /// The slugbuilder binary (default: beside manifold-agent).
+    #[arg(long, env = "MANIFOLD_SLUGBUILDER")]
+    slugbuilder: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -131,7 +185,12 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let Some(command) = cli.command else {
+        let config = daemon_config(&cli.state_dir, cli.daemon)?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        return Ok(runtime.block_on(daemon::run(config))?);
+    };
+    match command {
         // The shim must stay single-threaded: it is dispatched before any runtime exists.
         Command::Shim { dir } => shim::main(&dir),
         Command::Run(args) => {
@@ -148,6 +207,66 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Gc => gc(&HostConfig::with_state_dir(&cli.state_dir)),
     }
+}
+
+fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::DaemonConfig> {
+    let Some(scheduler) = args.scheduler else {
+        bail!("give a command, or --scheduler URL (MANIFOLD_SCHEDULER) to run the daemon");
+    };
+    let token = match (args.token, args.token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let memory_bytes = match args.memory {
+        Some(m) => m,
+        None => daemon::default_memory(&std::fs::read_to_string("/proc/meminfo")?)
+            .context("cannot read MemTotal from /proc/meminfo: pass --memory")?,
+    };
+    let mut host = HostConfig::with_state_dir(state_dir);
+    host.cgroup_parent = args.cgroup_parent;
+    if let Some(bridge) = args.bridge {
+        host.network.bridge = bridge;
+    }
+    if let Some(subnet) = args.subnet {
+        host.network.subnet = subnet;
+    }
+    if let Some(table) = args.nft_table {
+        host.network.table = table;
+    }
+    let exe = std::env::current_exe()?;
+    Ok(daemon::DaemonConfig {
+        scheduler: link::Scheduler::new(&scheduler, token),
+        host_id: daemon::host_id(state_dir, args.host_id)
+            .with_context(|| format!("cannot keep the host id in {}", state_dir.display()))?,
+        address: args.address,
+        memory_bytes,
+        slots: args.slots,
+        ports: args.ports,
+        heartbeat: args.heartbeat,
+        host,
+        slugbuilder: args
+            .slugbuilder
+            .unwrap_or_else(|| exe.with_file_name("slugbuilder")),
+        buildpacks_dir: args.buildpacks_dir.or_else(|| installed_buildpacks(&exe)),
+        shim_binary: exe,
+    })
+}
+
+/// `PREFIX/share/manifold/buildpacks` for a binary installed as `PREFIX/bin/manifold-agent`.
+fn installed_buildpacks(exe: &Path) -> Option<PathBuf> {
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("share/manifold/buildpacks"))
+        .filter(|p| p.is_dir())
 }
 
 async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
@@ -266,16 +385,8 @@ async fn build(host: HostConfig, args: BuildArgs) -> anyhow::Result<i32> {
     };
     let buildpacks_dir = match args.buildpacks_dir {
         Some(p) => p,
-        None => {
-            let installed = exe
-                .parent()
-                .and_then(Path::parent)
-                .map(|p| p.join("share/manifold/buildpacks"))
-                .filter(|p| p.is_dir());
-            installed.context(
-                "no buildpacks directory: pass --buildpacks-dir or set MANIFOLD_BUILDPACKS",
-            )?
-        }
+        None => installed_buildpacks(&exe)
+            .context("no buildpacks directory: pass --buildpacks-dir or set MANIFOLD_BUILDPACKS")?,
     };
     let cache_dir = match args.cache_dir {
         Some(p) => p,
@@ -383,23 +494,4 @@ fn gc(host: &HostConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// How long a dyno directory may exist without a shim pid: its supervisor is still starting
-/// the shim.
-const STARTING_GRACE: Duration = Duration::from_secs(60);
-
-/// Whether the dyno's shim is still running (its pid is alive and is a `manifold-agent shim`),
-/// or is about to be (the directory is new and has no pid yet).
-fn shim_alive(dir: &DynoDir) -> bool {
-    let Ok(pid) = std::fs::read_to_string(dir.shim_pid()) else {
-        let age = std::fs::metadata(&dir.root)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
-        return age.is_some_and(|a| a < STARTING_GRACE);
-    };
-    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
-        .map(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"shim"))
-        .unwrap_or(false)
 }

@@ -513,6 +513,10 @@ struct Recorder {
     /// Records written in all segments.
     records: u64,
     segment_bytes: u64,
+    /// The `started` event, repeated at the top of every new segment: a reader that starts
+    /// late (an agent re-adopting the dyno) may never see the segment that had it, and a web
+    /// dyno's state needs its address.
+    started: Option<ShimEvent>,
 }
 
 impl Recorder {
@@ -527,6 +531,7 @@ impl Recorder {
             written,
             records: 0,
             segment_bytes,
+            started: None,
         })
     }
 
@@ -573,7 +578,14 @@ impl Recorder {
         self.append(&Record::Event {
             ts: timestamp(),
             event: ShimEvent::Rotated { records_before },
-        })
+        })?;
+        match self.started.clone() {
+            Some(event) => self.append(&Record::Event {
+                ts: timestamp(),
+                event,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn line(&mut self, stream: Stream, text: &str) {
@@ -585,6 +597,9 @@ impl Recorder {
     }
 
     fn event(&mut self, event: ShimEvent) {
+        if matches!(event, ShimEvent::Started { .. }) {
+            self.started = Some(event.clone());
+        }
         self.write(&Record::Event {
             ts: timestamp(),
             event,
@@ -645,5 +660,29 @@ mod tests {
         assert!(current.contains("line 19"));
         // Every record is counted: those before the last rotation, then this segment's.
         assert_eq!(records_before + 1 + kept_lines, r.records);
+    }
+
+    #[test]
+    fn every_new_segment_repeats_the_started_record() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DynoDir {
+            root: tmp.path().to_path_buf(),
+        };
+        let mut r = Recorder::open(&dir, 300).expect("open");
+        let started = ShimEvent::Started {
+            pid: 7,
+            address: std::net::Ipv4Addr::new(10, 0, 0, 2),
+        };
+        r.event(started.clone());
+        for i in 0..20 {
+            r.line(Stream::Out, &format!("line {i}"));
+        }
+        let current = fs::read_to_string(dir.stream()).expect("current");
+        let second: Record =
+            serde_json::from_str(current.lines().nth(1).expect("two lines")).expect("record");
+        assert!(
+            matches!(second, Record::Event { event, .. } if event == started),
+            "{current}"
+        );
     }
 }

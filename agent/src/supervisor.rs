@@ -15,7 +15,8 @@
 //! [`Lifecycle`] is the pure state machine (records in, state and lines out, unit-tested);
 //! [`Dyno`] does the I/O: it writes `dyno.json`, spawns `manifold-agent shim`, tails
 //! `stream.jsonl` with inotify, probes `$PORT`, and forwards stop requests as SIGTERM to the
-//! shim. The same code serves `manifold-agent run` and, later, the agent daemon.
+//! shim. The same code serves `manifold-agent run` and the agent daemon, which also uses
+//! [`Dyno::adopt`] to follow again, after its own restart, a dyno whose shim outlived it.
 
 use std::fmt;
 use std::fs::File;
@@ -88,6 +89,19 @@ impl fmt::Display for LogLine {
     }
 }
 
+/// What following a dyno reports: its log lines and, for the daemon, its state changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Line(LogLine),
+    /// The dyno's state changed; `status` is set once the process ended, `reason` when the
+    /// state alone does not say why (an R15, a failed start).
+    State {
+        state: State,
+        status: Option<i32>,
+        reason: Option<String>,
+    },
+}
+
 /// What the I/O side must do after a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -106,6 +120,8 @@ pub struct Lifecycle {
     one_off: bool,
     state: State,
     status: Option<i32>,
+    /// Why the dyno ended, when its exit status alone does not say (`Error R15`).
+    reason: Option<String>,
     /// Records seen so far, to tell how many a stream rotation dropped.
     records_seen: u64,
     last_ts: Option<String>,
@@ -122,6 +138,7 @@ impl Lifecycle {
                 .any(|p| name.starts_with(p)),
             state: State::Starting,
             status: None,
+            reason: None,
             records_seen: 0,
             last_ts: None,
         }
@@ -129,6 +146,16 @@ impl Lifecycle {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// The exit status, once the process ended.
+    pub fn status(&self) -> Option<i32> {
+        self.status
+    }
+
+    /// Why the dyno crashed, when the state alone does not say.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
     }
 
     /// The first platform line, written before the shim is started.
@@ -176,6 +203,9 @@ impl Lifecycle {
 
     fn event(&mut self, event: ShimEvent, out: &mut Vec<LogLine>) -> Option<Action> {
         match event {
+            // The shim repeats `started` at the top of each stream segment so that a reader
+            // that starts late (an agent re-adopting the dyno) still learns the address.
+            ShimEvent::Started { .. } if self.state != State::Starting => None,
             ShimEvent::Started { address, .. } => match self.port {
                 Some(port) => Some(Action::ProbePort(SocketAddr::from((address, port)))),
                 None => {
@@ -184,7 +214,9 @@ impl Lifecycle {
                 }
             },
             ShimEvent::Failed { step, error } => {
-                self.platform(out, format!("Error starting dyno ({step}): {error}"));
+                let text = format!("Error starting dyno ({step}): {error}");
+                self.platform(out, text.clone());
+                self.reason = Some(text);
                 self.status = Some(1);
                 self.transition(State::Crashed, out);
                 None
@@ -210,6 +242,7 @@ impl Lifecycle {
             ShimEvent::Exited { code, signal, oom } => {
                 let status = ShimEvent::exit_status(code, signal);
                 if oom {
+                    self.reason = Some("Error R15".into());
                     self.platform(out, "Error R15 (Memory quota vastly exceeded)".into());
                     self.platform(out, "Stopping process with SIGKILL".into());
                 }
@@ -300,6 +333,12 @@ pub enum SupervisorError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot adopt the dyno in {path}")]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A running dyno and the handle to follow it.
@@ -308,12 +347,33 @@ pub struct Dyno {
     pub config: DynoConfig,
     pub dir: DynoDir,
     shim_pid: Pid,
+    /// Found running rather than started by this process: following it replays its stream
+    /// from the start to rebuild its state, without re-emitting the lines already logged.
+    adopted: bool,
 }
 
 /// How often a web dyno's `$PORT` is tried while it boots.
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the supervisor checks the shim is alive when nothing else happens.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a dyno directory may exist without a shim pid: its supervisor is still starting
+/// the shim.
+const STARTING_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether the dyno's shim is still running (its pid is alive and is a `manifold-agent shim`),
+/// or is about to be (the directory is new and has no pid yet).
+pub fn shim_alive(dir: &DynoDir) -> bool {
+    let Ok(pid) = std::fs::read_to_string(dir.shim_pid()) else {
+        let age = std::fs::metadata(&dir.root)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        return age.is_some_and(|a| a < STARTING_GRACE);
+    };
+    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .map(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"shim"))
+        .unwrap_or(false)
+}
 
 impl Dyno {
     /// Writes the dyno's directory and starts its shim (`shim_binary shim --dir DIR`).
@@ -352,7 +412,35 @@ impl Dyno {
             config,
             dir,
             shim_pid: Pid::from_raw(pid),
+            adopted: false,
         })
+    }
+
+    /// Takes over a dyno whose shim outlived the process that started it (an agent restart):
+    /// reads its `dyno.json` and `shim.pid`. Check [`shim_alive`] first; following a dyno
+    /// whose shim is dead cleans up in the shim's place, as [`Dyno::follow`] always does.
+    pub fn adopt(dir: DynoDir) -> Result<Dyno, SupervisorError> {
+        let adopt = |source| SupervisorError::Adopt {
+            path: dir.root.clone(),
+            source,
+        };
+        let config = dir.read_config().map_err(adopt)?;
+        let pid = std::fs::read_to_string(dir.shim_pid()).map_err(adopt)?;
+        let pid = pid
+            .trim()
+            .parse::<i32>()
+            .map_err(|e| adopt(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        Ok(Dyno {
+            config,
+            dir,
+            shim_pid: Pid::from_raw(pid),
+            adopted: true,
+        })
+    }
+
+    /// The shim's process id.
+    pub fn shim_pid(&self) -> i32 {
+        self.shim_pid.as_raw()
     }
 
     /// Asks the dyno to stop: SIGTERM to all its processes, SIGKILL after the grace period.
@@ -367,11 +455,51 @@ impl Dyno {
     pub async fn follow(
         self,
         lines: mpsc::UnboundedSender<LogLine>,
+        stop: mpsc::UnboundedReceiver<()>,
+    ) -> Result<i32, SupervisorError> {
+        self.follow_with(
+            move |event| {
+                if let Event::Line(line) = event {
+                    let _ = lines.send(line);
+                }
+            },
+            stop,
+        )
+        .await
+    }
+
+    /// Like [`Dyno::follow`], but also reports every state change. An adopted dyno's stream
+    /// is replayed to rebuild its state: the state changes of the replay are reported, its
+    /// lines (already logged by the previous supervisor) are not.
+    pub async fn follow_events(
+        self,
+        events: mpsc::UnboundedSender<Event>,
+        stop: mpsc::UnboundedReceiver<()>,
+    ) -> Result<i32, SupervisorError> {
+        self.follow_with(
+            move |event| {
+                let _ = events.send(event);
+            },
+            stop,
+        )
+        .await
+    }
+
+    async fn follow_with(
+        self,
+        emit: impl FnMut(Event),
         mut stop: mpsc::UnboundedReceiver<()>,
     ) -> Result<i32, SupervisorError> {
         let mut life = Lifecycle::new(&self.config.name, self.config.port, self.config.grace);
         let mut out = Vec::new();
-        life.starting(&self.config.command, &mut out);
+        if !self.adopted {
+            life.starting(&self.config.command, &mut out);
+        }
+        let mut report = Reporter {
+            emit,
+            shown: life.state(),
+            replaying: self.adopted,
+        };
         let follow_err = |source| SupervisorError::Follow {
             path: self.dir.stream(),
             source,
@@ -380,26 +508,19 @@ impl Dyno {
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
         let mut stop_open = true;
         let status = 'outer: loop {
-            for line in out.drain(..) {
-                let _ = lines.send(line);
-            }
+            report.flush(&life, &mut out);
             for record in tail.read_records().map_err(follow_err)? {
-                match life.record(record, &mut out) {
+                let action = life.record(record, &mut out);
+                report.flush(&life, &mut out);
+                match action {
                     Some(Action::ProbePort(addr)) => {
                         tokio::spawn(probe(addr, probe_tx.clone()));
                     }
-                    Some(Action::Finished { status }) => {
-                        for line in out.drain(..) {
-                            let _ = lines.send(line);
-                        }
-                        break 'outer status;
-                    }
+                    Some(Action::Finished { status }) => break 'outer status,
                     None => {}
                 }
             }
-            if !out.is_empty() {
-                continue;
-            }
+            report.replaying = false;
             tokio::select! {
                 ready = tail.changed() => ready.map_err(follow_err)?,
                 Some(()) = probe_rx.recv() => life.port_accepted(&mut out),
@@ -412,10 +533,9 @@ impl Dyno {
                         // The shim died without finishing: clean up in its place.
                         let errors = shim::cleanup(&self.config, &self.dir, None);
                         life.record(Record::Event { ts: timestamp(), event: ShimEvent::Exited { code: None, signal: Some(9), oom: false } }, &mut out);
+                        report.flush(&life, &mut out);
                         life.record(Record::Event { ts: timestamp(), event: ShimEvent::Cleaned { errors } }, &mut out);
-                        for line in out.drain(..) {
-                            let _ = lines.send(line);
-                        }
+                        report.flush(&life, &mut out);
                         break 'outer 137;
                     }
                 }
@@ -425,6 +545,33 @@ impl Dyno {
             tracing::warn!("cannot remove {}: {err}", self.dir.root.display());
         }
         Ok(status)
+    }
+}
+
+/// Hands a follower's lines and state changes to its consumer, in the order they happened.
+struct Reporter<F> {
+    emit: F,
+    /// The state last reported.
+    shown: State,
+    /// Replaying an adopted dyno's stream: its lines were logged before.
+    replaying: bool,
+}
+
+impl<F: FnMut(Event)> Reporter<F> {
+    fn flush(&mut self, life: &Lifecycle, out: &mut Vec<LogLine>) {
+        for line in out.drain(..) {
+            if !self.replaying {
+                (self.emit)(Event::Line(line));
+            }
+        }
+        if life.state() != self.shown {
+            self.shown = life.state();
+            (self.emit)(Event::State {
+                state: life.state(),
+                status: life.status(),
+                reason: life.reason().map(str::to_string),
+            });
+        }
     }
 }
 
@@ -723,6 +870,28 @@ mod tests {
                 "Error R14 (Memory quota exceeded)"
             ]
         );
+    }
+
+    #[test]
+    fn a_repeated_started_record_changes_nothing() {
+        // The shim repeats `started` at the top of each stream segment.
+        let mut life = Lifecycle::new("worker.1", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        let started = || {
+            ev(ShimEvent::Started {
+                pid: 9,
+                address: Ipv4Addr::LOCALHOST,
+            })
+        };
+        life.record(started(), &mut out);
+        life.record(ev(ShimEvent::Stopping), &mut out);
+        assert_eq!(life.record(started(), &mut out), None);
+        assert_eq!(life.state(), State::Stopping);
+        let mut web = Lifecycle::new("web.1", Some(5000), Duration::from_secs(30));
+        assert!(web.record(started(), &mut out).is_some());
+        web.port_accepted(&mut out);
+        assert_eq!(web.record(started(), &mut out), None, "no second probe");
+        assert_eq!(web.state(), State::Up);
     }
 
     #[test]

@@ -10,7 +10,8 @@ app = Bottle()
 
 @app.route("/")
 def index():
-    return f"Hello from {os.environ.get('DYNO', 'python-web')} on {socket.gethostname()}\n"
+    greeting = os.environ.get("GREETING", "Hello")
+    return f"{greeting} from {os.environ.get('DYNO', 'python-web')} on {socket.gethostname()}\n"
 
 
 @app.route("/health")

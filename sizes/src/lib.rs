@@ -1,4 +1,5 @@
-//! Dyno sizes: the one table that turns a size name into cgroup limits.
+//! Dyno sizes: the one table that turns a size name into cgroup limits, shared by the agent
+//! (which applies them) and the scheduler (which places dynos by their memory).
 //!
 //! The figures follow Heroku's published dyno types (HEROKU-SPEC §7). Heroku lets a dyno
 //! run past its RAM quota (it swaps and logs R14) and kills it at twice the quota (R15);

@@ -1,0 +1,341 @@
+//! The agent's side of its connection to the scheduler: the AgentLink stream (gRPC, dialled
+//! by the agent and redialled with backoff for as long as the agent runs) and the blob store
+//! (HTTP, same URL and token) that slugs and build sources come from and built slugs go to.
+//!
+//! This module only moves messages: [`run`] hands every connection and every message from the
+//! scheduler to the daemon as a [`LinkEvent`], and the daemon decides what to send. Who sends
+//! what, in which order (`Hello` first), lives in [`crate::daemon`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use manifold_proto::agent_link_client::AgentLinkClient;
+use manifold_proto::{AgentMessage, SchedulerMessage};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Messages queued for the scheduler while the stream cannot take them. Beyond this the
+/// daemon drops status reports: the next `Hello` carries every dyno's state anyway.
+pub const OUTBOUND_BUFFER: usize = 4096;
+
+/// Where the scheduler is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    /// `http://host:port`, without a trailing slash.
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl Scheduler {
+    pub fn new(url: &str, token: Option<String>) -> Self {
+        Scheduler {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    fn bearer(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+}
+
+/// What happens on the link, as the daemon sees it.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A stream is open: send `Hello` on this sender first, then anything else.
+    Connected(mpsc::Sender<AgentMessage>),
+    Message(SchedulerMessage),
+    /// The stream ended or failed; a new one will be dialled.
+    Disconnected,
+}
+
+/// Errors of one connection attempt or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("invalid scheduler address {url}")]
+    Address {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("invalid token")]
+    Token,
+    #[error("agent link failed")]
+    Stream {
+        #[source]
+        source: Box<tonic::Status>,
+    },
+}
+
+/// Redial delays: 100 ms doubling to 5 s, back to 100 ms once a stream was established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The delay before the next attempt, after a failed one.
+    pub fn failed(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+/// Holds a link to the scheduler until `events`' receiver is dropped: dials, reports the
+/// stream, forwards what the scheduler sends, and redials with [`Backoff`] when it ends.
+pub async fn run(scheduler: Scheduler, events: mpsc::UnboundedSender<LinkEvent>) {
+    let mut backoff = Backoff::new();
+    loop {
+        match session(&scheduler, &events, &mut backoff).await {
+            Ok(()) => tracing::warn!("the scheduler closed the agent link"),
+            Err(err) => tracing::warn!("agent link: {}", crate::daemon::chain(&err)),
+        }
+        if events.send(LinkEvent::Disconnected).is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff.failed()).await;
+    }
+}
+
+/// One connection: returns when the stream ends.
+async fn session(
+    scheduler: &Scheduler,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    backoff: &mut Backoff,
+) -> Result<(), LinkError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(scheduler.url.clone())
+        .map_err(|source| LinkError::Address {
+            url: scheduler.url.clone(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        // A scheduler that vanished without closing the connection is noticed in seconds.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|source| LinkError::Connect {
+            url: scheduler.url.clone(),
+            source,
+        })?;
+    let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+    // The daemon queues `Hello` before anything else can use the sender.
+    if events.send(LinkEvent::Connected(tx)).is_err() {
+        return Ok(());
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(bearer) = scheduler.bearer() {
+        let value = bearer.parse().map_err(|_| LinkError::Token)?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let stream_err = |status| LinkError::Stream {
+        source: Box::new(status),
+    };
+    let mut inbound = AgentLinkClient::new(channel)
+        .link(request)
+        .await
+        .map_err(stream_err)?
+        .into_inner();
+    tracing::info!("linked to {}", scheduler.url);
+    backoff.reset();
+    while let Some(message) = inbound.message().await.map_err(stream_err)? {
+        if events.send(LinkEvent::Message(message)).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Errors moving blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("invalid blob digest {sha256:?}")]
+    Digest { sha256: String },
+    #[error("blob {sha256}: request failed")]
+    Http {
+        sha256: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("blob {sha256}: the scheduler answered {status}")]
+    Status {
+        sha256: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("blob {sha256}: got content with sha256 {actual}")]
+    Checksum { sha256: String, actual: String },
+    #[error("blob file {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The scheduler's content-addressed blob store.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    scheduler: Scheduler,
+    http: reqwest::Client,
+}
+
+impl Blobs {
+    pub fn new(scheduler: Scheduler) -> Self {
+        Blobs {
+            scheduler,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, sha256: &str) -> String {
+        format!("{}/agent/v1/blobs/{sha256}", self.scheduler.url)
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.scheduler.bearer() {
+            Some(bearer) => request.header(reqwest::header::AUTHORIZATION, bearer),
+            None => request,
+        }
+    }
+
+    /// Downloads blob `sha256` to `DIR/{sha256}.tgz` unless it is there, verifying its digest;
+    /// a temporary file and a rename mean a crash never leaves half a blob under that name.
+    pub async fn fetch(&self, sha256: &str, dir: &Path) -> Result<PathBuf, BlobError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BlobError::Digest {
+                sha256: sha256.to_string(),
+            });
+        }
+        let path = dir.join(format!("{sha256}.tgz"));
+        if path.is_file() {
+            return Ok(path);
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BlobError::Io { path, source }
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        let http = |source| BlobError::Http {
+            sha256: sha256.to_string(),
+            source,
+        };
+        let mut response = self
+            .authorize(self.http.get(self.url(sha256)))
+            .send()
+            .await
+            .map_err(http)?;
+        if !response.status().is_success() {
+            return Err(BlobError::Status {
+                sha256: sha256.to_string(),
+                status: response.status(),
+            });
+        }
+        let tmp = dir.join(format!(".{sha256}.{:08x}.tmp", rand::random::<u32>()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+            let mut hasher = sha2::Sha256::new();
+            while let Some(chunk) = response.chunk().await.map_err(http)? {
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(io(&tmp))?;
+            }
+            file.sync_all().await.map_err(io(&tmp))?;
+            let actual: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if actual != sha256.to_ascii_lowercase() {
+                return Err(BlobError::Checksum {
+                    sha256: sha256.to_string(),
+                    actual,
+                });
+            }
+            tokio::fs::rename(&tmp, &path).await.map_err(io(&path))
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result.map(|()| path)
+    }
+
+    /// Uploads a file as a blob; returns its sha256.
+    pub async fn upload(&self, path: &Path) -> Result<String, BlobError> {
+        let io = |source| BlobError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut body = Vec::new();
+        // Slugs are bounded (the slugbuilder refuses huge ones), so one buffer is fine.
+        file.read_to_end(&mut body).await.map_err(io)?;
+        hasher.update(&body);
+        let sha256: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let response = self
+            .authorize(self.http.put(self.url(&sha256)))
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| BlobError::Http {
+                sha256: sha256.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            return Err(BlobError::Status {
+                sha256,
+                status: response.status(),
+            });
+        }
+        Ok(sha256)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_seconds_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..9).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(
+            delays,
+            vec![100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+        );
+        b.reset();
+        assert_eq!(b.failed(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,713 @@
+//! Acceptance: the agent daemon against a fake scheduler (AgentLink over gRPC and the blob
+//! store over HTTP on one port, as the real scheduler serves them). It runs dynos from
+//! assignments, survives its own SIGKILL without restarting them, and stops what is no
+//! longer assigned, leaving nothing behind.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use common::*;
+use manifold_proto::agent_link_server::{AgentLink, AgentLinkServer};
+use manifold_proto::{
+    agent_message, build_event, scheduler_message, AgentMessage, Assignment, Assignments,
+    BuildEvent, BuildRequest, DynoState, DynoStatus, SchedulerMessage, Slug,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+const TOKEN: &str = "s3cret";
+
+/// What keeps one test's agent apart from other agents on the host (and the other test).
+struct Isolation {
+    cgroup_parent: &'static str,
+    bridge: &'static str,
+    subnet: &'static str,
+    table: &'static str,
+    ports: &'static str,
+}
+
+const DYNOS: Isolation = Isolation {
+    cgroup_parent: "manifold-test-daemon",
+    bridge: "mftestd0",
+    subnet: "10.231.0.0/24",
+    table: "mftestd0",
+    ports: "39170-39179",
+};
+
+const BUILDS: Isolation = Isolation {
+    cgroup_parent: "manifold-test-daemon-build",
+    bridge: "mftestd1",
+    subnet: "10.231.1.0/24",
+    table: "mftestd1",
+    ports: "39180-39189",
+};
+
+type Outbound = mpsc::Sender<Result<SchedulerMessage, tonic::Status>>;
+
+/// The fake scheduler: records what agents send, lets the test send to the connected one.
+#[derive(Clone)]
+struct Fake {
+    received: mpsc::UnboundedSender<AgentMessage>,
+    agent: Arc<Mutex<Option<Outbound>>>,
+}
+
+#[tonic::async_trait]
+impl AgentLink for Fake {
+    type LinkStream = ReceiverStream<Result<SchedulerMessage, tonic::Status>>;
+
+    async fn link(
+        &self,
+        request: tonic::Request<tonic::Streaming<AgentMessage>>,
+    ) -> Result<tonic::Response<Self::LinkStream>, tonic::Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {TOKEN}")) {
+            return Err(tonic::Status::unauthenticated("bad token"));
+        }
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        *self.agent.lock().unwrap() = Some(tx);
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = inbound.next().await {
+                let _ = received.send(message);
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+type Blobs = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+fn authorized(headers: &HeaderMap) -> Result<(), StatusCode> {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if auth == Some(&format!("Bearer {TOKEN}")) {
+        Ok(())
+    } else {
+        Err(StatusCode::UNAUTHORIZED)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn put_blob(
+    State(blobs): State<Blobs>,
+    UrlPath(sha): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    if authorized(&headers).is_err() {
+        return StatusCode::UNAUTHORIZED;
+    }
+    if sha256_hex(&body) != sha {
+        return StatusCode::BAD_REQUEST;
+    }
+    blobs.lock().unwrap().insert(sha, body.to_vec());
+    StatusCode::CREATED
+}
+
+async fn get_blob(
+    State(blobs): State<Blobs>,
+    UrlPath(sha): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Vec<u8>, StatusCode> {
+    authorized(&headers)?;
+    let blob = blobs.lock().unwrap().get(&sha).cloned();
+    blob.ok_or(StatusCode::NOT_FOUND)
+}
+
+/// Serves the fake on 127.0.0.1:0; returns its URL.
+async fn serve(fake: Fake, blobs: Blobs) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let blob_routes = axum::Router::new()
+        .route(
+            "/agent/v1/blobs/:sha",
+            axum::routing::get(get_blob).put(put_blob),
+        )
+        .with_state(blobs);
+    let router = tonic::service::Routes::new(AgentLinkServer::new(fake))
+        .into_axum_router()
+        .merge(blob_routes);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+/// The agent process; dropping it kills it and stops every dyno it left running.
+struct Agent {
+    child: Option<Child>,
+    state: PathBuf,
+    isolation: &'static Isolation,
+}
+
+impl Agent {
+    fn spawn(state: &Path, url: &str, isolation: &'static Isolation) -> Agent {
+        let i = isolation;
+        let buildpacks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildpacks");
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.join("agent.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--state-dir", state.to_str().unwrap()])
+            .args([
+                "--scheduler",
+                url,
+                "--token",
+                TOKEN,
+                "--host-id",
+                "test-host",
+            ])
+            .args(["--memory", "2G", "--slots", "10", "--ports", i.ports])
+            .args(["--cgroup-parent", i.cgroup_parent, "--bridge", i.bridge])
+            .args([
+                "--subnet",
+                i.subnet,
+                "--nft-table",
+                i.table,
+                "--heartbeat",
+                "300ms",
+            ])
+            .arg("--buildpacks-dir")
+            .arg(buildpacks)
+            .env("MANIFOLD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Agent {
+            child: Some(child),
+            state: state.to_path_buf(),
+            isolation,
+        }
+    }
+
+    /// SIGKILL to the agent's process group: the shims run in their own sessions.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        let pids = shim_pids(&self.state);
+        for pid in pids.values() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(45);
+        while pids
+            .values()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let i = self.isolation;
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", i.table])
+            .output();
+        let _ = Command::new("ip").args(["link", "del", i.bridge]).output();
+        for parent in cgroup_parents(i.cgroup_parent) {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Container id → shim pid of every dyno directory.
+fn shim_pids(state: &Path) -> HashMap<String, i32> {
+    std::fs::read_dir(state.join("dynos"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let pid = std::fs::read_to_string(e.path().join("shim.pid")).ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        pid.trim().parse().ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads agent messages until `want` picks one, or panics after `within`.
+async fn wait_for<T>(
+    rx: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    within: Duration,
+    what: &str,
+    log: &Path,
+    mut want: impl FnMut(&agent_message::Kind) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(AgentMessage { kind: Some(kind) })) => {
+                if let Some(found) = want(&kind) {
+                    return found;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => panic!(
+                "timed out waiting for {what}; agent log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+fn dyno_status(kind: &agent_message::Kind, id: &str, state: DynoState) -> Option<DynoStatus> {
+    match kind {
+        agent_message::Kind::Dyno(s) if s.id == id && s.state() == state => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn assignment(id: &str, name: &str, command: &str, sha: &str, size: u64) -> Assignment {
+    Assignment {
+        id: id.into(),
+        app: "demo".into(),
+        name: name.into(),
+        command: command.into(),
+        size: "standard-1x".into(),
+        stack: "testing".into(),
+        slug: Some(Slug {
+            sha256: sha.into(),
+            size,
+        }),
+        env: [("GREETING".to_string(), "hi".to_string())].into(),
+        release_version: 1,
+    }
+}
+
+async fn assign(fake: &Fake, generation: u64, dynos: Vec<Assignment>) {
+    let tx = fake
+        .agent
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("an agent is linked");
+    tx.send(Ok(SchedulerMessage {
+        kind: Some(scheduler_message::Kind::Assignments(Assignments {
+            generation,
+            dynos,
+        })),
+    }))
+    .await
+    .unwrap();
+}
+
+/// The parent cgroup's directory in every hierarchy.
+fn cgroup_parents(name: &str) -> Vec<PathBuf> {
+    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(name)];
+    for controller in std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(Result::ok)
+    {
+        dirs.push(controller.path().join(name));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+fn cgroup_children(name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    {
+        for parent in cgroup_parents(name) {
+            if let Ok(children) = std::fs::read_dir(&parent) {
+                found.extend(
+                    children
+                        .filter_map(Result::ok)
+                        .filter(|c| c.path().is_dir())
+                        .map(|c| c.path().display().to_string()),
+                );
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_runs_readopts_and_stops_assigned_dynos() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("manifold-daemon-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink("/var/lib/manifold/stacks", state.join("stacks")).unwrap();
+    let log = state.join("agent.log");
+
+    let slug = slug(
+        tmp.path(),
+        "app.tgz",
+        &[("public/index.html", "hello from the daemon\n", 0o644)],
+    );
+    let bytes = std::fs::read(&slug).unwrap();
+    let sha = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let blobs: Blobs = Arc::new(Mutex::new([(sha.clone(), bytes)].into()));
+    let (received, mut rx) = mpsc::unbounded_channel();
+    let fake = Fake {
+        received,
+        agent: Arc::new(Mutex::new(None)),
+    };
+    let url = serve(fake.clone(), blobs).await;
+
+    let mut agent = Agent::spawn(&state, &url, &DYNOS);
+    let hello = wait_for(
+        &mut rx,
+        Duration::from_secs(20),
+        "hello",
+        &log,
+        |k| match k {
+            agent_message::Kind::Hello(h) => Some(h.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(hello.host_id, "test-host");
+    assert_eq!(hello.address, "127.0.0.1");
+    assert!(hello.stacks.contains(&"testing".to_string()), "{hello:?}");
+    assert_eq!(hello.capacity.unwrap().memory_bytes, 2 << 30);
+    assert!(hello.dynos.is_empty());
+    assert_eq!(hello.generation, 0);
+
+    let worker = assignment(
+        "d-worker-1",
+        "worker.1",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        &sha,
+        size,
+    );
+    let web = assignment(
+        "d-web-1",
+        "web.1",
+        "trap 'exit 0' TERM; busybox httpd -f -p $PORT -h /app/public & wait",
+        &sha,
+        size,
+    );
+    assign(&fake, 1, vec![worker.clone(), web.clone()]).await;
+    let mut up = HashMap::new();
+    let web_port = wait_for(&mut rx, Duration::from_secs(60), "both up", &log, |k| {
+        for id in ["d-worker-1", "d-web-1"] {
+            if let Some(status) = dyno_status(k, id, DynoState::Up) {
+                up.insert(id, status.port);
+            }
+        }
+        (up.len() == 2).then(|| up["d-web-1"])
+    })
+    .await;
+    assert!((39170..=39179).contains(&web_port), "port {web_port}");
+    let page =
+        tokio::task::block_in_place(|| http_get_ok(web_port as u16, "/", Duration::from_secs(20)));
+    assert!(page.contains("hello from the daemon"), "{page}");
+    let saved = std::fs::read_to_string(state.join("agent.json")).unwrap();
+    assert!(saved.contains("d-web-1") && saved.contains("\"generation\": 1"));
+    let before = shim_pids(&state);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // SIGKILL the agent: the dynos keep running and the next agent re-adopts them.
+    agent.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for pid in before.values() {
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "shim {pid} died with the agent"
+        );
+    }
+    let mut agent = Agent::spawn(&state, &url, &DYNOS);
+    let hello = wait_for(
+        &mut rx,
+        Duration::from_secs(20),
+        "second hello",
+        &log,
+        |k| match k {
+            agent_message::Kind::Hello(h) => Some(h.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(hello.generation, 1);
+    let mut states: Vec<_> = hello
+        .dynos
+        .iter()
+        .map(|d| (d.id.clone(), d.state(), d.port))
+        .collect();
+    states.sort();
+    assert_eq!(
+        states,
+        vec![
+            ("d-web-1".to_string(), DynoState::Up, web_port),
+            ("d-worker-1".to_string(), DynoState::Up, 0),
+        ],
+        "{hello:?}"
+    );
+    assert_eq!(shim_pids(&state), before, "dynos were restarted");
+    tokio::task::block_in_place(|| http_get_ok(web_port as u16, "/", Duration::from_secs(5)));
+
+    // The scheduler drops the stream: the agent redials and says hello again, dynos untouched.
+    let tx = fake.agent.lock().unwrap().take().unwrap();
+    tx.send(Err(tonic::Status::unavailable("going away")))
+        .await
+        .unwrap();
+    drop(tx);
+    let hello = wait_for(
+        &mut rx,
+        Duration::from_secs(20),
+        "hello after a drop",
+        &log,
+        |k| match k {
+            agent_message::Kind::Hello(h) => Some(h.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(hello.dynos.len(), 2, "{hello:?}");
+    assert!(
+        hello.dynos.iter().all(|d| d.state() == DynoState::Up),
+        "{hello:?}"
+    );
+    assert_eq!(shim_pids(&state), before, "dynos were restarted");
+
+    // The worker is no longer assigned: stopped and reported down; the web dyno stays.
+    assign(&fake, 2, vec![web.clone()]).await;
+    wait_for(&mut rx, Duration::from_secs(40), "worker down", &log, |k| {
+        dyno_status(k, "d-worker-1", DynoState::Down)
+    })
+    .await;
+    tokio::task::block_in_place(|| http_get_ok(web_port as u16, "/", Duration::from_secs(5)));
+
+    // Nothing assigned: everything stops and nothing is left.
+    assign(&fake, 3, vec![]).await;
+    wait_for(&mut rx, Duration::from_secs(40), "web down", &log, |k| {
+        dyno_status(k, "d-web-1", DynoState::Down)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dirs: Vec<_> = std::fs::read_dir(state.join("dynos"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        let shims: Vec<_> = before
+            .values()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        let cgroups = cgroup_children(DYNOS.cgroup_parent);
+        if dirs.is_empty() && shims.is_empty() && cgroups.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: dirs {dirs:?}, shims {shims:?}, cgroups {cgroups:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.kill();
+    if std::env::var_os("SHOW_AGENT_LOG").is_some() {
+        eprintln!("{}", std::fs::read_to_string(&log).unwrap());
+    }
+}
+
+/// A flat tar.gz of an app's source, as `manifold deploy` uploads it.
+fn source_tarball(files: &[(&str, &str, u32)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, contents, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_size(contents.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, contents.as_bytes()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
+    if !ready() {
+        return;
+    }
+    let slugbuilder = Path::new(BIN).with_file_name("slugbuilder");
+    assert!(
+        slugbuilder.exists(),
+        "build the workspace's binaries first: {} is missing",
+        slugbuilder.display()
+    );
+    let tmp = tempfile::Builder::new()
+        .prefix("manifold-daemon-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink("/var/lib/manifold/stacks", state.join("stacks")).unwrap();
+    let log = state.join("agent.log");
+    let source = source_tarball(&[
+        ("Procfile", "web: busybox httpd -f -p $PORT\n", 0o644),
+        ("index.html", "built by the daemon\n", 0o644),
+    ]);
+    let source_sha = sha256_hex(&source);
+    let blobs: Blobs = Arc::new(Mutex::new([(source_sha.clone(), source)].into()));
+    let (received, mut rx) = mpsc::unbounded_channel();
+    let fake = Fake {
+        received,
+        agent: Arc::new(Mutex::new(None)),
+    };
+    let url = serve(fake.clone(), blobs.clone()).await;
+    // A buildpack on the host, handed over by path.
+    let bp = tmp.path().join("bp");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    for (name, body) in [
+        ("detect", "echo Daemon"),
+        (
+            "compile",
+            "echo \"compiling in $1\"; ls \"$1\"; echo done > \"$1/built\"",
+        ),
+        ("release", "echo '--- {}'"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = bp.join("bin").join(name);
+        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let _agent = Agent::spawn(&state, &url, &BUILDS);
+    wait_for(&mut rx, Duration::from_secs(20), "hello", &log, |k| {
+        matches!(k, agent_message::Kind::Hello(_)).then_some(())
+    })
+    .await;
+    let tx = fake.agent.lock().unwrap().clone().unwrap();
+    tx.send(Ok(SchedulerMessage {
+        kind: Some(scheduler_message::Kind::Build(BuildRequest {
+            build_id: "b-1".into(),
+            app: "demo".into(),
+            stack: "testing".into(),
+            source_sha256: source_sha,
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            buildpacks: vec![bp.to_str().unwrap().to_string()],
+        })),
+    }))
+    .await
+    .unwrap();
+    let mut output = Vec::new();
+    let finished = wait_for(
+        &mut rx,
+        Duration::from_secs(120),
+        "build",
+        &log,
+        |k| match k {
+            agent_message::Kind::Build(BuildEvent {
+                build_id,
+                kind: Some(kind),
+            }) if build_id == "b-1" => match kind {
+                build_event::Kind::Output(line) => {
+                    output.push(line.clone());
+                    None
+                }
+                build_event::Kind::Finished(f) => Some(f.clone()),
+            },
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(finished.status, 0, "{finished:?}\n{output:#?}");
+    assert!(
+        output.iter().any(|l| l == "compiling in /app"),
+        "{output:#?}"
+    );
+    assert!(output.iter().any(|l| l == "index.html"), "{output:#?}");
+    let slug = blobs
+        .lock()
+        .unwrap()
+        .get(&finished.slug_sha256)
+        .cloned()
+        .expect("the slug was uploaded");
+    assert_eq!(sha256_hex(&slug), finished.slug_sha256);
+    let meta: serde_json::Value = serde_json::from_str(&finished.slug_json).unwrap();
+    assert!(meta.is_object(), "{meta}");
+    let leftovers: Vec<_> = std::fs::read_dir(state.join("builds"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "work dirs left: {leftovers:?}");
+
+    // A formation dyno that crashes is restarted by the agent, with backoff.
+    // It runs from the slug just built.
+    let crasher = assignment(
+        "d-crash-1",
+        "worker.1",
+        "test -f /app/built && echo boom; exit 3",
+        &finished.slug_sha256,
+        slug.len() as u64,
+    );
+    let started = Instant::now();
+    assign(&fake, 1, vec![crasher]).await;
+    let mut seen = Vec::new();
+    wait_for(
+        &mut rx,
+        Duration::from_secs(20),
+        "three crashes",
+        &log,
+        |k| {
+            if let agent_message::Kind::Dyno(s) = k {
+                seen.push((s.state(), s.exit_status));
+            }
+            (seen.iter().filter(|s| s.0 == DynoState::Crashed).count() == 3).then_some(())
+        },
+    )
+    .await;
+    // Restarted at once, then after 1 s, then 2 s.
+    assert!(started.elapsed() >= Duration::from_secs(1), "{seen:?}");
+    let states: Vec<_> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == DynoState::Starting).count(),
+        3,
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.0 != DynoState::Crashed || s.1 == Some(3)),
+        "{seen:?}"
+    );
+    assign(&fake, 2, vec![]).await;
+    wait_for(
+        &mut rx,
+        Duration::from_secs(20),
+        "crasher down",
+        &log,
+        |k| dyno_status(k, "d-crash-1", DynoState::Down),
+    )
+    .await;
+}

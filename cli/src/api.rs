@@ -1,0 +1,417 @@
+//! HTTP client for the scheduler's REST API (scheduler/API.md) and the types it returns.
+//!
+//! The types are deliberately lenient (`#[serde(default)]` everywhere): the CLI only needs a
+//! few fields to render its tables, and a missing or renamed field on the server should
+//! degrade one column rather than make a whole command fail.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Where the API listens when `MANIFOLD_API` is unset (scheduler/API.md).
+pub const DEFAULT_API: &str = "http://127.0.0.1:8750";
+/// Token file the scheduler writes on first start; readable by root / the admin group.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/manifold-scheduler/api-token";
+
+/// Connection settings, resolved once from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base: String,
+    pub token: Option<String>,
+    pub user: String,
+}
+
+impl Settings {
+    /// Reads `MANIFOLD_API`, `MANIFOLD_API_TOKEN` (or a token file) and `$USER`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Settings {
+            base: var("MANIFOLD_API")
+                .unwrap_or_else(|| DEFAULT_API.to_string())
+                .trim_end_matches('/')
+                .to_string(),
+            token: resolve_token(var("MANIFOLD_API_TOKEN"), var("MANIFOLD_API_TOKEN_FILE")),
+            user: var("USER").unwrap_or_else(|| "admin".to_string()),
+        }
+    }
+}
+
+/// The token comes from the environment first, then from the named file, then from the
+/// scheduler's default token file, so that an admin on the scheduler host needs no setup.
+pub fn resolve_token(env_token: Option<String>, token_file: Option<String>) -> Option<String> {
+    if let Some(t) = env_token {
+        return Some(t.trim().to_string());
+    }
+    let file = token_file.unwrap_or_else(|| DEFAULT_TOKEN_FILE.to_string());
+    first_line(Path::new(&file))
+}
+
+fn first_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_string())
+}
+
+/// Turns a non-2xx response into the one-line message the user sees after `manifold: `.
+pub fn error_message(status: StatusCode, body: &str) -> String {
+    if status == StatusCode::UNAUTHORIZED {
+        return "the API refused the token: set MANIFOLD_API_TOKEN".to_string();
+    }
+    let from_json = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string));
+    match from_json {
+        Some(m) if !m.is_empty() => m,
+        _ => {
+            let body = body.trim();
+            if body.is_empty() {
+                format!("the API answered {status}")
+            } else {
+                let snippet: String = body.chars().take(200).collect();
+                format!("the API answered {status}: {snippet}")
+            }
+        }
+    }
+}
+
+/// Message for a request that never got an answer.
+pub fn transport_message(base: &str, err: &reqwest::Error) -> String {
+    if err.is_connect() {
+        format!("cannot reach the Manifold API at {base}: is manifold-scheduler running? (set MANIFOLD_API)")
+    } else {
+        format!("request to the Manifold API at {base} failed: {err}")
+    }
+}
+
+/// A decoded answer: the JSON body plus the headers (for `Manifold-Release`).
+#[derive(Debug)]
+pub struct Reply {
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Reply {
+    /// Decodes the body into a typed value; the raw JSON stays available for `--json`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.body.clone()).context("unexpected answer from the API")
+    }
+
+    /// The release a config change created, from the `Manifold-Release` header.
+    pub fn release_version(&self) -> Option<u64> {
+        self.headers
+            .get("Manifold-Release")?
+            .to_str()
+            .ok()?
+            .trim()
+            .trim_start_matches('v')
+            .parse()
+            .ok()
+    }
+}
+
+/// Thin wrapper over reqwest that adds auth headers and maps errors to user messages.
+#[derive(Debug, Clone)]
+pub struct Client {
+    settings: Settings,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(settings: Settings) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("manifold-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Client { settings, http })
+    }
+
+    /// Absolute URL for an API path (`/apps/x`); absolute URLs pass through unchanged so a
+    /// server may hand out full `output_stream_url`s later.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.settings.base, path)
+        }
+    }
+
+    fn builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut b = self
+            .http
+            .request(method, self.url(path))
+            .header("Manifold-User", &self.settings.user)
+            .header("Accept", "application/json");
+        if let Some(t) = &self.settings.token {
+            b = b.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b
+    }
+
+    /// Sends a request and fails with the API's message on a non-2xx status.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!(transport_message(&self.settings.base, &e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        bail!(error_message(status, &body))
+    }
+
+    async fn reply(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
+        let resp = self.send(req).await?;
+        let headers = resp.headers().clone();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| anyhow!(transport_message(&self.settings.base, &e)))?;
+        // 202s (restart, stop) may come back empty; treat that as `{}`.
+        let body = if text.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&text).context("the API answered something that is not JSON")?
+        };
+        Ok(Reply { body, headers })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply> {
+        self.reply(self.builder(Method::GET, path)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Reply> {
+        self.reply(self.builder(Method::DELETE, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Reply> {
+        self.reply(self.builder(Method::POST, path).json(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Reply> {
+        self.reply(self.builder(Method::PATCH, path).json(body))
+            .await
+    }
+
+    /// Uploads a source tarball; the file is streamed, not read into memory.
+    pub async fn post_build(
+        &self,
+        app: &str,
+        buildpacks: &[String],
+        tarball: std::fs::File,
+        len: u64,
+    ) -> Result<Reply> {
+        let query: Vec<(&str, &str)> = buildpacks
+            .iter()
+            .map(|b| ("buildpack", b.as_str()))
+            .collect();
+        let req = self
+            .builder(Method::POST, &format!("/apps/{app}/builds"))
+            .query(&query)
+            .header(CONTENT_TYPE, "application/gzip")
+            .header(CONTENT_LENGTH, len)
+            .body(tokio::fs::File::from_std(tarball));
+        self.reply(req).await
+    }
+
+    /// Opens a streamed text response (build output).
+    pub async fn stream(&self, path: &str) -> Result<Response> {
+        self.send(self.builder(Method::GET, path)).await
+    }
+}
+
+/// `{"version": N}` as embedded in apps, builds and dynos.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VersionRef {
+    #[serde(default)]
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NameRef {
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserRef {
+    #[serde(default)]
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct App {
+    pub name: String,
+    pub stack: NameRef,
+    pub created_at: String,
+    pub released_at: Option<String>,
+    pub current_release: Option<VersionRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SourceBlob {
+    pub checksum: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Build {
+    pub id: String,
+    pub status: String,
+    pub source_blob: SourceBlob,
+    pub output_stream_url: String,
+    pub release: Option<VersionRef>,
+    pub created_at: String,
+    pub user: UserRef,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Slug {
+    pub id: String,
+    pub checksum: String,
+    pub process_types: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Release {
+    pub version: u64,
+    pub description: String,
+    pub status: String,
+    pub current: bool,
+    pub slug: Option<Slug>,
+    pub user: UserRef,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Formation {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub quantity: u32,
+    pub size: String,
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct HostRef {
+    pub id: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Dyno {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub state: String,
+    pub size: String,
+    pub command: String,
+    pub host: Option<HostRef>,
+    pub port: Option<u16>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Host {
+    pub id: String,
+    pub address: String,
+    pub state: String,
+    pub memory_bytes: u64,
+    pub memory_used: u64,
+    pub dyno_slots: u64,
+    pub dynos: u64,
+    pub stacks: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_uses_api_message() {
+        let body = r#"{"id":"not_found","message":"app nope not found"}"#;
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, body),
+            "app nope not found"
+        );
+    }
+
+    #[test]
+    fn error_message_401_points_at_token() {
+        let body = r#"{"id":"unauthorized","message":"bad token"}"#;
+        assert_eq!(
+            error_message(StatusCode::UNAUTHORIZED, body),
+            "the API refused the token: set MANIFOLD_API_TOKEN"
+        );
+    }
+
+    #[test]
+    fn error_message_without_json_names_status() {
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, "upstream down\n"),
+            "the API answered 502 Bad Gateway: upstream down"
+        );
+        assert_eq!(
+            error_message(StatusCode::INTERNAL_SERVER_ERROR, ""),
+            "the API answered 500 Internal Server Error"
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_explained() {
+        // Bind then drop a listener to get a port nobody listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let err = reqwest::get(format!("{base}/apps"))
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(
+            transport_message(&base, &err),
+            format!("cannot reach the Manifold API at {base}: is manifold-scheduler running? (set MANIFOLD_API)")
+        );
+    }
+
+    #[test]
+    fn token_resolution_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\nsecond line\n").expect("write");
+        let file = file.to_string_lossy().to_string();
+        assert_eq!(
+            resolve_token(Some("env".into()), Some(file.clone())),
+            Some("env".into())
+        );
+        assert_eq!(resolve_token(None, Some(file)), Some("from-file".into()));
+        let missing = dir.path().join("missing").to_string_lossy().to_string();
+        assert_eq!(resolve_token(None, Some(missing)), None);
+    }
+
+    #[test]
+    fn release_header_parsed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Manifold-Release", "3".parse().expect("header"));
+        let r = Reply {
+            body: Value::Null,
+            headers,
+        };
+        assert_eq!(r.release_version(), Some(3));
+    }
+}

@@ -1,0 +1,206 @@
+//! Command-line grammar: Heroku-style `topic:command` subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "manifold",
+    version,
+    about = "Manage apps and dynos on a Manifold cluster",
+    after_help = "Environment: MANIFOLD_API (default http://127.0.0.1:8750), MANIFOLD_API_TOKEN \
+                  or MANIFOLD_API_TOKEN_FILE, MANIFOLD_APP"
+)]
+pub struct Cli {
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `-a/--app`, falling back to `MANIFOLD_APP` so a shell can be pinned to one app.
+#[derive(Debug, Args)]
+pub struct AppArg {
+    /// The app to act on.
+    #[arg(short, long, env = "MANIFOLD_APP", value_name = "APP")]
+    pub app: Option<String>,
+}
+
+impl AppArg {
+    pub fn name(&self) -> Result<&str> {
+        match self.app.as_deref() {
+            Some(a) if !a.is_empty() => Ok(a),
+            _ => bail!("missing app: pass -a APP (or set MANIFOLD_APP)"),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List apps.
+    #[command(name = "apps")]
+    Apps,
+    /// Create an app.
+    #[command(name = "apps:create")]
+    AppsCreate {
+        name: String,
+        /// Base image for the app's builds and dynos (server default: bookworm).
+        #[arg(long)]
+        stack: Option<String>,
+    },
+    /// Show an app.
+    #[command(name = "apps:info")]
+    AppsInfo {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Destroy an app and stop its dynos.
+    #[command(name = "apps:destroy")]
+    AppsDestroy {
+        /// The app (or use -a).
+        name: Option<String>,
+        #[command(flatten)]
+        app: AppArg,
+        /// The app's name again, to confirm.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Build DIR and release it.
+    #[command(name = "deploy")]
+    Deploy {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        app: AppArg,
+        /// Buildpack name or URL (repeat for several; default: detect).
+        #[arg(long = "buildpack", short = 'b')]
+        buildpacks: Vec<String>,
+    },
+    /// List dynos.
+    #[command(name = "ps")]
+    Ps {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Scale process types: web=2[:SIZE], worker+1, worker-1.
+    #[command(name = "ps:scale")]
+    PsScale {
+        changes: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Restart all dynos, one type or one dyno.
+    #[command(name = "ps:restart")]
+    PsRestart {
+        target: Option<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Stop one dyno (web.1) or every dyno of a type (web).
+    #[command(name = "ps:stop")]
+    PsStop {
+        target: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Show config vars.
+    #[command(name = "config")]
+    Config {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Print one config var.
+    #[command(name = "config:get")]
+    ConfigGet {
+        key: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Set config vars (KEY=VALUE ...) and restart.
+    #[command(name = "config:set")]
+    ConfigSet {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Remove config vars and restart.
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List releases, newest first.
+    #[command(name = "releases")]
+    Releases {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Show a release (default: the current one).
+    #[command(name = "releases:info")]
+    ReleasesInfo {
+        release: Option<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Roll back to a release (default: the one before the current).
+    #[command(name = "releases:rollback", alias = "rollback")]
+    ReleasesRollback {
+        release: Option<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List builds.
+    #[command(name = "builds")]
+    Builds {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List hosts and their capacity.
+    #[command(name = "hosts")]
+    Hosts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn colon_subcommands_parse() {
+        let cli = Cli::try_parse_from(["manifold", "ps:scale", "web=2", "worker=1", "-a", "x"])
+            .expect("parse");
+        match cli.command {
+            Command::PsScale { changes, app } => {
+                assert_eq!(changes, ["web=2", "worker=1"]);
+                assert_eq!(app.app.as_deref(), Some("x"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "manifold",
+            "deploy",
+            "src",
+            "-a",
+            "x",
+            "--buildpack",
+            "python",
+            "--json",
+        ])
+        .expect("parse");
+        assert!(cli.json);
+        assert!(
+            matches!(cli.command, Command::Deploy { ref buildpacks, .. } if buildpacks == &["python"])
+        );
+    }
+}

@@ -1,0 +1,602 @@
+//! One function per subcommand: validate arguments, call the API, print.
+//!
+//! Argument validation always happens before the first request, so a typo never leaves
+//! an app half-changed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+
+use crate::api::{App, Build, Client, Dyno, Formation, Host, Release, Reply, Settings};
+use crate::cli::{Cli, Command};
+use crate::{output, scale, tarball};
+
+/// The scheduler rejects bigger uploads (413); failing before the upload saves the wait.
+const MAX_SOURCE_BYTES: u64 = 512 << 20;
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let client = Client::new(Settings::from_env())?;
+    let ctx = Ctx {
+        client,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Apps => ctx.apps().await,
+        Command::AppsCreate { name, stack } => ctx.apps_create(&name, stack).await,
+        Command::AppsInfo { app } => ctx.apps_info(app.name()?).await,
+        Command::AppsDestroy { name, app, confirm } => {
+            let name = match name {
+                Some(n) => n,
+                None => app.name()?.to_string(),
+            };
+            ctx.apps_destroy(&name, confirm.as_deref()).await
+        }
+        Command::Deploy {
+            dir,
+            app,
+            buildpacks,
+        } => ctx.deploy(app.name()?, &dir, &buildpacks).await,
+        Command::Ps { app } => ctx.ps(app.name()?).await,
+        Command::PsScale { changes, app } => ctx.ps_scale(app.name()?, &changes).await,
+        Command::PsRestart { target, app } => ctx.ps_restart(app.name()?, target.as_deref()).await,
+        Command::PsStop { target, app } => ctx.ps_stop(app.name()?, &target).await,
+        Command::Config { app } => ctx.config(app.name()?).await,
+        Command::ConfigGet { key, app } => ctx.config_get(app.name()?, &key).await,
+        Command::ConfigSet { pairs, app } => ctx.config_set(app.name()?, &pairs).await,
+        Command::ConfigUnset { keys, app } => ctx.config_unset(app.name()?, &keys).await,
+        Command::Releases { app } => ctx.releases(app.name()?).await,
+        Command::ReleasesInfo { release, app } => {
+            ctx.releases_info(app.name()?, release.as_deref()).await
+        }
+        Command::ReleasesRollback { release, app } => {
+            ctx.rollback(app.name()?, release.as_deref()).await
+        }
+        Command::Builds { app } => ctx.builds(app.name()?).await,
+        Command::Hosts => ctx.hosts().await,
+    }
+}
+
+struct Ctx {
+    client: Client,
+    json: bool,
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `config:set` arguments: `KEY=VALUE`, split at the first `=` (values may contain `=`).
+pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for p in pairs {
+        match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            _ => bail!("invalid config var `{p}`: expected KEY=VALUE"),
+        }
+    }
+    Ok(out)
+}
+
+/// `v3` or `3` → 3.
+pub fn parse_version(s: &str) -> Result<u64> {
+    s.strip_prefix('v')
+        .unwrap_or(s)
+        .parse()
+        .with_context(|| format!("invalid release `{s}`: expected vN, e.g. v3"))
+}
+
+/// The rollback target when none is named: the newest succeeded release older than the
+/// current one (rolling back onto a failed release would not bring a working slug).
+pub fn rollback_target(releases: &[Release]) -> Result<u64> {
+    let Some(current) = releases.iter().find(|r| r.current) else {
+        bail!("the app has no current release to roll back from");
+    };
+    releases
+        .iter()
+        .filter(|r| r.version < current.version && r.status == "succeeded" && r.slug.is_some())
+        .map(|r| r.version)
+        .max()
+        .with_context(|| format!("no release before v{} to roll back to", current.version))
+}
+
+/// `FOO`, `FOO and BAR`, `FOO, BAR and BAZ`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+fn done_with_release(reply: &Reply) -> String {
+    match reply.release_version() {
+        Some(v) => format!("done, v{v}"),
+        None => "done".to_string(),
+    }
+}
+
+impl Ctx {
+    async fn apps(&self) -> Result<()> {
+        let r = self.client.get("/apps").await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        print!("{}", output::apps(&r.parse::<Vec<App>>()?));
+        Ok(())
+    }
+
+    async fn apps_create(&self, name: &str, stack: Option<String>) -> Result<()> {
+        let mut body = json!({ "name": name });
+        if let Some(s) = stack {
+            body["stack"] = Value::String(s);
+        }
+        let r = self.client.post("/apps", &body).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        println!("Creating {name}... done");
+        Ok(())
+    }
+
+    async fn apps_info(&self, app: &str) -> Result<()> {
+        let r = self.client.get(&format!("/apps/{app}")).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let dynos: Vec<Dyno> = self
+            .client
+            .get(&format!("/apps/{app}/dynos"))
+            .await?
+            .parse()?;
+        print!(
+            "{}",
+            output::app_info(&r.parse()?, &dynos, OffsetDateTime::now_utc())
+        );
+        Ok(())
+    }
+
+    async fn apps_destroy(&self, app: &str, confirm: Option<&str>) -> Result<()> {
+        if confirm != Some(app) {
+            bail!(
+                "this destroys {app} and stops its dynos; to proceed, run `manifold apps:destroy {app} --confirm {app}`"
+            );
+        }
+        let r = self.client.delete(&format!("/apps/{app}")).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        println!("Destroying {app} (including all dynos)... done");
+        Ok(())
+    }
+
+    async fn deploy(&self, app: &str, dir: &std::path::Path, buildpacks: &[String]) -> Result<()> {
+        eprint!("Packing {}... ", dir.display());
+        let tar = tarball::pack(dir)?;
+        eprintln!("done, {:.1} MB ({})", tar.len as f64 / 1e6, tar.checksum);
+        if tar.len > MAX_SOURCE_BYTES {
+            bail!(
+                "the source archive is {} MB; the API takes at most 512 MiB",
+                tar.len / 1_000_000
+            );
+        }
+        let checksum = tar.checksum.clone();
+        let build: Build = self
+            .client
+            .post_build(app, buildpacks, tar.file, tar.len)
+            .await?
+            .parse()?;
+        if !build.source_blob.checksum.is_empty() && build.source_blob.checksum != checksum {
+            bail!(
+                "the API stored the source as {} but we sent {checksum}",
+                build.source_blob.checksum
+            );
+        }
+        let stream_path = if build.output_stream_url.is_empty() {
+            format!("/apps/{app}/builds/{}/output", build.id)
+        } else {
+            build.output_stream_url.clone()
+        };
+        self.stream_output(&stream_path).await?;
+        let reply = self.wait_for_build(app, &build.id).await?;
+        let build: Build = reply.parse()?;
+        if self.json {
+            print_json(&reply.body)?;
+        }
+        match build.status.as_str() {
+            "succeeded" => {
+                if !self.json {
+                    match build.release {
+                        Some(r) => println!("Released v{}", r.version),
+                        None => println!("Build succeeded"),
+                    }
+                }
+                Ok(())
+            }
+            "failed" => bail!("build failed: see the output above"),
+            other => bail!(
+                "build {} is still {other}: check `manifold builds -a {app}`",
+                build.id
+            ),
+        }
+    }
+
+    /// Copies the build output to stdout as it arrives (to stderr with `--json`, so stdout
+    /// stays parseable).
+    async fn stream_output(&self, path: &str) -> Result<()> {
+        let resp = self.client.stream(path).await?;
+        let mut body = resp.bytes_stream();
+        let mut out: Box<dyn Write> = if self.json {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("the build output stream broke off")?;
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The output stream ends when the build does, but the status update may land a moment
+    /// later: poll briefly while it still says pending.
+    async fn wait_for_build(&self, app: &str, id: &str) -> Result<Reply> {
+        let path = format!("/apps/{app}/builds/{id}");
+        let mut reply = self.client.get(&path).await?;
+        for _ in 0..30 {
+            if reply.parse::<Build>()?.status != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reply = self.client.get(&path).await?;
+        }
+        Ok(reply)
+    }
+
+    async fn ps(&self, app: &str) -> Result<()> {
+        let dynos = self.client.get(&format!("/apps/{app}/dynos")).await?;
+        if self.json {
+            return print_json(&dynos.body);
+        }
+        let formation: Vec<Formation> = self
+            .client
+            .get(&format!("/apps/{app}/formation"))
+            .await?
+            .parse()?;
+        print!(
+            "{}",
+            output::ps(
+                app,
+                &dynos.parse::<Vec<Dyno>>()?,
+                &formation,
+                OffsetDateTime::now_utc()
+            )
+        );
+        Ok(())
+    }
+
+    async fn ps_scale(&self, app: &str, args: &[String]) -> Result<()> {
+        let changes = scale::parse_all(args)?;
+        let path = format!("/apps/{app}/formation");
+        let current: Vec<Formation> = if changes.is_empty()
+            || changes
+                .iter()
+                .any(|c| !matches!(c.quantity, scale::Quantity::Set(_)))
+        {
+            let r = self.client.get(&path).await?;
+            if changes.is_empty() {
+                if self.json {
+                    return print_json(&r.body);
+                }
+                print!("{}", output::formation(&r.parse::<Vec<Formation>>()?));
+                return Ok(());
+            }
+            r.parse()?
+        } else {
+            Vec::new()
+        };
+        let updates: Vec<Value> = changes
+            .iter()
+            .map(|c| {
+                let now = current
+                    .iter()
+                    .find(|f| f.kind == c.kind)
+                    .map_or(0, |f| f.quantity);
+                let mut u = json!({ "type": c.kind, "quantity": c.resolve(now) });
+                if let Some(size) = &c.size {
+                    u["size"] = Value::String(size.clone());
+                }
+                u
+            })
+            .collect();
+        let r = self
+            .client
+            .patch(&path, &json!({ "updates": updates }))
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let result: Vec<Formation> = r.parse()?;
+        let now: Vec<String> = changes
+            .iter()
+            .filter_map(|c| result.iter().find(|f| f.kind == c.kind))
+            .map(|f| format!("{} at {}:{}", f.kind, f.quantity, f.size))
+            .collect();
+        println!("Scaling dynos... done, now running {}", now.join(", "));
+        Ok(())
+    }
+
+    async fn ps_restart(&self, app: &str, target: Option<&str>) -> Result<()> {
+        let (path, what) = match target {
+            None => (format!("/apps/{app}/dynos"), "dynos".to_string()),
+            Some(t) if t.contains('.') => (format!("/apps/{app}/dynos/{t}"), format!("{t} dyno")),
+            Some(t) => (format!("/apps/{app}/dynos/{t}"), format!("{t} dynos")),
+        };
+        let r = self.client.delete(&path).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        println!("Restarting {what} on {app}... done");
+        Ok(())
+    }
+
+    async fn ps_stop(&self, app: &str, target: &str) -> Result<()> {
+        let names: Vec<String> = if target.contains('.') {
+            vec![target.to_string()]
+        } else {
+            let dynos: Vec<Dyno> = self
+                .client
+                .get(&format!("/apps/{app}/dynos"))
+                .await?
+                .parse()?;
+            let names: Vec<String> = dynos
+                .into_iter()
+                .filter(|d| d.kind == target)
+                .map(|d| d.name)
+                .collect();
+            if names.is_empty() {
+                bail!("no {target} dynos on {app}");
+            }
+            names
+        };
+        let mut replies = Vec::new();
+        for name in &names {
+            let r = self
+                .client
+                .post(
+                    &format!("/apps/{app}/dynos/{name}/actions/stop"),
+                    &json!({}),
+                )
+                .await?;
+            if !self.json {
+                println!("Stopping {name} dyno on {app}... done");
+            }
+            replies.push(r.body);
+        }
+        if self.json {
+            return print_json(&Value::Array(replies));
+        }
+        Ok(())
+    }
+
+    async fn config_vars(&self, app: &str) -> Result<Reply> {
+        self.client.get(&format!("/apps/{app}/config-vars")).await
+    }
+
+    async fn config(&self, app: &str) -> Result<()> {
+        let r = self.config_vars(app).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        print!("{}", output::config(app, &r.parse()?));
+        Ok(())
+    }
+
+    async fn config_get(&self, app: &str, key: &str) -> Result<()> {
+        let r = self.config_vars(app).await?;
+        let vars: BTreeMap<String, String> = r.parse()?;
+        let value = vars.get(key);
+        if self.json {
+            return print_json(&value.map_or(Value::Null, |v| Value::String(v.clone())));
+        }
+        // Like Heroku: an unset key prints an empty line, so `$(manifold config:get X)` works.
+        println!("{}", value.map_or("", String::as_str));
+        Ok(())
+    }
+
+    async fn config_set(&self, app: &str, pairs: &[String]) -> Result<()> {
+        let vars = parse_pairs(pairs)?;
+        let body: Map<String, Value> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let r = self
+            .client
+            .patch(&format!("/apps/{app}/config-vars"), &Value::Object(body))
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let keys: Vec<&str> = vars.keys().map(String::as_str).collect();
+        println!(
+            "Setting {} and restarting {app}... {}",
+            and_list(&keys),
+            done_with_release(&r)
+        );
+        print!("{}", output::config_lines(&vars));
+        Ok(())
+    }
+
+    async fn config_unset(&self, app: &str, keys: &[String]) -> Result<()> {
+        if let Some(bad) = keys.iter().find(|k| k.is_empty() || k.contains('=')) {
+            bail!("invalid config var name `{bad}`: config:unset takes KEY ...");
+        }
+        let body: Map<String, Value> = keys.iter().map(|k| (k.clone(), Value::Null)).collect();
+        let r = self
+            .client
+            .patch(&format!("/apps/{app}/config-vars"), &Value::Object(body))
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        println!(
+            "Unsetting {} and restarting {app}... {}",
+            and_list(&keys),
+            done_with_release(&r)
+        );
+        Ok(())
+    }
+
+    async fn releases(&self, app: &str) -> Result<()> {
+        let r = self.client.get(&format!("/apps/{app}/releases")).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        print!(
+            "{}",
+            output::releases(app, &r.parse::<Vec<Release>>()?, OffsetDateTime::now_utc())
+        );
+        Ok(())
+    }
+
+    async fn releases_info(&self, app: &str, release: Option<&str>) -> Result<()> {
+        let version = release.map(parse_version).transpose()?;
+        let reply = match version {
+            Some(v) => {
+                self.client
+                    .get(&format!("/apps/{app}/releases/{v}"))
+                    .await?
+            }
+            None => {
+                let all = self.client.get(&format!("/apps/{app}/releases")).await?;
+                let current = all
+                    .body
+                    .as_array()
+                    .and_then(|rs| {
+                        rs.iter()
+                            .find(|r| r.get("current").and_then(Value::as_bool) == Some(true))
+                    })
+                    .cloned()
+                    .with_context(|| format!("{app} has no current release"))?;
+                Reply {
+                    body: current,
+                    headers: all.headers,
+                }
+            }
+        };
+        if self.json {
+            return print_json(&reply.body);
+        }
+        print!(
+            "{}",
+            output::release_info(&reply.parse()?, OffsetDateTime::now_utc())
+        );
+        Ok(())
+    }
+
+    async fn rollback(&self, app: &str, release: Option<&str>) -> Result<()> {
+        let target = match release.map(parse_version).transpose()? {
+            Some(v) => v,
+            None => {
+                let all: Vec<Release> = self
+                    .client
+                    .get(&format!("/apps/{app}/releases"))
+                    .await?
+                    .parse()?;
+                rollback_target(&all).with_context(|| format!("cannot roll back {app}"))?
+            }
+        };
+        let r = self
+            .client
+            .post(
+                &format!("/apps/{app}/releases"),
+                &json!({ "release": target }),
+            )
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let new: Release = r.parse()?;
+        println!("Rolling back {app} to v{target}... done, v{}", new.version);
+        Ok(())
+    }
+
+    async fn builds(&self, app: &str) -> Result<()> {
+        let r = self.client.get(&format!("/apps/{app}/builds")).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        print!("{}", output::builds(app, &r.parse::<Vec<Build>>()?));
+        Ok(())
+    }
+
+    async fn hosts(&self) -> Result<()> {
+        let r = self.client.get("/hosts").await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        print!("{}", output::hosts(&r.parse::<Vec<Host>>()?));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_split_at_first_equals() {
+        let args = vec![
+            "A=1".to_string(),
+            "URL=postgres://x?a=b".to_string(),
+            "E=".to_string(),
+        ];
+        let m = parse_pairs(&args).expect("valid");
+        assert_eq!(m["URL"], "postgres://x?a=b");
+        assert_eq!(m["E"], "");
+        for bad in ["NOEQ", "=v"] {
+            let err = parse_pairs(&[bad.to_string()]).expect_err(bad).to_string();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("v3").expect("v3"), 3);
+        assert_eq!(parse_version("12").expect("12"), 12);
+        assert!(parse_version("vx").is_err());
+    }
+
+    #[test]
+    fn and_lists() {
+        assert_eq!(and_list(&["A"]), "A");
+        assert_eq!(and_list(&["A", "B"]), "A and B");
+        assert_eq!(and_list(&["A", "B", "C"]), "A, B and C");
+    }
+
+    #[test]
+    fn rollback_skips_failed_releases() {
+        let rs: Vec<Release> = serde_json::from_value(json!([
+            {"version": 1, "status": "succeeded", "current": false, "slug": {"id": "a"}},
+            {"version": 2, "status": "succeeded", "current": false, "slug": {"id": "b"}},
+            {"version": 3, "status": "failed", "current": false, "slug": {"id": "c"}},
+            {"version": 4, "status": "succeeded", "current": true, "slug": {"id": "b"}}
+        ]))
+        .expect("fixture");
+        assert_eq!(rollback_target(&rs).expect("target"), 2);
+        let only: Vec<Release> = serde_json::from_value(json!([
+            {"version": 1, "status": "succeeded", "current": true, "slug": {"id": "a"}}
+        ]))
+        .expect("fixture");
+        assert!(rollback_target(&only).is_err());
+    }
+}

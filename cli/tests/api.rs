@@ -1,0 +1,436 @@
+//! Runs the built `manifold` binary against a tiny fake API server and checks what it sends
+//! and prints.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    /// Path with query string.
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("json body")
+    }
+}
+
+/// A canned answer: status, extra headers, body.
+type Answer = (u16, Vec<(&'static str, String)>, String);
+type Router = dyn Fn(&str, &str) -> Answer + Send + Sync;
+
+struct FakeApi {
+    url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl FakeApi {
+    fn start(router: impl Fn(&str, &str) -> Answer + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let router: Arc<Router> = Arc::new(router);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let seen = seen.clone();
+                let router = router.clone();
+                thread::spawn(move || serve(stream, &seen, &*router));
+            }
+        });
+        FakeApi { url, requests }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_manifold"))
+            .args(args)
+            .env("MANIFOLD_API", &self.url)
+            .env("MANIFOLD_API_TOKEN", "s3cret")
+            .env("USER", "tester")
+            .env_remove("MANIFOLD_APP")
+            .env_remove("MANIFOLD_API_TOKEN_FILE")
+            .output()
+            .expect("run manifold")
+    }
+}
+
+/// Reads one HTTP/1.1 request (Content-Length bodies only: the CLI sends JSON) and
+/// answers it, closing the connection.
+fn serve(stream: TcpStream, seen: &Mutex<Vec<Request>>, router: &Router) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("request line");
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).expect("header");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().expect("length"));
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).expect("body");
+    let (status, extra, answer) = router(&method, &path);
+    seen.lock().expect("lock").push(Request {
+        method,
+        path,
+        headers,
+        body,
+    });
+    let mut out = stream;
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRequest-Id: test\r\n",
+        answer.len()
+    );
+    for (k, v) in extra {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    out.write_all(head.as_bytes()).expect("write");
+    out.write_all(answer.as_bytes()).expect("write");
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn json(v: serde_json::Value) -> String {
+    v.to_string()
+}
+
+#[test]
+fn apps_create_posts_name_with_auth() {
+    let api = FakeApi::start(|_, _| {
+        (
+            201,
+            vec![],
+            json(serde_json::json!({"id": "1", "name": "myapp", "stack": {"name": "bookworm"}})),
+        )
+    });
+    let o = api.run(&["apps:create", "myapp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Creating myapp... done\n");
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/apps"));
+    assert_eq!(r.header("authorization"), Some("Bearer s3cret"));
+    assert_eq!(r.header("manifold-user"), Some("tester"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json(), serde_json::json!({"name": "myapp"}));
+}
+
+#[test]
+fn config_set_patches_and_reports_release() {
+    let api = FakeApi::start(|_, _| {
+        (
+            200,
+            vec![("Manifold-Release", "3".to_string())],
+            json(serde_json::json!({"FOO": "bar", "OTHER": "x"})),
+        )
+    });
+    let o = api.run(&["config:set", "FOO=bar", "-a", "myapp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Setting FOO and restarting myapp... done, v3\nFOO: bar\n"
+    );
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("PATCH", "/apps/myapp/config-vars")
+    );
+    assert_eq!(r.header("authorization"), Some("Bearer s3cret"));
+    assert_eq!(r.json(), serde_json::json!({"FOO": "bar"}));
+}
+
+#[test]
+fn config_unset_sends_nulls_without_release() {
+    let api = FakeApi::start(|_, _| (200, vec![], "{}".to_string()));
+    let o = api.run(&["config:unset", "FOO", "BAR", "-a", "myapp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Unsetting FOO and BAR and restarting myapp... done\n"
+    );
+    assert_eq!(
+        api.requests()[0].json(),
+        serde_json::json!({"FOO": null, "BAR": null})
+    );
+}
+
+#[test]
+fn ps_renders_dynos_with_formation_commands() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("GET", "/apps/myapp/dynos") => (
+            200,
+            vec![],
+            json(serde_json::json!([
+                {"name": "web.1", "type": "web", "state": "up", "size": "standard-1x",
+                 "command": "python app.py", "host": {"id": "host-a", "address": "127.0.0.1"},
+                 "port": 30001, "updated_at": "2020-01-01T00:00:00Z"}
+            ])),
+        ),
+        ("GET", "/apps/myapp/formation") => (
+            200,
+            vec![],
+            json(serde_json::json!([
+                {"type": "web", "quantity": 1, "size": "standard-1x", "command": "gunicorn app"}
+            ])),
+        ),
+        _ => (
+            404,
+            vec![],
+            r#"{"id":"not_found","message":"no route"}"#.to_string(),
+        ),
+    });
+    let o = api.run(&["ps", "-a", "myapp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("=== web (standard-1x): `gunicorn app` (1)")
+    );
+    let dyno = lines.next().expect("dyno line");
+    assert!(
+        dyno.starts_with("web.1: up 2020/01/01 00:00:00 (~ "),
+        "{dyno}"
+    );
+    assert!(dyno.ends_with("d ago)  host-a 127.0.0.1:30001"), "{dyno}");
+    let paths: Vec<String> = api.requests().into_iter().map(|r| r.path).collect();
+    assert!(paths.contains(&"/apps/myapp/dynos".to_string()));
+    assert!(paths.contains(&"/apps/myapp/formation".to_string()));
+}
+
+#[test]
+fn api_error_is_printed_and_exits_1() {
+    let api = FakeApi::start(|_, _| {
+        (
+            404,
+            vec![],
+            r#"{"id":"not_found","message":"app nope not found"}"#.to_string(),
+        )
+    });
+    let o = api.run(&["apps:info", "-a", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "manifold: app nope not found\n");
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn unauthorized_points_at_token() {
+    let api = FakeApi::start(|_, _| {
+        (
+            401,
+            vec![],
+            r#"{"id":"unauthorized","message":"bad token"}"#.to_string(),
+        )
+    });
+    let o = api.run(&["apps"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "manifold: the API refused the token: set MANIFOLD_API_TOKEN\n"
+    );
+}
+
+#[test]
+fn bad_arguments_fail_before_any_request() {
+    let api = FakeApi::start(|_, _| (200, vec![], "[]".to_string()));
+    let o = api.run(&["ps:scale", "web=two", "-a", "myapp"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`web=two`"), "{}", stderr(&o));
+    let o = api.run(&["ps"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "manifold: missing app: pass -a APP (or set MANIFOLD_APP)\n"
+    );
+    let o = api.run(&["apps:destroy", "myapp"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--confirm myapp"), "{}", stderr(&o));
+    assert!(api.requests().is_empty());
+}
+
+#[test]
+fn scale_sends_updates_and_reports() {
+    let api = FakeApi::start(|method, _| match method {
+        "GET" => (
+            200,
+            vec![],
+            json(serde_json::json!([
+                {"type": "web", "quantity": 1, "size": "standard-1x", "command": "a"},
+                {"type": "worker", "quantity": 2, "size": "standard-1x", "command": "b"}
+            ])),
+        ),
+        _ => (
+            200,
+            vec![],
+            json(serde_json::json!([
+                {"type": "web", "quantity": 2, "size": "standard-2x", "command": "a"},
+                {"type": "worker", "quantity": 1, "size": "standard-1x", "command": "b"}
+            ])),
+        ),
+    });
+    let o = api.run(&["ps:scale", "web=2:standard-2x", "worker-1", "-a", "myapp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Scaling dynos... done, now running web at 2:standard-2x, worker at 1:standard-1x\n"
+    );
+    let reqs = api.requests();
+    let patch = reqs.iter().find(|r| r.method == "PATCH").expect("patch");
+    assert_eq!(patch.path, "/apps/myapp/formation");
+    assert_eq!(
+        patch.json(),
+        serde_json::json!({"updates": [
+            {"type": "web", "quantity": 2, "size": "standard-2x"},
+            {"type": "worker", "quantity": 1}
+        ]})
+    );
+}
+
+#[test]
+fn unreachable_api_is_explained() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let o = Command::new(env!("CARGO_BIN_EXE_manifold"))
+        .args(["apps"])
+        .env("MANIFOLD_API", &url)
+        .env("MANIFOLD_API_TOKEN", "x")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!("manifold: cannot reach the Manifold API at {url}: is manifold-scheduler running? (set MANIFOLD_API)\n")
+    );
+}
+
+/// A fake API for one build whose final status is `status`.
+fn build_api(status: &'static str) -> FakeApi {
+    FakeApi::start(move |method, path| match (method, path) {
+        ("POST", p) if p.starts_with("/apps/myapp/builds") => (
+            201,
+            vec![],
+            json(serde_json::json!({"id": "b1", "status": "pending",
+                "output_stream_url": "/apps/myapp/builds/b1/output"})),
+        ),
+        ("GET", "/apps/myapp/builds/b1/output") => (
+            200,
+            vec![],
+            "-----> Python app detected\n-----> Done\n".to_string(),
+        ),
+        ("GET", "/apps/myapp/builds/b1") => (
+            200,
+            vec![],
+            json(serde_json::json!({"id": "b1", "status": status,
+                "release": if status == "succeeded" { serde_json::json!({"version": 2}) } else { serde_json::Value::Null }})),
+        ),
+        _ => (
+            404,
+            vec![],
+            r#"{"id":"not_found","message":"no route"}"#.to_string(),
+        ),
+    })
+}
+
+fn source_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("app.py"), "print(1)\n").expect("write");
+    std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
+    std::fs::write(dir.path().join(".git/HEAD"), "ref\n").expect("write");
+    dir
+}
+
+#[test]
+fn deploy_uploads_streams_and_reports_release() {
+    let api = build_api("succeeded");
+    let src = source_dir();
+    let dir = src.path().to_string_lossy().to_string();
+    let o = api.run(&["deploy", &dir, "-a", "myapp", "--buildpack", "python"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "-----> Python app detected\n-----> Done\nReleased v2\n"
+    );
+    let reqs = api.requests();
+    let post = reqs.iter().find(|r| r.method == "POST").expect("upload");
+    assert_eq!(post.path, "/apps/myapp/builds?buildpack=python");
+    assert_eq!(post.header("content-type"), Some("application/gzip"));
+    assert_eq!(post.header("authorization"), Some("Bearer s3cret"));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&post.body[..]));
+    let names: Vec<String> = archive
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["app.py"]);
+}
+
+#[test]
+fn failed_build_exits_1() {
+    let api = build_api("failed");
+    let src = source_dir();
+    let dir = src.path().to_string_lossy().to_string();
+    let o = api.run(&["deploy", &dir, "-a", "myapp"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("-----> Done\n"));
+    assert!(
+        stderr(&o).ends_with("manifold: build failed: see the output above\n"),
+        "{}",
+        stderr(&o)
+    );
+    let post = api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .expect("upload");
+    assert_eq!(post.path, "/apps/myapp/builds");
+}

@@ -1,0 +1,320 @@
+//! Builds: an uploaded source becomes a slug in a build dyno on some host with the app's
+//! stack, and the slug becomes a release. The scheduler keeps each build's output in
+//! memory while it runs (and for the life of the process) so the CLI can stream it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use manifold_proto::{build_event, scheduler_message, BuildEvent, BuildRequest};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::blobs::Blob;
+use crate::core::{lock, Core, CoreError};
+use crate::model::{App, Build, BuildStatus, FormationUpdate, Slug};
+use crate::reconciler::Liveness;
+use crate::store::BuildOutcome;
+
+/// The output of one build and whether it ended.
+#[derive(Debug)]
+struct BuildLog {
+    lines: Vec<String>,
+    done: bool,
+    host: Option<String>,
+    changed: watch::Sender<u64>,
+}
+
+/// Builds in progress (and finished ones' output).
+#[derive(Debug, Default)]
+pub struct Builds {
+    logs: Mutex<HashMap<Uuid, BuildLog>>,
+}
+
+/// The part of the slugbuilder's `slug.json` the scheduler keeps.
+#[derive(Debug, Deserialize)]
+struct SlugJson {
+    process_types: BTreeMap<String, String>,
+    stack: String,
+    #[serde(default)]
+    buildpacks: Vec<SlugBuildpack>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SlugBuildpack {
+    name: String,
+}
+
+/// What a reader of a build's output gets next.
+#[derive(Debug)]
+pub enum Output {
+    Lines(Vec<String>),
+    Done,
+    Unknown,
+}
+
+impl Builds {
+    fn open(&self, id: Uuid, host: Option<String>) {
+        let (changed, _) = watch::channel(0);
+        lock(&self.logs).insert(
+            id,
+            BuildLog {
+                lines: Vec::new(),
+                done: false,
+                host,
+                changed,
+            },
+        );
+    }
+
+    fn push(&self, id: Uuid, line: String) {
+        if let Some(log) = lock(&self.logs).get_mut(&id) {
+            log.lines.push(line);
+            log.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn close(&self, id: Uuid) {
+        if let Some(log) = lock(&self.logs).get_mut(&id) {
+            log.done = true;
+            log.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Lines from `from` on; waits for new ones while the build runs.
+    pub async fn read(&self, id: Uuid, from: usize) -> Output {
+        loop {
+            let mut rx = {
+                let logs = lock(&self.logs);
+                let Some(log) = logs.get(&id) else {
+                    return Output::Unknown;
+                };
+                if log.lines.len() > from {
+                    return Output::Lines(log.lines[from..].to_vec());
+                }
+                if log.done {
+                    return Output::Done;
+                }
+                log.changed.subscribe()
+            };
+            if rx.changed().await.is_err() {
+                return Output::Done;
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Starts a build of an uploaded source on a connected host with the app's stack.
+    /// Without such a host the build fails at once, with the reason in its output.
+    pub async fn start_build(
+        &self,
+        app: &App,
+        source: &Blob,
+        buildpacks: Vec<String>,
+        user: &str,
+    ) -> Result<Build, CoreError> {
+        let now = OffsetDateTime::now_utc();
+        let build = Build {
+            id: Uuid::new_v4(),
+            app_id: app.id,
+            status: BuildStatus::Pending,
+            source_sha256: source.sha256.clone(),
+            slug_id: None,
+            release_version: None,
+            host_id: None,
+            user: user.to_string(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create_build(&build).await?;
+        let host = self.build_host(&app.stack).await?;
+        self.builds.open(build.id, host.clone());
+        let Some(host) = host else {
+            self.builds.push(
+                build.id,
+                format!(
+                    "-----> Build failed: no connected host has the {} stack (see `manifold hosts`)",
+                    app.stack
+                ),
+            );
+            self.builds.close(build.id);
+            let (build, _) = self
+                .store
+                .finish_build(build.id, BuildOutcome::Failed, user)
+                .await?;
+            return Ok(build);
+        };
+        self.store.set_build_host(build.id, &host).await?;
+        self.builds
+            .push(build.id, format!("-----> Building on {host}"));
+        let sent = self.send(
+            &host,
+            scheduler_message::Kind::Build(BuildRequest {
+                build_id: build.id.to_string(),
+                app: app.name.clone(),
+                stack: app.stack.clone(),
+                source_sha256: source.sha256.clone(),
+                env: app.config.clone().into_iter().collect(),
+                buildpacks,
+            }),
+        );
+        if !sent {
+            self.fail_build(build.id, "the build host disconnected")
+                .await;
+        }
+        self.store.build(build.id).await.map_err(Into::into)
+    }
+
+    /// A connected host with the stack, the one running the fewest builds.
+    async fn build_host(&self, stack: &str) -> Result<Option<String>, CoreError> {
+        let busy: HashMap<String, usize> = {
+            let logs = lock(&self.builds.logs);
+            let mut busy = HashMap::new();
+            for log in logs.values().filter(|l| !l.done) {
+                if let Some(h) = &log.host {
+                    *busy.entry(h.clone()).or_insert(0) += 1;
+                }
+            }
+            busy
+        };
+        let mut candidates: Vec<(usize, String)> = self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .filter(|h| {
+                h.stacks.iter().any(|s| s == stack)
+                    && !h.draining
+                    && self.liveness(&h.id) == Liveness::Connected
+            })
+            .map(|h| (busy.get(&h.id).copied().unwrap_or(0), h.id))
+            .collect();
+        candidates.sort();
+        Ok(candidates.into_iter().next().map(|(_, id)| id))
+    }
+
+    async fn fail_build(&self, id: Uuid, why: &str) {
+        self.builds.push(id, format!("-----> Build failed: {why}"));
+        self.builds.close(id);
+        if let Err(err) = self.store.finish_build(id, BuildOutcome::Failed, "").await {
+            tracing::warn!("cannot record the failure of build {id}: {err}");
+        }
+    }
+
+    /// Fails every running build of a host whose link ended.
+    pub(crate) async fn host_builds_failed(&self, host: &str) {
+        let ids: Vec<Uuid> = lock(&self.builds.logs)
+            .iter()
+            .filter(|(_, l)| !l.done && l.host.as_deref() == Some(host))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_build(id, &format!("host {host} disconnected during the build"))
+                .await;
+        }
+    }
+
+    /// An agent's build output or result.
+    pub(crate) async fn build_event(&self, host: &str, event: BuildEvent) {
+        let Ok(id) = event.build_id.parse::<Uuid>() else {
+            return;
+        };
+        let ours = lock(&self.builds.logs)
+            .get(&id)
+            .is_some_and(|l| !l.done && l.host.as_deref() == Some(host));
+        if !ours {
+            return;
+        }
+        match event.kind {
+            Some(build_event::Kind::Output(line)) => self.builds.push(id, line),
+            Some(build_event::Kind::Finished(f)) => {
+                if f.status != 0 {
+                    let why = if f.error.is_empty() {
+                        format!("the build exited with status {}", f.status)
+                    } else {
+                        f.error
+                    };
+                    self.fail_build(id, &why).await;
+                    return;
+                }
+                match self.build_succeeded(id, &f.slug_sha256, &f.slug_json).await {
+                    Ok(version) => {
+                        self.builds.push(id, format!("-----> Released v{version}"));
+                        self.builds.close(id);
+                        self.poke();
+                    }
+                    Err(why) => self.fail_build(id, &why).await,
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Stores the slug and its release; on an app's first release, runs one web dyno
+    /// (as Heroku does when the Procfile has `web`).
+    async fn build_succeeded(&self, id: Uuid, sha256: &str, json: &str) -> Result<u32, String> {
+        let meta: SlugJson =
+            serde_json::from_str(json).map_err(|e| format!("invalid slug.json: {e}"))?;
+        let path = self.blobs.path(sha256).map_err(|e| e.to_string())?;
+        let size = std::fs::metadata(&path)
+            .map_err(|_| format!("the slug {sha256} was not uploaded"))?
+            .len();
+        let build = self.store.build(id).await.map_err(|e| e.to_string())?;
+        let slug = Slug {
+            id: Uuid::new_v4(),
+            app_id: build.app_id,
+            sha256: sha256.to_string(),
+            size,
+            process_types: meta.process_types.clone(),
+            stack: meta.stack,
+            buildpacks: meta.buildpacks.into_iter().map(|b| b.name).collect(),
+            created_at: OffsetDateTime::now_utc(),
+        };
+        let description = format!(
+            "Deploy {}",
+            &build.source_sha256[..8.min(build.source_sha256.len())]
+        );
+        let (build, release) = self
+            .store
+            .finish_build(
+                id,
+                BuildOutcome::Succeeded { slug, description },
+                &build.user,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let release = release.ok_or("the store made no release")?;
+        let app = self
+            .store
+            .apps()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|a| a.id == build.app_id)
+            .ok_or("the app was deleted during the build")?;
+        let formation = self
+            .store
+            .formation(&app.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let updates: Vec<FormationUpdate> = meta
+            .process_types
+            .keys()
+            .filter(|t| *t != "release" && !formation.iter().any(|f| &f.process_type == *t))
+            .map(|t| FormationUpdate {
+                process_type: t.clone(),
+                quantity: Some(u32::from(formation.is_empty() && t == "web")),
+                size: None,
+            })
+            .collect();
+        if !updates.is_empty() {
+            self.store
+                .update_formation(&app.name, &updates)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(release.version)
+    }
+}

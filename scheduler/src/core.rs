@@ -1,0 +1,340 @@
+//! The scheduler's core: the store, the blob store, the agents' links and the reconcile
+//! loop, shared by the REST API and the AgentLink hub. Handlers only translate requests
+//! into calls on [`Core`]; everything that decides lives here or in [`crate::reconciler`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use manifold_proto::{scheduler_message, Assignment, Assignments, SchedulerMessage};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+
+use crate::blobs::BlobStore;
+use crate::builds::Builds;
+use crate::model::{Desired, Dyno, FormationUpdate};
+use crate::reconciler::{self, AppDesired, HostView, Liveness, Plan};
+use crate::store::{Store, StoreError};
+
+/// What an assignment needs of a release: its config, its slug's sha256 and size.
+type ReleaseInfo = (BTreeMap<String, String>, String, u64);
+
+/// Settings of a running scheduler.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A host whose agent sent nothing for this long is lost: its dynos go elsewhere.
+    pub heartbeat_deadline: Duration,
+    /// How often the reconciler runs when nothing triggers it.
+    pub reconcile_interval: Duration,
+    /// Largest source upload.
+    pub upload_limit: u64,
+    /// Largest slug an agent may upload.
+    pub slug_limit: u64,
+    pub api_token: String,
+    pub agent_token: String,
+}
+
+/// The sender half of an agent's stream, and when it last said anything.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) serial: u64,
+    pub(crate) tx: mpsc::UnboundedSender<Result<SchedulerMessage, tonic::Status>>,
+    pub(crate) last_seen: Instant,
+}
+
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub blobs: BlobStore,
+    pub settings: Settings,
+    pub builds: Builds,
+    pub(crate) links: Mutex<HashMap<String, Link>>,
+    /// When each known host's link went away (a host never seen since start counts from
+    /// `started`, so agents get one deadline to reconnect after a scheduler restart).
+    pub(crate) gone_since: Mutex<HashMap<String, Instant>>,
+    started: Instant,
+    wake: Notify,
+    /// One reconcile (or formation check) at a time.
+    pub(crate) reconciling: tokio::sync::Mutex<()>,
+    next_serial: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Core {
+    pub fn new(store: Arc<dyn Store>, blobs: BlobStore, settings: Settings) -> Arc<Core> {
+        Arc::new(Core {
+            store,
+            blobs,
+            settings,
+            builds: Builds::default(),
+            links: Mutex::new(HashMap::new()),
+            gone_since: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            wake: Notify::new(),
+            reconciling: tokio::sync::Mutex::new(()),
+            next_serial: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn serial(&self) -> u64 {
+        self.next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks the reconcile loop to run soon.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether a host's agent is connected, missing (within the deadline) or lost.
+    pub fn liveness(&self, host: &str) -> Liveness {
+        let now = Instant::now();
+        let deadline = self.settings.heartbeat_deadline;
+        if let Some(link) = lock(&self.links).get(host) {
+            return if now.duration_since(link.last_seen) <= deadline {
+                Liveness::Connected
+            } else {
+                Liveness::Lost
+            };
+        }
+        let since = lock(&self.gone_since)
+            .get(host)
+            .copied()
+            .unwrap_or(self.started)
+            .max(self.started);
+        if now.duration_since(since) <= deadline {
+            Liveness::Missing
+        } else {
+            Liveness::Lost
+        }
+    }
+
+    /// Sends a message to a host's agent; false when it is not connected.
+    pub(crate) fn send(&self, host: &str, message: scheduler_message::Kind) -> bool {
+        lock(&self.links).get(host).is_some_and(|l| {
+            l.tx.send(Ok(SchedulerMessage {
+                kind: Some(message),
+            }))
+            .is_ok()
+        })
+    }
+
+    /// Runs the reconciler whenever poked, and every `reconcile_interval` (to notice lost
+    /// hosts). Runs until the process ends.
+    pub async fn reconcile_loop(self: Arc<Core>) {
+        let mut last_unplaced = String::new();
+        loop {
+            match self.reconcile().await {
+                Ok(plan) => {
+                    let unplaced: Vec<String> = plan
+                        .unplaced
+                        .iter()
+                        .map(|u| format!("{} {} ({}): {}", u.app, u.name, u.size, u.rejection))
+                        .collect();
+                    let unplaced = unplaced.join("; ");
+                    if !unplaced.is_empty() && unplaced != last_unplaced {
+                        tracing::warn!("cannot place: {unplaced}");
+                    }
+                    last_unplaced = unplaced;
+                }
+                Err(err) => tracing::warn!("reconcile failed: {err}"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.reconcile_interval) => {}
+            }
+        }
+    }
+
+    /// The cluster as the reconciler sees it; `formation_override` replaces one app's
+    /// formation updates (to check a scale before storing it).
+    async fn snapshot(
+        &self,
+        formation_override: Option<(&str, &[FormationUpdate])>,
+    ) -> Result<(Vec<HostView>, Vec<Dyno>, Vec<AppDesired>), CoreError> {
+        let hosts = self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|host| HostView {
+                liveness: self.liveness(&host.id),
+                host,
+            })
+            .collect();
+        let dynos = self.store.dynos(None).await?;
+        let mut apps = Vec::new();
+        for app in self.store.apps().await? {
+            let mut formation = self.store.formation(&app.name).await?;
+            if let Some((name, updates)) = formation_override {
+                if name == app.name {
+                    apply_updates(app.id, &mut formation, updates);
+                }
+            }
+            let release = match self.store.current_release(&app.name).await? {
+                Some(r) => {
+                    let slug = self.store.slug(r.slug_id).await?;
+                    Some((r, slug))
+                }
+                None => None,
+            };
+            apps.push(AppDesired {
+                app,
+                formation,
+                release,
+            });
+        }
+        Ok((hosts, dynos, apps))
+    }
+
+    /// One reconcile: plan, store the plan, tell the hosts whose sets changed.
+    pub async fn reconcile(&self) -> Result<Plan, CoreError> {
+        let _one = self.reconciling.lock().await;
+        let (hosts, dynos, apps) = self.snapshot(None).await?;
+        let plan = reconciler::plan(&hosts, &dynos, &apps, OffsetDateTime::now_utc());
+        if !plan.is_empty() {
+            for d in &plan.changes.create {
+                tracing::info!("placing {} ({}) on {}", d.name, d.id, d.host_id);
+            }
+            for id in &plan.changes.stop {
+                tracing::info!("stopping {id}");
+            }
+            for id in &plan.changes.delete {
+                tracing::info!("forgetting {id}: its host is lost");
+            }
+            let changed = self.store.apply_dyno_changes(&plan.changes).await?;
+            for host in changed.keys() {
+                self.push_assignments(host).await?;
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether the app's formation with `updates` applied can be placed now: the
+    /// reconciler's plan for it, computed without storing anything.
+    pub async fn check_formation(
+        &self,
+        app: &str,
+        updates: &[FormationUpdate],
+    ) -> Result<Plan, CoreError> {
+        let _one = self.reconciling.lock().await;
+        let (hosts, dynos, apps) = self.snapshot(Some((app, updates))).await?;
+        let mut plan = reconciler::plan(&hosts, &dynos, &apps, OffsetDateTime::now_utc());
+        plan.unplaced.retain(|u| u.app == app);
+        Ok(plan)
+    }
+
+    /// Sends a host its full set of running dynos with its generation.
+    pub async fn push_assignments(&self, host: &str) -> Result<(), CoreError> {
+        let Some(generation) = self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.id == host)
+            .map(|h| h.generation)
+        else {
+            return Ok(());
+        };
+        let dynos: Vec<Dyno> = self
+            .store
+            .dynos(None)
+            .await?
+            .into_iter()
+            .filter(|d| d.host_id == host && d.desired == Desired::Running)
+            .collect();
+        let apps: HashMap<Uuid, String> = self
+            .store
+            .apps()
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a.name))
+            .collect();
+        let mut releases: HashMap<(Uuid, u32), ReleaseInfo> = HashMap::new();
+        let mut out = Vec::new();
+        for d in dynos {
+            let Some(app) = apps.get(&d.app_id) else {
+                continue;
+            };
+            let key = (d.app_id, d.release_version);
+            if let std::collections::hash_map::Entry::Vacant(e) = releases.entry(key) {
+                let release = self.store.release(app, d.release_version).await?;
+                let slug = self.store.slug(release.slug_id).await?;
+                e.insert((release.config, slug.sha256, slug.size));
+            }
+            let Some((config, sha256, size)) = releases.get(&key) else {
+                continue;
+            };
+            out.push(Assignment {
+                id: d.id,
+                app: app.clone(),
+                name: d.name,
+                command: d.command,
+                size: d.size,
+                stack: self.store.app(app).await?.stack,
+                slug: Some(manifold_proto::Slug {
+                    sha256: sha256.clone(),
+                    size: *size,
+                }),
+                env: config.clone().into_iter().collect(),
+                release_version: d.release_version,
+            });
+        }
+        self.send(
+            host,
+            scheduler_message::Kind::Assignments(Assignments {
+                generation,
+                dynos: out,
+            }),
+        );
+        Ok(())
+    }
+}
+
+/// Applies formation updates to a formation in memory (what the store will do).
+pub fn apply_updates(
+    app_id: Uuid,
+    formation: &mut Vec<crate::model::Formation>,
+    updates: &[FormationUpdate],
+) {
+    for u in updates {
+        let i = match formation
+            .iter()
+            .position(|f| f.process_type == u.process_type)
+        {
+            Some(i) => i,
+            None => {
+                formation.push(crate::model::Formation {
+                    app_id,
+                    process_type: u.process_type.clone(),
+                    quantity: 0,
+                    size: "standard-1x".into(),
+                    updated_at: OffsetDateTime::now_utc(),
+                });
+                formation.len() - 1
+            }
+        };
+        if let Some(q) = u.quantity {
+            formation[i].quantity = q;
+        }
+        if let Some(s) = &u.size {
+            formation[i].size = s.clone();
+        }
+    }
+}
+
+/// Locks a std mutex, going on if a panicking thread poisoned it (the maps stay usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,270 @@
+//! The AgentLink hub: the gRPC service agents dial. It only translates: a `Hello` registers
+//! the link and records the dynos the agent runs, reports update the store, build events go
+//! to [`crate::builds`]; then it pokes the reconciler, which decides.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use manifold_proto::agent_link_server::AgentLink;
+use manifold_proto::{
+    agent_message, AgentMessage, DynoState as WireState, DynoStatus, Hello, SchedulerMessage,
+};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::{lock, Core, CoreError, Link};
+use crate::model::{Desired, DynoReport, DynoState};
+use crate::store::DynoChanges;
+
+/// The service; one per scheduler.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    core: Arc<Core>,
+}
+
+impl Hub {
+    pub fn new(core: Arc<Core>) -> Hub {
+        Hub { core }
+    }
+}
+
+/// Refuses a link without the cluster's agent token. (tonic's interceptor signature fixes
+/// the large `Status` error type.)
+#[allow(clippy::result_large_err)]
+pub fn check_token(token: String) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|g| crate::api::same_secret(g, &token)) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong agent token: start the agent with --token (MANIFOLD_AGENT_TOKEN)",
+            ))
+        }
+    }
+}
+
+/// A host id as hosts are named in the store, the CLI and dyno placement.
+fn valid_host_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn state_from_wire(state: i32) -> Option<DynoState> {
+    Some(match WireState::try_from(state).ok()? {
+        WireState::Starting => DynoState::Starting,
+        WireState::Up => DynoState::Up,
+        WireState::Crashed => DynoState::Crashed,
+        WireState::Down => DynoState::Down,
+        WireState::Complete => DynoState::Complete,
+        WireState::Stopping => DynoState::Stopping,
+        WireState::Unspecified => return None,
+    })
+}
+
+fn report_from_wire(s: &DynoStatus) -> Option<DynoReport> {
+    Some(DynoReport {
+        id: s.id.clone(),
+        state: state_from_wire(s.state)?,
+        changed_at: OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(s.changed_at_ms) * 1_000_000,
+        )
+        .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+        exit_status: s.exit_status,
+        reason: s.reason.clone(),
+        port: u16::try_from(s.port).ok().filter(|p| *p != 0),
+    })
+}
+
+impl Core {
+    /// Registers a connected agent: records its host and dynos, forgets dynos it was told
+    /// to stop and no longer runs, and sends it its assignments.
+    async fn hello(
+        &self,
+        hello: &Hello,
+        tx: mpsc::UnboundedSender<Result<SchedulerMessage, Status>>,
+    ) -> Result<u64, CoreError> {
+        let capacity = hello.capacity.unwrap_or_default();
+        self.store
+            .upsert_host(
+                &hello.host_id,
+                &hello.address,
+                capacity.memory_bytes,
+                capacity.dyno_slots,
+                &hello.stacks,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        let serial = self.serial();
+        lock(&self.links).insert(
+            hello.host_id.clone(),
+            Link {
+                serial,
+                tx,
+                last_seen: Instant::now(),
+            },
+        );
+        lock(&self.gone_since).remove(&hello.host_id);
+        for status in &hello.dynos {
+            if let Some(report) = report_from_wire(status) {
+                self.store.report_dyno(&report).await?;
+            }
+        }
+        let running: std::collections::HashSet<&str> =
+            hello.dynos.iter().map(|d| d.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .store
+            .dynos(None)
+            .await?
+            .into_iter()
+            .filter(|d| {
+                d.host_id == hello.host_id
+                    && d.desired == Desired::Stopped
+                    && !running.contains(d.id.as_str())
+            })
+            .map(|d| d.id)
+            .collect();
+        if !gone.is_empty() {
+            self.store
+                .apply_dyno_changes(&DynoChanges {
+                    delete: gone,
+                    ..DynoChanges::default()
+                })
+                .await?;
+        }
+        tracing::info!(
+            "host {} connected from {} with {} dynos",
+            hello.host_id,
+            hello.address,
+            hello.dynos.len()
+        );
+        self.push_assignments(&hello.host_id).await?;
+        self.poke();
+        Ok(serial)
+    }
+
+    /// Handles one message after `Hello`.
+    async fn agent_message(&self, host: &str, message: AgentMessage) -> Result<(), CoreError> {
+        if let Some(link) = lock(&self.links).get_mut(host) {
+            link.last_seen = Instant::now();
+        }
+        match message.kind {
+            Some(agent_message::Kind::Dyno(status)) => {
+                let Some(report) = report_from_wire(&status) else {
+                    return Ok(());
+                };
+                if !self.store.report_dyno(&report).await? {
+                    return Ok(());
+                }
+                let ended = matches!(
+                    report.state,
+                    DynoState::Down | DynoState::Complete | DynoState::Crashed
+                );
+                if ended {
+                    let stopped = self
+                        .store
+                        .dynos(None)
+                        .await?
+                        .into_iter()
+                        .any(|d| d.id == report.id && d.desired == Desired::Stopped);
+                    if stopped {
+                        self.store
+                            .apply_dyno_changes(&DynoChanges {
+                                delete: vec![report.id.clone()],
+                                ..DynoChanges::default()
+                            })
+                            .await?;
+                    }
+                }
+                self.poke();
+            }
+            Some(agent_message::Kind::Build(event)) => self.build_event(host, event).await,
+            Some(agent_message::Kind::Heartbeat(_))
+            | Some(agent_message::Kind::Hello(_))
+            | None => {}
+        }
+        Ok(())
+    }
+
+    /// The link ended: the host is missing from now, lost after the deadline; its builds fail.
+    async fn disconnected(&self, host: &str, serial: u64) {
+        let removed = {
+            let mut links = lock(&self.links);
+            if links.get(host).is_some_and(|l| l.serial == serial) {
+                links.remove(host);
+                true
+            } else {
+                false
+            }
+        };
+        if removed {
+            lock(&self.gone_since).insert(host.to_string(), Instant::now());
+            tracing::warn!("host {host} disconnected");
+            self.host_builds_failed(host).await;
+            self.poke();
+        }
+    }
+}
+
+type LinkStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentLink for Hub {
+    type LinkStream = LinkStream;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<LinkStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(AgentMessage {
+                kind: Some(agent_message::Kind::Hello(hello)),
+            }) => hello,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        if !valid_host_id(&hello.host_id) {
+            return Err(Status::invalid_argument(format!(
+                "invalid host id {:?}: use up to 63 letters, digits, '-', '_' or '.'",
+                hello.host_id
+            )));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let serial = self
+            .core
+            .hello(&hello, tx)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let core = self.core.clone();
+        let host = hello.host_id.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        if let Err(err) = core.agent_message(&host, message).await {
+                            tracing::warn!("host {host}: {err}");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!("host {host}: link ended: {err}");
+                        break;
+                    }
+                }
+            }
+            core.disconnected(&host, serial).await;
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,19 @@
+//! `manifold-scheduler`: the control plane.
+//!
+//! Start at [`model`] (the records) and [`store`] (what is kept, one transaction per
+//! operation). [`reconciler::plan`] decides, from a snapshot, which dynos to create and stop,
+//! using [`planner`] (a pure function from hosts to a placement). [`core::Core`] holds the
+//! running state and drives the reconciler; [`api`] (REST) and [`hub`] (AgentLink gRPC) only
+//! translate requests into calls on it; [`builds`] turns uploads into slugs and releases;
+//! [`server`] serves both protocols on one port.
+
+pub mod api;
+pub mod blobs;
+pub mod builds;
+pub mod core;
+pub mod hub;
+pub mod model;
+pub mod planner;
+pub mod reconciler;
+pub mod server;
+pub mod store;

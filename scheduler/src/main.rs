@@ -1,0 +1,149 @@
+//! `manifold-scheduler`: the control plane daemon (REST API, AgentLink hub, reconciler,
+//! SQLite store). `--with-agent` also runs an agent on this host: the all-in-one node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use manifold_scheduler::blobs::BlobStore;
+use manifold_scheduler::core::{Core, Settings};
+use manifold_scheduler::store::sqlite::SqliteStore;
+
+#[derive(Parser)]
+#[command(
+    name = "manifold-scheduler",
+    version,
+    about = "The Manifold control plane"
+)]
+struct Cli {
+    /// Address for the REST API and the agents' gRPC link (one port serves both).
+    #[arg(long, env = "MANIFOLD_LISTEN", default_value = "127.0.0.1:8750")]
+    listen: SocketAddr,
+    /// The database, blobs and generated tokens.
+    #[arg(
+        long,
+        env = "MANIFOLD_SCHEDULER_STATE_DIR",
+        default_value = "/var/lib/manifold-scheduler"
+    )]
+    state_dir: PathBuf,
+    /// A host whose agent is silent this long is lost and its dynos are placed elsewhere.
+    #[arg(long, env = "MANIFOLD_HEARTBEAT_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    heartbeat_deadline: Duration,
+    /// Largest source upload, in MiB.
+    #[arg(long, env = "MANIFOLD_UPLOAD_LIMIT_MIB", default_value_t = 512)]
+    upload_limit_mib: u64,
+    /// The users' API token (default: STATE_DIR/api-token, generated once).
+    #[arg(long, env = "MANIFOLD_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// The agents' token (default: STATE_DIR/agent-token, generated once).
+    #[arg(long, env = "MANIFOLD_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: Option<String>,
+    /// Also run `manifold-agent` on this host, connected to this scheduler (all-in-one).
+    #[arg(long)]
+    with_agent: bool,
+    /// Extra arguments for that agent (repeat), e.g. `--agent-arg=--slots=20`.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+}
+
+/// Reads a token file, or writes a new random token there (mode 0600) the first time.
+fn token(state_dir: &Path, name: &str, given: Option<String>) -> anyhow::Result<String> {
+    if let Some(t) = given.filter(|t| !t.is_empty()) {
+        return Ok(t);
+    }
+    let path = state_dir.join(name);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let t: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{t}")?;
+    Ok(t)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MANIFOLD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.state_dir)
+        .with_context(|| format!("cannot create {}", cli.state_dir.display()))?;
+    let settings = Settings {
+        heartbeat_deadline: cli.heartbeat_deadline,
+        reconcile_interval: Duration::from_secs(1),
+        upload_limit: cli.upload_limit_mib * 1024 * 1024,
+        slug_limit: 1024 * 1024 * 1024,
+        api_token: token(&cli.state_dir, "api-token", cli.api_token)?,
+        agent_token: token(&cli.state_dir, "agent-token", cli.agent_token)?,
+    };
+    let db = cli.state_dir.join("manifold.db");
+    let store = SqliteStore::open(&db)
+        .await
+        .with_context(|| format!("cannot open the store {}", db.display()))?;
+    let core = Core::new(
+        Arc::new(store),
+        BlobStore::new(cli.state_dir.join("blobs")),
+        settings.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("serving the API and AgentLink on http://{addr}");
+    let mut agent = if cli.with_agent {
+        let exe = std::env::current_exe()?.with_file_name("manifold-agent");
+        let child = tokio::process::Command::new(&exe)
+            .arg("--scheduler")
+            .arg(format!("http://{addr}"))
+            .args(&cli.agent_args)
+            .env("MANIFOLD_AGENT_TOKEN", &settings.agent_token)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        tracing::info!("started the all-in-one agent ({})", exe.display());
+        Some(child)
+    } else {
+        None
+    };
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+    };
+    manifold_scheduler::server::run(core, listener, shutdown).await?;
+    if let Some(child) = agent.as_mut() {
+        // The agent leaves its dynos running when it stops; stopping dynos is up to the user.
+        if let Some(pid) = child.id() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = child.wait().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! The control plane's records: what the store keeps and the API shows.
+//!
+//! Names follow Heroku's Platform API where the concept is the same (app, release, slug,
+//! build, formation, dyno); hosts are Manifold's own.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// An app: a name, a stack, and its current config vars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub id: Uuid,
+    pub name: String,
+    pub stack: String,
+    /// The config vars new releases get. Before the first release they are only kept here;
+    /// after, every change also appends a release.
+    pub config: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A built slug: the archive lives in the blob store under `sha256`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slug {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    /// Hex sha256 of the archive.
+    pub sha256: String,
+    pub size: u64,
+    /// Procfile process types: `web` → command.
+    pub process_types: BTreeMap<String, String>,
+    pub stack: String,
+    pub buildpacks: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// A build of uploaded source into a slug, run in a build dyno on some host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub status: BuildStatus,
+    /// The source tarball in the blob store.
+    pub source_sha256: String,
+    pub slug_id: Option<Uuid>,
+    /// The release the build created, when it succeeded.
+    pub release_version: Option<u32>,
+    /// Where it ran.
+    pub host_id: Option<String>,
+    pub user: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// One entry of an app's append-only release ledger: a slug bound to a config snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub app_id: Uuid,
+    /// `v1`, `v2`, … per app, never reused.
+    pub version: u32,
+    pub slug_id: Uuid,
+    pub config: BTreeMap<String, String>,
+    /// `Deploy 1a2b3c4d`, `Set FOO config vars`, `Rollback to v2`.
+    pub description: String,
+    pub user: String,
+    pub status: ReleaseStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// How many dynos of a process type to run, and of what size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Formation {
+    pub app_id: Uuid,
+    pub process_type: String,
+    pub quantity: u32,
+    /// A dyno size name (`standard-1x`).
+    pub size: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A change to one process type's formation; `None` leaves the field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormationUpdate {
+    pub process_type: String,
+    pub quantity: Option<u32>,
+    pub size: Option<String>,
+}
+
+/// A dyno's state as the agents report it (Heroku's API enum plus `stopping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DynoState {
+    /// Placed, not yet reported by its agent.
+    Created,
+    Starting,
+    Up,
+    Crashed,
+    Stopping,
+    Down,
+    Complete,
+    Idle,
+}
+
+impl DynoState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DynoState::Created => "created",
+            DynoState::Starting => "starting",
+            DynoState::Up => "up",
+            DynoState::Crashed => "crashed",
+            DynoState::Stopping => "stopping",
+            DynoState::Down => "down",
+            DynoState::Complete => "complete",
+            DynoState::Idle => "idle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DynoState> {
+        [
+            DynoState::Created,
+            DynoState::Starting,
+            DynoState::Up,
+            DynoState::Crashed,
+            DynoState::Stopping,
+            DynoState::Down,
+            DynoState::Complete,
+            DynoState::Idle,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+}
+
+/// Whether the scheduler wants a dyno to run. A dyno being stopped keeps its row (and its
+/// share of the host) until its agent reports it gone, so `ps` and the planner see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// One dyno placed on a host: the desired half (what, where) set by the reconciler, the
+/// observed half (state, exit status, port) reported by the host's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dyno {
+    /// Unique for the life of the cluster: `<app>-<name with . as ->-<8 hex>`.
+    pub id: String,
+    pub app_id: Uuid,
+    /// `web.1`.
+    pub name: String,
+    pub process_type: String,
+    pub release_version: u32,
+    pub size: String,
+    pub command: String,
+    pub host_id: String,
+    pub desired: Desired,
+    pub state: DynoState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub state_changed_at: OffsetDateTime,
+    pub exit_status: Option<i32>,
+    pub reason: String,
+    /// The host port the web dyno's `$PORT` is published on.
+    pub port: Option<u16>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// What an agent reports about one dyno.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynoReport {
+    pub id: String,
+    pub state: DynoState,
+    pub changed_at: OffsetDateTime,
+    pub exit_status: Option<i32>,
+    pub reason: String,
+    pub port: Option<u16>,
+}
+
+/// A host as its agent described itself in its last `Hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: String,
+    pub address: String,
+    pub memory_bytes: u64,
+    pub dyno_slots: u32,
+    pub stacks: Vec<String>,
+    /// Of the last assignment set sent to it; persisted so it only ever increases.
+    pub generation: u64,
+    /// Drained hosts get no new dynos.
+    pub draining: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+}

@@ -1,0 +1,424 @@
+//! The reconciler: desired state (each app's formation × its current release) against what
+//! is placed and observed, turned into dyno changes. Level-triggered: [`plan`] is a pure
+//! function of a snapshot, never told why it runs, so running it twice changes nothing the
+//! second time and running it after a restart picks up where things are.
+//!
+//! ```text
+//! for each app, process type t with quantity q, size s, command c of release vR:
+//!   t.1 … t.q   keep one running dyno of that name on release vR and size s (on a host
+//!               that is not lost); replace any other (new dyno placed, old one stopped:
+//!               Heroku starts the new dyno as soon as it signals the old one)
+//!   t.(q+1) …   stop
+//! dynos on lost hosts        forget (the host is told to stop them if it comes back)
+//! types not in the formation stop
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+
+use manifold_sizes::DynoSize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::{App, Desired, Dyno, DynoState, Formation, Host, Release, Slug};
+use crate::planner::{HostSpec, Placed, Planner, Rejection, Request};
+use crate::store::DynoChanges;
+
+/// How the hub sees a host right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its agent is connected.
+    Connected,
+    /// Disconnected, but within the heartbeat deadline: its dynos are assumed to run.
+    Missing,
+    /// Past the deadline: its dynos are placed elsewhere.
+    Lost,
+}
+
+/// One host with its liveness.
+#[derive(Debug, Clone)]
+pub struct HostView {
+    pub host: Host,
+    pub liveness: Liveness,
+}
+
+/// What one app wants: its formation and the release it should run.
+#[derive(Debug, Clone)]
+pub struct AppDesired {
+    pub app: App,
+    pub formation: Vec<Formation>,
+    /// The current release and its slug; `None` until the first deploy.
+    pub release: Option<(Release, Slug)>,
+}
+
+/// A dyno the planner found no room for.
+#[derive(Debug, Clone)]
+pub struct Unplaced {
+    pub app: String,
+    pub name: String,
+    pub size: String,
+    pub rejection: Rejection,
+}
+
+/// The reconciler's decision.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub changes: DynoChanges,
+    pub unplaced: Vec<Unplaced>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.create.is_empty()
+            && self.changes.stop.is_empty()
+            && self.changes.delete.is_empty()
+    }
+}
+
+/// Memory a dyno of this size reserves on its host (its quota: Heroku's RAM figure).
+pub fn size_memory(size: &str) -> u64 {
+    size.parse::<DynoSize>()
+        .map(|s| s.limits().memory_quota)
+        .unwrap_or(0)
+}
+
+/// The number in `web.12`.
+pub fn dyno_index(name: &str) -> Option<u32> {
+    name.rsplit_once('.').and_then(|(_, n)| n.parse().ok())
+}
+
+/// A fresh dyno id: unique for the life of the cluster, readable in `ps --json` and on hosts.
+pub fn new_dyno_id(app: &str, name: &str) -> String {
+    format!(
+        "{app}-{}-{:08x}",
+        name.replace('.', "-"),
+        rand::random::<u32>()
+    )
+}
+
+/// Decides what to create, stop and forget. Pure: the same snapshot gives the same plan
+/// (but for new dyno ids).
+pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: OffsetDateTime) -> Plan {
+    let mut out = Plan::default();
+    let liveness: HashMap<&str, Liveness> = hosts
+        .iter()
+        .map(|h| (h.host.id.as_str(), h.liveness))
+        .collect();
+    let lost = |d: &Dyno| {
+        liveness
+            .get(d.host_id.as_str())
+            .is_none_or(|l| *l == Liveness::Lost)
+    };
+
+    let app_names: HashMap<Uuid, &str> = apps
+        .iter()
+        .map(|a| (a.app.id, a.app.name.as_str()))
+        .collect();
+    let mut live: Vec<&Dyno> = Vec::new();
+    for d in dynos {
+        if lost(d) {
+            out.changes.delete.push(d.id.clone());
+        } else {
+            live.push(d);
+        }
+    }
+    let mut planner = Planner::new(
+        hosts
+            .iter()
+            .map(|h| HostSpec {
+                id: h.host.id.clone(),
+                stacks: h.host.stacks.clone(),
+                memory_bytes: h.host.memory_bytes,
+                dyno_slots: h.host.dyno_slots,
+                eligible: h.liveness == Liveness::Connected && !h.host.draining,
+            })
+            .collect(),
+        live.iter().map(|d| Placed {
+            host: d.host_id.clone(),
+            app: d.app_id.to_string(),
+            process_type: d.process_type.clone(),
+            memory_bytes: size_memory(&d.size),
+        }),
+    );
+
+    let mut by_app: HashMap<Uuid, Vec<&Dyno>> = HashMap::new();
+    for d in &live {
+        if d.desired == Desired::Running {
+            by_app.entry(d.app_id).or_default().push(d);
+        }
+    }
+    for d in &live {
+        if !app_names.contains_key(&d.app_id) && d.desired == Desired::Running {
+            out.changes.stop.push(d.id.clone());
+        }
+    }
+
+    for want in apps {
+        let running = by_app.remove(&want.app.id).unwrap_or_default();
+        let mut by_name: BTreeMap<&str, Vec<&Dyno>> = BTreeMap::new();
+        for d in running {
+            by_name.entry(d.name.as_str()).or_default().push(d);
+        }
+        let mut wanted: BTreeMap<String, (&Formation, &Release, &Slug, &String)> = BTreeMap::new();
+        if let Some((release, slug)) = &want.release {
+            for f in &want.formation {
+                let Some(command) = slug.process_types.get(&f.process_type) else {
+                    continue;
+                };
+                for i in 1..=f.quantity {
+                    wanted.insert(
+                        format!("{}.{i}", f.process_type),
+                        (f, release, slug, command),
+                    );
+                }
+            }
+        }
+        // Stop what is no longer wanted first, so its room counts for the new ones.
+        for (name, ds) in &by_name {
+            let keep = wanted.get(*name).and_then(|(f, release, _, command)| {
+                ds.iter().find(|d| {
+                    d.release_version == release.version
+                        && d.size == f.size
+                        && &d.command == *command
+                })
+            });
+            for d in ds {
+                if keep.is_none_or(|k| k.id != d.id) {
+                    out.changes.stop.push(d.id.clone());
+                    planner.remove(
+                        &d.host_id,
+                        &d.app_id.to_string(),
+                        &d.process_type,
+                        size_memory(&d.size),
+                    );
+                }
+            }
+            if keep.is_some() {
+                wanted.remove(*name);
+            }
+        }
+        let mut wanted: Vec<_> = wanted.into_iter().collect();
+        wanted.sort_by_key(|(name, (f, ..))| (f.process_type.clone(), dyno_index(name)));
+        for (name, (f, release, slug, command)) in wanted {
+            let request = Request {
+                app: want.app.id.to_string(),
+                process_type: f.process_type.clone(),
+                stack: slug.stack.clone(),
+                memory_bytes: size_memory(&f.size),
+            };
+            match planner.place(&request) {
+                Ok(host) => out.changes.create.push(Dyno {
+                    id: new_dyno_id(&want.app.name, &name),
+                    app_id: want.app.id,
+                    name,
+                    process_type: f.process_type.clone(),
+                    release_version: release.version,
+                    size: f.size.clone(),
+                    command: command.clone(),
+                    host_id: host.to_string(),
+                    desired: Desired::Running,
+                    state: DynoState::Created,
+                    state_changed_at: now,
+                    exit_status: None,
+                    reason: String::new(),
+                    port: None,
+                    created_at: now,
+                }),
+                Err(rejection) => out.unplaced.push(Unplaced {
+                    app: want.app.name.clone(),
+                    name,
+                    size: f.size.clone(),
+                    rejection,
+                }),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ReleaseStatus;
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH
+    }
+
+    fn host(id: &str, liveness: Liveness) -> HostView {
+        HostView {
+            host: Host {
+                id: id.into(),
+                address: "127.0.0.1".into(),
+                memory_bytes: 8 << 30,
+                dyno_slots: 10,
+                stacks: vec!["testing".into()],
+                generation: 0,
+                draining: false,
+                first_seen: t0(),
+                last_seen: t0(),
+            },
+            liveness,
+        }
+    }
+
+    fn app(web: u32, worker: u32, version: u32) -> AppDesired {
+        let id = Uuid::from_u128(1);
+        let formation = [("web", web), ("worker", worker)]
+            .into_iter()
+            .map(|(t, q)| Formation {
+                app_id: id,
+                process_type: t.into(),
+                quantity: q,
+                size: "standard-1x".into(),
+                updated_at: t0(),
+            })
+            .collect();
+        let slug = Slug {
+            id: Uuid::from_u128(2),
+            app_id: id,
+            sha256: "0".repeat(64),
+            size: 1,
+            process_types: BTreeMap::from([
+                ("web".to_string(), "serve".to_string()),
+                ("worker".to_string(), "work".to_string()),
+            ]),
+            stack: "testing".into(),
+            buildpacks: vec![],
+            created_at: t0(),
+        };
+        AppDesired {
+            app: App {
+                id,
+                name: "demo".into(),
+                stack: "testing".into(),
+                config: BTreeMap::new(),
+                created_at: t0(),
+                updated_at: t0(),
+            },
+            formation,
+            release: Some((
+                Release {
+                    app_id: id,
+                    version,
+                    slug_id: slug.id,
+                    config: BTreeMap::new(),
+                    description: String::new(),
+                    user: String::new(),
+                    status: ReleaseStatus::Succeeded,
+                    created_at: t0(),
+                },
+                slug,
+            )),
+        }
+    }
+
+    /// Applies a plan to the dyno rows the way the store does.
+    fn apply(dynos: &mut Vec<Dyno>, plan: &Plan) {
+        dynos.retain(|d| !plan.changes.delete.contains(&d.id));
+        for d in dynos.iter_mut() {
+            if plan.changes.stop.contains(&d.id) {
+                d.desired = Desired::Stopped;
+            }
+        }
+        dynos.extend(plan.changes.create.iter().cloned());
+    }
+
+    fn running(dynos: &[Dyno]) -> Vec<(String, String, u32)> {
+        let mut v: Vec<_> = dynos
+            .iter()
+            .filter(|d| d.desired == Desired::Running)
+            .map(|d| (d.name.clone(), d.host_id.clone(), d.release_version))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn places_the_formation_spread_and_is_idempotent() {
+        let hosts = [
+            host("a", Liveness::Connected),
+            host("b", Liveness::Connected),
+        ];
+        let mut dynos = Vec::new();
+        let p = plan(&hosts, &dynos, &[app(2, 1, 1)], t0());
+        assert!(p.unplaced.is_empty());
+        apply(&mut dynos, &p);
+        assert_eq!(
+            running(&dynos),
+            vec![
+                ("web.1".into(), "a".into(), 1),
+                ("web.2".into(), "b".into(), 1),
+                ("worker.1".into(), "a".into(), 1),
+            ]
+        );
+        let again = plan(&hosts, &dynos, &[app(2, 1, 1)], t0());
+        assert!(again.is_empty(), "a second run changes nothing: {again:?}");
+    }
+
+    #[test]
+    fn a_new_release_replaces_every_dyno_and_scale_down_stops_the_highest() {
+        let hosts = [host("a", Liveness::Connected)];
+        let mut dynos = Vec::new();
+        let p = plan(&hosts, &dynos, &[app(3, 0, 1)], t0());
+        apply(&mut dynos, &p);
+        let p = plan(&hosts, &dynos, &[app(2, 0, 2)], t0());
+        assert_eq!(p.changes.stop.len(), 3);
+        assert_eq!(p.changes.create.len(), 2);
+        apply(&mut dynos, &p);
+        assert_eq!(
+            running(&dynos),
+            vec![
+                ("web.1".into(), "a".into(), 2),
+                ("web.2".into(), "a".into(), 2)
+            ]
+        );
+        let p = plan(&hosts, &dynos, &[app(1, 0, 2)], t0());
+        assert!(p.changes.create.is_empty());
+        let stopped: Vec<&str> = dynos
+            .iter()
+            .filter(|d| p.changes.stop.contains(&d.id))
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(stopped, vec!["web.2"]);
+    }
+
+    #[test]
+    fn dynos_of_a_lost_host_are_replaced_elsewhere_but_not_of_a_missing_one() {
+        let mut hosts = vec![
+            host("a", Liveness::Connected),
+            host("b", Liveness::Connected),
+        ];
+        let mut dynos = Vec::new();
+        let p = plan(&hosts, &dynos, &[app(2, 0, 1)], t0());
+        apply(&mut dynos, &p);
+        hosts[1].liveness = Liveness::Missing;
+        assert!(plan(&hosts, &dynos, &[app(2, 0, 1)], t0()).is_empty());
+        hosts[1].liveness = Liveness::Lost;
+        let p = plan(&hosts, &dynos, &[app(2, 0, 1)], t0());
+        assert_eq!(p.changes.delete.len(), 1);
+        apply(&mut dynos, &p);
+        assert_eq!(
+            running(&dynos),
+            vec![
+                ("web.1".into(), "a".into(), 1),
+                ("web.2".into(), "a".into(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deleted_app_and_a_removed_type_are_stopped_and_no_room_is_reported() {
+        let hosts = [host("a", Liveness::Connected)];
+        let mut dynos = Vec::new();
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        apply(&mut dynos, &p);
+        let p = plan(&hosts, &dynos, &[app(1, 0, 1)], t0());
+        assert_eq!(p.changes.stop.len(), 1);
+        let p = plan(&hosts, &dynos, &[], t0());
+        assert_eq!(p.changes.stop.len(), 2);
+        let p = plan(&hosts, &[], &[app(11, 0, 1)], t0());
+        assert_eq!(p.changes.create.len(), 10, "ten slots");
+        assert_eq!(p.unplaced.len(), 1);
+        assert_eq!(p.unplaced[0].name, "web.11", "placed in natural order");
+    }
+}

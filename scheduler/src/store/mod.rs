@@ -1,0 +1,138 @@
+//! The store: everything the scheduler must not forget, behind one interface.
+//!
+//! [`Store`] is the interface; [`sqlite::SqliteStore`] the embedded default (one file,
+//! migrations in `scheduler/migrations`). Every method is one transaction, so a crash
+//! mid-change leaves the state as before it or after it, never half-written. The interface
+//! speaks in whole operations (`finish_build` stores the slug, the release and the build's
+//! outcome at once) rather than rows, so a PostgreSQL backend can serve several schedulers
+//! with the same guarantees.
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::{App, Build, Dyno, DynoReport, Formation, FormationUpdate, Host, Release, Slug};
+
+pub mod sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("app {0} already exists")]
+    AppExists(String),
+    #[error("app {0} not found")]
+    AppNotFound(String),
+    #[error("release v{version} of {app} not found")]
+    ReleaseNotFound { app: String, version: u32 },
+    #[error("{app} has no release yet: deploy it first")]
+    NoRelease { app: String },
+    #[error("build {0} not found")]
+    BuildNotFound(Uuid),
+    #[error("slug {0} not found")]
+    SlugNotFound(Uuid),
+    #[error("host {0} not found")]
+    HostNotFound(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot migrate the database")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// How a build ended.
+#[derive(Debug, Clone)]
+pub enum BuildOutcome {
+    /// Store the slug and append a release of it with the app's current config.
+    Succeeded {
+        slug: Slug,
+        description: String,
+    },
+    Failed,
+}
+
+/// Placement decisions applied at once: new dynos, dynos to stop, dynos gone for good.
+#[derive(Debug, Clone, Default)]
+pub struct DynoChanges {
+    pub create: Vec<Dyno>,
+    /// Set `desired` to `Stopped` (the agent will stop them).
+    pub stop: Vec<String>,
+    /// Delete the rows (the agent reported them gone, or their app is gone).
+    pub delete: Vec<String>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_app(&self, name: &str, stack: &str) -> Result<App, StoreError>;
+    async fn app(&self, name: &str) -> Result<App, StoreError>;
+    async fn apps(&self) -> Result<Vec<App>, StoreError>;
+    /// Deletes the app with its builds, releases, slugs' rows, formation and dyno rows.
+    async fn delete_app(&self, name: &str) -> Result<App, StoreError>;
+
+    /// Applies `changes` (`None` removes a key) to the app's config; if the app has a current
+    /// release, appends a release of the same slug with the new config and `description`.
+    async fn update_config(
+        &self,
+        app: &str,
+        changes: &BTreeMap<String, Option<String>>,
+        description: &str,
+        user: &str,
+    ) -> Result<(App, Option<Release>), StoreError>;
+
+    async fn slug(&self, id: Uuid) -> Result<Slug, StoreError>;
+
+    async fn create_build(&self, build: &Build) -> Result<(), StoreError>;
+    async fn build(&self, id: Uuid) -> Result<Build, StoreError>;
+    async fn builds(&self, app: &str) -> Result<Vec<Build>, StoreError>;
+    /// Records where a build runs.
+    async fn set_build_host(&self, id: Uuid, host_id: &str) -> Result<(), StoreError>;
+    /// Ends a build: on success stores the slug and appends its release, all at once.
+    async fn finish_build(
+        &self,
+        id: Uuid,
+        outcome: BuildOutcome,
+        user: &str,
+    ) -> Result<(Build, Option<Release>), StoreError>;
+
+    /// The ledger, oldest first.
+    async fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError>;
+    async fn release(&self, app: &str, version: u32) -> Result<Release, StoreError>;
+    /// The newest succeeded release.
+    async fn current_release(&self, app: &str) -> Result<Option<Release>, StoreError>;
+    /// Appends a release copying `version`'s slug and config ("Rollback to vN") and makes
+    /// that config the app's.
+    async fn rollback(&self, app: &str, version: u32, user: &str) -> Result<Release, StoreError>;
+
+    async fn formation(&self, app: &str) -> Result<Vec<Formation>, StoreError>;
+    /// Upserts each update (a new type starts at quantity 0, size `standard-1x`).
+    async fn update_formation(
+        &self,
+        app: &str,
+        updates: &[FormationUpdate],
+    ) -> Result<Vec<Formation>, StoreError>;
+
+    /// One app's dynos, or every dyno of the cluster.
+    async fn dynos(&self, app: Option<&str>) -> Result<Vec<Dyno>, StoreError>;
+    /// Applies placement decisions at once and bumps the generation of every host whose set
+    /// of running dynos changed; returns those hosts' new generations.
+    async fn apply_dyno_changes(
+        &self,
+        changes: &DynoChanges,
+    ) -> Result<BTreeMap<String, u64>, StoreError>;
+    /// Records an agent's report; false when no such dyno is known.
+    async fn report_dyno(&self, report: &DynoReport) -> Result<bool, StoreError>;
+
+    /// Records a `Hello`: inserts the host or updates its address, capacity, stacks and
+    /// `last_seen`, keeping its generation and draining flag.
+    async fn upsert_host(
+        &self,
+        id: &str,
+        address: &str,
+        memory_bytes: u64,
+        dyno_slots: u32,
+        stacks: &[String],
+        seen: OffsetDateTime,
+    ) -> Result<Host, StoreError>;
+    async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
+    async fn set_draining(&self, id: &str, draining: bool) -> Result<Host, StoreError>;
+}

@@ -1,0 +1,366 @@
+//! End-to-end: the real scheduler, agents and CLI over sockets, real dynos on this kernel.
+//! As root, with the `testing` stack (and `bookworm` for the Python example).
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use harness::{cgroup_children, wait_for, Cluster};
+use serde_json::Value;
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-web");
+const UP: Duration = Duration::from_secs(60);
+
+fn names(dynos: &[Value]) -> BTreeSet<String> {
+    dynos
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn by_host(dynos: &[Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for d in dynos {
+        *m.entry(d["host"]["id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+fn ids(dynos: &[Value]) -> BTreeSet<String> {
+    dynos
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Deploys the tiny app on the testing stack and returns the deploy's output.
+fn deploy_tiny(c: &Cluster, app: &str) -> String {
+    c.ok(&["apps:create", app, "--stack", "testing"]);
+    c.ok(&["deploy", TINY, "-a", app])
+}
+
+/// Nothing of the agent's dynos is left: no dyno directories, no cgroups.
+fn assert_clean(c: &Cluster, i: usize) {
+    let a = &c.agents[i];
+    wait_for(
+        &format!("agent {} to have no dynos", a.id),
+        Duration::from_secs(60),
+        || {
+            let dirs = std::fs::read_dir(a.state_dir.join("dynos"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (dirs == 0 && cgroup_children(&a.cgroup_parent()).is_empty()).then_some(())
+        },
+    );
+}
+
+/// The acceptance scenario on one host with the Python example: deploy, scale, HTTP,
+/// config changes roll the dynos, rollback restores slug and config.
+#[test]
+fn deploy_python_scale_config_and_rollback() {
+    if !harness::ready() {
+        return;
+    }
+    if !Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the bookworm stack is missing"
+        );
+        eprintln!("!!! SKIPPING: the bookworm stack is missing: run scripts/setup bookworm");
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("solo", 50);
+    wait_for("the host to register", UP, || {
+        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
+    });
+    c.ok(&["apps:create", "pyapp"]);
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python-web");
+    let out = c.ok(&["deploy", examples, "-a", "pyapp"]);
+    assert!(out.contains("Released v1"), "{out}");
+
+    c.ok(&["ps:scale", "web=2", "worker=1", "-a", "pyapp"]);
+    let dynos = c.wait_dynos("pyapp", &["web.1", "web.2", "worker.1"], "up", UP);
+    for d in dynos.iter().filter(|d| d["type"] == "web") {
+        let port = d["port"].as_u64().expect("web dynos have a published port");
+        let body = Cluster::http(port, "/").expect("the web dyno answers");
+        assert!(
+            body.starts_with(&format!("Hello from {}", d["name"].as_str().unwrap())),
+            "{body}"
+        );
+    }
+    let ps = c.ok(&["ps", "-a", "pyapp"]);
+    assert!(
+        ps.contains("=== web (standard-1x): `python app.py` (2)"),
+        "{ps}"
+    );
+
+    let out = c.ok(&["config:set", "GREETING=Howdy", "-a", "pyapp"]);
+    assert!(out.contains("v2"), "{out}");
+    let dynos = wait_for("dynos on v2", UP, || {
+        let d = c.dynos("pyapp");
+        (d.len() == 3
+            && d.iter()
+                .all(|d| d["release"]["version"] == 2 && d["state"] == "up"))
+        .then_some(d)
+    });
+    let web = dynos.iter().find(|d| d["type"] == "web").unwrap();
+    let body = Cluster::http(web["port"].as_u64().unwrap(), "/").unwrap();
+    assert!(body.starts_with("Howdy from web."), "{body}");
+
+    let out = c.ok(&["releases:rollback", "v1", "-a", "pyapp"]);
+    assert!(out.contains("v3"), "{out}");
+    let releases = c.json(&["releases", "-a", "pyapp"]);
+    let releases = releases.as_array().unwrap();
+    assert_eq!(releases.len(), 3);
+    assert_eq!(releases[2]["description"], "Rollback to v1");
+    assert_eq!(releases[2]["slug"]["id"], releases[0]["slug"]["id"]);
+    let config = c.json(&["config", "-a", "pyapp"]);
+    assert!(config.get("GREETING").is_none(), "{config}");
+    let dynos = wait_for("dynos on v3", UP, || {
+        let d = c.dynos("pyapp");
+        (d.len() == 3
+            && d.iter()
+                .all(|d| d["release"]["version"] == 3 && d["state"] == "up"))
+        .then_some(d)
+    });
+    let web = dynos.iter().find(|d| d["type"] == "web").unwrap();
+    let body = Cluster::http(web["port"].as_u64().unwrap(), "/").unwrap();
+    assert!(body.starts_with("Hello from web."), "{body}");
+
+    c.ok(&["apps:destroy", "pyapp", "--confirm", "pyapp"]);
+    assert_clean(&c, 0);
+}
+
+/// Two hosts: a process type is spread over them; when one host's agent stops, its dynos
+/// move after the heartbeat deadline; when it returns it stops the dynos now elsewhere.
+#[test]
+fn two_hosts_spread_and_host_loss_moves_dynos() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(3));
+    c.add_agent("host-a", 20);
+    c.add_agent("host-b", 20);
+    wait_for("both hosts to register", UP, || {
+        let hosts = c.json(&["hosts"]);
+        (hosts.as_array().unwrap().len() == 2
+            && hosts
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h["state"] == "ready"))
+        .then_some(())
+    });
+    let out = deploy_tiny(&c, "spread");
+    assert!(out.contains("Released v1"), "{out}");
+    c.ok(&["ps:scale", "web=4", "-a", "spread"]);
+    let dynos = c.wait_dynos("spread", &["web.1", "web.2", "web.3", "web.4"], "up", UP);
+    assert_eq!(
+        by_host(&dynos),
+        BTreeMap::from([("host-a".to_string(), 2), ("host-b".to_string(), 2)]),
+        "web=4 is placed two and two"
+    );
+    for d in &dynos {
+        let body = Cluster::http(d["port"].as_u64().unwrap(), "/cgi-bin/greeting").unwrap();
+        assert_eq!(
+            body,
+            format!("hello from {}\n", d["name"].as_str().unwrap())
+        );
+    }
+
+    // host-b's agent stops: its dynos keep running there, but the scheduler cannot know,
+    // so after the deadline it places them on host-a.
+    c.kill_agent(1);
+    let moved = wait_for("host-b's dynos to move to host-a", UP, || {
+        let d = c.dynos("spread");
+        (d.len() == 4
+            && d.iter()
+                .all(|d| d["host"]["id"] == "host-a" && d["state"] == "up"))
+        .then_some(d)
+    });
+    assert_eq!(
+        names(&moved),
+        names(&dynos),
+        "the same dyno names, now all on host-a"
+    );
+    let hosts = c.json(&["hosts"]);
+    let b = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == "host-b")
+        .unwrap();
+    assert_eq!(b["state"], "lost");
+
+    // host-b returns: it is told to stop the dynos that now live elsewhere.
+    c.start_agent(1, 20);
+    assert_clean(&c, 1);
+    let after = c.dynos("spread");
+    assert_eq!(ids(&after), ids(&moved), "no more than the formation runs");
+
+    c.ok(&["apps:destroy", "spread", "--confirm", "spread"]);
+    assert_clean(&c, 0);
+}
+
+/// SIGKILL of the scheduler, then of the agent: no dyno is restarted, and `ps` is the same.
+#[test]
+fn scheduler_and_agent_sigkill_restart_no_dyno() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(5));
+    c.add_agent("steady", 20);
+    wait_for("the host to register", UP, || {
+        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
+    });
+    deploy_tiny(&c, "steady");
+    c.ok(&["ps:scale", "web=2", "worker=1", "-a", "steady"]);
+    let before = c.wait_dynos("steady", &["web.1", "web.2", "worker.1"], "up", UP);
+    let shims = c.agents[0].shims();
+    assert_eq!(shims.len(), 3);
+
+    c.kill_scheduler();
+    std::thread::sleep(Duration::from_secs(1));
+    c.start_scheduler();
+    // Past the deadline, so a scheduler that forgot the host would have moved its dynos.
+    std::thread::sleep(Duration::from_secs(7));
+    let after = c.wait_dynos("steady", &["web.1", "web.2", "worker.1"], "up", UP);
+    assert_eq!(ids(&after), ids(&before), "no dyno was replaced");
+    assert_eq!(c.agents[0].shims(), shims, "no dyno was restarted");
+
+    c.kill_agent(0);
+    std::thread::sleep(Duration::from_secs(1));
+    c.start_agent(0, 20);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = c.wait_dynos("steady", &["web.1", "web.2", "worker.1"], "up", UP);
+    assert_eq!(ids(&after), ids(&before), "no dyno was replaced");
+    assert_eq!(c.agents[0].shims(), shims, "no dyno was restarted");
+    for d in after.iter().filter(|d| d["type"] == "web") {
+        let body = Cluster::http(d["port"].as_u64().unwrap(), "/cgi-bin/greeting").unwrap();
+        assert_eq!(
+            body,
+            format!("hello from {}\n", d["name"].as_str().unwrap())
+        );
+    }
+
+    // Restarts replace dynos; stopping one replaces it too (as Heroku does).
+    c.ok(&["ps:restart", "web.1", "-a", "steady"]);
+    let restarted = wait_for("web.1 to be replaced", UP, || {
+        let d = c.dynos("steady");
+        let web1: Vec<&Value> = d.iter().filter(|d| d["name"] == "web.1").collect();
+        (d.len() == 3
+            && web1.len() == 1
+            && !ids(&before).contains(web1[0]["id"].as_str().unwrap())
+            && d.iter().all(|d| d["state"] == "up"))
+        .then_some(d)
+    });
+    assert_eq!(ids(&restarted).intersection(&ids(&before)).count(), 2);
+
+    c.ok(&["ps:scale", "web=0", "worker=0", "-a", "steady"]);
+    wait_for("no dynos", UP, || {
+        c.dynos("steady").is_empty().then_some(())
+    });
+    assert_clean(&c, 0);
+}
+
+/// Bad requests get a clear error and change nothing.
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start_with(Duration::from_secs(10), &["--upload-limit-mib", "1"]);
+    c.add_agent("small", 2);
+    wait_for("the host to register", UP, || {
+        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
+    });
+    deploy_tiny(&c, "strict");
+    let releases = c.json(&["releases", "-a", "strict"]);
+    let formation = c.raw(
+        "GET",
+        "/apps/strict/formation",
+        Some(harness::API_TOKEN),
+        None,
+    );
+
+    let err = |args: &[&str], expect: &str| {
+        let out = c.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "manifold {args:?} should fail");
+        assert!(
+            stderr.contains(expect),
+            "manifold {args:?}: expected {expect:?} in: {stderr}"
+        );
+    };
+    err(&["ps", "-a", "nosuch"], "app nosuch not found");
+    err(
+        &["ps:scale", "cron=1", "-a", "strict"],
+        "no process type cron",
+    );
+    err(
+        &["ps:scale", "web=1:huge-9x", "-a", "strict"],
+        "unknown dyno size",
+    );
+    err(&["ps:scale", "web=3", "-a", "strict"], "no host can run");
+    err(&["apps:create", "Bad_Name"], "invalid app name");
+    err(&["apps:create", "strict"], "already exists");
+    err(&["config:set", "PORT=1", "-a", "strict"], "PORT");
+
+    let (code, body) = c.raw("GET", "/apps", None, None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"id\":\"unauthorized\""), "{body}");
+    let (code, _) = c.raw("GET", "/apps", Some("wrong"), None);
+    assert_eq!(code, 401);
+    let (code, body) = c.raw(
+        "PATCH",
+        "/apps/strict/formation",
+        Some(harness::API_TOKEN),
+        Some("{not json"),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid JSON"), "{body}");
+    let big = format!("{{\"X\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let big_file = c.dir.path().join("big.json");
+    std::fs::write(&big_file, big).unwrap();
+    let (code, body) = c.raw(
+        "PATCH",
+        "/apps/strict/config-vars",
+        Some(harness::API_TOKEN),
+        Some(&format!("@{}", big_file.display())),
+    );
+    assert_eq!(code, 413, "{body}");
+
+    // A source over the upload limit (1 MiB here) is refused.
+    let huge = c.dir.path().join("huge-app");
+    std::fs::create_dir_all(&huge).unwrap();
+    std::fs::write(huge.join("Procfile"), "web: true\n").unwrap();
+    let mut noise = vec![0u8; 3 * 1024 * 1024];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut noise,
+    )
+    .unwrap();
+    std::fs::write(huge.join("noise.bin"), noise).unwrap();
+    err(
+        &["deploy", huge.to_str().unwrap(), "-a", "strict"],
+        "larger than",
+    );
+
+    assert_eq!(c.json(&["releases", "-a", "strict"]), releases);
+    assert_eq!(
+        c.raw(
+            "GET",
+            "/apps/strict/formation",
+            Some(harness::API_TOKEN),
+            None
+        ),
+        formation
+    );
+    assert_eq!(c.json(&["config", "-a", "strict"]), serde_json::json!({}));
+}
