@@ -78,6 +78,7 @@ def main():
 
 def wait(manifold, done, poll=0.05, timeout=120):
     end = time.monotonic() + timeout
+    dynos = None
     while time.monotonic() < end:
         if done is None:
             if not os.listdir("/var/lib/manifold/dynos"):
@@ -87,7 +88,7 @@ def wait(manifold, done, poll=0.05, timeout=120):
             if done(dynos):
                 return
         time.sleep(poll)
-    sys.exit("timed out")
+    sys.exit(f"timed out; last: {dynos if done else os.listdir('/var/lib/manifold/dynos')}")
 
 
 if __name__ == "__main__":

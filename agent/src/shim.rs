@@ -82,6 +82,12 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         signal::signal(Signal::SIGTERM, SigHandler::Handler(request_stop))?;
         signal::signal(Signal::SIGINT, SigHandler::Handler(request_stop))?;
     }
+    // The supervisor starts the shim with both blocked (see `Dyno::start`): a stop that came
+    // early is delivered to the handler now.
+    let mut early = signal::SigSet::empty();
+    early.add(Signal::SIGTERM);
+    early.add(Signal::SIGINT);
+    early.thread_unblock()?;
     let mut out = Recorder::open(&dir, SEGMENT_BYTES)?;
     let config = match dir.read_config() {
         Ok(c) => c,

@@ -386,18 +386,30 @@ impl Dyno {
         };
         dir.write_config(&config).map_err(prepare)?;
         File::create(dir.stream()).map_err(prepare)?;
-        let mut child = tokio::process::Command::new(&shim_binary)
+        let mut command = tokio::process::Command::new(&shim_binary);
+        command
             .arg("shim")
             .arg("--dir")
             .arg(&dir.root)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|source| SupervisorError::Spawn {
-                binary: shim_binary.clone(),
-                source,
-            })?;
+            .stderr(std::process::Stdio::null());
+        // A stop can come before the shim has installed its handlers (a dyno unassigned as it
+        // is launched): the shim starts with SIGTERM and SIGINT blocked and unblocks them once
+        // it handles them, so such a stop is a graceful one rather than the default action.
+        // SAFETY: `pthread_sigmask` is async-signal-safe and touches only the child's mask.
+        unsafe {
+            command.pre_exec(|| {
+                let mut set = nix::sys::signal::SigSet::empty();
+                set.add(Signal::SIGTERM);
+                set.add(Signal::SIGINT);
+                set.thread_block().map_err(io::Error::from)
+            });
+        }
+        let mut child = command.spawn().map_err(|source| SupervisorError::Spawn {
+            binary: shim_binary.clone(),
+            source,
+        })?;
         let pid = child.id().ok_or_else(|| SupervisorError::Spawn {
             binary: shim_binary.clone(),
             source: io::Error::other("the shim exited at once"),
@@ -531,7 +543,12 @@ impl Dyno {
                 () = tokio::time::sleep(LIVENESS_INTERVAL) => {
                     if kill(self.shim_pid, None).is_err() && tail.read_records().map_err(follow_err)?.is_empty() {
                         // The shim died without finishing: clean up in its place.
-                        let errors = shim::cleanup(&self.config, &self.dir, None);
+                        // `cleanup` is blocking (and runs its own runtime for netlink), so
+                        // it must not run on this task's thread.
+                        let (config, dir) = (self.config.clone(), self.dir.clone());
+                        let errors = tokio::task::spawn_blocking(move || shim::cleanup(&config, &dir, None))
+                            .await
+                            .unwrap_or_else(|e| vec![format!("cleanup: {e}")]);
                         life.record(Record::Event { ts: timestamp(), event: ShimEvent::Exited { code: None, signal: Some(9), oom: false } }, &mut out);
                         report.flush(&life, &mut out);
                         life.record(Record::Event { ts: timestamp(), event: ShimEvent::Cleaned { errors } }, &mut out);

@@ -364,3 +364,29 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     assert_eq!(c.json(&["config", "-a", "strict"]), serde_json::json!({}));
 }
+
+/// A dyno unassigned while it is being launched still stops and leaves nothing (this once
+/// left a dyno `starting` forever: its cleanup panicked on the agent's runtime).
+#[test]
+fn a_dyno_stopped_as_it_launches_ends_and_leaves_nothing() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("quick", 20);
+    wait_for("the host to register", UP, || {
+        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
+    });
+    for i in 0..3 {
+        let app = format!("flick{i}");
+        deploy_tiny(&c, &app);
+        c.ok(&["ps:scale", "web=0", "-a", &app]);
+    }
+    for i in 0..3 {
+        let app = format!("flick{i}");
+        wait_for(&format!("{app} to have no dynos"), UP, || {
+            c.dynos(&app).is_empty().then_some(())
+        });
+    }
+    assert_clean(&c, 0);
+}

@@ -221,7 +221,7 @@ impl Store for SqliteStore {
         )
         .bind(build.id.to_string())
         .bind(build.app_id.to_string())
-        .bind(build_status_str(build.status))
+        .bind(word(build.status))
         .bind(&build.source_sha256)
         .bind(build.slug_id.map(|id| id.to_string()))
         .bind(build.release_version.map(i64::from))
@@ -308,7 +308,7 @@ impl Store for SqliteStore {
             "UPDATE builds SET status = ?, slug_id = ?, release_version = ?, updated_at = ?
              WHERE id = ?",
         )
-        .bind(build_status_str(build.status))
+        .bind(word(build.status))
         .bind(build.slug_id.map(|id| id.to_string()))
         .bind(build.release_version.map(i64::from))
         .bind(timestamp(build.updated_at)?)
@@ -475,7 +475,7 @@ impl Store for SqliteStore {
                 .await?;
             if let Some(row) = row {
                 let desired: String = row.try_get("desired")?;
-                if desired == desired_str(Desired::Running) {
+                if desired == word(Desired::Running) {
                     changed.insert(row.try_get::<String, _>("host_id")?);
                 }
             }
@@ -721,7 +721,7 @@ async fn append_release(
     .bind(to_json(&release.config)?)
     .bind(&release.description)
     .bind(&release.user)
-    .bind(release_status_str(release.status))
+    .bind(word(release.status))
     .bind(timestamp(release.created_at)?)
     .execute(conn)
     .await?;
@@ -754,7 +754,7 @@ async fn insert_dyno(conn: &mut SqliteConnection, dyno: &Dyno) -> Result<(), Sto
     .bind(&dyno.size)
     .bind(&dyno.command)
     .bind(&dyno.host_id)
-    .bind(desired_str(dyno.desired))
+    .bind(word(dyno.desired))
     .bind(dyno.state.as_str())
     .bind(timestamp(dyno.state_changed_at)?)
     .bind(dyno.exit_status)
@@ -900,7 +900,7 @@ fn build_from_row(row: &SqliteRow) -> Result<Build, StoreError> {
     Ok(Build {
         id: c.uuid("id")?,
         app_id: c.uuid("app_id")?,
-        status: c.parse("status", parse_build_status)?,
+        status: c.parse("status", from_word)?,
         source_sha256: c.text("source_sha256")?,
         slug_id: c.opt_uuid("slug_id")?,
         release_version: c.opt_int("release_version")?,
@@ -925,7 +925,7 @@ fn release_from_row(row: &SqliteRow) -> Result<Release, StoreError> {
         config: c.json("config")?,
         description: c.text("description")?,
         user: c.text("user")?,
-        status: c.parse("status", parse_release_status)?,
+        status: c.parse("status", from_word)?,
         created_at: c.time("created_at")?,
     })
 }
@@ -957,7 +957,7 @@ fn dyno_from_row(row: &SqliteRow) -> Result<Dyno, StoreError> {
         size: c.text("size")?,
         command: c.text("command")?,
         host_id: c.text("host_id")?,
-        desired: c.parse("desired", parse_desired)?,
+        desired: c.parse("desired", from_word)?,
         state: c.parse("state", DynoState::parse)?,
         state_changed_at: c.time("state_changed_at")?,
         exit_status: c.opt_int("exit_status")?,
@@ -982,53 +982,17 @@ fn host_from_row(row: &SqliteRow) -> Result<Host, StoreError> {
     })
 }
 
-fn build_status_str(status: BuildStatus) -> &'static str {
-    match status {
-        BuildStatus::Pending => "pending",
-        BuildStatus::Succeeded => "succeeded",
-        BuildStatus::Failed => "failed",
+/// An enum as the lowercase word serde names it (`succeeded`): the form the schema stores.
+fn word<T: Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 
-fn parse_build_status(text: &str) -> Option<BuildStatus> {
-    [
-        BuildStatus::Pending,
-        BuildStatus::Succeeded,
-        BuildStatus::Failed,
-    ]
-    .into_iter()
-    .find(|s| build_status_str(*s) == text)
-}
-
-fn release_status_str(status: ReleaseStatus) -> &'static str {
-    match status {
-        ReleaseStatus::Pending => "pending",
-        ReleaseStatus::Succeeded => "succeeded",
-        ReleaseStatus::Failed => "failed",
-    }
-}
-
-fn parse_release_status(text: &str) -> Option<ReleaseStatus> {
-    [
-        ReleaseStatus::Pending,
-        ReleaseStatus::Succeeded,
-        ReleaseStatus::Failed,
-    ]
-    .into_iter()
-    .find(|s| release_status_str(*s) == text)
-}
-
-fn desired_str(desired: Desired) -> &'static str {
-    match desired {
-        Desired::Running => "running",
-        Desired::Stopped => "stopped",
-    }
-}
-
-fn parse_desired(text: &str) -> Option<Desired> {
-    [Desired::Running, Desired::Stopped]
-        .into_iter()
-        .find(|d| desired_str(*d) == text)
+/// The enum a stored word names.
+fn from_word<T: DeserializeOwned>(text: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
 }
 
 /// Encodes a timestamp in the fixed-width UTC form the schema uses.
