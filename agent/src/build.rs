@@ -13,7 +13,9 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::dyno::{BindMount, DynoConfig, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
+use crate::dyno::{
+    BindMount, DynoConfig, HostConfig, SlugSource, DEFAULT_BOOT_TIMEOUT, DYNO_GID, DYNO_UID,
+};
 use crate::size::DynoSize;
 
 /// Where the build dyno sees what the host lends it.
@@ -184,6 +186,8 @@ pub fn prepare(
         port: None,
         publish: None,
         grace: Duration::from_secs(10),
+        // A build has no `$PORT`: no boot timeout applies.
+        boot_timeout: DEFAULT_BOOT_TIMEOUT,
         mounts,
         uid: DYNO_UID,
         gid: DYNO_GID,

@@ -35,8 +35,10 @@ use tokio::sync::mpsc;
 use crate::build;
 use crate::dyno::{write_atomic, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
 use crate::link::{self, Blobs, LinkEvent, Scheduler};
+use crate::logs::timestamp;
+use crate::restart::{RestartPolicy, RestartSchedule};
 use crate::size::DynoSize;
-use crate::supervisor::{self, Dyno, Event, Source, State};
+use crate::supervisor::{self, Dyno, Event, LogLine, Source, State};
 
 /// Everything the daemon is configured with (from flags).
 #[derive(Debug, Clone)]
@@ -54,6 +56,10 @@ pub struct DaemonConfig {
     pub shim_binary: PathBuf,
     pub slugbuilder: PathBuf,
     pub buildpacks_dir: Option<PathBuf>,
+    /// When crashed formation dynos are started again.
+    pub restart: RestartPolicy,
+    /// How long a web dyno has to accept connections on `$PORT` before R10 kills it.
+    pub boot_timeout: Duration,
 }
 
 /// Errors that stop the daemon from starting.
@@ -206,41 +212,6 @@ impl PortAllocator {
 
     pub fn release(&mut self, port: u16) {
         self.used.remove(&port);
-    }
-}
-
-/// When a crashed formation dyno is started again: at once the first time, then after 1 s,
-/// 2 s, 4 s, ... up to 60 s; a dyno that stayed up 60 s starts over.
-#[derive(Debug, Clone, Default)]
-pub struct RestartSchedule {
-    crashes: u32,
-    up_since: Option<Instant>,
-}
-
-impl RestartSchedule {
-    const CAP: Duration = Duration::from_secs(60);
-    const STABLE: Duration = Duration::from_secs(60);
-
-    /// The dyno is up (again).
-    pub fn up(&mut self, now: Instant) {
-        self.up_since = Some(now);
-    }
-
-    /// The dyno crashed (or failed to start): how long to wait before starting it again.
-    pub fn crashed(&mut self, now: Instant) -> Duration {
-        if self
-            .up_since
-            .take()
-            .is_some_and(|since| now.saturating_duration_since(since) >= Self::STABLE)
-        {
-            self.crashes = 0;
-        }
-        let delay = match self.crashes {
-            0 => Duration::ZERO,
-            n => Duration::from_secs(1u64 << (n - 1).min(6)).min(Self::CAP),
-        };
-        self.crashes = self.crashes.saturating_add(1);
-        delay
     }
 }
 
@@ -568,7 +539,7 @@ impl Core {
                                 reason: String::new(),
                                 port: dyno.config.publish.map(u32::from).unwrap_or(0),
                             },
-                            restarts: RestartSchedule::default(),
+                            restarts: RestartSchedule::new(self.config.restart),
                         },
                     );
                     tokio::spawn(follow(dyno, id, run, self.inputs.clone()));
@@ -711,7 +682,7 @@ impl Core {
                 id: id.to_string(),
                 ..Default::default()
             },
-            restarts: RestartSchedule::default(),
+            restarts: RestartSchedule::new(self.config.restart),
         });
         entry.run = run.clone();
         entry.phase = Phase::Launching;
@@ -836,6 +807,11 @@ impl Core {
                     .get(&id)
                     .is_some_and(|e| e.run == run && matches!(e.phase, Phase::Backoff));
                 if waiting && self.assignment(&id).is_some() {
+                    if let Some(entry) = self.dynos.get(&id) {
+                        // The new run's supervisor starts from `starting`: the change out of
+                        // `crashed` is the daemon's to log, in Heroku's words.
+                        platform_line(&entry.name, "State changed from crashed to starting");
+                    }
                     self.launch(&id);
                 }
             }
@@ -871,6 +847,18 @@ impl Core {
             let _ = inputs.send(Input::Restart { id, run });
         });
     }
+}
+
+/// Logs a platform line the daemon itself writes (the supervisors write the others).
+fn platform_line(dyno: &str, text: &str) {
+    let line = LogLine {
+        ts: timestamp(),
+        source: Source::Heroku,
+        dyno: dyno.to_string(),
+        stream: None,
+        text: text.to_string(),
+    };
+    tracing::info!("{line}");
 }
 
 /// The stacks ready on this host: directories with a `.manifold-stack` marker.
@@ -939,6 +927,7 @@ async fn launch(
         port: web.then_some(5000),
         publish: port,
         grace: GRACE,
+        boot_timeout: config.boot_timeout,
         mounts: Vec::new(),
         uid: DYNO_UID,
         gid: DYNO_GID,
@@ -1121,27 +1110,6 @@ async fn build_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn restart_schedule_backs_off_and_resets_after_a_stable_minute() {
-        let t0 = Instant::now();
-        let mut s = RestartSchedule::default();
-        let delays: Vec<u64> = (0..9).map(|_| s.crashed(t0).as_secs()).collect();
-        assert_eq!(delays, vec![0, 1, 2, 4, 8, 16, 32, 60, 60]);
-        // Up for less than a minute: the backoff goes on.
-        s.up(t0);
-        assert_eq!(
-            s.crashed(t0 + Duration::from_secs(59)),
-            Duration::from_secs(60)
-        );
-        // Up for a minute: it starts over.
-        s.up(t0);
-        assert_eq!(s.crashed(t0 + Duration::from_secs(60)), Duration::ZERO);
-        assert_eq!(
-            s.crashed(t0 + Duration::from_secs(61)),
-            Duration::from_secs(1)
-        );
-    }
 
     #[test]
     fn ports_are_allocated_from_the_range_reused_and_exhausted() {

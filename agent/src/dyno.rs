@@ -139,6 +139,11 @@ pub struct DynoConfig {
     /// Time between SIGTERM and SIGKILL on stop.
     #[serde(with = "duration_ms")]
     pub grace: Duration,
+    /// How long a web dyno has from launch to accept a connection on `$PORT` before it is
+    /// killed and counted as crashed (Heroku's R10). Defaulted so that the `dyno.json` of a
+    /// dyno started by an older agent still parses.
+    #[serde(with = "duration_ms", default = "default_boot_timeout")]
+    pub boot_timeout: Duration,
     /// Host directories bind-mounted into the dyno (a build dyno's slugbuilder and output).
     #[serde(default)]
     pub mounts: Vec<BindMount>,
@@ -197,6 +202,13 @@ impl std::str::FromStr for BindMount {
     }
 }
 
+/// Heroku's boot timeout for web dynos (R10).
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_boot_timeout() -> Duration {
+    DEFAULT_BOOT_TIMEOUT
+}
+
 /// The user every stack defines for dynos (`dyno`, uid and gid 1000).
 pub const DYNO_UID: u32 = 1000;
 pub const DYNO_GID: u32 = 1000;
@@ -227,7 +239,7 @@ impl DynoConfig {
     }
 }
 
-/// `grace` is stored in milliseconds so that `dyno.json` stays readable.
+/// `grace` and `boot_timeout` are stored in milliseconds so that `dyno.json` stays readable.
 mod duration_ms {
     use std::time::Duration;
 
@@ -349,6 +361,9 @@ pub enum ShimEvent {
     Stopping,
     /// The grace period ran out: SIGKILL sent to every process still there.
     Killing,
+    /// A kill at once was asked for (SIGUSR1: the supervisor's boot timeout, R10): SIGKILL
+    /// sent to every process in the dyno, with no SIGTERM and no grace period.
+    Kill,
     /// The dyno's process ended.
     Exited {
         code: Option<i32>,
@@ -403,6 +418,32 @@ mod tests {
     }
 
     #[test]
+    fn a_dyno_json_without_a_boot_timeout_gets_herokus() {
+        let c = DynoConfig {
+            id: "x".into(),
+            name: "web.1".into(),
+            stack: "testing".into(),
+            slug: None,
+            size: DynoSize::Standard1X,
+            env: BTreeMap::new(),
+            command: "true".into(),
+            port: Some(5000),
+            publish: None,
+            grace: Duration::from_secs(30),
+            boot_timeout: Duration::from_secs(2),
+            mounts: vec![],
+            uid: DYNO_UID,
+            gid: DYNO_GID,
+            host: HostConfig::default(),
+        };
+        let mut json = serde_json::to_value(&c).expect("serialise");
+        assert_eq!(json["boot_timeout"], 2000);
+        json.as_object_mut().expect("object").remove("boot_timeout");
+        let old: DynoConfig = serde_json::from_value(json).expect("an old dyno.json parses");
+        assert_eq!(old.boot_timeout, DEFAULT_BOOT_TIMEOUT);
+    }
+
+    #[test]
     fn bind_mounts_parse_like_docker_volumes() {
         let m: BindMount = "/srv/out:/out".parse().expect("parse");
         assert_eq!(m.destination, PathBuf::from("/out"));
@@ -429,6 +470,7 @@ mod tests {
             port: None,
             publish: None,
             grace: Duration::from_secs(30),
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
             mounts: vec![],
             uid: DYNO_UID,
             gid: DYNO_GID,

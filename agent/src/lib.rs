@@ -19,6 +19,7 @@ pub mod host;
 pub mod link;
 pub mod logs;
 pub mod network;
+pub mod restart;
 pub mod rootfs;
 pub mod shim;
 /// The dyno size table, shared with the scheduler (crate `manifold-sizes`).

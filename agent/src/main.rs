@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use manifold_agent::dyno::{
     BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
+use manifold_agent::restart::RestartPolicy;
 use manifold_agent::size::DynoSize;
 use manifold_agent::supervisor::shim_alive;
 use manifold_agent::supervisor::{Dyno, LogLine, Source};
@@ -85,6 +86,19 @@ struct DaemonArgs {
     /// The slugbuilder binary (default: beside manifold-agent).
     #[arg(long, env = "MANIFOLD_SLUGBUILDER")]
     slugbuilder: Option<PathBuf>,
+    /// Cool-off before the 2nd consecutive restart of a crashing dyno (the 1st is at once),
+    /// doubled for each next one, with jitter in [d/2, d].
+    #[arg(long, env = "MANIFOLD_RESTART_BASE", default_value = "20s", value_parser = humantime::parse_duration)]
+    restart_base: Duration,
+    /// The longest cool-off between crash restarts.
+    #[arg(long, env = "MANIFOLD_RESTART_CAP", default_value = "20m", value_parser = humantime::parse_duration)]
+    restart_cap: Duration,
+    /// How long a dyno must stay up for its crash count to start over.
+    #[arg(long, env = "MANIFOLD_RESTART_RESET", default_value = "10m", value_parser = humantime::parse_duration)]
+    restart_reset: Duration,
+    /// How long a web dyno has to accept connections on $PORT before it is killed (R10).
+    #[arg(long, env = "MANIFOLD_BOOT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    boot_timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +146,9 @@ struct RunArgs {
     /// Time between SIGTERM and SIGKILL when stopping.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// How long a web dyno has to accept connections on $PORT before it is killed (R10).
+    #[arg(long, env = "MANIFOLD_BOOT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    boot_timeout: Duration,
     /// Print the dyno's OCI runtime spec (config.json) instead of running it.
     #[arg(long)]
     print_spec: bool,
@@ -258,6 +275,12 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
             .unwrap_or_else(|| exe.with_file_name("slugbuilder")),
         buildpacks_dir: args.buildpacks_dir.or_else(|| installed_buildpacks(&exe)),
         shim_binary: exe,
+        restart: RestartPolicy {
+            base: args.restart_base,
+            cap: args.restart_cap,
+            reset: args.restart_reset,
+        },
+        boot_timeout: args.boot_timeout,
     })
 }
 
@@ -308,6 +331,7 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         port,
         publish: args.publish,
         grace: args.grace,
+        boot_timeout: args.boot_timeout,
         mounts: args.mounts,
         uid: DYNO_UID,
         gid: DYNO_GID,

@@ -8,6 +8,7 @@
 //!                                                             ▼
 //!                                            event loop: pipes → stream.jsonl lines
 //!                                                        SIGTERM → stop (TERM all, KILL after grace)
+//!                                                        SIGUSR1 → KILL all at once (R10)
 //!                                                        SIGCHLD → exit status, OOM check
 //!                                                             ▼
 //!                                            cleanup: container, cgroups, network, overlay
@@ -54,6 +55,13 @@ extern "C" fn request_stop(_: libc::c_int) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// Like [`STOP_REQUESTED`], for SIGUSR1: kill every process of the dyno at once.
+static KILL_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_kill(_: libc::c_int) {
+    KILL_REQUESTED.store(true, Ordering::SeqCst);
+}
+
 /// Runs the dyno described in `dir` to its end, then exits the process.
 ///
 /// The shim starts its own session so that signals for the supervisor's terminal (Ctrl-C)
@@ -81,12 +89,14 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
     unsafe {
         signal::signal(Signal::SIGTERM, SigHandler::Handler(request_stop))?;
         signal::signal(Signal::SIGINT, SigHandler::Handler(request_stop))?;
+        signal::signal(Signal::SIGUSR1, SigHandler::Handler(request_kill))?;
     }
-    // The supervisor starts the shim with both blocked (see `Dyno::start`): a stop that came
-    // early is delivered to the handler now.
+    // The supervisor starts the shim with these blocked (see `Dyno::start`): a stop or kill
+    // that came early is delivered to the handler now.
     let mut early = signal::SigSet::empty();
     early.add(Signal::SIGTERM);
     early.add(Signal::SIGINT);
+    early.add(Signal::SIGUSR1);
     early.thread_unblock()?;
     let mut out = Recorder::open(&dir, SEGMENT_BYTES)?;
     let config = match dir.read_config() {
@@ -158,7 +168,7 @@ enum StopState {
     Running,
     /// SIGTERM sent; SIGKILL due at the deadline.
     Terminating { deadline: Instant },
-    /// SIGKILL sent.
+    /// SIGKILL sent (the grace period ran out, or a kill at once was asked for).
     Killed,
 }
 
@@ -260,7 +270,12 @@ impl Shim {
         // From here on signals arrive through a signalfd; the init was cloned before this,
         // so it does not inherit the blocked mask.
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGUSR1,
+            Signal::SIGCHLD,
+        ] {
             mask.add(s);
         }
         mask.thread_block()?;
@@ -292,6 +307,9 @@ impl Shim {
                 && exit.is_none()
             {
                 stop = self.begin_stop();
+            }
+            if KILL_REQUESTED.swap(false, Ordering::SeqCst) && exit.is_none() {
+                stop = self.kill_now(stop);
             }
             if exit.is_none() {
                 exit = reap(running.pid)?;
@@ -339,6 +357,9 @@ impl Shim {
                         && exit.is_none()
                     {
                         stop = self.begin_stop();
+                    }
+                    if signo == libc::SIGUSR1 && exit.is_none() {
+                        stop = self.kill_now(stop);
                     }
                 }
             }
@@ -392,6 +413,16 @@ impl Shim {
         StopState::Terminating {
             deadline: Instant::now() + self.config.grace,
         }
+    }
+
+    /// SIGKILL to every process of the dyno, at once (the supervisor's R10). Not a stop: the
+    /// dyno ends as if it had died on its own, so it is `crashed`. Once is enough.
+    fn kill_now(&mut self, stop: StopState) -> StopState {
+        if stop != StopState::Killed {
+            self.out.event(ShimEvent::Kill);
+            self.signal_all(Signal::SIGKILL);
+        }
+        StopState::Killed
     }
 
     /// Signals every process in the dyno's cgroup (Heroku: "SIGTERM is sent to all processes

@@ -284,6 +284,7 @@ mod tests {
             port: Some(5000),
             publish: None,
             grace: Duration::from_secs(30),
+            boot_timeout: crate::dyno::DEFAULT_BOOT_TIMEOUT,
             mounts: vec!["/srv/sb:/.manifold/bin:ro".parse().expect("mount")],
             uid: DYNO_UID,
             gid: DYNO_GID,

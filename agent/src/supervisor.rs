@@ -7,10 +7,15 @@
 //!     │  Started (web) + $PORT accepts ▲   │ stop()
 //!     │                                    ▼
 //!     │                               stopping ──Exited──▶ down
-//!     └──Failed──▶ crashed
+//!     ├──Failed──▶ crashed
+//!     └──boot timeout (web, $PORT never accepted: R10) ──Kill, Exited 137──▶ crashed
 //!
 //! A one-off dyno (`run.N`, `release.N`, a build) that exits on its own is `complete`, not `crashed`.
 //! ```
+//!
+//! The boot timeout is Heroku's R10: a web dyno that has not accepted a connection on `$PORT`
+//! within `boot_timeout` of its start is killed at once (SIGUSR1 asks the shim for SIGKILL to
+//! every process, no grace) and counts as a crash, so the daemon's restart schedule applies.
 //!
 //! [`Lifecycle`] is the pure state machine (records in, state and lines out, unit-tested);
 //! [`Dyno`] does the I/O: it writes `dyno.json`, spawns `manifold-agent shim`, tails
@@ -33,7 +38,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
-use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
+use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream, DEFAULT_BOOT_TIMEOUT};
 use crate::logs::timestamp;
 use crate::shim;
 
@@ -105,7 +110,8 @@ pub enum Event {
 /// What the I/O side must do after a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Probe `$PORT` at this address; call [`Lifecycle::port_accepted`] when it accepts.
+    /// Probe `$PORT` at this address; call [`Lifecycle::port_accepted`] when it accepts, or
+    /// [`Lifecycle::boot_timed_out`] if it has not after [`Lifecycle::boot_timeout`].
     ProbePort(SocketAddr),
     /// The shim is done: every resource is gone; `status` is the dyno's exit status.
     Finished { status: i32 },
@@ -117,6 +123,9 @@ pub struct Lifecycle {
     name: String,
     port: Option<u16>,
     grace: Duration,
+    boot_timeout: Duration,
+    /// The boot timeout ran out: the dyno is being killed, a late accept changes nothing.
+    boot_timed_out: bool,
     one_off: bool,
     state: State,
     status: Option<i32>,
@@ -133,6 +142,8 @@ impl Lifecycle {
             name: name.to_string(),
             port,
             grace,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            boot_timed_out: false,
             one_off: ["run.", "release.", "build."]
                 .iter()
                 .any(|p| name.starts_with(p)),
@@ -142,6 +153,18 @@ impl Lifecycle {
             records_seen: 0,
             last_ts: None,
         }
+    }
+
+    /// Sets the R10 limit (Heroku's 60 s by default).
+    pub fn with_boot_timeout(mut self, boot_timeout: Duration) -> Self {
+        self.boot_timeout = boot_timeout;
+        self
+    }
+
+    /// How long `$PORT` may take to accept, from the dyno's start; none for dynos without a
+    /// `$PORT` and for one-offs, which Heroku never kills for not binding.
+    pub fn boot_timeout(&self) -> Option<Duration> {
+        (self.port.is_some() && !self.one_off).then_some(self.boot_timeout)
     }
 
     pub fn state(&self) -> State {
@@ -239,6 +262,10 @@ impl Lifecycle {
                 self.platform(out, "Stopping remaining processes with SIGKILL".into());
                 None
             }
+            ShimEvent::Kill => {
+                self.platform(out, "Stopping process with SIGKILL".into());
+                None
+            }
             ShimEvent::Exited { code, signal, oom } => {
                 let status = ShimEvent::exit_status(code, signal);
                 if oom {
@@ -281,9 +308,25 @@ impl Lifecycle {
 
     /// The web dyno's `$PORT` accepted a connection.
     pub fn port_accepted(&mut self, out: &mut Vec<LogLine>) {
-        if self.state == State::Starting {
+        if self.state == State::Starting && !self.boot_timed_out {
             self.transition(State::Up, out);
         }
+    }
+
+    /// The boot timeout ran out. Returns whether the dyno must be killed at once (it is still
+    /// starting: R10); its end, with the shim's `kill` and `exited` records, is a crash.
+    pub fn boot_timed_out(&mut self, out: &mut Vec<LogLine>) -> bool {
+        if self.state != State::Starting || self.boot_timeout().is_none() || self.boot_timed_out {
+            return false;
+        }
+        self.boot_timed_out = true;
+        let text = format!(
+            "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {} seconds of launch",
+            self.boot_timeout.as_secs()
+        );
+        self.platform(out, text.clone());
+        self.reason = Some(text);
+        true
     }
 
     fn transition(&mut self, to: State, out: &mut Vec<LogLine>) {
@@ -403,6 +446,7 @@ impl Dyno {
                 let mut set = nix::sys::signal::SigSet::empty();
                 set.add(Signal::SIGTERM);
                 set.add(Signal::SIGINT);
+                set.add(Signal::SIGUSR1);
                 set.thread_block().map_err(io::Error::from)
             });
         }
@@ -462,6 +506,13 @@ impl Dyno {
         }
     }
 
+    /// Asks the shim to kill every process of the dyno at once, without a grace period (R10).
+    pub fn kill_now(&self) {
+        if let Err(err) = kill(self.shim_pid, Signal::SIGUSR1) {
+            tracing::debug!("shim {} already gone: {err}", self.shim_pid);
+        }
+    }
+
     /// Follows the dyno to its end, sending every log line to `lines`; `stop` asks for a
     /// stop (e.g. on Ctrl-C). Returns the exit status. Removes the dyno's directory at the end.
     pub async fn follow(
@@ -502,7 +553,8 @@ impl Dyno {
         emit: impl FnMut(Event),
         mut stop: mpsc::UnboundedReceiver<()>,
     ) -> Result<i32, SupervisorError> {
-        let mut life = Lifecycle::new(&self.config.name, self.config.port, self.config.grace);
+        let mut life = Lifecycle::new(&self.config.name, self.config.port, self.config.grace)
+            .with_boot_timeout(self.config.boot_timeout);
         let mut out = Vec::new();
         if !self.adopted {
             life.starting(&self.config.command, &mut out);
@@ -519,6 +571,9 @@ impl Dyno {
         let mut tail = Tail::open(self.dir.stream()).map_err(follow_err)?;
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
         let mut stop_open = true;
+        // Armed when a web dyno starts (for an adopted one: when the replay reaches its start,
+        // so a re-adopted dyno gets a whole boot timeout again rather than none).
+        let mut boot_deadline: Option<tokio::time::Instant> = None;
         let status = 'outer: loop {
             report.flush(&life, &mut out);
             for record in tail.read_records().map_err(follow_err)? {
@@ -527,6 +582,8 @@ impl Dyno {
                 match action {
                     Some(Action::ProbePort(addr)) => {
                         tokio::spawn(probe(addr, probe_tx.clone()));
+                        boot_deadline =
+                            life.boot_timeout().map(|t| tokio::time::Instant::now() + t);
                     }
                     Some(Action::Finished { status }) => break 'outer status,
                     None => {}
@@ -536,6 +593,12 @@ impl Dyno {
             tokio::select! {
                 ready = tail.changed() => ready.map_err(follow_err)?,
                 Some(()) = probe_rx.recv() => life.port_accepted(&mut out),
+                () = tokio::time::sleep_until(boot_deadline.unwrap_or_else(tokio::time::Instant::now)), if boot_deadline.is_some() => {
+                    boot_deadline = None;
+                    if life.boot_timed_out(&mut out) {
+                        self.kill_now();
+                    }
+                }
                 req = stop.recv(), if stop_open => match req {
                     Some(()) => self.stop(),
                     None => stop_open = false,
@@ -803,6 +866,62 @@ mod tests {
                 "State changed from up to down",
             ]
         );
+    }
+
+    #[test]
+    fn web_that_never_binds_is_an_r10_kill_and_a_crash() {
+        let mut life = Lifecycle::new("web.1", Some(5000), Duration::from_secs(30))
+            .with_boot_timeout(Duration::from_secs(2));
+        assert_eq!(life.boot_timeout(), Some(Duration::from_secs(2)));
+        let mut out = Vec::new();
+        life.record(
+            ev(ShimEvent::Started {
+                pid: 9,
+                address: Ipv4Addr::LOCALHOST,
+            }),
+            &mut out,
+        );
+        assert!(life.boot_timed_out(&mut out), "still starting: kill it");
+        assert!(!life.boot_timed_out(&mut out), "asked once");
+        // An accept that races the kill does not make it `up`.
+        life.port_accepted(&mut out);
+        assert_eq!(life.state(), State::Starting);
+        life.record(ev(ShimEvent::Kill), &mut out);
+        life.record(
+            ev(ShimEvent::Exited {
+                code: None,
+                signal: Some(9),
+                oom: false,
+            }),
+            &mut out,
+        );
+        assert_eq!(life.state(), State::Crashed);
+        assert_eq!(life.status(), Some(137));
+        assert!(life.reason().is_some_and(|r| r.starts_with("Error R10")));
+        assert_eq!(
+            texts(&out),
+            vec![
+                "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 2 seconds of launch",
+                "Stopping process with SIGKILL",
+                "Process exited with status 137",
+                "State changed from starting to crashed",
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_starting_formation_web_dyno_has_a_boot_timeout() {
+        let mut out = Vec::new();
+        let mut up = Lifecycle::new("web.1", Some(5000), Duration::from_secs(30));
+        assert_eq!(up.boot_timeout(), Some(DEFAULT_BOOT_TIMEOUT));
+        up.port_accepted(&mut out);
+        assert!(!up.boot_timed_out(&mut out), "bound in time");
+        let mut worker = Lifecycle::new("worker.1", None, Duration::from_secs(30));
+        assert_eq!(worker.boot_timeout(), None);
+        assert!(!worker.boot_timed_out(&mut out));
+        let one_off = Lifecycle::new("run.1", Some(5000), Duration::from_secs(30));
+        assert_eq!(one_off.boot_timeout(), None);
+        assert_eq!(texts(&out), vec!["State changed from starting to up"]);
     }
 
     #[test]

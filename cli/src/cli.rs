@@ -164,6 +164,13 @@ pub enum Command {
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,
+    /// Move every dyno off a host (web dynos: the new one is up before the old one stops)
+    /// and place no new ones there.
+    #[command(name = "hosts:drain")]
+    HostsDrain { host: String },
+    /// Let a drained host take dynos again.
+    #[command(name = "hosts:undrain")]
+    HostsUndrain { host: String },
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Builds { app } => ctx.builds(app.name()?).await,
         Command::Hosts => ctx.hosts().await,
+        Command::HostsDrain { host } => ctx.drain(&host, true).await,
+        Command::HostsUndrain { host } => ctx.drain(&host, false).await,
     }
 }
 
@@ -545,6 +547,23 @@ impl Ctx {
             return print_json(&r.body);
         }
         print!("{}", output::hosts(&r.parse::<Vec<Host>>()?));
+        Ok(())
+    }
+
+    async fn drain(&self, host: &str, drain: bool) -> Result<()> {
+        let action = if drain { "drain" } else { "undrain" };
+        let r = self
+            .client
+            .post(&format!("/hosts/{host}/actions/{action}"), &json!({}))
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        if drain {
+            println!("Draining {host}... done, its dynos are moving to other hosts");
+        } else {
+            println!("Undraining {host}... done, it takes new dynos again");
+        }
         Ok(())
     }
 }

@@ -220,6 +220,7 @@ pub fn router(core: Arc<Core>) -> Router {
         )
         .route("/apps/:app/dynos/:dyno/actions/stop", post(stop_dyno))
         .route("/hosts", get(list_hosts))
+        .route("/hosts/:host/actions/:action", post(drain_host))
         .route(
             "/agent/v1/blobs/:sha",
             get(get_blob)
@@ -905,30 +906,66 @@ struct HostJson {
     last_seen: String,
 }
 
+fn host_json(core: &Core, h: crate::model::Host, dynos: &[Dyno]) -> HostJson {
+    let on: Vec<&Dyno> = dynos.iter().filter(|d| d.host_id == h.id).collect();
+    HostJson {
+        state: match core.liveness(&h.id) {
+            Liveness::Lost => "lost",
+            _ if h.draining => "draining",
+            Liveness::Connected => "ready",
+            Liveness::Missing => "missing",
+        },
+        memory_used: on.iter().map(|d| size_memory(&d.size)).sum(),
+        dynos: on.len(),
+        last_seen: rfc3339(h.last_seen),
+        id: h.id,
+        address: h.address,
+        memory_bytes: h.memory_bytes,
+        dyno_slots: h.dyno_slots,
+        stacks: h.stacks,
+    }
+}
+
 async fn list_hosts(State(core): State<Arc<Core>>) -> Result<axum::Json<Vec<HostJson>>> {
     let dynos = core.store.dynos(None).await?;
-    let mut out = Vec::new();
-    for h in core.store.hosts().await? {
-        let on: Vec<&Dyno> = dynos.iter().filter(|d| d.host_id == h.id).collect();
-        let liveness = core.liveness(&h.id);
-        out.push(HostJson {
-            state: match liveness {
-                Liveness::Lost => "lost",
-                _ if h.draining => "draining",
-                Liveness::Connected => "ready",
-                Liveness::Missing => "missing",
-            },
-            memory_used: on.iter().map(|d| size_memory(&d.size)).sum(),
-            dynos: on.len(),
-            last_seen: rfc3339(h.last_seen),
-            id: h.id,
-            address: h.address,
-            memory_bytes: h.memory_bytes,
-            dyno_slots: h.dyno_slots,
-            stacks: h.stacks,
-        });
-    }
-    Ok(axum::Json(out))
+    let hosts = core.store.hosts().await?;
+    Ok(axum::Json(
+        hosts
+            .into_iter()
+            .map(|h| host_json(&core, h, &dynos))
+            .collect(),
+    ))
+}
+
+/// `drain` moves every dyno off the host (the reconciler replaces them elsewhere; a web
+/// dyno's replacement is up before it stops) and places nothing new there; `undrain`
+/// reverses it.
+async fn drain_host(
+    State(core): State<Arc<Core>>,
+    Path((host, action)): Path<(String, String)>,
+) -> Result<axum::Json<HostJson>> {
+    let draining = match action.as_str() {
+        "drain" => true,
+        "undrain" => false,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no host action {other}: use drain or undrain"
+            )))
+        }
+    };
+    let h = core
+        .store
+        .set_draining(&host, draining)
+        .await
+        .map_err(|e| match e {
+            StoreError::HostNotFound(_) => {
+                ApiError::not_found(format!("host {host} not found: see `manifold hosts`"))
+            }
+            other => other.into(),
+        })?;
+    core.poke();
+    let dynos = core.store.dynos(None).await?;
+    Ok(axum::Json(host_json(&core, h, &dynos)))
 }
 
 async fn get_blob(State(core): State<Arc<Core>>, Path(sha): Path<String>) -> Result<Response> {

@@ -10,10 +10,12 @@
 //!               Heroku starts the new dyno as soon as it signals the old one)
 //!   t.(q+1) …   stop
 //! dynos on lost hosts        forget (the host is told to stop them if it comes back)
+//! dynos on draining hosts    replace elsewhere; the old one stops once the new one is
+//!                            placed (a web dyno: once the new one is up)
 //! types not in the formation stop
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use manifold_sizes::DynoSize;
 use time::OffsetDateTime;
@@ -140,6 +142,11 @@ pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: Offset
         }),
     );
 
+    let draining: HashSet<&str> = hosts
+        .iter()
+        .filter(|h| h.host.draining)
+        .map(|h| h.host.id.as_str())
+        .collect();
     let mut by_app: HashMap<Uuid, Vec<&Dyno>> = HashMap::new();
     for d in &live {
         if d.desired == Desired::Running {
@@ -172,17 +179,43 @@ pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: Offset
                 }
             }
         }
-        // Stop what is no longer wanted first, so its room counts for the new ones.
+        // Stop what is no longer wanted first, so its room counts for the new ones. A
+        // current dyno on a draining host is moving: it keeps running until its replacement
+        // is placed, and for a web dyno until the replacement is `up` (preboot semantics).
+        let mut moving: HashMap<String, Vec<&Dyno>> = HashMap::new();
         for (name, ds) in &by_name {
-            let keep = wanted.get(*name).and_then(|(f, release, _, command)| {
-                ds.iter().find(|d| {
+            let current = |d: &&&Dyno| {
+                wanted.get(*name).is_some_and(|(f, release, _, command)| {
                     d.release_version == release.version
                         && d.size == f.size
                         && &d.command == *command
                 })
-            });
+            };
+            let mut settled: Vec<&Dyno> = ds
+                .iter()
+                .filter(current)
+                .filter(|d| !draining.contains(d.host_id.as_str()))
+                .copied()
+                .collect();
+            // Prefer one that is up, then the oldest.
+            settled.sort_by_key(|d| (d.state != DynoState::Up, d.created_at));
+            let keep = settled.first().copied();
+            let web = name.starts_with("web.");
             for d in ds {
-                if keep.is_none_or(|k| k.id != d.id) {
+                let stop = if keep.is_some_and(|k| k.id == d.id) {
+                    false
+                } else if current(&d) && draining.contains(d.host_id.as_str()) {
+                    match keep {
+                        Some(k) => !web || k.state == DynoState::Up,
+                        None => {
+                            moving.entry(name.to_string()).or_default().push(d);
+                            false
+                        }
+                    }
+                } else {
+                    true
+                };
+                if stop {
                     out.changes.stop.push(d.id.clone());
                     planner.remove(
                         &d.host_id,
@@ -206,23 +239,31 @@ pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: Offset
                 memory_bytes: size_memory(&f.size),
             };
             match planner.place(&request) {
-                Ok(host) => out.changes.create.push(Dyno {
-                    id: new_dyno_id(&want.app.name, &name),
-                    app_id: want.app.id,
-                    name,
-                    process_type: f.process_type.clone(),
-                    release_version: release.version,
-                    size: f.size.clone(),
-                    command: command.clone(),
-                    host_id: host.to_string(),
-                    desired: Desired::Running,
-                    state: DynoState::Created,
-                    state_changed_at: now,
-                    exit_status: None,
-                    reason: String::new(),
-                    port: None,
-                    created_at: now,
-                }),
+                Ok(host) => {
+                    // A worker moves at once; a web dyno waits for its replacement to be up.
+                    if f.process_type != "web" {
+                        for d in moving.remove(&name).unwrap_or_default() {
+                            out.changes.stop.push(d.id.clone());
+                        }
+                    }
+                    out.changes.create.push(Dyno {
+                        id: new_dyno_id(&want.app.name, &name),
+                        app_id: want.app.id,
+                        name,
+                        process_type: f.process_type.clone(),
+                        release_version: release.version,
+                        size: f.size.clone(),
+                        command: command.clone(),
+                        host_id: host.to_string(),
+                        desired: Desired::Running,
+                        state: DynoState::Created,
+                        state_changed_at: now,
+                        exit_status: None,
+                        reason: String::new(),
+                        port: None,
+                        created_at: now,
+                    })
+                }
                 Err(rejection) => out.unplaced.push(Unplaced {
                     app: want.app.name.clone(),
                     name,
@@ -404,6 +445,62 @@ mod tests {
                 ("web.2".into(), "a".into(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn draining_moves_workers_at_once_and_web_dynos_once_their_replacement_is_up() {
+        let mut hosts = vec![host("a", Liveness::Connected)];
+        let mut dynos = Vec::new();
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        apply(&mut dynos, &p);
+        hosts.push(host("b", Liveness::Connected));
+        hosts[0].host.draining = true;
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        let stopped: Vec<&str> = dynos
+            .iter()
+            .filter(|d| p.changes.stop.contains(&d.id))
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(
+            stopped,
+            vec!["worker.1"],
+            "the web dyno waits for its replacement"
+        );
+        let created: Vec<(&str, &str)> = p
+            .changes
+            .create
+            .iter()
+            .map(|d| (d.name.as_str(), d.host_id.as_str()))
+            .collect();
+        assert_eq!(created, vec![("web.1", "b"), ("worker.1", "b")]);
+        apply(&mut dynos, &p);
+        // The new web.1 is not up yet: nothing changes.
+        assert!(plan(&hosts, &dynos, &[app(1, 1, 1)], t0()).is_empty());
+        for d in dynos.iter_mut().filter(|d| d.host_id == "b") {
+            d.state = DynoState::Up;
+        }
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        assert!(p.changes.create.is_empty());
+        let stopped: Vec<(&str, &str)> = dynos
+            .iter()
+            .filter(|d| p.changes.stop.contains(&d.id))
+            .map(|d| (d.name.as_str(), d.host_id.as_str()))
+            .collect();
+        assert_eq!(stopped, vec![("web.1", "a")]);
+        apply(&mut dynos, &p);
+        assert!(plan(&hosts, &dynos, &[app(1, 1, 1)], t0()).is_empty());
+    }
+
+    #[test]
+    fn a_draining_host_with_nowhere_to_go_keeps_its_dynos() {
+        let mut hosts = vec![host("a", Liveness::Connected)];
+        let mut dynos = Vec::new();
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        apply(&mut dynos, &p);
+        hosts[0].host.draining = true;
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        assert!(p.changes.stop.is_empty() && p.changes.create.is_empty());
+        assert_eq!(p.unplaced.len(), 2);
     }
 
     #[test]

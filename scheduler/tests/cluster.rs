@@ -204,8 +204,55 @@ fn two_hosts_spread_and_host_loss_moves_dynos() {
     let after = c.dynos("spread");
     assert_eq!(ids(&after), ids(&moved), "no more than the formation runs");
 
+    // Draining host-a moves everything to host-b, and host-a takes nothing new.
+    let out = c.ok(&["hosts:drain", "host-a"]);
+    assert!(out.contains("Draining host-a"), "{out}");
+    let drained = wait_for("every dyno to move to host-b", UP, || {
+        let d = c.dynos("spread");
+        (d.len() == 4
+            && d.iter()
+                .all(|d| d["host"]["id"] == "host-b" && d["state"] == "up"))
+        .then_some(d)
+    });
+    assert_clean(&c, 0);
+    for d in &drained {
+        let body = Cluster::http(d["port"].as_u64().unwrap(), "/cgi-bin/greeting").unwrap();
+        assert_eq!(
+            body,
+            format!("hello from {}\n", d["name"].as_str().unwrap())
+        );
+    }
+    let hosts = c.json(&["hosts"]);
+    let a = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == "host-a")
+        .unwrap();
+    assert_eq!(a["state"], "draining");
+    c.ok(&["ps:scale", "web=5", "-a", "spread"]);
+    let five = c.wait_dynos(
+        "spread",
+        &["web.1", "web.2", "web.3", "web.4", "web.5"],
+        "up",
+        UP,
+    );
+    assert!(five.iter().all(|d| d["host"]["id"] == "host-b"));
+    c.ok(&["hosts:undrain", "host-a"]);
+    c.ok(&["ps:scale", "web=6", "-a", "spread"]);
+    let six = wait_for("web.6 up", UP, || {
+        let d = c.dynos("spread");
+        (d.len() == 6 && d.iter().all(|d| d["state"] == "up")).then_some(d)
+    });
+    let web6 = six.iter().find(|d| d["name"] == "web.6").unwrap();
+    assert_eq!(
+        web6["host"]["id"], "host-a",
+        "an undrained host takes dynos again"
+    );
+
     c.ok(&["apps:destroy", "spread", "--confirm", "spread"]);
     assert_clean(&c, 0);
+    assert_clean(&c, 1);
 }
 
 /// SIGKILL of the scheduler, then of the agent: no dyno is restarted, and `ps` is the same.
