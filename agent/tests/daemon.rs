@@ -52,6 +52,14 @@ const BUILDS: Isolation = Isolation {
     ports: "39180-39189",
 };
 
+const POLICIES: Isolation = Isolation {
+    cgroup_parent: "manifold-test-daemon-policy",
+    bridge: "mftestd2",
+    subnet: "10.231.2.0/24",
+    table: "mftestd2",
+    ports: "39190-39199",
+};
+
 type Outbound = mpsc::Sender<Result<SchedulerMessage, tonic::Status>>;
 
 /// The fake scheduler: records what agents send, lets the test send to the connected one.
@@ -159,7 +167,8 @@ struct Agent {
 }
 
 impl Agent {
-    fn spawn(state: &Path, url: &str, isolation: &'static Isolation) -> Agent {
+    /// Starts the agent with the isolation's flags and `extra` ones.
+    fn spawn(state: &Path, url: &str, isolation: &'static Isolation, extra: &[&str]) -> Agent {
         let i = isolation;
         let buildpacks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildpacks");
         use std::os::unix::process::CommandExt;
@@ -190,6 +199,7 @@ impl Agent {
             ])
             .arg("--buildpacks-dir")
             .arg(buildpacks)
+            .args(extra)
             .env("MANIFOLD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -386,7 +396,7 @@ async fn daemon_runs_readopts_and_stops_assigned_dynos() {
     };
     let url = serve(fake.clone(), blobs).await;
 
-    let mut agent = Agent::spawn(&state, &url, &DYNOS);
+    let mut agent = Agent::spawn(&state, &url, &DYNOS, &[]);
     let hello = wait_for(
         &mut rx,
         Duration::from_secs(20),
@@ -448,7 +458,7 @@ async fn daemon_runs_readopts_and_stops_assigned_dynos() {
             "shim {pid} died with the agent"
         );
     }
-    let mut agent = Agent::spawn(&state, &url, &DYNOS);
+    let mut agent = Agent::spawn(&state, &url, &DYNOS, &[]);
     let hello = wait_for(
         &mut rx,
         Duration::from_secs(20),
@@ -604,7 +614,13 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
         std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let _agent = Agent::spawn(&state, &url, &BUILDS);
+    // Short cool-offs, so that three crashes fit in the test's time.
+    let _agent = Agent::spawn(
+        &state,
+        &url,
+        &BUILDS,
+        &["--restart-base", "1s", "--restart-cap", "2s"],
+    );
     wait_for(&mut rx, Duration::from_secs(20), "hello", &log, |k| {
         matches!(k, agent_message::Kind::Hello(_)).then_some(())
     })
@@ -688,8 +704,8 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
         },
     )
     .await;
-    // Restarted at once, then after 1 s, then 2 s.
-    assert!(started.elapsed() >= Duration::from_secs(1), "{seen:?}");
+    // Restarted at once, then after 0.5 s to 1 s (the 2nd crash's cool-off).
+    assert!(started.elapsed() >= Duration::from_millis(500), "{seen:?}");
     let states: Vec<_> = seen.iter().map(|s| s.0).collect();
     assert_eq!(
         states.iter().filter(|s| **s == DynoState::Starting).count(),
@@ -709,5 +725,129 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
         &log,
         |k| dyno_status(k, "d-crash-1", DynoState::Down),
     )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_backs_off_crash_restarts_and_kills_web_dynos_that_never_bind() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("manifold-daemon-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink("/var/lib/manifold/stacks", state.join("stacks")).unwrap();
+    let log = state.join("agent.log");
+    let slug = slug(tmp.path(), "app.tgz", &[("README", "policies\n", 0o644)]);
+    let bytes = std::fs::read(&slug).unwrap();
+    let sha = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let blobs: Blobs = Arc::new(Mutex::new([(sha.clone(), bytes)].into()));
+    let (received, mut rx) = mpsc::unbounded_channel();
+    let fake = Fake {
+        received,
+        agent: Arc::new(Mutex::new(None)),
+    };
+    let url = serve(fake.clone(), blobs).await;
+    let _agent = Agent::spawn(
+        &state,
+        &url,
+        &POLICIES,
+        &[
+            "--restart-base",
+            "1s",
+            "--restart-cap",
+            "4s",
+            "--boot-timeout",
+            "2s",
+        ],
+    );
+    wait_for(&mut rx, Duration::from_secs(20), "hello", &log, |k| {
+        matches!(k, agent_message::Kind::Hello(_)).then_some(())
+    })
+    .await;
+    let worker = assignment("d-crashy-1", "worker.1", "sleep 1; exit 3", &sha, size);
+    let web = assignment("d-deaf-1", "web.1", "sleep 1000", &sha, size);
+    assign(&fake, 1, vec![worker, web]).await;
+
+    // The worker's restart delays, each from a `crashed` report to the next `starting` one;
+    // the web dyno's R10 crash and its restart.
+    let mut crashed_at: Option<Instant> = None;
+    let mut restarts: Vec<Duration> = Vec::new();
+    let mut r10: Option<DynoStatus> = None;
+    let mut web_restarted = false;
+    wait_for(
+        &mut rx,
+        Duration::from_secs(60),
+        "five worker restarts and an R10",
+        &log,
+        |k| {
+            if let agent_message::Kind::Dyno(s) = k {
+                match (s.id.as_str(), s.state()) {
+                    ("d-crashy-1", DynoState::Crashed) => {
+                        assert_eq!(s.exit_status, Some(3), "{s:?}");
+                        crashed_at = Some(Instant::now());
+                    }
+                    ("d-crashy-1", DynoState::Starting) => {
+                        if let Some(at) = crashed_at.take() {
+                            restarts.push(at.elapsed());
+                        }
+                    }
+                    ("d-deaf-1", DynoState::Crashed) if r10.is_none() => r10 = Some(s.clone()),
+                    ("d-deaf-1", DynoState::Starting) if r10.is_some() => web_restarted = true,
+                    _ => {}
+                }
+            }
+            (restarts.len() >= 5 && web_restarted).then_some(())
+        },
+    )
+    .await;
+
+    // The table with base 1 s, cap 4 s: at once, [0.5 s, 1 s], [1 s, 2 s], then [2 s, 4 s].
+    // A restart must never come early; it may come late by the time the dyno takes to end
+    // (its cleanup) and a loaded host's slack.
+    let table = [
+        (0, 0),
+        (500, 1000),
+        (1000, 2000),
+        (2000, 4000),
+        (2000, 4000),
+    ];
+    for (crash, (delay, (low, high))) in restarts.iter().zip(table).enumerate() {
+        let low = Duration::from_millis(low).saturating_sub(Duration::from_millis(100));
+        let high = Duration::from_millis(high) + Duration::from_secs(2);
+        assert!(
+            low <= *delay && *delay <= high,
+            "restart after crash {} took {delay:?}, not within {low:?}..={high:?}: {restarts:?}",
+            crash + 1
+        );
+    }
+
+    let r10 = r10.unwrap();
+    assert_eq!(r10.exit_status, Some(137), "{r10:?}");
+    assert!(r10.reason.contains("R10"), "{r10:?}");
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        agent_log.contains("heroku[web.1]: Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 2 seconds of launch"),
+        "{agent_log}"
+    );
+    assert!(
+        agent_log.contains("heroku[worker.1]: State changed from crashed to starting"),
+        "{agent_log}"
+    );
+
+    assign(&fake, 2, vec![]).await;
+    let mut down = Vec::new();
+    wait_for(&mut rx, Duration::from_secs(40), "both down", &log, |k| {
+        for id in ["d-crashy-1", "d-deaf-1"] {
+            if dyno_status(k, id, DynoState::Down).is_some() && !down.contains(&id) {
+                down.push(id);
+            }
+        }
+        (down.len() == 2).then_some(())
+    })
     .await;
 }

@@ -71,6 +71,38 @@ fn worker_has_no_port_and_one_off_completes() {
 }
 
 #[test]
+fn web_that_never_binds_its_port_is_killed_by_the_boot_timeout() {
+    if !ready() {
+        return;
+    }
+    let started = Instant::now();
+    let out = run(&["--boot-timeout", "2s", "--name", "web.1"], "sleep 100");
+    assert_eq!(out.status.code(), Some(137), "{}", stdout(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{}",
+        stdout(&out)
+    );
+    let platform = platform_lines(&out);
+    let r10 = "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 2 seconds of launch";
+    let tail: Vec<&str> = platform
+        .iter()
+        .map(String::as_str)
+        .skip_while(|l| *l != r10)
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            r10,
+            "Stopping process with SIGKILL",
+            "Process exited with status 137",
+            "State changed from starting to crashed",
+        ],
+        "{platform:?}"
+    );
+}
+
+#[test]
 fn dyno_is_isolated() {
     if !ready() {
         return;

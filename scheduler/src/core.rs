@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::blobs::BlobStore;
 use crate::builds::Builds;
 use crate::model::{Desired, Dyno, FormationUpdate};
-use crate::reconciler::{self, AppDesired, HostView, Liveness, Plan};
+use crate::reconciler::{self, AppDesired, Cycling, HostView, Liveness, Plan};
 use crate::store::{Store, StoreError};
 
 /// What an assignment needs of a release: its config, its slug's sha256 and size.
@@ -25,6 +25,8 @@ type ReleaseInfo = (BTreeMap<String, String>, String, u64);
 pub struct Settings {
     /// A host whose agent sent nothing for this long is lost: its dynos go elsewhere.
     pub heartbeat_deadline: Duration,
+    /// Daily dyno cycling (24 h plus jitter by default; shorter in tests).
+    pub cycling: Cycling,
     /// How often the reconciler runs when nothing triggers it.
     pub reconcile_interval: Duration,
     /// Largest source upload.
@@ -202,13 +204,22 @@ impl Core {
     pub async fn reconcile(&self) -> Result<Plan, CoreError> {
         let _one = self.reconciling.lock().await;
         let (hosts, dynos, apps) = self.snapshot(None).await?;
-        let plan = reconciler::plan(&hosts, &dynos, &apps, OffsetDateTime::now_utc());
+        let plan = reconciler::plan(
+            &hosts,
+            &dynos,
+            &apps,
+            OffsetDateTime::now_utc(),
+            &self.settings.cycling,
+        );
         if !plan.is_empty() {
             for d in &plan.changes.create {
                 tracing::info!("placing {} ({}) on {}", d.name, d.id, d.host_id);
             }
             for id in &plan.changes.stop {
                 tracing::info!("stopping {id}");
+            }
+            for id in &plan.cycling {
+                tracing::info!("cycling {id}");
             }
             for id in &plan.changes.delete {
                 tracing::info!("forgetting {id}: its host is lost");
@@ -230,7 +241,13 @@ impl Core {
     ) -> Result<Plan, CoreError> {
         let _one = self.reconciling.lock().await;
         let (hosts, dynos, apps) = self.snapshot(Some((app, updates))).await?;
-        let mut plan = reconciler::plan(&hosts, &dynos, &apps, OffsetDateTime::now_utc());
+        let mut plan = reconciler::plan(
+            &hosts,
+            &dynos,
+            &apps,
+            OffsetDateTime::now_utc(),
+            &self.settings.cycling,
+        );
         plan.unplaced.retain(|u| u.app == app);
         Ok(plan)
     }

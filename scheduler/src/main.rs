@@ -32,6 +32,10 @@ struct Cli {
     /// A host whose agent is silent this long is lost and its dynos are placed elsewhere.
     #[arg(long, env = "MANIFOLD_HEARTBEAT_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat_deadline: Duration,
+    /// Every dyno is replaced once per this interval plus up to 15% more (Heroku's daily
+    /// cycling: 24 h plus 0 to 216 min), each dyno at its own time.
+    #[arg(long, env = "MANIFOLD_CYCLE_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
+    cycle_interval: Duration,
     /// Largest source upload, in MiB.
     #[arg(long, env = "MANIFOLD_UPLOAD_LIMIT_MIB", default_value_t = 512)]
     upload_limit_mib: u64,
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         heartbeat_deadline: cli.heartbeat_deadline,
         reconcile_interval: Duration::from_secs(1),
+        cycling: manifold_scheduler::reconciler::Cycling::every(cli.cycle_interval),
         upload_limit: cli.upload_limit_mib * 1024 * 1024,
         slug_limit: 1024 * 1024 * 1024,
         api_token: token(&cli.state_dir, "api-token", cli.api_token)?,

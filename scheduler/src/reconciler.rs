@@ -11,7 +11,8 @@
 //!   t.(q+1) …   stop
 //! dynos on lost hosts        forget (the host is told to stop them if it comes back)
 //! dynos on draining hosts    replace elsewhere; the old one stops once the new one is
-//!                            placed (a web dyno: once the new one is up)
+//!  and dynos due to cycle    placed (a web dyno: once the new one is up); one dyno of a
+//!                            process type cycles at a time
 //! types not in the formation stop
 //! ```
 
@@ -65,6 +66,8 @@ pub struct Unplaced {
 #[derive(Debug, Default)]
 pub struct Plan {
     pub changes: DynoChanges,
+    /// Dynos whose daily cycle began in this plan (their replacements are in `changes`).
+    pub cycling: Vec<String>,
     pub unplaced: Vec<Unplaced>,
 }
 
@@ -97,9 +100,50 @@ pub fn new_dyno_id(app: &str, name: &str) -> String {
     )
 }
 
+/// Daily cycling: every dyno is replaced once per `interval` plus a random part of `jitter`
+/// (Heroku: 24 h plus 0 to 216 min), independently per dyno, so an app's dynos are not
+/// cycled together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cycling {
+    pub interval: std::time::Duration,
+    pub jitter: std::time::Duration,
+}
+
+impl Cycling {
+    /// Heroku's figures: 24 h, plus up to 216 min (15% of the interval).
+    pub fn daily() -> Cycling {
+        Cycling::every(std::time::Duration::from_secs(24 * 3600))
+    }
+
+    /// An interval with Heroku's proportion of jitter (216 min of 24 h = 15%).
+    pub fn every(interval: std::time::Duration) -> Cycling {
+        Cycling {
+            interval,
+            jitter: interval.mul_f64(0.15),
+        }
+    }
+
+    /// When the dyno is due: its start plus the interval plus its own share of the jitter,
+    /// drawn from its id (stable across scheduler restarts, different for every dyno).
+    pub fn due(&self, d: &Dyno) -> OffsetDateTime {
+        let hash = d.id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let jitter_ms = u64::try_from(self.jitter.as_millis()).unwrap_or(u64::MAX);
+        let extra = if jitter_ms == 0 { 0 } else { hash % jitter_ms };
+        d.created_at + self.interval + std::time::Duration::from_millis(extra)
+    }
+}
+
 /// Decides what to create, stop and forget. Pure: the same snapshot gives the same plan
 /// (but for new dyno ids).
-pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: OffsetDateTime) -> Plan {
+pub fn plan(
+    hosts: &[HostView],
+    dynos: &[Dyno],
+    apps: &[AppDesired],
+    now: OffsetDateTime,
+    cycling: &Cycling,
+) -> Plan {
     let mut out = Plan::default();
     let liveness: HashMap<&str, Liveness> = hosts
         .iter()
@@ -183,7 +227,32 @@ pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: Offset
         // current dyno on a draining host is moving: it keeps running until its replacement
         // is placed, and for a web dyno until the replacement is `up` (preboot semantics).
         let mut moving: HashMap<String, Vec<&Dyno>> = HashMap::new();
+        // Cycling starts for at most one dyno of a process type at a time, and only while
+        // all of that type are up and none is being replaced: an app's dynos never cycle
+        // together.
+        let mut settling: HashSet<&str> = HashSet::new();
+        for ds in by_name.values() {
+            for d in ds {
+                if ds.len() > 1 || d.state != DynoState::Up {
+                    settling.insert(d.process_type.as_str());
+                }
+            }
+        }
         for (name, ds) in &by_name {
+            let mut leaving: HashSet<&str> = ds
+                .iter()
+                .filter(|d| draining.contains(d.host_id.as_str()))
+                .map(|d| d.id.as_str())
+                .collect();
+            let expired = |d: &Dyno| now >= cycling.due(d);
+            match ds.as_slice() {
+                [d] if expired(d) && settling.insert(d.process_type.as_str()) => {
+                    out.cycling.push(d.id.clone());
+                    leaving.insert(d.id.as_str());
+                }
+                [_] => {}
+                _ => leaving.extend(ds.iter().filter(|d| expired(d)).map(|d| d.id.as_str())),
+            }
             let current = |d: &&&Dyno| {
                 wanted.get(*name).is_some_and(|(f, release, _, command)| {
                     d.release_version == release.version
@@ -194,7 +263,7 @@ pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: Offset
             let mut settled: Vec<&Dyno> = ds
                 .iter()
                 .filter(current)
-                .filter(|d| !draining.contains(d.host_id.as_str()))
+                .filter(|d| !leaving.contains(d.id.as_str()))
                 .copied()
                 .collect();
             // Prefer one that is up, then the oldest.
@@ -204,7 +273,7 @@ pub fn plan(hosts: &[HostView], dynos: &[Dyno], apps: &[AppDesired], now: Offset
             for d in ds {
                 let stop = if keep.is_some_and(|k| k.id == d.id) {
                     false
-                } else if current(&d) && draining.contains(d.host_id.as_str()) {
+                } else if current(&d) && leaving.contains(d.id.as_str()) {
                     match keep {
                         Some(k) => !web || k.state == DynoState::Up,
                         None => {
@@ -381,7 +450,7 @@ mod tests {
             host("b", Liveness::Connected),
         ];
         let mut dynos = Vec::new();
-        let p = plan(&hosts, &dynos, &[app(2, 1, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(2, 1, 1)], t0(), &Cycling::daily());
         assert!(p.unplaced.is_empty());
         apply(&mut dynos, &p);
         assert_eq!(
@@ -392,7 +461,7 @@ mod tests {
                 ("worker.1".into(), "a".into(), 1),
             ]
         );
-        let again = plan(&hosts, &dynos, &[app(2, 1, 1)], t0());
+        let again = plan(&hosts, &dynos, &[app(2, 1, 1)], t0(), &Cycling::daily());
         assert!(again.is_empty(), "a second run changes nothing: {again:?}");
     }
 
@@ -400,9 +469,9 @@ mod tests {
     fn a_new_release_replaces_every_dyno_and_scale_down_stops_the_highest() {
         let hosts = [host("a", Liveness::Connected)];
         let mut dynos = Vec::new();
-        let p = plan(&hosts, &dynos, &[app(3, 0, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(3, 0, 1)], t0(), &Cycling::daily());
         apply(&mut dynos, &p);
-        let p = plan(&hosts, &dynos, &[app(2, 0, 2)], t0());
+        let p = plan(&hosts, &dynos, &[app(2, 0, 2)], t0(), &Cycling::daily());
         assert_eq!(p.changes.stop.len(), 3);
         assert_eq!(p.changes.create.len(), 2);
         apply(&mut dynos, &p);
@@ -413,7 +482,7 @@ mod tests {
                 ("web.2".into(), "a".into(), 2)
             ]
         );
-        let p = plan(&hosts, &dynos, &[app(1, 0, 2)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 0, 2)], t0(), &Cycling::daily());
         assert!(p.changes.create.is_empty());
         let stopped: Vec<&str> = dynos
             .iter()
@@ -430,12 +499,12 @@ mod tests {
             host("b", Liveness::Connected),
         ];
         let mut dynos = Vec::new();
-        let p = plan(&hosts, &dynos, &[app(2, 0, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(2, 0, 1)], t0(), &Cycling::daily());
         apply(&mut dynos, &p);
         hosts[1].liveness = Liveness::Missing;
-        assert!(plan(&hosts, &dynos, &[app(2, 0, 1)], t0()).is_empty());
+        assert!(plan(&hosts, &dynos, &[app(2, 0, 1)], t0(), &Cycling::daily()).is_empty());
         hosts[1].liveness = Liveness::Lost;
-        let p = plan(&hosts, &dynos, &[app(2, 0, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(2, 0, 1)], t0(), &Cycling::daily());
         assert_eq!(p.changes.delete.len(), 1);
         apply(&mut dynos, &p);
         assert_eq!(
@@ -451,11 +520,11 @@ mod tests {
     fn draining_moves_workers_at_once_and_web_dynos_once_their_replacement_is_up() {
         let mut hosts = vec![host("a", Liveness::Connected)];
         let mut dynos = Vec::new();
-        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
         apply(&mut dynos, &p);
         hosts.push(host("b", Liveness::Connected));
         hosts[0].host.draining = true;
-        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
         let stopped: Vec<&str> = dynos
             .iter()
             .filter(|d| p.changes.stop.contains(&d.id))
@@ -475,11 +544,11 @@ mod tests {
         assert_eq!(created, vec![("web.1", "b"), ("worker.1", "b")]);
         apply(&mut dynos, &p);
         // The new web.1 is not up yet: nothing changes.
-        assert!(plan(&hosts, &dynos, &[app(1, 1, 1)], t0()).is_empty());
+        assert!(plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily()).is_empty());
         for d in dynos.iter_mut().filter(|d| d.host_id == "b") {
             d.state = DynoState::Up;
         }
-        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
         assert!(p.changes.create.is_empty());
         let stopped: Vec<(&str, &str)> = dynos
             .iter()
@@ -488,17 +557,92 @@ mod tests {
             .collect();
         assert_eq!(stopped, vec![("web.1", "a")]);
         apply(&mut dynos, &p);
-        assert!(plan(&hosts, &dynos, &[app(1, 1, 1)], t0()).is_empty());
+        assert!(plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily()).is_empty());
+    }
+
+    #[test]
+    fn cycling_replaces_each_dyno_after_its_interval_one_per_type_at_a_time() {
+        let cycling = Cycling::every(std::time::Duration::from_secs(10));
+        let at = |s: i64| t0() + time::Duration::seconds(s);
+        let hosts = [host("a", Liveness::Connected)];
+        let apps = [app(2, 1, 1)];
+        let mut dynos = Vec::new();
+        let p = plan(&hosts, &dynos, &apps, t0(), &cycling);
+        apply(&mut dynos, &p);
+        let up = |dynos: &mut Vec<Dyno>| {
+            for d in dynos.iter_mut() {
+                d.state = DynoState::Up;
+            }
+        };
+        up(&mut dynos);
+        for d in &dynos {
+            let due = cycling.due(d);
+            assert!(
+                due >= at(10) && due < at(12),
+                "{due}: 10 s plus up to 1.5 s"
+            );
+        }
+        assert!(plan(&hosts, &dynos, &apps, at(9), &cycling).is_empty());
+
+        let p = plan(&hosts, &dynos, &apps, at(12), &cycling);
+        assert_eq!(
+            p.cycling.len(),
+            2,
+            "one web and one worker dyno: {:?}",
+            p.cycling
+        );
+        let stopped: Vec<&str> = dynos
+            .iter()
+            .filter(|d| p.changes.stop.contains(&d.id))
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(
+            stopped,
+            vec!["worker.1"],
+            "a web dyno stops once its replacement is up"
+        );
+        assert_eq!(p.changes.create.len(), 2);
+        apply(&mut dynos, &p);
+        let p = plan(&hosts, &dynos, &apps, at(12), &cycling);
+        assert!(
+            p.is_empty(),
+            "nothing more until the replacements are up: {p:?}"
+        );
+        // The replacements are up at 13 s: the old web dyno stops; the other web dyno
+        // starts its cycle only after that.
+        up(&mut dynos);
+        let p = plan(&hosts, &dynos, &apps, at(13), &cycling);
+        assert!(p.cycling.is_empty());
+        assert_eq!(p.changes.stop.len(), 1);
+        apply(&mut dynos, &p);
+        let p = plan(&hosts, &dynos, &apps, at(13), &cycling);
+        assert_eq!(p.cycling.len(), 1, "now the other web dyno");
+        apply(&mut dynos, &p);
+        up(&mut dynos);
+        let p = plan(&hosts, &dynos, &apps, at(14), &cycling);
+        apply(&mut dynos, &p);
+        // Every dyno is new now, and none is due before 22 s.
+        assert!(plan(&hosts, &dynos, &apps, at(21), &cycling).is_empty());
+        assert_eq!(
+            running(&dynos).len(),
+            3,
+            "still the formation: {:?}",
+            running(&dynos)
+        );
+        assert!(dynos
+            .iter()
+            .filter(|d| d.desired == Desired::Running)
+            .all(|d| d.created_at >= at(12)));
     }
 
     #[test]
     fn a_draining_host_with_nowhere_to_go_keeps_its_dynos() {
         let mut hosts = vec![host("a", Liveness::Connected)];
         let mut dynos = Vec::new();
-        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
         apply(&mut dynos, &p);
         hosts[0].host.draining = true;
-        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
         assert!(p.changes.stop.is_empty() && p.changes.create.is_empty());
         assert_eq!(p.unplaced.len(), 2);
     }
@@ -507,13 +651,13 @@ mod tests {
     fn a_deleted_app_and_a_removed_type_are_stopped_and_no_room_is_reported() {
         let hosts = [host("a", Liveness::Connected)];
         let mut dynos = Vec::new();
-        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
         apply(&mut dynos, &p);
-        let p = plan(&hosts, &dynos, &[app(1, 0, 1)], t0());
+        let p = plan(&hosts, &dynos, &[app(1, 0, 1)], t0(), &Cycling::daily());
         assert_eq!(p.changes.stop.len(), 1);
-        let p = plan(&hosts, &dynos, &[], t0());
+        let p = plan(&hosts, &dynos, &[], t0(), &Cycling::daily());
         assert_eq!(p.changes.stop.len(), 2);
-        let p = plan(&hosts, &[], &[app(11, 0, 1)], t0());
+        let p = plan(&hosts, &[], &[app(11, 0, 1)], t0(), &Cycling::daily());
         assert_eq!(p.changes.create.len(), 10, "ten slots");
         assert_eq!(p.unplaced.len(), 1);
         assert_eq!(p.unplaced[0].name, "web.11", "placed in natural order");

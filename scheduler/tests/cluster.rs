@@ -437,3 +437,37 @@ fn a_dyno_stopped_as_it_launches_ends_and_leaves_nothing() {
     }
     assert_clean(&c, 0);
 }
+
+/// Daily cycling with a 5 s interval: every dyno is replaced, one of a type at a time, so the
+/// app always has a web dyno up.
+#[test]
+fn cycling_replaces_every_dyno_and_never_all_at_once() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start_with(Duration::from_secs(10), &["--cycle-interval", "5s"]);
+    c.add_agent("cycler", 20);
+    wait_for("the host to register", UP, || {
+        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
+    });
+    deploy_tiny(&c, "cycle");
+    c.ok(&["ps:scale", "web=2", "worker=1", "-a", "cycle"]);
+    let first = c.wait_dynos("cycle", &["web.1", "web.2", "worker.1"], "up", UP);
+    let first = ids(&first);
+    let mut seen = BTreeSet::new();
+    wait_for("every first dyno to be cycled", UP, || {
+        let d = c.dynos("cycle");
+        let up_web = d
+            .iter()
+            .filter(|d| d["type"] == "web" && d["state"] == "up")
+            .count();
+        assert!(up_web >= 1, "no web dyno up while cycling: {d:?}");
+        seen.extend(ids(&d));
+        let current = ids(&d);
+        (current.is_disjoint(&first) && d.len() == 3 && d.iter().all(|d| d["state"] == "up"))
+            .then_some(())
+    });
+    assert!(seen.len() >= 6, "each of the three was replaced: {seen:?}");
+    c.ok(&["apps:destroy", "cycle", "--confirm", "cycle"]);
+    assert_clean(&c, 0);
+}
