@@ -809,6 +809,7 @@ async fn daemon_backs_off_crash_restarts_and_kills_web_dynos_that_never_bind() {
     // The table with base 1 s, cap 4 s: at once, [0.5 s, 1 s], [1 s, 2 s], then [2 s, 4 s].
     // A restart must never come early; it may come late by the time the dyno takes to end
     // (its cleanup) and a loaded host's slack.
+    eprintln!("restart delays: {restarts:?}");
     let table = [
         (0, 0),
         (500, 1000),

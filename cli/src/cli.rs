@@ -161,6 +161,26 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+    /// List an app's features and whether they are enabled.
+    #[command(name = "features")]
+    Features {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Enable a feature (e.g. preboot).
+    #[command(name = "features:enable")]
+    FeaturesEnable {
+        feature: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Disable a feature.
+    #[command(name = "features:disable")]
+    FeaturesDisable {
+        feature: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,

@@ -57,6 +57,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             ctx.rollback(app.name()?, release.as_deref()).await
         }
         Command::Builds { app } => ctx.builds(app.name()?).await,
+        Command::Features { app } => ctx.features(app.name()?).await,
+        Command::FeaturesEnable { feature, app } => {
+            ctx.set_feature(app.name()?, &feature, true).await
+        }
+        Command::FeaturesDisable { feature, app } => {
+            ctx.set_feature(app.name()?, &feature, false).await
+        }
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,
@@ -547,6 +554,44 @@ impl Ctx {
             return print_json(&r.body);
         }
         print!("{}", output::hosts(&r.parse::<Vec<Host>>()?));
+        Ok(())
+    }
+
+    async fn features(&self, app: &str) -> Result<()> {
+        let r = self.client.get(&format!("/apps/{app}/features")).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        println!("=== {app} Features");
+        let features: Vec<Value> = r.parse()?;
+        for f in &features {
+            let on = if f["enabled"].as_bool() == Some(true) {
+                "[+]"
+            } else {
+                "[ ]"
+            };
+            println!(
+                "{on} {}  {}",
+                f["name"].as_str().unwrap_or_default(),
+                f["description"].as_str().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    async fn set_feature(&self, app: &str, feature: &str, enabled: bool) -> Result<()> {
+        let r = self
+            .client
+            .patch(
+                &format!("/apps/{app}/features/{feature}"),
+                &json!({ "enabled": enabled }),
+            )
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let verb = if enabled { "Enabling" } else { "Disabling" };
+        println!("{verb} {feature} for {app}... done");
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::blobs::BlobError;
 use crate::builds::Output;
 use crate::core::{Core, CoreError};
-use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release};
+use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
 use crate::reconciler::{dyno_index, size_memory, Liveness};
 use crate::store::{DynoChanges, StoreError};
 
@@ -219,6 +219,11 @@ pub fn router(core: Arc<Core>) -> Router {
             axum::routing::delete(restart_dynos),
         )
         .route("/apps/:app/dynos/:dyno/actions/stop", post(stop_dyno))
+        .route("/apps/:app/features", get(list_features))
+        .route(
+            "/apps/:app/features/:feature",
+            get(get_feature).patch(patch_feature),
+        )
         .route("/hosts", get(list_hosts))
         .route("/hosts/:host/actions/:action", post(drain_host))
         .route(
@@ -891,6 +896,64 @@ async fn stop_dyno(
 ) -> Result<StatusCode> {
     let ids = matching(&core, &app, &target).await?;
     stop_ids(&core, ids).await
+}
+
+fn feature_json(app: &App, name: &str, description: &str) -> Value {
+    json!({
+        "name": name,
+        "description": description,
+        "enabled": app.features.contains(name),
+    })
+}
+
+fn feature(name: &str) -> Result<&'static (&'static str, &'static str)> {
+    FEATURES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+        let known: Vec<&str> = FEATURES.iter().map(|(n, _)| *n).collect();
+        ApiError::not_found(format!(
+            "no feature {name}: the features are {}",
+            known.join(", ")
+        ))
+    })
+}
+
+async fn list_features(
+    State(core): State<Arc<Core>>,
+    Path(app): Path<String>,
+) -> Result<axum::Json<Vec<Value>>> {
+    let app = core.store.app(&app).await?;
+    Ok(axum::Json(
+        FEATURES
+            .iter()
+            .map(|(n, d)| feature_json(&app, n, d))
+            .collect(),
+    ))
+}
+
+async fn get_feature(
+    State(core): State<Arc<Core>>,
+    Path((app, name)): Path<(String, String)>,
+) -> Result<axum::Json<Value>> {
+    let app = core.store.app(&app).await?;
+    let (n, d) = feature(&name)?;
+    Ok(axum::Json(feature_json(&app, n, d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureBody {
+    enabled: bool,
+}
+
+async fn patch_feature(
+    State(core): State<Arc<Core>>,
+    Path((app, name)): Path<(String, String)>,
+    Json(body): Json<FeatureBody>,
+) -> Result<axum::Json<Value>> {
+    core.store.app(&app).await?;
+    let (n, d) = feature(&name)?;
+    let app = core.store.set_feature(&app, n, body.enabled).await?;
+    core.poke();
+    Ok(axum::Json(feature_json(&app, n, d)))
 }
 
 #[derive(Serialize)]

@@ -3,7 +3,7 @@
 //! Names follow Heroku's Platform API where the concept is the same (app, release, slug,
 //! build, formation, dyno); hosts are Manifold's own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -18,11 +18,20 @@ pub struct App {
     /// The config vars new releases get. Before the first release they are only kept here;
     /// after, every change also appends a release.
     pub config: BTreeMap<String, String>,
+    /// Enabled features (`preboot`).
+    #[serde(default)]
+    pub features: BTreeSet<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
+
+/// The features an app can enable, with what they do.
+pub const FEATURES: &[(&str, &str)] = &[(
+    "preboot",
+    "new web dynos start and are up before the old ones stop, on a release or a formation change",
+)];
 
 /// A built slug: the archive lives in the blob store under `sha256`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

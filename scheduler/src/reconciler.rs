@@ -13,6 +13,8 @@
 //! dynos on draining hosts    replace elsewhere; the old one stops once the new one is
 //!  and dynos due to cycle    placed (a web dyno: once the new one is up); one dyno of a
 //!                            process type cycles at a time
+//! with preboot               a web dyno of an older release stops once its replacement
+//!                            is up (without: at once, as on Heroku)
 //! types not in the formation stop
 //! ```
 
@@ -270,10 +272,16 @@ pub fn plan(
             settled.sort_by_key(|d| (d.state != DynoState::Up, d.created_at));
             let keep = settled.first().copied();
             let web = name.starts_with("web.");
+            // With preboot, a web dyno of an older release (or size) is also replaced
+            // up-first: it stops once the new one is up.
+            let preboot =
+                web && want.app.features.contains("preboot") && wanted.contains_key(*name);
             for d in ds {
                 let stop = if keep.is_some_and(|k| k.id == d.id) {
                     false
-                } else if current(&d) && leaving.contains(d.id.as_str()) {
+                } else if (current(&d) && leaving.contains(d.id.as_str()))
+                    || (preboot && !current(&d))
+                {
                     match keep {
                         Some(k) => !web || k.state == DynoState::Up,
                         None => {
@@ -402,6 +410,7 @@ mod tests {
                 name: "demo".into(),
                 stack: "testing".into(),
                 config: BTreeMap::new(),
+                features: Default::default(),
                 created_at: t0(),
                 updated_at: t0(),
             },
@@ -633,6 +642,77 @@ mod tests {
             .iter()
             .filter(|d| d.desired == Desired::Running)
             .all(|d| d.created_at >= at(12)));
+    }
+
+    #[test]
+    fn with_preboot_old_web_dynos_stop_only_once_the_new_release_is_up() {
+        let hosts = [host("a", Liveness::Connected)];
+        let with_preboot = |web, worker, version| {
+            let mut a = app(web, worker, version);
+            a.app.features.insert("preboot".into());
+            a
+        };
+        let mut dynos = Vec::new();
+        let p = plan(
+            &hosts,
+            &dynos,
+            &[with_preboot(2, 1, 1)],
+            t0(),
+            &Cycling::daily(),
+        );
+        apply(&mut dynos, &p);
+        for d in &mut dynos {
+            d.state = DynoState::Up;
+        }
+        let p = plan(
+            &hosts,
+            &dynos,
+            &[with_preboot(2, 1, 2)],
+            t0(),
+            &Cycling::daily(),
+        );
+        assert_eq!(p.changes.create.len(), 3);
+        let stopped: Vec<&str> = dynos
+            .iter()
+            .filter(|d| p.changes.stop.contains(&d.id))
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(stopped, vec!["worker.1"], "only web dynos are prebooted");
+        apply(&mut dynos, &p);
+        assert!(plan(
+            &hosts,
+            &dynos,
+            &[with_preboot(2, 1, 2)],
+            t0(),
+            &Cycling::daily()
+        )
+        .is_empty());
+        for d in &mut dynos {
+            d.state = DynoState::Up;
+        }
+        let p = plan(
+            &hosts,
+            &dynos,
+            &[with_preboot(2, 1, 2)],
+            t0(),
+            &Cycling::daily(),
+        );
+        let stopped: Vec<(&str, u32)> = dynos
+            .iter()
+            .filter(|d| p.changes.stop.contains(&d.id))
+            .map(|d| (d.name.as_str(), d.release_version))
+            .collect();
+        assert_eq!(stopped, vec![("web.1", 1), ("web.2", 1)]);
+        // Scaling down with preboot still stops at once.
+        apply(&mut dynos, &p);
+        let p = plan(
+            &hosts,
+            &dynos,
+            &[with_preboot(1, 1, 2)],
+            t0(),
+            &Cycling::daily(),
+        );
+        assert_eq!(p.changes.stop.len(), 1);
     }
 
     #[test]

@@ -471,3 +471,42 @@ fn cycling_replaces_every_dyno_and_never_all_at_once() {
     c.ok(&["apps:destroy", "cycle", "--confirm", "cycle"]);
     assert_clean(&c, 0);
 }
+
+/// With preboot, a release replaces web.1 with the new one up before the old one stops;
+/// the old one answers HTTP until then.
+#[test]
+fn preboot_keeps_a_web_dyno_up_through_a_release() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("preboot", 20);
+    wait_for("the host to register", UP, || {
+        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
+    });
+    deploy_tiny(&c, "warm");
+    let out = c.ok(&["features:enable", "preboot", "-a", "warm"]);
+    assert!(out.contains("Enabling preboot"), "{out}");
+    let features = c.json(&["features", "-a", "warm"]);
+    assert_eq!(features[0]["name"], "preboot");
+    assert_eq!(features[0]["enabled"], true);
+    let before = c.wait_dynos("warm", &["web.1"], "up", UP);
+    c.ok(&["config:set", "GREETING=hi", "-a", "warm"]);
+    let after = wait_for("web.1 on v2, the v1 dyno gone", UP, || {
+        let d = c.dynos("warm");
+        let up: Vec<&Value> = d.iter().filter(|d| d["state"] == "up").collect();
+        assert!(
+            !up.is_empty(),
+            "no web dyno up during a preboot release: {d:?}"
+        );
+        (d.len() == 1 && d[0]["release"]["version"] == 2 && d[0]["state"] == "up").then_some(d)
+    });
+    assert_ne!(after[0]["id"], before[0]["id"]);
+    let body = Cluster::http(after[0]["port"].as_u64().unwrap(), "/cgi-bin/greeting").unwrap();
+    assert_eq!(body, "hi from web.1\n");
+    let out = c.cli(&["features:enable", "nosuch", "-a", "warm"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no feature nosuch"));
+    c.ok(&["apps:destroy", "warm", "--confirm", "warm"]);
+    assert_clean(&c, 0);
+}

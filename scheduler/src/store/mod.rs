@@ -69,6 +69,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the app with its builds, releases, slugs' rows, formation and dyno rows.
     async fn delete_app(&self, name: &str) -> Result<App, StoreError>;
 
+    /// Enables or disables a feature of the app.
+    async fn set_feature(&self, app: &str, feature: &str, enabled: bool)
+        -> Result<App, StoreError>;
+
     /// Applies `changes` (`None` removes a key) to the app's config; if the app has a current
     /// release, appends a release of the same slug with the new config and `description`.
     async fn update_config(

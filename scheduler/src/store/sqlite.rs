@@ -104,6 +104,7 @@ impl Store for SqliteStore {
             name: name.to_owned(),
             stack: stack.to_owned(),
             config: BTreeMap::new(),
+            features: BTreeSet::new(),
             created_at: now,
             updated_at: now,
         };
@@ -121,6 +122,30 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(app)
+    }
+
+    async fn set_feature(
+        &self,
+        app: &str,
+        feature: &str,
+        enabled: bool,
+    ) -> Result<App, StoreError> {
+        let mut tx = self.write().await?;
+        let mut current = app_by_name(&mut tx, app).await?;
+        if enabled {
+            current.features.insert(feature.to_owned());
+        } else {
+            current.features.remove(feature);
+        }
+        current.updated_at = OffsetDateTime::now_utc();
+        sqlx::query("UPDATE apps SET features = ?, updated_at = ? WHERE id = ?")
+            .bind(to_json(&current.features)?)
+            .bind(timestamp(current.updated_at)?)
+            .bind(current.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(current)
     }
 
     async fn app(&self, name: &str) -> Result<App, StoreError> {
@@ -876,6 +901,7 @@ fn app_from_row(row: &SqliteRow) -> Result<App, StoreError> {
         name: c.text("name")?,
         stack: c.text("stack")?,
         config: c.json("config")?,
+        features: c.json("features")?,
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
     })
