@@ -442,6 +442,21 @@ mod tests {
         dynos.extend(plan.changes.create.iter().cloned());
     }
 
+    /// The dynos a plan stops.
+    fn stopped_by<'a>(dynos: &'a [Dyno], p: &Plan) -> Vec<&'a Dyno> {
+        dynos
+            .iter()
+            .filter(|d| p.changes.stop.contains(&d.id))
+            .collect()
+    }
+
+    fn stopped_names<'a>(dynos: &'a [Dyno], p: &Plan) -> Vec<&'a str> {
+        stopped_by(dynos, p)
+            .into_iter()
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
     fn running(dynos: &[Dyno]) -> Vec<(String, String, u32)> {
         let mut v: Vec<_> = dynos
             .iter()
@@ -493,11 +508,7 @@ mod tests {
         );
         let p = plan(&hosts, &dynos, &[app(1, 0, 2)], t0(), &Cycling::daily());
         assert!(p.changes.create.is_empty());
-        let stopped: Vec<&str> = dynos
-            .iter()
-            .filter(|d| p.changes.stop.contains(&d.id))
-            .map(|d| d.name.as_str())
-            .collect();
+        let stopped = stopped_names(&dynos, &p);
         assert_eq!(stopped, vec!["web.2"]);
     }
 
@@ -534,11 +545,7 @@ mod tests {
         hosts.push(host("b", Liveness::Connected));
         hosts[0].host.draining = true;
         let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
-        let stopped: Vec<&str> = dynos
-            .iter()
-            .filter(|d| p.changes.stop.contains(&d.id))
-            .map(|d| d.name.as_str())
-            .collect();
+        let stopped = stopped_names(&dynos, &p);
         assert_eq!(
             stopped,
             vec!["worker.1"],
@@ -559,9 +566,8 @@ mod tests {
         }
         let p = plan(&hosts, &dynos, &[app(1, 1, 1)], t0(), &Cycling::daily());
         assert!(p.changes.create.is_empty());
-        let stopped: Vec<(&str, &str)> = dynos
-            .iter()
-            .filter(|d| p.changes.stop.contains(&d.id))
+        let stopped: Vec<(&str, &str)> = stopped_by(&dynos, &p)
+            .into_iter()
             .map(|d| (d.name.as_str(), d.host_id.as_str()))
             .collect();
         assert_eq!(stopped, vec![("web.1", "a")]);
@@ -600,11 +606,7 @@ mod tests {
             "one web and one worker dyno: {:?}",
             p.cycling
         );
-        let stopped: Vec<&str> = dynos
-            .iter()
-            .filter(|d| p.changes.stop.contains(&d.id))
-            .map(|d| d.name.as_str())
-            .collect();
+        let stopped = stopped_names(&dynos, &p);
         assert_eq!(
             stopped,
             vec!["worker.1"],
@@ -672,11 +674,7 @@ mod tests {
             &Cycling::daily(),
         );
         assert_eq!(p.changes.create.len(), 3);
-        let stopped: Vec<&str> = dynos
-            .iter()
-            .filter(|d| p.changes.stop.contains(&d.id))
-            .map(|d| d.name.as_str())
-            .collect();
+        let stopped = stopped_names(&dynos, &p);
         assert_eq!(stopped, vec!["worker.1"], "only web dynos are prebooted");
         apply(&mut dynos, &p);
         assert!(plan(
@@ -697,9 +695,8 @@ mod tests {
             t0(),
             &Cycling::daily(),
         );
-        let stopped: Vec<(&str, u32)> = dynos
-            .iter()
-            .filter(|d| p.changes.stop.contains(&d.id))
+        let stopped: Vec<(&str, u32)> = stopped_by(&dynos, &p)
+            .into_iter()
             .map(|d| (d.name.as_str(), d.release_version))
             .collect();
         assert_eq!(stopped, vec![("web.1", 1), ("web.2", 1)]);

@@ -76,9 +76,7 @@ fn deploy_python_scale_config_and_rollback() {
     }
     let mut c = Cluster::start(Duration::from_secs(10));
     c.add_agent("solo", 50);
-    wait_for("the host to register", UP, || {
-        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
-    });
+    c.wait_hosts(1);
     c.ok(&["apps:create", "pyapp"]);
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python-web");
     let out = c.ok(&["deploy", examples, "-a", "pyapp"]);
@@ -147,16 +145,7 @@ fn two_hosts_spread_and_host_loss_moves_dynos() {
     let mut c = Cluster::start(Duration::from_secs(3));
     c.add_agent("host-a", 20);
     c.add_agent("host-b", 20);
-    wait_for("both hosts to register", UP, || {
-        let hosts = c.json(&["hosts"]);
-        (hosts.as_array().unwrap().len() == 2
-            && hosts
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|h| h["state"] == "ready"))
-        .then_some(())
-    });
+    c.wait_hosts(2);
     let out = deploy_tiny(&c, "spread");
     assert!(out.contains("Released v1"), "{out}");
     c.ok(&["ps:scale", "web=4", "-a", "spread"]);
@@ -263,9 +252,7 @@ fn scheduler_and_agent_sigkill_restart_no_dyno() {
     }
     let mut c = Cluster::start(Duration::from_secs(5));
     c.add_agent("steady", 20);
-    wait_for("the host to register", UP, || {
-        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
-    });
+    c.wait_hosts(1);
     deploy_tiny(&c, "steady");
     c.ok(&["ps:scale", "web=2", "worker=1", "-a", "steady"]);
     let before = c.wait_dynos("steady", &["web.1", "web.2", "worker.1"], "up", UP);
@@ -324,9 +311,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     }
     let mut c = Cluster::start_with(Duration::from_secs(10), &["--upload-limit-mib", "1"]);
     c.add_agent("small", 2);
-    wait_for("the host to register", UP, || {
-        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
-    });
+    c.wait_hosts(1);
     deploy_tiny(&c, "strict");
     let releases = c.json(&["releases", "-a", "strict"]);
     let formation = c.raw(
@@ -421,9 +406,7 @@ fn a_dyno_stopped_as_it_launches_ends_and_leaves_nothing() {
     }
     let mut c = Cluster::start(Duration::from_secs(10));
     c.add_agent("quick", 20);
-    wait_for("the host to register", UP, || {
-        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
-    });
+    c.wait_hosts(1);
     for i in 0..3 {
         let app = format!("flick{i}");
         deploy_tiny(&c, &app);
@@ -447,9 +430,7 @@ fn cycling_replaces_every_dyno_and_never_all_at_once() {
     }
     let mut c = Cluster::start_with(Duration::from_secs(10), &["--cycle-interval", "5s"]);
     c.add_agent("cycler", 20);
-    wait_for("the host to register", UP, || {
-        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
-    });
+    c.wait_hosts(1);
     deploy_tiny(&c, "cycle");
     c.ok(&["ps:scale", "web=2", "worker=1", "-a", "cycle"]);
     let first = c.wait_dynos("cycle", &["web.1", "web.2", "worker.1"], "up", UP);
@@ -481,9 +462,7 @@ fn preboot_keeps_a_web_dyno_up_through_a_release() {
     }
     let mut c = Cluster::start(Duration::from_secs(10));
     c.add_agent("preboot", 20);
-    wait_for("the host to register", UP, || {
-        (c.json(&["hosts"]).as_array().unwrap().len() == 1).then_some(())
-    });
+    c.wait_hosts(1);
     deploy_tiny(&c, "warm");
     let out = c.ok(&["features:enable", "preboot", "-a", "warm"]);
     assert!(out.contains("Enabling preboot"), "{out}");

@@ -275,6 +275,19 @@ impl Cluster {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// Waits until `n` hosts have registered and are ready.
+    pub fn wait_hosts(&self, n: usize) {
+        wait_for(
+            &format!("{n} hosts to be ready"),
+            Duration::from_secs(60),
+            || {
+                let hosts = self.json(&["hosts"]);
+                let hosts = hosts.as_array().unwrap();
+                (hosts.len() == n && hosts.iter().all(|h| h["state"] == "ready")).then_some(())
+            },
+        );
+    }
+
     pub fn dynos(&self, app: &str) -> Vec<Value> {
         self.json(&["ps", "-a", app]).as_array().unwrap().clone()
     }
