@@ -21,6 +21,7 @@
 //! flowing into `stream.jsonl` even while no supervisor runs. So a dyno never depends on the
 //! process that started it: the agent can restart and re-adopt it from the dyno directory.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -115,6 +116,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         dir,
         out,
         container: None,
+        termed: HashSet::new(),
     };
     match shim.start() {
         Ok(running) => shim.supervise(running)?,
@@ -152,6 +154,8 @@ struct Shim {
     dir: DynoDir,
     out: Recorder,
     container: Option<Container>,
+    /// The dyno's processes that got the stop's SIGTERM (see [`Shim::term_late_born`]).
+    termed: HashSet<i32>,
 }
 
 /// The container's running state, as the event loop sees it.
@@ -171,6 +175,9 @@ enum StopState {
     /// SIGKILL sent (the grace period ran out, or a kill at once was asked for).
     Killed,
 }
+
+/// While a stop is under way, how often the shim looks for processes born after its SIGTERM.
+const LATE_TERM_CHECK: Duration = Duration::from_millis(250);
 
 /// How often the shim samples the dyno's memory for R14.
 const MEMORY_SAMPLE: Duration = Duration::from_secs(1);
@@ -323,6 +330,9 @@ impl Shim {
                 break;
             }
             if let StopState::Terminating { deadline } = stop {
+                if exit.is_none() {
+                    self.term_late_born();
+                }
                 if Instant::now() >= deadline && exit.is_none() {
                     self.out.event(ShimEvent::Killing);
                     self.signal_all(Signal::SIGKILL);
@@ -410,8 +420,30 @@ impl Shim {
     fn begin_stop(&mut self) -> StopState {
         self.out.event(ShimEvent::Stopping);
         self.signal_all(Signal::SIGTERM);
+        self.termed = self.processes();
         StopState::Terminating {
             deadline: Instant::now() + self.config.grace,
+        }
+    }
+
+    /// The dyno's processes (host pids), from its cgroup.
+    fn processes(&self) -> HashSet<i32> {
+        let (_, dir) = self.memory_dir();
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM to the dyno's processes born after the stop's SIGTERM. A stop that comes as the
+    /// dyno starts reaches only its init, which (as PID 1 of its namespace, before the start
+    /// script's trap) ignores it; the app started next would never hear of the stop and
+    /// would only go at the SIGKILL. Each process gets SIGTERM once: Heroku sends it "possibly
+    /// more than once", but an app that counts signals should not have to.
+    fn term_late_born(&mut self) {
+        for pid in self.processes() {
+            if self.termed.insert(pid) {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
         }
     }
 
@@ -467,7 +499,9 @@ fn next_timeout(stop: StopState, drain: Option<Instant>) -> PollTimeout {
     let now = Instant::now();
     let mut wait = Duration::from_secs(1);
     if let StopState::Terminating { deadline } = stop {
-        wait = wait.min(deadline.saturating_duration_since(now));
+        wait = wait
+            .min(deadline.saturating_duration_since(now))
+            .min(LATE_TERM_CHECK);
     }
     if let Some(d) = drain {
         wait = wait.min(d.saturating_duration_since(now));

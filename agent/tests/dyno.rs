@@ -255,6 +255,33 @@ fn sigterm_trapped_exits_cleanly_and_ignored_is_killed_after_grace() {
     assert_has(&p, "Process exited with status 137");
 }
 
+/// A stop that arrives as the dyno starts reaches only its init (PID 1 ignores it); the app
+/// born next still gets SIGTERM, so the dyno stops gracefully instead of at the SIGKILL.
+#[test]
+fn a_stop_as_the_dyno_starts_reaches_the_app() {
+    if !ready() {
+        return;
+    }
+    for _ in 0..3 {
+        let dyno = Background::spawn(Command::new(BIN).args([
+            "run",
+            "--name",
+            "worker.1",
+            "--grace",
+            "60s",
+            "--",
+            "sleep 100",
+        ]));
+        let out = dyno.stop();
+        let p = platform_lines(&out);
+        assert!(
+            !p.iter().any(|l| l.starts_with("Error R12")),
+            "stopped by SIGTERM, not at the SIGKILL: {p:?}"
+        );
+        assert_ne!(out.status.code(), Some(137), "{}", stdout(&out));
+    }
+}
+
 #[test]
 fn web_dyno_answers_through_the_published_port() {
     if !ready() {
