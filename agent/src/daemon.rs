@@ -1074,6 +1074,15 @@ async fn build_in(
                 if line.source == Source::App {
                     send(proto::build_event::Kind::Output(line.text));
                 } else {
+                    // The platform's errors (a failed start, R14/R15, R12) are the only
+                    // explanation the deploying user gets when a build dies outside the
+                    // buildpacks' own output.
+                    if line.text.starts_with("Error ") {
+                        send(proto::build_event::Kind::Output(format!(
+                            "-----> Build dyno: {}",
+                            line.text
+                        )));
+                    }
                     tracing::info!("{line}");
                 }
             }

@@ -30,7 +30,7 @@ struct Cli {
     )]
     state_dir: PathBuf,
     /// A host whose agent is silent this long is lost and its dynos are placed elsewhere.
-    #[arg(long, env = "MANIFOLD_HEARTBEAT_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MANIFOLD_HEARTBEAT_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_deadline: Duration,
     /// Every dyno is replaced once per this interval plus up to 15% more (Heroku's daily
     /// cycling: 24 h plus 0 to 216 min), each dyno at its own time.
