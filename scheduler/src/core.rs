@@ -20,6 +20,10 @@ use crate::store::{Store, StoreError};
 /// What an assignment needs of a release: its config, its slug's sha256 and size.
 type ReleaseInfo = (BTreeMap<String, String>, String, u64);
 
+/// How much longer than the heartbeat deadline a host gets to reconnect after the
+/// scheduler starts: an agent redials with a backoff of up to 5 s, plus a heartbeat.
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// Settings of a running scheduler.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -110,12 +114,13 @@ impl Core {
                 Liveness::Lost
             };
         }
-        let since = lock(&self.gone_since)
-            .get(host)
-            .copied()
-            .unwrap_or(self.started)
-            .max(self.started);
-        if now.duration_since(since) <= deadline {
+        // A host not heard from since this scheduler started may be redialling with its
+        // longest backoff: give it that much more before its dynos move.
+        let (since, allowed) = match lock(&self.gone_since).get(host) {
+            Some(gone) => (*gone, deadline),
+            None => (self.started, deadline + RECONNECT_GRACE),
+        };
+        if now.duration_since(since) <= allowed {
             Liveness::Missing
         } else {
             Liveness::Lost

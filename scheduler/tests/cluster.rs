@@ -262,7 +262,8 @@ fn scheduler_and_agent_sigkill_restart_no_dyno() {
     c.kill_scheduler();
     std::thread::sleep(Duration::from_secs(1));
     c.start_scheduler();
-    // Past the deadline, so a scheduler that forgot the host would have moved its dynos.
+    // Past the heartbeat deadline: a scheduler that did not wait for the host to
+    // reconnect would have moved its dynos.
     std::thread::sleep(Duration::from_secs(7));
     let after = c.wait_dynos("steady", &["web.1", "web.2", "worker.1"], "up", UP);
     assert_eq!(ids(&after), ids(&before), "no dyno was replaced");
