@@ -79,6 +79,32 @@ impl HostConfig {
         }
     }
 
+    /// Refuses a state directory the dynos' user namespace cannot reach: its root is an
+    /// unprivileged host uid, which must be able to traverse every directory above the
+    /// dyno's files (a `mktemp -d` directory, mode 0700, is the usual culprit).
+    pub fn check_state_dir(&self) -> Result<(), String> {
+        if self.userns.is_none() {
+            return Ok(());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mut dir = Some(self.state_dir.as_path());
+        while let Some(d) = dir {
+            if let Ok(meta) = fs::metadata(d) {
+                if meta.permissions().mode() & 0o001 == 0 {
+                    return Err(format!(
+                        "the state directory {} is not reachable by dynos: {} (mode {:o}) is not searchable by other users, and dynos run in a user namespace; run `chmod o+x {}` or choose another --state-dir",
+                        self.state_dir.display(),
+                        d.display(),
+                        meta.permissions().mode() & 0o7777,
+                        d.display()
+                    ));
+                }
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
     pub fn stacks_dir(&self) -> PathBuf {
         self.state_dir.join("stacks")
     }
@@ -441,6 +467,30 @@ mod tests {
         json.as_object_mut().expect("object").remove("boot_timeout");
         let old: DynoConfig = serde_json::from_value(json).expect("an old dyno.json parses");
         assert_eq!(old.boot_timeout, DEFAULT_BOOT_TIMEOUT);
+    }
+
+    #[test]
+    fn a_state_dir_dynos_cannot_traverse_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        fs::create_dir_all(&state).expect("mkdir");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+        let mut host = HostConfig::with_state_dir(&state);
+        host.userns = Some(UserNamespace {
+            host_base: 100_000,
+            size: 65_536,
+        });
+        let err = host
+            .check_state_dir()
+            .expect_err("0700 above the state dir");
+        assert!(err.contains("chmod o+x"), "{err}");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        host.check_state_dir().expect("traversable");
+        host.userns = None;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+        host.check_state_dir()
+            .expect("no user namespace, no constraint");
     }
 
     #[test]

@@ -204,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let Some(command) = cli.command else {
         let config = daemon_config(&cli.state_dir, cli.daemon)?;
+        config.host.check_state_dir().map_err(anyhow::Error::msg)?;
         let runtime = tokio::runtime::Runtime::new()?;
         return Ok(runtime.block_on(daemon::run(config))?);
     };
@@ -212,12 +213,14 @@ fn main() -> anyhow::Result<()> {
         Command::Shim { dir } => shim::main(&dir),
         Command::Run(args) => {
             let host = HostConfig::with_state_dir(&cli.state_dir);
+            host.check_state_dir().map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let status = runtime.block_on(run(host, args))?;
             std::process::exit(status)
         }
         Command::Build(args) => {
             let host = HostConfig::with_state_dir(&cli.state_dir);
+            host.check_state_dir().map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let status = runtime.block_on(build(host, args))?;
             std::process::exit(status)
