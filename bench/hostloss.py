@@ -12,6 +12,7 @@ formation is spread again by a restart. Prints the median and the spread.
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -90,7 +91,8 @@ def main():
               f"median {statistics.median(times):.2f} s, min {times[0]:.2f} s, max {times[-1]:.2f} s"
               f" (heartbeat deadline: {args.deadline or 'default'})")
         manifold("apps:destroy", "loss", "--confirm", "loss")
-        wait(lambda: not os.listdir(os.path.join(work, "host-a", "dynos")))
+        for host in ["host-a", "host-b"]:
+            wait(lambda: not os.listdir(os.path.join(work, host, "dynos")))
     finally:
         for p in procs.values():
             try:
@@ -100,6 +102,7 @@ def main():
             p.wait()
         for i, name in [(1, "host-a"), (2, "host-b")]:
             state = os.path.join(work, name)
+            stop_shims(state)
             subprocess.run([f"{BIN}/manifold-agent", "--state-dir", state, "gc"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             subprocess.run(["ip", "link", "del", f"mfbench{i}"], stderr=subprocess.DEVNULL)
@@ -113,6 +116,21 @@ def main():
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_shims(state):
+    """Stops the dynos an agent left running (a failed run, or a killed agent's)."""
+    pids = []
+    for d in glob.glob(os.path.join(state, "dynos", "*", "shim.pid")):
+        try:
+            pids.append(int(open(d).read().strip()))
+            os.kill(pids[-1], signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+    end = time.monotonic() + 40
+    while pids and time.monotonic() < end:
+        pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
+        time.sleep(0.1)
 
 
 def spread(ds):
