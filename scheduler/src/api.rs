@@ -781,7 +781,7 @@ async fn patch_formation(
     Ok(axum::Json(formation_json(&core, &app).await?))
 }
 
-async fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
+fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
     json!({
         "id": d.id,
         "name": d.name,
@@ -819,11 +819,9 @@ async fn list_dynos(
             d.created_at,
         )
     });
-    let mut out = Vec::new();
-    for d in &dynos {
-        out.push(dyno_json(d, &hosts).await);
-    }
-    Ok(axum::Json(out))
+    Ok(axum::Json(
+        dynos.iter().map(|d| dyno_json(d, &hosts)).collect(),
+    ))
 }
 
 /// Stops the given dynos; the reconciler starts their replacements (a restart).

@@ -17,8 +17,9 @@ use crate::model::{Desired, Dyno, FormationUpdate};
 use crate::reconciler::{self, AppDesired, Cycling, HostView, Liveness, Plan};
 use crate::store::{Store, StoreError};
 
-/// What an assignment needs of a release: its config, its slug's sha256 and size.
-type ReleaseInfo = (BTreeMap<String, String>, String, u64);
+/// What an assignment needs of a release: its config and its slug (which also names the
+/// stack: the planner placed the dyno by the slug's stack).
+type ReleaseInfo = (BTreeMap<String, String>, crate::model::Slug);
 
 /// How much longer than the heartbeat deadline a host gets to reconnect after the
 /// scheduler starts: an agent redials with a backoff of up to 5 s, plus a heartbeat.
@@ -293,9 +294,9 @@ impl Core {
             if let std::collections::hash_map::Entry::Vacant(e) = releases.entry(key) {
                 let release = self.store.release(app, d.release_version).await?;
                 let slug = self.store.slug(release.slug_id).await?;
-                e.insert((release.config, slug.sha256, slug.size));
+                e.insert((release.config, slug));
             }
-            let Some((config, sha256, size)) = releases.get(&key) else {
+            let Some((config, slug)) = releases.get(&key) else {
                 continue;
             };
             out.push(Assignment {
@@ -304,10 +305,10 @@ impl Core {
                 name: d.name,
                 command: d.command,
                 size: d.size,
-                stack: self.store.app(app).await?.stack,
+                stack: slug.stack.clone(),
                 slug: Some(manifold_proto::Slug {
-                    sha256: sha256.clone(),
-                    size: *size,
+                    sha256: slug.sha256.clone(),
+                    size: slug.size,
                 }),
                 env: config.clone().into_iter().collect(),
                 release_version: d.release_version,
@@ -341,7 +342,7 @@ pub fn apply_updates(
                     app_id,
                     process_type: u.process_type.clone(),
                     quantity: 0,
-                    size: "standard-1x".into(),
+                    size: crate::model::DEFAULT_SIZE.into(),
                     updated_at: OffsetDateTime::now_utc(),
                 });
                 formation.len() - 1

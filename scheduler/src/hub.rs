@@ -164,28 +164,20 @@ impl Core {
                 let Some(report) = report_from_wire(&status) else {
                     return Ok(());
                 };
-                if !self.store.report_dyno(&report).await? {
+                let Some(dyno) = self.store.report_dyno(&report).await? else {
                     return Ok(());
-                }
+                };
                 let ended = matches!(
                     report.state,
                     DynoState::Down | DynoState::Complete | DynoState::Crashed
                 );
-                if ended {
-                    let stopped = self
-                        .store
-                        .dynos(None)
-                        .await?
-                        .into_iter()
-                        .any(|d| d.id == report.id && d.desired == Desired::Stopped);
-                    if stopped {
-                        self.store
-                            .apply_dyno_changes(&DynoChanges {
-                                delete: vec![report.id.clone()],
-                                ..DynoChanges::default()
-                            })
-                            .await?;
-                    }
+                if ended && dyno.desired == Desired::Stopped {
+                    self.store
+                        .apply_dyno_changes(&DynoChanges {
+                            delete: vec![report.id.clone()],
+                            ..DynoChanges::default()
+                        })
+                        .await?;
                 }
                 self.poke();
             }

@@ -113,6 +113,9 @@ pub struct Formation {
     pub updated_at: OffsetDateTime,
 }
 
+/// The size of a process type's dynos until a `ps:scale` says otherwise (Heroku's default).
+pub const DEFAULT_SIZE: &str = "standard-1x";
+
 /// A change to one process type's formation; `None` leaves the field as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FormationUpdate {

@@ -123,8 +123,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         changes: &DynoChanges,
     ) -> Result<BTreeMap<String, u64>, StoreError>;
-    /// Records an agent's report; false when no such dyno is known.
-    async fn report_dyno(&self, report: &DynoReport) -> Result<bool, StoreError>;
+    /// Records an agent's report; returns the dyno as updated, or `None` when no such dyno
+    /// is known.
+    async fn report_dyno(&self, report: &DynoReport) -> Result<Option<Dyno>, StoreError>;
 
     /// Records a `Hello`: inserts the host or updates its address, capacity, stacks and
     /// `last_seen`, keeping its generation and draining flag.

@@ -33,7 +33,7 @@ use uuid::Uuid;
 use super::{BuildOutcome, DynoChanges, Store, StoreError};
 use crate::model::{
     App, Build, BuildStatus, Desired, Dyno, DynoReport, DynoState, Formation, FormationUpdate,
-    Host, Release, ReleaseStatus, Slug,
+    Host, Release, ReleaseStatus, Slug, DEFAULT_SIZE,
 };
 
 /// Enough for the scheduler's few concurrent tasks; SQLite serialises writers anyway.
@@ -41,9 +41,6 @@ const MAX_CONNECTIONS: u32 = 4;
 
 /// How long a writer waits for another writer's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a process type's formation is before its first update.
-const DEFAULT_SIZE: &str = "standard-1x";
 
 /// RFC 3339 with a fixed width, so that TEXT order is time order (the well-known formatter
 /// trims fractional digits, and `...:00Z` would sort after `...:00.5Z`).
@@ -523,12 +520,13 @@ impl Store for SqliteStore {
         Ok(generations)
     }
 
-    async fn report_dyno(&self, report: &DynoReport) -> Result<bool, StoreError> {
+    async fn report_dyno(&self, report: &DynoReport) -> Result<Option<Dyno>, StoreError> {
         let mut tx = self.write().await?;
-        let updated = sqlx::query(
+        let row = sqlx::query(
             "UPDATE dynos SET state = ?, state_changed_at = ?, exit_status = ?, reason = ?,
                               port = ?
-             WHERE id = ?",
+             WHERE id = ?
+             RETURNING *",
         )
         .bind(report.state.as_str())
         .bind(timestamp(report.changed_at)?)
@@ -536,10 +534,11 @@ impl Store for SqliteStore {
         .bind(&report.reason)
         .bind(report.port.map(i64::from))
         .bind(&report.id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let dyno = row.as_ref().map(dyno_from_row).transpose()?;
         tx.commit().await?;
-        Ok(updated.rows_affected() > 0)
+        Ok(dyno)
     }
 
     async fn upsert_host(
@@ -1682,7 +1681,8 @@ mod tests {
             reason: "out of memory".to_owned(),
             port: Some(30001),
         };
-        assert!(store.report_dyno(&report).await.expect("report"));
+        let updated = store.report_dyno(&report).await.expect("report");
+        assert_eq!(updated.map(|d| d.state), Some(report.state));
         let stored = store.dynos(None).await.expect("dynos");
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].state, DynoState::Crashed);
@@ -1696,7 +1696,7 @@ mod tests {
             id: "app-web-9-deadbeef".to_owned(),
             ..report
         };
-        assert!(!store.report_dyno(&unknown).await.expect("report"));
+        assert!(store.report_dyno(&unknown).await.expect("report").is_none());
         assert_eq!(store.dynos(None).await.expect("dynos").len(), 1);
     }
 
