@@ -557,17 +557,18 @@ impl Core {
                 }
                 (None, _) => {
                     let root = dir.root.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if let Ok(config) = dir.read_config() {
-                            for err in crate::shim::cleanup(&config, &dir, None) {
-                                tracing::warn!("cleanup of {}: {err}", dir.root.display());
+                    let _ =
+                        tokio::task::spawn_blocking(move || match crate::shim::remove_dead(&dir) {
+                            Ok(errors) => {
+                                for err in errors {
+                                    tracing::warn!("cleanup of {}: {err}", dir.root.display());
+                                }
                             }
-                        }
-                        if let Err(err) = std::fs::remove_dir_all(&dir.root) {
-                            tracing::warn!("cannot remove {}: {err}", dir.root.display());
-                        }
-                    })
-                    .await;
+                            Err(err) => {
+                                tracing::warn!("cannot remove {}: {err}", dir.root.display())
+                            }
+                        })
+                        .await;
                     tracing::info!("removed dead dyno {}", root.display());
                 }
             }

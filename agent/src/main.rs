@@ -500,13 +500,11 @@ fn gc(host: &HostConfig) -> anyhow::Result<()> {
             alive.push(id);
             continue;
         }
-        if let Ok(config) = dir.read_config() {
-            for err in shim::cleanup(&config, &dir, None) {
-                eprintln!("gc {id}: {err}");
-            }
-        }
-        std::fs::remove_dir_all(&dir.root)
+        let errors = shim::remove_dead(&dir)
             .with_context(|| format!("cannot remove {}", dir.root.display()))?;
+        for err in errors {
+            eprintln!("gc {id}: {err}");
+        }
         println!("removed dyno {id}");
     }
     let net = &host.network;

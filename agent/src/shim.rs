@@ -509,6 +509,18 @@ fn next_timeout(stop: StopState, drain: Option<Instant>) -> PollTimeout {
     PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX)
 }
 
+/// Removes a dyno whose shim is gone (`gc`, or an agent finding it at start-up): whatever it
+/// left (see [`cleanup`]), then its directory. Returns what [`cleanup`] could not remove; an
+/// error when the directory stays.
+pub fn remove_dead(dir: &DynoDir) -> io::Result<Vec<String>> {
+    let errors = match dir.read_config() {
+        Ok(config) => cleanup(&config, dir, None),
+        Err(_) => Vec::new(),
+    };
+    fs::remove_dir_all(&dir.root)?;
+    Ok(errors)
+}
+
 /// Removes everything a dyno had, whatever state it is in; each step is idempotent, so this
 /// also serves a sweep after a crash. Returns what could not be removed.
 pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>) -> Vec<String> {
