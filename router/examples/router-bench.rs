@@ -1,0 +1,45 @@
+//! The router with a fixed route table, for the benchmark: `bench.localhost` goes to one
+//! backend. Usage: `router-bench [LISTEN] [BACKEND]` (defaults 127.0.0.1:18081 and
+//! 127.0.0.1:18080). Log lines are rendered as in production, then discarded.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use manifold_router::{AppRoute, Backend, Hooks, RouteTable, Router, RouterConfig};
+use tokio::net::TcpListener;
+
+struct Discard;
+
+impl Hooks for Discard {
+    fn request(&self, _app: &str) {}
+    fn wake(&self, _app: &str) {}
+    fn log(&self, _app: &str, _line: String) {}
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:18081".to_owned());
+    let backend = args.next().unwrap_or_else(|| "127.0.0.1:18080".to_owned());
+    let table = RouteTable::new();
+    table.set(
+        "bench",
+        AppRoute::Serving(vec![Backend {
+            id: "bench-web-1".to_owned(),
+            name: "web.1".to_owned(),
+            addr: backend.parse()?,
+        }]),
+    );
+    let router = Arc::new(Router::new(
+        table,
+        Arc::new(Discard),
+        RouterConfig::default(),
+    ));
+    let listener = TcpListener::bind(&listen).await?;
+    router
+        .serve(listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Header rewriting: what a dyno learns about the request (`X-Forwarded-*`,
+//! `X-Request-Id`, `X-Request-Start`, `Via`), and the hop-by-hop headers that belong to one
+//! connection and must not cross the router (RFC 9110 §7.6.1).
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE, VIA,
+};
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const VIA_MANIFOLD: &str = "1.1 manifold";
+
+/// What the log line repeats of the rewritten request.
+pub(crate) struct Forwarded {
+    pub(crate) request_id: HeaderValue,
+    pub(crate) fwd: HeaderValue,
+}
+
+/// Whether the client asks to switch protocols (WebSocket): `Connection: upgrade` and an
+/// `Upgrade` header.
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
+}
+
+/// Rewrites a client request's headers for the dyno.
+pub(crate) fn forward_request(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    port: u16,
+    upgrade: bool,
+) -> Forwarded {
+    strip_hop_by_hop(headers, upgrade);
+    // The router answers `Expect: 100-continue` itself (hyper sends the 100 when the body
+    // is first read), so the dyno must not answer it again.
+    headers.remove(EXPECT);
+
+    let request_id = match headers.get(X_REQUEST_ID) {
+        Some(id) if valid_request_id(id.as_bytes()) => id.clone(),
+        _ => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID, id.clone());
+            id
+        }
+    };
+
+    let fwd = forwarded_for(headers, client);
+    headers.insert(X_FORWARDED_FOR, fwd.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+    headers.insert(X_REQUEST_START, HeaderValue::from(now_millis()));
+    append_via(headers);
+    Forwarded { request_id, fwd }
+}
+
+/// Rewrites a dyno's response headers for the client.
+pub(crate) fn forward_response(headers: &mut HeaderMap, upgraded: bool) {
+    strip_hop_by_hop(headers, upgraded);
+    append_via(headers);
+}
+
+/// Heroku keeps a client's request id when it is 20 to 200 characters of
+/// `[A-Za-z0-9+=/-]`, so ids can be traced across services; anything else is replaced.
+fn valid_request_id(id: &[u8]) -> bool {
+    (20..=200).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-'))
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("invalid-request-id"))
+}
+
+/// The existing `X-Forwarded-For` chain (all its headers, in order) with the client
+/// appended.
+fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> HeaderValue {
+    let mut chain = String::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        if let Ok(value) = value.to_str() {
+            let value = value.trim();
+            if !value.is_empty() {
+                chain.push_str(value);
+                chain.push_str(", ");
+            }
+        }
+    }
+    if chain.is_empty() {
+        return HeaderValue::from_str(&client.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+    }
+    chain.push_str(&client.to_string());
+    HeaderValue::try_from(chain).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn append_via(headers: &mut HeaderMap) {
+    let via = match headers.get(VIA).and_then(|v| v.to_str().ok()) {
+        Some(existing) => HeaderValue::try_from(format!("{existing}, {VIA_MANIFOLD}"))
+            .unwrap_or(HeaderValue::from_static(VIA_MANIFOLD)),
+        None => HeaderValue::from_static(VIA_MANIFOLD),
+    };
+    headers.insert(VIA, via);
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes the headers that describe one connection; with `upgrade`, keeps
+/// `Connection: upgrade` and `Upgrade`, which the dyno must see to switch protocols.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrade && name == UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(map: &HeaderMap, name: &str) -> String {
+        map.get(name)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn request_id_validity() {
+        assert!(valid_request_id(b"abcdefghij0123456789"));
+        assert!(valid_request_id(b"abc+def=ghi/jkl-mno/pqr"));
+        assert!(!valid_request_id(b"short"));
+        assert!(!valid_request_id(b"abcdefghij0123456789 with space"));
+        assert!(!valid_request_id(&[b'a'; 201]));
+    }
+
+    #[test]
+    fn adds_forwarding_headers_and_strips_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("bad id"));
+        let fwd = forward_request(&mut h, "127.0.0.1".parse().expect("ip"), 8080, false);
+        assert_eq!(fwd.fwd, "10.0.0.1, 127.0.0.1");
+        assert_eq!(header(&h, "x-forwarded-for"), "10.0.0.1, 127.0.0.1");
+        assert_eq!(header(&h, "x-forwarded-proto"), "http");
+        assert_eq!(header(&h, "x-forwarded-port"), "8080");
+        assert_eq!(header(&h, "via"), "1.1 manifold");
+        assert!(header(&h, "x-request-start").parse::<u64>().is_ok());
+        assert_eq!(header(&h, "x-request-id").len(), 36);
+        assert_eq!(fwd.request_id, h[X_REQUEST_ID]);
+        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding"] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+        forward_request(&mut h, "127.0.0.1".parse().expect("ip"), 80, true);
+        assert_eq!(header(&h, "connection"), "upgrade");
+        assert_eq!(header(&h, "upgrade"), "websocket");
+    }
+}
