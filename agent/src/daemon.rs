@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,8 @@ use crate::build;
 use crate::dyno::{write_atomic, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
 use crate::link::{self, Blobs, LinkEvent, Scheduler};
 use crate::logs::timestamp;
+use crate::logship::{self, LogRate, LogShipper};
+use crate::metrics::{self, AgentMetrics};
 use crate::restart::{RestartPolicy, RestartSchedule};
 use crate::size::DynoSize;
 use crate::supervisor::{self, Dyno, Event, LogLine, Source, State};
@@ -60,6 +63,10 @@ pub struct DaemonConfig {
     pub restart: RestartPolicy,
     /// How long a web dyno has to accept connections on `$PORT` before R10 kills it.
     pub boot_timeout: Duration,
+    /// How fast one dyno may log before its lines are dropped (and counted, L10).
+    pub log_rate: LogRate,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop the daemon from starting.
@@ -68,6 +75,12 @@ pub enum DaemonError {
     #[error("cannot use state directory {path}")]
     State {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -333,6 +346,10 @@ const GRACE: Duration = Duration::from_secs(30);
 /// How long start-up waits for re-adopted dynos to replay their streams before linking.
 const ADOPT_SETTLE: Duration = Duration::from_secs(5);
 
+/// How often waiting log lines go to the scheduler (sooner when a batch is full): `logs
+/// --tail` shows a line well within a second of the dyno writing it.
+const LOG_FLUSH: Duration = Duration::from_millis(100);
+
 /// Where a dyno entry is in its life.
 #[derive(Debug)]
 enum Phase {
@@ -397,6 +414,19 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A state as `manifold ps` writes it.
+fn proto_state_name(state: proto::DynoState) -> &'static str {
+    match state {
+        proto::DynoState::Starting => "starting",
+        proto::DynoState::Up => "up",
+        proto::DynoState::Crashed => "crashed",
+        proto::DynoState::Down => "down",
+        proto::DynoState::Complete => "complete",
+        proto::DynoState::Stopping => "stopping",
+        proto::DynoState::Unspecified => "unknown",
+    }
+}
+
 fn proto_state(state: State) -> proto::DynoState {
     match state {
         State::Starting => proto::DynoState::Starting,
@@ -439,7 +469,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         dynos: BTreeMap::new(),
         link: None,
         inputs: inputs_tx,
+        logs: LogShipper::new(config.log_rate, logship::QUEUE_LINES),
+        metrics: Arc::new(AgentMetrics::default()),
     };
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        tokio::spawn(metrics::serve(listener, core.metrics.clone()));
+    }
     core.adopt_all().await;
     // `Hello` must carry the adopted dynos' real states: let their replays run first.
     let settle = tokio::time::Instant::now() + ADOPT_SETTLE;
@@ -459,13 +497,21 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     tokio::spawn(link::run(config.scheduler.clone(), link_tx));
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ship = tokio::time::interval(LOG_FLUSH);
+    ship.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(state_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(state_err)?;
     loop {
         tokio::select! {
             Some(event) = link_rx.recv() => core.link_event(event),
-            Some(input) = inputs.recv() => core.input(input),
+            Some(input) = inputs.recv() => {
+                core.input(input);
+                if core.logs.batch_ready() {
+                    core.ship_logs();
+                }
+            }
+            _ = ship.tick() => core.ship_logs(),
             _ = heartbeat.tick() => {
                 let generation = core.state.generation;
                 core.send(proto::agent_message::Kind::Heartbeat(proto::Heartbeat { generation }));
@@ -489,6 +535,9 @@ struct Core {
     /// The open stream to the scheduler, if any.
     link: Option<mpsc::Sender<proto::AgentMessage>>,
     inputs: mpsc::UnboundedSender<Input>,
+    /// The dynos' lines on their way to the scheduler's log plex.
+    logs: LogShipper,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Core {
@@ -622,6 +671,57 @@ impl Core {
 
     /// Sends to the scheduler if linked. A full buffer drops the message: the state it
     /// carries is repeated in the next `Hello`.
+    /// Sends the waiting log lines while the link takes them; what it cannot take waits.
+    fn ship_logs(&mut self) {
+        let m = &self.metrics;
+        m.dropped_rate
+            .store(self.logs.dropped_rate, Ordering::Relaxed);
+        m.dropped_queue
+            .store(self.logs.dropped_queue, Ordering::Relaxed);
+        m.connected.store(self.link.is_some(), Ordering::Relaxed);
+        while let Some(batch) = self.logs.batch() {
+            let lines = batch.lines.len();
+            let Some(link) = &self.link else {
+                self.logs.unsend(batch);
+                return;
+            };
+            let message = proto::AgentMessage {
+                kind: Some(proto::agent_message::Kind::Logs(batch)),
+            };
+            match link.try_send(message) {
+                Ok(()) => {
+                    let shipped = u64::try_from(lines).unwrap_or(u64::MAX);
+                    self.metrics
+                        .lines_shipped
+                        .fetch_add(shipped, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
+                    if let Some(proto::agent_message::Kind::Logs(batch)) = err.into_inner().kind {
+                        self.logs.unsend(batch);
+                    }
+                    if closed {
+                        self.link = None;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes a line of a dyno for the log plex (and the agent's own log).
+    fn log_line(&mut self, id: &str, line: &LogLine) {
+        match line.source {
+            Source::App => tracing::debug!("{line}"),
+            Source::Heroku => tracing::info!("{line}"),
+        }
+        let app = self
+            .assignment(id)
+            .map(|a| a.app.clone())
+            .unwrap_or_default();
+        self.logs.line(&app, id, line, Instant::now());
+    }
+
     fn send(&mut self, kind: proto::agent_message::Kind) {
         let Some(link) = &self.link else { return };
         match link.try_send(proto::AgentMessage { kind: Some(kind) }) {
@@ -725,7 +825,18 @@ impl Core {
         };
         let status = entry.status.clone();
         tracing::info!("{} ({id}) is {}", entry.name, state.as_str_name());
+        self.count_states();
         self.send(proto::agent_message::Kind::Dyno(status));
+    }
+
+    /// Refreshes the metrics' dynos-by-state.
+    fn count_states(&self) {
+        let mut counts = BTreeMap::new();
+        for e in self.dynos.values() {
+            let state = proto_state_name(e.status.state());
+            *counts.entry(state.to_string()).or_insert(0) += 1;
+        }
+        *self.metrics.dynos.lock().unwrap_or_else(|e| e.into_inner()) = counts;
     }
 
     /// Forgets an entry that ended and was not assigned any more: reports it `down` (once).
@@ -738,11 +849,13 @@ impl Core {
             let exit = self.dynos.get(id).and_then(|e| e.status.exit_status);
             self.report(id, proto::DynoState::Down, exit, String::new());
         }
+        self.logs.forget(id);
         if let Some(entry) = self.dynos.remove(id) {
             if let Some(port) = entry.port {
                 self.ports.release(port);
             }
         }
+        self.count_states();
     }
 
     fn current(&self, id: &str, run: &str) -> bool {
@@ -778,11 +891,7 @@ impl Core {
                     return;
                 }
                 match event {
-                    // Shipping lines to the scheduler's log plex goes here.
-                    Event::Line(line) => match line.source {
-                        Source::App => tracing::debug!("{line}"),
-                        Source::Heroku => tracing::info!("{line}"),
-                    },
+                    Event::Line(line) => self.log_line(&id, &line),
                     Event::State {
                         state,
                         status,
@@ -811,8 +920,11 @@ impl Core {
                     if let Some(entry) = self.dynos.get(&id) {
                         // The new run's supervisor starts from `starting`: the change out of
                         // `crashed` is the daemon's to log, in Heroku's words.
-                        platform_line(&entry.name, "State changed from crashed to starting");
+                        let line =
+                            platform_line(&entry.name, "State changed from crashed to starting");
+                        self.log_line(&id, &line);
                     }
+                    self.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                     self.launch(&id);
                 }
             }
@@ -850,16 +962,15 @@ impl Core {
     }
 }
 
-/// Logs a platform line the daemon itself writes (the supervisors write the others).
-fn platform_line(dyno: &str, text: &str) {
-    let line = LogLine {
+/// A platform line the daemon itself writes (the supervisors write the others).
+fn platform_line(dyno: &str, text: &str) -> LogLine {
+    LogLine {
         ts: timestamp(),
         source: Source::Heroku,
         dyno: dyno.to_string(),
         stream: None,
         text: text.to_string(),
-    };
-    tracing::info!("{line}");
+    }
 }
 
 /// The stacks ready on this host: directories with a `.manifold-stack` marker.

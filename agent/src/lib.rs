@@ -18,6 +18,8 @@ pub mod dyno;
 pub mod host;
 pub mod link;
 pub mod logs;
+pub mod logship;
+pub mod metrics;
 pub mod network;
 pub mod restart;
 pub mod rootfs;

@@ -99,6 +99,13 @@ struct DaemonArgs {
     /// How long a web dyno has to accept connections on $PORT before it is killed (R10).
     #[arg(long, env = "MANIFOLD_BOOT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     boot_timeout: Duration,
+    /// Lines per second one dyno may log; beyond it (after a burst of 5 s worth) lines are
+    /// dropped and counted (Heroku's L10).
+    #[arg(long, env = "MANIFOLD_LOG_RATE", default_value_t = 2000)]
+    log_rate: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:8751).
+    #[arg(long, env = "MANIFOLD_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -284,6 +291,11 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
             reset: args.restart_reset,
         },
         boot_timeout: args.boot_timeout,
+        log_rate: manifold_agent::logship::LogRate {
+            per_second: f64::from(args.log_rate),
+            burst: f64::from(args.log_rate) * 5.0,
+        },
+        metrics_listen: args.metrics_listen,
     })
 }
 
