@@ -181,6 +181,44 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+    /// Show the app's log: the last lines, then (with --tail) new ones as they come.
+    #[command(name = "logs")]
+    Logs {
+        #[command(flatten)]
+        app: AppArg,
+        /// Lines of history to show first (at most 1500).
+        #[arg(short = 'n', long = "num", default_value_t = 100)]
+        num: usize,
+        /// Keep streaming new lines until interrupted.
+        #[arg(short, long)]
+        tail: bool,
+        /// Only this process type or dyno (`web`, `web.1`, `router`).
+        #[arg(short = 'd', long = "ps", alias = "dyno", value_name = "DYNO")]
+        ps: Option<String>,
+        /// Only lines from `app` (the dynos and the API) or `heroku` (the platform and router).
+        #[arg(short, long, value_parser = ["app", "heroku"])]
+        source: Option<String>,
+    },
+    /// List the app's log drains.
+    #[command(name = "drains")]
+    Drains {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Ship the app's log to URL: syslog://HOST:PORT, syslog+tls://HOST:PORT or https://...
+    #[command(name = "drains:add")]
+    DrainsAdd {
+        url: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Stop shipping the app's log to a drain (by URL or id).
+    #[command(name = "drains:remove")]
+    DrainsRemove {
+        drain: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,

@@ -64,6 +64,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::FeaturesDisable { feature, app } => {
             ctx.set_feature(app.name()?, &feature, false).await
         }
+        Command::Logs {
+            app,
+            num,
+            tail,
+            ps,
+            source,
+        } => {
+            let query = log_query(num, tail, ps.as_deref(), source.as_deref());
+            ctx.logs(app.name()?, &query).await
+        }
+        Command::Drains { app } => ctx.drains(app.name()?).await,
+        Command::DrainsAdd { url, app } => ctx.drains_add(app.name()?, &url).await,
+        Command::DrainsRemove { drain, app } => ctx.drains_remove(app.name()?, &drain).await,
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,
@@ -117,6 +130,32 @@ pub fn rollback_target(releases: &[Release]) -> Result<u64> {
 }
 
 /// `FOO`, `FOO and BAR`, `FOO, BAR and BAZ`.
+/// The query string of `GET /apps/{app}/log-stream`.
+pub fn log_query(num: usize, tail: bool, ps: Option<&str>, source: Option<&str>) -> String {
+    let mut q = format!("lines={num}");
+    if tail {
+        q.push_str("&tail=true");
+    }
+    for (key, value) in [("dyno", ps), ("source", source)] {
+        if let Some(v) = value {
+            q.push_str(&format!("&{key}={}", urlencode(v)));
+        }
+    }
+    q
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn and_list(items: &[&str]) -> String {
     match items {
         [] => String::new(),
@@ -548,6 +587,71 @@ impl Ctx {
         Ok(())
     }
 
+    /// Copies the log stream to stdout as it arrives (until the server ends it or ^C).
+    async fn logs(&self, app: &str, query: &str) -> Result<()> {
+        let resp = self
+            .client
+            .stream(&format!("/apps/{app}/log-stream?{query}"))
+            .await?;
+        let mut body = resp.bytes_stream();
+        let mut out = std::io::stdout();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("the log stream broke off")?;
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    async fn drains(&self, app: &str) -> Result<()> {
+        let r = self.client.get(&format!("/apps/{app}/log-drains")).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let drains: Vec<Value> = r.parse()?;
+        if drains.is_empty() {
+            println!("{app} has no drains");
+        }
+        for d in &drains {
+            println!(
+                "{}  ({})",
+                d["url"].as_str().unwrap_or_default(),
+                d["token"].as_str().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    async fn drains_add(&self, app: &str, url: &str) -> Result<()> {
+        let r = self
+            .client
+            .post(&format!("/apps/{app}/log-drains"), &json!({ "url": url }))
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        println!(
+            "Successfully added drain {url} (token {})",
+            r.body["token"].as_str().unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    async fn drains_remove(&self, app: &str, drain: &str) -> Result<()> {
+        let r = self
+            .client
+            .delete(&format!("/apps/{app}/log-drains/{}", urlencode(drain)))
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        println!(
+            "Successfully removed drain {}",
+            r.body["url"].as_str().unwrap_or(drain)
+        );
+        Ok(())
+    }
+
     async fn hosts(&self) -> Result<()> {
         let r = self.client.get("/hosts").await?;
         if self.json {
@@ -638,6 +742,19 @@ mod tests {
         assert_eq!(parse_version("v3").expect("v3"), 3);
         assert_eq!(parse_version("12").expect("12"), 12);
         assert!(parse_version("vx").is_err());
+    }
+
+    #[test]
+    fn log_queries() {
+        assert_eq!(log_query(100, false, None, None), "lines=100");
+        assert_eq!(
+            log_query(5, true, Some("web.1"), Some("app")),
+            "lines=5&tail=true&dyno=web.1&source=app"
+        );
+        assert_eq!(
+            urlencode("syslog://h:1/x y"),
+            "syslog%3A%2F%2Fh%3A1%2Fx%20y"
+        );
     }
 
     #[test]

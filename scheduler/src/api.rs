@@ -25,7 +25,7 @@ use crate::blobs::BlobError;
 use crate::builds::Output;
 use crate::core::{Core, CoreError};
 use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
-use crate::reconciler::{dyno_index, size_memory, Liveness};
+use crate::reconciler::{dyno_index, size_memory, sleeps, Liveness};
 use crate::store::{DynoChanges, StoreError};
 
 /// Largest JSON request body.
@@ -46,20 +46,24 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, id: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        id: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             id,
             message: message.into(),
         }
     }
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", message)
     }
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 }
@@ -77,14 +81,17 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
-            StoreError::AppExists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string()),
+            StoreError::AppExists(_) | StoreError::DrainExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            }
             StoreError::AppNotFound(name) => ApiError::not_found(format!(
                 "app {name} not found: see `manifold apps`, or create it with `manifold apps:create {name}`"
             )),
             StoreError::ReleaseNotFound { .. }
             | StoreError::BuildNotFound(_)
             | StoreError::SlugNotFound(_)
-            | StoreError::HostNotFound(_) => ApiError::not_found(err.to_string()),
+            | StoreError::HostNotFound(_)
+            | StoreError::DrainNotFound { .. } => ApiError::not_found(err.to_string()),
             StoreError::NoRelease { .. } => ApiError::invalid(err.to_string()),
             _ => {
                 tracing::error!("store: {err:?}");
@@ -103,7 +110,7 @@ impl From<CoreError> for ApiError {
 }
 
 /// JSON bodies with the API's own errors (axum's are plain text).
-struct Json<T>(T);
+pub(crate) struct Json<T>(pub(crate) T);
 
 #[axum::async_trait]
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
@@ -193,6 +200,7 @@ pub fn router(core: Arc<Core>) -> Router {
     let slug_limit = usize::try_from(core.settings.slug_limit).unwrap_or(usize::MAX);
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(crate::metrics::metrics))
         .route("/apps", get(list_apps).post(create_app))
         .route("/apps/:app", get(get_app).delete(delete_app))
         .route(
@@ -224,6 +232,7 @@ pub fn router(core: Arc<Core>) -> Router {
             "/apps/:app/features/:feature",
             get(get_feature).patch(patch_feature),
         )
+        .merge(crate::logs::routes())
         .route("/hosts", get(list_hosts))
         .route("/hosts/:host/actions/:action", post(drain_host))
         .route(
@@ -339,6 +348,8 @@ async fn delete_app(
         })
         .await?;
     core.store.delete_app(&name).await?;
+    core.plex.remove_app(&name);
+    core.routes.remove(&name);
     for host in changed.keys() {
         core.push_assignments(host).await?;
     }
@@ -420,6 +431,13 @@ async fn patch_config(
         .store
         .update_config(&app, &changes, &parts.join("; "), &user(&headers))
         .await?;
+    match &release {
+        Some(r) => core.log_release(&app.name, r),
+        None => core.log_api(
+            &app.name,
+            format!("{} by {}", parts.join("; "), user(&headers)),
+        ),
+    }
     core.poke();
     let mut res = axum::Json(app.config).into_response();
     if let Some(r) = release {
@@ -661,6 +679,7 @@ async fn rollback(
         ))
     })?;
     let r = core.store.rollback(&app, version, &user(&headers)).await?;
+    core.log_release(&app, &r);
     core.poke();
     Ok((
         StatusCode::CREATED,
@@ -716,6 +735,7 @@ struct FormationItem {
 async fn patch_formation(
     State(core): State<Arc<Core>>,
     Path(app): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<FormationBody>,
 ) -> Result<axum::Json<Vec<Value>>> {
     core.store.app(&app).await?;
@@ -776,9 +796,42 @@ async fn patch_formation(
             u.rejection
         )));
     }
-    core.store.update_formation(&app, &updates).await?;
+    let formation = core.store.update_formation(&app, &updates).await?;
+    let scaled: Vec<String> = formation
+        .iter()
+        .filter(|f| updates.iter().any(|u| u.process_type == f.process_type))
+        .map(|f| {
+            format!(
+                "{}@{}:{}",
+                f.process_type,
+                f.quantity,
+                display_size(&f.size)
+            )
+        })
+        .collect();
+    core.log_api(
+        &app,
+        format!("Scaled to {} by {}", scaled.join(" "), user(&headers)),
+    );
     core.poke();
     Ok(axum::Json(formation_json(&core, &app).await?))
+}
+
+/// A size as Heroku writes it in logs: `Standard-1X`, `Performance-M`, `Eco`.
+fn display_size(size: &str) -> String {
+    size.split('-')
+        .map(|part| {
+            if part.len() <= 2 {
+                part.to_ascii_uppercase()
+            } else {
+                let mut c = part.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
@@ -803,7 +856,7 @@ async fn list_dynos(
     State(core): State<Arc<Core>>,
     Path(app): Path<String>,
 ) -> Result<axum::Json<Vec<Value>>> {
-    core.store.app(&app).await?;
+    let record = core.store.app(&app).await?;
     let hosts: HashMap<String, String> = core
         .store
         .hosts()
@@ -819,26 +872,34 @@ async fn list_dynos(
             d.created_at,
         )
     });
-    Ok(axum::Json(
-        dynos.iter().map(|d| dyno_json(d, &hosts)).collect(),
-    ))
+    let mut out: Vec<Value> = dynos.iter().map(|d| dyno_json(d, &hosts)).collect();
+    if record.sleeping {
+        // A sleeping app's eco dynos are not running; Heroku lists them as `idle`.
+        for f in core.store.formation(&app).await? {
+            if !sleeps(&f.size) {
+                continue;
+            }
+            for i in 1..=f.quantity {
+                let name = format!("{}.{i}", f.process_type);
+                if dynos.iter().any(|d| d.name == name) {
+                    continue;
+                }
+                out.push(json!({
+                    "name": name,
+                    "type": f.process_type,
+                    "state": "idle",
+                    "size": f.size,
+                    "updated_at": rfc3339(record.updated_at),
+                }));
+            }
+        }
+    }
+    Ok(axum::Json(out))
 }
 
 /// Stops the given dynos; the reconciler starts their replacements (a restart).
-async fn stop_ids(core: &Core, ids: Vec<String>) -> Result<StatusCode> {
-    if !ids.is_empty() {
-        let changed = core
-            .store
-            .apply_dyno_changes(&DynoChanges {
-                stop: ids,
-                ..DynoChanges::default()
-            })
-            .await?;
-        for host in changed.keys() {
-            core.push_assignments(host).await?;
-        }
-        core.poke();
-    }
+async fn stop_ids(core: &Arc<Core>, ids: Vec<String>, why: &str) -> Result<StatusCode> {
+    core.stop_dynos(&ids, why).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -852,7 +913,7 @@ async fn restart_all(State(core): State<Arc<Core>>, Path(app): Path<String>) -> 
         .filter(|d| d.desired == Desired::Running)
         .map(|d| d.id)
         .collect();
-    stop_ids(&core, ids).await
+    stop_ids(&core, ids, "Restarting").await
 }
 
 /// The running dynos `target` names: one (`web.1`) or a whole type (`web`).
@@ -885,7 +946,7 @@ async fn restart_dynos(
     Path((app, target)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     let ids = matching(&core, &app, &target).await?;
-    stop_ids(&core, ids).await
+    stop_ids(&core, ids, "Restarting").await
 }
 
 async fn stop_dyno(
@@ -893,7 +954,7 @@ async fn stop_dyno(
     Path((app, target)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     let ids = matching(&core, &app, &target).await?;
-    stop_ids(&core, ids).await
+    stop_ids(&core, ids, "Stopping").await
 }
 
 fn feature_json(app: &App, name: &str, description: &str) -> Value {

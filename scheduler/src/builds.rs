@@ -294,6 +294,7 @@ impl Core {
             .into_iter()
             .find(|a| a.id == build.app_id)
             .ok_or("the app was deleted during the build")?;
+        self.log_release(&app.name, &release);
         let formation = self
             .store
             .formation(&app.name)

@@ -2,17 +2,20 @@
 //! loop, shared by the REST API and the AgentLink hub. Handlers only translate requests
 //! into calls on [`Core`]; everything that decides lives here or in [`crate::reconciler`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use manifold_logplex::{LogPlex, PlexConfig};
 use manifold_proto::{scheduler_message, Assignment, Assignments, SchedulerMessage};
+use manifold_router::{RouteTable, RouterConfig};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use crate::blobs::BlobStore;
 use crate::builds::Builds;
+use crate::metrics::Counters;
 use crate::model::{Desired, Dyno, FormationUpdate};
 use crate::reconciler::{self, AppDesired, Cycling, HostView, Liveness, Plan};
 use crate::store::{Store, StoreError};
@@ -40,6 +43,12 @@ pub struct Settings {
     pub slug_limit: u64,
     pub api_token: String,
     pub agent_token: String,
+    /// The router's timeouts and limits (also how long a stopping dyno may finish requests).
+    pub router: RouterConfig,
+    /// The log plex's sizes and the roots its TLS drains trust.
+    pub plex: PlexConfig,
+    /// Apps whose web dynos are eco sleep after this long without a request (`None`: never).
+    pub sleep_after: Option<Duration>,
 }
 
 /// The sender half of an agent's stream, and when it last said anything.
@@ -55,6 +64,20 @@ pub struct Core {
     pub blobs: BlobStore,
     pub settings: Settings,
     pub builds: Builds,
+    /// Every app's log stream.
+    pub plex: LogPlex,
+    /// What `/metrics` counts.
+    pub counters: crate::metrics::Counters,
+    /// The router's table, refreshed after every reconcile.
+    pub routes: RouteTable,
+    /// The router, once serving (for its metrics).
+    pub router: std::sync::OnceLock<Arc<manifold_router::Router>>,
+    /// When each app last got a request (sleep-on-idle).
+    pub(crate) traffic: Mutex<HashMap<String, Instant>>,
+    /// Apps being woken, since when (to log how long it took).
+    pub(crate) waking: Mutex<HashMap<String, Instant>>,
+    /// Stopping web dynos kept assigned until their in-flight requests are done.
+    pub(crate) held_stops: Mutex<HashMap<String, Instant>>,
     pub(crate) links: Mutex<HashMap<String, Link>>,
     /// When each known host's link went away (a host never seen since start counts from
     /// `started`, so agents get one deadline to reconnect after a scheduler restart).
@@ -83,6 +106,13 @@ impl Core {
         Arc::new(Core {
             store,
             blobs,
+            plex: LogPlex::new(settings.plex.clone()),
+            counters: crate::metrics::Counters::default(),
+            routes: RouteTable::default(),
+            router: std::sync::OnceLock::new(),
+            traffic: Mutex::new(HashMap::new()),
+            waking: Mutex::new(HashMap::new()),
+            held_stops: Mutex::new(HashMap::new()),
             settings,
             builds: Builds::default(),
             links: Mutex::new(HashMap::new()),
@@ -206,8 +236,9 @@ impl Core {
         Ok((hosts, dynos, apps))
     }
 
-    /// One reconcile: plan, store the plan, tell the hosts whose sets changed.
-    pub async fn reconcile(&self) -> Result<Plan, CoreError> {
+    /// One reconcile: plan, store the plan, refresh the routes, tell the hosts whose sets
+    /// changed, and put idle apps to sleep.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<Plan, CoreError> {
         let _one = self.reconciling.lock().await;
         let (hosts, dynos, apps) = self.snapshot(None).await?;
         let plan = reconciler::plan(
@@ -217,25 +248,86 @@ impl Core {
             OffsetDateTime::now_utc(),
             &self.settings.cycling,
         );
-        if !plan.is_empty() {
+        let stopping: HashSet<String> = plan
+            .changes
+            .stop
+            .iter()
+            .chain(&plan.changes.delete)
+            .cloned()
+            .collect();
+        if plan.is_empty() {
+            self.refresh_routes(&hosts, &dynos, &apps, &stopping);
+        } else {
             for d in &plan.changes.create {
                 tracing::info!("placing {} ({}) on {}", d.name, d.id, d.host_id);
             }
             for id in &plan.changes.stop {
                 tracing::info!("stopping {id}");
             }
-            for id in &plan.cycling {
-                tracing::info!("cycling {id}");
-            }
             for id in &plan.changes.delete {
                 tracing::info!("forgetting {id}: its host is lost");
             }
+            let names = app_names(&apps);
+            for d in dynos.iter().filter(|d| plan.cycling.contains(&d.id)) {
+                tracing::info!("cycling {}", d.id);
+                if let Some(app) = names.get(&d.app_id) {
+                    self.log_platform(app, &d.name, "Cycling");
+                }
+            }
             let changed = self.store.apply_dyno_changes(&plan.changes).await?;
+            let counters = &self.counters;
+            Counters::add(&counters.placements, plan.changes.create.len());
+            Counters::add(&counters.stops, plan.changes.stop.len());
+            Counters::add(&counters.cycles, plan.cycling.len());
+            self.refresh_routes(&hosts, &dynos, &apps, &stopping);
+            let stopped: Vec<Dyno> = dynos
+                .iter()
+                .filter(|d| plan.changes.stop.contains(&d.id))
+                .cloned()
+                .collect();
+            self.hold_stops(&stopped);
             for host in changed.keys() {
                 self.push_assignments(host).await?;
             }
         }
+        self.idle_apps(&apps, &dynos).await;
         Ok(plan)
+    }
+
+    /// Stops dynos on a user's request (`ps:restart`, `ps:stop`): they leave the routes
+    /// at once, finish their requests, then stop; the reconciler starts replacements.
+    pub async fn stop_dynos(self: &Arc<Self>, ids: &[String], why: &str) -> Result<(), CoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _one = self.reconciling.lock().await;
+        let changed = self
+            .store
+            .apply_dyno_changes(&crate::store::DynoChanges {
+                stop: ids.to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        Counters::add(&self.counters.stops, ids.len());
+        let (hosts, dynos, apps) = self.snapshot(None).await?;
+        let names = app_names(&apps);
+        let stopped: Vec<Dyno> = dynos
+            .iter()
+            .filter(|d| ids.contains(&d.id))
+            .cloned()
+            .collect();
+        for d in &stopped {
+            if let Some(app) = names.get(&d.app_id) {
+                self.log_platform(app, &d.name, why);
+            }
+        }
+        self.refresh_routes(&hosts, &dynos, &apps, &HashSet::new());
+        self.hold_stops(&stopped);
+        for host in changed.keys() {
+            self.push_assignments(host).await?;
+        }
+        self.poke();
+        Ok(())
     }
 
     /// Whether the app's formation with `updates` applied can be placed now: the
@@ -270,12 +362,14 @@ impl Core {
         else {
             return Ok(());
         };
+        let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
         let dynos: Vec<Dyno> = self
             .store
             .dynos(None)
             .await?
             .into_iter()
-            .filter(|d| d.host_id == host && d.desired == Desired::Running)
+            .filter(|d| d.host_id == host)
+            .filter(|d| d.desired == Desired::Running || held.contains(&d.id))
             .collect();
         let apps: HashMap<Uuid, String> = self
             .store
@@ -323,6 +417,13 @@ impl Core {
         );
         Ok(())
     }
+}
+
+/// App names by id.
+fn app_names(apps: &[AppDesired]) -> HashMap<Uuid, String> {
+    apps.iter()
+        .map(|a| (a.app.id, a.app.name.clone()))
+        .collect()
 }
 
 /// Applies formation updates to a formation in memory (what the store will do).

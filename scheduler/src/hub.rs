@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::{lock, Core, CoreError, Link};
+use crate::metrics::Counters;
 use crate::model::{Desired, DynoReport, DynoState};
 use crate::store::DynoChanges;
 
@@ -167,6 +168,9 @@ impl Core {
                 let Some(dyno) = self.store.report_dyno(&report).await? else {
                     return Ok(());
                 };
+                if report.state == DynoState::Crashed {
+                    Counters::add(&self.counters.crashes, 1);
+                }
                 let ended = matches!(
                     report.state,
                     DynoState::Down | DynoState::Complete | DynoState::Crashed
@@ -182,6 +186,7 @@ impl Core {
                 self.poke();
             }
             Some(agent_message::Kind::Build(event)) => self.build_event(host, event).await,
+            Some(agent_message::Kind::Logs(batch)) => self.ingest_logs(host, batch),
             Some(agent_message::Kind::Heartbeat(_))
             | Some(agent_message::Kind::Hello(_))
             | None => {}

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use manifold_logplex::PlexConfig;
+use manifold_router::RouterConfig;
 use manifold_scheduler::blobs::BlobStore;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::store::sqlite::SqliteStore;
@@ -45,6 +47,24 @@ struct Cli {
     /// The agents' token (default: STATE_DIR/agent-token, generated once).
     #[arg(long, env = "MANIFOLD_AGENT_TOKEN", hide_env_values = true)]
     agent_token: Option<String>,
+    /// Where the router serves apps (`APP.DOMAIN` by the Host header); `none` for no router.
+    #[arg(long, env = "MANIFOLD_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
+    router_listen: String,
+    /// Apps are reached as APP.DOMAIN (`*.localhost` resolves to this machine).
+    #[arg(long, env = "MANIFOLD_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// Time to the first byte of a dyno's response before the router gives up (H12).
+    #[arg(long, env = "MANIFOLD_ROUTER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    router_timeout: Duration,
+    /// How long the router holds requests while an app's web dynos boot or wake (then H20).
+    #[arg(long, env = "MANIFOLD_ROUTER_BOOT_HOLD", default_value = "75s", value_parser = humantime::parse_duration)]
+    router_boot_hold: Duration,
+    /// Apps whose web dynos are eco sleep after this long without a request (`0s`: never).
+    #[arg(long, env = "MANIFOLD_SLEEP_AFTER", default_value = "30m", value_parser = humantime::parse_duration)]
+    sleep_after: Duration,
+    /// Extra CA certificates (PEM) that syslog+tls:// and https:// log drains are checked against.
+    #[arg(long, env = "MANIFOLD_DRAIN_CA")]
+    drain_ca: Option<PathBuf>,
     /// Also run `manifold-agent` on this host, connected to this scheduler (all-in-one).
     #[arg(long)]
     with_agent: bool,
@@ -100,6 +120,21 @@ async fn main() -> anyhow::Result<()> {
         slug_limit: 1024 * 1024 * 1024,
         api_token: token(&cli.state_dir, "api-token", cli.api_token)?,
         agent_token: token(&cli.state_dir, "agent-token", cli.agent_token)?,
+        router: RouterConfig {
+            domain: cli.domain.clone(),
+            request_timeout: cli.router_timeout,
+            boot_hold: cli.router_boot_hold,
+            ..RouterConfig::default()
+        },
+        plex: PlexConfig {
+            drain_roots: match &cli.drain_ca {
+                Some(path) => manifold_logplex::load_pem_roots(path)
+                    .with_context(|| format!("cannot read the drain CA {}", path.display()))?,
+                None => Vec::new(),
+            },
+            ..PlexConfig::default()
+        },
+        sleep_after: (!cli.sleep_after.is_zero()).then_some(cli.sleep_after),
     };
     let db = cli.state_dir.join("manifold.db");
     let store = SqliteStore::open(&db)
@@ -115,6 +150,23 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!("serving the API and AgentLink on http://{addr}");
+    core.load_drains()
+        .await
+        .context("cannot load the log drains")?;
+    let router = match cli.router_listen.as_str() {
+        "none" => None,
+        listen => {
+            let router = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} for the router"))?;
+            tracing::info!(
+                "routing http://APP.{}:{} to apps",
+                cli.domain,
+                router.local_addr()?.port()
+            );
+            Some(router)
+        }
+    };
     let mut agent = if cli.with_agent {
         let exe = std::env::current_exe()?.with_file_name("manifold-agent");
         let child = tokio::process::Command::new(&exe)
@@ -141,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
-    manifold_scheduler::server::run(core, listener, shutdown).await?;
+    manifold_scheduler::server::run(core, listener, router, shutdown).await?;
     if let Some(child) = agent.as_mut() {
         // The agent leaves its dynos running when it stops; stopping dynos is up to the user.
         if let Some(pid) = child.id() {

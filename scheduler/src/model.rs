@@ -21,6 +21,10 @@ pub struct App {
     /// Enabled features (`preboot`).
     #[serde(default)]
     pub features: BTreeSet<String>,
+    /// Asleep after a while without web traffic (eco dynos only): its web and worker dynos
+    /// are stopped and shown `idle` until a request wakes it.
+    #[serde(default)]
+    pub sleeping: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -32,6 +36,19 @@ pub const FEATURES: &[(&str, &str)] = &[(
     "preboot",
     "new web dynos start and are up before the old ones stop, on a release or a formation change",
 )];
+
+/// A log drain: where an app's lines are shipped (syslog over TCP or TLS, or HTTPS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogDrain {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub url: String,
+    /// Sent with every line (syslog HOSTNAME, `Logplex-Drain-Token`) so the receiver can
+    /// tell drains apart (Heroku's `d.` tokens).
+    pub token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
 
 /// A built slug: the archive lives in the blob store under `sha256`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

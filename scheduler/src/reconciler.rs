@@ -16,6 +16,7 @@
 //! with preboot               a web dyno of an older release stops once its replacement
 //!                            is up (without: at once, as on Heroku)
 //! types not in the formation stop
+//! a sleeping app            its eco dynos (web and worker) stop until it is woken
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -86,6 +87,11 @@ pub fn size_memory(size: &str) -> u64 {
     size.parse::<DynoSize>()
         .map(|s| s.limits().memory_quota)
         .unwrap_or(0)
+}
+
+/// Whether dynos of this size sleep when their app is idle (eco).
+pub fn sleeps(size: &str) -> bool {
+    size.parse::<DynoSize>().is_ok_and(|s| s.limits().sleeps)
 }
 
 /// The number in `web.12`.
@@ -217,7 +223,14 @@ pub fn plan(
                 let Some(command) = slug.process_types.get(&f.process_type) else {
                     continue;
                 };
-                for i in 1..=f.quantity {
+                // A sleeping app's eco dynos (web and worker alike: Heroku's rule) stop
+                // until a request wakes it.
+                let quantity = if want.app.sleeping && sleeps(&f.size) {
+                    0
+                } else {
+                    f.quantity
+                };
+                for i in 1..=quantity {
                     wanted.insert(
                         format!("{}.{i}", f.process_type),
                         (f, release, slug, command),
@@ -411,6 +424,7 @@ mod tests {
                 stack: "testing".into(),
                 config: BTreeMap::new(),
                 features: Default::default(),
+                sleeping: false,
                 created_at: t0(),
                 updated_at: t0(),
             },
@@ -487,6 +501,34 @@ mod tests {
         );
         let again = plan(&hosts, &dynos, &[app(2, 1, 1)], t0(), &Cycling::daily());
         assert!(again.is_empty(), "a second run changes nothing: {again:?}");
+    }
+
+    #[test]
+    fn a_sleeping_app_stops_its_eco_dynos_and_keeps_the_others() {
+        let hosts = [host("a", Liveness::Connected)];
+        let mut dynos = Vec::new();
+        let mut eco = app(1, 1, 1);
+        for f in &mut eco.formation {
+            if f.process_type == "web" {
+                f.size = "eco".into();
+            }
+        }
+        let p = plan(&hosts, &dynos, &[eco.clone()], t0(), &Cycling::daily());
+        apply(&mut dynos, &p);
+        eco.app.sleeping = true;
+        let p = plan(&hosts, &dynos, &[eco.clone()], t0(), &Cycling::daily());
+        assert_eq!(
+            stopped_names(&dynos, &p),
+            ["web.1"],
+            "the eco web dyno sleeps"
+        );
+        assert!(p.changes.create.is_empty());
+        apply(&mut dynos, &p);
+        assert!(plan(&hosts, &dynos, &[eco.clone()], t0(), &Cycling::daily()).is_empty());
+        eco.app.sleeping = false;
+        let p = plan(&hosts, &dynos, &[eco], t0(), &Cycling::daily());
+        let woken: Vec<&str> = p.changes.create.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(woken, ["web.1"], "waking starts it again");
     }
 
     #[test]

@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{cgroup_children, wait_for, Cluster};
+use harness::{wait_for, Cluster};
 use serde_json::Value;
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-web");
-const UP: Duration = Duration::from_secs(60);
+use harness::{assert_clean, deploy_tiny, UP};
 
 fn names(dynos: &[Value]) -> BTreeSet<String> {
     dynos
@@ -36,27 +35,6 @@ fn ids(dynos: &[Value]) -> BTreeSet<String> {
         .iter()
         .map(|d| d["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Deploys the tiny app on the testing stack and returns the deploy's output.
-fn deploy_tiny(c: &Cluster, app: &str) -> String {
-    c.ok(&["apps:create", app, "--stack", "testing"]);
-    c.ok(&["deploy", TINY, "-a", app])
-}
-
-/// Nothing of the agent's dynos is left: no dyno directories, no cgroups.
-fn assert_clean(c: &Cluster, i: usize) {
-    let a = &c.agents[i];
-    wait_for(
-        &format!("agent {} to have no dynos", a.id),
-        Duration::from_secs(60),
-        || {
-            let dirs = std::fs::read_dir(a.state_dir.join("dynos"))
-                .map(|d| d.count())
-                .unwrap_or(0);
-            (dirs == 0 && cgroup_children(&a.cgroup_parent()).is_empty()).then_some(())
-        },
-    );
 }
 
 /// The acceptance scenario on one host with the Python example: deploy, scale, HTTP,

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::model::{App, Build, Dyno, DynoReport, Formation, FormationUpdate, Host, Release, Slug};
+use crate::model::{
+    App, Build, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain, Release, Slug,
+};
 
 pub mod sqlite;
 
@@ -32,6 +34,10 @@ pub enum StoreError {
     SlugNotFound(Uuid),
     #[error("host {0} not found")]
     HostNotFound(String),
+    #[error("log drain {drain} of {app} not found")]
+    DrainNotFound { app: String, drain: String },
+    #[error("{app} already has a log drain to {url}")]
+    DrainExists { app: String, url: String },
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("database error")]
@@ -72,6 +78,16 @@ pub trait Store: Send + Sync + 'static {
     /// Enables or disables a feature of the app.
     async fn set_feature(&self, app: &str, feature: &str, enabled: bool)
         -> Result<App, StoreError>;
+
+    /// Puts the app to sleep or wakes it.
+    async fn set_sleeping(&self, app: &str, sleeping: bool) -> Result<App, StoreError>;
+
+    /// Adds a drain to the app's.
+    async fn add_drain(&self, app: &str, url: &str, token: &str) -> Result<LogDrain, StoreError>;
+    /// Removes a drain named by its id or its URL.
+    async fn remove_drain(&self, app: &str, id_or_url: &str) -> Result<LogDrain, StoreError>;
+    /// One app's drains, or every app's.
+    async fn drains(&self, app: Option<&str>) -> Result<Vec<LogDrain>, StoreError>;
 
     /// Applies `changes` (`None` removes a key) to the app's config; if the app has a current
     /// release, appends a release of the same slug with the new config and `description`.

@@ -33,7 +33,7 @@ use uuid::Uuid;
 use super::{BuildOutcome, DynoChanges, Store, StoreError};
 use crate::model::{
     App, Build, BuildStatus, Desired, Dyno, DynoReport, DynoState, Formation, FormationUpdate,
-    Host, Release, ReleaseStatus, Slug, DEFAULT_SIZE,
+    Host, LogDrain, Release, ReleaseStatus, Slug, DEFAULT_SIZE,
 };
 
 /// Enough for the scheduler's few concurrent tasks; SQLite serialises writers anyway.
@@ -102,6 +102,7 @@ impl Store for SqliteStore {
             stack: stack.to_owned(),
             config: BTreeMap::new(),
             features: BTreeSet::new(),
+            sleeping: false,
             created_at: now,
             updated_at: now,
         };
@@ -143,6 +144,98 @@ impl Store for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(current)
+    }
+
+    async fn set_sleeping(&self, app: &str, sleeping: bool) -> Result<App, StoreError> {
+        let mut tx = self.write().await?;
+        let mut current = app_by_name(&mut tx, app).await?;
+        current.sleeping = sleeping;
+        current.updated_at = OffsetDateTime::now_utc();
+        sqlx::query("UPDATE apps SET sleeping = ?, updated_at = ? WHERE id = ?")
+            .bind(i64::from(sleeping))
+            .bind(timestamp(current.updated_at)?)
+            .bind(current.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(current)
+    }
+
+    async fn add_drain(&self, app: &str, url: &str, token: &str) -> Result<LogDrain, StoreError> {
+        let mut tx = self.write().await?;
+        let app_row = app_by_name(&mut tx, app).await?;
+        let taken = sqlx::query("SELECT 1 FROM log_drains WHERE app_id = ? AND url = ?")
+            .bind(app_row.id.to_string())
+            .bind(url)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::DrainExists {
+                app: app.to_owned(),
+                url: url.to_owned(),
+            });
+        }
+        let drain = LogDrain {
+            id: Uuid::new_v4(),
+            app_id: app_row.id,
+            url: url.to_owned(),
+            token: token.to_owned(),
+            created_at: OffsetDateTime::now_utc(),
+        };
+        sqlx::query(
+            "INSERT INTO log_drains (id, app_id, url, token, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(drain.id.to_string())
+        .bind(drain.app_id.to_string())
+        .bind(&drain.url)
+        .bind(&drain.token)
+        .bind(timestamp(drain.created_at)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(drain)
+    }
+
+    async fn remove_drain(&self, app: &str, id_or_url: &str) -> Result<LogDrain, StoreError> {
+        let mut tx = self.write().await?;
+        let app_row = app_by_name(&mut tx, app).await?;
+        let row = sqlx::query("SELECT * FROM log_drains WHERE app_id = ? AND (id = ? OR url = ?)")
+            .bind(app_row.id.to_string())
+            .bind(id_or_url)
+            .bind(id_or_url)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::DrainNotFound {
+                app: app.to_owned(),
+                drain: id_or_url.to_owned(),
+            })?;
+        let drain = drain_from_row(&row)?;
+        sqlx::query("DELETE FROM log_drains WHERE id = ?")
+            .bind(drain.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(drain)
+    }
+
+    async fn drains(&self, app: Option<&str>) -> Result<Vec<LogDrain>, StoreError> {
+        let mut tx = self.read().await?;
+        let rows = match app {
+            Some(name) => {
+                let app_row = app_by_name(&mut tx, name).await?;
+                sqlx::query("SELECT * FROM log_drains WHERE app_id = ? ORDER BY created_at, id")
+                    .bind(app_row.id.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM log_drains ORDER BY created_at, id")
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+        };
+        tx.commit().await?;
+        rows.iter().map(drain_from_row).collect()
     }
 
     async fn app(&self, name: &str) -> Result<App, StoreError> {
@@ -901,8 +994,20 @@ fn app_from_row(row: &SqliteRow) -> Result<App, StoreError> {
         stack: c.text("stack")?,
         config: c.json("config")?,
         features: c.json("features")?,
+        sleeping: c.flag("sleeping")?,
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
+    })
+}
+
+fn drain_from_row(row: &SqliteRow) -> Result<LogDrain, StoreError> {
+    let c = Cells::new(row, "log_drains", row.try_get("id")?);
+    Ok(LogDrain {
+        id: c.uuid("id")?,
+        app_id: c.uuid("app_id")?,
+        url: c.text("url")?,
+        token: c.text("token")?,
+        created_at: c.time("created_at")?,
     })
 }
 

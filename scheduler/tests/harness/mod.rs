@@ -12,6 +12,32 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The tiny app: busybox httpd (with CGI scripts) for `web`, a shell loop for `worker`.
+pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-web");
+/// How long a dyno may take to come up in a test.
+pub const UP: Duration = Duration::from_secs(60);
+
+/// Deploys the tiny app on the testing stack and returns the deploy's output.
+pub fn deploy_tiny(c: &Cluster, app: &str) -> String {
+    c.ok(&["apps:create", app, "--stack", "testing"]);
+    c.ok(&["deploy", TINY, "-a", app])
+}
+
+/// Nothing of the agent's dynos is left: no dyno directories, no cgroups.
+pub fn assert_clean(c: &Cluster, i: usize) {
+    let a = &c.agents[i];
+    wait_for(
+        &format!("agent {} to have no dynos", a.id),
+        Duration::from_secs(60),
+        || {
+            let dirs = std::fs::read_dir(a.state_dir.join("dynos"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (dirs == 0 && cgroup_children(&a.cgroup_parent()).is_empty()).then_some(())
+        },
+    );
+}
+
 pub const API_TOKEN: &str = "e2e-api-token";
 pub const AGENT_TOKEN: &str = "e2e-agent-token";
 
@@ -71,6 +97,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub index: u8,
     pub ports: (u16, u16),
+    /// Where the agent serves `/metrics`.
+    pub metrics_port: u16,
     child: Option<Child>,
 }
 
@@ -107,6 +135,8 @@ impl Agent {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Where the scheduler's router serves apps.
+    pub router_port: u16,
     pub scheduler: Option<Child>,
     pub agents: Vec<Agent>,
     pub deadline: Duration,
@@ -127,6 +157,7 @@ impl Cluster {
             .unwrap();
         let mut c = Cluster {
             port: free_port(),
+            router_port: free_port(),
             dir,
             scheduler: None,
             agents: Vec::new(),
@@ -154,6 +185,8 @@ impl Cluster {
             .arg(self.dir.path().join("scheduler"))
             .arg("--heartbeat-deadline")
             .arg(format!("{}ms", self.deadline.as_millis()))
+            .arg("--router-listen")
+            .arg(format!("127.0.0.1:{}", self.router_port))
             .args(&self.flags)
             .env("MANIFOLD_API_TOKEN", API_TOKEN)
             .env("MANIFOLD_AGENT_TOKEN", AGENT_TOKEN)
@@ -195,6 +228,7 @@ impl Cluster {
             state_dir,
             index,
             ports: (base, base + 99),
+            metrics_port: free_port(),
             child: None,
         });
         let i = self.agents.len() - 1;
@@ -224,6 +258,7 @@ impl Cluster {
             .args(["--subnet", &a.subnet()])
             .args(["--nft-table", &a.bridge()])
             .args(["--heartbeat", "500ms"])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", a.metrics_port)])
             .arg("--buildpacks-dir")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildpacks"))
             .env("MANIFOLD_AGENT_TOKEN", AGENT_TOKEN)
@@ -324,6 +359,27 @@ impl Cluster {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A request through the router to `app` (Host `APP.localhost`): (status, body).
+    pub fn route(&self, app: &str, path: &str, extra: &[&str]) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}"])
+            .args(["-H", &format!("Host: {app}.localhost")])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{}{path}", self.router_port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The app's log (`manifold logs -n 1500` plus `extra` flags).
+    pub fn logs(&self, app: &str, extra: &[&str]) -> String {
+        let mut args = vec!["logs", "-a", app, "-n", "1500"];
+        args.extend_from_slice(extra);
+        self.ok(&args)
     }
 
     /// A raw API call with curl: (status, body).

@@ -1,0 +1,239 @@
+//! The scheduler's side of the log plex: what goes in (agents' batches, the API's
+//! `app[api]` lines, the platform's `heroku[web.1]` lines) and the routes that read it
+//! (`GET /apps/{app}/log-stream`) and manage drains (`/apps/{app}/log-drains`).
+//!
+//! The plex itself (ring, tails, drains) is `manifold-logplex`; this module only decides
+//! what each line says and where it comes from.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::Router;
+use futures::StreamExt;
+use manifold_logplex::{parse_drain_url, Drain, Filter, LogLine, Source};
+use manifold_proto::LogBatch;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::api::{ApiError, Json};
+use crate::core::Core;
+use crate::model::LogDrain;
+
+/// Most lines `manifold logs -n` may ask for (the ring holds 1,500).
+const MAX_LINES: usize = 1500;
+
+impl Core {
+    /// An `app[api]` line: what a user did to the app (Heroku's wording).
+    pub fn log_api(&self, app: &str, message: impl Into<String>) {
+        self.plex
+            .push(app, LogLine::now(Source::App, "api", message.into()));
+    }
+
+    /// What made a release, then `Release vN created by USER`.
+    pub fn log_release(&self, app: &str, release: &crate::model::Release) {
+        self.log_api(app, format!("{} by {}", release.description, release.user));
+        self.log_api(
+            app,
+            format!("Release v{} created by {}", release.version, release.user),
+        );
+    }
+
+    /// A `heroku[web.1]` line the scheduler writes: why it stops or starts a dyno
+    /// (`Restarting`, `Cycling`, `Idling`, `Relocating dyno to a new server`).
+    pub fn log_platform(&self, app: &str, process: &str, message: impl Into<String>) {
+        self.plex
+            .push(app, LogLine::now(Source::Heroku, process, message.into()));
+    }
+
+    /// The lines an agent sent.
+    pub(crate) fn ingest_logs(&self, host: &str, batch: LogBatch) {
+        for entry in batch.lines {
+            let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(entry.time_us) * 1000)
+                .unwrap_or_else(|_| OffsetDateTime::now_utc());
+            if entry.app.is_empty() {
+                // The agent's own notice that its queue overflowed: about no one app.
+                tracing::warn!("host {host}: {}", entry.message);
+                continue;
+            }
+            let source = if entry.platform {
+                Source::Heroku
+            } else {
+                Source::App
+            };
+            self.plex.push(
+                &entry.app,
+                LogLine {
+                    time,
+                    source,
+                    process: entry.process,
+                    message: entry.message,
+                },
+            );
+        }
+    }
+
+    /// Gives the plex every app's drains (at start).
+    pub async fn load_drains(&self) -> Result<(), crate::core::CoreError> {
+        let apps: HashMap<uuid::Uuid, String> = self
+            .store
+            .apps()
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a.name))
+            .collect();
+        let mut by_app: HashMap<String, Vec<Drain>> = HashMap::new();
+        for d in self.store.drains(None).await? {
+            if let Some(app) = apps.get(&d.app_id) {
+                by_app.entry(app.clone()).or_default().push(plex_drain(&d));
+            }
+        }
+        for (app, drains) in by_app {
+            if let Err(err) = self.plex.set_drains(&app, drains) {
+                tracing::warn!("drains of {app}: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_drains(&self, app: &str) -> Result<(), ApiError> {
+        let drains = self.store.drains(Some(app)).await?;
+        self.plex
+            .set_drains(app, drains.iter().map(plex_drain).collect())
+            .map_err(|e| ApiError::invalid(e.to_string()))
+    }
+}
+
+fn plex_drain(d: &LogDrain) -> Drain {
+    Drain {
+        id: d.id.to_string(),
+        url: d.url.clone(),
+        token: d.token.clone(),
+    }
+}
+
+/// The log routes, merged into the API's.
+pub fn routes() -> Router<Arc<Core>> {
+    Router::new()
+        .route("/apps/:app/log-stream", get(log_stream))
+        .route("/apps/:app/log-drains", get(list_drains).post(add_drain))
+        .route("/apps/:app/log-drains/:drain", delete(remove_drain))
+}
+
+/// `manifold logs`' options, as Heroku's log sessions take them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// Lines of history first (default 100).
+    lines: Option<usize>,
+    /// Then keep streaming.
+    #[serde(default)]
+    tail: bool,
+    /// `web` or `web.1` or `router`.
+    dyno: Option<String>,
+    /// `app` or `heroku`.
+    source: Option<String>,
+}
+
+/// The app's last lines, then (with `tail=true`) every new one as it comes: plain text, one
+/// rendered line per line, streamed until the client goes away or the app is destroyed.
+async fn log_stream(
+    State(core): State<Arc<Core>>,
+    Path(app): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    core.store.app(&app).await?;
+    let lines = q.lines.unwrap_or(100);
+    if lines > MAX_LINES {
+        return Err(ApiError::invalid(format!(
+            "lines must be at most {MAX_LINES} (the log keeps the last {MAX_LINES})"
+        )));
+    }
+    let source =
+        match q.source.as_deref() {
+            None => None,
+            Some(s) => Some(s.parse::<Source>().map_err(|_| {
+                ApiError::invalid(format!("unknown source {s:?}: use app or heroku"))
+            })?),
+        };
+    let filter = Filter {
+        process: q.dyno.filter(|d| !d.is_empty()),
+        source,
+    };
+    let body = if q.tail {
+        let (recent, tail) = core.plex.recent_and_tail(&app, filter, lines);
+        let history = futures::stream::iter(recent);
+        Body::from_stream(
+            history
+                .chain(tail)
+                .map(|line| Ok::<_, std::convert::Infallible>(format!("{}\n", line.render()))),
+        )
+    } else {
+        let text: String = core
+            .plex
+            .recent(&app, &filter, lines)
+            .iter()
+            .map(|l| format!("{}\n", l.render()))
+            .collect();
+        Body::from(text)
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn drain_json(d: &LogDrain) -> Value {
+    json!({
+        "id": d.id,
+        "url": d.url,
+        "token": d.token,
+        "created_at": d.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    })
+}
+
+async fn list_drains(
+    State(core): State<Arc<Core>>,
+    Path(app): Path<String>,
+) -> Result<axum::Json<Vec<Value>>, ApiError> {
+    let drains = core.store.drains(Some(&app)).await?;
+    Ok(axum::Json(drains.iter().map(drain_json).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    url: String,
+}
+
+async fn add_drain(
+    State(core): State<Arc<Core>>,
+    Path(app): Path<String>,
+    Json(body): Json<DrainBody>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    core.store.app(&app).await?;
+    parse_drain_url(&body.url)
+        .map_err(|e| ApiError::invalid(format!("invalid drain url {:?}: {e}", body.url)))?;
+    let token = format!("d.{}", uuid::Uuid::new_v4());
+    let drain = core.store.add_drain(&app, &body.url, &token).await?;
+    core.sync_drains(&app).await?;
+    Ok((StatusCode::CREATED, axum::Json(drain_json(&drain))))
+}
+
+async fn remove_drain(
+    State(core): State<Arc<Core>>,
+    Path((app, drain)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let removed = core.store.remove_drain(&app, &drain).await?;
+    core.sync_drains(&app).await?;
+    Ok(axum::Json(drain_json(&removed)))
+}

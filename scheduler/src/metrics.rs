@@ -1,0 +1,110 @@
+//! `GET /metrics`: the scheduler's state in Prometheus' text format — dynos by state, hosts
+//! by liveness, what the reconciler did, and the router's and log plex's own figures.
+//!
+//! Counters are plain atomics bumped where things happen; gauges are read from the store
+//! at scrape time, so a scrape always shows the state as stored.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use crate::api::ApiError;
+use crate::core::Core;
+use crate::reconciler::Liveness;
+
+/// What the scheduler counts.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Dynos placed on a host.
+    pub placements: AtomicU64,
+    /// Dynos told to stop (scale down, restart, release, cycling, drain, sleep).
+    pub stops: AtomicU64,
+    /// Dynos begun a daily cycle.
+    pub cycles: AtomicU64,
+    /// Agents' reports of a dyno that crashed (each is restarted by its agent).
+    pub crashes: AtomicU64,
+    /// Apps put to sleep, and woken.
+    pub sleeps: AtomicU64,
+    pub wakes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+pub async fn metrics(State(core): State<Arc<Core>>) -> Result<impl IntoResponse, ApiError> {
+    let mut out = String::new();
+    let c = &core.counters;
+    for (name, help, counter) in [
+        (
+            "manifold_placements_total",
+            "Dynos placed on a host.",
+            &c.placements,
+        ),
+        ("manifold_stops_total", "Dynos told to stop.", &c.stops),
+        (
+            "manifold_cycles_total",
+            "Daily dyno cycles begun.",
+            &c.cycles,
+        ),
+        (
+            "manifold_crashes_total",
+            "Dyno crashes reported by agents.",
+            &c.crashes,
+        ),
+        ("manifold_sleeps_total", "Apps put to sleep.", &c.sleeps),
+        (
+            "manifold_wakes_total",
+            "Sleeping apps woken by a request.",
+            &c.wakes,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+    }
+    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in core.store.dynos(None).await? {
+        *by_state.entry(d.state.as_str()).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP manifold_dynos Dynos by observed state.\n# TYPE manifold_dynos gauge"
+    );
+    for (state, n) in by_state {
+        let _ = writeln!(out, "manifold_dynos{{state=\"{state}\"}} {n}");
+    }
+    let mut by_liveness: BTreeMap<&str, u64> = BTreeMap::new();
+    for h in core.store.hosts().await? {
+        let l = match core.liveness(&h.id) {
+            Liveness::Connected => "connected",
+            Liveness::Missing => "missing",
+            Liveness::Lost => "lost",
+        };
+        *by_liveness.entry(l).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP manifold_hosts Hosts by liveness.\n# TYPE manifold_hosts gauge"
+    );
+    for (l, n) in by_liveness {
+        let _ = writeln!(out, "manifold_hosts{{liveness=\"{l}\"}} {n}");
+    }
+    if let Some(router) = core.router.get() {
+        out.push_str(&router.metrics());
+    }
+    out.push_str(&core.plex.metrics());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    ))
+}

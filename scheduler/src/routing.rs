@@ -1,0 +1,238 @@
+//! Where the router meets the dyno manager.
+//!
+//! - [`routes`] turns the cluster into the router's table: an app's `up` web dynos, or why
+//!   it has none (asleep, booting, crashed, scaled to zero). The core refreshes the table
+//!   after every reconcile, which every dyno report triggers, so a dyno is routed to as soon
+//!   as its agent says it is up.
+//! - A web dyno that is to stop leaves the table first and is only stopped (SIGTERM) once
+//!   its in-flight requests are done, up to the router's request timeout: a stop never cuts
+//!   a request short ([`Core::hold_stops`]).
+//! - Sleep-on-idle: [`Hooks::request`] stamps each app's last traffic; the reconcile loop
+//!   puts apps whose web dynos are all eco to sleep after `sleep_after` without traffic
+//!   ([`Core::idle_apps`]); a request to a sleeping app calls [`Hooks::wake`], which wakes it
+//!   while the router holds the request until a web dyno is up.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use manifold_router::{AppRoute, Backend, Hooks};
+
+use crate::core::{lock, Core};
+use crate::metrics::Counters;
+use crate::model::{Desired, Dyno, DynoState};
+use crate::reconciler::{sleeps, AppDesired, HostView, Liveness};
+
+/// How often a held stop looks at the dyno's in-flight count.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// The routing table for the cluster; `stopping` are dynos that are about to stop (they
+/// take no new requests).
+pub fn routes(
+    hosts: &[HostView],
+    dynos: &[Dyno],
+    apps: &[AppDesired],
+    stopping: &HashSet<String>,
+) -> HashMap<String, AppRoute> {
+    let addresses: HashMap<&str, &str> = hosts
+        .iter()
+        .filter(|h| h.liveness != Liveness::Lost)
+        .map(|h| (h.host.id.as_str(), h.host.address.as_str()))
+        .collect();
+    let mut out = HashMap::new();
+    for want in apps {
+        let web: Vec<&Dyno> = dynos
+            .iter()
+            .filter(|d| d.app_id == want.app.id && d.process_type == "web")
+            .filter(|d| d.desired == Desired::Running && !stopping.contains(&d.id))
+            .collect();
+        let backends: Vec<Backend> = web
+            .iter()
+            .filter(|d| d.state == DynoState::Up)
+            .filter_map(|d| {
+                let address = addresses.get(d.host_id.as_str())?;
+                Some(Backend {
+                    id: d.id.clone(),
+                    name: d.name.clone(),
+                    addr: socket_addr(address, d.port?)?,
+                })
+            })
+            .collect();
+        let quantity = want
+            .formation
+            .iter()
+            .find(|f| f.process_type == "web")
+            .map_or(0, |f| f.quantity);
+        let route = if !backends.is_empty() {
+            AppRoute::Serving(backends)
+        } else if want.app.sleeping && quantity > 0 {
+            AppRoute::Sleeping
+        } else if quantity == 0 || want.release.is_none() {
+            AppRoute::NoWebDynos
+        } else if !web.is_empty() && web.iter().all(|d| d.state == DynoState::Crashed) {
+            AppRoute::Crashed
+        } else {
+            AppRoute::Booting
+        };
+        out.insert(want.app.name.clone(), route);
+    }
+    out
+}
+
+/// `host:port` for a host's address, which is usually an IP and may be a name.
+fn socket_addr(address: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    (address, port).to_socket_addrs().ok()?.next()
+}
+
+impl Core {
+    /// A request for `app` arrived (sleep-on-idle counts from the last one).
+    pub fn traffic(&self, app: &str) {
+        lock(&self.traffic).insert(app.to_string(), Instant::now());
+    }
+
+    /// Wakes a sleeping app: its eco dynos are started by the next reconcile, and the
+    /// router serves the held requests once a web dyno is up. Idempotent.
+    pub fn wake(self: &Arc<Self>, app: &str) {
+        if lock(&self.waking)
+            .insert(app.to_string(), Instant::now())
+            .is_some()
+        {
+            return;
+        }
+        self.traffic(app);
+        let core = self.clone();
+        let app = app.to_string();
+        tokio::spawn(async move {
+            match core.store.set_sleeping(&app, false).await {
+                Ok(_) => {
+                    Counters::add(&core.counters.wakes, 1);
+                    core.log_platform(&app, "web.1", "Unidling");
+                    core.poke();
+                }
+                Err(err) => {
+                    tracing::warn!("cannot wake {app}: {err}");
+                    lock(&core.waking).remove(&app);
+                }
+            }
+        });
+    }
+
+    /// Puts to sleep every app whose web dynos are all eco and that had no traffic for
+    /// `sleep_after`. An app's idle time counts from its last request, or from when this
+    /// scheduler first saw it serving.
+    pub(crate) async fn idle_apps(&self, apps: &[AppDesired], dynos: &[Dyno]) {
+        let Some(after) = self.settings.sleep_after else {
+            return;
+        };
+        let now = Instant::now();
+        for want in apps {
+            let web = want.formation.iter().find(|f| f.process_type == "web");
+            let sleepy = !want.app.sleeping
+                && want.release.is_some()
+                && web.is_some_and(|f| f.quantity > 0 && sleeps(&f.size));
+            if !sleepy {
+                lock(&self.traffic).remove(&want.app.name);
+                continue;
+            }
+            // Idle time counts from the last request, and only while a web dyno is up.
+            let serving = dynos.iter().any(|d| {
+                d.app_id == want.app.id && d.process_type == "web" && d.state == DynoState::Up
+            });
+            let last = {
+                let mut traffic = lock(&self.traffic);
+                let last = traffic.entry(want.app.name.clone()).or_insert(now);
+                if !serving {
+                    *last = now;
+                }
+                *last
+            };
+            if now.duration_since(last) < after || lock(&self.waking).contains_key(&want.app.name) {
+                continue;
+            }
+            if let Err(err) = self.store.set_sleeping(&want.app.name, true).await {
+                tracing::warn!("cannot put {} to sleep: {err}", want.app.name);
+                continue;
+            }
+            lock(&self.traffic).remove(&want.app.name);
+            Counters::add(&self.counters.sleeps, 1);
+            tracing::info!("{} is idle: sleeping", want.app.name);
+            for d in dynos.iter().filter(|d| {
+                d.app_id == want.app.id && d.desired == Desired::Running && sleeps(&d.size)
+            }) {
+                self.log_platform(&want.app.name, &d.name, "Idling");
+            }
+        }
+    }
+
+    /// Rebuilds the router's table and logs how long woken apps took to get a web dyno up.
+    pub(crate) fn refresh_routes(
+        &self,
+        hosts: &[HostView],
+        dynos: &[Dyno],
+        apps: &[AppDesired],
+        stopping: &HashSet<String>,
+    ) {
+        let table = routes(hosts, dynos, apps, stopping);
+        {
+            let mut waking = lock(&self.waking);
+            waking.retain(|app, since| match table.get(app) {
+                Some(AppRoute::Serving(backends)) => {
+                    let took = since.elapsed();
+                    let name = backends.first().map_or("web.1", |b| b.name.as_str());
+                    self.log_platform(app, name, format!("Unidled in {}ms", took.as_millis()));
+                    tracing::info!("{app} woke in {took:?}");
+                    false
+                }
+                Some(AppRoute::Sleeping | AppRoute::Booting) => true,
+                _ => false,
+            });
+        }
+        self.routes.replace_all(table);
+    }
+
+    /// Keeps stopping web dynos that still serve requests assigned until those requests are
+    /// done (or the router's request timeout passed), then tells their hosts to stop them.
+    pub(crate) fn hold_stops(self: &Arc<Self>, stopped: &[Dyno]) {
+        let deadline = Instant::now() + self.settings.router.request_timeout;
+        for d in stopped {
+            if d.process_type != "web" || self.routes.in_flight(&d.id) == 0 {
+                continue;
+            }
+            lock(&self.held_stops).insert(d.id.clone(), deadline);
+            let core = self.clone();
+            let id = d.id.clone();
+            let host = d.host_id.clone();
+            tokio::spawn(async move {
+                while core.routes.in_flight(&id) > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+                lock(&core.held_stops).remove(&id);
+                if let Err(err) = core.push_assignments(&host).await {
+                    tracing::warn!("cannot tell {host} to stop {id}: {err}");
+                }
+            });
+        }
+    }
+}
+
+/// The router's view of the core.
+#[derive(Debug)]
+pub struct CoreHooks(pub Arc<Core>);
+
+impl Hooks for CoreHooks {
+    fn request(&self, app: &str) {
+        self.0.traffic(app);
+    }
+
+    fn wake(&self, app: &str) {
+        self.0.wake(app);
+    }
+
+    fn log(&self, app: &str, line: String) {
+        self.0.log_platform(app, "router", line);
+    }
+}
