@@ -267,6 +267,12 @@ pub struct AssignmentRecord {
     pub slug_size: u64,
     pub env: BTreeMap<String, String>,
     pub release_version: u32,
+    /// The app's R10 limit in seconds; 0 means the agent's `--boot-timeout`.
+    #[serde(default)]
+    pub boot_timeout_secs: u32,
+    /// The app's SIGTERM-to-SIGKILL grace in seconds; 0 means 30 s.
+    #[serde(default)]
+    pub stop_timeout_secs: u32,
 }
 
 impl From<proto::Assignment> for AssignmentRecord {
@@ -283,6 +289,8 @@ impl From<proto::Assignment> for AssignmentRecord {
             slug_size: slug.size,
             env: a.env.into_iter().collect(),
             release_version: a.release_version,
+            boot_timeout_secs: a.boot_timeout_secs,
+            stop_timeout_secs: a.stop_timeout_secs,
         }
     }
 }
@@ -368,6 +376,9 @@ enum Phase {
 /// One dyno the agent has, whatever its phase.
 #[derive(Debug)]
 struct Entry {
+    /// The app, kept here because lines keep coming after the assignment is gone (a
+    /// stopping dyno's last words).
+    app: String,
     name: String,
     /// The current run's container id: events of an earlier run are ignored.
     run: String,
@@ -573,9 +584,14 @@ impl Core {
                         self.ports.claim(port);
                     }
                     let run = dyno.config.id.clone();
+                    let app = self
+                        .assignment(&id)
+                        .map(|a| a.app.clone())
+                        .unwrap_or_default();
                     self.dynos.insert(
                         id.clone(),
                         Entry {
+                            app,
                             name: dyno.config.name.clone(),
                             run: run.clone(),
                             port: dyno.config.publish,
@@ -715,10 +731,13 @@ impl Core {
             Source::App => tracing::debug!("{line}"),
             Source::Heroku => tracing::info!("{line}"),
         }
-        let app = self
-            .assignment(id)
-            .map(|a| a.app.clone())
-            .unwrap_or_default();
+        let app = match self.dynos.get(id) {
+            Some(entry) => entry.app.clone(),
+            None => self
+                .assignment(id)
+                .map(|a| a.app.clone())
+                .unwrap_or_default(),
+        };
         self.logs.line(&app, id, line, Instant::now());
     }
 
@@ -775,6 +794,7 @@ impl Core {
         };
         let run = container_id(id);
         let entry = self.dynos.entry(id.to_string()).or_insert_with(|| Entry {
+            app: assignment.app.clone(),
             name: assignment.name.clone(),
             run: String::new(),
             port: None,
@@ -1038,8 +1058,14 @@ async fn launch(
         // Every dyno has its own network namespace, so all web dynos can use 5000.
         port: web.then_some(5000),
         publish: port,
-        grace: GRACE,
-        boot_timeout: config.boot_timeout,
+        grace: match assignment.stop_timeout_secs {
+            0 => GRACE,
+            secs => Duration::from_secs(u64::from(secs)),
+        },
+        boot_timeout: match assignment.boot_timeout_secs {
+            0 => config.boot_timeout,
+            secs => Duration::from_secs(u64::from(secs)),
+        },
         mounts: Vec::new(),
         uid: DYNO_UID,
         gid: DYNO_GID,
@@ -1276,6 +1302,8 @@ mod tests {
                 }),
                 env: [("K".to_string(), "v".to_string())].into(),
                 release_version: 2,
+                boot_timeout_secs: 90,
+                stop_timeout_secs: 0,
             })],
         };
         state.save(&path).expect("save");

@@ -51,7 +51,13 @@ struct Bucket {
     refilled: Instant,
     dropped: u64,
     dropped_since: Option<OffsetDateTime>,
+    /// When the last L10 line went out: a dyno that keeps flooding gets one a second, not
+    /// one per line that gets through.
+    noticed: Option<Instant>,
 }
+
+/// Least time between two L10 lines of one dyno.
+const NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Per-dyno rate limits plus the queue of lines waiting for the scheduler.
 #[derive(Debug)]
@@ -94,6 +100,7 @@ impl LogShipper {
                 refilled: now,
                 dropped: 0,
                 dropped_since: None,
+                noticed: None,
             });
             let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
             bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
@@ -105,7 +112,12 @@ impl LogShipper {
                 return;
             }
             bucket.tokens -= 1.0;
-            if let Some(since) = bucket.dropped_since.take() {
+            let due = bucket
+                .noticed
+                .is_none_or(|at| now.saturating_duration_since(at) >= NOTICE_EVERY);
+            if let Some(since) = bucket.dropped_since.filter(|_| due) {
+                bucket.dropped_since = None;
+                bucket.noticed = Some(now);
                 let dropped = std::mem::take(&mut bucket.dropped);
                 self.enqueue(entry(
                     app,
@@ -283,6 +295,40 @@ mod tests {
             next[0].message
         );
         assert_eq!(next[1].message, "back");
+    }
+
+    #[test]
+    fn a_dyno_that_keeps_flooding_gets_one_notice_a_second() {
+        let rate = LogRate {
+            per_second: 100.0,
+            burst: 10.0,
+        };
+        let mut s = LogShipper::new(rate, 100_000);
+        let t0 = Instant::now();
+        // 10,000 lines/s for 3 s against a limit of 100/s.
+        for i in 0..30_000u64 {
+            let at = t0 + Duration::from_micros(i * 100);
+            s.line("a", "d", &line(Source::App, "flood"), at);
+        }
+        let lines = drain(&mut s);
+        let notices = lines.iter().filter(|l| l.platform).count();
+        assert!((2..=4).contains(&notices), "{notices} notices");
+        let passed = lines.len() - notices;
+        assert!((300..=320).contains(&passed), "{passed} lines passed");
+        let dropped: u64 = lines
+            .iter()
+            .filter(|l| l.platform)
+            .map(|l| {
+                l.message
+                    .split_whitespace()
+                    .nth(5)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .expect("a count")
+            })
+            .sum();
+        assert!(dropped + passed as u64 <= 30_000);
+        // The last second's drops go out with the next notice.
+        assert!(dropped > 19_000, "{dropped}");
     }
 
     #[test]

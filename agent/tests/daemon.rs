@@ -317,6 +317,7 @@ fn assignment(id: &str, name: &str, command: &str, sha: &str, size: u64) -> Assi
         }),
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         release_version: 1,
+        ..Assignment::default()
     }
 }
 

@@ -254,6 +254,8 @@ pub struct App {
     pub created_at: String,
     pub released_at: Option<String>,
     pub current_release: Option<VersionRef>,
+    pub boot_timeout: Option<u64>,
+    pub stop_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -57,6 +57,18 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+    /// Change an app's settings (they apply to dynos started from now on).
+    #[command(name = "apps:update")]
+    AppsUpdate {
+        #[command(flatten)]
+        app: AppArg,
+        /// Seconds a web dyno has to accept on $PORT before R10 (default 60; 0 restores it).
+        #[arg(long, value_name = "SECS")]
+        boot_timeout: Option<u32>,
+        /// Seconds from SIGTERM to SIGKILL when a dyno stops (default 30; 0 restores it).
+        #[arg(long, value_name = "SECS")]
+        stop_timeout: Option<u32>,
+    },
     /// Destroy an app and stop its dynos.
     #[command(name = "apps:destroy")]
     AppsDestroy {

@@ -29,6 +29,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Apps => ctx.apps().await,
         Command::AppsCreate { name, stack } => ctx.apps_create(&name, stack).await,
         Command::AppsInfo { app } => ctx.apps_info(app.name()?).await,
+        Command::AppsUpdate {
+            app,
+            boot_timeout,
+            stop_timeout,
+        } => {
+            ctx.apps_update(app.name()?, boot_timeout, stop_timeout)
+                .await
+        }
         Command::AppsDestroy { name, app, confirm } => {
             let name = match name {
                 Some(n) => n,
@@ -172,6 +180,33 @@ fn done_with_release(reply: &Reply) -> String {
 }
 
 impl Ctx {
+    async fn apps_update(&self, app: &str, boot: Option<u32>, stop: Option<u32>) -> Result<()> {
+        if boot.is_none() && stop.is_none() {
+            bail!("nothing to change: give --boot-timeout SECS and/or --stop-timeout SECS");
+        }
+        let mut body = serde_json::Map::new();
+        if let Some(b) = boot {
+            body.insert("boot_timeout".into(), json!(b));
+        }
+        if let Some(s) = stop {
+            body.insert("stop_timeout".into(), json!(s));
+        }
+        let r = self
+            .client
+            .patch(&format!("/apps/{app}"), &Value::Object(body))
+            .await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        let a: App = r.parse()?;
+        println!(
+            "Updating {app}... done: boot timeout {} s, stop timeout {} s (for dynos started from now on)",
+            a.boot_timeout.unwrap_or(60),
+            a.stop_timeout.unwrap_or(30)
+        );
+        Ok(())
+    }
+
     async fn apps(&self) -> Result<()> {
         let r = self.client.get("/apps").await?;
         if self.json {

@@ -134,6 +134,15 @@ pub fn app_info(app: &App, dynos: &[Dyno], now: OffsetDateTime) -> String {
         ("Stack", app.stack.name.clone()),
         ("Dynos", dynos),
     ];
+    let mut pairs = pairs;
+    for (key, secs) in [
+        ("Boot timeout", app.boot_timeout),
+        ("Stop timeout", app.stop_timeout),
+    ] {
+        if let Some(s) = secs {
+            pairs.push((key, format!("{s} s")));
+        }
+    }
     format!("=== {}\n{}", app.name, key_values(&pairs))
 }
 

@@ -2,6 +2,10 @@
 -- worker dynos stop and show `idle`) until the next request wakes it.
 ALTER TABLE apps ADD COLUMN sleeping INTEGER NOT NULL DEFAULT 0;
 
+-- Per-app timeouts in seconds (NULL: the defaults, 60 s to boot, 30 s from SIGTERM to SIGKILL).
+ALTER TABLE apps ADD COLUMN boot_timeout INTEGER;
+ALTER TABLE apps ADD COLUMN stop_timeout INTEGER;
+
 -- Log drains (Heroku's `drains:add`): where an app's log lines are shipped.
 CREATE TABLE log_drains (
     id          TEXT PRIMARY KEY,

@@ -34,6 +34,11 @@ const JSON_LIMIT: usize = 1024 * 1024;
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 /// Most dynos of one process type.
 const MAX_QUANTITY: u32 = 1000;
+/// Heroku's R10 limit and grace period, in seconds, and how far an app may raise them.
+const DEFAULT_BOOT_TIMEOUT: u32 = 60;
+const DEFAULT_STOP_TIMEOUT: u32 = 30;
+const MAX_BOOT_TIMEOUT: u32 = 600;
+const MAX_STOP_TIMEOUT: u32 = 300;
 /// Config vars of one app, keys and values together (Heroku: 32 KB).
 const CONFIG_LIMIT: usize = 32 * 1024;
 
@@ -202,7 +207,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(crate::metrics::metrics))
         .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/:app", get(get_app).delete(delete_app))
+        .route(
+            "/apps/:app",
+            get(get_app).patch(patch_app).delete(delete_app),
+        )
         .route(
             "/apps/:app/config-vars",
             get(get_config).patch(patch_config),
@@ -279,6 +287,8 @@ async fn app_json(core: &Core, app: &App) -> Result<Value> {
         "updated_at": rfc3339(app.updated_at),
         "released_at": current.as_ref().map(|r| rfc3339(r.created_at)),
         "current_release": current.as_ref().map(|r| json!({"version": r.version})),
+        "boot_timeout": app.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT),
+        "stop_timeout": app.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
     }))
 }
 
@@ -329,6 +339,48 @@ async fn get_app(
     Path(app): Path<String>,
 ) -> Result<axum::Json<Value>> {
     let app = core.store.app(&app).await?;
+    Ok(axum::Json(app_json(&core, &app).await?))
+}
+
+/// `PATCH /apps/{app}`: the app's timeouts, in seconds (0 restores the default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppPatch {
+    boot_timeout: Option<u32>,
+    stop_timeout: Option<u32>,
+}
+
+/// Checks a timeout: 0 means the default, otherwise `1..=max` seconds.
+fn timeout(name: &str, given: Option<u32>, current: Option<u32>, max: u32) -> Result<Option<u32>> {
+    match given {
+        None => Ok(current),
+        Some(0) => Ok(None),
+        Some(s) if s <= max => Ok(Some(s)),
+        Some(s) => Err(ApiError::invalid(format!(
+            "{name} of {s} s is above the limit of {max} s (0 restores the default)"
+        ))),
+    }
+}
+
+async fn patch_app(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+    Json(body): Json<AppPatch>,
+) -> Result<axum::Json<Value>> {
+    let app = core.store.app(&name).await?;
+    let boot = timeout(
+        "boot_timeout",
+        body.boot_timeout,
+        app.boot_timeout,
+        MAX_BOOT_TIMEOUT,
+    )?;
+    let stop = timeout(
+        "stop_timeout",
+        body.stop_timeout,
+        app.stop_timeout,
+        MAX_STOP_TIMEOUT,
+    )?;
+    let app = core.store.set_timeouts(&name, boot, stop).await?;
     Ok(axum::Json(app_json(&core, &app).await?))
 }
 

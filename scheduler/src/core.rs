@@ -371,12 +371,12 @@ impl Core {
             .filter(|d| d.host_id == host)
             .filter(|d| d.desired == Desired::Running || held.contains(&d.id))
             .collect();
-        let apps: HashMap<Uuid, String> = self
+        let apps: HashMap<Uuid, crate::model::App> = self
             .store
             .apps()
             .await?
             .into_iter()
-            .map(|a| (a.id, a.name))
+            .map(|a| (a.id, a))
             .collect();
         let mut releases: HashMap<(Uuid, u32), ReleaseInfo> = HashMap::new();
         let mut out = Vec::new();
@@ -386,7 +386,7 @@ impl Core {
             };
             let key = (d.app_id, d.release_version);
             if let std::collections::hash_map::Entry::Vacant(e) = releases.entry(key) {
-                let release = self.store.release(app, d.release_version).await?;
+                let release = self.store.release(&app.name, d.release_version).await?;
                 let slug = self.store.slug(release.slug_id).await?;
                 e.insert((release.config, slug));
             }
@@ -395,7 +395,7 @@ impl Core {
             };
             out.push(Assignment {
                 id: d.id,
-                app: app.clone(),
+                app: app.name.clone(),
                 name: d.name,
                 command: d.command,
                 size: d.size,
@@ -406,6 +406,8 @@ impl Core {
                 }),
                 env: config.clone().into_iter().collect(),
                 release_version: d.release_version,
+                boot_timeout_secs: app.boot_timeout.unwrap_or(0),
+                stop_timeout_secs: app.stop_timeout.unwrap_or(0),
             });
         }
         self.send(

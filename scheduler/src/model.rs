@@ -25,6 +25,12 @@ pub struct App {
     /// are stopped and shown `idle` until a request wakes it.
     #[serde(default)]
     pub sleeping: bool,
+    /// Seconds a web dyno has to accept on `$PORT` before R10 (`None`: 60).
+    #[serde(default)]
+    pub boot_timeout: Option<u32>,
+    /// Seconds from SIGTERM to SIGKILL when a dyno stops (`None`: 30).
+    #[serde(default)]
+    pub stop_timeout: Option<u32>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

@@ -425,6 +425,8 @@ mod tests {
                 config: BTreeMap::new(),
                 features: Default::default(),
                 sleeping: false,
+                boot_timeout: None,
+                stop_timeout: None,
                 created_at: t0(),
                 updated_at: t0(),
             },

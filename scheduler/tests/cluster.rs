@@ -468,3 +468,58 @@ fn preboot_keeps_a_web_dyno_up_through_a_release() {
     c.ok(&["apps:destroy", "warm", "--confirm", "warm"]);
     assert_clean(&c, 0);
 }
+
+/// Per-app timeouts: a dyno that ignores SIGTERM is SIGKILLed after the app's grace period
+/// (R12, status 137), and a web dyno that never binds `$PORT` gets R10 after the app's boot
+/// timeout; both lines carry the app's figures.
+#[test]
+fn per_app_stop_and_boot_timeouts() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("timeouts", 20);
+    c.wait_hosts(1);
+    deploy_tiny(&c, "slowpoke");
+    let out = c.ok(&[
+        "apps:update",
+        "--stop-timeout",
+        "2",
+        "--boot-timeout",
+        "3",
+        "-a",
+        "slowpoke",
+    ]);
+    assert!(out.contains("boot timeout 3 s, stop timeout 2 s"), "{out}");
+    let info = c.json(&["apps:info", "-a", "slowpoke"]);
+    assert_eq!(info["boot_timeout"], 3);
+    assert_eq!(info["stop_timeout"], 2);
+    let out = c.cli(&["apps:update", "--boot-timeout", "100000", "-a", "slowpoke"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("above the limit"));
+
+    c.ok(&["ps:scale", "stubborn=1", "-a", "slowpoke"]);
+    c.wait_dynos("slowpoke", &["web.1", "stubborn.1"], "up", UP);
+    c.ok(&["ps:scale", "stubborn=0", "-a", "slowpoke"]);
+    wait_for("stubborn.1 SIGKILLed after 2 s", UP, || {
+        let log = c.logs("slowpoke", &["--ps", "stubborn.1"]);
+        (log.contains("heroku[stubborn.1]: Stopping all processes with SIGTERM")
+            && log.contains("app[stubborn.1]: ignoring SIGTERM")
+            && log.contains(
+                "heroku[stubborn.1]: Error R12 (Exit timeout) -> At least one process failed to exit within 2 seconds of SIGTERM",
+            )
+            && log.contains("heroku[stubborn.1]: Process exited with status 137"))
+        .then_some(())
+    });
+
+    c.ok(&["config:set", "NOBIND=1", "-a", "slowpoke"]);
+    wait_for("R10 after 3 s", UP, || {
+        let log = c.logs("slowpoke", &["--ps", "web.1"]);
+        log.contains(
+            "heroku[web.1]: Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 3 seconds of launch",
+        )
+        .then_some(())
+    });
+    c.ok(&["apps:destroy", "slowpoke", "--confirm", "slowpoke"]);
+    assert_clean(&c, 0);
+}

@@ -480,3 +480,61 @@ fn an_idle_eco_app_sleeps_and_a_request_wakes_it() {
     c.ok(&["apps:destroy", "napper", "--confirm", "napper"]);
     assert_clean(&c, 0);
 }
+
+/// A dyno that floods its output is rate-limited by its agent, which logs Heroku's L10
+/// line; lines written while the scheduler is away reach the log once it is back.
+#[test]
+fn floods_are_limited_and_lines_wait_for_the_scheduler() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("flood", 20);
+    c.wait_hosts(1);
+    deploy_tiny(&c, "noisy");
+    c.ok(&["ps:scale", "flood=1", "worker=1", "-a", "noisy"]);
+    let l10 = wait_for("an L10 line", UP, || {
+        let log = c.logs("noisy", &["--ps", "flood.1", "--source", "heroku"]);
+        log.lines()
+            .find(|l| l.contains("Error L10 (output buffer overflow): "))
+            .map(str::to_string)
+    });
+    assert!(l10.contains(" heroku[flood.1]: "), "{l10}");
+    assert!(l10.contains(" messages dropped since "), "{l10}");
+    c.ok(&["ps:scale", "flood=0", "-a", "noisy"]);
+    wait_for("flood.1 to stop", UP, || {
+        (!c.dynos("noisy").iter().any(|d| d["type"] == "flood")).then_some(())
+    });
+
+    c.kill_scheduler();
+    let gone = time::OffsetDateTime::now_utc();
+    std::thread::sleep(Duration::from_secs(3));
+    let back = time::OffsetDateTime::now_utc();
+    c.start_scheduler();
+    let during = wait_for(
+        "the worker's lines from while the scheduler was away",
+        UP,
+        || {
+            let log = c.logs("noisy", &["--ps", "worker.1"]);
+            let n = log
+                .lines()
+                .filter(|l| {
+                    let Some(ts) = l.split(' ').next() else {
+                        return false;
+                    };
+                    let Ok(t) = time::OffsetDateTime::parse(
+                        ts,
+                        &time::format_description::well_known::Rfc3339,
+                    ) else {
+                        return false;
+                    };
+                    l.contains("app[worker.1]: tick") && t > gone && t < back
+                })
+                .count();
+            (n >= 2).then_some(n)
+        },
+    );
+    assert!(during >= 2);
+    c.ok(&["apps:destroy", "noisy", "--confirm", "noisy"]);
+    assert_clean(&c, 0);
+}

@@ -79,6 +79,14 @@ pub trait Store: Send + Sync + 'static {
     async fn set_feature(&self, app: &str, feature: &str, enabled: bool)
         -> Result<App, StoreError>;
 
+    /// Sets the app's boot and stop timeouts (seconds; `None`: the defaults).
+    async fn set_timeouts(
+        &self,
+        app: &str,
+        boot: Option<u32>,
+        stop: Option<u32>,
+    ) -> Result<App, StoreError>;
+
     /// Puts the app to sleep or wakes it.
     async fn set_sleeping(&self, app: &str, sleeping: bool) -> Result<App, StoreError>;
 

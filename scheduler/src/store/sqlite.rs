@@ -103,6 +103,8 @@ impl Store for SqliteStore {
             config: BTreeMap::new(),
             features: BTreeSet::new(),
             sleeping: false,
+            boot_timeout: None,
+            stop_timeout: None,
             created_at: now,
             updated_at: now,
         };
@@ -142,6 +144,30 @@ impl Store for SqliteStore {
             .bind(current.id.to_string())
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(current)
+    }
+
+    async fn set_timeouts(
+        &self,
+        app: &str,
+        boot: Option<u32>,
+        stop: Option<u32>,
+    ) -> Result<App, StoreError> {
+        let mut tx = self.write().await?;
+        let mut current = app_by_name(&mut tx, app).await?;
+        current.boot_timeout = boot;
+        current.stop_timeout = stop;
+        current.updated_at = OffsetDateTime::now_utc();
+        sqlx::query(
+            "UPDATE apps SET boot_timeout = ?, stop_timeout = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(boot.map(i64::from))
+        .bind(stop.map(i64::from))
+        .bind(timestamp(current.updated_at)?)
+        .bind(current.id.to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(current)
     }
@@ -995,6 +1021,8 @@ fn app_from_row(row: &SqliteRow) -> Result<App, StoreError> {
         config: c.json("config")?,
         features: c.json("features")?,
         sleeping: c.flag("sleeping")?,
+        boot_timeout: c.opt_int("boot_timeout")?,
+        stop_timeout: c.opt_int("stop_timeout")?,
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
     })
