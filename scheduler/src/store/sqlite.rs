@@ -246,20 +246,13 @@ impl Store for SqliteStore {
 
     async fn drains(&self, app: Option<&str>) -> Result<Vec<LogDrain>, StoreError> {
         let mut tx = self.read().await?;
-        let rows = match app {
-            Some(name) => {
-                let app_row = app_by_name(&mut tx, name).await?;
-                sqlx::query("SELECT * FROM log_drains WHERE app_id = ? ORDER BY created_at, id")
-                    .bind(app_row.id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM log_drains ORDER BY created_at, id")
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-        };
+        let rows = rows_of(
+            &mut tx,
+            app,
+            "SELECT * FROM log_drains WHERE app_id = ? ORDER BY created_at, id",
+            "SELECT * FROM log_drains ORDER BY created_at, id",
+        )
+        .await?;
         tx.commit().await?;
         rows.iter().map(drain_from_row).collect()
     }
@@ -571,23 +564,14 @@ impl Store for SqliteStore {
 
     async fn dynos(&self, app: Option<&str>) -> Result<Vec<Dyno>, StoreError> {
         let mut tx = self.read().await?;
-        let rows = match app {
-            Some(name) => {
-                let app = app_by_name(&mut tx, name).await?;
-                sqlx::query("SELECT * FROM dynos WHERE app_id = ? ORDER BY name, id")
-                    .bind(app.id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT dynos.* FROM dynos JOIN apps ON apps.id = dynos.app_id
-                     ORDER BY apps.name, dynos.name, dynos.id",
-                )
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        };
+        let rows = rows_of(
+            &mut tx,
+            app,
+            "SELECT * FROM dynos WHERE app_id = ? ORDER BY name, id",
+            "SELECT dynos.* FROM dynos JOIN apps ON apps.id = dynos.app_id
+             ORDER BY apps.name, dynos.name, dynos.id",
+        )
+        .await?;
         tx.commit().await?;
         rows.iter().map(dyno_from_row).collect()
     }
@@ -718,6 +702,26 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(host)
     }
+}
+
+/// The rows `one` selects for the app named `app` (its id bound to the one `?`), or the
+/// rows `all` selects when no app is named; an unknown app is an error, not no rows.
+async fn rows_of(
+    conn: &mut SqliteConnection,
+    app: Option<&str>,
+    one: &str,
+    all: &str,
+) -> Result<Vec<SqliteRow>, StoreError> {
+    Ok(match app {
+        Some(name) => {
+            let app = app_by_name(&mut *conn, name).await?;
+            sqlx::query(one)
+                .bind(app.id.to_string())
+                .fetch_all(conn)
+                .await?
+        }
+        None => sqlx::query(all).fetch_all(conn).await?,
+    })
 }
 
 async fn app_by_name(conn: &mut SqliteConnection, name: &str) -> Result<App, StoreError> {
@@ -1334,6 +1338,67 @@ mod tests {
             store.delete_app("nope").await,
             Err(StoreError::AppNotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn drains_sleep_and_timeouts_are_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(&dir).await;
+            store.create_app("logged", "testing").await.expect("create");
+            store.create_app("other", "testing").await.expect("create");
+            let a = store
+                .add_drain("logged", "syslog://127.0.0.1:514", "d.1")
+                .await
+                .expect("add");
+            store
+                .add_drain("logged", "https://logs.example/x", "d.2")
+                .await
+                .expect("add");
+            store
+                .add_drain("other", "syslog://127.0.0.1:514", "d.3")
+                .await
+                .expect("the same URL on another app");
+            let again = store
+                .add_drain("logged", "syslog://127.0.0.1:514", "d.4")
+                .await;
+            assert!(
+                matches!(again, Err(StoreError::DrainExists { .. })),
+                "{again:?}"
+            );
+            let removed = store
+                .remove_drain("logged", "https://logs.example/x")
+                .await
+                .expect("by url");
+            assert_eq!(removed.token, "d.2");
+            let gone = store.remove_drain("logged", "nosuch").await;
+            assert!(
+                matches!(gone, Err(StoreError::DrainNotFound { .. })),
+                "{gone:?}"
+            );
+            let missing = store.drains(Some("nosuch")).await;
+            assert!(
+                matches!(missing, Err(StoreError::AppNotFound(_))),
+                "{missing:?}"
+            );
+            assert_eq!(store.drains(Some("logged")).await.expect("drains"), [a]);
+            assert_eq!(store.drains(None).await.expect("all").len(), 2);
+            store.set_sleeping("logged", true).await.expect("sleep");
+            store
+                .set_timeouts("logged", Some(120), None)
+                .await
+                .expect("timeouts");
+        }
+        let store = open(&dir).await;
+        let app = store.app("logged").await.expect("app");
+        assert!(app.sleeping);
+        assert_eq!((app.boot_timeout, app.stop_timeout), (Some(120), None));
+        store.delete_app("logged").await.expect("delete");
+        assert_eq!(
+            store.drains(None).await.expect("all").len(),
+            1,
+            "drains go with the app"
+        );
     }
 
     #[tokio::test]
