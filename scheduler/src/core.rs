@@ -70,6 +70,10 @@ pub struct Core {
     pub counters: crate::metrics::Counters,
     /// The router's table, refreshed after every reconcile.
     pub routes: RouteTable,
+    /// The table as last published, with a version that changes with it (what routers
+    /// that follow the scheduler from other processes long-poll, see [`crate::follow`]).
+    pub(crate) published: Mutex<(u64, HashMap<String, manifold_router::AppRoute>)>,
+    pub(crate) route_changes: tokio::sync::watch::Sender<u64>,
     /// The router, once serving (for its metrics).
     pub router: std::sync::OnceLock<Arc<manifold_router::Router>>,
     /// When each app last got a request (sleep-on-idle).
@@ -110,6 +114,8 @@ impl Core {
             counters: crate::metrics::Counters::default(),
             routes: RouteTable::default(),
             router: std::sync::OnceLock::new(),
+            published: Mutex::new((0, HashMap::new())),
+            route_changes: tokio::sync::watch::Sender::new(0),
             traffic: Mutex::new(HashMap::new()),
             waking: Mutex::new(HashMap::new()),
             held_stops: Mutex::new(HashMap::new()),

@@ -11,6 +11,7 @@ pub mod api;
 pub mod blobs;
 pub mod builds;
 pub mod core;
+pub mod follow;
 pub mod hub;
 pub mod logs;
 pub mod metrics;

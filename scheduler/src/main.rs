@@ -21,6 +21,8 @@ use manifold_scheduler::store::sqlite::SqliteStore;
     about = "The Manifold control plane"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address for the REST API and the agents' gRPC link (one port serves both).
     #[arg(long, env = "MANIFOLD_LISTEN", default_value = "127.0.0.1:8750")]
     listen: SocketAddr,
@@ -42,22 +44,37 @@ struct Cli {
     #[arg(long, env = "MANIFOLD_UPLOAD_LIMIT_MIB", default_value_t = 512)]
     upload_limit_mib: u64,
     /// The users' API token (default: STATE_DIR/api-token, generated once).
-    #[arg(long, env = "MANIFOLD_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_API_TOKEN",
+        hide_env_values = true
+    )]
     api_token: Option<String>,
     /// The agents' token (default: STATE_DIR/agent-token, generated once).
     #[arg(long, env = "MANIFOLD_AGENT_TOKEN", hide_env_values = true)]
     agent_token: Option<String>,
     /// Where the router serves apps (`APP.DOMAIN` by the Host header); `none` for no router.
-    #[arg(long, env = "MANIFOLD_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_ROUTER_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     router_listen: String,
     /// Apps are reached as APP.DOMAIN (`*.localhost` resolves to this machine).
-    #[arg(long, env = "MANIFOLD_DOMAIN", default_value = "localhost")]
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_DOMAIN",
+        default_value = "localhost"
+    )]
     domain: String,
     /// Time to the first byte of a dyno's response before the router gives up (H12).
-    #[arg(long, env = "MANIFOLD_ROUTER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "MANIFOLD_ROUTER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     router_timeout: Duration,
     /// How long the router holds requests while an app's web dynos boot or wake (then H20).
-    #[arg(long, env = "MANIFOLD_ROUTER_BOOT_HOLD", default_value = "75s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "MANIFOLD_ROUTER_BOOT_HOLD", default_value = "75s", value_parser = humantime::parse_duration)]
     router_boot_hold: Duration,
     /// Apps whose web dynos are eco sleep after this long without a request (`0s`: never).
     #[arg(long, env = "MANIFOLD_SLEEP_AFTER", default_value = "30m", value_parser = humantime::parse_duration)]
@@ -71,6 +88,73 @@ struct Cli {
     /// Extra arguments for that agent (repeat), e.g. `--agent-arg=--slots=20`.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Run only a router, on its own (e.g. on another machine): it follows the scheduler's
+    /// routes over the API and sends it traffic, wakes and router log lines.
+    Router {
+        /// The scheduler's API, e.g. http://10.0.0.1:8750.
+        #[arg(long, env = "MANIFOLD_SCHEDULER")]
+        scheduler: String,
+        /// A file holding the API token (instead of --api-token).
+        #[arg(long, env = "MANIFOLD_API_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+    },
+}
+
+/// The router settings the flags give.
+fn router_config(cli: &Cli) -> RouterConfig {
+    RouterConfig {
+        domain: cli.domain.clone(),
+        request_timeout: cli.router_timeout,
+        boot_hold: cli.router_boot_hold,
+        ..RouterConfig::default()
+    }
+}
+
+/// Runs `manifold-scheduler router`: a router following the scheduler at `scheduler`.
+async fn follow(cli: &Cli, scheduler: &str, token_file: Option<&Path>) -> anyhow::Result<()> {
+    let token = match (&cli.api_token, token_file) {
+        (Some(t), _) if !t.is_empty() => t.clone(),
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API token from {}", path.display()))?
+            .trim()
+            .to_string(),
+        _ => {
+            anyhow::bail!("the router needs the scheduler's API token: --api-token or --token-file")
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(&cli.router_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the router", cli.router_listen))?;
+    tracing::info!(
+        "routing http://APP.{}:{} to apps, following {scheduler}",
+        cli.domain,
+        listener.local_addr()?.port()
+    );
+    let config = manifold_scheduler::follow::FollowConfig {
+        scheduler: scheduler.trim_end_matches('/').to_string(),
+        token,
+        router: router_config(cli),
+    };
+    manifold_scheduler::follow::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
 }
 
 /// Reads a token file, or writes a new random token there (mode 0600) the first time.
@@ -110,6 +194,13 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Router {
+        scheduler,
+        token_file,
+    }) = &cli.command
+    {
+        return follow(&cli, scheduler, token_file.as_deref()).await;
+    }
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("cannot create {}", cli.state_dir.display()))?;
     let settings = Settings {
@@ -118,14 +209,9 @@ async fn main() -> anyhow::Result<()> {
         cycling: manifold_scheduler::reconciler::Cycling::every(cli.cycle_interval),
         upload_limit: cli.upload_limit_mib * 1024 * 1024,
         slug_limit: 1024 * 1024 * 1024,
-        api_token: token(&cli.state_dir, "api-token", cli.api_token)?,
-        agent_token: token(&cli.state_dir, "agent-token", cli.agent_token)?,
-        router: RouterConfig {
-            domain: cli.domain.clone(),
-            request_timeout: cli.router_timeout,
-            boot_hold: cli.router_boot_hold,
-            ..RouterConfig::default()
-        },
+        router: router_config(&cli),
+        api_token: token(&cli.state_dir, "api-token", cli.api_token.clone())?,
+        agent_token: token(&cli.state_dir, "agent-token", cli.agent_token.clone())?,
         plex: PlexConfig {
             drain_roots: match &cli.drain_ca {
                 Some(path) => manifold_logplex::load_pem_roots(path)
@@ -181,19 +267,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let shutdown = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-    };
-    manifold_scheduler::server::run(core, listener, router, shutdown).await?;
+    manifold_scheduler::server::run(core, listener, router, shutdown_signal()).await?;
     if let Some(child) = agent.as_mut() {
         // The agent leaves its dynos running when it stops; stopping dynos is up to the user.
         if let Some(pid) = child.id() {

@@ -191,6 +191,14 @@ impl Core {
                 _ => false,
             });
         }
+        {
+            let mut published = lock(&self.published);
+            if published.1 != table {
+                published.0 += 1;
+                published.1 = table.clone();
+                self.route_changes.send_replace(published.0);
+            }
+        }
         self.routes.replace_all(table);
     }
 

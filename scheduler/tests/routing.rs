@@ -538,3 +538,66 @@ fn floods_are_limited_and_lines_wait_for_the_scheduler() {
     c.ok(&["apps:destroy", "noisy", "--confirm", "noisy"]);
     assert_clean(&c, 0);
 }
+
+/// Kills a child process when dropped, so a failing test leaves no router behind.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `manifold-scheduler router`: a router in its own process follows the scheduler's routes
+/// (a new dyno is routed to as soon as it is up) and sends its log lines back.
+#[test]
+fn a_router_process_follows_the_scheduler() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("follow", 20);
+    c.wait_hosts(1);
+    deploy_tiny(&c, "followed");
+    c.wait_dynos("followed", &["web.1"], "up", UP);
+    let port = harness::free_port();
+    let log = std::fs::File::create(c.dir.path().join("router.log")).unwrap();
+    let _router = Reap(
+        Command::new(harness::bins().join("manifold-scheduler"))
+            .args(["router", "--scheduler", &c.api()])
+            .args(["--router-listen", &format!("127.0.0.1:{port}")])
+            .env("MANIFOLD_API_TOKEN", API_TOKEN)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the router process to route", UP, || {
+        (get(port, "followed", "/cgi-bin/greeting?external") == 200).then_some(())
+    });
+    assert_eq!(get(port, "nosuchapp", "/"), 404);
+
+    c.ok(&["ps:scale", "web=2", "-a", "followed"]);
+    c.wait_dynos("followed", &["web.1", "web.2"], "up", UP);
+    let served = wait_for("web.2 behind the router process", UP, || {
+        let out = Command::new("curl")
+            .args(["-fsS", "-H", "Host: followed.localhost"])
+            .arg(format!("http://127.0.0.1:{port}/cgi-bin/greeting"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        (body == "hello from web.2\n").then_some(body)
+    });
+    assert_eq!(served, "hello from web.2\n");
+    wait_for("its router lines in the app's log", UP, || {
+        let log = c.logs("followed", &["--ps", "router"]);
+        log.contains("path=\"/cgi-bin/greeting?external\"")
+            .then_some(())
+    });
+    c.ok(&["apps:destroy", "followed", "--confirm", "followed"]);
+    wait_for("the destroyed app to be unknown", UP, || {
+        (get(port, "followed", "/") == 404).then_some(())
+    });
+    assert_clean(&c, 0);
+}
