@@ -80,6 +80,8 @@ pub struct Core {
     pub(crate) traffic: Mutex<HashMap<String, Instant>>,
     /// Apps being woken, since when (to log how long it took).
     pub(crate) waking: Mutex<HashMap<String, Instant>>,
+    /// Apps with no web dyno up while new ones boot, since when (logged when it ends).
+    pub(crate) gaps: Mutex<HashMap<String, Instant>>,
     /// Stopping web dynos kept assigned until their in-flight requests are done.
     pub(crate) held_stops: Mutex<HashMap<String, Instant>>,
     pub(crate) links: Mutex<HashMap<String, Link>>,
@@ -119,6 +121,7 @@ impl Core {
             traffic: Mutex::new(HashMap::new()),
             waking: Mutex::new(HashMap::new()),
             held_stops: Mutex::new(HashMap::new()),
+            gaps: Mutex::new(HashMap::new()),
             settings,
             builds: Builds::default(),
             links: Mutex::new(HashMap::new()),

@@ -191,6 +191,7 @@ impl Core {
                 _ => false,
             });
         }
+        self.log_gaps(&table);
         {
             let mut published = lock(&self.published);
             if published.1 != table {
@@ -200,6 +201,43 @@ impl Core {
             }
         }
         self.routes.replace_all(table);
+    }
+
+    /// Logs when an app that had a web dyno up has none while its web dynos boot (a restart
+    /// or release without preboot: requests are held meanwhile), and how long that lasted.
+    fn log_gaps(&self, table: &HashMap<String, AppRoute>) {
+        let published = lock(&self.published);
+        let mut gaps = lock(&self.gaps);
+        for (app, route) in table {
+            let was_serving = matches!(published.1.get(app), Some(AppRoute::Serving(_)));
+            match route {
+                AppRoute::Booting if was_serving => {
+                    gaps.insert(app.clone(), Instant::now());
+                    self.log_platform(
+                        app,
+                        "router",
+                        "at=info desc=\"No web dyno up while new ones boot: holding requests (enable preboot to avoid this)\"",
+                    );
+                }
+                AppRoute::Serving(_) => {
+                    if let Some(since) = gaps.remove(app) {
+                        self.log_platform(
+                            app,
+                            "router",
+                            format!(
+                                "at=info desc=\"A web dyno is up again: held requests go through\" gap={}ms",
+                                since.elapsed().as_millis()
+                            ),
+                        );
+                    }
+                }
+                AppRoute::Booting => {}
+                _ => {
+                    gaps.remove(app);
+                }
+            }
+        }
+        gaps.retain(|app, _| table.contains_key(app));
     }
 
     /// Keeps stopping web dynos that still serve requests assigned until those requests are

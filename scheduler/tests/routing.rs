@@ -444,6 +444,19 @@ fn restarts_and_releases_under_load_with_preboot_fail_no_request() {
         log.contains("heroku[web.1]: Restarting").then_some(())
     });
 
+    // Without preboot a release stops the old web dynos first: requests are held while the
+    // new ones boot, and the gap is logged.
+    c.ok(&["features:disable", "preboot", "-a", "steady"]);
+    c.ok(&["config:set", "GREETING=gap", "-a", "steady"]);
+    let gap = wait_for("the gap's lines", UP, || {
+        assert_eq!(get(c.router_port, "steady", "/cgi-bin/greeting"), 200);
+        let log = c.logs("steady", &["--ps", "router"]);
+        (log.contains("No web dyno up while new ones boot: holding requests")
+            && log.contains("held requests go through\" gap="))
+        .then_some(log)
+    });
+    assert!(gap.contains("status=200"), "{gap}");
+
     c.ok(&["apps:destroy", "steady", "--confirm", "steady"]);
     assert_clean(&c, 0);
 }
