@@ -28,6 +28,9 @@ type ReleaseInfo = (BTreeMap<String, String>, crate::model::Slug);
 /// scheduler starts: an agent redials with a backoff of up to 5 s, plus a heartbeat.
 const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
+/// Lines a log plex follower may fall behind before it loses some.
+const FIREHOSE_LINES: usize = 16_384;
+
 /// Settings of a running scheduler.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -66,6 +69,8 @@ pub struct Core {
     pub builds: Builds,
     /// Every app's log stream.
     pub plex: LogPlex,
+    /// Every line, for log plex processes that follow the scheduler.
+    pub(crate) firehose: tokio::sync::broadcast::Sender<Arc<(String, manifold_logplex::LogLine)>>,
     /// What `/metrics` counts.
     pub counters: crate::metrics::Counters,
     /// The router's table, refreshed after every reconcile.
@@ -114,6 +119,7 @@ impl Core {
             blobs,
             plex: LogPlex::new(settings.plex.clone()),
             counters: crate::metrics::Counters::default(),
+            firehose: tokio::sync::broadcast::Sender::new(FIREHOSE_LINES),
             routes: RouteTable::default(),
             router: std::sync::OnceLock::new(),
             published: Mutex::new((0, HashMap::new())),
@@ -277,10 +283,25 @@ impl Core {
                 tracing::info!("forgetting {id}: its host is lost");
             }
             let names = app_names(&apps);
-            for d in dynos.iter().filter(|d| plan.cycling.contains(&d.id)) {
-                tracing::info!("cycling {}", d.id);
+            let draining: HashSet<&str> = hosts
+                .iter()
+                .filter(|h| h.host.draining)
+                .map(|h| h.host.id.as_str())
+                .collect();
+            for d in &dynos {
+                // Heroku's words for why the platform replaces a dyno.
+                let why = if plan.cycling.contains(&d.id) {
+                    "Cycling"
+                } else if plan.changes.delete.contains(&d.id)
+                    || (plan.changes.stop.contains(&d.id) && draining.contains(d.host_id.as_str()))
+                {
+                    "Relocating dyno to a new server"
+                } else {
+                    continue;
+                };
+                tracing::info!("{why}: {}", d.id);
                 if let Some(app) = names.get(&d.app_id) {
-                    self.log_platform(app, &d.name, "Cycling");
+                    self.log_platform(app, &d.name, why);
                 }
             }
             let changed = self.store.apply_dyno_changes(&plan.changes).await?;

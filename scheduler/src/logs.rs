@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
 use futures::StreamExt;
-use manifold_logplex::{parse_drain_url, Drain, Filter, LogLine, Source};
+use manifold_logplex::{parse_drain_url, Drain, Filter, LogLine, LogPlex, Source};
 use manifold_proto::LogBatch;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,10 +29,20 @@ use crate::model::LogDrain;
 const MAX_LINES: usize = 1500;
 
 impl Core {
+    /// Every line goes through here: into the plex, and to log plex processes that follow
+    /// the scheduler (`GET /logplex/v1/firehose`).
+    pub fn push_line(&self, app: &str, line: LogLine) {
+        if self.firehose.receiver_count() > 0 {
+            let _ = self
+                .firehose
+                .send(Arc::new((app.to_string(), line.clone())));
+        }
+        self.plex.push(app, line);
+    }
+
     /// An `app[api]` line: what a user did to the app (Heroku's wording).
     pub fn log_api(&self, app: &str, message: impl Into<String>) {
-        self.plex
-            .push(app, LogLine::now(Source::App, "api", message.into()));
+        self.push_line(app, LogLine::now(Source::App, "api", message.into()));
     }
 
     /// What made a release, then `Release vN created by USER`.
@@ -47,8 +57,7 @@ impl Core {
     /// A `heroku[web.1]` line the scheduler writes: why it stops or starts a dyno
     /// (`Restarting`, `Cycling`, `Idling`, `Relocating dyno to a new server`).
     pub fn log_platform(&self, app: &str, process: &str, message: impl Into<String>) {
-        self.plex
-            .push(app, LogLine::now(Source::Heroku, process, message.into()));
+        self.push_line(app, LogLine::now(Source::Heroku, process, message.into()));
     }
 
     /// The lines an agent sent.
@@ -66,7 +75,7 @@ impl Core {
             } else {
                 Source::App
             };
-            self.plex.push(
+            self.push_line(
                 &entry.app,
                 LogLine {
                     time,
@@ -121,6 +130,7 @@ fn plex_drain(d: &LogDrain) -> Drain {
 pub fn routes() -> Router<Arc<Core>> {
     Router::new()
         .route("/apps/:app/log-stream", get(log_stream))
+        .route("/logplex/v1/firehose", get(firehose))
         .route("/apps/:app/log-drains", get(list_drains).post(add_drain))
         .route("/apps/:app/log-drains/:drain", delete(remove_drain))
 }
@@ -128,7 +138,7 @@ pub fn routes() -> Router<Arc<Core>> {
 /// `manifold logs`' options, as Heroku's log sessions take them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogQuery {
+pub(crate) struct LogQuery {
     /// Lines of history first (default 100).
     lines: Option<usize>,
     /// Then keep streaming.
@@ -148,6 +158,15 @@ async fn log_stream(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     core.store.app(&app).await?;
+    stream_response(&core.plex, &app, q)
+}
+
+/// `GET /apps/{app}/log-stream` from a plex (the scheduler's, or a follower's).
+pub(crate) fn stream_response(
+    plex: &LogPlex,
+    app: &str,
+    q: LogQuery,
+) -> Result<Response, ApiError> {
     let lines = q.lines.unwrap_or(100);
     if lines > MAX_LINES {
         return Err(ApiError::invalid(format!(
@@ -166,7 +185,7 @@ async fn log_stream(
         source,
     };
     let body = if q.tail {
-        let (recent, tail) = core.plex.recent_and_tail(&app, filter, lines);
+        let (recent, tail) = plex.recent_and_tail(app, filter, lines);
         let history = futures::stream::iter(recent);
         Body::from_stream(
             history
@@ -174,9 +193,8 @@ async fn log_stream(
                 .map(|line| Ok::<_, std::convert::Infallible>(format!("{}\n", line.render()))),
         )
     } else {
-        let text: String = core
-            .plex
-            .recent(&app, &filter, lines)
+        let text: String = plex
+            .recent(app, &filter, lines)
             .iter()
             .map(|l| format!("{}\n", l.render()))
             .collect();
@@ -190,6 +208,41 @@ async fn log_stream(
         body,
     )
         .into_response())
+}
+
+/// One line of the firehose: the app and the line.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct FirehoseLine {
+    pub app: String,
+    pub line: LogLine,
+}
+
+/// Every app's lines from now on, as JSON lines, for log plex processes that follow the
+/// scheduler. A follower too slow to keep up loses lines (counted in the scheduler's log).
+async fn firehose(State(core): State<Arc<Core>>) -> Response {
+    let lines = tokio_stream::wrappers::BroadcastStream::new(core.firehose.subscribe());
+    let body = lines.filter_map(|item| async move {
+        match item {
+            Ok(entry) => {
+                let (app, line) = &*entry;
+                let json = serde_json::to_string(&FirehoseLine {
+                    app: app.clone(),
+                    line: line.clone(),
+                })
+                .ok()?;
+                Some(Ok::<_, std::convert::Infallible>(json + "\n"))
+            }
+            Err(err) => {
+                tracing::warn!("a log plex follower fell behind: {err}");
+                None
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 fn drain_json(d: &LogDrain) -> Value {

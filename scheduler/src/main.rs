@@ -102,6 +102,19 @@ enum Command {
         #[arg(long, env = "MANIFOLD_API_TOKEN_FILE")]
         token_file: Option<PathBuf>,
     },
+    /// Run only a log plex reader, on its own: it follows every line of the scheduler and
+    /// serves `manifold logs` (point MANIFOLD_API at it) without loading the scheduler.
+    Logplex {
+        /// The scheduler's API, e.g. http://10.0.0.1:8750.
+        #[arg(long, env = "MANIFOLD_SCHEDULER")]
+        scheduler: String,
+        /// A file holding the API token (instead of --api-token).
+        #[arg(long, env = "MANIFOLD_API_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Where to serve GET /apps/APP/log-stream.
+        #[arg(long = "logplex-listen", default_value = "127.0.0.1:8752")]
+        listen: SocketAddr,
+    },
 }
 
 /// The router settings the flags give.
@@ -114,18 +127,45 @@ fn router_config(cli: &Cli) -> RouterConfig {
     }
 }
 
-/// Runs `manifold-scheduler router`: a router following the scheduler at `scheduler`.
-async fn follow(cli: &Cli, scheduler: &str, token_file: Option<&Path>) -> anyhow::Result<()> {
-    let token = match (&cli.api_token, token_file) {
+/// The API token a follower process uses: `--api-token`, else the file.
+fn follower_token(cli: &Cli, token_file: Option<&Path>) -> anyhow::Result<String> {
+    Ok(match (&cli.api_token, token_file) {
         (Some(t), _) if !t.is_empty() => t.clone(),
         (_, Some(path)) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the API token from {}", path.display()))?
             .trim()
             .to_string(),
         _ => {
-            anyhow::bail!("the router needs the scheduler's API token: --api-token or --token-file")
+            anyhow::bail!("a follower needs the scheduler's API token: --api-token or --token-file")
         }
-    };
+    })
+}
+
+/// Runs `manifold-scheduler logplex`: a log plex reader following the scheduler.
+async fn follow_logs(
+    cli: &Cli,
+    scheduler: &str,
+    token_file: Option<&Path>,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
+    let token = follower_token(cli, token_file)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the log plex"))?;
+    tracing::info!("serving logs on http://{listen}, following {scheduler}");
+    manifold_scheduler::follow::run_logplex(
+        scheduler.trim_end_matches('/').to_string(),
+        token,
+        listener,
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `manifold-scheduler router`: a router following the scheduler at `scheduler`.
+async fn follow(cli: &Cli, scheduler: &str, token_file: Option<&Path>) -> anyhow::Result<()> {
+    let token = follower_token(cli, token_file)?;
     let listener = tokio::net::TcpListener::bind(&cli.router_listen)
         .await
         .with_context(|| format!("cannot listen on {} for the router", cli.router_listen))?;
@@ -194,12 +234,17 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Router {
-        scheduler,
-        token_file,
-    }) = &cli.command
-    {
-        return follow(&cli, scheduler, token_file.as_deref()).await;
+    match &cli.command {
+        Some(Command::Router {
+            scheduler,
+            token_file,
+        }) => return follow(&cli, scheduler, token_file.as_deref()).await,
+        Some(Command::Logplex {
+            scheduler,
+            token_file,
+            listen,
+        }) => return follow_logs(&cli, scheduler, token_file.as_deref(), *listen).await,
+        None => {}
     }
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("cannot create {}", cli.state_dir.display()))?;

@@ -182,6 +182,11 @@ fn two_hosts_spread_and_host_loss_moves_dynos() {
         .then_some(d)
     });
     assert_clean(&c, 0);
+    let log = c.logs("spread", &["--source", "heroku"]);
+    assert!(
+        log.contains("]: Relocating dyno to a new server"),
+        "moved dynos are logged as Heroku does:\n{log}"
+    );
     for d in &drained {
         let body = Cluster::http(d["port"].as_u64().unwrap(), "/cgi-bin/greeting").unwrap();
         assert_eq!(

@@ -614,3 +614,61 @@ fn a_router_process_follows_the_scheduler() {
     });
     assert_clean(&c, 0);
 }
+
+/// `manifold-scheduler logplex`: a log reader in its own process follows every line of the
+/// scheduler and serves `manifold logs` (same API, same token).
+#[test]
+fn a_log_plex_process_follows_the_scheduler() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("logs", 20);
+    c.wait_hosts(1);
+    deploy_tiny(&c, "watched");
+    c.wait_dynos("watched", &["web.1"], "up", UP);
+    let port = harness::free_port();
+    let log = std::fs::File::create(c.dir.path().join("logplex.log")).unwrap();
+    let _plex = Reap(
+        Command::new(harness::bins().join("manifold-scheduler"))
+            .args(["logplex", "--scheduler", &c.api()])
+            .args(["--logplex-listen", &format!("127.0.0.1:{port}")])
+            .env("MANIFOLD_API_TOKEN", API_TOKEN)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let follower = format!("http://127.0.0.1:{port}");
+    let logs = |args: &[&str]| {
+        Command::new(harness::bins().join("manifold"))
+            .args(args)
+            .env("MANIFOLD_API", &follower)
+            .env("MANIFOLD_API_TOKEN", API_TOKEN)
+            .output()
+            .unwrap()
+    };
+    let seen = wait_for("a router line in the follower's log", UP, || {
+        assert_eq!(c.route("watched", "/cgi-bin/greeting?followed", &[]).0, 200);
+        let out = logs(&["logs", "-a", "watched", "--ps", "router"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("path=\"/cgi-bin/greeting?followed\"")
+            .then_some(text)
+    });
+    assert!(
+        seen.lines().all(|l| l.contains(" heroku[router]: ")),
+        "{seen}"
+    );
+    let out = logs(&["logs", "-a", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = Command::new(harness::bins().join("manifold"))
+        .args(["logs", "-a", "watched"])
+        .env("MANIFOLD_API", &follower)
+        .env("MANIFOLD_API_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the follower checks the token");
+    c.ok(&["apps:destroy", "watched", "--confirm", "watched"]);
+    assert_clean(&c, 0);
+}
