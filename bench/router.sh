@@ -16,7 +16,7 @@ THREADS=${THREADS:-2}
 BACKEND_PORT=${BACKEND_PORT:-18080}
 ROUTER_PORT=${ROUTER_PORT:-18081}
 NGINX_PORT=${NGINX_PORT:-18082}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/manifold/target}
 
 for tool in wrk nginx; do
     command -v "$tool" >/dev/null || { echo "bench/router.sh: $tool missing (apt-get install -y wrk nginx-light)" >&2; exit 1; }
