@@ -263,6 +263,9 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read the drain CA {}", path.display()))?,
                 None => Vec::new(),
             },
+            // Agents send lines in batches of up to 500: a tail must hold a few batches
+            // while its reader catches up, or a burst costs it lines (L11).
+            tail_buffer: 10_000,
             ..PlexConfig::default()
         },
         sleep_after: (!cli.sleep_after.is_zero()).then_some(cli.sleep_after),
