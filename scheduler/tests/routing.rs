@@ -552,6 +552,32 @@ fn floods_are_limited_and_lines_wait_for_the_scheduler() {
     assert_clean(&c, 0);
 }
 
+/// A cluster of one host running the tiny app with web.1 up.
+fn tiny_web_up(host: &str, app: &str) -> Cluster {
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent(host, 20);
+    c.wait_hosts(1);
+    deploy_tiny(&c, app);
+    c.wait_dynos(app, &["web.1"], "up", UP);
+    c
+}
+
+/// Starts `manifold-scheduler KIND --scheduler API LISTEN_FLAG 127.0.0.1:PORT` following
+/// the cluster's scheduler; returns it (killed when dropped) and its port.
+fn follower(c: &Cluster, kind: &str, listen_flag: &str) -> (Reap, u16) {
+    let port = harness::free_port();
+    let log = std::fs::File::create(c.dir.path().join(format!("{kind}.log"))).unwrap();
+    let child = Command::new(harness::bins().join("manifold-scheduler"))
+        .args([kind, "--scheduler", &c.api()])
+        .args([listen_flag, &format!("127.0.0.1:{port}")])
+        .env("MANIFOLD_API_TOKEN", API_TOKEN)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (Reap(child), port)
+}
+
 /// Kills a child process when dropped, so a failing test leaves no router behind.
 struct Reap(std::process::Child);
 
@@ -569,23 +595,8 @@ fn a_router_process_follows_the_scheduler() {
     if !harness::ready() {
         return;
     }
-    let mut c = Cluster::start(Duration::from_secs(10));
-    c.add_agent("follow", 20);
-    c.wait_hosts(1);
-    deploy_tiny(&c, "followed");
-    c.wait_dynos("followed", &["web.1"], "up", UP);
-    let port = harness::free_port();
-    let log = std::fs::File::create(c.dir.path().join("router.log")).unwrap();
-    let _router = Reap(
-        Command::new(harness::bins().join("manifold-scheduler"))
-            .args(["router", "--scheduler", &c.api()])
-            .args(["--router-listen", &format!("127.0.0.1:{port}")])
-            .env("MANIFOLD_API_TOKEN", API_TOKEN)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let c = tiny_web_up("follow", "followed");
+    let (_router, port) = follower(&c, "router", "--router-listen");
     wait_for("the router process to route", UP, || {
         (get(port, "followed", "/cgi-bin/greeting?external") == 200).then_some(())
     });
@@ -622,23 +633,8 @@ fn a_log_plex_process_follows_the_scheduler() {
     if !harness::ready() {
         return;
     }
-    let mut c = Cluster::start(Duration::from_secs(10));
-    c.add_agent("logs", 20);
-    c.wait_hosts(1);
-    deploy_tiny(&c, "watched");
-    c.wait_dynos("watched", &["web.1"], "up", UP);
-    let port = harness::free_port();
-    let log = std::fs::File::create(c.dir.path().join("logplex.log")).unwrap();
-    let _plex = Reap(
-        Command::new(harness::bins().join("manifold-scheduler"))
-            .args(["logplex", "--scheduler", &c.api()])
-            .args(["--logplex-listen", &format!("127.0.0.1:{port}")])
-            .env("MANIFOLD_API_TOKEN", API_TOKEN)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let c = tiny_web_up("logs", "watched");
+    let (_plex, port) = follower(&c, "logplex", "--logplex-listen");
     let follower = format!("http://127.0.0.1:{port}");
     let logs = |args: &[&str]| {
         Command::new(harness::bins().join("manifold"))
