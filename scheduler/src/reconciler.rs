@@ -366,16 +366,17 @@ pub fn plan(
     out
 }
 
+/// Fixtures shared with the tests of modules that read the same snapshot (`routing`).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::ReleaseStatus;
 
-    fn t0() -> OffsetDateTime {
+    pub(crate) fn t0() -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH
     }
 
-    fn host(id: &str, liveness: Liveness) -> HostView {
+    pub(crate) fn host(id: &str, liveness: Liveness) -> HostView {
         HostView {
             host: Host {
                 id: id.into(),
@@ -392,7 +393,7 @@ mod tests {
         }
     }
 
-    fn app(web: u32, worker: u32, version: u32) -> AppDesired {
+    pub(crate) fn app(web: u32, worker: u32, version: u32) -> AppDesired {
         let id = Uuid::from_u128(1);
         let formation = [("web", web), ("worker", worker)]
             .into_iter()
@@ -448,7 +449,7 @@ mod tests {
     }
 
     /// Applies a plan to the dyno rows the way the store does.
-    fn apply(dynos: &mut Vec<Dyno>, plan: &Plan) {
+    pub(crate) fn apply(dynos: &mut Vec<Dyno>, plan: &Plan) {
         dynos.retain(|d| !plan.changes.delete.contains(&d.id));
         for d in dynos.iter_mut() {
             if plan.changes.stop.contains(&d.id) {

@@ -282,3 +282,89 @@ impl Hooks for CoreHooks {
         self.0.log_platform(app, "router", line);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconciler::tests::{app, apply, host, t0};
+    use crate::reconciler::{plan, Cycling};
+
+    /// web=2 placed on one connected host, none up yet.
+    fn placed() -> (Vec<HostView>, Vec<Dyno>, AppDesired) {
+        let hosts = vec![host("a", Liveness::Connected)];
+        let want = app(2, 0, 1);
+        let mut dynos = Vec::new();
+        let p = plan(
+            &hosts,
+            &dynos,
+            std::slice::from_ref(&want),
+            t0(),
+            &Cycling::daily(),
+        );
+        apply(&mut dynos, &p);
+        (hosts, dynos, want)
+    }
+
+    fn up(dynos: &mut [Dyno], name: &str, port: u16) {
+        let d = dynos.iter_mut().find(|d| d.name == name).expect("dyno");
+        d.state = DynoState::Up;
+        d.port = Some(port);
+    }
+
+    fn route(hosts: &[HostView], dynos: &[Dyno], want: &AppDesired) -> AppRoute {
+        routes(hosts, dynos, std::slice::from_ref(want), &HashSet::new())
+            .remove("demo")
+            .expect("a route")
+    }
+
+    #[test]
+    fn up_web_dynos_are_served_and_only_they() {
+        let (hosts, mut dynos, want) = placed();
+        assert_eq!(route(&hosts, &dynos, &want), AppRoute::Booting);
+        up(&mut dynos, "web.1", 30000);
+        let AppRoute::Serving(backends) = route(&hosts, &dynos, &want) else {
+            panic!("not serving");
+        };
+        assert_eq!(backends.len(), 1);
+        assert_eq!(backends[0].name, "web.1");
+        assert_eq!(backends[0].addr, "127.0.0.1:30000".parse().expect("addr"));
+        // A dyno about to stop takes no new requests.
+        let web1 = backends[0].id.clone();
+        let table = routes(
+            &hosts,
+            &dynos,
+            std::slice::from_ref(&want),
+            &HashSet::from([web1]),
+        );
+        assert_eq!(table["demo"], AppRoute::Booting);
+        // Nor does one on a lost host.
+        let lost = vec![host("a", Liveness::Lost)];
+        assert_eq!(route(&lost, &dynos, &want), AppRoute::Booting);
+    }
+
+    #[test]
+    fn why_there_is_no_dyno_decides_the_error() {
+        let (hosts, mut dynos, mut want) = placed();
+        for d in &mut dynos {
+            d.state = DynoState::Crashed;
+        }
+        assert_eq!(route(&hosts, &dynos, &want), AppRoute::Crashed, "H10");
+        want.app.sleeping = true;
+        assert_eq!(
+            route(&hosts, &[], &want),
+            AppRoute::Sleeping,
+            "held and woken"
+        );
+        want.app.sleeping = false;
+        for f in &mut want.formation {
+            f.quantity = 0;
+        }
+        assert_eq!(route(&hosts, &[], &want), AppRoute::NoWebDynos, "H14");
+        want.release = None;
+        assert_eq!(
+            route(&hosts, &[], &want),
+            AppRoute::NoWebDynos,
+            "never deployed"
+        );
+    }
+}
