@@ -114,6 +114,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free ports: every listener is held until all are chosen (calling
+/// [`free_port`] `n` times can return one port twice, which a test then publishes twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// A `manifold-agent run` started in the background. Dropping it stops the dyno (SIGTERM,
 /// then SIGKILL) so that a failing test does not leave a dyno running.
 pub struct Background {

@@ -563,7 +563,7 @@ fn many_dynos_started_at_once_all_run_with_their_own_address_and_port() {
             0o644,
         )],
     );
-    let ports: Vec<u16> = (0..12).map(|_| free_port()).collect();
+    let ports = free_ports(12);
     let dynos: Vec<Background> = ports
         .iter()
         .enumerate()
