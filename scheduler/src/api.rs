@@ -854,12 +854,11 @@ async fn patch_formation(
         .iter()
         .filter(|f| updates.iter().any(|u| u.process_type == f.process_type))
         .map(|f| {
-            format!(
-                "{}@{}:{}",
-                f.process_type,
-                f.quantity,
-                display_size(&f.size)
-            )
+            let size = f
+                .size
+                .parse::<DynoSize>()
+                .map_or(f.size.as_str(), |s| s.heroku_name());
+            format!("{}@{}:{size}", f.process_type, f.quantity)
         })
         .collect();
     core.log_api(
@@ -868,23 +867,6 @@ async fn patch_formation(
     );
     core.poke();
     Ok(axum::Json(formation_json(&core, &app).await?))
-}
-
-/// A size as Heroku writes it in logs: `Standard-1X`, `Performance-M`, `Eco`.
-fn display_size(size: &str) -> String {
-    size.split('-')
-        .map(|part| {
-            if part.len() <= 2 {
-                part.to_ascii_uppercase()
-            } else {
-                let mut c = part.chars();
-                c.next()
-                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                    .unwrap_or_default()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("-")
 }
 
 fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {

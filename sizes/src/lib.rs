@@ -66,6 +66,18 @@ impl DynoSize {
         }
     }
 
+    /// The name as Heroku writes it in log lines (`Scaled to web@2:Standard-1X`).
+    pub fn heroku_name(self) -> &'static str {
+        match self {
+            DynoSize::Eco => "Eco",
+            DynoSize::Basic => "Basic",
+            DynoSize::Standard1X => "Standard-1X",
+            DynoSize::Standard2X => "Standard-2X",
+            DynoSize::PerformanceM => "Performance-M",
+            DynoSize::PerformanceL => "Performance-L",
+        }
+    }
+
     /// The limits for this size (HEROKU-SPEC §7: RAM, "compute" share, max procs+threads).
     pub fn limits(self) -> Limits {
         let (quota_mib, shares, pids, sleeps) = match self {
@@ -144,6 +156,7 @@ mod tests {
     fn names_round_trip() {
         for size in DynoSize::ALL {
             assert_eq!(size.name().parse::<DynoSize>().ok(), Some(size));
+            assert_eq!(size.heroku_name().parse::<DynoSize>().ok(), Some(size));
             let json = serde_json::to_string(&size).expect("serialise");
             assert_eq!(json, format!("\"{}\"", size.name()));
         }
