@@ -265,7 +265,7 @@ fn user(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 

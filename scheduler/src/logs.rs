@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::api::{ApiError, Json};
+use crate::api::{rfc3339, ApiError, Json};
 use crate::core::Core;
 use crate::model::LogDrain;
 
@@ -250,7 +250,7 @@ fn drain_json(d: &LogDrain) -> Value {
         "id": d.id,
         "url": d.url,
         "token": d.token,
-        "created_at": d.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "created_at": rfc3339(d.created_at),
     })
 }
 
