@@ -13,7 +13,7 @@
 //! What it cannot do from afar: a stopping dyno is drained only of the requests of the
 //! scheduler's own router (the scheduler does not wait on remote routers' in-flight counts).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,10 +62,10 @@ pub struct RoutesReply {
 pub struct RouterEvents {
     /// Apps that got at least one request.
     #[serde(default)]
-    pub traffic: Vec<String>,
+    pub traffic: BTreeSet<String>,
     /// Sleeping apps a request is waiting for.
     #[serde(default)]
-    pub wake: Vec<String>,
+    pub wake: BTreeSet<String>,
     /// `(app, line)`: `heroku[router]` lines.
     #[serde(default)]
     pub lines: Vec<(String, String)>,
@@ -184,17 +184,13 @@ struct RemoteHooks(Arc<Pending>);
 impl Hooks for RemoteHooks {
     fn request(&self, app: &str) {
         let mut e = lock(&self.0.events);
-        if !e.traffic.iter().any(|a| a == app) {
-            e.traffic.push(app.to_string());
+        if !e.traffic.contains(app) {
+            e.traffic.insert(app.to_string());
         }
     }
 
     fn wake(&self, app: &str) {
-        let mut e = lock(&self.0.events);
-        if !e.wake.iter().any(|a| a == app) {
-            e.wake.push(app.to_string());
-        }
-        drop(e);
+        lock(&self.0.events).wake.insert(app.to_string());
         self.0.urgent.notify_one();
     }
 

@@ -91,7 +91,15 @@ fn socket_addr(address: &str, port: u16) -> Option<SocketAddr> {
 impl Core {
     /// A request for `app` arrived (sleep-on-idle counts from the last one).
     pub fn traffic(&self, app: &str) {
-        lock(&self.traffic).insert(app.to_string(), Instant::now());
+        // Called for every request: no allocation once the app is known.
+        let now = Instant::now();
+        let mut traffic = lock(&self.traffic);
+        match traffic.get_mut(app) {
+            Some(last) => *last = now,
+            None => {
+                traffic.insert(app.to_string(), now);
+            }
+        }
     }
 
     /// Wakes a sleeping app: its eco dynos are started by the next reconcile, and the
