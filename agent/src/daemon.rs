@@ -731,13 +731,12 @@ impl Core {
             Source::App => tracing::debug!("{line}"),
             Source::Heroku => tracing::info!("{line}"),
         }
-        let app = match self.dynos.get(id) {
-            Some(entry) => entry.app.clone(),
-            None => self
-                .assignment(id)
-                .map(|a| a.app.clone())
-                .unwrap_or_default(),
-        };
+        // Every line comes from an entry: events of dynos without one are dropped earlier.
+        let app = self
+            .dynos
+            .get(id)
+            .map(|e| e.app.clone())
+            .unwrap_or_default();
         self.logs.line(&app, id, line, Instant::now());
     }
 
