@@ -367,11 +367,9 @@ fn cgroup_children(name: &str) -> Vec<String> {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_runs_readopts_and_stops_assigned_dynos() {
-    if !ready() {
-        return;
-    }
+/// A scratch directory under /var/tmp with an agent state dir that sees the installed
+/// stacks; returns it, the state dir and the path of the agent's log.
+fn agent_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::Builder::new()
         .prefix("manifold-daemon-")
         .tempdir_in("/var/tmp")
@@ -380,6 +378,15 @@ async fn daemon_runs_readopts_and_stops_assigned_dynos() {
     std::fs::create_dir_all(&state).unwrap();
     std::os::unix::fs::symlink("/var/lib/manifold/stacks", state.join("stacks")).unwrap();
     let log = state.join("agent.log");
+    (tmp, state, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_runs_readopts_and_stops_assigned_dynos() {
+    if !ready() {
+        return;
+    }
+    let (tmp, state, log) = agent_dirs();
 
     let slug = slug(
         tmp.path(),
@@ -579,14 +586,7 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
         "build the workspace's binaries first: {} is missing",
         slugbuilder.display()
     );
-    let tmp = tempfile::Builder::new()
-        .prefix("manifold-daemon-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::os::unix::fs::symlink("/var/lib/manifold/stacks", state.join("stacks")).unwrap();
-    let log = state.join("agent.log");
+    let (tmp, state, log) = agent_dirs();
     let source = source_tarball(&[
         ("Procfile", "web: busybox httpd -f -p $PORT\n", 0o644),
         ("index.html", "built by the daemon\n", 0o644),
@@ -734,14 +734,7 @@ async fn daemon_backs_off_crash_restarts_and_kills_web_dynos_that_never_bind() {
     if !ready() {
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("manifold-daemon-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::os::unix::fs::symlink("/var/lib/manifold/stacks", state.join("stacks")).unwrap();
-    let log = state.join("agent.log");
+    let (tmp, state, log) = agent_dirs();
     let slug = slug(tmp.path(), "app.tgz", &[("README", "policies\n", 0o644)]);
     let bytes = std::fs::read(&slug).unwrap();
     let sha = sha256_hex(&bytes);
