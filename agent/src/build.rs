@@ -192,6 +192,7 @@ pub fn prepare(
         uid: DYNO_UID,
         gid: DYNO_GID,
         host: host.clone(),
+        attach: None,
     };
     Ok(PreparedBuild { dyno, work, out })
 }

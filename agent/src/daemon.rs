@@ -34,11 +34,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::build;
-use crate::dyno::{write_atomic, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
+use crate::dyno::{
+    write_atomic, AttachSpec, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
+};
 use crate::link::{self, Blobs, LinkEvent, Scheduler};
 use crate::logs::timestamp;
 use crate::logship::{self, LogRate, LogShipper};
 use crate::metrics::{self, AgentMetrics};
+use crate::relay;
 use crate::restart::{RestartPolicy, RestartSchedule};
 use crate::size::DynoSize;
 use crate::supervisor::{self, Dyno, Event, LogLine, Source, State};
@@ -273,6 +276,10 @@ pub struct AssignmentRecord {
     /// The app's SIGTERM-to-SIGKILL grace in seconds; 0 means 30 s.
     #[serde(default)]
     pub stop_timeout_secs: u32,
+    /// A client is attached (`manifold run`): the dyno's terminal or pipes are relayed to
+    /// the scheduler instead of its output being logged.
+    #[serde(default)]
+    pub attach: Option<AttachSpec>,
 }
 
 impl From<proto::Assignment> for AssignmentRecord {
@@ -291,6 +298,11 @@ impl From<proto::Assignment> for AssignmentRecord {
             release_version: a.release_version,
             boot_timeout_secs: a.boot_timeout_secs,
             stop_timeout_secs: a.stop_timeout_secs,
+            attach: a.attach.map(|s| AttachSpec {
+                tty: s.tty,
+                cols: u16::try_from(s.cols).unwrap_or(u16::MAX),
+                rows: u16::try_from(s.rows).unwrap_or(u16::MAX),
+            }),
         }
     }
 }
@@ -350,6 +362,9 @@ impl AgentState {
 const ASSIGNMENT_FILE: &str = "assignment";
 /// How long a stopped dyno may take: the shim's own grace period plus its cleanup.
 const GRACE: Duration = Duration::from_secs(30);
+
+/// How long an attached dyno's relay may go on after the dyno ended, to deliver its last frames.
+const RELAY_GRACE: Duration = Duration::from_secs(10);
 
 /// How long start-up waits for re-adopted dynos to replay their streams before linking.
 const ADOPT_SETTLE: Duration = Duration::from_secs(5);
@@ -607,7 +622,13 @@ impl Core {
                             restarts: RestartSchedule::new(self.config.restart),
                         },
                     );
-                    tokio::spawn(follow(dyno, id, run, self.inputs.clone()));
+                    tokio::spawn(follow(
+                        dyno,
+                        id,
+                        run,
+                        self.config.scheduler.clone(),
+                        self.inputs.clone(),
+                    ));
                 }
                 (Some(dyno), _) => {
                     // Not an assignment's: a `manifold-agent run` dyno sharing the state
@@ -1069,6 +1090,7 @@ async fn launch(
         uid: DYNO_UID,
         gid: DYNO_GID,
         host: config.host.clone(),
+        attach: assignment.attach,
     };
     // Written before the shim starts, so every dyno directory a restarted daemon finds says
     // which assignment it runs.
@@ -1080,7 +1102,7 @@ async fn launch(
         return;
     }
     match Dyno::start(dyno, config.shim_binary.clone()).await {
-        Ok(dyno) => follow(dyno, id, run, inputs).await,
+        Ok(dyno) => follow(dyno, id, run, config.scheduler.clone(), inputs).await,
         Err(err) => {
             let _ = std::fs::remove_dir_all(&dir.root);
             let _ = inputs.send(failed(format!("start failed: {}", chain(&err))));
@@ -1088,8 +1110,20 @@ async fn launch(
     }
 }
 
-/// Follows a started or adopted dyno to its end, forwarding its events as inputs.
-async fn follow(dyno: Dyno, id: String, run: String, inputs: mpsc::UnboundedSender<Input>) {
+/// Follows a started or adopted dyno to its end, forwarding its events as inputs. An
+/// attached one-off's terminal is relayed to the scheduler meanwhile.
+async fn follow(
+    dyno: Dyno,
+    id: String,
+    run: String,
+    scheduler: Scheduler,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    let relay = dyno
+        .config
+        .attach
+        .is_some()
+        .then(|| tokio::spawn(relay::run(scheduler, id.clone(), dyno.dir.clone())));
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     let _ = inputs.send(Input::Launched {
         id: id.clone(),
@@ -1116,6 +1150,15 @@ async fn follow(dyno: Dyno, id: String, run: String, inputs: mpsc::UnboundedSend
         tracing::error!("{id}: {}", chain(&err));
     }
     let _ = forward.await;
+    if let Some(mut relay) = relay {
+        // The relay ends when the shim closes its socket after the last frame; what it still
+        // holds then gets a while to reach the scheduler, not forever.
+        tokio::spawn(async move {
+            if tokio::time::timeout(RELAY_GRACE, &mut relay).await.is_err() {
+                relay.abort();
+            }
+        });
+    }
     let _ = inputs.send(Input::Ended { id, run });
 }
 
@@ -1303,8 +1346,22 @@ mod tests {
                 release_version: 2,
                 boot_timeout_secs: 90,
                 stop_timeout_secs: 0,
+                attach: Some(proto::AttachSpec {
+                    tty: true,
+                    cols: 80,
+                    rows: 100_000,
+                }),
             })],
         };
+        assert_eq!(
+            state.assignments[0].attach,
+            Some(AttachSpec {
+                tty: true,
+                cols: 80,
+                rows: u16::MAX
+            }),
+            "a window size past u16 is clamped"
+        );
         state.save(&path).expect("save");
         assert_eq!(AgentState::load(&path).expect("load"), state);
         assert!(!path.with_extension("tmp").exists());

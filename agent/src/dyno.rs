@@ -177,6 +177,20 @@ pub struct DynoConfig {
     pub uid: u32,
     pub gid: u32,
     pub host: HostConfig,
+    /// Set for a one-off a client is attached to (`manifold run`): its input and output go
+    /// through the shim's `attach.sock` instead of the log.
+    #[serde(default)]
+    pub attach: Option<AttachSpec>,
+}
+
+/// How a client is attached to a dyno: a terminal of this size, or pipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachSpec {
+    /// A pseudo-terminal (the client's stdin is a terminal) rather than pipes.
+    pub tty: bool,
+    /// The client's window size, set on the terminal before the command starts.
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// A host path made visible inside a dyno.
@@ -323,6 +337,17 @@ impl DynoDir {
         self.bundle().join("rootfs")
     }
 
+    /// Where the shim listens for the attached client (the agent's relay) of an attached dyno.
+    pub fn attach_socket(&self) -> PathBuf {
+        self.root.join("attach.sock")
+    }
+
+    /// Where the shim listens, while it builds the container, for the terminal the container's
+    /// init creates (libcontainer's console socket).
+    pub fn console_socket(&self) -> PathBuf {
+        self.root.join("console.sock")
+    }
+
     pub fn upper(&self) -> PathBuf {
         self.root.join("upper")
     }
@@ -461,12 +486,15 @@ mod tests {
             uid: DYNO_UID,
             gid: DYNO_GID,
             host: HostConfig::default(),
+            attach: None,
         };
         let mut json = serde_json::to_value(&c).expect("serialise");
         assert_eq!(json["boot_timeout"], 2000);
         json.as_object_mut().expect("object").remove("boot_timeout");
+        json.as_object_mut().expect("object").remove("attach");
         let old: DynoConfig = serde_json::from_value(json).expect("an old dyno.json parses");
         assert_eq!(old.boot_timeout, DEFAULT_BOOT_TIMEOUT);
+        assert_eq!(old.attach, None);
     }
 
     #[test]
@@ -525,6 +553,7 @@ mod tests {
             uid: DYNO_UID,
             gid: DYNO_GID,
             host: HostConfig::default(),
+            attach: None,
         };
         let e = c.environment();
         assert_eq!(e["DYNO"], "worker.1");

@@ -9,7 +9,9 @@
 //! NAT, published port), then [`logs`] capture until exit, and cleanup.
 //!
 //! The daemon (`manifold-agent --scheduler URL`) is [`daemon::run`]: it holds the AgentLink
-//! stream ([`link`]) and reconciles the host's dynos toward the scheduler's assignments.
+//! stream ([`link`]) and reconciles the host's dynos toward the scheduler's assignments. An
+//! attached one-off (`manifold run`) has its terminal or pipes at its shim, on `attach.sock`;
+//! [`relay`] carries them to the scheduler.
 
 pub mod build;
 pub mod cgroup;
@@ -21,6 +23,7 @@ pub mod logs;
 pub mod logship;
 pub mod metrics;
 pub mod network;
+pub mod relay;
 pub mod restart;
 pub mod rootfs;
 pub mod shim;

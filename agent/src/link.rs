@@ -15,6 +15,7 @@ use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 /// Messages queued for the scheduler while the stream cannot take them. Beyond this the
 /// daemon drops status reports: the next `Hello` carries every dyno's state anyway.
@@ -123,12 +124,8 @@ pub async fn run(scheduler: Scheduler, events: mpsc::UnboundedSender<LinkEvent>)
     }
 }
 
-/// One connection: returns when the stream ends.
-async fn session(
-    scheduler: &Scheduler,
-    events: &mpsc::UnboundedSender<LinkEvent>,
-    backoff: &mut Backoff,
-) -> Result<(), LinkError> {
+/// Opens a connection to the scheduler (HTTP/2, on which AgentLink's streams run).
+pub async fn dial(scheduler: &Scheduler) -> Result<Channel, LinkError> {
     let endpoint = tonic::transport::Endpoint::from_shared(scheduler.url.clone())
         .map_err(|source| LinkError::Address {
             url: scheduler.url.clone(),
@@ -139,23 +136,38 @@ async fn session(
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let channel = endpoint
+    endpoint
         .connect()
         .await
         .map_err(|source| LinkError::Connect {
             url: scheduler.url.clone(),
             source,
-        })?;
+        })
+}
+
+/// A request carrying the agent's token.
+pub fn request<T>(scheduler: &Scheduler, message: T) -> Result<tonic::Request<T>, LinkError> {
+    let mut request = tonic::Request::new(message);
+    if let Some(bearer) = scheduler.bearer() {
+        let value = bearer.parse().map_err(|_| LinkError::Token)?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// One connection: returns when the stream ends.
+async fn session(
+    scheduler: &Scheduler,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    backoff: &mut Backoff,
+) -> Result<(), LinkError> {
+    let channel = dial(scheduler).await?;
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
     // The daemon queues `Hello` before anything else can use the sender.
     if events.send(LinkEvent::Connected(tx)).is_err() {
         return Ok(());
     }
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(bearer) = scheduler.bearer() {
-        let value = bearer.parse().map_err(|_| LinkError::Token)?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    let request = request(scheduler, ReceiverStream::new(rx))?;
     let stream_err = |status| LinkError::Stream {
         source: Box::new(status),
     };

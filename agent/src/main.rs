@@ -351,6 +351,7 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         uid: DYNO_UID,
         gid: DYNO_GID,
         host,
+        attach: None,
     };
 
     if print_spec {

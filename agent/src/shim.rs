@@ -2,15 +2,22 @@
 //!
 //! ```text
 //!  supervisor ──spawn──▶ `manifold-agent shim --dir D` (setsid; outlives the supervisor)
+//!                                                             │ attached: listen on attach.sock
 //!                                                             │ prepare: slug layer, overlay, spec
-//!                                                             │ libcontainer build (init waits)
+//!                                                             │ libcontainer build (init waits;
+//!                                                             │   a terminal's master comes back
+//!                                                             │   over console.sock)
 //!                                                             │ network attach, start
 //!                                                             ▼
-//!                                            event loop: pipes → stream.jsonl lines
-//!                                                        SIGTERM → stop (TERM all, KILL after grace)
+//!                                            event loop: pipes → stream.jsonl lines, or, attached,
+//!                                                          pipes/pty ⇄ frames on attach.sock
+//!                                                        SIGTERM → stop (TERM all, KILL after grace;
+//!                                                          HUP instead of TERM when attached)
 //!                                                        SIGUSR1 → KILL all at once (R10)
 //!                                                        SIGCHLD → exit status, OOM check
 //!                                                             ▼
+//!                                            attached: Exit frame to the client (waits ≤ 10 s
+//!                                              for one), then `exited`
 //!                                            cleanup: container, cgroups, network, overlay
 //! ```
 //!
@@ -20,6 +27,12 @@
 //! can reap it and learn its exit status; holding the output pipes it keeps the dyno's logs
 //! flowing into `stream.jsonl` even while no supervisor runs. So a dyno never depends on the
 //! process that started it: the agent can restart and re-adopt it from the dyno directory.
+//!
+//! An attached one-off (`manifold run`, [`DynoConfig::attach`]) keeps that independence: its
+//! terminal or pipes stay with the shim, which buffers output (bounded) while no client is
+//! connected, so the agent's relay can come and go (`shim/attach.rs`). Its output goes only
+//! to the client, as on Heroku, where an attached run logs its start and end but not what it
+//! prints; the events (`started`, `exited`...) are recorded as for any dyno.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -32,6 +45,7 @@ use std::time::{Duration, Instant};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
+use manifold_attach::{exit_status, Frame};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -47,6 +61,10 @@ use crate::network;
 use crate::rootfs::{self, Overlay};
 use crate::slug::{SlugCache, UnpackLimits};
 use crate::spec;
+
+mod attach;
+
+use attach::{ConsoleSocket, DynoIo, Session};
 
 /// Set by the signal handler when a stop is asked for before signals are routed to the
 /// signalfd (while the container is still being built).
@@ -116,14 +134,24 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         dir,
         out,
         container: None,
+        session: None,
         termed: HashSet::new(),
     };
     match shim.start() {
         Ok(running) => shim.supervise(running)?,
-        Err(failure) => shim.out.event(ShimEvent::Failed {
-            step: failure.step.to_string(),
-            error: failure.message,
-        }),
+        Err(failure) => {
+            // The attached client learns why, as the log does.
+            if let Some(session) = shim.session.take() {
+                session.finish(Frame::Error(format!(
+                    "the dyno failed to start ({}): {}",
+                    failure.step, failure.message
+                )));
+            }
+            shim.out.event(ShimEvent::Failed {
+                step: failure.step.to_string(),
+                error: failure.message,
+            })
+        }
     }
     let errors = cleanup(&shim.config, &shim.dir, shim.container.take());
     shim.out.event(ShimEvent::Cleaned { errors });
@@ -154,15 +182,68 @@ struct Shim {
     dir: DynoDir,
     out: Recorder,
     container: Option<Container>,
-    /// The dyno's processes that got the stop's SIGTERM (see [`Shim::term_late_born`]).
+    /// An attached dyno's socket and the buffers between its client and the dyno, from
+    /// before the container exists to the dyno's end.
+    session: Option<Session>,
+    /// The dyno's processes that got the stop's signal (see [`Shim::term_late_born`]).
     termed: HashSet<i32>,
 }
 
 /// The container's running state, as the event loop sees it.
 struct Running {
     pid: Pid,
-    stdout: File,
-    stderr: File,
+    /// The stdout and stderr pipes whose lines go to `stream.jsonl`, each with its partial
+    /// line; none for an attached dyno, whose output is its [`Session`]'s.
+    logged: Vec<(File, Stream, LineSplitter)>,
+}
+
+/// The shim's ends of the dyno's standard streams.
+enum Stdio {
+    /// stdin is /dev/null; stdout and stderr are pipes whose lines the shim logs.
+    Logged { stdout: File, stderr: File },
+    /// Pipes both ways, relayed to the attached client.
+    Pipes {
+        stdin: File,
+        stdout: File,
+        stderr: File,
+    },
+    /// A terminal: its master comes back over the console socket once the container is built.
+    Tty(ConsoleSocket),
+}
+
+/// Makes the dyno's standard streams: the shim's ends (nonblocking), and the dyno's stdin,
+/// stdout and stderr for libcontainer (none for a terminal, which the init opens itself).
+fn stdio(c: &DynoConfig, dir: &DynoDir) -> io::Result<(Stdio, Option<[OwnedFd; 3]>)> {
+    if c.attach.is_some_and(|a| a.tty) {
+        return Ok((
+            Stdio::Tty(ConsoleSocket::listen(&dir.console_socket())?),
+            None,
+        ));
+    }
+    let ours = |fd: OwnedFd| -> io::Result<File> {
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok(File::from(fd))
+    };
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (stdout, stderr) = (ours(out_r)?, ours(err_r)?);
+    if c.attach.is_none() {
+        let devnull = OwnedFd::from(File::open("/dev/null")?);
+        return Ok((
+            Stdio::Logged { stdout, stderr },
+            Some([devnull, out_w, err_w]),
+        ));
+    }
+    let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let stdin = ours(in_w)?;
+    Ok((
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        },
+        Some([in_r, out_w, err_w]),
+    ))
 }
 
 /// Where the stop sequence is.
@@ -170,13 +251,13 @@ struct Running {
 enum StopState {
     /// No stop asked for.
     Running,
-    /// SIGTERM sent; SIGKILL due at the deadline.
+    /// SIGTERM (SIGHUP) sent; SIGKILL due at the deadline.
     Terminating { deadline: Instant },
     /// SIGKILL sent (the grace period ran out, or a kill at once was asked for).
     Killed,
 }
 
-/// While a stop is under way, how often the shim looks for processes born after its SIGTERM.
+/// While a stop is under way, how often the shim looks for processes born after its signal.
 const LATE_TERM_CHECK: Duration = Duration::from_millis(250);
 
 /// How often the shim samples the dyno's memory for R14.
@@ -194,6 +275,10 @@ impl Shim {
     /// left for [`cleanup`], which removes it idempotently.
     fn start(&mut self) -> Result<Running, StartFailure> {
         let c = &self.config;
+        // First, so that the agent's relay can connect (and a client type ahead) at once.
+        if c.attach.is_some() {
+            self.session = Some(Session::listen(&self.dir.attach_socket()).step("attach")?);
+        }
         let stack = rootfs::find_stack(&c.host.stacks_dir(), &c.stack).step("stack")?;
         let mut lower = Vec::new();
         if let Some(slug) = &c.slug {
@@ -227,12 +312,7 @@ impl Shim {
         spec::write(&spec, &self.dir).step("spec")?;
         network::ensure_host_cached(&c.host.network).step("network")?;
 
-        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).step("pipes")?;
-        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).step("pipes")?;
-        for fd in [&out_r, &err_r] {
-            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).step("pipes")?;
-        }
-        let devnull = File::open("/dev/null").step("pipes")?;
+        let (stdio, theirs) = stdio(c, &self.dir).step("pipes")?;
         fs::create_dir_all(c.host.containers_dir()).step("container")?;
         // Rust ignores SIGPIPE; the dyno must not inherit that.
         // SAFETY: restoring a default disposition.
@@ -241,12 +321,15 @@ impl Shim {
             .with_root_path(c.host.containers_dir())
             .and_then(|b| b.validate_id())
             .map(|b| {
-                b.with_stdin(OwnedFd::from(devnull))
-                    .with_stdout(out_w)
-                    .with_stderr(err_w)
-                    .as_init(self.dir.bundle())
-                    .with_systemd(false)
-                    .with_detach(true)
+                match theirs {
+                    Some([stdin, stdout, stderr]) => {
+                        b.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr)
+                    }
+                    None => b.with_console_socket(Some(self.dir.console_socket())),
+                }
+                .as_init(self.dir.bundle())
+                .with_systemd(false)
+                .with_detach(true)
             })
             .and_then(|b| b.build());
         // SAFETY: back to Rust's usual disposition for the shim's own writes.
@@ -256,6 +339,33 @@ impl Shim {
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
             .step("container")?;
+        let logged = match stdio {
+            Stdio::Logged { stdout, stderr } => vec![
+                (stdout, Stream::Out, LineSplitter::default()),
+                (stderr, Stream::Err, LineSplitter::default()),
+            ],
+            Stdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                if let Some(session) = &mut self.session {
+                    session.connect_dyno(DynoIo::pipes(stdin, stdout, stderr));
+                }
+                Vec::new()
+            }
+            Stdio::Tty(console) => {
+                let master = console.receive().step("terminal")?;
+                // Before the command starts, so that it never sees another size first.
+                let size = c.attach.map(|a| (a.cols, a.rows)).unwrap_or_default();
+                attach::set_window_size(&master, size.0, size.1).step("terminal")?;
+                let io = DynoIo::tty(master).step("terminal")?;
+                if let Some(session) = &mut self.session {
+                    session.connect_dyno(io);
+                }
+                Vec::new()
+            }
+        };
 
         let publish = c.publish.zip(c.port);
         let attachment =
@@ -265,15 +375,11 @@ impl Shim {
             pid: pid.as_raw(),
             address: attachment.address,
         });
-        Ok(Running {
-            pid,
-            stdout: File::from(out_r),
-            stderr: File::from(err_r),
-        })
+        Ok(Running { pid, logged })
     }
 
     /// The event loop: relays output, handles stop requests, waits for the init to exit.
-    fn supervise(&mut self, running: Running) -> anyhow::Result<()> {
+    fn supervise(&mut self, mut running: Running) -> anyhow::Result<()> {
         // From here on signals arrive through a signalfd; the init was cloned before this,
         // so it does not inherit the blocked mask.
         let mut mask = SigSet::empty();
@@ -288,8 +394,6 @@ impl Shim {
         mask.thread_block()?;
         let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
-        let mut splitters = [LineSplitter::default(), LineSplitter::default()];
-        let mut open = [true, true];
         let mut stop = StopState::Running;
         let mut exit: Option<WaitStatus> = None;
         let mut drain_deadline: Option<Instant> = None;
@@ -324,9 +428,9 @@ impl Shim {
                     drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
                 }
             }
-            if exit.is_some()
-                && (!open.iter().any(|o| *o) || drain_deadline.is_some_and(|d| Instant::now() >= d))
-            {
+            let open = !running.logged.is_empty()
+                || self.session.as_ref().is_some_and(Session::outputs_open);
+            if exit.is_some() && (!open || drain_deadline.is_some_and(|d| Instant::now() >= d)) {
                 break;
             }
             if let StopState::Terminating { deadline } = stop {
@@ -342,13 +446,12 @@ impl Shim {
 
             let timeout = next_timeout(stop, drain_deadline);
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-            let streams = [
-                (&running.stdout, Stream::Out),
-                (&running.stderr, Stream::Err),
-            ];
-            let watched: Vec<usize> = (0..2).filter(|i| open[*i]).collect();
-            for i in &watched {
-                fds.push(PollFd::new(streams[*i].0.as_fd(), PollFlags::POLLIN));
+            for (file, _, _) in &running.logged {
+                fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(session) = &self.session {
+                let interest = session.interest(exit.is_some());
+                fds.extend(interest.into_iter().map(|(fd, ev)| PollFd::new(fd, ev)));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -373,53 +476,52 @@ impl Shim {
                     }
                 }
             }
-            for (slot, i) in watched.iter().enumerate() {
-                if !ready[slot + 1] && exit.is_none() {
-                    continue;
+            let mut slot = 0;
+            running.logged.retain_mut(|(file, stream, splitter)| {
+                slot += 1;
+                let idle = !ready[slot] && exit.is_none();
+                idle || relay(file, *stream, splitter, &mut self.out, &mut buf)
+            });
+            if let Some(session) = &mut self.session {
+                for sig in session.pump(exit.is_some()) {
+                    if exit.is_none() {
+                        self.signal_all(sig);
+                    }
                 }
-                let (fd, stream) = streams[*i];
-                open[*i] = self.relay(fd, stream, &mut splitters[*i], &mut buf);
             }
         }
-        for (i, stream) in [Stream::Out, Stream::Err].into_iter().enumerate() {
-            let out = &mut self.out;
-            splitters[i].finish(|line| out.line(stream, line));
+        for (_, stream, splitter) in &mut running.logged {
+            splitter.finish(|line| self.out.line(*stream, line));
         }
         let (code, signal) = match exit {
             Some(WaitStatus::Exited(_, code)) => (Some(code), None),
             Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
             _ => (None, None),
         };
+        // The client gets the exit status before the log says the dyno ended, so that
+        // whoever waits for both (the scheduler) has it by the time the state changes.
+        if let Some(session) = self.session.take() {
+            session.finish(Frame::Exit(exit_status(code, signal)));
+        }
         let oom = self.oom_killed();
         self.out.event(ShimEvent::Exited { code, signal, oom });
         Ok(())
     }
 
-    /// Reads what is available from one pipe. Returns whether the pipe is still open.
-    fn relay(
-        &mut self,
-        mut file: &File,
-        stream: Stream,
-        splitter: &mut LineSplitter,
-        buf: &mut [u8],
-    ) -> bool {
-        loop {
-            match file.read(buf) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    let out = &mut self.out;
-                    splitter.feed(&buf[..n], |line| out.line(stream, line));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
+    /// What a stop sends first: SIGTERM, or SIGHUP to an attached dyno, as a terminal that
+    /// hangs up does (Heroku sends a one-off whose client went away SIGHUP; an interactive
+    /// shell ignores SIGTERM).
+    fn stop_signal(&self) -> Signal {
+        if self.config.attach.is_some() {
+            Signal::SIGHUP
+        } else {
+            Signal::SIGTERM
         }
     }
 
     fn begin_stop(&mut self) -> StopState {
         self.out.event(ShimEvent::Stopping);
-        self.signal_all(Signal::SIGTERM);
+        self.signal_all(self.stop_signal());
         self.termed = self.processes();
         StopState::Terminating {
             deadline: Instant::now() + self.config.grace,
@@ -434,15 +536,15 @@ impl Shim {
             .unwrap_or_default()
     }
 
-    /// SIGTERM to the dyno's processes born after the stop's SIGTERM. A stop that comes as the
-    /// dyno starts reaches only its init, which (as PID 1 of its namespace, before the start
-    /// script's trap) ignores it; the app started next would never hear of the stop and
-    /// would only go at the SIGKILL. Each process gets SIGTERM once: Heroku sends it "possibly
-    /// more than once", but an app that counts signals should not have to.
+    /// The stop's signal to the dyno's processes born after it was sent. A stop that comes as
+    /// the dyno starts reaches only its init, which (as PID 1 of its namespace, before the
+    /// start script's trap) ignores it; the app started next would never hear of the stop and
+    /// would only go at the SIGKILL. Each process gets the signal once: Heroku sends SIGTERM
+    /// "possibly more than once", but an app that counts signals should not have to.
     fn term_late_born(&mut self) {
         for pid in self.processes() {
             if self.termed.insert(pid) {
-                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+                let _ = signal::kill(Pid::from_raw(pid), self.stop_signal());
             }
         }
     }
@@ -490,6 +592,29 @@ fn reap(pid: Pid) -> anyhow::Result<Option<WaitStatus>> {
         Ok(_) => Ok(None),
         Err(Errno::ECHILD) => Ok(Some(WaitStatus::Exited(pid, 255))),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads what is available from one pipe into lines of the stream. Returns whether the
+/// pipe is still open.
+fn relay(
+    mut file: &File,
+    stream: Stream,
+    splitter: &mut LineSplitter,
+    out: &mut Recorder,
+    buf: &mut [u8],
+) -> bool {
+    loop {
+        match file.read(buf) {
+            Ok(n) if n > 0 => splitter.feed(&buf[..n], |line| out.line(stream, line)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The end, or an error: a last line without its newline is still a line.
+            _ => {
+                splitter.finish(|line| out.line(stream, line));
+                return false;
+            }
+        }
     }
 }
 

@@ -199,7 +199,7 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
         "root": { "path": dir.rootfs(), "readonly": false },
         "hostname": config.id,
         "process": {
-            "terminal": false,
+            "terminal": config.attach.is_some_and(|a| a.tty),
             "user": { "uid": config.uid, "gid": config.gid, "additionalGids": [config.gid] },
             "args": [shell, "-c", start_script(&config.command)],
             "env": env,
@@ -289,6 +289,7 @@ mod tests {
             uid: DYNO_UID,
             gid: DYNO_GID,
             host: HostConfig::default(),
+            attach: None,
         }
     }
 
@@ -373,6 +374,26 @@ mod tests {
         assert!(linux.gid_mappings().is_some());
         c.host.userns = None;
         assert_eq!(c.host_ids(), (DYNO_UID, DYNO_GID));
+    }
+
+    #[test]
+    fn a_terminal_is_asked_for_only_by_an_attached_client_with_one() {
+        let mut c = config();
+        let dir = DynoDir::new(&c.host, &c.id);
+        let terminal = |c: &DynoConfig| {
+            let spec = build(c, &dir, "/bin/sh").expect("valid spec");
+            spec.process().as_ref().and_then(|p| p.terminal())
+        };
+        assert_eq!(terminal(&c), Some(false));
+        let pipes = crate::dyno::AttachSpec {
+            tty: false,
+            cols: 80,
+            rows: 24,
+        };
+        c.attach = Some(pipes);
+        assert_eq!(terminal(&c), Some(false));
+        c.attach = Some(crate::dyno::AttachSpec { tty: true, ..pipes });
+        assert_eq!(terminal(&c), Some(true));
     }
 
     #[test]

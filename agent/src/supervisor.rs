@@ -124,6 +124,8 @@ pub struct Lifecycle {
     port: Option<u16>,
     grace: Duration,
     boot_timeout: Duration,
+    /// What a stop sends first: SIGTERM, or SIGHUP to an attached dyno (see the shim).
+    stop_signal: &'static str,
     /// The boot timeout ran out: the dyno is being killed, a late accept changes nothing.
     boot_timed_out: bool,
     one_off: bool,
@@ -143,6 +145,7 @@ impl Lifecycle {
             port,
             grace,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            stop_signal: "SIGTERM",
             boot_timed_out: false,
             one_off: ["run.", "release.", "build."]
                 .iter()
@@ -158,6 +161,13 @@ impl Lifecycle {
     /// Sets the R10 limit (Heroku's 60 s by default).
     pub fn with_boot_timeout(mut self, boot_timeout: Duration) -> Self {
         self.boot_timeout = boot_timeout;
+        self
+    }
+
+    /// A client is attached: a stop hangs up (SIGHUP) rather than terminates, and the log
+    /// says so.
+    pub fn attached(mut self, attached: bool) -> Self {
+        self.stop_signal = if attached { "SIGHUP" } else { "SIGTERM" };
         self
     }
 
@@ -245,7 +255,8 @@ impl Lifecycle {
                 None
             }
             ShimEvent::Stopping => {
-                self.platform(out, "Stopping all processes with SIGTERM".into());
+                let signal = self.stop_signal;
+                self.platform(out, format!("Stopping all processes with {signal}"));
                 if self.state != State::Stopping {
                     self.state = State::Stopping;
                 }
@@ -255,8 +266,9 @@ impl Lifecycle {
                 self.platform(
                     out,
                     format!(
-                        "Error R12 (Exit timeout) -> At least one process failed to exit within {} seconds of SIGTERM",
-                        self.grace.as_secs()
+                        "Error R12 (Exit timeout) -> At least one process failed to exit within {} seconds of {}",
+                        self.grace.as_secs(),
+                        self.stop_signal
                     ),
                 );
                 self.platform(out, "Stopping remaining processes with SIGKILL".into());
@@ -554,7 +566,8 @@ impl Dyno {
         mut stop: mpsc::UnboundedReceiver<()>,
     ) -> Result<i32, SupervisorError> {
         let mut life = Lifecycle::new(&self.config.name, self.config.port, self.config.grace)
-            .with_boot_timeout(self.config.boot_timeout);
+            .with_boot_timeout(self.config.boot_timeout)
+            .attached(self.config.attach.is_some());
         let mut out = Vec::new();
         if !self.adopted {
             life.starting(&self.config.command, &mut out);
@@ -864,6 +877,29 @@ mod tests {
                 "Stopping remaining processes with SIGKILL",
                 "Process exited with status 137",
                 "State changed from up to down",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_attached_one_off_is_hung_up_and_says_so() {
+        let mut life = Lifecycle::new("run.1", None, Duration::from_secs(2)).attached(true);
+        let mut out = Vec::new();
+        life.record(
+            ev(ShimEvent::Started {
+                pid: 9,
+                address: Ipv4Addr::LOCALHOST,
+            }),
+            &mut out,
+        );
+        life.record(ev(ShimEvent::Stopping), &mut out);
+        life.record(ev(ShimEvent::Killing), &mut out);
+        assert_eq!(
+            texts(&out)[1..],
+            [
+                "Stopping all processes with SIGHUP",
+                "Error R12 (Exit timeout) -> At least one process failed to exit within 2 seconds of SIGHUP",
+                "Stopping remaining processes with SIGKILL",
             ]
         );
     }

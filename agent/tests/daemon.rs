@@ -1,7 +1,8 @@
 //! Acceptance: the agent daemon against a fake scheduler (AgentLink over gRPC and the blob
 //! store over HTTP on one port, as the real scheduler serves them). It runs dynos from
-//! assignments, survives its own SIGKILL without restarting them, and stops what is no
-//! longer assigned, leaving nothing behind.
+//! assignments, survives its own SIGKILL without restarting them, relays an attached one-off's
+//! frames (again after such a restart), and stops what is no longer assigned, leaving
+//! nothing behind.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,7 +20,8 @@ use common::*;
 use manifold_proto::agent_link_server::{AgentLink, AgentLinkServer};
 use manifold_proto::{
     agent_message, build_event, scheduler_message, AgentMessage, Assignment, Assignments,
-    BuildEvent, BuildRequest, DynoState, DynoStatus, SchedulerMessage, Slug,
+    AttachPacket, AttachSpec, BuildEvent, BuildRequest, DynoState, DynoStatus, SchedulerMessage,
+    Slug,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -60,6 +62,14 @@ const POLICIES: Isolation = Isolation {
     ports: "39190-39199",
 };
 
+const ATTACH: Isolation = Isolation {
+    cgroup_parent: "manifold-test-daemon-attach",
+    bridge: "mftestd3",
+    subnet: "10.231.3.0/24",
+    table: "mftestd3",
+    ports: "39200-39209",
+};
+
 type Outbound = mpsc::Sender<Result<SchedulerMessage, tonic::Status>>;
 
 /// The fake scheduler: records what agents send, lets the test send to the connected one.
@@ -67,21 +77,72 @@ type Outbound = mpsc::Sender<Result<SchedulerMessage, tonic::Status>>;
 struct Fake {
     received: mpsc::UnboundedSender<AgentMessage>,
     agent: Arc<Mutex<Option<Outbound>>>,
+    attached: mpsc::UnboundedSender<Attached>,
+}
+
+/// An attach stream an agent opened: the dyno it named, and both directions.
+struct Attached {
+    dyno_id: String,
+    inbound: tonic::Streaming<AttachPacket>,
+    outbound: mpsc::Sender<Result<AttachPacket, tonic::Status>>,
+}
+
+/// A fake scheduler, the agent messages it receives and the attach streams agents open.
+fn fake() -> (
+    Fake,
+    mpsc::UnboundedReceiver<AgentMessage>,
+    mpsc::UnboundedReceiver<Attached>,
+) {
+    let (received, rx) = mpsc::unbounded_channel();
+    let (attached, attaches) = mpsc::unbounded_channel();
+    let fake = Fake {
+        received,
+        agent: Arc::new(Mutex::new(None)),
+        attached,
+    };
+    (fake, rx, attaches)
+}
+
+/// Whether a request carries the agent token.
+fn has_token<T>(request: &tonic::Request<T>) -> bool {
+    let auth = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    auth == Some(&format!("Bearer {TOKEN}"))
 }
 
 #[tonic::async_trait]
 impl AgentLink for Fake {
     type LinkStream = ReceiverStream<Result<SchedulerMessage, tonic::Status>>;
+    type AttachStream = ReceiverStream<Result<AttachPacket, tonic::Status>>;
+
+    async fn attach(
+        &self,
+        request: tonic::Request<tonic::Streaming<AttachPacket>>,
+    ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
+        if !has_token(&request) {
+            return Err(tonic::Status::unauthenticated("bad token"));
+        }
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::invalid_argument("no first packet"))?;
+        let (outbound, rx) = mpsc::channel(16);
+        let _ = self.attached.send(Attached {
+            dyno_id: first.dyno_id,
+            inbound,
+            outbound,
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn link(
         &self,
         request: tonic::Request<tonic::Streaming<AgentMessage>>,
     ) -> Result<tonic::Response<Self::LinkStream>, tonic::Status> {
-        let auth = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if auth != Some(&format!("Bearer {TOKEN}")) {
+        if !has_token(&request) {
             return Err(tonic::Status::unauthenticated("bad token"));
         }
         let mut inbound = request.into_inner();
@@ -397,11 +458,7 @@ async fn daemon_runs_readopts_and_stops_assigned_dynos() {
     let sha = sha256_hex(&bytes);
     let size = bytes.len() as u64;
     let blobs: Blobs = Arc::new(Mutex::new([(sha.clone(), bytes)].into()));
-    let (received, mut rx) = mpsc::unbounded_channel();
-    let fake = Fake {
-        received,
-        agent: Arc::new(Mutex::new(None)),
-    };
+    let (fake, mut rx, _) = fake();
     let url = serve(fake.clone(), blobs).await;
 
     let mut agent = Agent::spawn(&state, &url, &DYNOS, &[]);
@@ -593,11 +650,7 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
     ]);
     let source_sha = sha256_hex(&source);
     let blobs: Blobs = Arc::new(Mutex::new([(source_sha.clone(), source)].into()));
-    let (received, mut rx) = mpsc::unbounded_channel();
-    let fake = Fake {
-        received,
-        agent: Arc::new(Mutex::new(None)),
-    };
+    let (fake, mut rx, _) = fake();
     let url = serve(fake.clone(), blobs.clone()).await;
     // A buildpack on the host, handed over by path.
     let bp = tmp.path().join("bp");
@@ -740,11 +793,7 @@ async fn daemon_backs_off_crash_restarts_and_kills_web_dynos_that_never_bind() {
     let sha = sha256_hex(&bytes);
     let size = bytes.len() as u64;
     let blobs: Blobs = Arc::new(Mutex::new([(sha.clone(), bytes)].into()));
-    let (received, mut rx) = mpsc::unbounded_channel();
-    let fake = Fake {
-        received,
-        agent: Arc::new(Mutex::new(None)),
-    };
+    let (fake, mut rx, _) = fake();
     let url = serve(fake.clone(), blobs).await;
     let _agent = Agent::spawn(
         &state,
@@ -845,4 +894,152 @@ async fn daemon_backs_off_crash_restarts_and_kills_web_dynos_that_never_bind() {
         (down.len() == 2).then_some(())
     })
     .await;
+}
+
+/// The next attach stream an agent opens, within `within`.
+async fn next_attach(attaches: &mut mpsc::UnboundedReceiver<Attached>, log: &Path) -> Attached {
+    tokio::time::timeout(Duration::from_secs(60), attaches.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no attach stream; agent log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .unwrap()
+}
+
+async fn send_frames(stream: &Attached, frames: &[manifold_attach::Frame]) {
+    let mut bytes = Vec::new();
+    for f in frames {
+        f.encode_into(&mut bytes);
+    }
+    stream
+        .outbound
+        .send(Ok(AttachPacket {
+            dyno_id: String::new(),
+            frames: bytes,
+        }))
+        .await
+        .unwrap();
+}
+
+/// Reads packets (each whole frames) into `frames` until `done` holds for them.
+async fn frames_until(
+    stream: &mut Attached,
+    frames: &mut Vec<manifold_attach::Frame>,
+    done: impl Fn(&[manifold_attach::Frame]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done(frames) {
+        let Ok(message) = tokio::time::timeout_at(deadline, stream.inbound.message()).await else {
+            panic!("timed out with {frames:?}");
+        };
+        let packet = message
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended with {frames:?}"));
+        frames.extend(manifold_attach::decode_all(&packet.frames).expect("whole frames"));
+    }
+}
+
+fn stdout_of(frames: &[manifold_attach::Frame]) -> String {
+    let bytes: Vec<u8> = frames
+        .iter()
+        .filter_map(|f| match f {
+            manifold_attach::Frame::Stdout(b) => Some(b.as_slice()),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_relays_an_attached_run_and_again_after_its_own_restart() {
+    use manifold_attach::Frame;
+    if !ready() {
+        return;
+    }
+    let (tmp, state, log) = agent_dirs();
+    let slug = slug(tmp.path(), "app.tgz", &[("README", "attach\n", 0o644)]);
+    let bytes = std::fs::read(&slug).unwrap();
+    let sha = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let blobs: Blobs = Arc::new(Mutex::new([(sha.clone(), bytes)].into()));
+    let (fake, mut rx, mut attaches) = fake();
+    let url = serve(fake.clone(), blobs).await;
+    let mut agent = Agent::spawn(&state, &url, &ATTACH, &[]);
+    wait_for(&mut rx, Duration::from_secs(20), "hello", &log, |k| {
+        matches!(k, agent_message::Kind::Hello(_)).then_some(())
+    })
+    .await;
+    let mut run = assignment(
+        "d-run-1",
+        "run.1",
+        "read a; echo \"got $a\"; read b; echo \"then $b\"; exit 4",
+        &sha,
+        size,
+    );
+    run.attach = Some(AttachSpec {
+        tty: false,
+        cols: 0,
+        rows: 0,
+    });
+    assign(&fake, 1, vec![run]).await;
+    let mut stream = next_attach(&mut attaches, &log).await;
+    assert_eq!(stream.dyno_id, "d-run-1");
+    send_frames(&stream, &[Frame::Stdin(b"one\n".to_vec())]).await;
+    let mut frames = Vec::new();
+    frames_until(&mut stream, &mut frames, |f| {
+        stdout_of(f).contains("got one\n")
+    })
+    .await;
+
+    // The agent dies; the next one re-adopts the dyno and relays it again.
+    agent.kill();
+    let _agent = Agent::spawn(&state, &url, &ATTACH, &[]);
+    let mut stream = next_attach(&mut attaches, &log).await;
+    assert_eq!(stream.dyno_id, "d-run-1");
+    send_frames(&stream, &[Frame::Stdin(b"two\n".to_vec()), Frame::StdinEof]).await;
+    let mut frames = Vec::new();
+    frames_until(&mut stream, &mut frames, |f| {
+        f.last().is_some_and(Frame::is_last)
+    })
+    .await;
+    assert_eq!(stdout_of(&frames), "then two\n", "{frames:?}");
+    assert_eq!(frames.last(), Some(&Frame::Exit(4)));
+    let complete = wait_for(&mut rx, Duration::from_secs(30), "complete", &log, |k| {
+        dyno_status(k, "d-run-1", DynoState::Complete)
+    })
+    .await;
+    assert_eq!(complete.exit_status, Some(4));
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !agent_log.contains("app[run.1]"),
+        "an attached run's output is not logged: {agent_log}"
+    );
+
+    assign(&fake, 2, vec![]).await;
+    wait_for(&mut rx, Duration::from_secs(30), "down", &log, |k| {
+        dyno_status(k, "d-run-1", DynoState::Down)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dirs: Vec<_> = std::fs::read_dir(state.join("dynos"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        let cgroups = cgroup_children(ATTACH.cgroup_parent);
+        if dirs.is_empty() && cgroups.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: dirs {dirs:?}, cgroups {cgroups:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
