@@ -7,8 +7,10 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::header::{
+    HeaderMap, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, UPGRADE,
+};
+use reqwest::{Method, Response, StatusCode, Upgraded};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -225,6 +227,56 @@ impl Client {
     pub async fn stream(&self, path: &str) -> Result<Response> {
         self.send(self.builder(Method::GET, path)).await
     }
+
+    /// `GET path` as an HTTP/1.1 upgrade to `protocol`: on `101 Switching Protocols`, the
+    /// connection, which then carries that protocol both ways.
+    pub async fn upgrade(&self, path: &str, protocol: &str) -> Result<Upgraded, UpgradeError> {
+        let transport =
+            |e: reqwest::Error| UpgradeError::Transport(transport_message(&self.settings.base, &e));
+        let resp = self
+            .builder(Method::GET, path)
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, protocol)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(UpgradeError::Refused {
+                status,
+                message: error_message(status, &body),
+            });
+        }
+        resp.upgrade().await.map_err(transport)
+    }
+}
+
+/// Why [`Client::upgrade`] has no connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeError {
+    /// No answer: the server is unreachable or the connection broke.
+    #[error("{0}")]
+    Transport(String),
+    /// The server answered something else than `101`.
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+impl UpgradeError {
+    /// Whether trying again may work: no answer, or a gateway or an overloaded server in
+    /// between. Any other answer is the server's final word.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpgradeError::Transport(_) => true,
+            UpgradeError::Refused { status, .. } => matches!(
+                *status,
+                StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            ),
+        }
+    }
 }
 
 /// `{"version": N}` as embedded in apps, builds and dynos.
@@ -325,6 +377,9 @@ pub struct Dyno {
     pub host: Option<HostRef>,
     pub port: Option<u16>,
     pub updated_at: String,
+    /// Where to attach to a one-off started with `"attach": true` (only in the `POST`'s
+    /// answer): an API path with the session's secret.
+    pub attach_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -38,6 +38,36 @@ impl AppArg {
     }
 }
 
+/// The flags and command of `run` and `run:detached`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+    /// Dyno size for this dyno, e.g. standard-2x (default: the web formation's size).
+    #[arg(short, long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Environment variable for this dyno only, on top of the config vars (repeat for several).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Accepted for Heroku compatibility: manifold run always exits with the command's status.
+    #[arg(short = 'x', long = "exit-code")]
+    pub exit_code: bool,
+    /// Use pipes, not a pseudo-terminal, even when stdin and stdout are a terminal.
+    #[arg(long)]
+    pub no_tty: bool,
+    /// Do not attach: start the dyno and leave its output to the app's log.
+    #[arg(long)]
+    pub detached: bool,
+    /// The command and its arguments, joined with spaces and run by the dyno's shell.
+    /// Put `--` before it when it has options of its own.
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List apps.
@@ -91,7 +121,7 @@ pub enum Command {
         #[arg(long = "buildpack", short = 'b')]
         buildpacks: Vec<String>,
     },
-    /// List dynos.
+    /// List dynos: the formation's by process type, then one-off dynos (run, release).
     #[command(name = "ps")]
     Ps {
         #[command(flatten)]
@@ -118,6 +148,18 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+    /// Run a command in a one-off dyno, attached to this terminal; exits with its status.
+    #[command(
+        name = "run",
+        override_usage = "manifold run [-a APP] [-s SIZE] [-e KEY=VALUE]... [-x] [--no-tty] [--detached] [--] COMMAND..."
+    )]
+    Run(RunArgs),
+    /// Run a command in a one-off dyno in the background; its output goes to the log.
+    #[command(
+        name = "run:detached",
+        override_usage = "manifold run:detached [-a APP] [-s SIZE] [-e KEY=VALUE]... [--] COMMAND..."
+    )]
+    RunDetached(RunArgs),
     /// Show config vars.
     #[command(name = "config")]
     Config {
@@ -279,5 +321,47 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Deploy { ref buildpacks, .. } if buildpacks == &["python"])
         );
+    }
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        match Cli::try_parse_from(argv).expect("parse").command {
+            Command::Run(a) | Command::RunDetached(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_takes_its_flags_before_the_command_and_the_rest_as_the_command() {
+        let a = run_args(&[
+            "manifold",
+            "run",
+            "-a",
+            "x",
+            "-s",
+            "standard-2x",
+            "-e",
+            "A=1",
+            "--env",
+            "B=2",
+            "-x",
+            "--no-tty",
+            "ls",
+            "-la",
+            "-a",
+            "y",
+        ]);
+        assert_eq!(a.app.app.as_deref(), Some("x"));
+        assert_eq!(a.size.as_deref(), Some("standard-2x"));
+        assert_eq!(a.env, ["A=1", "B=2"]);
+        assert!(a.exit_code && a.no_tty && !a.detached);
+        assert_eq!(a.command, ["ls", "-la", "-a", "y"]);
+        let a = run_args(&[
+            "manifold", "run", "-a", "x", "--", "python", "-c", "print(1)",
+        ]);
+        assert_eq!(a.command, ["python", "-c", "print(1)"]);
+        let a = run_args(&["manifold", "run:detached", "-a", "x", "--", "--weird"]);
+        assert_eq!(a.command, ["--weird"]);
+        let a = run_args(&["manifold", "run", "--detached", "-a", "x"]);
+        assert!(a.detached && a.command.is_empty());
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -14,18 +15,32 @@ use time::OffsetDateTime;
 
 use crate::api::{App, Build, Client, Dyno, Formation, Host, Release, Reply, Settings};
 use crate::cli::{Cli, Command};
-use crate::{output, scale, tarball};
+use crate::run::RunSpec;
+use crate::{output, run as oneoff, scale, tarball};
 
 /// The scheduler rejects bigger uploads (413); failing before the upload saves the wait.
 const MAX_SOURCE_BYTES: u64 = 512 << 20;
 
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs one command; the exit code is 0 unless the command says otherwise (`run` passes
+/// on the dyno's). Errors are for `main` to print, with exit code 1.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
     let client = Client::new(Settings::from_env())?;
     let ctx = Ctx {
         client,
         json: cli.json,
     };
-    match cli.command {
+    let done = match cli.command {
+        // `run` exits with the dyno's status; everything else with 0 when it worked.
+        Command::Run(args) if !args.detached => {
+            let app = args.app.name()?;
+            let spec = RunSpec::from_args(&args)?;
+            return oneoff::attached(&ctx.client, app, &spec, args.no_tty).await;
+        }
+        Command::Run(args) | Command::RunDetached(args) => {
+            let app = args.app.name()?;
+            let spec = RunSpec::from_args(&args)?;
+            oneoff::detached(&ctx.client, app, &spec, ctx.json).await
+        }
         Command::Apps => ctx.apps().await,
         Command::AppsCreate { name, stack } => ctx.apps_create(&name, stack).await,
         Command::AppsInfo { app } => ctx.apps_info(app.name()?).await,
@@ -88,7 +103,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 struct Ctx {
@@ -101,15 +117,33 @@ fn print_json(v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// A config var's (or a one-off's `--env`) name: `[A-Za-z_][A-Za-z0-9_]*`, the API's rule.
+/// (The API also reserves a few names; its message for those is clear enough.)
+pub fn check_var_name(key: &str) -> Result<()> {
+    if key.is_empty() {
+        bail!("the name before `=` is missing");
+    }
+    let mut chars = key.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        bail!("`{key}` is not a valid variable name: use letters, digits and _, not starting with a digit")
+    }
+}
+
 /// `config:set` arguments: `KEY=VALUE`, split at the first `=` (values may contain `=`).
 pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for p in pairs {
         match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
+            Some((k, v)) => {
+                check_var_name(k).with_context(|| format!("invalid config var `{p}`"))?;
                 out.insert(k.to_string(), v.to_string());
             }
-            _ => bail!("invalid config var `{p}`: expected KEY=VALUE"),
+            None => bail!("invalid config var `{p}`: expected KEY=VALUE"),
         }
     }
     Ok(out)
@@ -295,13 +329,34 @@ impl Ctx {
         }
         match build.status.as_str() {
             "succeeded" => {
-                if !self.json {
-                    match build.release {
-                        Some(r) => println!("Released v{}", r.version),
-                        None => println!("Build succeeded"),
+                let Some(r) = build.release else {
+                    if !self.json {
+                        println!("Build succeeded");
+                    }
+                    return Ok(());
+                };
+                // With a release phase the slug built, yet the release may have failed.
+                let release: Release = self
+                    .client
+                    .get(&format!("/apps/{app}/releases/{}", r.version))
+                    .await?
+                    .parse()?;
+                match release.status.as_str() {
+                    "failed" => bail!(
+                        "release v{} failed in its release phase (see the output above): the current release keeps serving",
+                        r.version
+                    ),
+                    "pending" => bail!(
+                        "release v{} is still in its release phase: check `manifold releases -a {app}`",
+                        r.version
+                    ),
+                    _ => {
+                        if !self.json {
+                            println!("Released v{}", r.version);
+                        }
+                        Ok(())
                     }
                 }
-                Ok(())
             }
             "failed" => bail!("build failed: see the output above"),
             other => bail!(
@@ -766,9 +821,18 @@ mod tests {
         let m = parse_pairs(&args).expect("valid");
         assert_eq!(m["URL"], "postgres://x?a=b");
         assert_eq!(m["E"], "");
-        for bad in ["NOEQ", "=v"] {
-            let err = parse_pairs(&[bad.to_string()]).expect_err(bad).to_string();
-            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        for (bad, why) in [
+            ("NOEQ", "expected KEY=VALUE"),
+            ("=v", "the name before `=` is missing"),
+            ("1A=v", "`1A` is not a valid variable name"),
+            ("A-B=v", "`A-B` is not a valid variable name"),
+        ] {
+            let err = format!("{:#}", parse_pairs(&[bad.to_string()]).expect_err(bad));
+            assert!(
+                err.starts_with(&format!("invalid config var `{bad}`: ")),
+                "{err}"
+            );
+            assert!(err.contains(why), "{err}");
         }
     }
 

@@ -4,8 +4,10 @@ mod api;
 mod cli;
 mod commands;
 mod output;
+mod run;
 mod scale;
 mod tarball;
+mod term;
 
 use std::process::ExitCode;
 
@@ -19,8 +21,9 @@ fn main() -> ExitCode {
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(commands::run(cli)));
+    // `run` exits with its dyno's status; a failure to do what was asked is 1.
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("manifold: {e:#}");
             ExitCode::FAILURE

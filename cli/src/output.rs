@@ -206,7 +206,21 @@ fn location(d: &Dyno) -> String {
     }
 }
 
-/// The `ps` layout of HEROKU-SPEC §1 plus where each dyno runs.
+/// Dyno types that are not process types of the formation: one-off dynos of `run` and of
+/// the release phase. `ps` lists them after the formation, one line each.
+pub const ONE_OFF_TYPES: [&str; 2] = ["run", "release"];
+
+fn is_one_off(kind: &str) -> bool {
+    ONE_OFF_TYPES.contains(&kind)
+}
+
+fn by_index(group: &mut [&Dyno]) {
+    group.sort_by(|a, b| (dyno_index(&a.name), &a.name).cmp(&(dyno_index(&b.name), &b.name)));
+}
+
+/// The `ps` layout of HEROKU-SPEC §1 plus where each dyno runs: the formation's groups, then
+/// the one-off dynos as Heroku shows them,
+/// `run.7364 (standard-1x): up 2026/11/23 10:00:00 (~ 1s ago): bash`.
 pub fn ps(app: &str, dynos: &[Dyno], formation: &[Formation], now: OffsetDateTime) -> String {
     if dynos.is_empty() {
         return format!("No dynos on {app}\n");
@@ -214,6 +228,7 @@ pub fn ps(app: &str, dynos: &[Dyno], formation: &[Formation], now: OffsetDateTim
     let mut types: Vec<&str> = dynos
         .iter()
         .map(|d| d.kind.as_str())
+        .filter(|k| !is_one_off(k))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -221,7 +236,7 @@ pub fn ps(app: &str, dynos: &[Dyno], formation: &[Formation], now: OffsetDateTim
     let mut sections = Vec::new();
     for kind in types {
         let mut group: Vec<&Dyno> = dynos.iter().filter(|d| d.kind == kind).collect();
-        group.sort_by(|a, b| (dyno_index(&a.name), &a.name).cmp(&(dyno_index(&b.name), &b.name)));
+        by_index(&mut group);
         let f = formation.iter().find(|f| f.kind == kind);
         let first = group.first().copied();
         let size = f
@@ -244,6 +259,26 @@ pub fn ps(app: &str, dynos: &[Dyno], formation: &[Formation], now: OffsetDateTim
             }
             s += line.trim_end();
             s.push('\n');
+        }
+        sections.push(s);
+    }
+    for kind in ONE_OFF_TYPES {
+        let mut group: Vec<&Dyno> = dynos.iter().filter(|d| d.kind == kind).collect();
+        if group.is_empty() {
+            continue;
+        }
+        by_index(&mut group);
+        let mut s = format!("=== {kind}: one-off processes ({})\n", group.len());
+        for d in group {
+            let _ = writeln!(
+                s,
+                "{} ({}): {} {}: {}",
+                d.name,
+                d.size,
+                d.state,
+                when(&d.updated_at, now),
+                d.command
+            );
         }
         sections.push(s);
     }
@@ -487,6 +522,60 @@ clock.1: crashed 2026/11/20 10:11:12 (~ 3d ago)
 worker.1: up 2026/11/23 10:11:13 (~ 2s ago)  host-a
 ";
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn ps_lists_one_offs_after_the_formation() {
+        let mut all = dynos();
+        all.retain(|d| d.kind == "web" || d.kind == "worker");
+        let extra: Vec<Dyno> = serde_json::from_value(json!([
+            {"name": "run.7364", "type": "run", "state": "up", "size": "standard-1x",
+             "command": "bash", "host": {"id": "host-a", "address": "127.0.0.1"}, "port": null,
+             "updated_at": "2026-11-23T10:11:14Z"},
+            {"name": "release.12", "type": "release", "state": "starting", "size": "standard-2x",
+             "command": "python manage.py migrate", "host": null, "port": null,
+             "updated_at": "2026-11-23T10:11:10Z"},
+            {"name": "run.51", "type": "run", "state": "complete", "size": "performance-m",
+             "command": "python -c 'print(1)'", "host": null, "port": null,
+             "updated_at": "2026-11-23T10:10:15Z"}
+        ]))
+        .expect("fixture");
+        all.extend(extra);
+        let formation: Vec<Formation> = serde_json::from_value(json!([
+            {"type": "web", "quantity": 3, "size": "standard-1x", "command": "gunicorn app"},
+            {"type": "worker", "quantity": 1, "size": "standard-1x", "command": "python worker.py"}
+        ]))
+        .expect("fixture");
+        let expected = "\
+=== web (standard-1x): `gunicorn app` (3)
+web.1: up 2026/11/23 10:11:12 (~ 3s ago)  host-a 127.0.0.1:30001
+web.2: starting 2026/11/23 10:11:12 (~ 3s ago)  host-b 127.0.0.1:31000
+web.10: up 2026/11/23 09:11:12 (~ 1h ago)  host-a 127.0.0.1:30010
+
+=== worker (standard-1x): `python worker.py` (1)
+worker.1: up 2026/11/23 10:11:13 (~ 2s ago)  host-a
+
+=== run: one-off processes (2)
+run.51 (performance-m): complete 2026/11/23 10:10:15 (~ 1m ago): python -c 'print(1)'
+run.7364 (standard-1x): up 2026/11/23 10:11:14 (~ 1s ago): bash
+
+=== release: one-off processes (1)
+release.12 (standard-2x): starting 2026/11/23 10:11:10 (~ 5s ago): python manage.py migrate
+";
+        assert_eq!(ps("myapp", &all, &formation, NOW), expected);
+    }
+
+    #[test]
+    fn ps_with_only_one_offs() {
+        let d: Vec<Dyno> = serde_json::from_value(json!([
+            {"name": "run.1", "type": "run", "state": "up", "size": "standard-1x",
+             "command": "bash", "updated_at": "2026-11-23T10:11:14Z"}
+        ]))
+        .expect("fixture");
+        assert_eq!(
+            ps("myapp", &d, &[], NOW),
+            "=== run: one-off processes (1)\nrun.1 (standard-1x): up 2026/11/23 10:11:14 (~ 1s ago): bash\n"
+        );
     }
 
     #[test]

@@ -349,7 +349,19 @@ fn unreachable_api_is_explained() {
 
 /// A fake API for one build whose final status is `status`.
 fn build_api(status: &'static str) -> FakeApi {
+    build_api_with_release(status, "succeeded")
+}
+
+/// A build that ends with `status`; its release v2 (if it succeeded) ends as `release`.
+fn build_api_with_release(status: &'static str, release: &'static str) -> FakeApi {
     FakeApi::start(move |method, path| match (method, path) {
+        ("GET", "/apps/myapp/releases/2") => (
+            200,
+            vec![],
+            json(
+                serde_json::json!({"version": 2, "status": release, "current": release == "succeeded"}),
+            ),
+        ),
         ("POST", p) if p.starts_with("/apps/myapp/builds") => (
             201,
             vec![],
@@ -412,6 +424,21 @@ fn deploy_uploads_streams_and_reports_release() {
         })
         .collect();
     assert_eq!(names, ["app.py"]);
+}
+
+#[test]
+fn a_failed_release_phase_fails_the_deploy() {
+    let api = build_api_with_release("succeeded", "failed");
+    let src = source_dir();
+    let dir = src.path().to_string_lossy().to_string();
+    let o = api.run(&["deploy", &dir, "-a", "myapp"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("release v2 failed in its release phase"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stdout(&o).contains("Released"), "{}", stdout(&o));
 }
 
 #[test]
