@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::blobs::BlobError;
 use crate::builds::Output;
 use crate::core::{Core, CoreError};
-use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
+use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, ReleaseStatus, FEATURES};
 use crate::reconciler::{dyno_index, size_memory, sleeps, Liveness};
 use crate::store::{DynoChanges, StoreError};
 
@@ -138,7 +138,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-type Result<T, E = ApiError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Compares secrets in time that does not depend on where they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
@@ -229,7 +229,13 @@ pub fn router(core: Arc<Core>) -> Router {
             "/apps/:app/formation",
             get(get_formation).patch(patch_formation),
         )
-        .route("/apps/:app/dynos", get(list_dynos).delete(restart_all))
+        .route(
+            "/apps/:app/dynos",
+            get(list_dynos)
+                .post(crate::oneoff::create)
+                .delete(restart_all),
+        )
+        .route("/apps/:app/dynos/:dyno/attach", get(crate::oneoff::attach))
         .route(
             "/apps/:app/dynos/:dyno",
             axum::routing::delete(restart_dynos),
@@ -256,7 +262,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
-fn user(headers: &HeaderMap) -> String {
+pub(crate) fn user(headers: &HeaderMap) -> String {
     headers
         .get("manifold-user")
         .and_then(|v| v.to_str().ok())
@@ -416,7 +422,7 @@ async fn get_config(
     Ok(axum::Json(core.store.app(&app).await?.config))
 }
 
-fn check_config_key(key: &str) -> Result<()> {
+pub(crate) fn check_config_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && !key.starts_with(|c: char| c.is_ascii_digit())
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -490,6 +496,12 @@ async fn patch_config(
             &app.name,
             format!("{} by {}", parts.join("; "), user(&headers)),
         ),
+    }
+    if let Some(r) = release
+        .as_ref()
+        .filter(|r| r.status == ReleaseStatus::Pending)
+    {
+        core.start_release_phase(&app, r, None).await;
     }
     core.poke();
     let mut res = axum::Json(app.config).into_response();
@@ -869,7 +881,7 @@ async fn patch_formation(
     Ok(axum::Json(formation_json(&core, &app).await?))
 }
 
-fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
+pub(crate) fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
     json!({
         "id": d.id,
         "name": d.name,
@@ -945,7 +957,8 @@ async fn restart_all(State(core): State<Arc<Core>>, Path(app): Path<String>) -> 
         .dynos(Some(&app))
         .await?
         .into_iter()
-        .filter(|d| d.desired == Desired::Running)
+        // Heroku: `ps:restart` leaves one-off dynos alone.
+        .filter(|d| d.desired == Desired::Running && !d.is_one_off())
         .map(|d| d.id)
         .collect();
     stop_ids(&core, ids, "Restarting").await

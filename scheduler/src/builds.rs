@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::blobs::Blob;
 use crate::core::{lock, Core, CoreError};
-use crate::model::{App, Build, BuildStatus, FormationUpdate, Slug};
+use crate::model::{App, Build, BuildStatus, FormationUpdate, Release, ReleaseStatus, Slug};
 use crate::reconciler::Liveness;
 use crate::store::BuildOutcome;
 
@@ -68,14 +68,14 @@ impl Builds {
         );
     }
 
-    fn push(&self, id: Uuid, line: String) {
+    pub(crate) fn push(&self, id: Uuid, line: String) {
         if let Some(log) = lock(&self.logs).get_mut(&id) {
             log.lines.push(line);
             log.changed.send_modify(|n| *n += 1);
         }
     }
 
-    fn close(&self, id: Uuid) {
+    pub(crate) fn close(&self, id: Uuid) {
         if let Some(log) = lock(&self.logs).get_mut(&id) {
             log.done = true;
             log.changed.send_modify(|n| *n += 1);
@@ -240,8 +240,13 @@ impl Core {
                     return;
                 }
                 match self.build_succeeded(id, &f.slug_sha256, &f.slug_json).await {
-                    Ok(version) => {
-                        self.builds.push(id, format!("-----> Released v{version}"));
+                    Ok((app, release)) if release.status == ReleaseStatus::Pending => {
+                        // The output goes on with the release phase's, which closes it.
+                        self.start_release_phase(&app, &release, Some(id)).await;
+                    }
+                    Ok((_, release)) => {
+                        self.builds
+                            .push(id, format!("-----> Released v{}", release.version));
                         self.builds.close(id);
                         self.poke();
                     }
@@ -254,7 +259,12 @@ impl Core {
 
     /// Stores the slug and its release; on an app's first release, runs one web dyno
     /// (as Heroku does when the Procfile has `web`).
-    async fn build_succeeded(&self, id: Uuid, sha256: &str, json: &str) -> Result<u32, String> {
+    async fn build_succeeded(
+        &self,
+        id: Uuid,
+        sha256: &str,
+        json: &str,
+    ) -> Result<(App, Release), String> {
         let meta: SlugJson =
             serde_json::from_str(json).map_err(|e| format!("invalid slug.json: {e}"))?;
         let path = self.blobs.path(sha256).map_err(|e| e.to_string())?;
@@ -316,6 +326,6 @@ impl Core {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(release.version)
+        Ok((app, release))
     }
 }

@@ -52,6 +52,8 @@ pub struct Settings {
     pub plex: PlexConfig,
     /// Apps whose web dynos are eco sleep after this long without a request (`None`: never).
     pub sleep_after: Option<Duration>,
+    /// Attached one-offs' reconnect grace and idle timeout.
+    pub run: crate::attach::RunSettings,
 }
 
 /// The sender half of an agent's stream, and when it last said anything.
@@ -90,6 +92,12 @@ pub struct Core {
     /// Stopping web dynos kept assigned until their in-flight requests are done.
     pub(crate) held_stops: Mutex<HashMap<String, Instant>>,
     pub(crate) links: Mutex<HashMap<String, Link>>,
+    /// Attach sessions of one-off dynos (`manifold run`).
+    pub sessions: crate::attach::Sessions,
+    /// Release dynos whose output also goes to the build that made their release.
+    pub(crate) release_outputs: Mutex<HashMap<String, Uuid>>,
+    /// Releases whose release dyno ended and whose outcome is being settled.
+    pub(crate) release_settling: Mutex<HashSet<(Uuid, u32)>>,
     /// When each known host's link went away (a host never seen since start counts from
     /// `started`, so agents get one deadline to reconnect after a scheduler restart).
     pub(crate) gone_since: Mutex<HashMap<String, Instant>>,
@@ -131,6 +139,9 @@ impl Core {
             settings,
             builds: Builds::default(),
             links: Mutex::new(HashMap::new()),
+            sessions: crate::attach::Sessions::default(),
+            release_outputs: Mutex::new(HashMap::new()),
+            release_settling: Mutex::new(HashSet::new()),
             gone_since: Mutex::new(HashMap::new()),
             started: Instant::now(),
             wake: Notify::new(),
@@ -279,8 +290,21 @@ impl Core {
             for id in &plan.changes.stop {
                 tracing::info!("stopping {id}");
             }
-            for id in &plan.changes.delete {
-                tracing::info!("forgetting {id}: its host is lost");
+            for d in dynos.iter().filter(|d| plan.changes.delete.contains(&d.id)) {
+                if d.is_one_off() && !lost_host(&hosts, d) {
+                    tracing::info!("forgetting {}: the one-off ended", d.id);
+                    continue;
+                }
+                tracing::info!("forgetting {}: its host is lost", d.id);
+                if d.attach.is_some() {
+                    self.attach_event(
+                        &d.id,
+                        crate::attach::Event::Ended {
+                            exit_status: None,
+                            reason: format!("{} was lost with its host {}", d.name, d.host_id),
+                        },
+                    );
+                }
             }
             let names = app_names(&apps);
             let draining: HashSet<&str> = hosts
@@ -288,7 +312,7 @@ impl Core {
                 .filter(|h| h.host.draining)
                 .map(|h| h.host.id.as_str())
                 .collect();
-            for d in &dynos {
+            for d in dynos.iter().filter(|d| !d.is_one_off()) {
                 // Heroku's words for why the platform replaces a dyno.
                 let why = if plan.cycling.contains(&d.id) {
                     "Cycling"
@@ -321,6 +345,8 @@ impl Core {
             }
         }
         self.idle_apps(&apps, &dynos).await;
+        let apps: Vec<crate::model::App> = apps.into_iter().map(|a| a.app).collect();
+        self.orphaned_releases(&apps, &dynos).await;
         Ok(plan)
     }
 
@@ -434,10 +460,16 @@ impl Core {
                     sha256: slug.sha256.clone(),
                     size: slug.size,
                 }),
-                env: config.clone().into_iter().collect(),
+                // A one-off's own vars (`run -e`) go over the release's.
+                env: config.clone().into_iter().chain(d.env).collect(),
                 release_version: d.release_version,
                 boot_timeout_secs: app.boot_timeout.unwrap_or(0),
                 stop_timeout_secs: app.stop_timeout.unwrap_or(0),
+                attach: d.attach.map(|a| manifold_proto::AttachSpec {
+                    tty: a.tty,
+                    cols: u32::from(a.cols),
+                    rows: u32::from(a.rows),
+                }),
             });
         }
         self.send(
@@ -449,6 +481,14 @@ impl Core {
         );
         Ok(())
     }
+}
+
+/// Whether a dyno's host is lost (its dynos are forgotten for that reason).
+fn lost_host(hosts: &[HostView], d: &Dyno) -> bool {
+    hosts
+        .iter()
+        .find(|h| h.host.id == d.host_id)
+        .is_none_or(|h| h.liveness == Liveness::Lost)
 }
 
 /// App names by id.

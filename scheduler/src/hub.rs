@@ -9,7 +9,8 @@ use std::time::Instant;
 use futures::Stream;
 use manifold_proto::agent_link_server::AgentLink;
 use manifold_proto::{
-    agent_message, AgentMessage, DynoState as WireState, DynoStatus, Hello, SchedulerMessage,
+    agent_message, AgentMessage, AttachPacket, DynoState as WireState, DynoStatus, Hello,
+    SchedulerMessage,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -156,7 +157,11 @@ impl Core {
     }
 
     /// Handles one message after `Hello`.
-    async fn agent_message(&self, host: &str, message: AgentMessage) -> Result<(), CoreError> {
+    async fn agent_message(
+        self: &Arc<Self>,
+        host: &str,
+        message: AgentMessage,
+    ) -> Result<(), CoreError> {
         if let Some(link) = lock(&self.links).get_mut(host) {
             link.last_seen = Instant::now();
         }
@@ -175,6 +180,22 @@ impl Core {
                     report.state,
                     DynoState::Down | DynoState::Complete | DynoState::Crashed
                 );
+                if dyno.attach.is_some() {
+                    self.attach_event(
+                        &dyno.id,
+                        if ended {
+                            crate::attach::Event::Ended {
+                                exit_status: dyno.exit_status,
+                                reason: dyno.reason.clone(),
+                            }
+                        } else {
+                            crate::attach::Event::State(dyno.state)
+                        },
+                    );
+                }
+                if ended && dyno.process_type == crate::model::RELEASE_TYPE {
+                    self.release_dyno_ended(&dyno);
+                }
                 if ended && dyno.desired == Desired::Stopped {
                     self.store
                         .apply_dyno_changes(&DynoChanges {
@@ -215,10 +236,51 @@ impl Core {
 }
 
 type LinkStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
+type AttachStream = Pin<Box<dyn Stream<Item = Result<AttachPacket, Status>> + Send>>;
+
+/// Packets in flight toward an agent's attach stream (the session waits beyond that).
+const ATTACH_QUEUE: usize = 16;
 
 #[tonic::async_trait]
 impl AgentLink for Hub {
     type LinkStream = LinkStream;
+    type AttachStream = AttachStream;
+
+    /// An agent's stream for one attached one-off dyno: handed to the dyno's session.
+    async fn attach(
+        &self,
+        request: Request<Streaming<AttachPacket>>,
+    ) -> Result<Response<AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the attach stream ended before naming its dyno")
+        })?;
+        let attached = self
+            .core
+            .store
+            .dynos(None)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .any(|d| d.id == first.dyno_id && d.attach.is_some());
+        if !attached {
+            return Err(Status::not_found(format!(
+                "no attached one-off dyno {}",
+                first.dyno_id
+            )));
+        }
+        let (outbound, rx) = mpsc::channel(ATTACH_QUEUE);
+        self.core.attach_event(
+            &first.dyno_id,
+            crate::attach::Event::Agent {
+                inbound: Box::new(inbound),
+                outbound,
+            },
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn link(
         &self,

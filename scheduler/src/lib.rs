@@ -5,9 +5,12 @@
 //! using [`planner`] (a pure function from hosts to a placement). [`core::Core`] holds the
 //! running state and drives the reconciler; [`api`] (REST) and [`hub`] (AgentLink gRPC) only
 //! translate requests into calls on it; [`builds`] turns uploads into slugs and releases;
-//! [`server`] serves both protocols on one port.
+//! [`server`] serves both protocols on one port. One-off dynos: [`oneoff`] places them,
+//! [`attach`] joins a `manifold run` client to its dyno, [`release_phase`] runs a release's
+//! `release` command before it goes live.
 
 pub mod api;
+pub mod attach;
 pub mod blobs;
 pub mod builds;
 pub mod core;
@@ -16,8 +19,10 @@ pub mod hub;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod oneoff;
 pub mod planner;
 pub mod reconciler;
+pub mod release_phase;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::api::{rfc3339, ApiError, Json};
-use crate::core::Core;
+use crate::core::{lock, Core};
 use crate::model::LogDrain;
 
 /// Most lines `manifold logs -n` may ask for (the ring holds 1,500).
@@ -73,6 +73,11 @@ impl Core {
             let source = if entry.platform {
                 Source::Heroku
             } else {
+                // A release phase's output also goes to the deploy that made its release.
+                if let Some(build) = lock(&self.release_outputs).get(&entry.dyno_id) {
+                    self.builds
+                        .push(*build, format!("       {}", entry.message));
+                }
                 Source::App
             };
             self.push_line(

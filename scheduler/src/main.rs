@@ -79,6 +79,14 @@ struct Cli {
     /// Apps whose web dynos are eco sleep after this long without a request (`0s`: never).
     #[arg(long, env = "MANIFOLD_SLEEP_AFTER", default_value = "30m", value_parser = humantime::parse_duration)]
     sleep_after: Duration,
+    /// How long an attached one-off (`manifold run`) waits for its client to come back after
+    /// the connection dropped before it is stopped (SIGHUP).
+    #[arg(long, env = "MANIFOLD_RUN_RECONNECT_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    run_reconnect_grace: Duration,
+    /// How long an attached one-off may go without input or output before it is stopped
+    /// (Heroku: 1 h).
+    #[arg(long, env = "MANIFOLD_RUN_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    run_idle_timeout: Duration,
     /// Extra CA certificates (PEM) that syslog+tls:// and https:// log drains are checked against.
     #[arg(long, env = "MANIFOLD_DRAIN_CA")]
     drain_ca: Option<PathBuf>,
@@ -269,6 +277,10 @@ async fn main() -> anyhow::Result<()> {
             ..PlexConfig::default()
         },
         sleep_after: (!cli.sleep_after.is_zero()).then_some(cli.sleep_after),
+        run: manifold_scheduler::attach::RunSettings {
+            reconnect_grace: cli.run_reconnect_grace,
+            idle_timeout: cli.run_idle_timeout,
+        },
     };
     let db = cli.state_dir.join("manifold.db");
     let store = SqliteStore::open(&db)

@@ -225,6 +225,43 @@ pub struct Dyno {
     pub port: Option<u16>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Config vars of this dyno only, over its release's (a one-off's `run -e K=V`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Set for a one-off dyno a client attaches to (`manifold run`).
+    #[serde(default)]
+    pub attach: Option<Attach>,
+}
+
+impl Dyno {
+    /// One-off dynos (`run.N`, `release.N`) run once: never restarted, replaced, cycled or
+    /// routed to, and not part of any formation.
+    pub fn is_one_off(&self) -> bool {
+        is_one_off_type(&self.process_type)
+    }
+}
+
+/// The Procfile type of the release phase (Heroku's): its command runs in a one-off dyno
+/// before a release goes live.
+pub const RELEASE_TYPE: &str = "release";
+
+/// The process type of `manifold run`'s one-off dynos.
+pub const RUN_TYPE: &str = "run";
+
+/// Whether dynos of this process type are one-offs.
+pub fn is_one_off_type(process_type: &str) -> bool {
+    process_type == RUN_TYPE || process_type == RELEASE_TYPE
+}
+
+/// How a client attaches to a one-off dyno: its terminal, and the secret its attach URL
+/// carries (so that knowing an app's dyno names is not enough to type into its console).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attach {
+    /// A pseudo-terminal rather than pipes.
+    pub tty: bool,
+    pub cols: u16,
+    pub rows: u16,
+    pub secret: String,
 }
 
 /// What an agent reports about one dyno.

@@ -17,6 +17,8 @@
 //!                            is up (without: at once, as on Heroku)
 //! types not in the formation stop
 //! a sleeping app            its eco dynos (web and worker) stop until it is woken
+//! one-offs (run, release)   left alone while they run (placed by `oneoff`, never
+//!                           replaced, cycled or moved); forgotten once ended
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -175,24 +177,7 @@ pub fn plan(
             live.push(d);
         }
     }
-    let mut planner = Planner::new(
-        hosts
-            .iter()
-            .map(|h| HostSpec {
-                id: h.host.id.clone(),
-                stacks: h.host.stacks.clone(),
-                memory_bytes: h.host.memory_bytes,
-                dyno_slots: h.host.dyno_slots,
-                eligible: h.liveness == Liveness::Connected && !h.host.draining,
-            })
-            .collect(),
-        live.iter().map(|d| Placed {
-            host: d.host_id.clone(),
-            app: d.app_id.to_string(),
-            process_type: d.process_type.clone(),
-            memory_bytes: size_memory(&d.size),
-        }),
-    );
+    let mut planner = planner_for(hosts, &live);
 
     let draining: HashSet<&str> = hosts
         .iter()
@@ -201,7 +186,17 @@ pub fn plan(
         .collect();
     let mut by_app: HashMap<Uuid, Vec<&Dyno>> = HashMap::new();
     for d in &live {
-        if d.desired == Desired::Running {
+        if d.is_one_off() {
+            // A one-off runs once: when it ended (or its app is gone) it is forgotten, and
+            // it is never replaced, cycled or moved.
+            let ended = matches!(
+                d.state,
+                DynoState::Complete | DynoState::Crashed | DynoState::Down
+            );
+            if ended {
+                out.changes.delete.push(d.id.clone());
+            }
+        } else if d.desired == Desired::Running {
             by_app.entry(d.app_id).or_default().push(d);
         }
     }
@@ -352,6 +347,8 @@ pub fn plan(
                         reason: String::new(),
                         port: None,
                         created_at: now,
+                        env: BTreeMap::new(),
+                        attach: None,
                     })
                 }
                 Err(rejection) => out.unplaced.push(Unplaced {
@@ -364,6 +361,49 @@ pub fn plan(
         }
     }
     out
+}
+
+/// A planner loaded with the hosts and the dynos that take room on them.
+fn planner_for(hosts: &[HostView], live: &[&Dyno]) -> Planner {
+    Planner::new(
+        hosts
+            .iter()
+            .map(|h| HostSpec {
+                id: h.host.id.clone(),
+                stacks: h.host.stacks.clone(),
+                memory_bytes: h.host.memory_bytes,
+                dyno_slots: h.host.dyno_slots,
+                eligible: h.liveness == Liveness::Connected && !h.host.draining,
+            })
+            .collect(),
+        live.iter().map(|d| Placed {
+            host: d.host_id.clone(),
+            app: d.app_id.to_string(),
+            process_type: d.process_type.clone(),
+            memory_bytes: size_memory(&d.size),
+        }),
+    )
+}
+
+/// Where a one-off dyno goes: the host the planner picks with every dyno not on a lost
+/// host counted, as for any dyno.
+pub fn place_one_off(
+    hosts: &[HostView],
+    dynos: &[Dyno],
+    request: &Request,
+) -> Result<String, Rejection> {
+    let live_hosts: HashSet<&str> = hosts
+        .iter()
+        .filter(|h| h.liveness != Liveness::Lost)
+        .map(|h| h.host.id.as_str())
+        .collect();
+    let live: Vec<&Dyno> = dynos
+        .iter()
+        .filter(|d| live_hosts.contains(d.host_id.as_str()))
+        .collect();
+    planner_for(hosts, &live)
+        .place(request)
+        .map(|h| h.to_string())
 }
 
 /// Fixtures shared with the tests of modules that read the same snapshot (`routing`).
@@ -783,5 +823,81 @@ pub(crate) mod tests {
         assert_eq!(p.changes.create.len(), 10, "ten slots");
         assert_eq!(p.unplaced.len(), 1);
         assert_eq!(p.unplaced[0].name, "web.11", "placed in natural order");
+    }
+
+    /// A one-off dyno as `oneoff` makes it.
+    fn one_off(name: &str, host: &str) -> Dyno {
+        let mut d = app(0, 0, 1);
+        let mut dynos = Vec::new();
+        d.formation[0].quantity = 1;
+        let p = plan(&[host_view(host)], &dynos, &[d], t0(), &Cycling::daily());
+        apply(&mut dynos, &p);
+        let mut dyno = dynos.remove(0);
+        dyno.name = name.to_string();
+        dyno.process_type = name.split('.').next().unwrap_or_default().to_string();
+        dyno.id = format!("demo-{}", name.replace('.', "-"));
+        dyno
+    }
+
+    fn host_view(id: &str) -> HostView {
+        host(id, Liveness::Connected)
+    }
+
+    #[test]
+    fn one_offs_run_once_outside_the_formation_and_are_forgotten_when_they_end() {
+        let mut hosts = vec![
+            host("a", Liveness::Connected),
+            host("b", Liveness::Connected),
+        ];
+        let run = one_off("run.4821", "a");
+        let release = one_off("release.1234", "b");
+        let mut dynos = vec![run.clone(), release.clone()];
+        // Not in any formation, yet neither stopped nor replaced; a restart of every other
+        // dyno (cycling due long ago) leaves them alone too.
+        let late = t0() + time::Duration::days(30);
+        let p = plan(&hosts, &dynos, &[app(0, 0, 1)], late, &Cycling::daily());
+        assert!(p.is_empty(), "{:?}", p.changes);
+        // They take room: with one slot left on each host, a web dyno goes nowhere.
+        for h in &mut hosts {
+            h.host.dyno_slots = 1;
+        }
+        let p = plan(&hosts, &dynos, &[app(1, 0, 1)], t0(), &Cycling::daily());
+        assert_eq!(p.unplaced.len(), 1, "one-offs count against the slots");
+        // Ended: forgotten, not restarted (whatever the exit status).
+        dynos[0].state = DynoState::Complete;
+        dynos[0].exit_status = Some(3);
+        let p = plan(&hosts, &dynos, &[app(0, 0, 1)], t0(), &Cycling::daily());
+        assert_eq!(p.changes.delete, vec![run.id.clone()]);
+        assert!(p.changes.create.is_empty() && p.changes.stop.is_empty());
+        // Its host lost: forgotten, not placed again elsewhere.
+        hosts[1].liveness = Liveness::Lost;
+        let p = plan(
+            &hosts,
+            &dynos[1..],
+            &[app(0, 0, 1)],
+            t0(),
+            &Cycling::daily(),
+        );
+        assert_eq!(p.changes.delete, vec![release.id.clone()]);
+        assert!(p.changes.create.is_empty());
+    }
+
+    #[test]
+    fn a_one_off_is_placed_like_any_dyno_and_refused_without_room() {
+        let mut hosts = vec![host("a", Liveness::Connected), host("b", Liveness::Lost)];
+        let request = Request {
+            app: Uuid::from_u128(1).to_string(),
+            process_type: "run".into(),
+            stack: "testing".into(),
+            memory_bytes: size_memory("standard-1x"),
+        };
+        assert_eq!(place_one_off(&hosts, &[], &request).as_deref(), Ok("a"));
+        hosts[0].host.dyno_slots = 1;
+        let busy = one_off("run.1000", "a");
+        assert!(place_one_off(&hosts, std::slice::from_ref(&busy), &request).is_err());
+        // A dyno on a lost host takes no room.
+        let mut gone = busy;
+        gone.host_id = "b".into();
+        assert_eq!(place_one_off(&hosts, &[gone], &request).as_deref(), Ok("a"));
     }
 }

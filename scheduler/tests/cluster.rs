@@ -75,6 +75,14 @@ fn deploy_python_scale_config_and_rollback() {
         ps.contains("=== web (standard-1x): `python app.py` (2)"),
         "{ps}"
     );
+    // A one-off dyno of the same release, its stdin piped in (issue 7's example).
+    let out = c.cli_with_input(
+        &["run", "-a", "pyapp", "--", "python3"],
+        "import os, sys; print(6 * 7, os.environ['DYNO']); sys.exit(2)\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("42 run."), "{stdout}");
+    assert_eq!(out.status.code(), Some(2), "the command's exit status");
 
     let out = c.ok(&["config:set", "GREETING=Howdy", "-a", "pyapp"]);
     assert!(out.contains("v2"), "{out}");

@@ -13,7 +13,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::model::{
-    App, Build, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain, Release, Slug,
+    App, Build, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain, Release,
+    ReleaseStatus, Slug,
 };
 
 pub mod sqlite;
@@ -125,6 +126,17 @@ pub trait Store: Send + Sync + 'static {
     /// The ledger, oldest first.
     async fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError>;
     async fn release(&self, app: &str, version: u32) -> Result<Release, StoreError>;
+    /// Ends a pending release's release phase: `succeeded` makes it live (the newest
+    /// succeeded release is the current one), `failed` leaves the current one serving. The
+    /// one update the ledger allows; `None` when the release was not pending.
+    async fn finish_release(
+        &self,
+        app_id: Uuid,
+        version: u32,
+        status: ReleaseStatus,
+    ) -> Result<Option<Release>, StoreError>;
+    /// Every app's releases still in their release phase.
+    async fn pending_releases(&self) -> Result<Vec<Release>, StoreError>;
     /// The newest succeeded release.
     async fn current_release(&self, app: &str) -> Result<Option<Release>, StoreError>;
     /// Appends a release copying `version`'s slug and config ("Rollback to vN") and makes

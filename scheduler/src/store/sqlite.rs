@@ -33,7 +33,7 @@ use uuid::Uuid;
 use super::{BuildOutcome, DynoChanges, Store, StoreError};
 use crate::model::{
     App, Build, BuildStatus, Desired, Dyno, DynoReport, DynoState, Formation, FormationUpdate,
-    Host, LogDrain, Release, ReleaseStatus, Slug, DEFAULT_SIZE,
+    Host, LogDrain, Release, ReleaseStatus, Slug, DEFAULT_SIZE, RELEASE_TYPE,
 };
 
 /// Enough for the scheduler's few concurrent tasks; SQLite serialises writers anyway.
@@ -313,20 +313,24 @@ impl Store for SqliteStore {
         app.updated_at = now;
         set_app_config(&mut tx, &app).await?;
         let release = match current_release_of(&mut tx, app.id).await? {
-            Some(current) => Some(
-                append_release(
-                    &mut tx,
-                    NewRelease {
-                        app_id: app.id,
-                        slug_id: current.slug_id,
-                        config: &app.config,
-                        description,
-                        user,
-                        created_at: now,
-                    },
+            Some(current) => {
+                let slug = slug_by_id(&mut tx, current.slug_id).await?;
+                Some(
+                    append_release(
+                        &mut tx,
+                        NewRelease {
+                            app_id: app.id,
+                            slug_id: current.slug_id,
+                            config: &app.config,
+                            description,
+                            user,
+                            created_at: now,
+                            status: status_for(&slug.process_types),
+                        },
+                    )
+                    .await?,
                 )
-                .await?,
-            ),
+            }
             None => None,
         };
         tx.commit().await?;
@@ -335,15 +339,9 @@ impl Store for SqliteStore {
 
     async fn slug(&self, id: Uuid) -> Result<Slug, StoreError> {
         let mut tx = self.read().await?;
-        let row = sqlx::query("SELECT * FROM slugs WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let slug = slug_by_id(&mut tx, id).await?;
         tx.commit().await?;
-        match row {
-            Some(row) => slug_from_row(&row),
-            None => Err(StoreError::SlugNotFound(id)),
-        }
+        Ok(slug)
     }
 
     async fn create_build(&self, build: &Build) -> Result<(), StoreError> {
@@ -425,6 +423,7 @@ impl Store for SqliteStore {
                         description: &description,
                         user,
                         created_at: now,
+                        status: status_for(&slug.process_types),
                     },
                 )
                 .await?;
@@ -471,6 +470,36 @@ impl Store for SqliteStore {
         Ok(release)
     }
 
+    async fn finish_release(
+        &self,
+        app_id: Uuid,
+        version: u32,
+        status: ReleaseStatus,
+    ) -> Result<Option<Release>, StoreError> {
+        let mut tx = self.write().await?;
+        let row = sqlx::query(
+            "UPDATE releases SET status = ? WHERE app_id = ? AND version = ? AND status = 'pending'
+             RETURNING *",
+        )
+        .bind(word(status))
+        .bind(app_id.to_string())
+        .bind(i64::from(version))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let release = row.as_ref().map(release_from_row).transpose()?;
+        tx.commit().await?;
+        Ok(release)
+    }
+
+    async fn pending_releases(&self) -> Result<Vec<Release>, StoreError> {
+        let mut tx = self.read().await?;
+        let rows = sqlx::query("SELECT * FROM releases WHERE status = 'pending' ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(release_from_row).collect()
+    }
+
     async fn current_release(&self, app: &str) -> Result<Option<Release>, StoreError> {
         let mut tx = self.read().await?;
         let app = app_by_name(&mut tx, app).await?;
@@ -493,6 +522,8 @@ impl Store for SqliteStore {
                 description: &format!("Rollback to v{version}"),
                 user,
                 created_at: now,
+                // Heroku: a rollback does not run the release phase.
+                status: ReleaseStatus::Succeeded,
             },
         )
         .await?;
@@ -823,8 +854,18 @@ async fn current_release_of(
     row.as_ref().map(release_from_row).transpose()
 }
 
-/// A release to append; it is always `succeeded`, as every release the store makes is of
-/// a slug that already exists.
+async fn slug_by_id(conn: &mut SqliteConnection, id: Uuid) -> Result<Slug, StoreError> {
+    let row = sqlx::query("SELECT * FROM slugs WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some(row) => slug_from_row(&row),
+        None => Err(StoreError::SlugNotFound(id)),
+    }
+}
+
+/// A release to append.
 struct NewRelease<'a> {
     app_id: Uuid,
     slug_id: Uuid,
@@ -832,6 +873,17 @@ struct NewRelease<'a> {
     description: &'a str,
     user: &'a str,
     created_at: OffsetDateTime,
+    status: ReleaseStatus,
+}
+
+/// A new release of a slug is `pending` when its Procfile has a `release` type (its
+/// release phase must succeed first), else `succeeded` at once.
+fn status_for(slug_process_types: &BTreeMap<String, String>) -> ReleaseStatus {
+    if slug_process_types.contains_key(RELEASE_TYPE) {
+        ReleaseStatus::Pending
+    } else {
+        ReleaseStatus::Succeeded
+    }
 }
 
 /// Appends to the app's ledger under the next version. The caller's transaction holds the
@@ -854,7 +906,7 @@ async fn append_release(
         config: new.config.clone(),
         description: new.description.to_owned(),
         user: new.user.to_owned(),
-        status: ReleaseStatus::Succeeded,
+        status: new.status,
         created_at: new.created_at,
     };
     sqlx::query(
@@ -890,8 +942,8 @@ async fn insert_dyno(conn: &mut SqliteConnection, dyno: &Dyno) -> Result<(), Sto
     sqlx::query(
         "INSERT INTO dynos (id, app_id, name, process_type, release_version, size, command,
                             host_id, desired, state, state_changed_at, exit_status, reason,
-                            port, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            port, created_at, env, attach)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&dyno.id)
     .bind(dyno.app_id.to_string())
@@ -908,6 +960,8 @@ async fn insert_dyno(conn: &mut SqliteConnection, dyno: &Dyno) -> Result<(), Sto
     .bind(&dyno.reason)
     .bind(dyno.port.map(i64::from))
     .bind(timestamp(dyno.created_at)?)
+    .bind(to_json(&dyno.env)?)
+    .bind(dyno.attach.as_ref().map(to_json).transpose()?)
     .execute(conn)
     .await?;
     Ok(())
@@ -979,6 +1033,12 @@ impl<'r> Cells<'r> {
     fn json<T: DeserializeOwned>(&self, column: &str) -> Result<T, StoreError> {
         let text = self.text(column)?;
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, e))
+    }
+
+    fn opt_json<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self.row.try_get(column)?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt(column, e)))
+            .transpose()
     }
 
     fn int<T>(&self, column: &str) -> Result<T, StoreError>
@@ -1126,6 +1186,8 @@ fn dyno_from_row(row: &SqliteRow) -> Result<Dyno, StoreError> {
         reason: c.text("reason")?,
         port: c.opt_int("port")?,
         created_at: c.time("created_at")?,
+        env: c.json("env")?,
+        attach: c.opt_json("attach")?,
     })
 }
 
@@ -1266,6 +1328,8 @@ mod tests {
             reason: String::new(),
             port: None,
             created_at: now,
+            env: BTreeMap::new(),
+            attach: None,
         }
     }
 
@@ -2056,5 +2120,94 @@ mod tests {
             }
             other => panic!("expected corrupt, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_release_phase_keeps_a_release_pending_until_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir).await;
+        let app = store.create_app("app", "heroku-24").await.expect("create");
+        let (_, v1) = deploy(&store, &app).await;
+        assert_eq!(
+            v1.status,
+            ReleaseStatus::Succeeded,
+            "no release type: live at once"
+        );
+        // A slug with a `release` type: its release waits for the release phase.
+        let build = new_build(app.id);
+        store.create_build(&build).await.expect("create build");
+        let mut slug = new_slug(app.id);
+        slug.process_types
+            .insert(RELEASE_TYPE.to_owned(), "bin/migrate".to_owned());
+        let (_, v2) = store
+            .finish_build(
+                build.id,
+                BuildOutcome::Succeeded {
+                    slug,
+                    description: "Deploy".to_owned(),
+                },
+                "ann@example.com",
+            )
+            .await
+            .expect("finish build");
+        let v2 = v2.expect("a release");
+        assert_eq!(v2.status, ReleaseStatus::Pending);
+        let current = store.current_release("app").await.expect("current");
+        assert_eq!(current.map(|r| r.version), Some(1), "v1 serves meanwhile");
+        let pending = store.pending_releases().await.expect("pending");
+        assert_eq!(pending.iter().map(|r| r.version).collect::<Vec<_>>(), [2]);
+        // A config change of a slug with a release phase is pending too (of v1's slug: no).
+        let (_, v3) = store
+            .update_config("app", &config(&[("A", Some("1"))]), "Set A", "ann")
+            .await
+            .expect("config");
+        assert_eq!(v3.map(|r| r.status), Some(ReleaseStatus::Succeeded));
+        // Failing v2 leaves v3 current; it cannot be finished twice.
+        let failed = store
+            .finish_release(app.id, 2, ReleaseStatus::Failed)
+            .await
+            .expect("finish");
+        assert_eq!(failed.map(|r| r.status), Some(ReleaseStatus::Failed));
+        assert!(store
+            .finish_release(app.id, 2, ReleaseStatus::Succeeded)
+            .await
+            .expect("finish again")
+            .is_none());
+        assert_eq!(
+            store
+                .current_release("app")
+                .await
+                .expect("current")
+                .map(|r| r.version),
+            Some(3)
+        );
+        // A rollback to v2's slug has no release phase.
+        let v4 = store.rollback("app", 2, "ann").await.expect("rollback");
+        assert_eq!(v4.status, ReleaseStatus::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_one_off_keeps_its_env_and_attach_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir).await;
+        add_host(&store, "h1").await;
+        let app = store.create_app("app", "heroku-24").await.expect("create");
+        let mut dyno = new_dyno(app.id, "run.4821", "h1");
+        dyno.env = [("TERM".to_owned(), "xterm".to_owned())].into();
+        dyno.attach = Some(crate::model::Attach {
+            tty: true,
+            cols: 120,
+            rows: 40,
+            secret: "s3cret".to_owned(),
+        });
+        store
+            .apply_dyno_changes(&DynoChanges {
+                create: vec![dyno.clone()],
+                ..DynoChanges::default()
+            })
+            .await
+            .expect("apply");
+        let stored = store.dynos(Some("app")).await.expect("dynos");
+        assert_eq!(stored, vec![dyno]);
     }
 }

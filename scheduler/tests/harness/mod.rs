@@ -290,6 +290,28 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Runs the CLI with `input` on its stdin (a pipe).
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bins().join("manifold"))
+            .args(args)
+            .env("MANIFOLD_API", self.api())
+            .env("MANIFOLD_API_TOKEN", API_TOKEN)
+            .env("USER", "e2e")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs the CLI and returns stdout, failing the test with its stderr if it failed.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

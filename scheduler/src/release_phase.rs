@@ -1,0 +1,222 @@
+//! The release phase (Heroku's): when a new release's slug has a Procfile `release` type,
+//! the release is stored `pending` and its command runs in a one-off dyno `release.N`
+//! first. Exit 0 makes the release `succeeded`, and so current: the reconciler then rolls
+//! the formation onto it. Anything else (a non-zero exit, a kill, no room, a lost host)
+//! makes it `failed`, and the current release keeps serving.
+//!
+//! ```text
+//! build or config change ──▶ release vN pending ──▶ release.N (one-off, output → log
+//!                                                    and the deploy's build output)
+//!     exit 0 ──▶ vN succeeded: current; formation rolls      other ──▶ vN failed
+//! ```
+//!
+//! Rollbacks skip it, as on Heroku. The release's state lives in the store (a scheduler
+//! restart finds it pending and follows its dyno); a pending release whose dyno is gone
+//! (its host was lost, or the scheduler died before placing it) fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::core::{lock, Core};
+use crate::model::{App, Dyno, DynoState, Release, ReleaseStatus, RELEASE_TYPE};
+use crate::oneoff::OneOff;
+
+/// How old a pending release must be before a missing release dyno means it failed (the
+/// dyno is placed just after the release is stored).
+const PLACE_WINDOW: Duration = Duration::from_secs(30);
+
+/// How long after a release dyno ended its outcome is settled. An agent sends a dyno's
+/// state at once but its log lines in batches (every 100 ms), so the last lines of the
+/// release command can arrive after its exit: waiting lets them reach the deploy's output
+/// before it closes.
+const LOG_SETTLE: Duration = Duration::from_secs(1);
+
+impl Core {
+    /// Runs a pending release's release phase; `build` also gets its output.
+    pub(crate) async fn start_release_phase(
+        &self,
+        app: &App,
+        release: &Release,
+        build: Option<Uuid>,
+    ) {
+        let command = match self.store.slug(release.slug_id).await {
+            Ok(slug) => slug.process_types.get(RELEASE_TYPE).cloned(),
+            Err(err) => {
+                self.release_failed(app, release, &format!("its slug cannot be read: {err}"))
+                    .await;
+                return;
+            }
+        };
+        let Some(command) = command else {
+            return;
+        };
+        self.log_api(
+            &app.name,
+            format!(
+                "Running release v{} commands by {}",
+                release.version, release.user
+            ),
+        );
+        let spec = OneOff {
+            process_type: RELEASE_TYPE,
+            command: command.clone(),
+            size: None,
+            env: Default::default(),
+            attach: None,
+        };
+        match self.start_one_off(app, release, spec).await {
+            Ok(dyno) => {
+                if let Some(build) = build {
+                    self.builds.push(
+                        build,
+                        format!(
+                            "-----> Running release command `{command}` in {}",
+                            dyno.name
+                        ),
+                    );
+                    lock(&self.release_outputs).insert(dyno.id, build);
+                }
+            }
+            Err(err) => {
+                if let Some(build) = build {
+                    self.builds
+                        .push(build, format!("-----> Release phase failed: {err}"));
+                    self.builds.close(build);
+                }
+                self.release_failed(app, release, &err.to_string()).await;
+            }
+        }
+    }
+
+    /// A release dyno ended: its exit status decides its release, once its last lines are in.
+    pub(crate) fn release_dyno_ended(self: &Arc<Self>, dyno: &Dyno) {
+        let key = (dyno.app_id, dyno.release_version);
+        lock(&self.release_settling).insert(key);
+        let core = self.clone();
+        let dyno = dyno.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(LOG_SETTLE).await;
+            core.settle_release(&dyno).await;
+            lock(&core.release_settling).remove(&key);
+        });
+    }
+
+    async fn settle_release(&self, dyno: &Dyno) {
+        let build = lock(&self.release_outputs).remove(&dyno.id);
+        let apps = match self.store.apps().await {
+            Ok(apps) => apps,
+            Err(err) => {
+                tracing::warn!("release phase of {}: {err}", dyno.id);
+                return;
+            }
+        };
+        let Some(app) = apps.into_iter().find(|a| a.id == dyno.app_id) else {
+            return;
+        };
+        let Ok(release) = self.store.release(&app.name, dyno.release_version).await else {
+            return;
+        };
+        let succeeded = dyno.state == DynoState::Complete && dyno.exit_status == Some(0);
+        if succeeded {
+            match self
+                .store
+                .finish_release(app.id, release.version, ReleaseStatus::Succeeded)
+                .await
+            {
+                Ok(Some(_)) => {
+                    self.log_api(
+                        &app.name,
+                        format!(
+                            "Release v{} command succeeded: v{} is live",
+                            release.version, release.version
+                        ),
+                    );
+                    if let Some(build) = build {
+                        self.builds
+                            .push(build, format!("-----> Released v{}", release.version));
+                        self.builds.close(build);
+                    }
+                    self.poke();
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(
+                    "cannot record release v{} of {}: {err}",
+                    release.version,
+                    app.name
+                ),
+            }
+            return;
+        }
+        let why = match dyno.exit_status {
+            Some(status) => format!("the release command exited with status {status}"),
+            None if !dyno.reason.is_empty() => dyno.reason.clone(),
+            None => "the release command did not finish".to_string(),
+        };
+        if let Some(build) = build {
+            self.builds
+                .push(build, format!("-----> Release phase failed: {why}"));
+            self.builds.close(build);
+        }
+        self.release_failed(&app, &release, &why).await;
+    }
+
+    /// Marks a pending release failed and says so in the app's log.
+    async fn release_failed(&self, app: &App, release: &Release, why: &str) {
+        match self
+            .store
+            .finish_release(app.id, release.version, ReleaseStatus::Failed)
+            .await
+        {
+            Ok(Some(_)) => {
+                let current = match self.store.current_release(&app.name).await {
+                    Ok(Some(r)) => format!("v{} keeps serving", r.version),
+                    _ => "no release is live".to_string(),
+                };
+                self.log_api(
+                    &app.name,
+                    format!(
+                        "Release v{} command failed by {}: {why}; {current}",
+                        release.version, release.user
+                    ),
+                );
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(
+                "cannot record release v{} of {}: {err}",
+                release.version,
+                app.name
+            ),
+        }
+    }
+
+    /// Fails pending releases whose release dyno is gone (its host was lost, or the
+    /// scheduler stopped between storing the release and placing its dyno).
+    pub(crate) async fn orphaned_releases(&self, apps: &[App], dynos: &[Dyno]) {
+        let pending = match self.store.pending_releases().await {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::warn!("cannot read pending releases: {err}");
+                return;
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        for release in pending {
+            let running = dynos.iter().any(|d| {
+                d.app_id == release.app_id
+                    && d.process_type == RELEASE_TYPE
+                    && d.release_version == release.version
+            }) || lock(&self.release_settling)
+                .contains(&(release.app_id, release.version));
+            if running || now - release.created_at < PLACE_WINDOW {
+                continue;
+            }
+            if let Some(app) = apps.iter().find(|a| a.id == release.app_id) {
+                self.release_failed(app, &release, "its release dyno was lost")
+                    .await;
+            }
+        }
+    }
+}
