@@ -436,17 +436,6 @@ pub enum ShimEvent {
     Rotated { records_before: u64 },
 }
 
-impl ShimEvent {
-    /// The exit status a shell would show: the code, or 128 + the signal.
-    pub fn exit_status(code: Option<i32>, signal: Option<i32>) -> i32 {
-        match (code, signal) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => 255,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,8 +453,6 @@ mod tests {
         let s = serde_json::to_string(&r).expect("serialise");
         assert!(!s.contains('\n'));
         assert_eq!(serde_json::from_str::<Record>(&s).expect("parse"), r);
-        assert_eq!(ShimEvent::exit_status(None, Some(9)), 137);
-        assert_eq!(ShimEvent::exit_status(Some(3), None), 3);
     }
 
     #[test]

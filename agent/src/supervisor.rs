@@ -279,7 +279,7 @@ impl Lifecycle {
                 None
             }
             ShimEvent::Exited { code, signal, oom } => {
-                let status = ShimEvent::exit_status(code, signal);
+                let status = manifold_attach::exit_status(code, signal);
                 if oom {
                     self.reason = Some("Error R15".into());
                     self.platform(out, "Error R15 (Memory quota vastly exceeded)".into());

@@ -221,13 +221,9 @@ impl Core {
         }
     }
 
-    /// The cluster as the reconciler sees it; `formation_override` replaces one app's
-    /// formation updates (to check a scale before storing it).
-    async fn snapshot(
-        &self,
-        formation_override: Option<(&str, &[FormationUpdate])>,
-    ) -> Result<(Vec<HostView>, Vec<Dyno>, Vec<AppDesired>), CoreError> {
-        let hosts = self
+    /// Every known host with its liveness now.
+    pub(crate) async fn host_views(&self) -> Result<Vec<HostView>, CoreError> {
+        Ok(self
             .store
             .hosts()
             .await?
@@ -236,7 +232,16 @@ impl Core {
                 liveness: self.liveness(&host.id),
                 host,
             })
-            .collect();
+            .collect())
+    }
+
+    /// The cluster as the reconciler sees it; `formation_override` replaces one app's
+    /// formation updates (to check a scale before storing it).
+    async fn snapshot(
+        &self,
+        formation_override: Option<(&str, &[FormationUpdate])>,
+    ) -> Result<(Vec<HostView>, Vec<Dyno>, Vec<AppDesired>), CoreError> {
+        let hosts = self.host_views().await?;
         let dynos = self.store.dynos(None).await?;
         let mut apps = Vec::new();
         for app in self.store.apps().await? {

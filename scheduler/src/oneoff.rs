@@ -21,7 +21,7 @@ use crate::core::{Core, CoreError};
 use crate::metrics::Counters;
 use crate::model::{App, Attach, Desired, Dyno, DynoState, Release, DEFAULT_SIZE, RUN_TYPE};
 use crate::planner::{Rejection, Request as PlaceRequest};
-use crate::reconciler::{self, size_memory, HostView};
+use crate::reconciler::{self, size_memory};
 use crate::store::DynoChanges;
 
 /// Most config vars `run -e` may add.
@@ -85,16 +85,7 @@ impl Core {
                 .map_or_else(|| DEFAULT_SIZE.to_string(), |f| f.size),
         };
         let _one = self.reconciling.lock().await;
-        let hosts: Vec<HostView> = self
-            .store
-            .hosts()
-            .await?
-            .into_iter()
-            .map(|host| HostView {
-                liveness: self.liveness(&host.id),
-                host,
-            })
-            .collect();
+        let hosts = self.host_views().await?;
         let dynos = self.store.dynos(None).await?;
         let host = reconciler::place_one_off(
             &hosts,

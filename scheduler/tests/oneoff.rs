@@ -15,20 +15,6 @@ use std::time::{Duration, Instant};
 use harness::{assert_clean, deploy_tiny, wait_for, Cluster, API_TOKEN, TINY, UP};
 use serde_json::Value;
 
-/// `manifold ARGS` against the cluster with piped stdio, not waited for.
-fn spawn_cli(c: &Cluster, args: &[&str]) -> Child {
-    Command::new(harness::bins().join("manifold"))
-        .args(args)
-        .env("MANIFOLD_API", c.api())
-        .env("MANIFOLD_API_TOKEN", API_TOKEN)
-        .env("USER", "e2e")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// Runs the CLI with `input` on its stdin; returns (exit code, stdout, stderr).
 fn run_piped(c: &Cluster, args: &[&str], input: &str) -> (i32, String, String) {
     let out = c.cli_with_input(args, input);
@@ -306,16 +292,13 @@ fn disconnected_and_idle_runs_are_stopped() {
     c.wait_hosts(1);
     deploy_tiny(&c, "hangup");
 
-    let mut child = spawn_cli(
-        &c,
-        &[
-            "run",
-            "-a",
-            "hangup",
-            "--",
-            "trap 'echo got-hup' HUP; while true; do echo tick; sleep 1; done",
-        ],
-    );
+    let mut child = c.spawn_cli(&[
+        "run",
+        "-a",
+        "hangup",
+        "--",
+        "trap 'echo got-hup' HUP; while true; do echo tick; sleep 1; done",
+    ]);
     wait_for("the one-off to be up", UP, || {
         one_offs(&c, "hangup")
             .into_iter()
@@ -338,7 +321,7 @@ fn disconnected_and_idle_runs_are_stopped() {
     );
 
     // Idle: no output, stdin open but silent.
-    let mut child = spawn_cli(&c, &["run", "-a", "hangup", "--", "sleep 1000"]);
+    let mut child = c.spawn_cli(&["run", "-a", "hangup", "--", "sleep 1000"]);
     let status = wait_for("the idle run to end", UP, || child.try_wait().unwrap());
     let mut err = String::new();
     child

@@ -290,10 +290,9 @@ impl Cluster {
             .unwrap()
     }
 
-    /// Runs the CLI with `input` on its stdin (a pipe).
-    pub fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(bins().join("manifold"))
+    /// Starts the CLI with piped stdio, not waited for.
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(bins().join("manifold"))
             .args(args)
             .env("MANIFOLD_API", self.api())
             .env("MANIFOLD_API_TOKEN", API_TOKEN)
@@ -302,7 +301,13 @@ impl Cluster {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs the CLI with `input` on its stdin (a pipe).
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self.spawn_cli(args);
         child
             .stdin
             .take()
