@@ -190,16 +190,25 @@ impl Terminal {
 
     /// Waits until the output since the last match contains `what`.
     fn expect(&mut self, what: &str) {
-        let deadline = Instant::now() + UP;
+        assert!(
+            self.shows_within(what, UP),
+            "no {what:?} on the terminal; it shows: {:?}",
+            self.seen
+        );
+    }
+
+    /// Whether the output since the last match comes to contain `what` within `wait`.
+    fn shows_within(&mut self, what: &str, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(i) = self.seen.find(what) {
                 self.seen.drain(..i + what.len());
-                return;
+                return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.output.recv_timeout(left) {
                 Ok(bytes) => self.seen.push_str(&String::from_utf8_lossy(&bytes)),
-                Err(_) => panic!("no {what:?} on the terminal; it shows: {:?}", self.seen),
+                Err(_) => return false,
             }
         }
     }
@@ -241,8 +250,9 @@ fn a_run_on_a_terminal_is_interactive() {
     t.expect("100/30");
     t.expect("/dev/");
     t.expect("30 100");
-    t.type_in("sleep 100; echo not-interrupted\r");
-    std::thread::sleep(Duration::from_millis(700));
+    // The marker is computed so that the terminal's echo of the typed line cannot match.
+    t.type_in("echo sleeping-$((1+1)); sleep 100; echo not-interrupted\r");
+    t.expect("sleeping-2");
     t.type_in("\x03");
     t.type_in("echo after-$((40+2))\r");
     t.expect("after-42");
@@ -254,9 +264,16 @@ fn a_run_on_a_terminal_is_interactive() {
         nix::sys::signal::Signal::SIGWINCH,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    t.type_in("stty size\r");
-    t.expect("40 120");
+    // The resize travels on its own; ask until the dyno's terminal has it.
+    let resized = (0..30).any(|_| {
+        t.type_in("stty size\r");
+        t.shows_within("40 120", Duration::from_secs(1))
+    });
+    assert!(
+        resized,
+        "the dyno's terminal never got 120x40: {:?}",
+        t.seen
+    );
     t.type_in("exit 5\r");
     assert_eq!(t.wait(), 5, "the shell's status: {:?}", t.seen);
     wait_for("the one-off to be gone", UP, || {
