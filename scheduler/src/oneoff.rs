@@ -215,6 +215,8 @@ pub(crate) async fn create(
             app.name, app.name
         )));
     };
+    let process_types = core.store.slug(release.slug_id).await?.process_types;
+    let command = procfile_command(&command, &process_types);
     let attach = body.attach.then(|| Attach {
         tty: body.tty,
         cols,
@@ -259,6 +261,19 @@ pub(crate) async fn create(
         None => serde_json::Value::Null,
     };
     Ok((StatusCode::CREATED, axum::Json(json)).into_response())
+}
+
+/// Heroku's `heroku run worker --verbose`: a command whose first word names a process type
+/// runs that type's Procfile command, with the rest of the words after it.
+fn procfile_command(command: &str, process_types: &BTreeMap<String, String>) -> String {
+    let (first, rest) = command
+        .split_once(char::is_whitespace)
+        .unwrap_or((command, ""));
+    match process_types.get(first) {
+        Some(procfile) if rest.trim().is_empty() => procfile.clone(),
+        Some(procfile) => format!("{procfile} {}", rest.trim_start()),
+        None => command.to_string(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,4 +352,25 @@ pub(crate) async fn attach(
         .header(header::UPGRADE, ATTACH_PROTOCOL)
         .body(Body::empty())
         .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_type_runs_its_procfile_command() {
+        let types = BTreeMap::from([
+            ("web".to_string(), "python app.py".to_string()),
+            ("worker".to_string(), "python worker.py".to_string()),
+        ]);
+        assert_eq!(procfile_command("worker", &types), "python worker.py");
+        assert_eq!(
+            procfile_command("worker --once  -v", &types),
+            "python worker.py --once  -v"
+        );
+        assert_eq!(procfile_command("bash", &types), "bash");
+        assert_eq!(procfile_command("workers", &types), "workers");
+        assert_eq!(procfile_command("echo worker", &types), "echo worker");
+    }
 }

@@ -94,7 +94,10 @@ impl Core {
     /// A release dyno ended: its exit status decides its release, once its last lines are in.
     pub(crate) fn release_dyno_ended(self: &Arc<Self>, dyno: &Dyno) {
         let key = (dyno.app_id, dyno.release_version);
-        lock(&self.release_settling).insert(key);
+        // The first report of its end decides (a later `down` says less).
+        if !lock(&self.release_settling).insert(key) {
+            return;
+        }
         let core = self.clone();
         let dyno = dyno.clone();
         tokio::spawn(async move {
