@@ -866,6 +866,9 @@ impl Core {
         let status = entry.status.clone();
         tracing::info!("{} ({id}) is {}", entry.name, state.as_str_name());
         self.count_states();
+        // The dyno's lines from before its new state go first, on the same stream: a
+        // reader of the state (the release phase's outcome, a deploy's output) has them.
+        self.ship_logs();
         self.send(proto::agent_message::Kind::Dyno(status));
     }
 

@@ -96,7 +96,7 @@ pub struct Core {
     pub sessions: crate::attach::Sessions,
     /// Release dynos whose output also goes to the build that made their release.
     pub(crate) release_outputs: Mutex<HashMap<String, Uuid>>,
-    /// Releases whose release dyno ended and whose outcome is being settled.
+    /// Releases whose release dyno ended and whose outcome is being decided.
     pub(crate) release_settling: Mutex<HashSet<(Uuid, u32)>>,
     /// When each known host's link went away (a host never seen since start counts from
     /// `started`, so agents get one deadline to reconnect after a scheduler restart).

@@ -194,7 +194,7 @@ impl Core {
                     );
                 }
                 if ended && dyno.process_type == crate::model::RELEASE_TYPE {
-                    self.release_dyno_ended(&dyno);
+                    self.release_dyno_ended(&dyno).await;
                 }
                 if ended && dyno.desired == Desired::Stopped {
                     self.store

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::api::{check_config_key, dyno_json, same_secret, user, ApiError, Json};
 use crate::core::{Core, CoreError};
 use crate::metrics::Counters;
-use crate::model::{App, Attach, Desired, Dyno, DynoState, Release, DEFAULT_SIZE, RUN_TYPE};
+use crate::model::{App, Attach, Desired, Dyno, DynoState, Release, Slug, DEFAULT_SIZE, RUN_TYPE};
 use crate::planner::{Rejection, Request as PlaceRequest};
 use crate::reconciler::{self, size_memory};
 use crate::store::DynoChanges;
@@ -67,13 +67,14 @@ impl From<OneOffError> for ApiError {
 
 impl Core {
     /// Places a one-off dyno of `release` on a host with room and tells that host.
+    /// `slug` is the release's (the caller has read it already).
     pub(crate) async fn start_one_off(
         &self,
         app: &App,
         release: &Release,
+        slug: &Slug,
         spec: OneOff,
     ) -> Result<Dyno, OneOffError> {
-        let slug = self.store.slug(release.slug_id).await?;
         let size = match spec.size {
             Some(size) => size,
             None => self
@@ -215,8 +216,8 @@ pub(crate) async fn create(
             app.name, app.name
         )));
     };
-    let process_types = core.store.slug(release.slug_id).await?.process_types;
-    let command = procfile_command(&command, &process_types);
+    let slug = core.store.slug(release.slug_id).await?;
+    let command = procfile_command(&command, &slug.process_types);
     let attach = body.attach.then(|| Attach {
         tty: body.tty,
         cols,
@@ -227,6 +228,7 @@ pub(crate) async fn create(
         .start_one_off(
             &app,
             &release,
+            &slug,
             OneOff {
                 process_type: RUN_TYPE,
                 command: command.clone(),

@@ -14,7 +14,6 @@
 //! restart finds it pending and follows its dyno); a pending release whose dyno is gone
 //! (its host was lost, or the scheduler died before placing it) fails.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -28,12 +27,6 @@ use crate::oneoff::OneOff;
 /// dyno is placed just after the release is stored).
 const PLACE_WINDOW: Duration = Duration::from_secs(30);
 
-/// How long after a release dyno ended its outcome is settled. An agent sends a dyno's
-/// state at once but its log lines in batches (every 100 ms), so the last lines of the
-/// release command can arrive after its exit: waiting lets them reach the deploy's output
-/// before it closes.
-const LOG_SETTLE: Duration = Duration::from_secs(1);
-
 impl Core {
     /// Runs a pending release's release phase; `build` also gets its output.
     pub(crate) async fn start_release_phase(
@@ -42,15 +35,15 @@ impl Core {
         release: &Release,
         build: Option<Uuid>,
     ) {
-        let command = match self.store.slug(release.slug_id).await {
-            Ok(slug) => slug.process_types.get(RELEASE_TYPE).cloned(),
+        let slug = match self.store.slug(release.slug_id).await {
+            Ok(slug) => slug,
             Err(err) => {
                 self.release_failed(app, release, &format!("its slug cannot be read: {err}"))
                     .await;
                 return;
             }
         };
-        let Some(command) = command else {
+        let Some(command) = slug.process_types.get(RELEASE_TYPE).cloned() else {
             return;
         };
         self.log_api(
@@ -67,7 +60,7 @@ impl Core {
             env: Default::default(),
             attach: None,
         };
-        match self.start_one_off(app, release, spec).await {
+        match self.start_one_off(app, release, &slug, spec).await {
             Ok(dyno) => {
                 if let Some(build) = build {
                     self.builds.push(
@@ -91,20 +84,16 @@ impl Core {
         }
     }
 
-    /// A release dyno ended: its exit status decides its release, once its last lines are in.
-    pub(crate) fn release_dyno_ended(self: &Arc<Self>, dyno: &Dyno) {
+    /// A release dyno ended: its exit status decides its release. Its agent sent the dyno's
+    /// last lines before this state (on the same stream), so the deploy's output has them.
+    /// Only a pending release changes, so a later report of the same end (`down`) is a no-op.
+    pub(crate) async fn release_dyno_ended(&self, dyno: &Dyno) {
+        // Marked while decided, so that the reconciler (which may forget the ended dyno
+        // meanwhile) does not take the release for one whose dyno was lost.
         let key = (dyno.app_id, dyno.release_version);
-        // The first report of its end decides (a later `down` says less).
-        if !lock(&self.release_settling).insert(key) {
-            return;
-        }
-        let core = self.clone();
-        let dyno = dyno.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(LOG_SETTLE).await;
-            core.settle_release(&dyno).await;
-            lock(&core.release_settling).remove(&key);
-        });
+        lock(&self.release_settling).insert(key);
+        self.settle_release(dyno).await;
+        lock(&self.release_settling).remove(&key);
     }
 
     async fn settle_release(&self, dyno: &Dyno) {
