@@ -488,7 +488,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let (inputs_tx, mut inputs) = mpsc::unbounded_channel();
     let config = Arc::new(config);
     let mut core = Core {
-        blobs: Blobs::new(config.scheduler.clone()),
+        blobs: Blobs::new(config.scheduler.clone()).for_host(&config.host_id),
         ports: PortAllocator::new(config.ports),
         config: config.clone(),
         state,
@@ -528,6 +528,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(state_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(state_err)?;
+    // systemd's `Type=notify`: ready once the dynos a previous daemon left are adopted and
+    // the link is dialling (the scheduler being away is no reason not to be ready).
+    notify(sd_notify::NotifyState::Ready);
     loop {
         tokio::select! {
             Some(event) = link_rx.recv() => core.link_event(event),
@@ -546,8 +549,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             _ = int.recv() => break,
         }
     }
+    notify(sd_notify::NotifyState::Stopping);
     tracing::info!("exiting; dynos keep running and will be re-adopted");
     Ok(())
+}
+
+/// Tells the service manager, if one started us with a notify socket, what state we are in.
+fn notify(state: sd_notify::NotifyState) {
+    if let Err(err) = sd_notify::notify(false, &[state]) {
+        tracing::warn!("cannot notify the service manager: {err}");
+    }
 }
 
 /// The one task that owns the daemon's state.
@@ -1149,8 +1160,16 @@ async fn follow(
             }
         })
     };
+    let (dir, shim) = (dyno.dir.clone(), dyno.shim_pid());
     if let Err(err) = dyno.follow_events(events_tx, stop_rx).await {
         tracing::error!("{id}: {}", chain(&err));
+        // Losing sight of a dyno is no proof that it ended, and it is about to be reported
+        // ended and started again: kill it first (the shim SIGKILLs its processes and cleans
+        // up), or two copies would run.
+        if supervisor::shim_alive(&dir) {
+            let shim = nix::unistd::Pid::from_raw(shim);
+            let _ = nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGUSR1);
+        }
     }
     let _ = forward.await;
     if let Some(mut relay) = relay {

@@ -9,9 +9,10 @@
 //! NAT, published port), then [`logs`] capture until exit, and cleanup.
 //!
 //! The daemon (`manifold-agent --scheduler URL`) is [`daemon::run`]: it holds the AgentLink
-//! stream ([`link`]) and reconciles the host's dynos toward the scheduler's assignments. An
-//! attached one-off (`manifold run`) has its terminal or pipes at its shim, on `attach.sock`;
-//! [`relay`] carries them to the scheduler.
+//! stream ([`link`], over TLS with [`tls`] for an `https://` scheduler) and reconciles the
+//! host's dynos toward the scheduler's assignments. An attached one-off (`manifold run`) has
+//! its terminal or pipes at its shim, on `attach.sock`; [`relay`] carries them to the
+//! scheduler.
 
 pub mod build;
 pub mod cgroup;
@@ -32,3 +33,4 @@ pub use manifold_sizes as size;
 pub mod slug;
 pub mod spec;
 pub mod supervisor;
+pub mod tls;

@@ -1,12 +1,14 @@
 //! The agent's side of its connection to the scheduler: the AgentLink stream (gRPC, dialled
 //! by the agent and redialled with backoff for as long as the agent runs) and the blob store
 //! (HTTP, same URL and token) that slugs and build sources come from and built slugs go to.
+//! With an `https://` URL both speak TLS with [`crate::tls::ClientTls`].
 //!
 //! This module only moves messages: [`run`] hands every connection and every message from the
 //! scheduler to the daemon as a [`LinkEvent`], and the daemon decides what to send. Who sends
 //! what, in which order (`Hello` first), lives in [`crate::daemon`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use manifold_proto::agent_link_client::AgentLinkClient;
@@ -17,6 +19,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::tls::{ClientTls, TlsError};
+
 /// Messages queued for the scheduler while the stream cannot take them. Beyond this the
 /// daemon drops status reports: the next `Hello` carries every dyno's state anyway.
 pub const OUTBOUND_BUFFER: usize = 4096;
@@ -24,17 +28,59 @@ pub const OUTBOUND_BUFFER: usize = 4096;
 /// Where the scheduler is and how to prove who we are.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
-    /// `http://host:port`, without a trailing slash.
+    /// `http(s)://host:port`, without a trailing slash.
     pub url: String,
     pub token: Option<String>,
+    /// For an `https://` URL: the roots the scheduler is checked against and this host's
+    /// certificate.
+    pub tls: Option<Arc<ClientTls>>,
+    /// The blob client (with `tls`' roots and certificate).
+    http: reqwest::Client,
 }
 
 impl Scheduler {
+    /// A scheduler at `url`; an `https://` one needs [`Scheduler::with_tls`].
     pub fn new(url: &str, token: Option<String>) -> Self {
         Scheduler {
             url: url.trim_end_matches('/').to_string(),
             token,
+            tls: None,
+            http: reqwest::Client::new(),
         }
+    }
+
+    /// A scheduler at `url` as the agent's flags give it: an `https://` one is checked
+    /// against `cluster_ca` (else the system roots), and this host presents `cert` and `key`
+    /// when given. The files are read now, so a missing or broken one stops the start; for an
+    /// `http://` URL they are an error (they would be ignored).
+    pub fn configure(
+        url: &str,
+        token: Option<String>,
+        cluster_ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Scheduler, TlsError> {
+        let scheduler = Scheduler::new(url, token);
+        if !url.starts_with("https://") {
+            if cluster_ca.is_some() || cert.is_some() || key.is_some() {
+                return Err(TlsError::NotHttps { url: scheduler.url });
+            }
+            return Ok(scheduler);
+        }
+        let tls = ClientTls::load(cluster_ca, cert, key)?;
+        if !tls.has_identity() {
+            tracing::info!(
+                "no --tls-cert: a scheduler that checks agents' certificates (--cluster-ca) refuses this host"
+            );
+        }
+        Ok(scheduler.with_tls(tls))
+    }
+
+    /// Speaks TLS with `tls` (for an `https://` URL).
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.http = tls.http();
+        self.tls = Some(Arc::new(tls));
+        self
     }
 
     fn bearer(&self) -> Option<String> {
@@ -136,6 +182,15 @@ pub async fn dial(scheduler: &Scheduler) -> Result<Channel, LinkError> {
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    let endpoint = match &scheduler.tls {
+        Some(tls) => endpoint
+            .tls_config(tls.tonic())
+            .map_err(|source| LinkError::Address {
+                url: scheduler.url.clone(),
+                source,
+            })?,
+        None => endpoint,
+    };
     endpoint
         .connect()
         .await
@@ -217,21 +272,34 @@ pub enum BlobError {
 pub struct Blobs {
     scheduler: Scheduler,
     http: reqwest::Client,
+    /// The host id sent as `Manifold-Host`, which a scheduler checking certificates matches
+    /// against ours.
+    host: Option<String>,
 }
 
 impl Blobs {
     pub fn new(scheduler: Scheduler) -> Self {
         Blobs {
+            http: scheduler.http.clone(),
             scheduler,
-            http: reqwest::Client::new(),
+            host: None,
         }
+    }
+
+    /// Names this host on every request.
+    pub fn for_host(mut self, host_id: &str) -> Self {
+        self.host = Some(host_id.to_string());
+        self
     }
 
     fn url(&self, sha256: &str) -> String {
         format!("{}/agent/v1/blobs/{sha256}", self.scheduler.url)
     }
 
-    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    fn authorize(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(host) = &self.host {
+            request = request.header("manifold-host", host);
+        }
         match self.scheduler.bearer() {
             Some(bearer) => request.header(reqwest::header::AUTHORIZATION, bearer),
             None => request,

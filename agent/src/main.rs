@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use manifold_agent::dyno::{
     BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
@@ -31,6 +31,15 @@ struct Cli {
         default_value = "/var/lib/manifold"
     )]
     state_dir: PathBuf,
+    /// Settings file: its keys are these flags' long names (`cgroup_parent = "manifold"`);
+    /// flags and MANIFOLD_* variables win over it.
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_AGENT_CONFIG",
+        default_value = "/etc/manifold/agent.toml"
+    )]
+    config: PathBuf,
     #[command(flatten)]
     daemon: DaemonArgs,
     /// Without a command, runs the daemon.
@@ -106,6 +115,17 @@ struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:8751).
     #[arg(long, env = "MANIFOLD_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The cluster CA (PEM) an https:// scheduler's certificate is checked against
+    /// (default: the system roots).
+    #[arg(long, env = "MANIFOLD_CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
+    /// This host's certificate (PEM, from `manifold-scheduler certs issue HOST_ID`),
+    /// presented to an https:// scheduler; needs --tls-key.
+    #[arg(long, env = "MANIFOLD_AGENT_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "MANIFOLD_AGENT_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +221,8 @@ struct BuildArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread: the settings file becomes the flags' variables.
+    let settings = manifold_settings::apply(Cli::command(), std::env::args_os())?;
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -209,6 +231,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if settings.is_some() {
+        tracing::info!("settings from {}", cli.config.display());
+    }
     let Some(command) = cli.command else {
         let config = daemon_config(&cli.state_dir, cli.daemon)?;
         config.host.check_state_dir().map_err(anyhow::Error::msg)?;
@@ -271,7 +296,13 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
     }
     let exe = std::env::current_exe()?;
     Ok(daemon::DaemonConfig {
-        scheduler: link::Scheduler::new(&scheduler, token),
+        scheduler: link::Scheduler::configure(
+            &scheduler,
+            token,
+            args.cluster_ca.as_deref(),
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+        )?,
         host_id: daemon::host_id(state_dir, args.host_id)
             .with_context(|| format!("cannot keep the host id in {}", state_dir.display()))?,
         address: args.address,

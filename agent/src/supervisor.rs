@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -690,8 +690,15 @@ struct Tail {
     path: PathBuf,
     file: File,
     pending: Vec<u8>,
-    notify: AsyncFd<InotifyFd>,
+    /// `None` when inotify is not available: every process of a user shares
+    /// `fs.inotify.max_user_instances` (128 by default), so many dynos or agents on one
+    /// machine run out. The tail then polls the file; failing instead would report a running
+    /// dyno crashed and start a second copy beside it.
+    notify: Option<AsyncFd<InotifyFd>>,
 }
+
+/// How often a tail without inotify reads the stream again.
+const TAIL_POLL: Duration = Duration::from_millis(50);
 
 /// `Inotify` with the `AsRawFd` that tokio's `AsyncFd` wants.
 struct InotifyFd(Inotify);
@@ -704,13 +711,21 @@ impl AsRawFd for InotifyFd {
 
 impl Tail {
     fn open(path: PathBuf) -> io::Result<Tail> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
-        // SAFETY: `InotifyFd` owns the inotify descriptor and always returns that same fd; the
-        // `AsyncFd` owns the `InotifyFd` for its whole life.
-        let notify =
-            unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)?;
+        let notify = match Tail::watch(&path) {
+            Ok(notify) => Some(notify),
+            Err(err) => {
+                tracing::warn!(
+                    "cannot watch {} with inotify ({err}): polling it every {TAIL_POLL:?}",
+                    path.display()
+                );
+                None
+            }
+        };
+        Tail::with_notify(path, notify)
+    }
+
+    /// The watch is made before the file is opened, so no write is missed.
+    fn with_notify(path: PathBuf, notify: Option<AsyncFd<InotifyFd>>) -> io::Result<Tail> {
         Ok(Tail {
             file: File::open(&path)?,
             path,
@@ -719,16 +734,27 @@ impl Tail {
         })
     }
 
+    fn watch(path: &Path) -> io::Result<AsyncFd<InotifyFd>> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(path, AddWatchFlags::IN_MODIFY)?;
+        // SAFETY: `InotifyFd` owns the inotify descriptor and always returns that same fd; the
+        // `AsyncFd` owns the `InotifyFd` for its whole life.
+        unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+    }
+
     /// Every complete record appended since the last call, across rotations.
     fn read_records(&mut self) -> io::Result<Vec<Record>> {
         let mut records = Vec::new();
         while self.drain(&mut records)? {
             self.file = File::open(&self.path)?;
             self.pending.clear();
-            self.notify
-                .get_ref()
-                .0
-                .add_watch(&self.path, AddWatchFlags::IN_MODIFY)?;
+            if let Some(notify) = &self.notify {
+                notify
+                    .get_ref()
+                    .0
+                    .add_watch(&self.path, AddWatchFlags::IN_MODIFY)?;
+            }
         }
         Ok(records)
     }
@@ -768,7 +794,11 @@ impl Tail {
 
     /// Waits until the stream file was written to.
     async fn changed(&mut self) -> io::Result<()> {
-        let mut guard = self.notify.readable().await?;
+        let Some(notify) = &self.notify else {
+            tokio::time::sleep(TAIL_POLL).await;
+            return Ok(());
+        };
+        let mut guard = notify.readable().await?;
         let _ = guard.get_inner().0.read_events();
         guard.clear_ready();
         Ok(())
@@ -1090,5 +1120,31 @@ mod tests {
             texts(&out).last().map(String::as_str),
             Some("State changed from up to complete")
         );
+    }
+
+    /// Without inotify (the machine's per-user instances used up) a tail polls: it still
+    /// sees every record written after it opened.
+    #[tokio::test]
+    async fn a_tail_without_inotify_polls() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stream.jsonl");
+        let mut file = File::create(&path).expect("create");
+        let mut tail = Tail::with_notify(path, None).expect("open");
+        assert!(tail.read_records().expect("read").is_empty());
+        let line = serde_json::to_string(&ev(ShimEvent::Stopping)).expect("json");
+        writeln!(file, "{line}").expect("write");
+        let records = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                tail.changed().await.expect("changed");
+                let records = tail.read_records().expect("read");
+                if !records.is_empty() {
+                    return records;
+                }
+            }
+        })
+        .await
+        .expect("the polling tail saw the record");
+        assert_eq!(records, vec![ev(ShimEvent::Stopping)]);
     }
 }

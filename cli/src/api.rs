@@ -4,7 +4,7 @@
 //! few fields to render its tables, and a missing or renamed field on the server should
 //! degrade one column rather than make a whole command fail.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::header::{
@@ -26,10 +26,12 @@ pub struct Settings {
     pub base: String,
     pub token: Option<String>,
     pub user: String,
+    /// A CA (PEM) an https:// API is also checked against, besides the system roots.
+    pub ca: Option<PathBuf>,
 }
 
 impl Settings {
-    /// Reads `MANIFOLD_API`, `MANIFOLD_API_TOKEN` (or a token file) and `$USER`.
+    /// Reads `MANIFOLD_API`, `MANIFOLD_API_TOKEN` (or a token file), `MANIFOLD_CA` and `$USER`.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Settings {
@@ -39,8 +41,70 @@ impl Settings {
                 .to_string(),
             token: resolve_token(var("MANIFOLD_API_TOKEN"), var("MANIFOLD_API_TOKEN_FILE")),
             user: var("USER").unwrap_or_else(|| "admin".to_string()),
+            ca: var("MANIFOLD_CA").map(PathBuf::from),
         }
     }
+
+    /// Trusts `ca` (`--ca`) instead of `MANIFOLD_CA`, when given.
+    pub fn with_ca(mut self, ca: Option<PathBuf>) -> Self {
+        if ca.is_some() {
+            self.ca = ca;
+        }
+        self
+    }
+}
+
+/// The TLS client setup for an https:// API: the system roots plus `ca`. The ring provider
+/// is named so the choice does not hang on other crates' rustls features.
+fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca {
+        let what = || format!("the CA {} (MANIFOLD_CA, --ca)", path.display());
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", what()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{} is not PEM", what()))?;
+        if certs.is_empty() {
+            bail!("{} holds no certificate", what());
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .with_context(|| format!("{} is not a usable CA certificate", what()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // HTTP/1.1 only: reqwest is built without HTTP/2, and attach upgrades need HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The TLS error under a transport error, if the failure was TLS.
+fn tls_failure<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // tokio-rustls wraps it in an io::Error (and hyper-rustls that in another), whose
+        // `source()` skips the error it wraps: look inside.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 /// The token comes from the environment first, then from the named file, then from the
@@ -83,6 +147,14 @@ pub fn error_message(status: StatusCode, body: &str) -> String {
 
 /// Message for a request that never got an answer.
 pub fn transport_message(base: &str, err: &reqwest::Error) -> String {
+    if let Some(tls) = tls_failure(err) {
+        return match tls {
+            rustls::Error::InvalidCertificate(_) => format!(
+                "the Manifold API at {base} presented a certificate this machine does not trust ({tls}): set MANIFOLD_CA (or --ca) to the cluster CA, e.g. ca.pem"
+            ),
+            _ => format!("TLS with the Manifold API at {base} failed: {tls}"),
+        };
+    }
     if err.is_connect() {
         format!("cannot reach the Manifold API at {base}: is manifold-scheduler running? (set MANIFOLD_API)")
     } else {
@@ -125,10 +197,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(settings: Settings) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("manifold-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot set up the HTTP client")?;
+        let mut http = reqwest::Client::builder()
+            .user_agent(concat!("manifold-cli/", env!("CARGO_PKG_VERSION")));
+        if settings.base.starts_with("https://") || settings.ca.is_some() {
+            http = http.use_preconfigured_tls(tls_config(settings.ca.as_deref())?);
+        }
+        let http = http.build().context("cannot set up the HTTP client")?;
         Ok(Client { settings, http })
     }
 
@@ -443,6 +517,28 @@ mod tests {
         assert_eq!(
             transport_message(&base, &err),
             format!("cannot reach the Manifold API at {base}: is manifold-scheduler running? (set MANIFOLD_API)")
+        );
+    }
+
+    #[test]
+    fn tls_failures_are_found_inside_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // As hyper-rustls hands it on: an io::Error around tokio-rustls' io::Error.
+        let wrapped = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            tls.clone(),
+        ));
+        assert_eq!(tls_failure(&wrapped), Some(&tls));
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(tls_failure(&plain), None);
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() {
+        let err = tls_config(Some(Path::new("/nonexistent/ca.pem"))).expect_err("no such file");
+        assert_eq!(
+            err.to_string(),
+            "cannot read the CA /nonexistent/ca.pem (MANIFOLD_CA, --ca)"
         );
     }
 

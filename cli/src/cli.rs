@@ -11,12 +11,16 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Manage apps and dynos on a Manifold cluster",
     after_help = "Environment: MANIFOLD_API (default http://127.0.0.1:8750), MANIFOLD_API_TOKEN \
-                  or MANIFOLD_API_TOKEN_FILE, MANIFOLD_APP"
+                  or MANIFOLD_API_TOKEN_FILE, MANIFOLD_CA, MANIFOLD_APP"
 )]
 pub struct Cli {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A CA certificate (PEM) an https:// API is checked against, besides the system roots
+    /// (the cluster's ca.pem).
+    #[arg(long, global = true, env = "MANIFOLD_CA", value_name = "PATH")]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

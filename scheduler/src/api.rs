@@ -167,7 +167,14 @@ async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(g) if same_secret(g, expected) => next.run(req).await,
+        Some(g) if same_secret(g, expected) => {
+            if path.starts_with("/agent/") && core.settings.agent_certs {
+                if let Err(refused) = check_agent_cert(&req) {
+                    return refused.into_response();
+                }
+            }
+            next.run(req).await
+        }
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -181,6 +188,35 @@ async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
         )
         .into_response(),
     }
+}
+
+/// With `--cluster-ca`, an agent's request (blobs) must come with a client certificate valid
+/// for the host it names in `Manifold-Host` (see [`crate::tls`]).
+fn check_agent_cert(req: &Request) -> Result<(), ApiError> {
+    let peer = req.extensions().get::<crate::tls::Peer>();
+    let host = req
+        .headers()
+        .get(crate::tls::HOST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let from = peer.map_or_else(|| "?".to_string(), |p| p.addr.to_string());
+    if host.is_empty() {
+        tracing::warn!("refused an agent request from {from}: no Manifold-Host header");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "agent certificate required: the request names no host (Manifold-Host header)",
+        ));
+    }
+    crate::tls::check_agent(peer, host).map_err(|err| {
+        tracing::warn!("refused an agent request from {from}: {err}");
+        let status = if err.unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        ApiError::new(status, "unauthorized", err.to_string())
+    })
 }
 
 /// Every response carries a `Request-Id` (the caller's when it sent a sane one).

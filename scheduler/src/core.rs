@@ -46,6 +46,9 @@ pub struct Settings {
     pub slug_limit: u64,
     pub api_token: String,
     pub agent_token: String,
+    /// Agents must also present a client certificate valid for their host id, issued by the
+    /// cluster CA (`--cluster-ca`): checked on AgentLink calls and blob requests.
+    pub agent_certs: bool,
     /// The router's timeouts and limits (also how long a stopping dyno may finish requests).
     pub router: RouterConfig,
     /// The log plex's sizes and the roots its TLS drains trust.

@@ -161,13 +161,28 @@ async fn post_events(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
+/// An error with its causes (a TLS failure is a few sources below reqwest's message).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Where a following router listens and whom it follows.
 #[derive(Debug, Clone)]
 pub struct FollowConfig {
-    /// `http://host:port` of the scheduler's API.
+    /// `http(s)://host:port` of the scheduler's API.
     pub scheduler: String,
     pub token: String,
     pub router: RouterConfig,
+    /// The HTTP client for the scheduler (with the roots an https:// scheduler is checked
+    /// against: [`crate::tls::follower_client`]).
+    pub client: reqwest::Client,
 }
 
 /// What the hooks collected since the last `POST /router/v1/events`.
@@ -216,7 +231,7 @@ pub async fn run(
         Arc::new(RemoteHooks(pending.clone())),
         config.router.clone(),
     ));
-    let client = reqwest::Client::new();
+    let client = config.client.clone();
     let follow = tokio::spawn(follow_routes(client.clone(), config.clone(), table));
     let send = tokio::spawn(send_events(client, config, pending));
     let served = router.serve(listener, shutdown).await;
@@ -260,7 +275,11 @@ async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: Rou
                 }
             },
             Err(err) => {
-                tracing::warn!("cannot get routes from {}: {err}", config.scheduler);
+                tracing::warn!(
+                    "cannot get routes from {}: {}",
+                    config.scheduler,
+                    chain(&err)
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -289,7 +308,11 @@ async fn send_events(client: reqwest::Client, config: FollowConfig, pending: Arc
             .await
             .and_then(|r| r.error_for_status());
         if let Err(err) = sent {
-            tracing::warn!("cannot send router events to {}: {err}", config.scheduler);
+            tracing::warn!(
+                "cannot send router events to {}: {}",
+                config.scheduler,
+                chain(&err)
+            );
             lock(&pending.events).wake.extend(events.wake);
         }
     }
@@ -332,11 +355,11 @@ mod tests {
 pub async fn run_logplex(
     scheduler: String,
     token: String,
+    client: reqwest::Client,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let plex = manifold_logplex::LogPlex::new(manifold_logplex::PlexConfig::default());
-    let client = reqwest::Client::new();
     let feed = tokio::spawn(follow_firehose(
         client.clone(),
         scheduler.clone(),
@@ -439,7 +462,7 @@ async fn follow_firehose(
                 }
                 tracing::warn!("the firehose of {scheduler} ended; reconnecting");
             }
-            Err(err) => tracing::warn!("cannot follow {scheduler}'s firehose: {err}"),
+            Err(err) => tracing::warn!("cannot follow {scheduler}'s firehose: {}", chain(&err)),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

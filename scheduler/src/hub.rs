@@ -21,6 +21,7 @@ use crate::core::{lock, Core, CoreError, Link};
 use crate::metrics::Counters;
 use crate::model::{Desired, DynoReport, DynoState};
 use crate::store::DynoChanges;
+use crate::tls::{check_agent, Peer};
 
 /// The service; one per scheduler.
 #[derive(Debug, Clone)]
@@ -31,6 +32,20 @@ pub struct Hub {
 impl Hub {
     pub fn new(core: Arc<Core>) -> Hub {
         Hub { core }
+    }
+
+    /// With `--cluster-ca`, refuses (and logs) a call whose connection's client certificate
+    /// is not valid for `host` (see [`crate::tls`]).
+    #[allow(clippy::result_large_err)]
+    fn check_cert(&self, peer: Option<&Peer>, host: &str, what: &str) -> Result<(), Status> {
+        if !self.core.settings.agent_certs {
+            return Ok(());
+        }
+        check_agent(peer, host).map_err(|err| {
+            let from = peer.map_or_else(|| "?".to_string(), |p| p.addr.to_string());
+            tracing::warn!("refused the {what} from {from}: {err}");
+            err.status()
+        })
     }
 }
 
@@ -251,24 +266,27 @@ impl AgentLink for Hub {
         &self,
         request: Request<Streaming<AttachPacket>>,
     ) -> Result<Response<AttachStream>, Status> {
+        let peer = request.extensions().get::<Peer>().cloned();
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the attach stream ended before naming its dyno")
         })?;
-        let attached = self
+        let dyno = self
             .core
             .store
             .dynos(None)
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .into_iter()
-            .any(|d| d.id == first.dyno_id && d.attach.is_some());
-        if !attached {
+            .find(|d| d.id == first.dyno_id && d.attach.is_some());
+        let Some(dyno) = dyno else {
             return Err(Status::not_found(format!(
                 "no attached one-off dyno {}",
                 first.dyno_id
             )));
-        }
+        };
+        // Only the dyno's own host may carry its terminal.
+        self.check_cert(peer.as_ref(), &dyno.host_id, "attach stream")?;
         let (outbound, rx) = mpsc::channel(ATTACH_QUEUE);
         self.core.attach_event(
             &first.dyno_id,
@@ -286,6 +304,7 @@ impl AgentLink for Hub {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<LinkStream>, Status> {
+        let peer = request.extensions().get::<Peer>().cloned();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(AgentMessage {
@@ -299,6 +318,7 @@ impl AgentLink for Hub {
                 hello.host_id
             )));
         }
+        self.check_cert(peer.as_ref(), &hello.host_id, "agent link")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let serial = self
             .core

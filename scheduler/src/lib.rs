@@ -5,7 +5,8 @@
 //! using [`planner`] (a pure function from hosts to a placement). [`core::Core`] holds the
 //! running state and drives the reconciler; [`api`] (REST) and [`hub`] (AgentLink gRPC) only
 //! translate requests into calls on it; [`builds`] turns uploads into slugs and releases;
-//! [`server`] serves both protocols on one port. One-off dynos: [`oneoff`] places them,
+//! [`server`] serves both protocols on one port, over TLS with [`tls`] (certificates from
+//! [`certs`]). One-off dynos: [`oneoff`] places them,
 //! [`attach`] joins a `manifold run` client to its dyno, [`release_phase`] runs a release's
 //! `release` command before it goes live.
 
@@ -13,6 +14,7 @@ pub mod api;
 pub mod attach;
 pub mod blobs;
 pub mod builds;
+pub mod certs;
 pub mod core;
 pub mod follow;
 pub mod hub;
@@ -26,3 +28,4 @@ pub mod release_phase;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use manifold_logplex::PlexConfig;
 use manifold_router::RouterConfig;
 use manifold_scheduler::blobs::BlobStore;
@@ -23,6 +23,15 @@ use manifold_scheduler::store::sqlite::SqliteStore;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Settings file: its keys are these flags' long names (`heartbeat_deadline = "5s"`);
+    /// flags and MANIFOLD_* variables win over it.
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_SCHEDULER_CONFIG",
+        default_value = "/etc/manifold/scheduler.toml"
+    )]
+    config: PathBuf,
     /// Address for the REST API and the agents' gRPC link (one port serves both).
     #[arg(long, env = "MANIFOLD_LISTEN", default_value = "127.0.0.1:8750")]
     listen: SocketAddr,
@@ -90,6 +99,17 @@ struct Cli {
     /// Extra CA certificates (PEM) that syslog+tls:// and https:// log drains are checked against.
     #[arg(long, env = "MANIFOLD_DRAIN_CA")]
     drain_ca: Option<PathBuf>,
+    /// Serve the API and AgentLink over TLS with this certificate (PEM; e.g. from
+    /// `certs issue scheduler`); needs --tls-key.
+    #[arg(long, env = "MANIFOLD_SCHEDULER_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "MANIFOLD_SCHEDULER_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): agents must present a certificate from it for their host id
+    /// (needs --tls-cert); `router` and `logplex` trust it for an https:// scheduler.
+    #[arg(long, global = true, env = "MANIFOLD_CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
     /// Also run `manifold-agent` on this host, connected to this scheduler (all-in-one).
     #[arg(long)]
     with_agent: bool,
@@ -122,6 +142,11 @@ enum Command {
         /// Where to serve GET /apps/APP/log-stream.
         #[arg(long = "logplex-listen", default_value = "127.0.0.1:8752")]
         listen: SocketAddr,
+    },
+    /// The cluster CA and host certificates for TLS between agents and the scheduler.
+    Certs {
+        #[command(subcommand)]
+        command: manifold_scheduler::certs::CertsCommand,
     },
 }
 
@@ -164,6 +189,7 @@ async fn follow_logs(
     manifold_scheduler::follow::run_logplex(
         scheduler.trim_end_matches('/').to_string(),
         token,
+        manifold_scheduler::tls::follower_client(cli.cluster_ca.as_deref())?,
         listener,
         shutdown_signal(),
     )
@@ -186,6 +212,7 @@ async fn follow(cli: &Cli, scheduler: &str, token_file: Option<&Path>) -> anyhow
         scheduler: scheduler.trim_end_matches('/').to_string(),
         token,
         router: router_config(cli),
+        client: manifold_scheduler::tls::follower_client(cli.cluster_ca.as_deref())?,
     };
     manifold_scheduler::follow::run(config, listener, shutdown_signal()).await?;
     Ok(())
@@ -232,8 +259,10 @@ fn token(state_dir: &Path, name: &str, given: Option<String>) -> anyhow::Result<
     Ok(t)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread: the settings file becomes the flags' variables.
+    let settings = manifold_settings::apply(Cli::command(), std::env::args_os())?;
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MANIFOLD_LOG")
@@ -241,7 +270,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    if settings.is_some() {
+        tracing::info!("settings from {}", cli.config.display());
+    }
+    tokio::runtime::Runtime::new()?.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Router {
             scheduler,
@@ -252,8 +287,19 @@ async fn main() -> anyhow::Result<()> {
             token_file,
             listen,
         }) => return follow_logs(&cli, scheduler, token_file.as_deref(), *listen).await,
+        Some(Command::Certs { command }) => return Ok(command.run()?),
         None => {}
     }
+    let tls = match (&cli.tls_cert, &cli.tls_key, &cli.cluster_ca) {
+        (Some(cert), Some(key), ca) => Some(Arc::new(
+            manifold_scheduler::tls::ServerTls::load(cert, key, ca.as_deref())
+                .context("cannot set up TLS")?,
+        )),
+        (_, _, Some(_)) => anyhow::bail!(
+            "--cluster-ca (MANIFOLD_CLUSTER_CA) needs TLS: give --tls-cert and --tls-key too"
+        ),
+        _ => None,
+    };
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("cannot create {}", cli.state_dir.display()))?;
     let settings = Settings {
@@ -265,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
         router: router_config(&cli),
         api_token: token(&cli.state_dir, "api-token", cli.api_token.clone())?,
         agent_token: token(&cli.state_dir, "agent-token", cli.agent_token.clone())?,
+        agent_certs: tls.as_ref().is_some_and(|t| t.checks_clients()),
         plex: PlexConfig {
             drain_roots: match &cli.drain_ca {
                 Some(path) => manifold_logplex::load_pem_roots(path)
@@ -295,7 +342,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!("serving the API and AgentLink on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        "serving the API and AgentLink on {scheme}://{addr}{}",
+        if settings.agent_certs {
+            ", agents with a certificate from the cluster CA"
+        } else {
+            ""
+        }
+    );
     core.load_drains()
         .await
         .context("cannot load the log drains")?;
@@ -317,7 +372,14 @@ async fn main() -> anyhow::Result<()> {
         let exe = std::env::current_exe()?.with_file_name("manifold-agent");
         let child = tokio::process::Command::new(&exe)
             .arg("--scheduler")
-            .arg(format!("http://{addr}"))
+            .arg(format!("{scheme}://{addr}"))
+            // With TLS the agent trusts the cluster CA; its own certificate comes with
+            // --agent-arg=--tls-cert=… and --agent-arg=--tls-key=….
+            .envs(
+                cli.cluster_ca
+                    .as_ref()
+                    .map(|ca| ("MANIFOLD_CLUSTER_CA", ca)),
+            )
             .args(&cli.agent_args)
             .env("MANIFOLD_AGENT_TOKEN", &settings.agent_token)
             .spawn()
@@ -327,7 +389,13 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    manifold_scheduler::server::run(core, listener, router, shutdown_signal()).await?;
+    // systemd's `Type=notify`: the store is open and both listeners accept.
+    notify(sd_notify::NotifyState::Ready);
+    manifold_scheduler::server::serve(core, listener, tls, router, async {
+        shutdown_signal().await;
+        notify(sd_notify::NotifyState::Stopping);
+    })
+    .await?;
     if let Some(child) = agent.as_mut() {
         // The agent leaves its dynos running when it stops; stopping dynos is up to the user.
         if let Some(pid) = child.id() {
@@ -337,4 +405,11 @@ async fn main() -> anyhow::Result<()> {
         let _ = child.wait().await;
     }
     Ok(())
+}
+
+/// Tells the service manager, if one started us with a notify socket, what state we are in.
+fn notify(state: sd_notify::NotifyState) {
+    if let Err(err) = sd_notify::notify(false, &[state]) {
+        tracing::warn!("cannot notify the service manager: {err}");
+    }
 }

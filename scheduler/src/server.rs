@@ -1,25 +1,57 @@
 //! Serving: the REST API and the AgentLink gRPC service on one listener (HTTP/1.1 for the
-//! API, HTTP/2 for gRPC), the router on its own, plus the reconcile loop.
+//! API, HTTP/2 for gRPC; plain TCP, or TLS with [`ServerTls`]), the router on its own, plus
+//! the reconcile loop.
+//!
+//! ```text
+//! accept ─▶ task per connection: [TLS handshake, ≤ 10 s] ─▶ hyper (HTTP/1.1 with upgrades
+//!           for attach, HTTP/2 for gRPC) ─▶ every request gets the connection's `Peer`
+//!           ─▶ axum Router: REST routes + AgentLink (tonic)
+//! ```
+//!
+//! Stopping: no new connections, open ones are told to finish (HTTP/1.1 closes after the
+//! current response, HTTP/2 sends GOAWAY), and the wait is bounded by [`SHUTDOWN_GRACE`].
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use manifold_proto::agent_link_server::AgentLinkServer;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
 
 use crate::core::Core;
 use crate::hub::{check_token, Hub};
 use crate::routing::CoreHooks;
+use crate::tls::{ClientCert, Peer, ServerTls};
 
 /// How long open requests may finish after a shutdown was asked for. Agents' links never
 /// finish on their own (they are meant to stay open), so the wait must be bounded.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long a client has for the TLS handshake (and to send its first byte).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Serves until `shutdown` resolves; the router serves apps on `router` when given.
+/// Serves plain HTTP until `shutdown` resolves; the router serves apps on `router` when given.
 pub async fn run(
     core: Arc<Core>,
     listener: TcpListener,
+    router: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve(core, listener, None, router, shutdown).await
+}
+
+/// Serves until `shutdown` resolves, over TLS when `tls` is given; the router serves apps
+/// (always plain HTTP) on `router` when given.
+pub async fn serve(
+    core: Arc<Core>,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     router: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -45,12 +77,11 @@ pub async fn run(
     let reconciler = tokio::spawn(core.reconcile_loop());
     let stopping = Arc::new(Notify::new());
     let signal = stopping.clone();
-    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let served = tokio::spawn(accept_loop(listener, tls, app, async move {
         shutdown.await;
         let _ = stop_router.send(true);
         signal.notify_one();
-    });
-    let served = tokio::spawn(async move { served.await });
+    }));
     let result = tokio::select! {
         r = served => r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
         () = async {
@@ -63,4 +94,208 @@ pub async fn run(
         routing.abort();
     }
     result
+}
+
+/// Accepts connections until `shutdown` resolves, then waits for the open ones to finish.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // `stop` turns true at shutdown; each connection task holds an `open` receiver, so
+    // `open.closed()` resolves once the last one ended.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (open_tx, open_rx) = watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) if is_connection_error(&err) => continue,
+                Err(err) => {
+                    // E.g. out of file descriptors: wait for some to be closed.
+                    tracing::error!("accept: {err}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let conn = Connection {
+            addr,
+            app: app.clone(),
+            tls: tls.clone(),
+            stop: stop_rx.clone(),
+            _open: open_rx.clone(),
+        };
+        tokio::spawn(conn.serve(stream));
+    }
+    let _ = stop_tx.send(true);
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+    Ok(())
+}
+
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One accepted connection.
+struct Connection {
+    addr: SocketAddr,
+    app: axum::Router,
+    tls: Option<Arc<ServerTls>>,
+    stop: watch::Receiver<bool>,
+    /// Held while the connection is open (see [`accept_loop`]).
+    _open: watch::Receiver<()>,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        let addr = self.addr;
+        let Some(tls) = self.tls.clone() else {
+            let peer = Peer {
+                addr,
+                tls: false,
+                cert: ClientCert::None,
+            };
+            let app = self.app.clone();
+            return self.http(TokioIo::new(stream), app, peer).await;
+        };
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+            Ok(Ok(1)) => {
+                // Plain HTTP on the TLS port: answer in HTTP what to do rather than reset.
+                tracing::info!(
+                    "refused a plain-HTTP connection from {addr}: this listener speaks TLS"
+                );
+                let peer = Peer {
+                    addr,
+                    tls: false,
+                    cert: ClientCert::None,
+                };
+                return self
+                    .http(TokioIo::new(stream), refuse_plain_http(), peer)
+                    .await;
+            }
+            _ => return,
+        }
+        let stream =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::info!("TLS handshake with {addr} failed: {err}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!("TLS handshake with {addr} timed out");
+                    return;
+                }
+            };
+        let cert = tls.client_cert(stream.get_ref().1);
+        if let ClientCert::Untrusted(why) = &cert {
+            tracing::debug!("{addr} presented an untrusted client certificate: {why}");
+        }
+        let peer = Peer {
+            addr,
+            tls: true,
+            cert,
+        };
+        let app = self.app.clone();
+        self.http(TokioIo::new(stream), app, peer).await
+    }
+
+    /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until the client closes, or until
+    /// shutdown asks it to finish.
+    async fn http<I>(mut self, io: I, app: axum::Router, peer: Peer)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = PeerService {
+            app,
+            peer: Arc::new(peer),
+        };
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::trace!("connection from {}: {err}", self.addr);
+                    }
+                    return;
+                }
+                changed = self.stop.wait_for(|s| *s), if !stopping => {
+                    stopping = true;
+                    if changed.is_ok() {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The router, called with the connection's [`Peer`] in each request's extensions (tonic
+/// hands them on to the AgentLink service).
+#[derive(Clone)]
+struct PeerService {
+    app: axum::Router,
+    peer: Arc<Peer>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = axum::routing::future::RouteFuture<Infallible>;
+
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer.as_ref().clone());
+        let mut app = self.app.clone();
+        tower_service::Service::call(&mut app, req)
+    }
+}
+
+/// What a plain-HTTP client of the TLS listener is told: gRPC (agents) gets an
+/// `UNAUTHENTICATED` status, anything else a 400 in the API's error format.
+fn refuse_plain_http() -> axum::Router {
+    axum::Router::new().fallback(|req: axum::extract::Request| async move {
+        let grpc = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if grpc {
+            let message = "the scheduler serves TLS on this port: use an https:// scheduler URL (--scheduler)";
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, "application/grpc"),
+                    (
+                        axum::http::HeaderName::from_static("grpc-status"),
+                        "16",
+                    ),
+                    (axum::http::HeaderName::from_static("grpc-message"), message),
+                ],
+                "",
+            )
+                .into_response()
+        } else {
+            crate::api::ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "tls_required",
+                "the scheduler serves HTTPS on this port: use https:// (set MANIFOLD_API)",
+            )
+            .into_response()
+        }
+    })
 }

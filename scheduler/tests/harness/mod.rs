@@ -99,7 +99,17 @@ pub struct Agent {
     pub ports: (u16, u16),
     /// Where the agent serves `/metrics`.
     pub metrics_port: u16,
+    pub options: AgentOptions,
     child: Option<Child>,
+}
+
+/// How an agent differs from the default one.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// The scheduler URL it dials (default: the cluster's API URL).
+    pub scheduler: Option<String>,
+    /// More flags (e.g. `--tls-cert …`).
+    pub args: Vec<String>,
 }
 
 impl Agent {
@@ -141,6 +151,9 @@ pub struct Cluster {
     pub agents: Vec<Agent>,
     pub deadline: Duration,
     pub flags: Vec<String>,
+    /// The scheduler serves TLS with a certificate from this CA: the API is https://, the
+    /// CLI gets it as MANIFOLD_CA, curl as --cacert.
+    pub ca: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -151,11 +164,19 @@ impl Cluster {
 
     /// A scheduler with extra flags.
     pub fn start_with(deadline: Duration, flags: &[&str]) -> Cluster {
+        let mut c = Cluster::prepare(deadline, flags);
+        c.start_scheduler();
+        c
+    }
+
+    /// The cluster's directory, ports and flags, with the scheduler not started yet (for
+    /// tests that make files first, such as certificates): see `start_scheduler`.
+    pub fn prepare(deadline: Duration, flags: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("manifold-e2e-")
             .tempdir()
             .unwrap();
-        let mut c = Cluster {
+        Cluster {
             port: free_port(),
             router_port: free_port(),
             dir,
@@ -163,13 +184,22 @@ impl Cluster {
             agents: Vec::new(),
             deadline,
             flags: flags.iter().map(|f| f.to_string()).collect(),
-        };
-        c.start_scheduler();
-        c
+            ca: None,
+        }
     }
 
     pub fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// curl, trusting the cluster's CA if it has one.
+    pub fn curl(&self) -> Command {
+        let mut cmd = Command::new("curl");
+        if let Some(ca) = &self.ca {
+            cmd.arg("--cacert").arg(ca);
+        }
+        cmd
     }
 
     pub fn start_scheduler(&mut self) {
@@ -199,7 +229,7 @@ impl Cluster {
         self.scheduler = Some(child);
         let url = format!("{}/health", self.api());
         wait_for("the scheduler to serve", Duration::from_secs(20), || {
-            Command::new("curl")
+            self.curl()
                 .args(["-fsS", "-o", "/dev/null", &url])
                 .status()
                 .ok()
@@ -216,6 +246,11 @@ impl Cluster {
 
     /// Adds a host `id` with `slots` dyno slots, started at once.
     pub fn add_agent(&mut self, id: &str, slots: u32) -> usize {
+        self.add_agent_with(id, slots, AgentOptions::default())
+    }
+
+    /// Adds a host `id` with `slots` dyno slots and `options`, started at once.
+    pub fn add_agent_with(&mut self, id: &str, slots: u32, options: AgentOptions) -> usize {
         // Unique across the clusters of this test binary, which run in parallel.
         static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
         let index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -229,6 +264,7 @@ impl Cluster {
             index,
             ports: (base, base + 99),
             metrics_port: free_port(),
+            options,
             child: None,
         });
         let i = self.agents.len() - 1;
@@ -239,6 +275,7 @@ impl Cluster {
     pub fn start_agent(&mut self, i: usize, slots: u32) {
         let api = self.api();
         let a = &mut self.agents[i];
+        let api = a.options.scheduler.clone().unwrap_or(api);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -261,6 +298,7 @@ impl Cluster {
             .args(["--metrics-listen", &format!("127.0.0.1:{}", a.metrics_port)])
             .arg("--buildpacks-dir")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildpacks"))
+            .args(&a.options.args)
             .env("MANIFOLD_AGENT_TOKEN", AGENT_TOKEN)
             .env("MANIFOLD_LOG", "info,manifold_agent=debug")
             .stdin(Stdio::null())
@@ -281,6 +319,7 @@ impl Cluster {
     /// Runs the `manifold` CLI against this cluster.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bins().join("manifold"))
+            .envs(self.ca.as_ref().map(|ca| ("MANIFOLD_CA", ca)))
             .args(args)
             .env("MANIFOLD_API", self.api())
             .env("MANIFOLD_API_TOKEN", API_TOKEN)
@@ -293,6 +332,7 @@ impl Cluster {
     /// Starts the CLI with piped stdio, not waited for.
     pub fn spawn_cli(&self, args: &[&str]) -> Child {
         Command::new(bins().join("manifold"))
+            .envs(self.ca.as_ref().map(|ca| ("MANIFOLD_CA", ca)))
             .args(args)
             .env("MANIFOLD_API", self.api())
             .env("MANIFOLD_API_TOKEN", API_TOKEN)
@@ -417,7 +457,7 @@ impl Cluster {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
-        let mut cmd = Command::new("curl");
+        let mut cmd = self.curl();
         cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
         if let Some(t) = token {
             cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
