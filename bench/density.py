@@ -4,7 +4,7 @@
 Starts an all-in-one node (bench/node.py) whose agent claims enough memory and slots for
 the largest step, deploys a tiny app (`idle: sleep infinity`, generic buildpack, eco size)
 and scales it up in steps. After each step is all `up` (and a few heartbeats later), it
-reads the RSS of the agent daemon, of the dynos' shims and of the scheduler, and prints the
+reads the RSS of the agent daemon and of the scheduler and the PSS of the dynos' shims, and prints the
 agent's RSS per dyno over its RSS with none: the issue's "agent overhead per dyno" (goal:
 under 1 MiB per dyno at 500 dynos, the agent under 500 MiB).
 
@@ -18,6 +18,8 @@ import time
 
 from node import Node
 
+DYNOS = "/var/lib/manifold/dynos/"
+
 
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -25,6 +27,20 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def pss_kib(pid):
+    """Proportional set size: shared pages (the binary's text) divided among the sharers."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def processes():
@@ -55,10 +71,10 @@ def main():
         node.manifold("deploy", src, "-a", "density")
         scheduler = node.process.pid
         agent = next(pid for pid, argv in processes()
-                     if argv and argv[0].endswith("manifold-agent") and "shim" not in argv)
+                     if argv and argv[0].endswith("manifold-agent") and parent(pid) == scheduler)
         base = None
         print(f"{'dynos':>6} {'to up':>7} {'agent RSS':>10} {'per dyno':>9} "
-              f"{'shim RSS (avg)':>15} {'scheduler RSS':>14}", flush=True)
+              f"{'shim PSS (avg)':>15} {'scheduler RSS':>14}", flush=True)
         for n in steps:
             start = time.monotonic()
             node.manifold("ps:scale", f"idle={n}:eco", "-a", "density")
@@ -67,15 +83,18 @@ def main():
             took = time.monotonic() - start
             time.sleep(5)  # a few heartbeats and log flushes with every dyno running
             agent_kib = rss_kib(agent)
-            shims = [pid for pid, argv in processes() if len(argv) > 1 and argv[1] == "shim"]
-            shim_kib = sum(rss_kib(p) for p in shims) / len(shims) if shims else 0
+            shims = [pid for pid, argv in processes()
+                     if len(argv) > 3 and argv[1] == "shim" and argv[3].startswith(DYNOS)]
+            shim_kib = sum(pss_kib(p) for p in shims) / len(shims) if shims else 0
             if base is None:
                 base = agent_kib
             per = (agent_kib - base) / n if n else 0
             print(f"{n:>6} {took:>6.1f}s {agent_kib / 1024:>8.1f}Mi {per:>7.0f}Ki "
                   f"{shim_kib / 1024:>13.2f}Mi {rss_kib(scheduler) / 1024:>12.1f}Mi", flush=True)
-        node.manifold("ps:scale", "idle=0", "-a", "density")
-        node.destroy("density")
+        start = time.monotonic()
+        node.manifold("apps:destroy", "density", "--confirm", "density")
+        node.wait("density", None, poll=0.5, timeout=900)
+        print(f"all {most} stopped and cleaned in {time.monotonic() - start:.1f}s")
 
 
 if __name__ == "__main__":

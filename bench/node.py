@@ -68,7 +68,12 @@ class Node:
                 if done(dynos):
                     return
             time.sleep(poll)
-        sys.exit(f"timed out; last: {dynos if done else os.listdir('/var/lib/manifold/dynos')}")
+        if done is None:
+            sys.exit(f"timed out; dynos left: {len(os.listdir('/var/lib/manifold/dynos'))}")
+        states = {}
+        for d in dynos or []:
+            states[d["state"]] = states.get(d["state"], 0) + 1
+        sys.exit(f"timed out; last: {len(dynos or [])} dynos by state {states}")
 
     def destroy(self, app):
         """Destroys the app and waits until its dynos are gone."""

@@ -587,9 +587,45 @@ impl Dyno {
         // Armed when a web dyno starts (for an adopted one: when the replay reaches its start,
         // so a re-adopted dyno gets a whole boot timeout again rather than none).
         let mut boot_deadline: Option<tokio::time::Instant> = None;
+        // Set when the liveness check found the shim gone; acted on only once the stream has
+        // been read to its end, so the shim's last records are never skipped.
+        let mut shim_gone = false;
         let status = 'outer: loop {
             report.flush(&life, &mut out);
-            for record in tail.read_records().map_err(follow_err)? {
+            let records = tail.read_records().map_err(follow_err)?;
+            if shim_gone && records.is_empty() {
+                // The shim died without finishing: clean up in its place.
+                // `cleanup` is blocking (and runs its own runtime for netlink), so
+                // it must not run on this task's thread.
+                let (config, dir) = (self.config.clone(), self.dir.clone());
+                let errors =
+                    tokio::task::spawn_blocking(move || shim::cleanup(&config, &dir, None))
+                        .await
+                        .unwrap_or_else(|e| vec![format!("cleanup: {e}")]);
+                life.record(
+                    Record::Event {
+                        ts: timestamp(),
+                        event: ShimEvent::Exited {
+                            code: None,
+                            signal: Some(9),
+                            oom: false,
+                        },
+                    },
+                    &mut out,
+                );
+                report.flush(&life, &mut out);
+                life.record(
+                    Record::Event {
+                        ts: timestamp(),
+                        event: ShimEvent::Cleaned { errors },
+                    },
+                    &mut out,
+                );
+                report.flush(&life, &mut out);
+                break 'outer 137;
+            }
+            shim_gone = false;
+            for record in records {
                 let action = life.record(record, &mut out);
                 report.flush(&life, &mut out);
                 match action {
@@ -617,20 +653,7 @@ impl Dyno {
                     None => stop_open = false,
                 },
                 () = tokio::time::sleep(LIVENESS_INTERVAL) => {
-                    if kill(self.shim_pid, None).is_err() && tail.read_records().map_err(follow_err)?.is_empty() {
-                        // The shim died without finishing: clean up in its place.
-                        // `cleanup` is blocking (and runs its own runtime for netlink), so
-                        // it must not run on this task's thread.
-                        let (config, dir) = (self.config.clone(), self.dir.clone());
-                        let errors = tokio::task::spawn_blocking(move || shim::cleanup(&config, &dir, None))
-                            .await
-                            .unwrap_or_else(|e| vec![format!("cleanup: {e}")]);
-                        life.record(Record::Event { ts: timestamp(), event: ShimEvent::Exited { code: None, signal: Some(9), oom: false } }, &mut out);
-                        report.flush(&life, &mut out);
-                        life.record(Record::Event { ts: timestamp(), event: ShimEvent::Cleaned { errors } }, &mut out);
-                        report.flush(&life, &mut out);
-                        break 'outer 137;
-                    }
+                    shim_gone = kill(self.shim_pid, None).is_err();
                 }
             }
         };
@@ -798,10 +821,16 @@ impl Tail {
             tokio::time::sleep(TAIL_POLL).await;
             return Ok(());
         };
-        let mut guard = notify.readable().await?;
-        let _ = guard.get_inner().0.read_events();
-        guard.clear_ready();
-        Ok(())
+        // Readiness is cleared only by a read that would block: clearing it after a read
+        // that succeeded could drop the wake-up of a write made in between.
+        loop {
+            let mut guard = notify.readable().await?;
+            match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from)) {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(err)) => return Err(err),
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 
