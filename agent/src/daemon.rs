@@ -360,6 +360,19 @@ impl AgentState {
 
 /// The assignment a dyno directory runs, beside `dyno.json` (whose id is the container's).
 const ASSIGNMENT_FILE: &str = "assignment";
+/// In each dyno directory: the state last reported and since when (`UP 1732345678901`), so
+/// that a restarted daemon re-adopting the dyno reports the time it really came up rather
+/// than its own start (`ps` would show every dyno of the host as just restarted).
+const SINCE_FILE: &str = "state-since";
+
+fn since_text(state: proto::DynoState, changed_at_ms: i64) -> String {
+    format!("{} {changed_at_ms}\n", state.as_str_name())
+}
+
+fn parse_since(text: &str) -> Option<(proto::DynoState, i64)> {
+    let (state, ms) = text.trim().split_once(' ')?;
+    Some((proto::DynoState::from_str_name(state)?, ms.parse().ok()?))
+}
 /// How long a stopped dyno may take: the shim's own grace period plus its cleanup.
 const GRACE: Duration = Duration::from_secs(30);
 
@@ -402,6 +415,8 @@ struct Entry {
     phase: Phase,
     status: proto::DynoStatus,
     restarts: RestartSchedule,
+    /// A re-adopted dyno's state before the daemon restarted, and since when.
+    since: Option<(proto::DynoState, i64)>,
 }
 
 /// What the core task reacts to, besides the link.
@@ -610,6 +625,9 @@ impl Core {
                         self.ports.claim(port);
                     }
                     let run = dyno.config.id.clone();
+                    let since = std::fs::read_to_string(dir.root.join(SINCE_FILE))
+                        .ok()
+                        .and_then(|text| parse_since(&text));
                     let app = self
                         .assignment(&id)
                         .map(|a| a.app.clone())
@@ -631,6 +649,7 @@ impl Core {
                                 port: dyno.config.publish.map(u32::from).unwrap_or(0),
                             },
                             restarts: RestartSchedule::new(self.config.restart),
+                            since,
                         },
                     );
                     tokio::spawn(follow(
@@ -835,6 +854,7 @@ impl Core {
                 ..Default::default()
             },
             restarts: RestartSchedule::new(self.config.restart),
+            since: None,
         });
         entry.run = run.clone();
         entry.phase = Phase::Launching;
@@ -866,10 +886,18 @@ impl Core {
         let Some(entry) = self.dynos.get_mut(id) else {
             return;
         };
+        let changed_at_ms = match entry.since.take() {
+            // Re-adopted in the state it had: it has been in it since then.
+            Some((was, since)) if was == state => since,
+            _ => now_ms(),
+        };
+        // Beside the dyno for a later daemon; a directory already gone takes nothing.
+        let root = DynoDir::new(&self.config.host, &entry.run).root;
+        let _ = std::fs::write(root.join(SINCE_FILE), since_text(state, changed_at_ms));
         entry.status = proto::DynoStatus {
             id: id.to_string(),
             state: state.into(),
-            changed_at_ms: now_ms(),
+            changed_at_ms,
             exit_status: exit,
             reason,
             port: entry.port.map(u32::from).unwrap_or(0),
@@ -1332,6 +1360,20 @@ mod tests {
         assert_eq!(ports.allocate(), Err(PortsExhausted { range }));
         ports.release(31001);
         assert_eq!(ports.allocate(), Ok(31001));
+    }
+
+    #[test]
+    fn the_state_since_file_round_trips() {
+        let text = since_text(proto::DynoState::Up, 1_732_345_678_901);
+        assert_eq!(text, "UP 1732345678901\n");
+        assert_eq!(
+            parse_since(&text),
+            Some((proto::DynoState::Up, 1_732_345_678_901))
+        );
+        assert_eq!(parse_since(""), None);
+        assert_eq!(parse_since("UP"), None);
+        assert_eq!(parse_since("SIDEWAYS 12"), None);
+        assert_eq!(parse_since("UP soon"), None);
     }
 
     #[test]

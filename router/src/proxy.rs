@@ -12,7 +12,10 @@
 //! ```
 //!
 //! Only a failed TCP connect is retried: once a byte of the request left, another try could
-//! repeat a side effect on the app.
+//! repeat a side effect on the app. The exception is a GET or HEAD without a body whose dyno
+//! closed the connection without answering (it was killed mid-request, or a pooled
+//! connection raced the dyno's keep-alive timeout): such a request is safe to repeat (RFC
+//! 9110, 9.2.2), so it goes to a dyno again, at most [`RESENDS`] times, instead of an H13.
 
 use std::sync::Arc;
 
@@ -20,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
+use hyper::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -35,6 +39,28 @@ use crate::pick;
 use crate::pool::{Conn, ConnectError};
 use crate::router::Router;
 use crate::table::{AppSlot, BackendShared, Hold, Route};
+
+/// How many times a bodiless GET or HEAD is sent again after a dyno closed the connection
+/// without answering.
+const RESENDS: usize = 2;
+
+/// What it takes to send a bodiless GET or HEAD again.
+struct Resend {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Resend {
+    fn request(&self) -> Request<UploadBody> {
+        let mut req = Request::new(UploadBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
 
 /// Where a request goes once its app's route is known.
 enum Resolved {
@@ -145,10 +171,18 @@ impl Router {
             parts.uri = Uri::from(origin);
         }
         let (upload, watch) = UploadBody::new(body, self.config.idle_timeout);
+        let resend = (watch.is_none()
+            && client_upgrade.is_none()
+            && matches!(parts.method, Method::GET | Method::HEAD))
+        .then(|| Resend {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
         let request = Request::from_parts(parts, upload);
         match self.connect(backends, &mut ex).await {
             Ok(conn) => {
-                self.exchange(conn, request, ex, watch, client_upgrade)
+                self.exchange(conn, request, ex, watch, client_upgrade, backends, resend)
                     .await
             }
             Err(code) => ex.refuse(code),
@@ -199,15 +233,17 @@ impl Router {
     }
 
     /// Sends the request on `conn` and answers with the dyno's response, streamed.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         mut conn: Conn,
-        request: Request<UploadBody>,
-        ex: Exchange,
+        mut request: Request<UploadBody>,
+        mut ex: Exchange,
         watch: Option<UploadWatch>,
         client_upgrade: Option<OnUpgrade>,
+        backends: &[Arc<BackendShared>],
+        resend: Option<Resend>,
     ) -> Response<RouterBody> {
-        let sent = conn.sender.send_request(request);
         let (upload, over) = match watch {
             Some(w) => (Some(w.state), Some(w.over)),
             None => (None, None),
@@ -221,22 +257,37 @@ impl Router {
             }
             tokio::time::sleep(timeout).await;
         };
-        let result = tokio::select! {
-            biased;
-            result = sent => Some(result),
-            () = deadline => None,
-        };
-        let mut response = match result {
-            Some(Ok(response)) => response,
-            Some(Err(error)) => {
-                conn.close();
-                let code = failure_code(&error, upload.as_deref());
-                tracing::debug!(%error, code = code.name(), "exchange with dyno failed");
-                return ex.refuse(code);
-            }
-            None => {
-                conn.close();
-                return ex.refuse(Code::H12);
+        tokio::pin!(deadline);
+        let mut resends = 0;
+        let mut response = loop {
+            let sent = conn.sender.send_request(request);
+            let result = tokio::select! {
+                biased;
+                result = sent => Some(result),
+                () = &mut deadline => None,
+            };
+            match result {
+                Some(Ok(response)) => break response,
+                Some(Err(error)) => {
+                    conn.close();
+                    let code = failure_code(&error, upload.as_deref());
+                    tracing::debug!(%error, code = code.name(), "exchange with dyno failed");
+                    match &resend {
+                        Some(again) if code == Code::H13 && resends < RESENDS => {
+                            resends += 1;
+                            conn = match self.connect(backends, &mut ex).await {
+                                Ok(conn) => conn,
+                                Err(code) => return ex.refuse(code),
+                            };
+                            request = again.request();
+                        }
+                        _ => return ex.refuse(code),
+                    }
+                }
+                None => {
+                    conn.close();
+                    return ex.refuse(Code::H12);
+                }
             }
         };
         let status = response.status();

@@ -138,6 +138,53 @@ async fn h13_connection_closed_without_response() {
     assert_eq!(f["dyno"], "web.1");
 }
 
+/// A dyno that closes the connection without answering (killed mid-request) costs a GET
+/// without a body nothing: it is sent again (here to the same dyno, restarted). Anything with
+/// a body may have had its effect, so it gets H13, sent once.
+#[tokio::test]
+async fn a_bodiless_get_is_sent_again_when_the_dyno_closed_without_answering() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let r = TestRouter::default().await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let b = raw_backend(move |mut stream| {
+        let first = counter.fetch_add(1, SeqCst) == 0;
+        async move {
+            if !first {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await;
+    r.table.set("app", AppRoute::Serving(vec![b]));
+    let reply = r.get("app.localhost", "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(seen.load(SeqCst), 2, "sent twice");
+
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counter = posts.clone();
+    let b = raw_backend(move |stream| {
+        counter.fetch_add(1, SeqCst);
+        async move { drop(stream) }
+    })
+    .await;
+    r.table.set("post", AppRoute::Serving(vec![b]));
+    let mut client = r.client().await;
+    let reply = client
+        .read(request("POST", "post.localhost", "/", full("x")))
+        .await;
+    expect_error(&r, &reply, "H13", "Connection closed without response").await;
+    assert_eq!(
+        posts.load(SeqCst),
+        1,
+        "a request with a body is not sent again"
+    );
+}
+
 #[tokio::test]
 async fn h18_dyno_closed_mid_response() {
     let r = TestRouter::default().await;
@@ -292,7 +339,11 @@ async fn a_request_is_never_retried_once_sent() {
     );
     let mut h13 = 0;
     for _ in 0..20 {
-        let reply = r.get("app.localhost", "/").await;
+        // With a body: a bodiless GET or HEAD is sent again (see the test above).
+        let mut client = r.client().await;
+        let reply = client
+            .read(request("POST", "app.localhost", "/", full("x")))
+            .await;
         if reply.status == 503 {
             h13 += 1;
         }
