@@ -7,37 +7,14 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
 /// Errors reading the TLS files or setting up the clients.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{what} {path} is not PEM")]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{what} {path} holds no certificate")]
-    NoCertificate { what: &'static str, path: PathBuf },
-    #[error("the cluster CA {path} is not a usable CA certificate")]
-    Ca {
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
+    #[error(transparent)]
+    File(#[from] manifold_tls::FileError),
     #[error("--cluster-ca, --tls-cert and --tls-key need an https:// scheduler URL, not {url}")]
     NotHttps { url: String },
     #[error("--tls-cert and --tls-key go together: give both or neither")]
@@ -77,35 +54,6 @@ impl fmt::Debug for ClientTls {
     }
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn certs(
-    what: &'static str,
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            what,
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
 impl ClientTls {
     /// Reads the cluster CA (`None`: trust the system roots) and this host's certificate and
     /// key (both or neither).
@@ -116,43 +64,24 @@ impl ClientTls {
     ) -> Result<ClientTls, TlsError> {
         let mut roots = RootCertStore::empty();
         let ca = match cluster_ca {
-            Some(path) => {
-                let pem = read("the cluster CA", path)?;
-                for ca in certs("the cluster CA", path, &pem)? {
-                    roots.add(ca).map_err(|source| TlsError::Ca {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                }
-                Some(pem)
-            }
+            Some(path) => Some(manifold_tls::add_cluster_ca(&mut roots, path)?),
             None => {
-                let native = rustls_native_certs::load_native_certs();
-                for error in &native.errors {
-                    tracing::debug!("cannot load a system root certificate: {error}");
-                }
-                roots.add_parsable_certificates(native.certs);
+                manifold_tls::add_system_roots(&mut roots);
                 if roots.is_empty() {
                     return Err(TlsError::NoRoots);
                 }
                 None
             }
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(manifold_tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
         let (mut config, identity) = match (cert, key) {
             (Some(cert), Some(key)) => {
-                let cert_pem = read("the TLS certificate", cert)?;
-                let key_pem = read("the TLS key", key)?;
-                let chain = certs("the TLS certificate", cert, &cert_pem)?;
-                let private =
-                    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Pem {
-                        what: "the TLS key",
-                        path: key.to_path_buf(),
-                        source,
-                    })?;
+                let cert_pem = manifold_tls::read("the TLS certificate", cert)?;
+                let key_pem = manifold_tls::read("the TLS key", key)?;
+                let chain = manifold_tls::certs_in("the TLS certificate", cert, &cert_pem)?;
+                let private = manifold_tls::key_in("the TLS key", key, &key_pem)?;
                 let config = builder
                     .with_client_auth_cert(chain, private)
                     .map_err(|source| TlsError::Identity {

@@ -435,8 +435,8 @@ mod tests {
         assert_eq!(issued.names, vec!["scheduler", "localhost", "127.0.0.1"]);
         assert_eq!(mode(&issued.key), 0o600);
         // rustls' own server-side check: the name, the address and the server usage.
-        let ca = crate::tls::load_certs("ca", &dir.path().join("ca.pem")).unwrap();
-        let cert = crate::tls::load_certs("cert", &issued.cert).unwrap();
+        let ca = manifold_tls::load_certs("ca", &dir.path().join("ca.pem")).unwrap();
+        let cert = manifold_tls::load_certs("cert", &issued.cert).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca[0].clone()).unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(

@@ -25,10 +25,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use manifold_tls::{load_certs, load_key, provider};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, DnsName, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerConnection, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
@@ -148,28 +147,8 @@ fn cert_names_host(der: &CertificateDer<'_>, host: &str) -> Result<(), AgentCert
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{what} {path} is not PEM")]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{what} {path} holds no certificate")]
-    NoCertificate { what: &'static str, path: PathBuf },
-    #[error("the cluster CA {path} is not a usable CA certificate")]
-    Ca {
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
+    #[error(transparent)]
+    File(#[from] manifold_tls::FileError),
     #[error("the cluster CA {path} cannot check client certificates")]
     Verifier {
         path: PathBuf,
@@ -187,50 +166,6 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("cannot set up the HTTPS client")]
     Client(#[from] reqwest::Error),
-}
-
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Every certificate of a PEM file (a chain, or a CA bundle); at least one.
-pub fn load_certs(
-    what: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(what, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            what,
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
-pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(what, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The listener's TLS: its certificate and, with a cluster CA, how client certificates are
@@ -258,12 +193,7 @@ impl ServerTls {
         let clients = match cluster_ca {
             Some(path) => {
                 let mut roots = RootCertStore::empty();
-                for ca in load_certs("the cluster CA", path)? {
-                    roots.add(ca).map_err(|source| TlsError::Ca {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                }
+                manifold_tls::add_cluster_ca(&mut roots, path)?;
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                         .allow_unauthenticated()
@@ -376,18 +306,9 @@ impl ClientCertVerifier for AskForClientCert {
 /// scheduler is checked against the system roots plus `cluster_ca`.
 pub fn follower_client(cluster_ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
     let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::debug!("cannot load a system root certificate: {error}");
-    }
-    roots.add_parsable_certificates(native.certs);
+    manifold_tls::add_system_roots(&mut roots);
     if let Some(path) = cluster_ca {
-        for ca in load_certs("the cluster CA", path)? {
-            roots.add(ca).map_err(|source| TlsError::Ca {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
+        manifold_tls::add_cluster_ca(&mut roots, path)?;
     }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
