@@ -4,7 +4,8 @@
 Starts an all-in-one node (bench/node.py) whose agent claims enough memory and slots for
 the largest step, deploys a tiny app (`idle: sleep infinity`, generic buildpack, eco size)
 and scales it up in steps. After each step is all `up` (and a few heartbeats later), it
-reads the RSS of the agent daemon and of the scheduler and the PSS of the dynos' shims, and prints the
+reads the RSS of the agent daemon and of the scheduler and the PSS of the dynos' shims, and
+the agent's CPU over 10 idle seconds (what following that many dynos costs), and prints the
 agent's RSS per dyno over its RSS with none: the issue's "agent overhead per dyno" (goal:
 under 1 MiB per dyno at 500 dynos, the agent under 500 MiB).
 
@@ -36,6 +37,13 @@ def pss_kib(pid):
             if line.startswith("Pss:"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid):
+    """User and system time the process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parent(pid):
@@ -74,7 +82,7 @@ def main():
                      if argv and argv[0].endswith("manifold-agent") and parent(pid) == scheduler)
         base = None
         print(f"{'dynos':>6} {'to up':>7} {'agent RSS':>10} {'per dyno':>9} "
-              f"{'shim PSS (avg)':>15} {'scheduler RSS':>14}", flush=True)
+              f"{'shim PSS (avg)':>15} {'scheduler RSS':>14} {'agent CPU idle':>15}", flush=True)
         for n in steps:
             start = time.monotonic()
             node.manifold("ps:scale", f"idle={n}:eco", "-a", "density")
@@ -82,6 +90,9 @@ def main():
                       poll=0.5, timeout=900)
             took = time.monotonic() - start
             time.sleep(5)  # a few heartbeats and log flushes with every dyno running
+            cpu0, t0 = cpu_seconds(agent), time.monotonic()
+            time.sleep(10)
+            cpu = (cpu_seconds(agent) - cpu0) / (time.monotonic() - t0)
             agent_kib = rss_kib(agent)
             shims = [pid for pid, argv in processes()
                      if len(argv) > 3 and argv[1] == "shim" and argv[3].startswith(DYNOS)]
@@ -90,7 +101,8 @@ def main():
                 base = agent_kib
             per = (agent_kib - base) / n if n else 0
             print(f"{n:>6} {took:>6.1f}s {agent_kib / 1024:>8.1f}Mi {per:>7.0f}Ki "
-                  f"{shim_kib / 1024:>13.2f}Mi {rss_kib(scheduler) / 1024:>12.1f}Mi", flush=True)
+                  f"{shim_kib / 1024:>13.2f}Mi {rss_kib(scheduler) / 1024:>12.1f}Mi {cpu * 100:>13.1f}%",
+                  flush=True)
         start = time.monotonic()
         node.manifold("apps:destroy", "density", "--confirm", "density")
         node.wait("density", None, poll=0.5, timeout=900)

@@ -34,3 +34,4 @@ pub mod slug;
 pub mod spec;
 pub mod supervisor;
 pub mod tls;
+pub mod watch;

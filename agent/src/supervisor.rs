@@ -27,20 +27,17 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream, DEFAULT_BOOT_TIMEOUT};
 use crate::logs::timestamp;
 use crate::shim;
+use crate::watch::Watch;
 
 /// A dyno's state, as `manifold ps` will show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -713,29 +710,34 @@ struct Tail {
     path: PathBuf,
     file: File,
     pending: Vec<u8>,
-    /// `None` when inotify is not available: every process of a user shares
-    /// `fs.inotify.max_user_instances` (128 by default), so many dynos or agents on one
-    /// machine run out. The tail then polls the file; failing instead would report a running
-    /// dyno crashed and start a second copy beside it.
-    notify: Option<AsyncFd<InotifyFd>>,
+    /// `None` when no watch could be had (the agent's inotify instance could not be made,
+    /// or the watch limit is reached): the tail then polls the file; failing instead would
+    /// report a running dyno crashed and start a second copy beside it.
+    watch: Option<Watch>,
 }
 
 /// How often a tail without inotify reads the stream again.
 const TAIL_POLL: Duration = Duration::from_millis(50);
 
-/// `Inotify` with the `AsRawFd` that tokio's `AsyncFd` wants.
-struct InotifyFd(Inotify);
-
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
 impl Tail {
     fn open(path: PathBuf) -> io::Result<Tail> {
-        let notify = match Tail::watch(&path) {
-            Ok(notify) => Some(notify),
+        let watch = Tail::watch(&path);
+        Tail::with_watch(path, watch)
+    }
+
+    /// The watch is made before the file is opened, so no write is missed.
+    fn with_watch(path: PathBuf, watch: Option<Watch>) -> io::Result<Tail> {
+        Ok(Tail {
+            file: File::open(&path)?,
+            path,
+            pending: Vec::new(),
+            watch,
+        })
+    }
+
+    fn watch(path: &Path) -> Option<Watch> {
+        match Watch::new(path) {
+            Ok(watch) => Some(watch),
             Err(err) => {
                 tracing::warn!(
                     "cannot watch {} with inotify ({err}): polling it every {TAIL_POLL:?}",
@@ -743,41 +745,17 @@ impl Tail {
                 );
                 None
             }
-        };
-        Tail::with_notify(path, notify)
-    }
-
-    /// The watch is made before the file is opened, so no write is missed.
-    fn with_notify(path: PathBuf, notify: Option<AsyncFd<InotifyFd>>) -> io::Result<Tail> {
-        Ok(Tail {
-            file: File::open(&path)?,
-            path,
-            pending: Vec::new(),
-            notify,
-        })
-    }
-
-    fn watch(path: &Path) -> io::Result<AsyncFd<InotifyFd>> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(path, AddWatchFlags::IN_MODIFY)?;
-        // SAFETY: `InotifyFd` owns the inotify descriptor and always returns that same fd; the
-        // `AsyncFd` owns the `InotifyFd` for its whole life.
-        unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
+        }
     }
 
     /// Every complete record appended since the last call, across rotations.
     fn read_records(&mut self) -> io::Result<Vec<Record>> {
         let mut records = Vec::new();
         while self.drain(&mut records)? {
+            // The new segment's watch before its first read (the next turn of the loop).
+            self.watch = Tail::watch(&self.path);
             self.file = File::open(&self.path)?;
             self.pending.clear();
-            if let Some(notify) = &self.notify {
-                notify
-                    .get_ref()
-                    .0
-                    .add_watch(&self.path, AddWatchFlags::IN_MODIFY)?;
-            }
         }
         Ok(records)
     }
@@ -815,22 +793,13 @@ impl Tail {
         Ok(continued)
     }
 
-    /// Waits until the stream file was written to.
+    /// Waits until the stream file was written to (or, without a watch, a while).
     async fn changed(&mut self) -> io::Result<()> {
-        let Some(notify) = &self.notify else {
-            tokio::time::sleep(TAIL_POLL).await;
-            return Ok(());
-        };
-        // Readiness is cleared only by a read that would block: clearing it after a read
-        // that succeeded could drop the wake-up of a write made in between.
-        loop {
-            let mut guard = notify.readable().await?;
-            match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from)) {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(err)) => return Err(err),
-                Err(_would_block) => continue,
-            }
+        match &self.watch {
+            Some(watch) => watch.changed().await,
+            None => tokio::time::sleep(TAIL_POLL).await,
         }
+        Ok(())
     }
 }
 
@@ -1159,7 +1128,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("stream.jsonl");
         let mut file = File::create(&path).expect("create");
-        let mut tail = Tail::with_notify(path, None).expect("open");
+        let mut tail = Tail::with_watch(path, None).expect("open");
         assert!(tail.read_records().expect("read").is_empty());
         let line = serde_json::to_string(&ev(ShimEvent::Stopping)).expect("json");
         writeln!(file, "{line}").expect("write");
