@@ -372,7 +372,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?.with_file_name("manifold-agent");
         let child = tokio::process::Command::new(&exe)
             .arg("--scheduler")
-            .arg(format!("{scheme}://{addr}"))
+            .arg(all_in_one_url(scheme, addr))
             // With TLS the agent trusts the cluster CA; its own certificate comes with
             // --agent-arg=--tls-cert=… and --agent-arg=--tls-key=….
             .envs(
@@ -407,9 +407,37 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the all-in-one agent dials: the listener's own address, but loopback for a
+/// wildcard one (`0.0.0.0`, `::`). With TLS the scheduler's certificate must name that
+/// address (`certs issue scheduler --ip 127.0.0.1`); no certificate names a wildcard.
+fn all_in_one_url(scheme: &str, addr: std::net::SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{scheme}://{addr}")
+}
+
 /// Tells the service manager, if one started us with a notify socket, what state we are in.
 fn notify(state: sd_notify::NotifyState) {
     if let Err(err) = sd_notify::notify(false, &[state]) {
         tracing::warn!("cannot notify the service manager: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_all_in_one_agent_dials_loopback_for_a_wildcard_listener() {
+        let url = |a: &str| all_in_one_url("https", a.parse().expect("address"));
+        assert_eq!(url("0.0.0.0:8750"), "https://127.0.0.1:8750");
+        assert_eq!(url("[::]:8750"), "https://[::1]:8750");
+        assert_eq!(url("10.0.0.2:8750"), "https://10.0.0.2:8750");
+        assert_eq!(url("127.0.0.1:9"), "https://127.0.0.1:9");
     }
 }

@@ -377,3 +377,79 @@ fn agents_need_a_certificate_for_their_host_id() {
     c.ok(&["apps:destroy", "tlsapp", "--confirm", "tlsapp"]);
     harness::assert_clean(&c, good);
 }
+
+/// The all-in-one node (`--with-agent`) over TLS: its own agent trusts the cluster CA,
+/// presents its host certificate (`--agent-arg`), joins and runs a deployed app; SIGTERM to
+/// the scheduler stops the agent too.
+#[test]
+fn an_all_in_one_node_over_tls_runs_its_own_agent() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::prepare(Duration::from_secs(10), &[]);
+    let pki = c.dir.path().join("pki");
+    certs_ok(&["ca", "--dir", s(&pki)]);
+    certs_ok(&["issue", "scheduler", "--dir", s(&pki), "--ip", "127.0.0.1"]);
+    certs_ok(&["issue", "tls-aio", "--dir", s(&pki)]);
+    let ca = pki.join("ca.pem");
+    c.flags.extend(
+        [
+            "--tls-cert",
+            s(&pki.join("scheduler.pem")),
+            "--tls-key",
+            s(&pki.join("scheduler-key.pem")),
+            "--cluster-ca",
+            s(&ca),
+        ]
+        .map(String::from),
+    );
+    let cert = [
+        "--tls-cert".to_string(),
+        s(&pki.join("tls-aio.pem")).to_string(),
+        "--tls-key".to_string(),
+        s(&pki.join("tls-aio-key.pem")).to_string(),
+    ];
+    let aio = c.add_all_in_one_agent(
+        "tls-aio",
+        20,
+        AgentOptions {
+            scheduler: None,
+            args: cert.to_vec(),
+        },
+    );
+    c.ca = Some(ca);
+    c.start_scheduler();
+    c.wait_hosts(1);
+    assert_eq!(host_ids(&c), vec!["tls-aio"]);
+
+    let out = deploy_tiny(&c, "aioapp");
+    assert!(out.contains("Released v1"), "{out}");
+    let dynos = c.wait_dynos("aioapp", &["web.1"], "up", UP);
+    assert_eq!(dynos[0]["host"]["id"], "tls-aio");
+    wait_for("the app to answer through the router", UP, || {
+        let (code, body) = c.route("aioapp", "/cgi-bin/greeting", &[]);
+        (code == 200 && body == "hello from web.1\n").then_some(())
+    });
+
+    // SIGTERM to the scheduler: it stops its agent and waits for it.
+    let scheduler = c.scheduler.take().unwrap();
+    let agent_running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            text.starts_with(s(&bins().join("manifold-agent")))
+                && text.contains(s(&c.agents[aio].state_dir))
+                && !text.contains("\0shim\0")
+        })
+    };
+    assert!(agent_running());
+    let mut scheduler = Reap(scheduler);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(scheduler.0.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = scheduler.0.wait().unwrap();
+    assert!(status.success(), "the scheduler exits cleanly: {status}");
+    assert!(!agent_running(), "the all-in-one agent stopped with it");
+}

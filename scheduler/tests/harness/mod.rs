@@ -122,6 +122,42 @@ impl Agent {
     pub fn subnet(&self) -> String {
         format!("10.{}.0.0/16", 230 + self.index)
     }
+    /// Its flags but `--scheduler`.
+    fn args(&self, slots: u32) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--state-dir",
+            self.state_dir.to_str().unwrap(),
+            "--host-id",
+            &self.id,
+            "--slots",
+            &slots.to_string(),
+            "--memory",
+            "16G",
+            "--ports",
+            &format!("{}-{}", self.ports.0, self.ports.1),
+            "--cgroup-parent",
+            &self.cgroup_parent(),
+            "--bridge",
+            &self.bridge(),
+            "--subnet",
+            &self.subnet(),
+            "--nft-table",
+            &self.bridge(),
+            "--heartbeat",
+            "500ms",
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", self.metrics_port),
+            "--buildpacks-dir",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../buildpacks")
+                .to_str()
+                .unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(self.options.args.iter().cloned());
+        args
+    }
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -251,6 +287,25 @@ impl Cluster {
 
     /// Adds a host `id` with `slots` dyno slots and `options`, started at once.
     pub fn add_agent_with(&mut self, id: &str, slots: u32, options: AgentOptions) -> usize {
+        let i = self.new_agent(id, options);
+        self.start_agent(i, slots);
+        i
+    }
+
+    /// An agent the scheduler starts itself (`--with-agent`), with the same isolation as
+    /// the others: its flags go to the scheduler as `--agent-arg`s, so this comes before
+    /// `start_scheduler`. Its process is the scheduler's child; `sweep` finds it by its
+    /// state directory.
+    pub fn add_all_in_one_agent(&mut self, id: &str, slots: u32, options: AgentOptions) -> usize {
+        let i = self.new_agent(id, options);
+        let args = self.agents[i].args(slots);
+        self.flags.push("--with-agent".to_string());
+        self.flags
+            .extend(args.into_iter().map(|a| format!("--agent-arg={a}")));
+        i
+    }
+
+    fn new_agent(&mut self, id: &str, options: AgentOptions) -> usize {
         // Unique across the clusters of this test binary, which run in parallel.
         static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
         let index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -267,9 +322,7 @@ impl Cluster {
             options,
             child: None,
         });
-        let i = self.agents.len() - 1;
-        self.start_agent(i, slots);
-        i
+        self.agents.len() - 1
     }
 
     pub fn start_agent(&mut self, i: usize, slots: u32) {
@@ -282,23 +335,9 @@ impl Cluster {
             .open(a.state_dir.join("agent.log"))
             .unwrap();
         let child = Command::new(bins().join("manifold-agent"))
-            .arg("--state-dir")
-            .arg(&a.state_dir)
             .arg("--scheduler")
             .arg(&api)
-            .args(["--host-id", &a.id])
-            .args(["--slots", &slots.to_string()])
-            .args(["--memory", "16G"])
-            .args(["--ports", &format!("{}-{}", a.ports.0, a.ports.1)])
-            .args(["--cgroup-parent", &a.cgroup_parent()])
-            .args(["--bridge", &a.bridge()])
-            .args(["--subnet", &a.subnet()])
-            .args(["--nft-table", &a.bridge()])
-            .args(["--heartbeat", "500ms"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", a.metrics_port)])
-            .arg("--buildpacks-dir")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildpacks"))
-            .args(&a.options.args)
+            .args(a.args(slots))
             .env("MANIFOLD_AGENT_TOKEN", AGENT_TOKEN)
             .env("MANIFOLD_LOG", "info,manifold_agent=debug")
             .stdin(Stdio::null())
@@ -479,6 +518,8 @@ impl Cluster {
         }
         self.kill_scheduler();
         for a in &self.agents {
+            // An all-in-one agent outlives its SIGKILLed scheduler.
+            kill_agents_of(&a.state_dir);
             for (_, pid) in a.shims() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -505,6 +546,33 @@ impl Cluster {
                 .stderr(Stdio::null())
                 .status();
             remove_cgroup(&a.cgroup_parent());
+        }
+    }
+}
+
+/// SIGKILLs every `manifold-agent` daemon whose state directory is `state_dir`.
+fn kill_agents_of(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let agent = argv.first().is_some_and(|a| a.ends_with(b"manifold-agent"));
+        let ours = argv.iter().any(|a| {
+            a.strip_prefix(b"--state-dir=".as_slice()).unwrap_or(a)
+                == state_dir.as_os_str().as_encoded_bytes()
+        });
+        if agent && ours {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
