@@ -891,9 +891,12 @@ impl Core {
             Some((was, since)) if was == state => since,
             _ => now_ms(),
         };
-        // Beside the dyno for a later daemon; a directory already gone takes nothing.
-        let root = DynoDir::new(&self.config.host, &entry.run).root;
-        let _ = std::fs::write(root.join(SINCE_FILE), since_text(state, changed_at_ms));
+        // Beside the dyno for a later daemon, while it runs (an ended dyno's directory is
+        // being removed: nothing of it is re-adopted); a directory already gone takes nothing.
+        if matches!(state, proto::DynoState::Starting | proto::DynoState::Up) {
+            let root = DynoDir::new(&self.config.host, &entry.run).root;
+            let _ = std::fs::write(root.join(SINCE_FILE), since_text(state, changed_at_ms));
+        }
         entry.status = proto::DynoStatus {
             id: id.to_string(),
             state: state.into(),

@@ -654,10 +654,24 @@ impl Dyno {
                 }
             }
         };
-        if let Err(err) = std::fs::remove_dir_all(&self.dir.root) {
+        if let Err(err) = remove_dyno_dir(&self.dir.root) {
             tracing::warn!("cannot remove {}: {err}", self.dir.root.display());
         }
         Ok(status)
+    }
+}
+
+/// Removes an ended dyno's directory. The daemon may be writing a file into it as it goes
+/// (`state-since`, for the state it is still reporting): a removal that found the directory
+/// not empty at the end tries again rather than leave it behind.
+fn remove_dyno_dir(root: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir_all(root) {
+            Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 3 => tries += 1,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            result => return result,
+        }
     }
 }
 

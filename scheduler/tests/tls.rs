@@ -3,7 +3,8 @@
 //! AgentLink over TLS and checks agents' certificates against the CA; an agent with a good
 //! certificate joins and runs a deployed app, while agents with no certificate, one from
 //! another CA, one for another host, or plain HTTP are refused and never become hosts. The
-//! CLI talks https with MANIFOLD_CA. As root, with the `testing` stack.
+//! CLI talks https with MANIFOLD_CA, and the router and log plex processes follow the
+//! scheduler over https. As root, with the `testing` stack.
 
 #![allow(clippy::unwrap_used)]
 
@@ -297,6 +298,38 @@ fn agents_need_a_certificate_for_their_host_id() {
             .output()
             .unwrap();
         (String::from_utf8_lossy(&out.stdout) == "hello from web.1\n").then_some(())
+    });
+    // A log plex process too: `manifold logs` against it has the router process's lines,
+    // which reached it through the scheduler's firehose over https.
+    let plex_port = harness::free_port();
+    let plex_log = std::fs::File::create(c.dir.path().join("logplex.log")).unwrap();
+    let _plex = Reap(
+        Command::new(bins().join("manifold-scheduler"))
+            .args(["logplex", "--scheduler", &c.api(), "--cluster-ca", s(&ca)])
+            .args(["--logplex-listen", &format!("127.0.0.1:{plex_port}")])
+            .env("MANIFOLD_API_TOKEN", harness::API_TOKEN)
+            .stdout(plex_log.try_clone().unwrap())
+            .stderr(plex_log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the log plex process to follow over https", UP, || {
+        Command::new("curl")
+            .args(["-fsS", "-o", "/dev/null", "-H", "Host: tlsapp.localhost"])
+            .arg(format!(
+                "http://127.0.0.1:{router_port}/cgi-bin/greeting?plexed"
+            ))
+            .status()
+            .unwrap();
+        let out = Command::new(bins().join("manifold"))
+            .args(["logs", "-a", "tlsapp", "--ps", "router"])
+            .env("MANIFOLD_API", format!("http://127.0.0.1:{plex_port}"))
+            .env("MANIFOLD_API_TOKEN", harness::API_TOKEN)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .contains("path=\"/cgi-bin/greeting?plexed\"")
+            .then_some(())
     });
 
     assert_eq!(host_ids(&c), vec!["tls-good"]);
