@@ -69,12 +69,22 @@ pub fn ready() -> bool {
     false
 }
 
+/// A port nothing listens on, for a process a test starts. Taken below the kernel's
+/// ephemeral range (32768 and up), where a port the kernel handed out (`bind` to port 0)
+/// could be taken again by any outgoing connection before the process binds it, and never
+/// the same twice in one test binary, whose tests run side by side.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = rand::random::<u16>() % 10_000 + 10_000;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
