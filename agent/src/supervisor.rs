@@ -654,7 +654,7 @@ impl Dyno {
                 }
             }
         };
-        if let Err(err) = remove_dyno_dir(&self.dir.root) {
+        if let Err(err) = remove_dyno_dir(&self.dir.root).await {
             tracing::warn!("cannot remove {}: {err}", self.dir.root.display());
         }
         Ok(status)
@@ -663,12 +663,15 @@ impl Dyno {
 
 /// Removes an ended dyno's directory. The daemon may be writing a file into it as it goes
 /// (`state-since`, for the state it is still reporting): a removal that found the directory
-/// not empty at the end tries again rather than leave it behind.
-fn remove_dyno_dir(root: &Path) -> io::Result<()> {
+/// not empty at the end tries again, a moment later, rather than leave it behind.
+async fn remove_dyno_dir(root: &Path) -> io::Result<()> {
     let mut tries = 0;
     loop {
         match std::fs::remove_dir_all(root) {
-            Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 3 => tries += 1,
+            Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+            }
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
             result => return result,
         }

@@ -105,25 +105,27 @@ pub fn slug(dir: &Path, name: &str, files: &[(&str, &str, u32)]) -> PathBuf {
     path
 }
 
-/// A free TCP port on the host.
+/// A port nothing listens on, for a dyno a test publishes. Taken below the kernel's
+/// ephemeral range (32768 and up), where a port the kernel handed out (`bind` to port 0)
+/// could be taken again by any outgoing connection before the dyno's port is published,
+/// and never the same twice in one test binary, whose tests run side by side.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = rand::random::<u16>() % 10_000 + 10_000;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
-/// `n` distinct free ports: every listener is held until all are chosen (calling
-/// [`free_port`] `n` times can return one port twice, which a test then publishes twice).
+/// `n` distinct free ports.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    (0..n).map(|_| free_port()).collect()
 }
 
 /// A `manifold-agent run` started in the background. Dropping it stops the dyno (SIGTERM,
