@@ -146,6 +146,15 @@ mod tests {
 
     use super::*;
 
+    fn append(path: &Path, line: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(line)
+            .unwrap();
+    }
+
     async fn woken(watch: &Watch) -> bool {
         tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await
@@ -181,12 +190,7 @@ mod tests {
         let path = dir.path().join("stream");
         std::fs::write(&path, "").unwrap();
         let watch = Watch::new(&path).unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"x\n")
-            .unwrap();
+        append(&path, b"x\n");
         // The dispatcher thread may take a moment; the permit waits for us either way.
         std::thread::sleep(Duration::from_millis(50));
         assert!(woken(&watch).await);
@@ -203,12 +207,7 @@ mod tests {
                 .build()
                 .unwrap();
             let watch = Watch::new(&path).unwrap();
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap()
-                .write_all(b"x\n")
-                .unwrap();
+            append(&path, b"x\n");
             assert!(rt.block_on(woken(&watch)));
         }
     }

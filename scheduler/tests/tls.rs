@@ -72,6 +72,40 @@ fn wait_log(path: &Path, text: &str) {
     );
 }
 
+/// The scheduler will serve TLS with the certificate `certs issue scheduler` made in `pki`
+/// and check agents against its CA; the cluster's CLI and curl trust that CA.
+fn serve_tls(c: &mut Cluster, pki: &Path) {
+    let ca = pki.join("ca.pem");
+    c.flags.extend(
+        [
+            "--tls-cert",
+            s(&pki.join("scheduler.pem")),
+            "--tls-key",
+            s(&pki.join("scheduler-key.pem")),
+            "--cluster-ca",
+            s(&ca),
+        ]
+        .map(String::from),
+    );
+    c.ca = Some(ca);
+}
+
+/// Starts `manifold-scheduler KIND` following the cluster's https:// scheduler with the
+/// cluster CA, listening on a free port; returns it (killed when dropped) and the port.
+fn follower(c: &Cluster, ca: &Path, kind: &str, listen_flag: &str) -> (Reap, u16) {
+    let port = harness::free_port();
+    let log = std::fs::File::create(c.dir.path().join(format!("{kind}.log"))).unwrap();
+    let child = Command::new(bins().join("manifold-scheduler"))
+        .args([kind, "--scheduler", &c.api(), "--cluster-ca", s(ca)])
+        .args([listen_flag, &format!("127.0.0.1:{port}")])
+        .env("MANIFOLD_API_TOKEN", harness::API_TOKEN)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (Reap(child), port)
+}
+
 fn tls_agent(ca: &Path, cert: Option<(&Path, &Path)>) -> AgentOptions {
     let mut args = vec!["--cluster-ca".to_string(), s(ca).to_string()];
     if let Some((cert, key)) = cert {
@@ -162,18 +196,7 @@ fn agents_need_a_certificate_for_their_host_id() {
     assert!(err.contains("--tls-cert"), "{err}");
 
     // The scheduler, over TLS, checking agents.
-    c.flags.extend(
-        [
-            "--tls-cert",
-            s(&pki.join("scheduler.pem")),
-            "--tls-key",
-            s(&pki.join("scheduler-key.pem")),
-            "--cluster-ca",
-            s(&ca),
-        ]
-        .map(String::from),
-    );
-    c.ca = Some(ca.clone());
+    serve_tls(&mut c, &pki);
     c.start_scheduler();
     let scheduler_log = c.dir.path().join("scheduler.log");
     wait_log(
@@ -279,18 +302,7 @@ fn agents_need_a_certificate_for_their_host_id() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A router process follows the https:// scheduler, trusting the cluster CA.
-    let router_port = harness::free_port();
-    let router_log = std::fs::File::create(c.dir.path().join("router.log")).unwrap();
-    let _router = Reap(
-        Command::new(bins().join("manifold-scheduler"))
-            .args(["router", "--scheduler", &c.api(), "--cluster-ca", s(&ca)])
-            .args(["--router-listen", &format!("127.0.0.1:{router_port}")])
-            .env("MANIFOLD_API_TOKEN", harness::API_TOKEN)
-            .stdout(router_log.try_clone().unwrap())
-            .stderr(router_log)
-            .spawn()
-            .unwrap(),
-    );
+    let (_router, router_port) = follower(&c, &ca, "router", "--router-listen");
     wait_for("the router process to route over https", UP, || {
         let out = Command::new("curl")
             .args(["-fsS", "--max-time", "5", "-H", "Host: tlsapp.localhost"])
@@ -301,18 +313,7 @@ fn agents_need_a_certificate_for_their_host_id() {
     });
     // A log plex process too: `manifold logs` against it has the router process's lines,
     // which reached it through the scheduler's firehose over https.
-    let plex_port = harness::free_port();
-    let plex_log = std::fs::File::create(c.dir.path().join("logplex.log")).unwrap();
-    let _plex = Reap(
-        Command::new(bins().join("manifold-scheduler"))
-            .args(["logplex", "--scheduler", &c.api(), "--cluster-ca", s(&ca)])
-            .args(["--logplex-listen", &format!("127.0.0.1:{plex_port}")])
-            .env("MANIFOLD_API_TOKEN", harness::API_TOKEN)
-            .stdout(plex_log.try_clone().unwrap())
-            .stderr(plex_log)
-            .spawn()
-            .unwrap(),
-    );
+    let (_plex, plex_port) = follower(&c, &ca, "logplex", "--logplex-listen");
     wait_for("the log plex process to follow over https", UP, || {
         Command::new("curl")
             .args(["-fsS", "-o", "/dev/null", "-H", "Host: tlsapp.localhost"])
@@ -424,18 +425,7 @@ fn an_all_in_one_node_over_tls_runs_its_own_agent() {
     certs_ok(&["ca", "--dir", s(&pki)]);
     certs_ok(&["issue", "scheduler", "--dir", s(&pki), "--ip", "127.0.0.1"]);
     certs_ok(&["issue", "tls-aio", "--dir", s(&pki)]);
-    let ca = pki.join("ca.pem");
-    c.flags.extend(
-        [
-            "--tls-cert",
-            s(&pki.join("scheduler.pem")),
-            "--tls-key",
-            s(&pki.join("scheduler-key.pem")),
-            "--cluster-ca",
-            s(&ca),
-        ]
-        .map(String::from),
-    );
+    serve_tls(&mut c, &pki);
     let cert = [
         "--tls-cert".to_string(),
         s(&pki.join("tls-aio.pem")).to_string(),
@@ -450,7 +440,6 @@ fn an_all_in_one_node_over_tls_runs_its_own_agent() {
             args: cert.to_vec(),
         },
     );
-    c.ca = Some(ca);
     c.start_scheduler();
     c.wait_hosts(1);
     assert_eq!(host_ids(&c), vec!["tls-aio"]);
