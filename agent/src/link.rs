@@ -271,7 +271,6 @@ pub enum BlobError {
 #[derive(Debug, Clone)]
 pub struct Blobs {
     scheduler: Scheduler,
-    http: reqwest::Client,
     /// The host id sent as `Manifold-Host`, which a scheduler checking certificates matches
     /// against ours.
     host: Option<String>,
@@ -280,7 +279,6 @@ pub struct Blobs {
 impl Blobs {
     pub fn new(scheduler: Scheduler) -> Self {
         Blobs {
-            http: scheduler.http.clone(),
             scheduler,
             host: None,
         }
@@ -328,7 +326,7 @@ impl Blobs {
             source,
         };
         let mut response = self
-            .authorize(self.http.get(self.url(sha256)))
+            .authorize(self.scheduler.http.get(self.url(sha256)))
             .send()
             .await
             .map_err(http)?;
@@ -385,7 +383,7 @@ impl Blobs {
             .map(|b| format!("{b:02x}"))
             .collect();
         let response = self
-            .authorize(self.http.put(self.url(&sha256)))
+            .authorize(self.scheduler.http.put(self.url(&sha256)))
             .body(body)
             .send()
             .await
