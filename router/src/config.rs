@@ -10,8 +10,13 @@ pub struct RouterConfig {
     /// Longest wait for a response head once the request is sent; past it H12 (Heroku: 30 s).
     pub request_timeout: Duration,
     /// Longest silence while streaming a body either way; past it H15 (dyno idle) or H28
-    /// (client idle) (Heroku: 55 s). Also closes idle client keep-alive connections.
+    /// (client idle) (Heroku: 55 s). Also bounds the wait for a request's headers from when
+    /// a client connection waits for one: slow senders (slowloris), silent and idle
+    /// keep-alive connections are closed after it.
     pub idle_timeout: Duration,
+    /// Most client connections served at once; past it, new ones wait to be accepted until
+    /// one closes (so a flood of connections cannot take every descriptor of the process).
+    pub max_connections: usize,
     /// Longest hold of a request for an app that is booting or waking; past it H20
     /// (Heroku: 75 s).
     pub boot_hold: Duration,
@@ -39,6 +44,7 @@ impl Default for RouterConfig {
             domain: "localhost".to_owned(),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(55),
+            max_connections: 10_000,
             boot_hold: Duration::from_secs(75),
             hold_limit: 200,
             connect_timeout: Duration::from_secs(5),

@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::RouterConfig;
 use crate::io::{ClientIo, ConnCtx};
@@ -63,8 +63,25 @@ impl Router {
         let (stop, stopped) = watch::channel(false);
         let mut workers = Workers::start(&self, port, &stopped)?;
         let _sweeper = AbortOnDrop(tokio::spawn(sweep_idle_connections(self.clone())));
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
         tokio::pin!(shutdown);
         loop {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::warn!(
+                        max = self.config.max_connections,
+                        "router connection cap reached: new connections wait until one closes"
+                    );
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -81,8 +98,8 @@ impl Router {
                 tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
             }
             match &mut workers {
-                Some(workers) => workers.dispatch(stream, peer),
-                None => self.spawn_connection(stream, peer, port, stopped.clone()),
+                Some(workers) => workers.dispatch(stream, peer, slot),
+                None => self.spawn_connection(stream, peer, port, stopped.clone(), slot),
             }
         }
         drop(listener);
@@ -112,6 +129,7 @@ impl Router {
         peer: SocketAddr,
         port: u16,
         mut stopped: watch::Receiver<bool>,
+        slot: OwnedSemaphorePermit,
     ) {
         let ctx = Arc::new(ConnCtx::new(peer, port));
         let io = TokioIo::new(ClientIo::new(stream, ctx.clone(), self.config.idle_timeout));
@@ -128,6 +146,8 @@ impl Router {
             .header_read_timeout(self.config.idle_timeout);
         let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::spawn(async move {
+            // Its place among `max_connections`, given back when it ends.
+            let _slot = slot;
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -170,7 +190,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-type Intake = mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
+type Intake = mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, OwnedSemaphorePermit)>;
 
 /// Router threads, each a single-threaded runtime that owns its client connections and
 /// the dyno connections they use (pooled per thread): a request then never wakes another
@@ -213,11 +233,15 @@ impl Workers {
                 .spawn(move || {
                     pool::set_worker(index);
                     runtime.block_on(async move {
-                        while let Some((stream, peer)) = arrivals.recv().await {
+                        while let Some((stream, peer, slot)) = arrivals.recv().await {
                             match TcpStream::from_std(stream) {
-                                Ok(stream) => {
-                                    router.spawn_connection(stream, peer, port, stopped.clone())
-                                }
+                                Ok(stream) => router.spawn_connection(
+                                    stream,
+                                    peer,
+                                    port,
+                                    stopped.clone(),
+                                    slot,
+                                ),
                                 Err(error) => {
                                     tracing::warn!(%error, %peer, "cannot adopt connection")
                                 }
@@ -238,7 +262,7 @@ impl Workers {
     }
 
     /// Hands a connection to the next thread, round robin.
-    fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => {
@@ -247,7 +271,7 @@ impl Workers {
             }
         };
         self.next = (self.next + 1) % self.intake.len();
-        if self.intake[self.next].send((stream, peer)).is_err() {
+        if self.intake[self.next].send((stream, peer, slot)).is_err() {
             tracing::warn!(%peer, "router thread gone; connection dropped");
         }
     }
