@@ -41,6 +41,7 @@ use crate::link::{self, Blobs, LinkEvent, Scheduler};
 use crate::logs::timestamp;
 use crate::logship::{self, LogRate, LogShipper};
 use crate::metrics::{self, AgentMetrics};
+use crate::outbox::{self, Outbox};
 use crate::relay;
 use crate::restart::{RestartPolicy, RestartSchedule};
 use crate::size::DynoSize;
@@ -511,6 +512,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         link: None,
         inputs: inputs_tx,
         logs: LogShipper::new(config.log_rate, logship::QUEUE_LINES),
+        outbox: Outbox::default(),
         metrics: Arc::new(AgentMetrics::default()),
     };
     if let Some(addr) = config.metrics_listen {
@@ -589,6 +591,8 @@ struct Core {
     inputs: mpsc::UnboundedSender<Input>,
     /// The dynos' lines on their way to the scheduler's log plex.
     logs: LogShipper,
+    /// Reports waiting for room on the link.
+    outbox: Outbox,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -695,6 +699,7 @@ impl Core {
         match event {
             LinkEvent::Connected(tx) => {
                 self.link = Some(tx);
+                self.outbox.clear();
                 let hello = proto::Hello {
                     host_id: self.config.host_id.clone(),
                     address: self.config.address.clone(),
@@ -708,7 +713,10 @@ impl Core {
                 };
                 self.send(proto::agent_message::Kind::Hello(hello));
             }
-            LinkEvent::Disconnected => self.link = None,
+            LinkEvent::Disconnected => {
+                self.link = None;
+                self.outbox.clear();
+            }
             LinkEvent::Message(message) => match message.kind {
                 Some(proto::scheduler_message::Kind::Assignments(a)) => {
                     self.state = AgentState {
@@ -736,43 +744,27 @@ impl Core {
         }
     }
 
-    /// Sends to the scheduler if linked. A full buffer drops the message: the state it
-    /// carries is repeated in the next `Hello`.
-    /// Sends the waiting log lines while the link takes them; what it cannot take waits.
+    /// Sends what waits for the scheduler, if linked: log lines, and the reports the link's
+    /// buffer could not take before (see [`outbox`]); what it cannot take now waits.
     fn ship_logs(&mut self) {
         let m = &self.metrics;
         m.dropped_rate
             .store(self.logs.dropped_rate, Ordering::Relaxed);
         m.dropped_queue
             .store(self.logs.dropped_queue, Ordering::Relaxed);
+        m.dropped_build_output
+            .store(self.outbox.dropped_output, Ordering::Relaxed);
         m.connected.store(self.link.is_some(), Ordering::Relaxed);
-        while let Some(batch) = self.logs.batch() {
-            let lines = batch.lines.len();
-            let Some(link) = &self.link else {
-                self.logs.unsend(batch);
-                return;
-            };
-            let message = proto::AgentMessage {
-                kind: Some(proto::agent_message::Kind::Logs(batch)),
-            };
-            match link.try_send(message) {
-                Ok(()) => {
-                    let shipped = u64::try_from(lines).unwrap_or(u64::MAX);
-                    self.metrics
-                        .lines_shipped
-                        .fetch_add(shipped, Ordering::Relaxed);
-                }
-                Err(err) => {
-                    let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
-                    if let Some(proto::agent_message::Kind::Logs(batch)) = err.into_inner().kind {
-                        self.logs.unsend(batch);
-                    }
-                    if closed {
-                        self.link = None;
-                    }
-                    return;
-                }
-            }
+        let Some(link) = &self.link else {
+            return;
+        };
+        let (flushed, shipped) = outbox::flush(&mut self.outbox, &mut self.logs, link);
+        self.metrics
+            .lines_shipped
+            .fetch_add(shipped, Ordering::Relaxed);
+        if flushed == outbox::Flushed::Closed {
+            self.link = None;
+            self.outbox.clear();
         }
     }
 
@@ -791,15 +783,16 @@ impl Core {
         self.logs.line(&app, id, line, Instant::now());
     }
 
+    /// Sends a message to the scheduler if linked, after the log lines queued before it. A
+    /// full link buffer never loses it: it waits in the outbox (a dyno's reports coalesced)
+    /// and goes with the next flush. Unlinked, it is not needed: `Hello` carries every
+    /// dyno's state, and the scheduler fails the builds of a host that went away.
     fn send(&mut self, kind: proto::agent_message::Kind) {
-        let Some(link) = &self.link else { return };
-        match link.try_send(proto::AgentMessage { kind: Some(kind) }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!("agent link buffer full: dropping a report")
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.link = None,
+        if self.link.is_none() {
+            return;
         }
+        self.outbox.push(kind, self.logs.queued_total());
+        self.ship_logs();
     }
 
     fn assignment(&self, id: &str) -> Option<&AssignmentRecord> {
@@ -908,9 +901,9 @@ impl Core {
         let status = entry.status.clone();
         tracing::info!("{} ({id}) is {}", entry.name, state.as_str_name());
         self.count_states();
-        // The dyno's lines from before its new state go first, on the same stream: a
-        // reader of the state (the release phase's outcome, a deploy's output) has them.
-        self.ship_logs();
+        // The dyno's lines from before its new state go first, on the same stream (`send`
+        // sees to it): a reader of the state (the release phase's outcome, a deploy's
+        // output) has them.
         self.send(proto::agent_message::Kind::Dyno(status));
     }
 

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod logship;
 pub mod metrics;
 pub mod network;
+pub mod outbox;
 pub mod relay;
 pub mod restart;
 pub mod rootfs;

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use crate::tls::{ClientTls, TlsError};
 
 /// Messages queued for the scheduler while the stream cannot take them. Beyond this the
-/// daemon drops status reports: the next `Hello` carries every dyno's state anyway.
+/// daemon keeps its reports in its outbox ([`crate::outbox`]) and log lines in their queue.
 pub const OUTBOUND_BUFFER: usize = 4096;
 
 /// Where the scheduler is and how to prove who we are.

@@ -72,6 +72,9 @@ pub struct LogShipper {
     /// Totals for the agent's metrics.
     pub dropped_rate: u64,
     pub dropped_queue: u64,
+    /// Lines ever queued: a message sent after the lines queued so far waits until
+    /// [`LogShipper::gone_total`] reaches this (see [`crate::outbox`]).
+    queued: u64,
 }
 
 impl LogShipper {
@@ -85,7 +88,19 @@ impl LogShipper {
             lost_since: None,
             dropped_rate: 0,
             dropped_queue: 0,
+            queued: 0,
         }
+    }
+
+    /// Lines ever queued.
+    pub fn queued_total(&self) -> u64 {
+        self.queued
+    }
+
+    /// Lines ever queued that left the queue (sent or dropped).
+    pub fn gone_total(&self) -> u64 {
+        self.queued
+            .saturating_sub(u64::try_from(self.queue.len()).unwrap_or(u64::MAX))
     }
 
     /// Takes one line of a dyno of `app`. Platform lines are never rate-limited: they are
@@ -192,6 +207,7 @@ impl LogShipper {
         if self.queue.len() >= self.capacity {
             self.drop_oldest();
         }
+        self.queued += 1;
         self.queue.push_back(line);
     }
 

@@ -21,6 +21,8 @@ pub struct AgentMetrics {
     pub dropped_rate: AtomicU64,
     /// Log lines dropped because the queue for the scheduler was full.
     pub dropped_queue: AtomicU64,
+    /// Build output lines dropped because the link to the scheduler was congested.
+    pub dropped_build_output: AtomicU64,
     pub connected: AtomicBool,
     /// Dynos by state (`up`, `crashed`, ...).
     pub dynos: Mutex<BTreeMap<String, u64>>,
@@ -48,6 +50,11 @@ impl AgentMetrics {
                 "manifold_agent_log_lines_total",
                 "Log lines sent to the scheduler.",
                 &self.lines_shipped,
+            ),
+            (
+                "manifold_agent_build_output_dropped_total",
+                "Build output lines dropped while the link to the scheduler was congested.",
+                &self.dropped_build_output,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
