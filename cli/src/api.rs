@@ -217,12 +217,16 @@ impl Client {
     }
 
     fn builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = self.url(path);
+        let ours = same_origin(&url, &self.settings.base);
         let mut b = self
             .http
-            .request(method, self.url(path))
+            .request(method, url)
             .header("Manifold-User", &self.settings.user)
             .header("Accept", "application/json");
-        if let Some(t) = &self.settings.token {
+        // A URL the server handed out (`output_stream_url`) may point anywhere: the token
+        // goes only where MANIFOLD_API is.
+        if let Some(t) = self.settings.token.as_ref().filter(|_| ours) {
             b = b.header(AUTHORIZATION, format!("Bearer {t}"));
         }
         b
@@ -323,6 +327,14 @@ impl Client {
             });
         }
         resp.upgrade().await.map_err(transport)
+    }
+}
+
+/// Whether `url` has the scheme, host and port of `base` (the API's origin).
+fn same_origin(url: &str, base: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(base)) {
+        (Ok(url), Ok(base)) => url.origin() == base.origin(),
+        _ => false,
     }
 }
 
@@ -472,6 +484,44 @@ pub struct Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(base: &str) -> Client {
+        Client::new(Settings {
+            base: base.to_string(),
+            token: Some("secret".to_string()),
+            user: "me".to_string(),
+            ca: None,
+        })
+        .expect("client")
+    }
+
+    fn token_sent(c: &Client, path: &str) -> bool {
+        let req = c.builder(Method::GET, path).build().expect("request");
+        req.headers().contains_key(AUTHORIZATION)
+    }
+
+    #[test]
+    fn the_token_goes_only_to_the_apis_origin() {
+        let c = client("http://10.0.0.1:8750");
+        assert!(token_sent(&c, "/apps/a/builds/1/output"));
+        assert!(token_sent(
+            &c,
+            "http://10.0.0.1:8750/apps/a/builds/1/output"
+        ));
+        for elsewhere in [
+            "http://evil.example/steal",
+            "http://10.0.0.1:9999/apps",
+            "https://10.0.0.1:8750/apps",
+            "http://10.0.0.1.evil.example:8750/apps",
+            "http://10.0.0.1:8750@evil.example/apps",
+        ] {
+            assert!(!token_sent(&c, elsewhere), "token sent to {elsewhere}");
+        }
+        // The default port is the same origin, written or not.
+        let c = client("https://api.example");
+        assert!(token_sent(&c, "https://api.example:443/apps"));
+        assert!(!token_sent(&c, "http://api.example/apps"));
+    }
 
     #[test]
     fn error_message_uses_api_message() {
