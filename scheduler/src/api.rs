@@ -149,14 +149,21 @@ pub fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// The routes that routers and log plex processes following the scheduler use: the
+/// follower token opens these and nothing else.
+const FOLLOWER_PATHS: [&str; 2] = ["/router/v1/", "/logplex/v1/"];
+
 /// Every route but `/health` needs a token: the API token for users, the agent token
-/// for `/agent/…`.
+/// for `/agent/…`; the follower routes also take the follower token, which every other
+/// route refuses (a router's host holds no admin secret).
 async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/health" {
         return next.run(req).await;
     }
-    let expected = if path.starts_with("/agent/") {
+    let agent = path.starts_with("/agent/");
+    let follower = FOLLOWER_PATHS.iter().any(|p| path.starts_with(p));
+    let expected = if agent {
         &core.settings.agent_token
     } else {
         &core.settings.api_token
@@ -166,7 +173,21 @@ async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    let follower_token =
+        given.is_some_and(|g| same_secret(g, &core.settings.follower_token)) && !agent;
+    if follower_token && !follower {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the follower token only serves {} (routers and log plex processes): use the API token",
+                FOLLOWER_PATHS.join(" and ")
+            ),
+        )
+        .into_response();
+    }
     match given {
+        _ if follower_token => next.run(req).await,
         Some(g) if same_secret(g, expected) => {
             if path.starts_with("/agent/") && core.settings.agent_certs {
                 if let Err(refused) = check_agent_cert(&req) {
@@ -694,11 +715,10 @@ async fn build_output(
     }
     let stream = futures::stream::unfold((core, 0usize), move |(core, from)| async move {
         match core.builds.read(id, from).await {
-            Output::Lines(lines) => {
-                let n = lines.len();
+            Output::Lines { lines, next } => {
                 let mut text = lines.join("\n");
                 text.push('\n');
-                Some((Ok::<_, std::io::Error>(Bytes::from(text)), (core, from + n)))
+                Some((Ok::<_, std::io::Error>(Bytes::from(text)), (core, next)))
             }
             Output::Done | Output::Unknown => None,
         }

@@ -1,9 +1,10 @@
 //! Builds: an uploaded source becomes a slug in a build dyno on some host with the app's
 //! stack, and the slug becomes a release. The scheduler keeps each build's output in
-//! memory while it runs (and for the life of the process) so the CLI can stream it.
+//! memory, bounded, while it runs and for an hour after, so the CLI can stream it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use manifold_proto::{build_event, scheduler_message, BuildEvent, BuildRequest};
 use serde::Deserialize;
@@ -13,20 +14,66 @@ use uuid::Uuid;
 
 use crate::blobs::Blob;
 use crate::core::{lock, Core, CoreError};
+use crate::metrics::Counters;
 use crate::model::{App, Build, BuildStatus, FormationUpdate, Release, ReleaseStatus, Slug};
 use crate::reconciler::Liveness;
 use crate::store::BuildOutcome;
 
-/// The output of one build and whether it ended.
+/// Lines of one build's output the scheduler keeps: a build that prints more keeps its last
+/// ones (a reader that fell behind is told how many it missed).
+const KEPT_LINES: usize = 10_000;
+
+/// Bytes of one build's output the scheduler keeps (whichever of the two limits comes first).
+const KEPT_BYTES: usize = 4 << 20;
+
+/// Longest line kept; a longer one is cut (an agent's line is otherwise unbounded).
+const LINE_BYTES: usize = 8 << 10;
+
+/// How long a finished build's output stays readable: long enough for a client that
+/// streams it to finish, after which `builds:output` says it is gone.
+const KEPT_AFTER_DONE: Duration = Duration::from_secs(60 * 60);
+
+/// The output of one build and whether it ended. Lines are numbered from the build's
+/// first; the oldest are evicted past [`KEPT_LINES`] or [`KEPT_BYTES`].
 #[derive(Debug)]
 struct BuildLog {
-    lines: Vec<String>,
-    done: bool,
+    lines: VecDeque<String>,
+    /// The number of the first line in `lines` (how many were evicted before it).
+    first: usize,
+    bytes: usize,
+    /// When the build ended, if it did.
+    done: Option<Instant>,
     host: Option<String>,
     changed: watch::Sender<u64>,
 }
 
-/// Builds in progress (and finished ones' output).
+impl BuildLog {
+    fn push(&mut self, mut line: String) {
+        if line.len() > LINE_BYTES {
+            let mut cut = LINE_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
+        self.bytes += line.len();
+        self.lines.push_back(line);
+        while self.lines.len() > KEPT_LINES || self.bytes > KEPT_BYTES {
+            let Some(old) = self.lines.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len();
+            self.first += 1;
+        }
+    }
+
+    /// The number after the last line.
+    fn end(&self) -> usize {
+        self.first + self.lines.len()
+    }
+}
+
+/// Builds in progress (and finished ones' output, for [`KEPT_AFTER_DONE`]).
 #[derive(Debug, Default)]
 pub struct Builds {
     logs: Mutex<HashMap<Uuid, BuildLog>>,
@@ -47,42 +94,59 @@ struct SlugBuildpack {
 }
 
 /// What a reader of a build's output gets next.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Output {
-    Lines(Vec<String>),
+    /// Lines, and the number to read from next.
+    Lines {
+        lines: Vec<String>,
+        next: usize,
+    },
     Done,
+    /// No such build, or its output was evicted.
     Unknown,
 }
 
 impl Builds {
     fn open(&self, id: Uuid, host: Option<String>) {
+        self.evict(Instant::now());
         let (changed, _) = watch::channel(0);
         lock(&self.logs).insert(
             id,
             BuildLog {
-                lines: Vec::new(),
-                done: false,
+                lines: VecDeque::new(),
+                first: 0,
+                bytes: 0,
+                done: None,
                 host,
                 changed,
             },
         );
     }
 
+    /// Forgets the output of builds that ended more than [`KEPT_AFTER_DONE`] before `now`.
+    fn evict(&self, now: Instant) {
+        lock(&self.logs).retain(|_, log| {
+            log.done
+                .is_none_or(|done| now.saturating_duration_since(done) < KEPT_AFTER_DONE)
+        });
+    }
+
     pub(crate) fn push(&self, id: Uuid, line: String) {
         if let Some(log) = lock(&self.logs).get_mut(&id) {
-            log.lines.push(line);
+            log.push(line);
             log.changed.send_modify(|n| *n += 1);
         }
     }
 
     pub(crate) fn close(&self, id: Uuid) {
         if let Some(log) = lock(&self.logs).get_mut(&id) {
-            log.done = true;
+            log.done.get_or_insert_with(Instant::now);
             log.changed.send_modify(|n| *n += 1);
         }
     }
 
-    /// Lines from `from` on; waits for new ones while the build runs.
+    /// Lines from number `from` on; waits for new ones while the build runs. A reader whose
+    /// lines were evicted gets a line saying how many it missed first.
     pub async fn read(&self, id: Uuid, from: usize) -> Output {
         loop {
             let mut rx = {
@@ -90,10 +154,23 @@ impl Builds {
                 let Some(log) = logs.get(&id) else {
                     return Output::Unknown;
                 };
-                if log.lines.len() > from {
-                    return Output::Lines(log.lines[from..].to_vec());
+                if log.end() > from {
+                    let mut lines = Vec::new();
+                    if from < log.first {
+                        lines.push(format!(
+                            "-----> {} lines of output not kept (the scheduler keeps a build's last {KEPT_LINES} lines, {} MiB)",
+                            log.first - from,
+                            KEPT_BYTES >> 20
+                        ));
+                    }
+                    let skip = from.saturating_sub(log.first);
+                    lines.extend(log.lines.iter().skip(skip).cloned());
+                    return Output::Lines {
+                        lines,
+                        next: log.end(),
+                    };
                 }
-                if log.done {
+                if log.done.is_some() {
                     return Output::Done;
                 }
                 log.changed.subscribe()
@@ -172,7 +249,7 @@ impl Core {
         let busy: HashMap<String, usize> = {
             let logs = lock(&self.builds.logs);
             let mut busy = HashMap::new();
-            for log in logs.values().filter(|l| !l.done) {
+            for log in logs.values().filter(|l| l.done.is_none()) {
                 if let Some(h) = &log.host {
                     *busy.entry(h.clone()).or_insert(0) += 1;
                 }
@@ -207,7 +284,7 @@ impl Core {
     pub(crate) async fn host_builds_failed(&self, host: &str) {
         let ids: Vec<Uuid> = lock(&self.builds.logs)
             .iter()
-            .filter(|(_, l)| !l.done && l.host.as_deref() == Some(host))
+            .filter(|(_, l)| l.done.is_none() && l.host.as_deref() == Some(host))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -221,11 +298,21 @@ impl Core {
         let Ok(id) = event.build_id.parse::<Uuid>() else {
             return;
         };
-        let ours = lock(&self.builds.logs)
+        let given = lock(&self.builds.logs)
             .get(&id)
-            .is_some_and(|l| !l.done && l.host.as_deref() == Some(host));
-        if !ours {
-            return;
+            .map(|l| (l.done.is_none(), l.host.clone()));
+        match given {
+            Some((true, Some(given))) if given == host => {}
+            Some((_, Some(given))) if given != host => {
+                // Only the host a build was sent to speaks for it.
+                Counters::add(&self.counters.refused_reports, 1);
+                tracing::warn!(
+                    "host {host}: refused its event for build {id}: that build was sent to host {given}"
+                );
+                return;
+            }
+            // Unknown, or ended already (a late line after a failure).
+            _ => return,
         }
         match event.kind {
             Some(build_event::Kind::Output(line)) => self.builds.push(id, line),
@@ -327,5 +414,81 @@ impl Core {
                 .map_err(|e| e.to_string())?;
         }
         Ok((app, release))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(output: Output) -> (Vec<String>, usize) {
+        match output {
+            Output::Lines { lines, next } => (lines, next),
+            other => panic!("expected lines, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_build_keeps_its_last_lines_and_tells_a_late_reader() {
+        let builds = Builds::default();
+        let id = Uuid::new_v4();
+        builds.open(id, None);
+        for i in 0..KEPT_LINES + 25 {
+            builds.push(id, format!("line {i}"));
+        }
+        let (got, next) = lines(builds.read(id, 0).await);
+        assert_eq!(next, KEPT_LINES + 25);
+        assert_eq!(got.len(), KEPT_LINES + 1, "the notice and the kept lines");
+        assert!(got[0].contains("25 lines of output not kept"), "{}", got[0]);
+        assert_eq!(got[1], "line 25");
+        assert_eq!(got[KEPT_LINES], format!("line {}", KEPT_LINES + 24));
+        // A reader that kept up gets exactly what follows.
+        builds.push(id, "last".into());
+        assert_eq!(
+            lines(builds.read(id, next).await),
+            (vec!["last".to_string()], next + 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_build_keeps_at_most_its_bytes_and_cuts_long_lines() {
+        let builds = Builds::default();
+        let id = Uuid::new_v4();
+        builds.open(id, None);
+        let long = "é".repeat(LINE_BYTES); // 2 bytes each: cut on a char boundary
+        for _ in 0..(KEPT_BYTES / LINE_BYTES) + 10 {
+            builds.push(id, long.clone());
+        }
+        let logs = lock(&builds.logs);
+        let log = logs.get(&id).expect("open");
+        assert!(log.bytes <= KEPT_BYTES, "{} bytes kept", log.bytes);
+        assert_eq!(log.bytes, log.lines.iter().map(String::len).sum::<usize>());
+        assert!(log.lines.iter().all(|l| l.len() == LINE_BYTES));
+        assert!(log.first >= 10);
+    }
+
+    #[tokio::test]
+    async fn finished_builds_output_is_evicted_after_a_while_running_ones_never() {
+        let builds = Builds::default();
+        let (done, running) = (Uuid::new_v4(), Uuid::new_v4());
+        builds.open(done, None);
+        builds.open(running, None);
+        builds.push(done, "built".into());
+        builds.close(done);
+        let now = Instant::now();
+        builds.evict(now);
+        assert_eq!(
+            lines(builds.read(done, 0).await).0,
+            vec!["built".to_string()],
+            "kept for a while"
+        );
+        assert_eq!(builds.read(done, 1).await, Output::Done);
+        builds.evict(now + KEPT_AFTER_DONE + Duration::from_secs(1));
+        assert_eq!(builds.read(done, 0).await, Output::Unknown);
+        builds.push(running, "still going".into());
+        assert_eq!(
+            lines(builds.read(running, 0).await).0,
+            vec!["still going".to_string()]
+        );
     }
 }

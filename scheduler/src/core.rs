@@ -46,6 +46,9 @@ pub struct Settings {
     pub slug_limit: u64,
     pub api_token: String,
     pub agent_token: String,
+    /// What routers and log plex processes following the scheduler need: it opens the
+    /// follower routes (`/router/v1/…`, `/logplex/v1/…`) only.
+    pub follower_token: String,
     /// Agents must also present a client certificate valid for their host id, issued by the
     /// cluster CA (`--cluster-ca`): checked on AgentLink calls and blob requests.
     pub agent_certs: bool,
@@ -57,6 +60,16 @@ pub struct Settings {
     pub sleep_after: Option<Duration>,
     /// Attached one-offs' reconnect grace and idle timeout.
     pub run: crate::attach::RunSettings,
+    /// The API + AgentLink listener's timeouts and connection cap.
+    pub api: crate::server::ListenerLimits,
+}
+
+/// A dyno as its log lines are written: its app and name come from the store, never from
+/// what the agent says.
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    pub(crate) app: String,
+    pub(crate) name: String,
 }
 
 /// The sender half of an agent's stream, and when it last said anything.
@@ -95,6 +108,10 @@ pub struct Core {
     /// Stopping web dynos kept assigned until their in-flight requests are done.
     pub(crate) held_stops: Mutex<HashMap<String, Instant>>,
     pub(crate) links: Mutex<HashMap<String, Link>>,
+    /// Each host's dynos as last sent to it, by id: whose lines its agent may send (see
+    /// [`Core::ingest_logs`]). Set before the assignments go out, so the agent can never
+    /// know of a dyno missing here.
+    pub(crate) placed: Mutex<HashMap<String, Arc<HashMap<String, Placed>>>>,
     /// Attach sessions of one-off dynos (`manifold run`).
     pub sessions: crate::attach::Sessions,
     /// Release dynos whose output also goes to the build that made their release.
@@ -142,6 +159,7 @@ impl Core {
             settings,
             builds: Builds::default(),
             links: Mutex::new(HashMap::new()),
+            placed: Mutex::new(HashMap::new()),
             sessions: crate::attach::Sessions::default(),
             release_outputs: Mutex::new(HashMap::new()),
             release_settling: Mutex::new(HashSet::new()),
@@ -427,13 +445,12 @@ impl Core {
             return Ok(());
         };
         let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
-        let dynos: Vec<Dyno> = self
+        let on_host: Vec<Dyno> = self
             .store
             .dynos(None)
             .await?
             .into_iter()
             .filter(|d| d.host_id == host)
-            .filter(|d| d.desired == Desired::Running || held.contains(&d.id))
             .collect();
         let apps: HashMap<Uuid, crate::model::App> = self
             .store
@@ -441,6 +458,23 @@ impl Core {
             .await?
             .into_iter()
             .map(|a| (a.id, a))
+            .collect();
+        // Every dyno of the host, stopping ones too: their last lines are still to come.
+        let placed = on_host
+            .iter()
+            .filter_map(|d| {
+                let app = apps.get(&d.app_id)?;
+                let placed = Placed {
+                    app: app.name.clone(),
+                    name: d.name.clone(),
+                };
+                Some((d.id.clone(), placed))
+            })
+            .collect();
+        lock(&self.placed).insert(host.to_string(), Arc::new(placed));
+        let dynos: Vec<Dyno> = on_host
+            .into_iter()
+            .filter(|d| d.desired == Desired::Running || held.contains(&d.id))
             .collect();
         let mut releases: HashMap<(Uuid, u32), ReleaseInfo> = HashMap::new();
         let mut out = Vec::new();

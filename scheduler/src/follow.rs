@@ -2,7 +2,8 @@
 //!
 //! By default the router runs inside the scheduler and reads the core's route table
 //! directly. Run on other machines (in front of a cluster, or several of them behind a load
-//! balancer), a router follows the scheduler over its REST API with the API token:
+//! balancer), a router follows the scheduler over its REST API with the follower token
+//! (`STATE_DIR/follower-token`: it opens these routes and no other):
 //!
 //! - `GET /router/v1/routes?after=V` long-polls the table: it answers at once when the
 //!   table's version is not `V`, else when it changes (or after [`LONG_POLL`] with the same
@@ -363,14 +364,13 @@ pub async fn run_logplex(
     let feed = tokio::spawn(follow_firehose(
         client.clone(),
         scheduler.clone(),
-        token.clone(),
+        token,
         plex.clone(),
     ));
     let state = Arc::new(Follower {
         plex,
         client,
         scheduler,
-        token,
     });
     let app = Routes::new()
         .route("/apps/:app/log-stream", get(follower_log_stream))
@@ -388,7 +388,6 @@ struct Follower {
     plex: manifold_logplex::LogPlex,
     client: reqwest::Client,
     scheduler: String,
-    token: String,
 }
 
 /// Checks the reader's token and the app against the scheduler (which has both), then
@@ -404,17 +403,13 @@ async fn follower_log_stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !crate::api::same_secret(given, &f.token) {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong token: send the scheduler's API token",
-        ));
-    }
+    // The scheduler checks the reader's token and the app at once: this process holds only
+    // the follower token, which reads the firehose and cannot tell a user's token from
+    // another.
     let known = f
         .client
         .get(format!("{}/apps/{app}", f.scheduler))
-        .bearer_auth(&f.token)
+        .bearer_auth(given)
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -425,8 +420,25 @@ async fn follower_log_stream(
                 format!("cannot reach the scheduler {}: {e}", f.scheduler),
             )
         })?;
-    if known.status() == reqwest::StatusCode::NOT_FOUND {
-        return Err(ApiError::not_found(format!("app {app} not found")));
+    match known.status() {
+        reqwest::StatusCode::NOT_FOUND => {
+            return Err(ApiError::not_found(format!("app {app} not found")));
+        }
+        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong token: send the scheduler's API token",
+            ));
+        }
+        status if !status.is_success() => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!("the scheduler {} answered {status}", f.scheduler),
+            ));
+        }
+        _ => {}
     }
     crate::logs::stream_response(&f.plex, &app, q)
 }

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::core::{lock, Core, CoreError, Link};
 use crate::metrics::Counters;
 use crate::model::{Desired, DynoReport, DynoState};
-use crate::store::DynoChanges;
+use crate::store::{DynoChanges, Reported};
 use crate::tls::{check_agent, Peer};
 
 /// The service; one per scheduler.
@@ -134,9 +134,7 @@ impl Core {
         );
         lock(&self.gone_since).remove(&hello.host_id);
         for status in &hello.dynos {
-            if let Some(report) = report_from_wire(status) {
-                self.store.report_dyno(&report).await?;
-            }
+            self.host_report(&hello.host_id, status).await?;
         }
         let running: std::collections::HashSet<&str> =
             hello.dynos.iter().map(|d| d.id.as_str()).collect();
@@ -171,6 +169,33 @@ impl Core {
         Ok(serial)
     }
 
+    /// Records a state `host`'s agent reports for one of its dynos; returns the dyno as
+    /// updated. A report about a dyno of another host is refused (and logged): it changes
+    /// nothing, so a compromised agent cannot mark other hosts' dynos up or down, publish
+    /// a port for them or end their release phase.
+    async fn host_report(
+        &self,
+        host: &str,
+        status: &DynoStatus,
+    ) -> Result<Option<crate::model::Dyno>, CoreError> {
+        let Some(report) = report_from_wire(status) else {
+            return Ok(None);
+        };
+        Ok(match self.store.report_dyno(host, &report).await? {
+            Reported::Updated(dyno) => Some(*dyno),
+            Reported::Unknown => None,
+            Reported::OtherHost(owner) => {
+                Counters::add(&self.counters.refused_reports, 1);
+                tracing::warn!(
+                    "host {host}: refused its report that dyno {} is {}: that dyno is on host {owner}",
+                    report.id,
+                    report.state.as_str()
+                );
+                None
+            }
+        })
+    }
+
     /// Handles one message after `Hello`.
     async fn agent_message(
         self: &Arc<Self>,
@@ -182,17 +207,14 @@ impl Core {
         }
         match message.kind {
             Some(agent_message::Kind::Dyno(status)) => {
-                let Some(report) = report_from_wire(&status) else {
+                let Some(dyno) = self.host_report(host, &status).await? else {
                     return Ok(());
                 };
-                let Some(dyno) = self.store.report_dyno(&report).await? else {
-                    return Ok(());
-                };
-                if report.state == DynoState::Crashed {
+                if dyno.state == DynoState::Crashed {
                     Counters::add(&self.counters.crashes, 1);
                 }
                 let ended = matches!(
-                    report.state,
+                    dyno.state,
                     DynoState::Down | DynoState::Complete | DynoState::Crashed
                 );
                 if dyno.attach.is_some() {
@@ -214,7 +236,7 @@ impl Core {
                 if ended && dyno.desired == Desired::Stopped {
                     self.store
                         .apply_dyno_changes(&DynoChanges {
-                            delete: vec![report.id.clone()],
+                            delete: vec![dyno.id.clone()],
                             ..DynoChanges::default()
                         })
                         .await?;

@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 
 use crate::api::{rfc3339, ApiError, Json};
 use crate::core::{lock, Core};
+use crate::metrics::Counters;
 use crate::model::LogDrain;
 
 /// Most lines `manifold logs -n` may ask for (the ring holds 1,500).
@@ -60,16 +61,28 @@ impl Core {
         self.push_line(app, LogLine::now(Source::Heroku, process, message.into()));
     }
 
-    /// The lines an agent sent.
+    /// The lines an agent sent. Each must be of a dyno placed on the agent's host; its app
+    /// and process name are the dyno's as stored (what the line claims is ignored), so an
+    /// agent writes into the logs of its own host's dynos only. Lines of other dynos are
+    /// refused, counted and logged once per batch.
     pub(crate) fn ingest_logs(&self, host: &str, batch: LogBatch) {
+        let placed = lock(&self.placed).get(host).cloned().unwrap_or_default();
+        let mut refused: Vec<String> = Vec::new();
         for entry in batch.lines {
             let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(entry.time_us) * 1000)
                 .unwrap_or_else(|_| OffsetDateTime::now_utc());
-            if entry.app.is_empty() {
+            if entry.app.is_empty() && entry.dyno_id.is_empty() {
                 // The agent's own notice that its queue overflowed: about no one app.
                 tracing::warn!("host {host}: {}", entry.message);
                 continue;
             }
+            let Some(dyno) = placed.get(&entry.dyno_id) else {
+                if refused.len() < 3 && !refused.contains(&entry.dyno_id) {
+                    refused.push(entry.dyno_id.clone());
+                }
+                Counters::add(&self.counters.refused_reports, 1);
+                continue;
+            };
             let source = if entry.platform {
                 Source::Heroku
             } else {
@@ -81,14 +94,17 @@ impl Core {
                 Source::App
             };
             self.push_line(
-                &entry.app,
+                &dyno.app,
                 LogLine {
                     time,
                     source,
-                    process: entry.process,
+                    process: dyno.name.clone(),
                     message: entry.message,
                 },
             );
+        }
+        if !refused.is_empty() {
+            tracing::warn!("host {host}: refused log lines of dynos not placed on it: {refused:?}");
         }
     }
 

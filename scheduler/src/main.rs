@@ -63,6 +63,11 @@ struct Cli {
     /// The agents' token (default: STATE_DIR/agent-token, generated once).
     #[arg(long, env = "MANIFOLD_AGENT_TOKEN", hide_env_values = true)]
     agent_token: Option<String>,
+    /// The token of routers and log plex processes that follow this scheduler: it opens
+    /// their routes only, not the API (default: STATE_DIR/follower-token, generated once;
+    /// give that file to followers as --token-file).
+    #[arg(long, env = "MANIFOLD_FOLLOWER_TOKEN", hide_env_values = true)]
+    follower_token: Option<String>,
     /// Where the router serves apps (`APP.DOMAIN` by the Host header); `none` for no router.
     #[arg(
         long,
@@ -96,6 +101,18 @@ struct Cli {
     /// (Heroku: 1 h).
     #[arg(long, env = "MANIFOLD_RUN_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     run_idle_timeout: Duration,
+    /// How long an API/AgentLink connection may take to send a request's headers, counted
+    /// from when it waits for one: slow senders (slowloris), silent and idle keep-alive
+    /// connections are closed after it. Streaming responses are not cut.
+    #[arg(long, env = "MANIFOLD_API_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    api_header_timeout: Duration,
+    /// Most API/AgentLink connections served at once (each agent holds one or two); more
+    /// wait to be accepted until one closes.
+    #[arg(long, env = "MANIFOLD_API_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    api_max_connections: u32,
+    /// Most router client connections served at once; more wait to be accepted.
+    #[arg(long, global = true, env = "MANIFOLD_ROUTER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    router_max_connections: u32,
     /// Extra CA certificates (PEM) that syslog+tls:// and https:// log drains are checked against.
     #[arg(long, env = "MANIFOLD_DRAIN_CA")]
     drain_ca: Option<PathBuf>,
@@ -126,7 +143,8 @@ enum Command {
         /// The scheduler's API, e.g. http://10.0.0.1:8750.
         #[arg(long, env = "MANIFOLD_SCHEDULER")]
         scheduler: String,
-        /// A file holding the API token (instead of --api-token).
+        /// A file holding the scheduler's follower token (its STATE_DIR/follower-token;
+        /// the API token works too), instead of --api-token.
         #[arg(long, env = "MANIFOLD_API_TOKEN_FILE")]
         token_file: Option<PathBuf>,
     },
@@ -136,7 +154,8 @@ enum Command {
         /// The scheduler's API, e.g. http://10.0.0.1:8750.
         #[arg(long, env = "MANIFOLD_SCHEDULER")]
         scheduler: String,
-        /// A file holding the API token (instead of --api-token).
+        /// A file holding the scheduler's follower token (its STATE_DIR/follower-token;
+        /// the API token works too), instead of --api-token.
         #[arg(long, env = "MANIFOLD_API_TOKEN_FILE")]
         token_file: Option<PathBuf>,
         /// Where to serve GET /apps/APP/log-stream.
@@ -156,11 +175,13 @@ fn router_config(cli: &Cli) -> RouterConfig {
         domain: cli.domain.clone(),
         request_timeout: cli.router_timeout,
         boot_hold: cli.router_boot_hold,
+        max_connections: cli.router_max_connections as usize,
         ..RouterConfig::default()
     }
 }
 
-/// The API token a follower process uses: `--api-token`, else the file.
+/// The token a follower process uses: `--api-token`, else the file (the scheduler's
+/// follower token, or its API token).
 fn follower_token(cli: &Cli, token_file: Option<&Path>) -> anyhow::Result<String> {
     Ok(match (&cli.api_token, token_file) {
         (Some(t), _) if !t.is_empty() => t.clone(),
@@ -169,7 +190,7 @@ fn follower_token(cli: &Cli, token_file: Option<&Path>) -> anyhow::Result<String
             .trim()
             .to_string(),
         _ => {
-            anyhow::bail!("a follower needs the scheduler's API token: --api-token or --token-file")
+            anyhow::bail!("a follower needs the scheduler's follower token: --token-file STATE_DIR/follower-token (or --api-token)")
         }
     })
 }
@@ -311,6 +332,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         router: router_config(&cli),
         api_token: token(&cli.state_dir, "api-token", cli.api_token.clone())?,
         agent_token: token(&cli.state_dir, "agent-token", cli.agent_token.clone())?,
+        follower_token: token(&cli.state_dir, "follower-token", cli.follower_token.clone())?,
         agent_certs: tls.as_ref().is_some_and(|t| t.checks_clients()),
         plex: PlexConfig {
             drain_roots: match &cli.drain_ca {
@@ -327,6 +349,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         run: manifold_scheduler::attach::RunSettings {
             reconnect_grace: cli.run_reconnect_grace,
             idle_timeout: cli.run_idle_timeout,
+        },
+        api: manifold_scheduler::server::ListenerLimits {
+            header_timeout: cli.api_header_timeout,
+            max_connections: cli.api_max_connections as usize,
         },
     };
     let db = cli.state_dir.join("manifold.db");

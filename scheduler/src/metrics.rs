@@ -31,6 +31,8 @@ pub struct Counters {
     /// Apps put to sleep, and woken.
     pub sleeps: AtomicU64,
     pub wakes: AtomicU64,
+    /// Agents' reports and log lines about dynos not placed on their host, refused.
+    pub refused_reports: AtomicU64,
 }
 
 impl Counters {
@@ -64,6 +66,11 @@ pub async fn metrics(State(core): State<Arc<Core>>) -> Result<impl IntoResponse,
             "manifold_wakes_total",
             "Sleeping apps woken by a request.",
             &c.wakes,
+        ),
+        (
+            "manifold_refused_reports_total",
+            "Agents' reports and log lines about other hosts' dynos, refused.",
+            &c.refused_reports,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

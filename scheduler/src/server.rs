@@ -3,7 +3,7 @@
 //! the reconcile loop.
 //!
 //! ```text
-//! accept ─▶ task per connection: [TLS handshake, ≤ 10 s] ─▶ hyper (HTTP/1.1 with upgrades
+//! accept (≤ max connections) ─▶ task per connection: [TLS handshake, ≤ 10 s] ─▶ hyper (HTTP/1.1 with upgrades
 //!           for attach, HTTP/2 for gRPC) ─▶ every request gets the connection's `Peer`
 //!           ─▶ axum Router: REST routes + AgentLink (tonic)
 //! ```
@@ -13,15 +13,16 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use manifold_proto::agent_link_server::AgentLinkServer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::core::Core;
 use crate::hub::{check_token, Hub};
@@ -35,6 +36,34 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// HTTP/2 connections (agents' links) are pinged this often when quiet, and closed when a
+/// ping goes unanswered as long: a peer that vanished does not hold a connection slot.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// What the API + AgentLink listener allows a client, so that clients which open
+/// connections and send nothing (or a byte at a time) cannot hold the scheduler's sockets
+/// and memory.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// How long a connection may wait for its next request head to be complete: a client
+    /// sending its headers slowly (slowloris), a connection that sends nothing, and an idle
+    /// keep-alive connection are each closed after this long. Also bounds the time to a
+    /// new connection's first request (HTTP/2 included). Responses that stream (logs,
+    /// build output, `run`) and agents' links are not cut by it.
+    pub header_timeout: Duration,
+    /// Most connections served at once; past it, new connections wait to be accepted
+    /// until one closes (agents hold one or two each).
+    pub max_connections: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
 
 /// Serves plain HTTP until `shutdown` resolves; the router serves apps on `router` when given.
 pub async fn run(
@@ -74,10 +103,11 @@ pub async fn serve(
     ))
     .into_axum_router();
     let app = crate::api::router(core.clone()).merge(grpc);
+    let limits = core.settings.api.clone();
     let reconciler = tokio::spawn(core.reconcile_loop());
     let stopping = Arc::new(Notify::new());
     let signal = stopping.clone();
-    let served = tokio::spawn(accept_loop(listener, tls, app, async move {
+    let served = tokio::spawn(accept_loop(listener, tls, app, limits, async move {
         shutdown.await;
         let _ = stop_router.send(true);
         signal.notify_one();
@@ -101,14 +131,32 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
     app: axum::Router,
+    limits: ListenerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // `stop` turns true at shutdown; each connection task holds an `open` receiver, so
     // `open.closed()` resolves once the last one ended.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (open_tx, open_rx) = watch::channel(());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(
+                    "{} connections open (--api-max-connections): new ones wait until one closes",
+                    limits.max_connections
+                );
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -127,7 +175,9 @@ async fn accept_loop(
             app: app.clone(),
             tls: tls.clone(),
             stop: stop_rx.clone(),
+            header_timeout: limits.header_timeout,
             _open: open_rx.clone(),
+            _slot: slot,
         };
         tokio::spawn(conn.serve(stream));
     }
@@ -153,8 +203,11 @@ struct Connection {
     app: axum::Router,
     tls: Option<Arc<ServerTls>>,
     stop: watch::Receiver<bool>,
+    header_timeout: Duration,
     /// Held while the connection is open (see [`accept_loop`]).
     _open: watch::Receiver<()>,
+    /// Its place among the [`ListenerLimits::max_connections`].
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connection {
@@ -219,13 +272,31 @@ impl Connection {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let requested = Arc::new(AtomicBool::new(false));
         let service = PeerService {
             app,
             peer: Arc::new(peer),
+            requested: requested.clone(),
         };
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // Runs from when the connection waits for a request until its head is read:
+            // slow headers and idle keep-alive connections both end after it.
+            .header_read_timeout(self.header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_timeout(H2_KEEPALIVE);
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
+        // Until the first request, nothing above bounds the wait (telling HTTP/1.1 from
+        // HTTP/2 reads the first bytes without a timer; an HTTP/2 preface may stall).
+        let first = tokio::time::sleep(self.header_timeout);
+        tokio::pin!(first);
+        let mut waiting_first = true;
         let mut stopping = false;
         loop {
             tokio::select! {
@@ -234,6 +305,17 @@ impl Connection {
                         tracing::trace!("connection from {}: {err}", self.addr);
                     }
                     return;
+                }
+                () = &mut first, if waiting_first => {
+                    waiting_first = false;
+                    if !requested.load(Ordering::Relaxed) {
+                        tracing::debug!(
+                            "closed the connection from {}: no request within {:?}",
+                            self.addr,
+                            self.header_timeout
+                        );
+                        return;
+                    }
                 }
                 changed = self.stop.wait_for(|s| *s), if !stopping => {
                     stopping = true;
@@ -252,6 +334,8 @@ impl Connection {
 struct PeerService {
     app: axum::Router,
     peer: Arc<Peer>,
+    /// Set by the connection's first request.
+    requested: Arc<AtomicBool>,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
@@ -260,6 +344,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
     type Future = axum::routing::future::RouteFuture<Infallible>;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        self.requested.store(true, Ordering::Relaxed);
         req.extensions_mut().insert(self.peer.as_ref().clone());
         let mut app = self.app.clone();
         tower_service::Service::call(&mut app, req)

@@ -58,6 +58,17 @@ pub enum BuildOutcome {
     Failed,
 }
 
+/// What became of an agent's report about a dyno.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reported {
+    /// The dyno as updated.
+    Updated(Box<Dyno>),
+    /// No such dyno (it ended and was forgotten, or never existed).
+    Unknown,
+    /// The dyno is placed on this other host: the report was refused.
+    OtherHost(String),
+}
+
 /// Placement decisions applied at once: new dynos, dynos to stop, dynos gone for good.
 #[derive(Debug, Clone, Default)]
 pub struct DynoChanges {
@@ -159,9 +170,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         changes: &DynoChanges,
     ) -> Result<BTreeMap<String, u64>, StoreError>;
-    /// Records an agent's report; returns the dyno as updated, or `None` when no such dyno
-    /// is known.
-    async fn report_dyno(&self, report: &DynoReport) -> Result<Option<Dyno>, StoreError>;
+    /// Records `host`'s agent's report about one of its dynos. A report about a dyno placed
+    /// on another host changes nothing: an agent speaks for its own host only.
+    async fn report_dyno(&self, host: &str, report: &DynoReport) -> Result<Reported, StoreError>;
 
     /// Records a `Hello`: inserts the host or updates its address, capacity, stacks and
     /// `last_seen`, keeping its generation and draining flag.

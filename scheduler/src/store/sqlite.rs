@@ -30,7 +30,7 @@ use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 use uuid::Uuid;
 
-use super::{BuildOutcome, DynoChanges, Store, StoreError};
+use super::{BuildOutcome, DynoChanges, Reported, Store, StoreError};
 use crate::model::{
     App, Build, BuildStatus, Desired, Dyno, DynoReport, DynoState, Formation, FormationUpdate,
     Host, LogDrain, Release, ReleaseStatus, Slug, DEFAULT_SIZE, RELEASE_TYPE,
@@ -654,12 +654,12 @@ impl Store for SqliteStore {
         Ok(generations)
     }
 
-    async fn report_dyno(&self, report: &DynoReport) -> Result<Option<Dyno>, StoreError> {
+    async fn report_dyno(&self, host: &str, report: &DynoReport) -> Result<Reported, StoreError> {
         let mut tx = self.write().await?;
         let row = sqlx::query(
             "UPDATE dynos SET state = ?, state_changed_at = ?, exit_status = ?, reason = ?,
                               port = ?
-             WHERE id = ?
+             WHERE id = ? AND host_id = ?
              RETURNING *",
         )
         .bind(report.state.as_str())
@@ -668,11 +668,22 @@ impl Store for SqliteStore {
         .bind(&report.reason)
         .bind(report.port.map(i64::from))
         .bind(&report.id)
+        .bind(host)
         .fetch_optional(&mut *tx)
         .await?;
-        let dyno = row.as_ref().map(dyno_from_row).transpose()?;
+        let reported = match row {
+            Some(row) => Reported::Updated(Box::new(dyno_from_row(&row)?)),
+            None => {
+                let owner: Option<String> =
+                    sqlx::query_scalar("SELECT host_id FROM dynos WHERE id = ?")
+                        .bind(&report.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                owner.map_or(Reported::Unknown, Reported::OtherHost)
+            }
+        };
         tx.commit().await?;
-        Ok(dyno)
+        Ok(reported)
     }
 
     async fn upsert_host(
@@ -1943,8 +1954,20 @@ mod tests {
             reason: "out of memory".to_owned(),
             port: Some(30001),
         };
-        let updated = store.report_dyno(&report).await.expect("report");
-        assert_eq!(updated.map(|d| d.state), Some(report.state));
+        // Another host's agent cannot touch it.
+        add_host(&store, "h2").await;
+        let refused = store.report_dyno("h2", &report).await.expect("report");
+        assert_eq!(refused, Reported::OtherHost("h1".to_owned()));
+        assert_eq!(
+            store.dynos(None).await.expect("dynos")[0].state,
+            dyno.state,
+            "refused report changed nothing"
+        );
+        let updated = store.report_dyno("h1", &report).await.expect("report");
+        let Reported::Updated(updated) = updated else {
+            panic!("own host's report not recorded: {updated:?}");
+        };
+        assert_eq!(updated.state, report.state);
         let stored = store.dynos(None).await.expect("dynos");
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].state, DynoState::Crashed);
@@ -1958,7 +1981,10 @@ mod tests {
             id: "app-web-9-deadbeef".to_owned(),
             ..report
         };
-        assert!(store.report_dyno(&unknown).await.expect("report").is_none());
+        assert_eq!(
+            store.report_dyno("h1", &unknown).await.expect("report"),
+            Reported::Unknown
+        );
         assert_eq!(store.dynos(None).await.expect("dynos").len(), 1);
     }
 
