@@ -193,6 +193,7 @@ pub fn prepare(
         gid: DYNO_GID,
         host: host.clone(),
         attach: None,
+        log_rate: None,
     };
     Ok(PreparedBuild { dyno, work, out })
 }

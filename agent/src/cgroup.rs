@@ -1,5 +1,7 @@
 //! Reading what the kernel says about a dyno's cgroup. libcontainer creates and removes the
-//! cgroups (one manager over one tree, as RUNTIME-NOTES warns); this module only reads.
+//! cgroups (one manager over one tree, as RUNTIME-NOTES warns); this module only reads them,
+//! and manages the one directory libcontainer does not know of: the shim's own CPU cgroup
+//! inside the dyno's ([`ShimCgroup`]).
 
 use std::fs;
 use std::io;
@@ -79,6 +81,212 @@ pub fn memory_usage(layout: Layout, memory_dir: &Path) -> io::Result<u64> {
     })
 }
 
+/// The v1 hierarchies the shim joins inside its dyno's cgroup: the CPU it spends relaying the
+/// dyno's output is then scheduled within the dyno's share and counted in its usage.
+const SHIM_CONTROLLERS: [&str; 2] = ["cpu", "cpuacct"];
+
+/// The shim's directory inside the dyno's cgroup, in each of [`SHIM_CONTROLLERS`].
+pub const SHIM_CGROUP: &str = "shim";
+
+/// The shim's `cpu.shares` within its dyno (v1's largest): the dyno's own processes, however
+/// many spin, never starve the one process that stops them. The shim only works when the
+/// dyno writes, so this takes nothing from the dyno it did not cause.
+const SHIM_SHARES: u64 = 262_144;
+
+/// Why the shim could not move into its dyno's cgroup, or out of it.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimCgroupError {
+    /// On v2 the dyno's cgroup is frozen and its whole subtree signalled by libcontainer's
+    /// stop: a shim inside it would freeze itself, or kill itself, mid-stop.
+    #[error("the shim's CPU is not moved into the dyno's cgroup on cgroup v2 (a stop freezes and kills the whole subtree)")]
+    Unsupported,
+    #[error("cannot read the shim's cgroups from {path}")]
+    Own {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the dyno's cgroup {path} does not exist")]
+    NoDynoCgroup { path: PathBuf },
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The shim inside its dyno's CPU hierarchies (v1): `<hierarchy>/<cgroup path>/shim`, so
+/// that a flood of output costs the dyno, not the host, while libcontainer's stop (which
+/// freezes the `freezer` cgroup and signals the processes of the `devices` one) and the
+/// shim's own late-born check (`memory`) never see the shim. It must [`ShimCgroup::leave`]
+/// before libcontainer removes the dyno's cgroups, which an occupied child would block.
+#[derive(Debug)]
+pub struct ShimCgroup {
+    /// Each joined hierarchy: its root, the shim's directory, and the cgroup the shim came
+    /// from (where it goes back).
+    joined: Vec<Joined>,
+}
+
+#[derive(Debug)]
+struct Joined {
+    hierarchy: PathBuf,
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+impl ShimCgroup {
+    /// Moves process `pid` (the shim) into `shim/` of the dyno's `cgroup_path` in each CPU
+    /// hierarchy under `root`; `own_cgroups` is its `/proc/PID/cgroup`, saying where it
+    /// goes back to. The dyno's cgroups must exist (libcontainer made them at build).
+    pub fn join(
+        root: &Path,
+        cgroup_path: &str,
+        pid: u32,
+        own_cgroups: &str,
+    ) -> Result<ShimCgroup, ShimCgroupError> {
+        if Layout::detect(root) == Layout::V2 {
+            return Err(ShimCgroupError::Unsupported);
+        }
+        let mut shim = ShimCgroup { joined: Vec::new() };
+        match shim.join_each(root, cgroup_path, pid, own_cgroups) {
+            Ok(()) => Ok(shim),
+            // Half in the dyno's cgroups would keep them from being removed: out again.
+            Err(err) => {
+                for undone in shim.leave(pid) {
+                    tracing::warn!("undoing the shim's cgroup join: {undone}");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn join_each(
+        &mut self,
+        root: &Path,
+        cgroup_path: &str,
+        pid: u32,
+        own_cgroups: &str,
+    ) -> Result<(), ShimCgroupError> {
+        let mut seen = Vec::new();
+        for controller in SHIM_CONTROLLERS {
+            let hierarchy = root.join(controller);
+            // Co-mounted controllers (`cpu,cpuacct`, linked as `cpu` and `cpuacct`) are one
+            // hierarchy: joined once.
+            let Ok(real) = hierarchy.canonicalize() else {
+                continue;
+            };
+            if seen.contains(&real) {
+                continue;
+            }
+            seen.push(real);
+            let dyno = hierarchy.join(cgroup_path.trim_start_matches('/'));
+            if !dyno.is_dir() {
+                return Err(ShimCgroupError::NoDynoCgroup { path: dyno });
+            }
+            let home = own_cgroup(own_cgroups, controller)
+                .map(|p| hierarchy.join(p.trim_start_matches('/')))
+                .unwrap_or_else(|| hierarchy.clone());
+            let dir = dyno.join(SHIM_CGROUP);
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(ShimCgroupError::Io {
+                        action: "create",
+                        path: dir,
+                        source,
+                    })
+                }
+            }
+            // Known before the move, so that a failed one is undone too.
+            self.joined.push(Joined {
+                hierarchy,
+                dir: dir.clone(),
+                home,
+            });
+            if dir.join("cpu.shares").exists() {
+                write(&dir.join("cpu.shares"), &SHIM_SHARES.to_string(), "set")?;
+            }
+            write(&dir.join("cgroup.procs"), &pid.to_string(), "join")?;
+        }
+        Ok(())
+    }
+
+    /// The shim's directories (one per hierarchy joined).
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        self.joined.iter().map(|j| j.dir.as_path())
+    }
+
+    /// Moves `pid` back where it came from (or to the hierarchy's root, if that cgroup is
+    /// gone) and removes the shim's directories. Returns what could not be done.
+    pub fn leave(self, pid: u32) -> Vec<String> {
+        let mut errors = Vec::new();
+        for j in self.joined {
+            let pid = pid.to_string();
+            let moved = write(&j.home.join("cgroup.procs"), &pid, "leave to")
+                .or_else(|_| write(&j.hierarchy.join("cgroup.procs"), &pid, "leave to"));
+            if let Err(err) = moved {
+                errors.push(crate::daemon::chain(&err));
+            }
+            if let Err(source) = fs::remove_dir(&j.dir) {
+                errors.push(format!("cgroup {}: {source}", j.dir.display()));
+            }
+        }
+        errors
+    }
+}
+
+/// Removes the shim's directories of a dyno whose shim is gone (they are empty then), so
+/// that the dyno's own cgroups can go. Returns what could not be removed.
+pub fn remove_shim_cgroups(root: &Path, cgroup_path: &str) -> Vec<String> {
+    if Layout::detect(root) == Layout::V2 {
+        return Vec::new();
+    }
+    SHIM_CONTROLLERS
+        .iter()
+        .map(|c| {
+            root.join(c)
+                .join(cgroup_path.trim_start_matches('/'))
+                .join(SHIM_CGROUP)
+        })
+        .filter(|d| d.is_dir())
+        .filter_map(|d| match fs::remove_dir(&d) {
+            Ok(()) => None,
+            // A co-mounted hierarchy seen a second time.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!("cgroup {}: {e}", d.display())),
+        })
+        .collect()
+}
+
+/// The cgroup of `controller` in a `/proc/PID/cgroup` text (v1 lines `ID:CONTROLLERS:PATH`).
+fn own_cgroup<'a>(proc_cgroup: &'a str, controller: &str) -> Option<&'a str> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then_some(path)
+    })
+}
+
+fn write(path: &Path, value: &str, action: &'static str) -> Result<(), ShimCgroupError> {
+    fs::write(path, value).map_err(|source| ShimCgroupError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The shim's own `/proc/self/cgroup`, for [`ShimCgroup::join`].
+pub fn own_cgroups() -> Result<String, ShimCgroupError> {
+    let path = PathBuf::from("/proc/self/cgroup");
+    fs::read_to_string(&path).map_err(|source| ShimCgroupError::Own { path, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +319,69 @@ mod tests {
             oom_kills(Layout::V2, &v2root.path().join("gone")).expect("read"),
             0
         );
+    }
+
+    #[test]
+    fn the_shim_joins_its_dyno_cpu_cgroups_and_leaves_them_as_it_found_them() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        for c in ["cpu", "cpuacct", "memory"] {
+            fs::create_dir_all(r.join(c).join("manifold/d1")).expect("mkdir");
+            fs::create_dir_all(r.join(c).join("agent")).expect("mkdir");
+        }
+        // A kernel makes a new cgroup's files; the fixture makes the one the shim sets.
+        let own = "3:memory:/agent\n2:cpuacct:/agent\n1:cpu:/agent\n0::/\n";
+        fs::create_dir_all(r.join("cpu/manifold/d1/shim")).expect("mkdir");
+        fs::write(r.join("cpu/manifold/d1/shim/cpu.shares"), "1024").expect("write");
+        let shim = ShimCgroup::join(r, "/manifold/d1", 42, own).expect("join");
+        for c in ["cpu", "cpuacct"] {
+            let procs = r.join(c).join("manifold/d1/shim/cgroup.procs");
+            assert_eq!(fs::read_to_string(procs).expect("procs"), "42");
+        }
+        assert_eq!(
+            fs::read_to_string(r.join("cpu/manifold/d1/shim/cpu.shares")).expect("shares"),
+            SHIM_SHARES.to_string()
+        );
+        assert!(
+            !r.join("memory/manifold/d1/shim").exists(),
+            "only the CPU hierarchies: a stop's freezer and signals never reach the shim"
+        );
+        assert_eq!(shim.dirs().count(), 2);
+        // A real cgroup directory is empty once its process left; the fixture's files go.
+        for c in ["cpu", "cpuacct"] {
+            let dir = r.join(c).join("manifold/d1/shim");
+            for f in fs::read_dir(&dir).expect("dir") {
+                fs::remove_file(f.expect("entry").path()).expect("rm");
+            }
+        }
+        assert_eq!(shim.leave(42), Vec::<String>::new());
+        for c in ["cpu", "cpuacct"] {
+            assert_eq!(
+                fs::read_to_string(r.join(c).join("agent/cgroup.procs")).expect("home"),
+                "42",
+                "back where it came from"
+            );
+            assert!(!r.join(c).join("manifold/d1/shim").exists());
+        }
+        assert_eq!(remove_shim_cgroups(r, "/manifold/d1"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_shim_refuses_a_missing_dyno_cgroup_and_v2() {
+        let root = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(root.path().join("cpu")).expect("mkdir");
+        let err = ShimCgroup::join(root.path(), "/manifold/gone", 1, "").expect_err("no dyno");
+        assert!(
+            err.to_string().contains("manifold/gone") && err.to_string().contains("does not exist"),
+            "{err}"
+        );
+        fs::write(root.path().join("cgroup.controllers"), "cpu").expect("write");
+        assert!(matches!(
+            ShimCgroup::join(root.path(), "/manifold/d1", 1, ""),
+            Err(ShimCgroupError::Unsupported)
+        ));
+        assert_eq!(own_cgroup("4:cpu,cpuacct:/a/b\n", "cpuacct"), Some("/a/b"));
+        assert_eq!(own_cgroup("0::/x\n", "cpu"), None);
     }
 
     #[test]

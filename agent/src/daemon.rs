@@ -1129,6 +1129,7 @@ async fn launch(
         gid: DYNO_GID,
         host: config.host.clone(),
         attach: assignment.attach,
+        log_rate: Some(config.log_rate),
     };
     // Written before the shim starts, so every dyno directory a restarted daemon finds says
     // which assignment it runs.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::logship::LogRate;
 use crate::network::NetworkConfig;
 use crate::size::DynoSize;
 
@@ -181,6 +182,11 @@ pub struct DynoConfig {
     /// through the shim's `attach.sock` instead of the log.
     #[serde(default)]
     pub attach: Option<AttachSpec>,
+    /// How fast the dyno may log: its shim drops the lines beyond it where they arrive, and
+    /// says how many (Heroku's L10). None logs every line (builds, whose output is their
+    /// user's; a foreground `run` by default).
+    #[serde(default)]
+    pub log_rate: Option<LogRate>,
 }
 
 /// How a client is attached to a dyno: a terminal of this size, or pipes.
@@ -434,6 +440,10 @@ pub enum ShimEvent {
     /// `stream.jsonl.1` after writing `records_before` records in all, so that a dyno that
     /// floods output uses bounded disk. A reader that has read fewer records lost the rest.
     Rotated { records_before: u64 },
+    /// The dyno wrote faster than its log rate: the shim dropped `dropped` lines, the first
+    /// of them at `since` (Heroku's L10). Written at most once a second while it lasts, and
+    /// before `exited` for what was dropped last.
+    LinesDropped { dropped: u64, since: String },
 }
 
 #[cfg(test)]
@@ -474,6 +484,7 @@ mod tests {
             gid: DYNO_GID,
             host: HostConfig::default(),
             attach: None,
+            log_rate: None,
         };
         let mut json = serde_json::to_value(&c).expect("serialise");
         assert_eq!(json["boot_timeout"], 2000);
@@ -541,6 +552,7 @@ mod tests {
             gid: DYNO_GID,
             host: HostConfig::default(),
             attach: None,
+            log_rate: None,
         };
         let e = c.environment();
         assert_eq!(e["DYNO"], "worker.1");

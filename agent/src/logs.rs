@@ -10,6 +10,10 @@ use time::format_description::well_known::iso8601::{
 };
 use time::OffsetDateTime;
 
+use std::time::{Duration, Instant};
+
+use crate::logship::LogRate;
+
 /// Longest line before it is split, in bytes (Heroku: 10,000).
 pub const MAX_LINE: usize = 10_000;
 
@@ -83,6 +87,80 @@ fn utf8_cut(buf: &[u8]) -> usize {
     len
 }
 
+/// A dyno's log rate where its bytes arrive (the shim): a token bucket of lines. Lines past
+/// it are dropped, never buffered, so a dyno that floods its output costs the host neither
+/// memory nor disk nor the agent's time; what was dropped is counted for Heroku's L10
+/// notice, due at most once every [`NOTICE_EVERY`].
+#[derive(Debug)]
+pub struct LineBudget {
+    rate: LogRate,
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+    /// When the first line not yet reported was dropped (a Logplex timestamp).
+    dropped_since: Option<String>,
+    noticed: Option<Instant>,
+}
+
+/// Least time between two drop notices of one dyno (as the agent's shipper).
+pub const NOTICE_EVERY: Duration = Duration::from_secs(1);
+
+impl LineBudget {
+    /// A full bucket: a dyno may log a burst at once.
+    pub fn new(rate: LogRate, now: Instant) -> Self {
+        LineBudget {
+            rate,
+            tokens: rate.burst,
+            refilled: now,
+            dropped: 0,
+            dropped_since: None,
+            noticed: None,
+        }
+    }
+
+    /// Adds what the time since the last refill earned; called once per chunk of output
+    /// rather than per line, since a chunk arrives at one instant.
+    pub fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate.per_second).min(self.rate.burst);
+        self.refilled = now;
+    }
+
+    /// Whether one more line may be logged; a line that may not is counted as dropped.
+    pub fn admit(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        self.dropped += 1;
+        if self.dropped_since.is_none() {
+            self.dropped_since = Some(timestamp());
+        }
+        false
+    }
+
+    /// The drop count and the time of the first drop, when a notice is due: lines were
+    /// dropped and the last notice is [`NOTICE_EVERY`] old (or `flush`, at the dyno's end).
+    pub fn notice(&mut self, now: Instant, flush: bool) -> Option<(u64, String)> {
+        let due = flush
+            || self
+                .noticed
+                .is_none_or(|at| now.saturating_duration_since(at) >= NOTICE_EVERY);
+        if !due || self.dropped == 0 {
+            return None;
+        }
+        self.noticed = Some(now);
+        let since = self.dropped_since.take().unwrap_or_else(timestamp);
+        Some((std::mem::take(&mut self.dropped), since))
+    }
+
+    /// When the next notice can be due, if lines wait to be reported: the shim's loop must
+    /// wake then even if the dyno went quiet.
+    pub fn notice_due(&self) -> Option<Instant> {
+        (self.dropped > 0).then(|| self.noticed.map_or(self.refilled, |at| at + NOTICE_EVERY))
+    }
+}
+
 const TIMESTAMP: EncodedConfig = Config::DEFAULT
     .set_time_precision(TimePrecision::Second {
         decimal_digits: std::num::NonZeroU8::new(6),
@@ -144,6 +222,35 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len(), MAX_LINE - 1);
         assert_eq!(out[1], "é");
+    }
+
+    #[test]
+    fn a_budget_admits_a_burst_then_its_rate_and_counts_the_rest() {
+        let start = Instant::now();
+        let rate = LogRate {
+            per_second: 10.0,
+            burst: 20.0,
+        };
+        let mut b = LineBudget::new(rate, start);
+        let admitted = (0..50).filter(|_| b.admit()).count();
+        assert_eq!(admitted, 20, "the burst");
+        assert_eq!(b.notice_due(), Some(start), "a first notice is due at once");
+        let (dropped, since) = b.notice(start, false).expect("a notice");
+        assert_eq!(dropped, 30);
+        assert!(since.ends_with("+00:00"), "{since}");
+        // Half a second later: 5 lines earned, and no second notice within the second.
+        let later = start + Duration::from_millis(500);
+        b.refill(later);
+        let admitted = (0..10).filter(|_| b.admit()).count();
+        assert_eq!(admitted, 5);
+        assert_eq!(b.notice(later, false), None, "one notice a second at most");
+        assert_eq!(b.notice_due(), Some(start + NOTICE_EVERY));
+        let (dropped, _) = b.notice(later, true).expect("flushed at the end");
+        assert_eq!(dropped, 5);
+        assert_eq!(b.notice_due(), None, "nothing left to report");
+        // The bucket never holds more than the burst, however long the dyno was quiet.
+        b.refill(later + Duration::from_secs(3600));
+        assert_eq!((0..100).filter(|_| b.admit()).count(), 20);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub const QUEUE_LINES: usize = 20_000;
 const BATCH_LINES: usize = 500;
 
 /// How fast one dyno may log.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogRate {
     /// Sustained lines per second.
     pub per_second: f64,
@@ -40,6 +40,16 @@ impl Default for LogRate {
         LogRate {
             per_second: 2_000.0,
             burst: 10_000.0,
+        }
+    }
+}
+
+impl LogRate {
+    /// `lines` a second, with a burst of five seconds' worth (the agent's `--log-rate`).
+    pub fn per_second(lines: u32) -> Self {
+        LogRate {
+            per_second: f64::from(lines),
+            burst: f64::from(lines) * 5.0,
         }
     }
 }

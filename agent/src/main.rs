@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use manifold_agent::dyno::{
     BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
+use manifold_agent::logship::LogRate;
 use manifold_agent::restart::RestartPolicy;
 use manifold_agent::size::DynoSize;
 use manifold_agent::supervisor::shim_alive;
@@ -176,6 +177,10 @@ struct RunArgs {
     /// How long a web dyno has to accept connections on $PORT before it is killed (R10).
     #[arg(long, env = "MANIFOLD_BOOT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     boot_timeout: Duration,
+    /// Lines per second the dyno may log (after a burst of 5 s worth); its shim drops the
+    /// rest and says how many (Heroku's L10). 0, the default here, logs every line.
+    #[arg(long, env = "MANIFOLD_LOG_RATE", default_value_t = 0)]
+    log_rate: u32,
     /// Print the dyno's OCI runtime spec (config.json) instead of running it.
     #[arg(long)]
     print_spec: bool,
@@ -383,6 +388,7 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
         gid: DYNO_GID,
         host,
         attach: None,
+        log_rate: (args.log_rate > 0).then(|| LogRate::per_second(args.log_rate)),
     };
 
     if print_spec {

@@ -9,8 +9,11 @@
 //!                                                             │   over console.sock)
 //!                                                             │ network attach, start
 //!                                                             ▼
-//!                                            event loop: pipes → stream.jsonl lines, or, attached,
-//!                                                          pipes/pty ⇄ frames on attach.sock
+//!                                            joins the dyno's CPU cgroups (`<dyno>/shim`)
+//!                                            event loop, one bounded turn at a time:
+//!                                                        pipes → stream.jsonl lines (past the
+//!                                                          log rate: dropped, counted), or,
+//!                                                          attached, pipes/pty ⇄ attach.sock
 //!                                                        SIGTERM → stop (TERM all, KILL after grace;
 //!                                                          HUP instead of TERM when attached)
 //!                                                        SIGUSR1 → KILL all at once (R10)
@@ -18,8 +21,16 @@
 //!                                                             ▼
 //!                                            attached: Exit frame to the client (waits ≤ 10 s
 //!                                              for one), then `exited`
-//!                                            cleanup: container, cgroups, network, overlay
+//!                                            leaves its CPU cgroups; cleanup: container,
+//!                                              cgroups, network, overlay
 //! ```
+//!
+//! The loop is fair: each turn reads at most [`READ_CHUNK`] from each output and then serves
+//! signals, the stop's deadlines and R14 again, so a dyno that writes without end (`yes`)
+//! cannot keep the shim from stopping it. Its CPU is the dyno's: the shim runs in a child
+//! of the dyno's `cpu` and `cpuacct` cgroups ([`ShimCgroup`]), so a flood is paid from the
+//! dyno's share and shows in its usage; and lines beyond the dyno's log rate are dropped
+//! where they arrive ([`LineBudget`]), so it costs no disk, nor the agent's time.
 //!
 //! Why a separate process (RUNTIME-NOTES): libcontainer clones and runs Rust in the child
 //! before `execve`, which can deadlock when the caller is a multi-threaded tokio process; the
@@ -36,7 +47,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,9 +65,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, setsid, Pid};
 
-use crate::cgroup::{self, Layout};
+use crate::cgroup::{self, Layout, ShimCgroup};
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
-use crate::logs::{timestamp, LineSplitter};
+use crate::logs::{timestamp, LineBudget, LineSplitter};
 use crate::network;
 use crate::rootfs::{self, Overlay};
 use crate::slug::{SlugCache, UnpackLimits};
@@ -136,6 +147,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         container: None,
         session: None,
         termed: HashSet::new(),
+        cpu: None,
     };
     match shim.start() {
         Ok(running) => shim.supervise(running)?,
@@ -153,7 +165,13 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
             })
         }
     }
-    let errors = cleanup(&shim.config, &shim.dir, shim.container.take());
+    // Out of the dyno's cgroups before they are removed, which the shim's would block.
+    let mut errors = shim
+        .cpu
+        .take()
+        .map(|cpu| cpu.leave(std::process::id()))
+        .unwrap_or_default();
+    errors.extend(cleanup(&shim.config, &shim.dir, shim.container.take()));
     shim.out.event(ShimEvent::Cleaned { errors });
     Ok(0)
 }
@@ -187,6 +205,8 @@ struct Shim {
     session: Option<Session>,
     /// The dyno's processes that got the stop's signal (see [`Shim::term_late_born`]).
     termed: HashSet<i32>,
+    /// The shim's place in the dyno's CPU cgroups, once it joined them.
+    cpu: Option<ShimCgroup>,
 }
 
 /// The container's running state, as the event loop sees it.
@@ -195,6 +215,8 @@ struct Running {
     /// The stdout and stderr pipes whose lines go to `stream.jsonl`, each with its partial
     /// line; none for an attached dyno, whose output is its [`Session`]'s.
     logged: Vec<(File, Stream, LineSplitter)>,
+    /// The dyno's log rate over both pipes, if it has one.
+    budget: Option<LineBudget>,
 }
 
 /// The shim's ends of the dyno's standard streams.
@@ -264,6 +286,11 @@ const LATE_TERM_CHECK: Duration = Duration::from_millis(250);
 const MEMORY_SAMPLE: Duration = Duration::from_secs(1);
 /// How often R14 is repeated while the dyno stays over its quota.
 const R14_REPEAT: Duration = Duration::from_secs(20);
+
+/// What one turn of the shim's loop reads from one output pipe at most (one pipe's worth):
+/// then it serves its signals and deadlines again. At most this many lines are made per
+/// pipe and turn, which keeps a turn to milliseconds however the dyno writes.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// How long to keep reading the pipes after the dyno's init exited. Every other process of
 /// the dyno dies with its init (pid namespace), so EOF comes at once; this only bounds a
@@ -339,6 +366,24 @@ impl Shim {
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
             .step("container")?;
+        // The dyno's cgroups exist now; its command has not started, so all it writes is
+        // relayed on the dyno's CPU. Not joining costs the host, not the dyno: warned about.
+        let cgroup_path = format!("/{}/{}", c.host.cgroup_parent, c.id);
+        match cgroup::own_cgroups().and_then(|own| {
+            ShimCgroup::join(
+                Path::new("/sys/fs/cgroup"),
+                &cgroup_path,
+                std::process::id(),
+                &own,
+            )
+        }) {
+            Ok(cpu) => self.cpu = Some(cpu),
+            Err(err) => tracing::warn!(
+                "dyno {}: the shim's CPU stays outside the dyno: {}",
+                c.id,
+                crate::daemon::chain(&err)
+            ),
+        }
         let logged = match stdio {
             Stdio::Logged { stdout, stderr } => vec![
                 (stdout, Stream::Out, LineSplitter::default()),
@@ -375,10 +420,20 @@ impl Shim {
             pid: pid.as_raw(),
             address: attachment.address,
         });
-        Ok(Running { pid, logged })
+        let budget = c.log_rate.map(|rate| LineBudget::new(rate, Instant::now()));
+        Ok(Running {
+            pid,
+            logged,
+            budget,
+        })
     }
 
     /// The event loop: relays output, handles stop requests, waits for the init to exit.
+    ///
+    /// Each turn does a bounded amount of work (at most [`READ_CHUNK`] per output pipe, see
+    /// [`relay`]) and begins with the stop and kill requests, the init's exit, the stop's
+    /// deadlines and the R14 sample, so none of them waits on the dyno's output however
+    /// fast it comes; the signalfd is read on every turn that it is ready.
     fn supervise(&mut self, mut running: Running) -> anyhow::Result<()> {
         // From here on signals arrive through a signalfd; the init was cloned before this,
         // so it does not inherit the blocked mask.
@@ -397,18 +452,20 @@ impl Shim {
         let mut stop = StopState::Running;
         let mut exit: Option<WaitStatus> = None;
         let mut drain_deadline: Option<Instant> = None;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_CHUNK];
         let memory = self.memory_dir();
         let quota = self.config.size.limits().memory_quota;
         let mut next_sample = Instant::now() + MEMORY_SAMPLE;
         let mut last_r14: Option<Instant> = None;
+        let mut next_late_check = Instant::now();
 
         loop {
-            if exit.is_none() && Instant::now() >= next_sample {
-                next_sample = Instant::now() + MEMORY_SAMPLE;
+            let now = Instant::now();
+            if exit.is_none() && now >= next_sample {
+                next_sample = now + MEMORY_SAMPLE;
                 let usage = cgroup::memory_usage(memory.0, &memory.1).unwrap_or(0);
                 if usage > quota && last_r14.is_none_or(|t| t.elapsed() >= R14_REPEAT) {
-                    last_r14 = Some(Instant::now());
+                    last_r14 = Some(now);
                     self.out
                         .event(ShimEvent::MemoryQuotaExceeded { usage, quota });
                 }
@@ -428,13 +485,20 @@ impl Shim {
                     drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
                 }
             }
+            if let Some((dropped, since)) =
+                running.budget.as_mut().and_then(|b| b.notice(now, false))
+            {
+                self.out.event(ShimEvent::LinesDropped { dropped, since });
+            }
             let open = !running.logged.is_empty()
                 || self.session.as_ref().is_some_and(Session::outputs_open);
             if exit.is_some() && (!open || drain_deadline.is_some_and(|d| Instant::now() >= d)) {
                 break;
             }
             if let StopState::Terminating { deadline } = stop {
-                if exit.is_none() {
+                // Reading the cgroup's processes costs: a few times a second, not every turn.
+                if exit.is_none() && now >= next_late_check {
+                    next_late_check = now + LATE_TERM_CHECK;
                     self.term_late_born();
                 }
                 if Instant::now() >= deadline && exit.is_none() {
@@ -443,8 +507,11 @@ impl Shim {
                     stop = StopState::Killed;
                 }
             }
+            // What this turn logged is in the stream before the shim sleeps.
+            self.out.flush();
 
-            let timeout = next_timeout(stop, drain_deadline);
+            let notice = running.budget.as_ref().and_then(LineBudget::notice_due);
+            let timeout = next_timeout(stop, drain_deadline, notice);
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
             for (file, _, _) in &running.logged {
                 fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
@@ -477,10 +544,11 @@ impl Shim {
                 }
             }
             let mut slot = 0;
+            let budget = &mut running.budget;
             running.logged.retain_mut(|(file, stream, splitter)| {
                 slot += 1;
                 let idle = !ready[slot] && exit.is_none();
-                idle || relay(file, *stream, splitter, &mut self.out, &mut buf)
+                idle || relay(file, *stream, splitter, budget, &mut self.out, &mut buf)
             });
             if let Some(session) = &mut self.session {
                 for sig in session.pump(exit.is_some()) {
@@ -491,7 +559,19 @@ impl Shim {
             }
         }
         for (_, stream, splitter) in &mut running.logged {
-            splitter.finish(|line| self.out.line(*stream, line));
+            splitter.finish(|line| {
+                if running.budget.as_mut().is_none_or(LineBudget::admit) {
+                    self.out.line(*stream, line)
+                }
+            });
+        }
+        // What was dropped last is told before the end, however recent the last notice.
+        if let Some((dropped, since)) = running
+            .budget
+            .as_mut()
+            .and_then(|b| b.notice(Instant::now(), true))
+        {
+            self.out.event(ShimEvent::LinesDropped { dropped, since });
         }
         let (code, signal) = match exit {
             Some(WaitStatus::Exited(_, code)) => (Some(code), None),
@@ -595,34 +675,53 @@ fn reap(pid: Pid) -> anyhow::Result<Option<WaitStatus>> {
     }
 }
 
-/// Reads what is available from one pipe into lines of the stream. Returns whether the
-/// pipe is still open.
+/// Reads one chunk (at most [`READ_CHUNK`] bytes) from one pipe into lines of the stream:
+/// one turn's share, so that a dyno that writes without end (`yes`) cannot keep the shim
+/// from its signals and deadlines. Lines past the dyno's log rate are dropped here, where
+/// they arrive, and counted. Returns whether the pipe is still open.
 fn relay(
     mut file: &File,
     stream: Stream,
     splitter: &mut LineSplitter,
+    budget: &mut Option<LineBudget>,
     out: &mut Recorder,
     buf: &mut [u8],
 ) -> bool {
     loop {
-        match file.read(buf) {
-            Ok(n) if n > 0 => splitter.feed(&buf[..n], |line| out.line(stream, line)),
+        let read = file.read(buf);
+        if let (Ok(1..), Some(b)) = (&read, budget.as_mut()) {
+            b.refill(Instant::now());
+        }
+        let mut line = |text: &str| {
+            if budget.as_mut().is_none_or(LineBudget::admit) {
+                out.line(stream, text);
+            }
+        };
+        match read {
+            Ok(n) if n > 0 => {
+                splitter.feed(&buf[..n], &mut line);
+                return true;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // The end, or an error: a last line without its newline is still a line.
             _ => {
-                splitter.finish(|line| out.line(stream, line));
+                splitter.finish(&mut line);
                 return false;
             }
         }
     }
 }
 
-/// How long `poll` may sleep: until the next deadline, and never more than a second, so a
-/// SIGCHLD that arrived before the signalfd existed is still noticed.
-fn next_timeout(stop: StopState, drain: Option<Instant>) -> PollTimeout {
+/// How long `poll` may sleep: until the next deadline (the stop's, the drain's, a due drop
+/// notice), and never more than a second, so a SIGCHLD that arrived before the signalfd
+/// existed is still noticed.
+fn next_timeout(stop: StopState, drain: Option<Instant>, notice: Option<Instant>) -> PollTimeout {
     let now = Instant::now();
     let mut wait = Duration::from_secs(1);
+    if let Some(n) = notice {
+        wait = wait.min(n.saturating_duration_since(now));
+    }
     if let StopState::Terminating { deadline } = stop {
         wait = wait
             .min(deadline.saturating_duration_since(now))
@@ -649,7 +748,12 @@ pub fn remove_dead(dir: &DynoDir) -> io::Result<Vec<String>> {
 /// Removes everything a dyno had, whatever state it is in; each step is idempotent, so this
 /// also serves a sweep after a crash. Returns what could not be removed.
 pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>) -> Vec<String> {
-    let mut errors = Vec::new();
+    // A shim that died in the dyno's CPU cgroups left its (now empty) directories there,
+    // which would keep libcontainer from removing the dyno's.
+    let mut errors = cgroup::remove_shim_cgroups(
+        Path::new("/sys/fs/cgroup"),
+        &format!("/{}/{}", config.host.cgroup_parent, config.id),
+    );
     let container =
         container.or_else(|| Container::load(config.host.containers_dir().join(&config.id)).ok());
     if let Some(mut container) = container {
@@ -706,14 +810,20 @@ fn remove_cgroups(parent: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The stream's write buffer: a turn's lines go out in a few system calls.
+const RECORDER_BUFFER: usize = 64 * 1024;
+
 /// Size at which `stream.jsonl` is rotated: a dyno's records use at most two segments
 /// (the current one and `stream.jsonl.1`) of disk, however much it prints.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Appends records to `stream.jsonl`, rotating it at [`SEGMENT_BYTES`]. Write errors are
 /// logged and otherwise ignored: losing a log line must never take the dyno down.
+///
+/// Lines are buffered for the rest of the shim's turn ([`Recorder::flush`] before it sleeps),
+/// rather than written one system call each; events are written at once.
 struct Recorder {
-    file: File,
+    file: BufWriter<File>,
     path: PathBuf,
     previous: PathBuf,
     /// Bytes in the current segment.
@@ -733,7 +843,7 @@ impl Recorder {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let written = file.metadata()?.len();
         Ok(Recorder {
-            file,
+            file: BufWriter::with_capacity(RECORDER_BUFFER, file),
             path,
             previous: dir.stream_previous(),
             written,
@@ -765,6 +875,13 @@ impl Recorder {
         Ok(())
     }
 
+    /// Writes what is buffered.
+    fn flush(&mut self) {
+        if let Err(err) = self.file.flush() {
+            tracing::warn!("cannot write to the stream: {err}");
+        }
+    }
+
     /// Moves the current segment aside (dropping the one before) and starts a new one whose
     /// first record says how many records came before it.
     ///
@@ -780,7 +897,8 @@ impl Recorder {
             ts: timestamp(),
             event: ShimEvent::Continued,
         })?;
-        self.file = next;
+        self.file.flush()?;
+        self.file = BufWriter::with_capacity(RECORDER_BUFFER, next);
         self.written = 0;
         let records_before = self.records;
         self.append(&Record::Event {
@@ -812,6 +930,7 @@ impl Recorder {
             ts: timestamp(),
             event,
         });
+        self.flush();
     }
 }
 
@@ -840,6 +959,7 @@ mod tests {
         for i in 0..20 {
             r.line(Stream::Out, &format!("line {i}"));
         }
+        r.flush();
         let current = fs::read_to_string(dir.stream()).expect("current");
         let previous = fs::read_to_string(dir.stream_previous()).expect("previous");
         assert!(previous.len() < 300 + 200, "segments stay near the limit");
@@ -885,6 +1005,7 @@ mod tests {
         for i in 0..20 {
             r.line(Stream::Out, &format!("line {i}"));
         }
+        r.flush();
         let current = fs::read_to_string(dir.stream()).expect("current");
         let second: Record =
             serde_json::from_str(current.lines().nth(1).expect("two lines")).expect("record");

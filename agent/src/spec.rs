@@ -290,6 +290,7 @@ mod tests {
             gid: DYNO_GID,
             host: HostConfig::default(),
             attach: None,
+            log_rate: None,
         }
     }
 

@@ -297,6 +297,14 @@ impl Lifecycle {
             // Handled in `record`, which counts records across segments.
             // `continued` only tells the tail to open the next segment.
             ShimEvent::Rotated { .. } | ShimEvent::Continued => None,
+            // The shim's log rate, in Heroku's words (as the agent's shipper says it).
+            ShimEvent::LinesDropped { dropped, since } => {
+                self.platform(
+                    out,
+                    format!("Error L10 (output buffer overflow): {dropped} messages dropped since {since}"),
+                );
+                None
+            }
             ShimEvent::MemoryQuotaExceeded { usage, quota } => {
                 let mb = usage / (1024 * 1024);
                 let percent = usage as f64 * 100.0 / quota.max(1) as f64;
@@ -1038,6 +1046,25 @@ mod tests {
         let done = life.record(ev(ShimEvent::Cleaned { errors: vec![] }), &mut out);
         assert_eq!(done, Some(Action::Finished { status: 1 }));
         assert_eq!(texts(&out)[0], "Error starting dyno (slug): bad");
+    }
+
+    #[test]
+    fn lines_the_shim_dropped_are_an_l10_platform_line() {
+        let mut life = Lifecycle::new("worker.1", None, Duration::from_secs(30));
+        let mut out = Vec::new();
+        life.record(
+            ev(ShimEvent::LinesDropped {
+                dropped: 12,
+                since: "t0".into(),
+            }),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].source, Source::Heroku);
+        assert_eq!(
+            out[0].text,
+            "Error L10 (output buffer overflow): 12 messages dropped since t0"
+        );
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl Run {
             gid: DYNO_GID,
             host: HostConfig::default(),
             attach: Some(attach),
+            log_rate: None,
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dyno = runtime.block_on(Dyno::start(config, BIN.into())).unwrap();
