@@ -15,7 +15,10 @@ same stack directory (read-only, no overlay), with an empty network namespace (n
 crun refuses this host's hybrid cgroup layout, so the whole benchmark runs in a private mount
 namespace with /sys/fs/cgroup/unified unmounted (all three runtimes see the same thing).
 
-Usage: sudo bench/start.py [-n RUNS] [--agent PATH]
+With --baseline PATH a second Manifold agent binary (e.g. one built from an earlier commit)
+runs interleaved too, as `baseline`, so the cost of a change is read from one run.
+
+Usage: sudo bench/start.py [-n RUNS] [--agent PATH] [--baseline PATH]
 """
 import argparse
 import json
@@ -85,12 +88,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--agent", default="/var/cache/manifold/target/release/manifold-agent")
+    ap.add_argument("--baseline", help="another manifold-agent binary to run side by side")
     ap.add_argument("--only", action="append", help="run only these runtimes (repeatable)")
     a = ap.parse_args()
     reexec_in_private_mount_ns()
     tmp = tempfile.mkdtemp(prefix="manifold-bench-")
     try:
-        runtimes = {"manifold": None}
+        runtimes = {"manifold": a.agent}
+        if a.baseline:
+            runtimes["baseline"] = a.baseline
         for rt in ["crun", "runc"]:
             if shutil.which(rt) and (not a.only or rt in a.only):
                 runtimes[rt] = shutil.which(rt)
@@ -98,14 +104,14 @@ def main():
         true = ["true"]
         bundles = {}
         for rt in runtimes:
-            if rt != "manifold":
+            if rt not in ("manifold", "baseline"):
                 bundles[(rt, "echo")] = bundle(tmp, f"{rt}-echo", echo, a.agent)
                 bundles[(rt, "true")] = bundle(tmp, f"{rt}-true", true, a.agent)
 
         def cmd(rt, what, i):
-            if rt == "manifold":
+            if rt in ("manifold", "baseline"):
                 c = "echo first-line-$((40+2))" if what == "echo" else "true"
-                return [a.agent, "run", "--name", "worker.1", "--", c]
+                return [runtimes[rt], "run", "--name", "worker.1", "--", c]
             return [runtimes[rt], "run", "--bundle", bundles[(rt, what)], f"b{rt}{what}{os.getpid()}{i}"]
 
         results = {rt: {"first-line": [], "true": []} for rt in runtimes}

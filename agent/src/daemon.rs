@@ -71,6 +71,8 @@ pub struct DaemonConfig {
     pub log_rate: LogRate,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long a slug no dyno uses stays on this host ([`crate::gc`]).
+    pub slug_retention: Duration,
 }
 
 /// Errors that stop the daemon from starting.
@@ -355,7 +357,12 @@ impl AgentState {
             .open(&tmp)?;
         file.write_all(&json)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory is flushed too.
+        match path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -538,6 +545,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     tokio::spawn(link::run(config.scheduler.clone(), link_tx));
+    tokio::spawn(collect_slugs(config.host.clone(), config.slug_retention));
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ship = tokio::time::interval(LOG_FLUSH);
@@ -1066,6 +1074,24 @@ fn stacks(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Removes slugs no dyno has used for `retention`, once an hour ([`crate::gc`]).
+async fn collect_slugs(host: HostConfig, retention: Duration) {
+    let mut every = tokio::time::interval(GC_INTERVAL);
+    loop {
+        every.tick().await;
+        let host = host.clone();
+        match tokio::task::spawn_blocking(move || crate::gc::collect_slugs(&host, retention)).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!("slug collection failed: {}", chain(&err)),
+            Err(err) => tracing::warn!("slug collection panicked: {err}"),
+        }
+    }
+}
+
+/// How often the daemon collects unused slugs.
+const GC_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Fetches the slug and starts the dyno, then follows it (reported as inputs).
 async fn launch(
     config: Arc<DaemonConfig>,
@@ -1082,10 +1108,7 @@ async fn launch(
         reason,
     };
     let slug = match blobs
-        .fetch(
-            &assignment.slug_sha256,
-            &config.host.state_dir.join("blobs"),
-        )
+        .fetch(&assignment.slug_sha256, &config.host.slug_archives_dir())
         .await
     {
         Ok(path) => path,

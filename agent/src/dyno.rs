@@ -120,6 +120,11 @@ impl HostConfig {
         self.slugs_dir().join(format!("{uid}-{gid}"))
     }
 
+    /// Slug archives fetched from the scheduler (`<sha256>.tgz`).
+    pub fn slug_archives_dir(&self) -> PathBuf {
+        self.state_dir.join("blobs")
+    }
+
     pub fn dynos_dir(&self) -> PathBuf {
         self.state_dir.join("dynos")
     }
@@ -330,6 +335,11 @@ impl DynoDir {
         self.root.join("shim.pid")
     }
 
+    /// The shim's start time and boot id, which tell its pid from a later process's.
+    pub fn shim_start(&self) -> PathBuf {
+        self.root.join("shim.start")
+    }
+
     pub fn shim_log(&self) -> PathBuf {
         self.root.join("shim.log")
     }
@@ -375,6 +385,11 @@ impl DynoDir {
 }
 
 /// Writes via a temporary file and a rename so that a reader never sees half a file.
+///
+/// Not flushed to disk (no fsync): what is written with it (a dyno's `dyno.json`, its shim's
+/// pid, its state) describes processes of this boot only, which a power loss ends too; after
+/// a reboot the agent removes every dyno directory. Files that must outlive a reboot (the
+/// agent's state, blobs, slug layers, certificates) are flushed, and so is their directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {

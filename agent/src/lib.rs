@@ -18,6 +18,7 @@ pub mod build;
 pub mod cgroup;
 pub mod daemon;
 pub mod dyno;
+pub mod gc;
 pub mod host;
 pub mod link;
 pub mod logs;

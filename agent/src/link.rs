@@ -314,7 +314,14 @@ impl Blobs {
         }
         let path = dir.join(format!("{sha256}.tgz"));
         if path.is_file() {
-            return Ok(path);
+            // Marks it as used now: the slug collection (`gc`) keeps what was used lately.
+            let touched = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            if touched.is_ok() {
+                return Ok(path);
+            }
         }
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -356,7 +363,14 @@ impl Blobs {
                     actual,
                 });
             }
-            tokio::fs::rename(&tmp, &path).await.map_err(io(&path))
+            tokio::fs::rename(&tmp, &path).await.map_err(io(&path))?;
+            // Flush the directory too, or a power loss can take the rename back.
+            tokio::fs::File::open(dir)
+                .await
+                .map_err(io(dir))?
+                .sync_all()
+                .await
+                .map_err(io(dir))
         }
         .await;
         if result.is_err() {

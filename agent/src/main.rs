@@ -116,6 +116,9 @@ struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:8751).
     #[arg(long, env = "MANIFOLD_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// How long a slug that no dyno uses stays on this host before it is removed.
+    #[arg(long, env = "MANIFOLD_SLUG_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    slug_retention: std::time::Duration,
     /// The cluster CA (PEM) an https:// scheduler's certificate is checked against
     /// (default: the system roots).
     #[arg(long, env = "MANIFOLD_CLUSTER_CA")]
@@ -135,7 +138,8 @@ enum Command {
     Run(RunArgs),
     /// Build a slug from app source in a build dyno on the app's stack (buildpacks, isolated).
     Build(BuildArgs),
-    /// Remove what dynos whose shim is gone left behind (mounts, cgroups, network, files).
+    /// Remove what dynos whose shim is gone left behind (mounts, cgroups, network, files),
+    /// and the slugs no dyno has used for --slug-retention.
     Gc,
     /// Internal: the per-dyno helper process. Started by `run` and the agent.
     #[command(hide = true)]
@@ -262,7 +266,10 @@ fn main() -> anyhow::Result<()> {
             let status = runtime.block_on(build(host, args))?;
             std::process::exit(status)
         }
-        Command::Gc => gc(&HostConfig::with_state_dir(&cli.state_dir)),
+        Command::Gc => gc(
+            &HostConfig::with_state_dir(&cli.state_dir),
+            cli.daemon.slug_retention,
+        ),
     }
 }
 
@@ -332,6 +339,7 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
             burst: f64::from(args.log_rate) * 5.0,
         },
         metrics_listen: args.metrics_listen,
+        slug_retention: args.slug_retention,
     })
 }
 
@@ -536,7 +544,7 @@ fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(env)
 }
 
-fn gc(host: &HostConfig) -> anyhow::Result<()> {
+fn gc(host: &HostConfig, slug_retention: std::time::Duration) -> anyhow::Result<()> {
     let mut alive = Vec::new();
     let entries = match std::fs::read_dir(host.dynos_dir()) {
         Ok(e) => e.filter_map(Result::ok).collect::<Vec<_>>(),
@@ -567,6 +575,13 @@ fn gc(host: &HostConfig) -> anyhow::Result<()> {
         for owner in owners.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
             slug::SlugCache::sweep_tmp(&owner.path())?;
         }
+    }
+    let collected = manifold_agent::gc::collect_slugs(host, slug_retention)?;
+    for sha256 in collected.layers {
+        println!("removed slug layer {sha256}");
+    }
+    for sha256 in collected.archives {
+        println!("removed slug archive {sha256}");
     }
     Ok(())
 }

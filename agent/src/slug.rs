@@ -263,8 +263,8 @@ impl SlugCache {
                 source,
             })?,
         };
-        if self.is_finished(&sha256) {
-            return Ok(self.finished_layer(sha256, false));
+        if let Some(layer) = self.use_finished(&sha256)? {
+            return Ok(layer);
         }
         DirBuilder::new()
             .recursive(true)
@@ -318,6 +318,97 @@ impl SlugCache {
             if let Some(_lock) = cache.try_lock(&key)? {
                 removed += cache.remove_leftovers(&key)?;
             }
+        }
+        Ok(removed)
+    }
+
+    /// The installed layer, marked as used now (its marker's mtime), or `None`. Done under
+    /// the slug's lock taken shared, so that [`SlugCache::collect`] (which takes it
+    /// exclusively and re-reads the mtime) either sees this use or has removed the layer
+    /// before it is looked at here, never in between. A cache whose root does not exist yet
+    /// has no layers (and no lock files to take).
+    fn use_finished(&self, sha256: &str) -> Result<Option<Layer>, SlugError> {
+        if !self.is_finished(sha256) {
+            return Ok(None);
+        }
+        let (file, path) = self.lock_file(sha256)?;
+        let _shared = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, errno)| self.cache_error(&path, errno.into()))?;
+        if !self.is_finished(sha256) {
+            return Ok(None);
+        }
+        let marker = self.marker(sha256);
+        let now = TimeSpec::UTIME_NOW;
+        nix::sys::stat::utimensat(None, &marker, &now, &now, UtimensatFlags::NoFollowSymlink)
+            .map_err(|errno| self.cache_error(&marker, errno.into()))?;
+        Ok(Some(self.finished_layer(sha256.to_owned(), false)))
+    }
+
+    /// Removes the installed layers of the cache at `root` that no dyno uses (`in_use`
+    /// says which digests are) and that nothing has used for `unused_for`; returns the
+    /// digests removed. Without it every slug ever run on a host stays on its disk.
+    ///
+    /// Each layer is removed under its slug's lock, taken exclusively and without waiting
+    /// (an unpack or a dyno's start in progress skips it), after reading its last use again
+    /// and asking `in_use` again: a dyno's `dyno.json` names its slug before its shim asks
+    /// for the layer, so a dyno starting now is either seen by `in_use` or finds the layer
+    /// gone and unpacks it again. The marker goes first, so a crash half-way leaves a
+    /// leftover that [`SlugCache::sweep_tmp`] removes, never a marked half layer.
+    pub fn collect(
+        root: &Path,
+        in_use: &dyn Fn(&str) -> bool,
+        unused_for: std::time::Duration,
+    ) -> Result<Vec<String>, SlugError> {
+        let cache = SlugCache::new(root, UnpackLimits::default(), None);
+        let dir = match fs::read_dir(root) {
+            Ok(dir) => dir,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(cache.cache_error(root, source)),
+        };
+        let mut finished = BTreeSet::new();
+        for item in dir {
+            let item = item.map_err(|source| cache.cache_error(root, source))?;
+            if let Some(key) = item
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".done"))
+            {
+                if is_digest(key) {
+                    finished.insert(key.to_owned());
+                }
+            }
+        }
+        let unused = |sha256: &str| {
+            fs::symlink_metadata(cache.marker(sha256))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= unused_for)
+        };
+        let mut removed = Vec::new();
+        for sha256 in finished {
+            if in_use(&sha256) || !unused(&sha256) {
+                continue;
+            }
+            let Some(_lock) = cache.try_lock(&sha256)? else {
+                continue;
+            };
+            if in_use(&sha256) || !unused(&sha256) {
+                continue;
+            }
+            let marker = cache.marker(&sha256);
+            fs::remove_file(&marker).map_err(|source| cache.cache_error(&marker, source))?;
+            let layer = root.join(&sha256);
+            match fs::remove_dir_all(&layer) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(cache.cache_error(&layer, source)),
+            }
+            info!(
+                sha256,
+                "removed a slug layer no dyno used for {unused_for:?}"
+            );
+            removed.push(sha256);
         }
         Ok(removed)
     }
@@ -2447,5 +2538,69 @@ mod tests {
             (0, 0),
             "the layer root stays root's"
         );
+    }
+
+    #[test]
+    fn collect_removes_only_layers_unused_and_idle() {
+        let fx = Fx::new();
+        let cache = fx.cache();
+        let slug_of = |name: &str| {
+            let bytes = Slug::new()
+                .dir("./app/", 0o755)
+                .file("./app/Procfile", 0o644, name.as_bytes())
+                .gz();
+            fx.write(&format!("{name}.tgz"), &bytes)
+        };
+        let (a, sha_a) = slug_of("a");
+        let (b, sha_b) = slug_of("b");
+        let (c, sha_c) = slug_of("c");
+        for (slug, sha) in [(&a, &sha_a), (&b, &sha_b), (&c, &sha_c)] {
+            cache.layer(slug, Some(sha)).unwrap();
+        }
+        let idle = std::time::Duration::from_secs(3600);
+        let age = |sha: &str, secs: u64| {
+            File::options()
+                .write(true)
+                .open(fx.root.join(format!("{sha}.done")))
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        // a: idle and unused; b: idle but a dyno uses it; c: used a minute ago.
+        age(&sha_a, 7200);
+        age(&sha_b, 7200);
+        age(&sha_c, 60);
+        let in_use = |sha: &str| sha == sha_b;
+
+        let removed = SlugCache::collect(&fx.root, &in_use, idle).unwrap();
+        assert_eq!(removed, [sha_a.clone()]);
+        assert!(!fx.root.join(&sha_a).exists() && !fx.root.join(format!("{sha_a}.done")).exists());
+        assert!(fx.root.join(&sha_b).join("app/Procfile").is_file());
+        assert!(fx.root.join(&sha_c).join("app/Procfile").is_file());
+
+        // A layer in use again is marked as used: an idle one taken back is kept.
+        age(&sha_c, 7200);
+        assert!(!cache.layer(&c, Some(&sha_c)).unwrap().unpacked);
+        assert!(SlugCache::collect(&fx.root, &in_use, idle)
+            .unwrap()
+            .is_empty());
+
+        // A layer whose lock is held (an unpack or a start in progress) is skipped.
+        age(&sha_c, 7200);
+        let busy = cache.try_lock(&sha_c).unwrap().unwrap();
+        assert!(SlugCache::collect(&fx.root, &in_use, idle)
+            .unwrap()
+            .is_empty());
+        drop(busy);
+        assert_eq!(
+            SlugCache::collect(&fx.root, &in_use, idle).unwrap(),
+            [sha_c.clone()]
+        );
+
+        // A collected layer is unpacked again when asked for.
+        assert!(cache.layer(&a, Some(&sha_a)).unwrap().unpacked);
+        assert!(SlugCache::collect(&fx.root.join("missing"), &in_use, idle)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -420,19 +420,113 @@ const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
 /// the shim.
 const STARTING_GRACE: Duration = Duration::from_secs(60);
 
-/// Whether the dyno's shim is still running (its pid is alive and is a `manifold-agent shim`),
-/// or is about to be (the directory is new and has no pid yet).
+/// Whether the dyno's shim is still running (the process recorded in `shim.pid` is alive and
+/// is that same process, not a later one that reuses its pid), or is about to be (the
+/// directory is new and has no pid yet).
 pub fn shim_alive(dir: &DynoDir) -> bool {
-    let Ok(pid) = std::fs::read_to_string(dir.shim_pid()) else {
-        let age = std::fs::metadata(&dir.root)
-            .and_then(|m| m.modified())
+    match ShimIdentity::read(dir) {
+        Ok(shim) => shim.is_alive(),
+        Err(_) => {
+            let age = std::fs::metadata(&dir.root)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            age.is_some_and(|a| a < STARTING_GRACE)
+        }
+    }
+}
+
+/// Which process a dyno's shim is: its pid (`shim.pid`), and beside it (`shim.start`) the
+/// kernel's start time of that process (clock ticks after boot, `/proc/PID/stat` field 22)
+/// and the boot it ran in. A pid alone names whatever process holds it now: after the shim
+/// died and pids wrapped, or after a reboot, another process (even another dyno's
+/// `manifold-agent shim`) can hold it, and the agent would signal or wait for the wrong
+/// process. The start time and boot id name one process only, as systemd's and Nomad's
+/// executors do. `shim.pid` keeps holding the bare pid, which scripts and tests read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimIdentity {
+    pub pid: i32,
+    /// `None` for a shim started by an agent older than `shim.start`: such a shim is
+    /// recognised by its command line, as those agents did, until it ends.
+    pub started: Option<(u64, String)>,
+}
+
+impl ShimIdentity {
+    /// The identity of the running process `pid`.
+    pub fn of(pid: i32) -> io::Result<ShimIdentity> {
+        Ok(ShimIdentity {
+            pid,
+            started: Some((start_ticks(pid)?, boot_id()?)),
+        })
+    }
+
+    /// Reads `shim.pid` and `shim.start`.
+    pub fn read(dir: &DynoDir) -> io::Result<ShimIdentity> {
+        let invalid = |path: PathBuf, text: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: unexpected contents {text:?}", path.display()),
+            )
+        };
+        let text = std::fs::read_to_string(dir.shim_pid())?;
+        let pid = text
+            .trim()
+            .parse()
             .ok()
-            .and_then(|t| t.elapsed().ok());
-        return age.is_some_and(|a| a < STARTING_GRACE);
-    };
-    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
-        .map(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"shim"))
-        .unwrap_or(false)
+            .filter(|&p: &i32| p > 0)
+            .ok_or_else(|| invalid(dir.shim_pid(), &text))?;
+        let started = match std::fs::read_to_string(dir.shim_start()) {
+            Ok(text) => Some(
+                text.split_once(' ')
+                    .and_then(|(ticks, boot)| Some((ticks.parse().ok()?, boot.trim().to_string())))
+                    .ok_or_else(|| invalid(dir.shim_start(), &text))?,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(ShimIdentity { pid, started })
+    }
+
+    /// Writes `shim.start`, then `shim.pid` (each atomically), so that a reader who finds
+    /// the pid finds its start time too.
+    pub fn write(&self, dir: &DynoDir) -> io::Result<()> {
+        if let Some((ticks, boot)) = &self.started {
+            crate::dyno::write_atomic(&dir.shim_start(), format!("{ticks} {boot}\n").as_bytes())?;
+        }
+        crate::dyno::write_atomic(&dir.shim_pid(), format!("{}\n", self.pid).as_bytes())
+    }
+
+    /// Whether this very process still runs: same pid, same start time, same boot.
+    pub fn is_alive(&self) -> bool {
+        match &self.started {
+            Some((ticks, boot)) => {
+                boot_id().is_ok_and(|b| &b == boot)
+                    && start_ticks(self.pid).is_ok_and(|t| t == *ticks)
+            }
+            None => std::fs::read(format!("/proc/{}/cmdline", self.pid))
+                .is_ok_and(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"shim")),
+        }
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`, the process's start time in clock ticks after boot. The
+/// command name (field 2) may hold spaces and parentheses, so fields are counted after
+/// its closing parenthesis.
+fn start_ticks(pid: i32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/stat has no start time"),
+            )
+        })
+}
+
+fn boot_id() -> io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|b| b.trim().to_string())
 }
 
 impl Dyno {
@@ -476,7 +570,11 @@ impl Dyno {
             source: io::Error::other("the shim exited at once"),
         })?;
         let pid = i32::try_from(pid).map_err(|e| prepare(io::Error::other(e)))?;
-        crate::dyno::write_atomic(&dir.shim_pid(), pid.to_string().as_bytes()).map_err(prepare)?;
+        // The shim cannot have been reaped yet (its reaper is spawned below), so its pid
+        // still names it while its start time is read.
+        ShimIdentity::of(pid)
+            .and_then(|shim| shim.write(&dir))
+            .map_err(prepare)?;
         // Reap the shim while this process lives; if it dies first, init adopts the shim.
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -498,15 +596,11 @@ impl Dyno {
             source,
         };
         let config = dir.read_config().map_err(adopt)?;
-        let pid = std::fs::read_to_string(dir.shim_pid()).map_err(adopt)?;
-        let pid = pid
-            .trim()
-            .parse::<i32>()
-            .map_err(|e| adopt(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        let shim = ShimIdentity::read(&dir).map_err(adopt)?;
         Ok(Dyno {
             config,
             dir,
-            shim_pid: Pid::from_raw(pid),
+            shim_pid: Pid::from_raw(shim.pid),
             adopted: true,
         })
     }
@@ -832,6 +926,44 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn a_shim_is_known_by_its_start_time_not_its_pid_alone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DynoDir {
+            root: tmp.path().to_path_buf(),
+        };
+        let me = ShimIdentity::of(std::process::id() as i32).expect("own identity");
+        me.write(&dir).expect("write");
+        assert_eq!(ShimIdentity::read(&dir).expect("read"), me);
+        assert!(me.is_alive());
+        assert!(shim_alive(&dir));
+
+        // The same pid, started at another time (a later process that reuses the pid).
+        let (ticks, boot) = me.started.clone().expect("started");
+        let reused = ShimIdentity {
+            pid: me.pid,
+            started: Some((ticks + 1, boot.clone())),
+        };
+        reused.write(&dir).expect("write");
+        assert!(!reused.is_alive());
+        assert!(!shim_alive(&dir), "a reused pid passed for the shim");
+        // The same process in another boot.
+        let other_boot = ShimIdentity {
+            pid: me.pid,
+            started: Some((ticks, "another-boot".into())),
+        };
+        assert!(!other_boot.is_alive());
+
+        // A shim of an older agent (no shim.start) is known by its command line: this test
+        // binary is not a `shim`.
+        std::fs::remove_file(dir.shim_start()).expect("rm");
+        assert_eq!(ShimIdentity::read(&dir).expect("read").started, None);
+        assert!(!shim_alive(&dir));
+
+        std::fs::write(dir.shim_start(), "soon").expect("write");
+        assert!(ShimIdentity::read(&dir).is_err(), "garbage accepted");
+    }
 
     fn ev(event: ShimEvent) -> Record {
         Record::Event {

@@ -384,7 +384,12 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError>
             f.write_all(contents)?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|()| std::fs::rename(&tmp, path))
+        // A rename is durable once its directory is flushed.
+        .and_then(|()| match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+            _ => Ok(()),
+        });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

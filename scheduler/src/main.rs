@@ -49,6 +49,10 @@ struct Cli {
     /// cycling: 24 h plus 0 to 216 min), each dyno at its own time.
     #[arg(long, env = "MANIFOLD_CYCLE_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
     cycle_interval: Duration,
+    /// How long a blob nothing refers to (a destroyed app's slug, a finished build's
+    /// source) stays on disk before it is removed.
+    #[arg(long, env = "MANIFOLD_BLOB_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    blob_retention: Duration,
     /// Largest source upload, in MiB.
     #[arg(long, env = "MANIFOLD_UPLOAD_LIMIT_MIB", default_value_t = 512)]
     upload_limit_mib: u64,
@@ -364,6 +368,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         BlobStore::new(cli.state_dir.join("blobs")),
         settings.clone(),
     );
+    tokio::spawn(manifold_scheduler::blobs::collect_forever(
+        core.store.clone(),
+        core.blobs.clone(),
+        cli.blob_retention,
+    ));
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;

@@ -121,6 +121,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn slug(&self, id: Uuid) -> Result<Slug, StoreError>;
 
+    /// Every blob the store refers to and still needs: the slugs of every app's releases
+    /// and builds, and the sources of builds still pending. The blob collection keeps these.
+    async fn blobs_in_use(&self) -> Result<std::collections::BTreeSet<String>, StoreError>;
+
     async fn create_build(&self, build: &Build) -> Result<(), StoreError>;
     async fn build(&self, id: Uuid) -> Result<Build, StoreError>;
     async fn builds(&self, app: &str) -> Result<Vec<Build>, StoreError>;

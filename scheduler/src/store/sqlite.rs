@@ -385,6 +385,18 @@ impl Store for SqliteStore {
         rows.iter().map(build_from_row).collect()
     }
 
+    async fn blobs_in_use(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut tx = self.read().await?;
+        let digests: Vec<String> = sqlx::query_scalar(
+            "SELECT sha256 FROM slugs \
+             UNION SELECT source_sha256 FROM builds WHERE status = 'pending'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(digests.into_iter().collect())
+    }
+
     async fn set_build_host(&self, id: Uuid, host_id: &str) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         let updated = sqlx::query("UPDATE builds SET host_id = ?, updated_at = ? WHERE id = ?")
@@ -1365,6 +1377,26 @@ mod tests {
             .find(|h| h.id == id)
             .map(|h| h.generation)
             .expect("host listed")
+    }
+
+    #[tokio::test]
+    async fn blobs_in_use_are_slugs_and_pending_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir).await;
+        assert!(store.blobs_in_use().await.expect("in use").is_empty());
+        let app = store.create_app("kept", "testing").await.expect("create");
+        let (slug, _) = deploy(&store, &app).await;
+        let mut pending = new_build(app.id);
+        pending.source_sha256 = "ef".repeat(32);
+        store.create_build(&pending).await.expect("create build");
+        // The deployed build's source ("cd"…) is no longer needed; its slug and the
+        // pending build's source are.
+        assert_eq!(
+            store.blobs_in_use().await.expect("in use"),
+            [slug.sha256.clone(), pending.source_sha256.clone()].into()
+        );
+        store.delete_app("kept").await.expect("delete");
+        assert!(store.blobs_in_use().await.expect("in use").is_empty());
     }
 
     #[tokio::test]
