@@ -95,7 +95,9 @@ pub enum BuildError {
     BuildpackOutsideRoot { path: PathBuf, root: PathBuf },
     #[error("buildpack directory {path} is refused: this host has no buildpack root")]
     DirectoryBuildpack { path: PathBuf },
-    #[error("invalid config var name {name:?}: use letters, digits and _, not starting with a digit")]
+    #[error(
+        "invalid config var name {name:?}: use letters, digits and _, not starting with a digit"
+    )]
     ConfigVarName { name: String },
 }
 
@@ -432,12 +434,12 @@ impl OutputDir {
                 size: slug_size,
             });
         }
-        slug.rewind().map_err(|source| OutputError::Read { name: SLUG, source })?;
-        let metadata_json = serde_json::to_string(&metadata)
-            .map_err(|e| OutputError::Read {
-                name: METADATA,
-                source: io::Error::other(e),
-            })?;
+        slug.rewind()
+            .map_err(|source| OutputError::Read { name: SLUG, source })?;
+        let metadata_json = serde_json::to_string(&metadata).map_err(|e| OutputError::Read {
+            name: METADATA,
+            source: io::Error::other(e),
+        })?;
         Ok(BuildOutputs {
             slug,
             slug_size,
@@ -578,6 +580,7 @@ impl BuildOutputs {
     /// Copies the slug to `dest` (created 0644: a slug is not a secret) and writes the
     /// metadata beside it; for `manifold-agent build --out`.
     pub fn save(mut self, dest: &Path, metadata_dest: &Path) -> io::Result<()> {
+        self.slug.rewind()?;
         let mut out = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -854,8 +857,7 @@ mod tests {
         let root = tmp.path().join("root");
         fs::create_dir_all(root.join("bp")).expect("mkdir");
         fs::create_dir_all(tmp.path().join("elsewhere")).expect("mkdir");
-        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), root.join("escape"))
-            .expect("ln");
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), root.join("escape")).expect("ln");
         let under = DirectoryBuildpacks::Under(root.clone());
         assert_eq!(
             buildpack_dir(&root.join("bp"), &under).expect("inside"),
@@ -874,7 +876,10 @@ mod tests {
             );
         }
         let err = buildpack_dir(&root.join("bp"), &DirectoryBuildpacks::None).expect_err("none");
-        assert!(matches!(err, BuildError::DirectoryBuildpack { .. }), "{err}");
+        assert!(
+            matches!(err, BuildError::DirectoryBuildpack { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -899,7 +904,10 @@ mod tests {
         gz.finish().expect("gz");
         let err = unpack_source(&archive, &tmp.path().join("w")).expect_err("refused");
         let text = crate::daemon::chain(&err);
-        assert!(text.contains("extension header longer than 65536 bytes"), "{text}");
+        assert!(
+            text.contains("extension header longer than 65536 bytes"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -925,7 +933,10 @@ mod tests {
             let mut hostile = req.clone();
             hostile.env = BTreeMap::from([(bad.to_string(), "x".to_string())]);
             let err = prepare(&host, "build-bad", &hostile).expect_err(bad);
-            assert!(matches!(err, BuildError::ConfigVarName { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, BuildError::ConfigVarName { .. }),
+                "{bad}: {err}"
+            );
         }
         assert!(!state.path().join("etc").exists());
         let b = prepare(&host, "build-x", &req).expect("prepare");

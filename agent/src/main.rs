@@ -324,7 +324,10 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
         slugbuilder: args
             .slugbuilder
             .unwrap_or_else(|| exe.with_file_name("slugbuilder")),
-        buildpacks_dir: args.buildpacks_dir.clone().or_else(|| installed_buildpacks(&exe)),
+        buildpacks_dir: args
+            .buildpacks_dir
+            .clone()
+            .or_else(|| installed_buildpacks(&exe)),
         buildpack_root: args
             .buildpack_root
             .or_else(|| args.buildpacks_dir.or_else(|| installed_buildpacks(&exe))),
@@ -512,7 +515,10 @@ async fn build(host: HostConfig, args: BuildArgs) -> anyhow::Result<i32> {
         if status == 0 {
             let json = args.out.with_extension("json");
             // The build's outputs are the build's: read them back as hostile input.
-            let outputs = prepared.output.read().context("the build's output is refused")?;
+            let outputs = prepared
+                .output
+                .read()
+                .context("the build's output is refused")?;
             outputs
                 .save(&args.out, &json)
                 .with_context(|| format!("cannot write {}", args.out.display()))?;

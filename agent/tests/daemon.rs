@@ -755,15 +755,19 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
     }))
     .await
     .unwrap();
-    let refused = wait_for(&mut rx, Duration::from_secs(60), "build b-2", &log, |k| {
-        match k {
+    let refused = wait_for(
+        &mut rx,
+        Duration::from_secs(60),
+        "build b-2",
+        &log,
+        |k| match k {
             agent_message::Kind::Build(BuildEvent {
                 build_id,
                 kind: Some(build_event::Kind::Finished(f)),
             }) if build_id == "b-2" => Some(f.clone()),
             _ => None,
-        }
-    })
+        },
+    )
     .await;
     assert_ne!(refused.status, 0, "{refused:?}");
     assert!(

@@ -231,7 +231,10 @@ fn config_vars_given_to_a_build_are_readable_by_the_build_user_only() {
     // Inside, uid 1000 is the build's user: the directory and file are its own, 0700/0600.
     assert!(t.contains("env dir 700 1000"), "{t}");
     assert!(t.contains("env file 600 1000"), "{t}");
-    assert!(t.contains("secret=s3cr3t"), "the build still reads it:\n{t}");
+    assert!(
+        t.contains("secret=s3cr3t"),
+        "the build still reads it:\n{t}"
+    );
 }
 
 #[test]
@@ -261,7 +264,10 @@ fn a_dynos_config_vars_are_in_files_only_root_can_read() {
         if let Some(dir) = found {
             break dir;
         }
-        assert!(Instant::now() < deadline, "the dyno's directory never appeared");
+        assert!(
+            Instant::now() < deadline,
+            "the dyno's directory never appeared"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
@@ -351,7 +357,8 @@ fn deep_slug(path: &Path, depth: usize) {
         file.set_entry_type(tar::EntryType::Regular);
         file.set_mode(0o644);
         file.set_size(1);
-        tar.append_data(&mut file, dir.join("f"), &b"x"[..]).unwrap();
+        tar.append_data(&mut file, dir.join("f"), &b"x"[..])
+            .unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap();
 }

@@ -538,7 +538,10 @@ mod tests {
             "no/such/pack",
         ] {
             let err = BuildpackSource::parse_remote(bad).expect_err(bad);
-            assert!(matches!(err, BuildpackError::NotRemote { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, BuildpackError::NotRemote { .. }),
+                "{bad}: {err}"
+            );
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
     }

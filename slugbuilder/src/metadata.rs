@@ -44,12 +44,18 @@ pub enum Problem {
     /// A process type name the Procfile parser would refuse.
     InvalidProcessType,
     Empty,
-    TooLong { limit: usize },
-    TooMany { limit: usize },
+    TooLong {
+        limit: usize,
+    },
+    TooMany {
+        limit: usize,
+    },
     /// A NUL or another control character (a tab is allowed in commands).
     ControlCharacter,
     /// The slug says it was built for another stack than its build ran on.
-    WrongStack { expected: String },
+    WrongStack {
+        expected: String,
+    },
     NotSha256,
     InvalidVarName,
 }
@@ -226,7 +232,8 @@ mod tests {
 
     #[test]
     fn hostile_fields_are_refused_naming_the_field() {
-        let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|v| v["process_types"]["web; rm -rf /"] = json!("x")),
                 "slug.json field process_types.\"web; rm -rf /\": invalid process type name",
