@@ -8,10 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
-use std::os::unix::fs::{chown, PermissionsExt};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{chown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use manifold_slugbuilder::build::SlugMetadata;
+use manifold_slugbuilder::metadata::{MetadataError, MAX_METADATA_BYTES};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use sha2::Digest;
 
 use crate::dyno::{
     BindMount, DynoConfig, HostConfig, SlugSource, DEFAULT_BOOT_TIMEOUT, DYNO_GID, DYNO_UID,
@@ -43,6 +51,26 @@ pub struct BuildRequest {
     /// The built-in buildpacks' directory on the host.
     pub buildpacks_dir: PathBuf,
     pub timeout: Duration,
+    /// Which host directories may be mounted into the build as buildpacks.
+    pub directory_buildpacks: DirectoryBuildpacks,
+    /// The largest slug the build may produce (compressed), checked by the slugbuilder and
+    /// again, as the only check that counts, when the agent reads the slug back.
+    pub max_slug_bytes: u64,
+}
+
+/// Heroku's limit on a compressed slug: 500 MB (the slugbuilder's default too).
+pub const DEFAULT_MAX_SLUG_BYTES: u64 = manifold_slugbuilder::build::DEFAULT_MAX_SLUG_SIZE;
+
+/// Where a buildpack named by a host path may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryBuildpacks {
+    /// Any directory: the operator named it on the command line (`manifold-agent build`).
+    Anywhere,
+    /// Only directories under this root (resolved, so `..` and symlinks cannot leave it):
+    /// builds the scheduler asks for name their buildpacks on behalf of API users.
+    Under(PathBuf),
+    /// No host directory at all.
+    None,
 }
 
 /// Errors preparing a build dyno.
@@ -58,21 +86,19 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
-    #[error("source archive {path} is not a valid tar.gz")]
-    SourceArchive {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("source archive entry {entry:?} is refused: {reason}")]
-    SourceEntry { entry: String, reason: &'static str },
-    #[error("source archive unpacks to more than {limit} bytes")]
-    SourceTooLarge { limit: u64 },
     #[error("cannot unpack the source")]
     Unpack {
         #[source]
         source: crate::slug::SlugError,
     },
+    #[error("buildpack directory {path} is not under this host's buildpack root {root}")]
+    BuildpackOutsideRoot { path: PathBuf, root: PathBuf },
+    #[error("buildpack directory {path} is refused: this host has no buildpack root")]
+    DirectoryBuildpack { path: PathBuf },
+    #[error(
+        "invalid config var name {name:?}: use letters, digits and _, not starting with a digit"
+    )]
+    ConfigVarName { name: String },
 }
 
 /// A prepared build: the dyno to run and where its slug will appear.
@@ -82,7 +108,7 @@ pub struct PreparedBuild {
     /// Host directory holding the source tarball, env dir and output; remove it when done.
     pub work: PathBuf,
     /// `slug.tgz` and `slug.json` appear here when the build succeeds.
-    pub out: PathBuf,
+    pub output: OutputDir,
 }
 
 /// Writes the source tarball, env dir and output dir, and describes the build dyno.
@@ -122,10 +148,20 @@ pub fn prepare(
     for dir in [&out, &req.cache_dir] {
         chown(dir, Some(uid), Some(gid)).map_err(prep(dir))?;
     }
+    // Config vars are secrets: readable by the build's user only (0600 files in a 0700
+    // directory it owns), never by the host's other users.
+    fs::set_permissions(&env_dir, fs::Permissions::from_mode(0o700)).map_err(prep(&env_dir))?;
+    chown(&env_dir, Some(uid), Some(gid)).map_err(prep(&env_dir))?;
     for (key, value) in &req.env {
+        // The name becomes a file name on the host: only a shell variable name is one.
+        let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(BuildError::ConfigVarName { name: key.clone() });
+        }
         let file = env_dir.join(key);
-        fs::write(&file, value).map_err(prep(&file))?;
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).map_err(prep(&file))?;
+        crate::dyno::write_private(&file, value.as_bytes()).map_err(prep(&file))?;
+        chown(&file, Some(uid), Some(gid)).map_err(prep(&file))?;
     }
     let tarball = work.join("source.tgz");
     pack_source(&req.source, &tarball).map_err(prep(&tarball))?;
@@ -155,12 +191,15 @@ pub fn prepare(
         req.stack.clone(),
         "--timeout".into(),
         format!("{}s", req.timeout.as_secs()),
+        "--max-slug-size".into(),
+        req.max_slug_bytes.to_string(),
     ];
     for (i, bp) in req.buildpacks.iter().enumerate() {
         let path = Path::new(bp);
         let arg = if path.is_dir() {
+            let source = buildpack_dir(path, &req.directory_buildpacks)?;
             let inside = format!("{CUSTOM}/{i}");
-            mounts.push(bind(path, &inside, true));
+            mounts.push(bind(&source, &inside, true));
             inside
         } else {
             bp.clone()
@@ -195,91 +234,390 @@ pub fn prepare(
         attach: None,
         log_rate: None,
     };
-    Ok(PreparedBuild { dyno, work, out })
+    let output = OutputDir {
+        path: out,
+        owner: uid,
+        stack: req.stack.clone(),
+        max_slug_bytes: req.max_slug_bytes,
+    };
+    Ok(PreparedBuild { dyno, work, output })
+}
+
+/// Resolves a buildpack directory and checks it is one the build may have.
+fn buildpack_dir(path: &Path, allowed: &DirectoryBuildpacks) -> Result<PathBuf, BuildError> {
+    let resolve = |p: &Path| {
+        fs::canonicalize(p).map_err(|source| BuildError::Prepare {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let resolved = resolve(path)?;
+    match allowed {
+        DirectoryBuildpacks::Anywhere => Ok(resolved),
+        DirectoryBuildpacks::None => Err(BuildError::DirectoryBuildpack {
+            path: path.to_path_buf(),
+        }),
+        DirectoryBuildpacks::Under(root) => {
+            let root = resolve(root)?;
+            if resolved.starts_with(&root) {
+                Ok(resolved)
+            } else {
+                Err(BuildError::BuildpackOutsideRoot {
+                    path: path.to_path_buf(),
+                    root,
+                })
+            }
+        }
+    }
+}
+
+/// A build's output directory on the host, as the agent reads it back after the build.
+///
+/// Everything in it was written by the build, that is by the app's code, its `.profile` and
+/// its buildpacks, running as the build's user; the agent reads it as root. So nothing here
+/// is opened by path: the directory is opened once with `O_NOFOLLOW | O_DIRECTORY` and each
+/// output by name from it with `O_NOFOLLOW`, after an `fstatat` that does not follow links
+/// says it is a regular file (a FIFO or device is never opened at all). The opened file's own
+/// `fstat` must then agree (same inode, still regular), be owned by the build's host uid
+/// (so no hard link to someone else's file), have one link, and fit the size limit before a
+/// byte is read; the slug is then streamed, never read whole into memory.
+#[derive(Debug, Clone)]
+pub struct OutputDir {
+    pub path: PathBuf,
+    /// The build's user as a host uid, which owns what an honest build writes.
+    pub owner: u32,
+    /// The stack the build ran on, which `slug.json` must name.
+    pub stack: String,
+    pub max_slug_bytes: u64,
+}
+
+/// What a finished build produced, checked.
+#[derive(Debug)]
+pub struct BuildOutputs {
+    /// `slug.tgz`, open and rewound; exactly `slug_size` bytes are to be read from it.
+    pub slug: fs::File,
+    pub slug_size: u64,
+    /// Lowercase hex sha256 of those bytes, computed by the agent.
+    pub slug_sha256: String,
+    /// `slug.json`, validated, and re-serialised from what was validated (so fields the
+    /// slugbuilder never writes do not travel on).
+    pub metadata: SlugMetadata,
+    pub metadata_json: String,
+}
+
+/// The kinds of file a build may leave where a regular file is expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Symlink,
+    Directory,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+    Unknown,
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Symlink => "a symbolic link",
+            Self::Directory => "a directory",
+            Self::Fifo => "a FIFO",
+            Self::Socket => "a socket",
+            Self::CharDevice => "a character device",
+            Self::BlockDevice => "a block device",
+            Self::Unknown => "of an unknown type",
+        })
+    }
+}
+
+/// Why a build's output was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("cannot open the build's output directory {path}")]
+    OpenDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the build's output directory {path} is not a directory owned by the build")]
+    DirNotOwned { path: PathBuf },
+    #[error("the build left no {name}")]
+    Missing { name: &'static str },
+    #[error("the build's {name} is {kind}, not a regular file")]
+    NotRegular { name: &'static str, kind: FileKind },
+    #[error("the build's {name} belongs to host uid {uid}, not to the build's user (host uid {expected})")]
+    Owner {
+        name: &'static str,
+        uid: u32,
+        expected: u32,
+    },
+    #[error("the build's {name} has {links} hard links, not 1")]
+    Links { name: &'static str, links: u64 },
+    #[error("the build's {name} is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        name: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    #[error("the build's {name} was replaced while it was opened")]
+    Replaced { name: &'static str },
+    #[error("cannot read the build's {name}")]
+    Read {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the build's {name} is {actual} bytes long, not the {expected} its size said")]
+    Changed {
+        name: &'static str,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("the build's slug.json is refused")]
+    Metadata {
+        #[source]
+        source: MetadataError,
+    },
+    #[error("slug.json describes a slug of {claimed_size} bytes with sha256 {claimed}, but slug.tgz has {size} bytes with sha256 {actual}")]
+    Mismatch {
+        claimed: String,
+        claimed_size: u64,
+        actual: String,
+        size: u64,
+    },
+}
+
+const SLUG: &str = "slug.tgz";
+const METADATA: &str = "slug.json";
+
+impl OutputDir {
+    /// Opens, checks and hashes the outputs of a build that exited 0. Blocking: it reads
+    /// the whole slug once to hash it.
+    pub fn read(&self) -> Result<BuildOutputs, OutputError> {
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&self.path)
+            .map_err(|source| OutputError::OpenDir {
+                path: self.path.clone(),
+                source,
+            })?;
+        let meta = dir.metadata().map_err(|source| OutputError::OpenDir {
+            path: self.path.clone(),
+            source,
+        })?;
+        if !meta.is_dir() || meta.uid() != self.owner {
+            return Err(OutputError::DirNotOwned {
+                path: self.path.clone(),
+            });
+        }
+        let dir = OwnedFd::from(dir);
+        let (metadata_file, metadata_size) = self.open(&dir, METADATA, MAX_METADATA_BYTES)?;
+        let mut text = Vec::new();
+        read_exactly(metadata_file, metadata_size, &mut text, METADATA)?;
+        let metadata = manifold_slugbuilder::metadata::parse(&text, &self.stack)
+            .map_err(|source| OutputError::Metadata { source })?;
+        let (mut slug, slug_size) = self.open(&dir, SLUG, self.max_slug_bytes)?;
+        let mut hasher = HashingWriter(sha2::Sha256::new());
+        read_exactly(&mut slug, slug_size, &mut hasher, SLUG)?;
+        let slug_sha256: String = hasher
+            .0
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if metadata.sha256 != slug_sha256 || metadata.size != slug_size {
+            return Err(OutputError::Mismatch {
+                claimed: metadata.sha256,
+                claimed_size: metadata.size,
+                actual: slug_sha256,
+                size: slug_size,
+            });
+        }
+        slug.rewind()
+            .map_err(|source| OutputError::Read { name: SLUG, source })?;
+        let metadata_json = serde_json::to_string(&metadata).map_err(|e| OutputError::Read {
+            name: METADATA,
+            source: io::Error::other(e),
+        })?;
+        Ok(BuildOutputs {
+            slug,
+            slug_size,
+            slug_sha256,
+            metadata,
+            metadata_json,
+        })
+    }
+
+    /// Opens output `name` of the directory `dir` if it is a regular file of the build's
+    /// user with one link and at most `limit` bytes; returns it and its size.
+    fn open(
+        &self,
+        dir: &OwnedFd,
+        name: &'static str,
+        limit: u64,
+    ) -> Result<(fs::File, u64), OutputError> {
+        use std::os::fd::AsRawFd;
+        let read = |source: Errno| OutputError::Read {
+            name,
+            source: source.into(),
+        };
+        let before = match nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            name,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(stat) => stat,
+            Err(Errno::ENOENT) => return Err(OutputError::Missing { name }),
+            Err(errno) => return Err(read(errno)),
+        };
+        let kind = SFlag::from_bits_truncate(before.st_mode) & SFlag::S_IFMT;
+        if kind != SFlag::S_IFREG {
+            return Err(OutputError::NotRegular {
+                name,
+                kind: file_kind(kind),
+            });
+        }
+        // O_NONBLOCK: if a FIFO took the file's place since the fstatat, opening it must
+        // not wait for a writer (the inode check below then refuses it).
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP) => {
+                return Err(OutputError::NotRegular {
+                    name,
+                    kind: FileKind::Symlink,
+                })
+            }
+            Err(Errno::ENOENT) => return Err(OutputError::Replaced { name }),
+            Err(errno) => return Err(read(errno)),
+        };
+        // SAFETY: `openat` just returned `fd`, a new descriptor nothing else owns, so the
+        // `File` may take it over and close it exactly once.
+        let file = unsafe { fs::File::from_raw_fd(fd) };
+        let meta = file
+            .metadata()
+            .map_err(|source| OutputError::Read { name, source })?;
+        if meta.ino() != before.st_ino || meta.dev() != before.st_dev || !meta.is_file() {
+            return Err(OutputError::Replaced { name });
+        }
+        if meta.uid() != self.owner {
+            return Err(OutputError::Owner {
+                name,
+                uid: meta.uid(),
+                expected: self.owner,
+            });
+        }
+        if meta.nlink() != 1 {
+            return Err(OutputError::Links {
+                name,
+                links: meta.nlink(),
+            });
+        }
+        if meta.len() > limit {
+            return Err(OutputError::TooLarge {
+                name,
+                size: meta.len(),
+                limit,
+            });
+        }
+        Ok((file, meta.len()))
+    }
+}
+
+/// Copies exactly `size` bytes of `file` into `out`, in bounded chunks; a file that is
+/// longer or shorter than the size its `fstat` gave is refused.
+fn read_exactly(
+    file: impl Read,
+    size: u64,
+    out: &mut impl Write,
+    name: &'static str,
+) -> Result<(), OutputError> {
+    let mut limited = file.take(size.saturating_add(1));
+    let copied =
+        io::copy(&mut limited, out).map_err(|source| OutputError::Read { name, source })?;
+    if copied != size {
+        return Err(OutputError::Changed {
+            name,
+            expected: size,
+            actual: copied,
+        });
+    }
+    Ok(())
+}
+
+/// A `Write` that only hashes.
+struct HashingWriter(sha2::Sha256);
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn file_kind(kind: SFlag) -> FileKind {
+    match kind {
+        SFlag::S_IFLNK => FileKind::Symlink,
+        SFlag::S_IFDIR => FileKind::Directory,
+        SFlag::S_IFIFO => FileKind::Fifo,
+        SFlag::S_IFSOCK => FileKind::Socket,
+        SFlag::S_IFCHR => FileKind::CharDevice,
+        SFlag::S_IFBLK => FileKind::BlockDevice,
+        _ => FileKind::Unknown,
+    }
+}
+
+impl BuildOutputs {
+    /// Copies the slug to `dest` (created 0644: a slug is not a secret) and writes the
+    /// metadata beside it; for `manifold-agent build --out`.
+    pub fn save(mut self, dest: &Path, metadata_dest: &Path) -> io::Result<()> {
+        self.slug.rewind()?;
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(dest)?;
+        let copied = io::copy(&mut (&mut self.slug).take(self.slug_size), &mut out)?;
+        if copied != self.slug_size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the slug shrank while it was copied",
+            ));
+        }
+        out.sync_all()?;
+        fs::write(metadata_dest, &self.metadata_json)
+    }
 }
 
 /// Unpacks an uploaded source archive (`tar.gz` with the app's files at its root, as
 /// `manifold deploy` packs them) into `WORK/layer/.../app` and returns that directory.
 ///
-/// The archive is hostile input. Rather than a second unpacker, its entries are re-packed
-/// under `app/` (never touching the filesystem, refusing absolute and `..` paths, bounded
-/// in size) and the result goes through [`crate::slug::SlugCache`], which refuses every
-/// hostile entry a slug may not have (escaping links, devices, duplicates, ...).
+/// The archive is hostile input. It goes through the slug unpacker itself, in its source
+/// layout ([`crate::slug::ArchiveLayout::Source`]: every entry lands under `app/`), so it
+/// gets every check a slug gets: capped extension headers (GNU long names and PAX records
+/// are never buffered beyond 64 KiB), bounded size, entry count and depth, and no escaping
+/// paths or links, devices or duplicates.
 pub fn unpack_source(archive: &Path, work: &Path) -> Result<PathBuf, BuildError> {
-    let limits = crate::slug::UnpackLimits::default();
-    let wrapped = work.join("source-app.tgz");
-    let prep = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BuildError::Prepare { path, source }
-    };
-    fs::create_dir_all(work).map_err(prep(work))?;
-    let bad = |source| BuildError::SourceArchive {
-        path: archive.to_path_buf(),
-        source,
-    };
-    let file = fs::File::open(archive).map_err(bad)?;
-    let mut input = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let out = fs::File::create(&wrapped).map_err(prep(&wrapped))?;
-    let mut output = tar::Builder::new(flate2::write::GzEncoder::new(
-        out,
-        flate2::Compression::fast(),
-    ));
-    let mut total = 0u64;
-    for entry in input.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let path = entry.path().map_err(bad)?.into_owned();
-        let name = path.display().to_string();
-        let refuse = |reason| BuildError::SourceEntry {
-            entry: name.clone(),
-            reason,
-        };
-        use std::path::Component;
-        if path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(refuse("absolute path or `..`"));
-        }
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-        ) {
-            continue;
-        }
-        if kind == tar::EntryType::GNUSparse {
-            return Err(refuse("sparse file"));
-        }
-        total = total.saturating_add(entry.size());
-        if total > limits.max_unpacked_bytes {
-            return Err(BuildError::SourceTooLarge {
-                limit: limits.max_unpacked_bytes,
-            });
-        }
-        let inside = Path::new("app").join(&path);
-        let mut header = entry.header().clone();
-        let link = entry.link_name().map_err(bad)?.map(|l| l.into_owned());
-        let written = match (kind, link) {
-            // A hard link names another entry of the archive, which moved under app/ too.
-            (tar::EntryType::Link, Some(target)) => {
-                output.append_link(&mut header, &inside, Path::new("app").join(target))
-            }
-            (tar::EntryType::Symlink, Some(target)) => {
-                output.append_link(&mut header, &inside, target)
-            }
-            _ => output.append_data(&mut header, &inside, &mut entry),
-        };
-        written.map_err(bad)?;
-    }
-    output
-        .into_inner()
-        .and_then(|gz| gz.finish())
-        .map_err(prep(&wrapped))?;
-    let cache = crate::slug::SlugCache::new(work.join("layer"), limits, None);
+    let cache = crate::slug::SlugCache::new(
+        work.join("layer"),
+        crate::slug::UnpackLimits::default(),
+        None,
+    )
+    .with_layout(crate::slug::ArchiveLayout::Source);
     let layer = cache
-        .layer(&wrapped, None)
+        .layer(archive, None)
         .map_err(|source| BuildError::Unpack { source })?;
-    let _ = fs::remove_file(&wrapped);
     Ok(layer.dir.join("app"))
 }
 
@@ -363,10 +701,214 @@ mod tests {
             source_archive(&archive, &[("ok", "1"), (bad, "x")]);
             let err = unpack_source(&archive, &tmp.path().join("w2")).expect_err(bad);
             assert!(
-                matches!(err, BuildError::SourceEntry { .. }),
+                matches!(
+                    err,
+                    BuildError::Unpack {
+                        source: crate::slug::SlugError::Hostile { .. }
+                    }
+                ),
                 "{bad}: {err}"
             );
         }
+    }
+
+    /// An output directory holding an honest `slug.tgz` and `slug.json` for stack
+    /// "testing", owned by the current user; returns it and the slug's bytes.
+    fn honest_output(tmp: &Path) -> (OutputDir, Vec<u8>) {
+        let out = tmp.join("out");
+        fs::create_dir_all(&out).expect("mkdir");
+        let slug = b"not really gzip, but bytes".to_vec();
+        let sha: String = sha2::Sha256::digest(&slug)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        fs::write(out.join(SLUG), &slug).expect("slug");
+        let meta = serde_json::json!({
+            "process_types": {"web": "./web"}, "buildpacks": [], "stack": "testing",
+            "commit": null, "sha256": sha, "size": slug.len(), "duration_ms": 1,
+            "config_vars": {}, "addons": [],
+        });
+        fs::write(out.join(METADATA), meta.to_string()).expect("json");
+        let dir = OutputDir {
+            path: out,
+            owner: nix::unistd::geteuid().as_raw(),
+            stack: "testing".into(),
+            max_slug_bytes: 1024,
+        };
+        (dir, slug)
+    }
+
+    #[test]
+    fn honest_outputs_are_read_hashed_and_rewound() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (dir, slug) = honest_output(tmp.path());
+        let mut outputs = dir.read().expect("read");
+        assert_eq!(outputs.slug_size, slug.len() as u64);
+        assert_eq!(outputs.metadata.sha256, outputs.slug_sha256);
+        let mut again = Vec::new();
+        outputs.slug.read_to_end(&mut again).expect("read");
+        assert_eq!(again, slug);
+        let dest = tmp.path().join("copy.tgz");
+        outputs
+            .save(&dest, &tmp.path().join("copy.json"))
+            .expect("save");
+        assert_eq!(fs::read(&dest).expect("copy"), slug);
+    }
+
+    #[test]
+    fn outputs_that_are_not_the_builds_regular_files_are_refused() {
+        type Trick = fn(&Path);
+        let cases: Vec<(&str, Trick, &str)> = vec![
+            (
+                "symlink",
+                |out| {
+                    fs::remove_file(out.join(SLUG)).expect("rm");
+                    std::os::unix::fs::symlink("/etc/shadow", out.join(SLUG)).expect("ln");
+                },
+                "the build's slug.tgz is a symbolic link, not a regular file",
+            ),
+            (
+                "fifo",
+                |out| {
+                    fs::remove_file(out.join(SLUG)).expect("rm");
+                    nix::unistd::mkfifo(&out.join(SLUG), Mode::from_bits_truncate(0o644))
+                        .expect("mkfifo");
+                },
+                "the build's slug.tgz is a FIFO, not a regular file",
+            ),
+            (
+                "huge",
+                |out| {
+                    fs::File::options()
+                        .write(true)
+                        .open(out.join(SLUG))
+                        .and_then(|f| f.set_len(1 << 40))
+                        .expect("truncate");
+                },
+                "the build's slug.tgz is 1099511627776 bytes, more than the limit of 1024 bytes",
+            ),
+            (
+                "hard link",
+                |out| {
+                    fs::hard_link(out.join(SLUG), out.join("other")).expect("link");
+                },
+                "the build's slug.tgz has 2 hard links, not 1",
+            ),
+            (
+                "owner",
+                |out| {
+                    chown(out.join(SLUG), Some(12345), None).expect("chown");
+                },
+                "the build's slug.tgz belongs to host uid 12345, not to the build's user",
+            ),
+            (
+                "missing",
+                |out| fs::remove_file(out.join(METADATA)).expect("rm"),
+                "the build left no slug.json",
+            ),
+            (
+                "swapped content",
+                |out| fs::write(out.join(SLUG), b"other bytes").expect("write"),
+                "slug.json describes a slug of 26 bytes",
+            ),
+        ];
+        for (what, trick, want) in cases {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let (dir, _) = honest_output(tmp.path());
+            trick(&dir.path);
+            let err = dir.read().expect_err(what);
+            let text = crate::daemon::chain(&err);
+            assert!(text.contains(want), "{what}: {text}");
+        }
+    }
+
+    #[test]
+    fn an_output_directory_that_is_a_symlink_or_not_the_builds_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut dir, _) = honest_output(tmp.path());
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir.path, &link).expect("ln");
+        let real = std::mem::replace(&mut dir.path, link);
+        assert!(matches!(dir.read(), Err(OutputError::OpenDir { .. })));
+        dir.path = real;
+        dir.owner = 12345;
+        assert!(matches!(dir.read(), Err(OutputError::DirNotOwned { .. })));
+    }
+
+    #[test]
+    fn a_hostile_slug_json_is_refused_naming_the_field() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (dir, _) = honest_output(tmp.path());
+        let text = fs::read_to_string(dir.path.join(METADATA)).expect("read");
+        fs::write(
+            dir.path.join(METADATA),
+            text.replace("\"web\"", "\"../web\""),
+        )
+        .expect("write");
+        let err = crate::daemon::chain(&dir.read().expect_err("refused"));
+        assert!(
+            err.contains("slug.json field process_types.\"../web\": invalid process type name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn directory_buildpacks_are_confined_to_the_root() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("bp")).expect("mkdir");
+        fs::create_dir_all(tmp.path().join("elsewhere")).expect("mkdir");
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), root.join("escape")).expect("ln");
+        let under = DirectoryBuildpacks::Under(root.clone());
+        assert_eq!(
+            buildpack_dir(&root.join("bp"), &under).expect("inside"),
+            fs::canonicalize(root.join("bp")).expect("canonical")
+        );
+        for outside in [
+            root.join("escape"),
+            root.join("bp/../.."),
+            PathBuf::from("/etc"),
+        ] {
+            let err = buildpack_dir(&outside, &under).expect_err("outside");
+            assert!(
+                matches!(err, BuildError::BuildpackOutsideRoot { .. }),
+                "{}: {err}",
+                outside.display()
+            );
+        }
+        let err = buildpack_dir(&root.join("bp"), &DirectoryBuildpacks::None).expect_err("none");
+        assert!(
+            matches!(err, BuildError::DirectoryBuildpack { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_source_with_a_huge_long_name_is_refused_without_buffering_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A GNU long-name header claiming 1 GiB, followed by only a little data: the old
+        // buffering reader would have tried to read (and allocate) all of it.
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+        header.set_entry_type(tar::EntryType::GNULongName);
+        header.set_mode(0o644);
+        header.set_size(1 << 30);
+        header.set_cksum();
+        let mut raw = header.as_bytes().to_vec();
+        raw.extend_from_slice(&[b'a'; 4096]);
+        let archive = tmp.path().join("huge-name.tgz");
+        let mut gz = flate2::write::GzEncoder::new(
+            fs::File::create(&archive).expect("create"),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(&raw).expect("write");
+        gz.finish().expect("gz");
+        let err = unpack_source(&archive, &tmp.path().join("w")).expect_err("refused");
+        let text = crate::daemon::chain(&err);
+        assert!(
+            text.contains("extension header longer than 65536 bytes"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -385,7 +927,19 @@ mod tests {
             slugbuilder: PathBuf::from("/bin/true"),
             buildpacks_dir: src.path().to_path_buf(),
             timeout: Duration::from_secs(60),
+            directory_buildpacks: DirectoryBuildpacks::Anywhere,
+            max_slug_bytes: DEFAULT_MAX_SLUG_BYTES,
         };
+        for bad in ["../../etc/cron.d/x", "A/B", "1X", ""] {
+            let mut hostile = req.clone();
+            hostile.env = BTreeMap::from([(bad.to_string(), "x".to_string())]);
+            let err = prepare(&host, "build-bad", &hostile).expect_err(bad);
+            assert!(
+                matches!(err, BuildError::ConfigVarName { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert!(!state.path().join("etc").exists());
         let b = prepare(&host, "build-x", &req).expect("prepare");
         let writable: Vec<_> = b
             .dyno
@@ -399,6 +953,13 @@ mod tests {
             fs::read_to_string(b.work.join("env/SECRET")).expect("env"),
             "s3"
         );
+        let env = fs::metadata(b.work.join("env/SECRET")).expect("env");
+        assert_eq!(env.mode() & 0o777, 0o600, "config vars are private");
+        assert_eq!(
+            fs::metadata(b.work.join("env")).expect("env dir").mode() & 0o777,
+            0o700
+        );
+        assert_eq!(env.uid(), host.host_ids(DYNO_UID, DYNO_GID).0);
         assert!(b.dyno.command.starts_with(BIN) && b.dyno.command.contains("--in-place"));
         assert!(b.dyno.slug.as_ref().is_some_and(|s| s.path.exists()));
     }

@@ -63,6 +63,12 @@ pub struct DaemonConfig {
     pub shim_binary: PathBuf,
     pub slugbuilder: PathBuf,
     pub buildpacks_dir: Option<PathBuf>,
+    /// The only directory whose subdirectories a build may use as buildpacks named by path:
+    /// the scheduler passes on what API users ask for, and a host path from them must not
+    /// mount an arbitrary host directory into a build. `None`: no directory buildpacks.
+    pub buildpack_root: Option<PathBuf>,
+    /// The largest slug a build may produce.
+    pub max_slug_bytes: u64,
     /// When crashed formation dynos are started again.
     pub restart: RestartPolicy,
     /// How long a web dyno has to accept connections on `$PORT` before R10 kills it.
@@ -1310,6 +1316,11 @@ async fn build_in(
         slugbuilder: config.slugbuilder.clone(),
         buildpacks_dir,
         timeout: Duration::from_secs(15 * 60),
+        directory_buildpacks: match &config.buildpack_root {
+            Some(root) => build::DirectoryBuildpacks::Under(root.clone()),
+            None => build::DirectoryBuildpacks::None,
+        },
+        max_slug_bytes: config.max_slug_bytes,
     };
     let prepared = build::prepare(&config.host, container, &req).map_err(|e| chain(&e))?;
     let result = async {
@@ -1347,17 +1358,20 @@ async fn build_in(
                 ..Default::default()
             });
         }
-        let slug_json = tokio::fs::read_to_string(prepared.out.join("slug.json"))
+        // The build's outputs are the build's: read back as hostile input, off the runtime.
+        let output = prepared.output.clone();
+        let outputs = tokio::task::spawn_blocking(move || output.read())
             .await
-            .map_err(|e| format!("no slug.json: {e}"))?;
-        let slug_sha256 = blobs
-            .upload(&prepared.out.join("slug.tgz"))
+            .map_err(|e| format!("cannot read the build's output: {e}"))?
+            .map_err(|e| format!("the build's output is refused: {}", chain(&e)))?;
+        blobs
+            .upload(outputs.slug, outputs.slug_size, &outputs.slug_sha256)
             .await
             .map_err(|e| format!("slug upload failed: {}", chain(&e)))?;
         Ok(proto::BuildFinished {
             status: 0,
-            slug_sha256,
-            slug_json,
+            slug_sha256: outputs.slug_sha256,
+            slug_json: outputs.metadata_json,
             error: String::new(),
         })
     }

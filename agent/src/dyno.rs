@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -87,7 +88,6 @@ impl HostConfig {
         if self.userns.is_none() {
             return Ok(());
         }
-        use std::os::unix::fs::PermissionsExt;
         let mut dir = Some(self.state_dir.as_path());
         while let Some(d) = dir {
             if let Ok(meta) = fs::metadata(d) {
@@ -374,6 +374,10 @@ impl DynoDir {
 
     pub fn write_config(&self, config: &DynoConfig) -> io::Result<()> {
         fs::create_dir_all(&self.root)?;
+        // Searchable by others (a dyno's user namespace root, an unprivileged host uid,
+        // must reach `bundle/rootfs`), but not listable; `dyno.json` itself, holding the
+        // config vars, is the owner's alone (see `write_atomic`).
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o711))?;
         let json = serde_json::to_vec_pretty(config).map_err(io::Error::other)?;
         write_atomic(&self.config(), &json)
     }
@@ -388,15 +392,27 @@ impl DynoDir {
 ///
 /// Not flushed to disk (no fsync): what is written with it (a dyno's `dyno.json`, its shim's
 /// pid, its state) describes processes of this boot only, which a power loss ends too; after
-/// a reboot the agent removes every dyno directory. Files that must outlive a reboot (the
+/// a reboot the agent removes every dyno directory. Readable by its owner (root) only:
+/// `dyno.json` holds config vars that other host users must not read. Files that must outlive a reboot (the
 /// agent's state, blobs, slug layers, certificates) are flushed, and so is their directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-    }
+    write_private(&tmp, bytes)?;
     fs::rename(tmp, path)
+}
+
+/// Writes a file with mode 0600 from its creation (never world-readable, even for an
+/// instant); an existing file is truncated and its mode set to 0600 too.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)
 }
 
 /// Which of the dyno's output streams a line came from.

@@ -379,39 +379,38 @@ impl Blobs {
         result.map(|()| path)
     }
 
-    /// Uploads a file as a blob; returns its sha256.
-    pub async fn upload(&self, path: &Path) -> Result<String, BlobError> {
-        let io = |source| BlobError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut body = Vec::new();
-        // Slugs are bounded (the slugbuilder refuses huge ones), so one buffer is fine.
-        file.read_to_end(&mut body).await.map_err(io)?;
-        hasher.update(&body);
-        let sha256: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    /// Uploads `size` bytes of `file` (from its current position) as blob `sha256`, which
+    /// the caller computed; the body is streamed, never held in memory, and the scheduler
+    /// checks the digest of what it receives.
+    pub async fn upload(
+        &self,
+        file: std::fs::File,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), BlobError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BlobError::Digest {
+                sha256: sha256.to_string(),
+            });
+        }
+        let body = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file).take(size));
         let response = self
-            .authorize(self.scheduler.http.put(self.url(&sha256)))
-            .body(body)
+            .authorize(self.scheduler.http.put(self.url(sha256)))
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(body))
             .send()
             .await
             .map_err(|source| BlobError::Http {
-                sha256: sha256.clone(),
+                sha256: sha256.to_string(),
                 source,
             })?;
         if !response.status().is_success() {
             return Err(BlobError::Status {
-                sha256,
+                sha256: sha256.to_string(),
                 status: response.status(),
             });
         }
-        Ok(sha256)
+        Ok(())
     }
 }
 

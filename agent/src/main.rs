@@ -130,6 +130,13 @@ struct DaemonArgs {
     /// The key of --tls-cert (PEM).
     #[arg(long, env = "MANIFOLD_AGENT_KEY")]
     tls_key: Option<PathBuf>,
+    /// The only directory under which a build the scheduler asks for may use a buildpack
+    /// named by a host path (default: --buildpacks-dir).
+    #[arg(long, env = "MANIFOLD_BUILDPACK_ROOT")]
+    buildpack_root: Option<PathBuf>,
+    /// The largest slug a build may produce (compressed): bytes or like 500M.
+    #[arg(long, env = "MANIFOLD_MAX_SLUG_SIZE", default_value_t = build::DEFAULT_MAX_SLUG_BYTES, value_parser = daemon::parse_memory)]
+    max_slug_size: u64,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +234,9 @@ struct BuildArgs {
     /// Build time limit.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// The largest slug accepted (compressed): bytes or like 500M.
+    #[arg(long, default_value_t = build::DEFAULT_MAX_SLUG_BYTES, value_parser = daemon::parse_memory)]
+    max_slug_size: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -326,7 +336,14 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
         slugbuilder: args
             .slugbuilder
             .unwrap_or_else(|| exe.with_file_name("slugbuilder")),
-        buildpacks_dir: args.buildpacks_dir.or_else(|| installed_buildpacks(&exe)),
+        buildpacks_dir: args
+            .buildpacks_dir
+            .clone()
+            .or_else(|| installed_buildpacks(&exe)),
+        buildpack_root: args
+            .buildpack_root
+            .or_else(|| args.buildpacks_dir.or_else(|| installed_buildpacks(&exe))),
+        max_slug_bytes: args.max_slug_size,
         shim_binary: exe,
         restart: RestartPolicy {
             base: args.restart_base,
@@ -499,6 +516,8 @@ async fn build(host: HostConfig, args: BuildArgs) -> anyhow::Result<i32> {
             )
         })?,
         timeout: args.timeout,
+        directory_buildpacks: build::DirectoryBuildpacks::Anywhere,
+        max_slug_bytes: args.max_slug_size,
     };
     let prepared = build::prepare(&host, &id, &request)?;
     let result = follow(prepared.dyno, |line| match line.source {
@@ -509,14 +528,14 @@ async fn build(host: HostConfig, args: BuildArgs) -> anyhow::Result<i32> {
     let outcome = result.and_then(|status| {
         if status == 0 {
             let json = args.out.with_extension("json");
-            std::fs::copy(prepared.out.join("slug.tgz"), &args.out)
+            // The build's outputs are the build's: read them back as hostile input.
+            let outputs = prepared
+                .output
+                .read()
+                .context("the build's output is refused")?;
+            outputs
+                .save(&args.out, &json)
                 .with_context(|| format!("cannot write {}", args.out.display()))?;
-            std::fs::copy(prepared.out.join("slug.json"), &json)
-                .with_context(|| format!("cannot write {}", json.display()))?;
-            for file in [&args.out, &json] {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644))?;
-            }
         }
         Ok(status)
     });

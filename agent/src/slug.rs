@@ -115,6 +115,8 @@ pub enum HostileReason {
     NulByte,
     #[error("path longer than {limit} bytes")]
     PathTooLong { limit: usize },
+    #[error("path deeper than {limit} components")]
+    TooDeep { limit: usize },
     /// `app` itself must be a directory: `app -> /etc` followed by `app/passwd` is the
     /// classic way to write through a symlink.
     #[error("app must be a directory")]
@@ -177,6 +179,24 @@ pub struct UnpackLimits {
     /// Tar entries, counting global PAX headers but not the per-entry extension headers
     /// (GNU long names, local PAX headers), which each belong to a counted entry.
     pub max_entries: u64,
+    /// Path components of an entry, `app` included. Walking to an entry's directory costs
+    /// at most this many `openat` calls, so the unpacker's work is bounded per entry, and
+    /// it holds at most this many directory descriptors open.
+    pub max_depth: usize,
+}
+
+/// No real slug comes near it: a Python venv is about 10 levels deep, npm's nested
+/// `node_modules` of old a few dozen; `PATH_MAX` alone would allow about 2048.
+pub const DEFAULT_MAX_DEPTH: usize = 256;
+
+/// How an archive lays out the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveLayout {
+    /// A slug: the app is under `app/`, everything else is ignored.
+    Slug,
+    /// An uploaded source tarball: the app's files are at the archive's root and are
+    /// unpacked under `app/` (hard link targets too), with a slug's every check.
+    Source,
 }
 
 impl Default for UnpackLimits {
@@ -184,6 +204,7 @@ impl Default for UnpackLimits {
         Self {
             max_unpacked_bytes: 2 << 30,
             max_entries: 1_000_000,
+            max_depth: DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -206,6 +227,7 @@ pub struct SlugCache {
     root: PathBuf,
     limits: UnpackLimits,
     owner: Option<(Uid, Gid)>,
+    layout: ArchiveLayout,
 }
 
 impl SlugCache {
@@ -220,7 +242,15 @@ impl SlugCache {
             root: root.into(),
             limits,
             owner: owner.map(|(uid, gid)| (Uid::from_raw(uid), Gid::from_raw(gid))),
+            layout: ArchiveLayout::Slug,
         }
+    }
+
+    /// The same cache for archives laid out as `layout` (sources: see
+    /// [`ArchiveLayout::Source`]).
+    pub fn with_layout(mut self, layout: ArchiveLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Verify the slug (against `expected_sha256` when given, lowercase hex) and unpack
@@ -539,6 +569,7 @@ impl SlugCache {
             sha256,
             files = stats.files,
             dirs = stats.dirs,
+            dir_opens = stats.dir_opens,
             symlinks = stats.symlinks,
             hard_links = stats.hard_links,
             ignored = stats.ignored,
@@ -566,7 +597,13 @@ impl SlugCache {
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
             .open(tmp)
             .map_err(|source| self.cache_error(tmp, source))?;
-        let mut unpacker = Unpacker::new(slug, tmp, OwnedFd::from(root), self.limits, self.owner);
+        let mut unpacker = Unpacker::new(
+            slug,
+            tmp,
+            OwnedFd::from(root),
+            (self.limits, self.layout),
+            self.owner,
+        );
         // Multi-member: concatenated gzip members are one stream (RFC 1952, and what
         // `gzip -d` does); anything after the last member that is not one is refused.
         let mut decoder = MultiGzDecoder::new(HashingReader::new(file));
@@ -668,6 +705,9 @@ struct Stats {
     hard_links: u64,
     ignored: u64,
     bytes: u64,
+    /// Directories opened (or created and opened) while walking to entries: the
+    /// unpacker's work beyond reading, kept linear in the number of entries.
+    dir_opens: u64,
 }
 
 /// Extension headers seen since the last real entry; they describe the next one.
@@ -730,11 +770,14 @@ struct DirFixup {
     mtime: u64,
 }
 
-/// The parent directory of the previous entry, kept open because archives list entries
-/// directory by directory. Safe to reuse: nothing in the private temporary directory
-/// is ever removed or replaced while unpacking (duplicates are refused).
-struct OpenParent {
-    path: Vec<Vec<u8>>,
+/// One directory of the open path: the directories from the root to the last entry's
+/// parent stay open, so that the next entry opens only the components its path does not
+/// share with the last one. Archives list entries depth first, so walking to each entry
+/// costs O(1) `openat` calls instead of O(depth), and an unpack is linear instead of
+/// quadratic in the tree's depth. Safe to reuse: nothing in the private temporary
+/// directory is ever removed or replaced while unpacking (duplicates are refused).
+struct OpenDir {
+    component: Vec<u8>,
     fd: OwnedFd,
 }
 
@@ -752,11 +795,13 @@ struct Unpacker {
     dir: PathBuf,
     root: OwnedFd,
     limits: UnpackLimits,
+    layout: ArchiveLayout,
     owner: Option<(Uid, Gid)>,
     entries: u64,
     stats: Stats,
     buf: Vec<u8>,
-    parent: Option<OpenParent>,
+    /// The open path, root first; never longer than `limits.max_depth`.
+    open: Vec<OpenDir>,
     dirs: Vec<DirFixup>,
     saw_app: bool,
 }
@@ -766,7 +811,7 @@ impl Unpacker {
         slug: &Path,
         dir: &Path,
         root: OwnedFd,
-        limits: UnpackLimits,
+        (limits, layout): (UnpackLimits, ArchiveLayout),
         owner: Option<(Uid, Gid)>,
     ) -> Self {
         Self {
@@ -774,11 +819,12 @@ impl Unpacker {
             dir: dir.to_owned(),
             root,
             limits,
+            layout,
             owner,
             entries: 0,
             stats: Stats::default(),
             buf: vec![0; COPY_BUF_BYTES],
-            parent: None,
+            open: Vec::new(),
             dirs: Vec::new(),
             saw_app: false,
         }
@@ -863,7 +909,18 @@ impl Unpacker {
                 },
             ));
         }
-        let path = normalize(&raw_path).map_err(|reason| hostile(&name, reason))?;
+        let mut path = normalize(&raw_path).map_err(|reason| hostile(&name, reason))?;
+        if self.layout == ArchiveLayout::Source {
+            path.insert(0, b"app");
+        }
+        if path.len() > self.limits.max_depth {
+            return Err(hostile(
+                &name,
+                HostileReason::TooDeep {
+                    limit: self.limits.max_depth,
+                },
+            ));
+        }
         // Refused even outside app/: the tar crate's raw reader does not know where
         // a sparse entry's extra map blocks end, so skipping one would misparse the rest.
         if pax.sparse || kind == EntryType::GNUSparse {
@@ -1112,7 +1169,10 @@ impl Unpacker {
                 },
             )
         };
-        let target_path = normalize(target).map_err(|_| refused())?;
+        let mut target_path = normalize(target).map_err(|_| refused())?;
+        if self.layout == ArchiveLayout::Source {
+            target_path.insert(0, b"app");
+        }
         if target_path.len() < 2 || target_path[0] != b"app" {
             return Err(refused());
         }
@@ -1147,44 +1207,47 @@ impl Unpacker {
     /// The directory that will hold an entry, creating missing parents (mode 0755, the
     /// cache's owner) and refusing to pass through a symlink or a non-directory.
     fn parent_dir(&mut self, parents: &[&[u8]], name: &str) -> Result<RawFd, SlugError> {
-        if let Some(open) = &self.parent {
-            if open
-                .path
-                .iter()
-                .map(Vec::as_slice)
-                .eq(parents.iter().copied())
-            {
-                return Ok(open.fd.as_raw_fd());
-            }
-        }
-        let mut current: Option<OwnedFd> = None;
-        for (depth, component) in parents.iter().enumerate() {
-            let at = current
-                .as_ref()
-                .map_or(self.root.as_raw_fd(), AsRawFd::as_raw_fd);
-            let next = self.open_or_create_dir(at, component).map_err(|err| {
-                let component = join(&parents[..=depth]);
-                match err {
-                    WalkError::Symlink => {
-                        hostile(name, HostileReason::ThroughSymlink { component })
-                    }
-                    WalkError::NotDirectory => {
-                        hostile(name, HostileReason::ParentNotDirectory { component })
-                    }
-                    WalkError::Sys(errno) => unpack_error(name, errno.into()),
+        self.walk(parents).map_err(|(depth, err)| {
+            let component = join(&parents[..=depth]);
+            match err {
+                WalkError::Symlink => hostile(name, HostileReason::ThroughSymlink { component }),
+                WalkError::NotDirectory => {
+                    hostile(name, HostileReason::ParentNotDirectory { component })
                 }
-            })?;
-            current = Some(next);
+                WalkError::Sys(errno) => unpack_error(name, errno.into()),
+            }
+        })
+    }
+
+    /// Makes `path` the open path, keeping the directories it shares with the current one
+    /// and opening (creating where missing) only the rest; returns the last directory's
+    /// descriptor, valid until the next walk. On error, the index of the failing component.
+    fn walk<C: AsRef<[u8]>>(&mut self, path: &[C]) -> Result<RawFd, (usize, WalkError)> {
+        let shared = self
+            .open
+            .iter()
+            .zip(path)
+            .take_while(|(open, component)| open.component == component.as_ref())
+            .count();
+        self.open.truncate(shared);
+        for (depth, component) in path.iter().enumerate().skip(shared) {
+            let at = self
+                .open
+                .last()
+                .map_or(self.root.as_raw_fd(), |d| d.fd.as_raw_fd());
+            self.stats.dir_opens += 1;
+            let fd = self
+                .open_or_create_dir(at, component.as_ref())
+                .map_err(|err| (depth, err))?;
+            self.open.push(OpenDir {
+                component: component.as_ref().to_vec(),
+                fd,
+            });
         }
-        let Some(fd) = current else {
-            return Ok(self.root.as_raw_fd());
-        };
-        let raw = fd.as_raw_fd();
-        self.parent = Some(OpenParent {
-            path: parents.iter().map(|c| c.to_vec()).collect(),
-            fd,
-        });
-        Ok(raw)
+        Ok(self
+            .open
+            .last()
+            .map_or(self.root.as_raw_fd(), |d| d.fd.as_raw_fd()))
     }
 
     fn open_or_create_dir(&self, dirfd: RawFd, component: &[u8]) -> Result<OwnedFd, WalkError> {
@@ -1206,9 +1269,10 @@ impl Unpacker {
     }
 
     /// Open an existing directory below the root without following symlinks.
-    fn open_existing<C: AsRef<[u8]>>(&self, components: &[C]) -> Option<OwnedFd> {
+    fn open_existing<C: AsRef<[u8]>>(&mut self, components: &[C]) -> Option<OwnedFd> {
         let mut current: Option<OwnedFd> = None;
         for component in components {
+            self.stats.dir_opens += 1;
             let at = current
                 .as_ref()
                 .map_or(self.root.as_raw_fd(), AsRawFd::as_raw_fd);
@@ -1227,17 +1291,26 @@ impl Unpacker {
     /// Apply directory modes (always at least 0755, so the dyno user can read `/app`
     /// whoever owns it) and mtimes, then make the whole layer durable before it is
     /// renamed into place: a layer must never be visible with missing data.
-    fn finish(self) -> Result<Stats, SlugError> {
-        for fixup in &self.dirs {
+    fn finish(mut self) -> Result<Stats, SlugError> {
+        // In path order, so that each walk opens only the components its path does not
+        // share with the previous one: linear in the number of directories.
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by(|a, b| a.path.cmp(&b.path));
+        for fixup in &dirs {
             let name = join(&fixup.path);
-            let fd = self
-                .open_existing(&fixup.path)
-                .ok_or_else(|| unpack_error(&name, io::ErrorKind::NotFound.into()))?;
+            // Every component exists (the entries created them), so this creates nothing.
+            let fd = self.walk(&fixup.path).map_err(|(_, err)| match err {
+                WalkError::Sys(errno) => unpack_error(&name, errno.into()),
+                WalkError::Symlink | WalkError::NotDirectory => {
+                    unpack_error(&name, io::ErrorKind::NotFound.into())
+                }
+            })?;
             let time = timespec(fixup.mtime);
-            nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(fixup.mode | 0o755))
-                .and_then(|()| nix::sys::stat::futimens(fd.as_raw_fd(), &time, &time))
+            nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(fixup.mode | 0o755))
+                .and_then(|()| nix::sys::stat::futimens(fd, &time, &time))
                 .map_err(|errno| unpack_error(&name, errno.into()))?;
         }
+        self.open.clear();
         nix::unistd::syncfs(self.root.as_raw_fd()).map_err(|errno| SlugError::Cache {
             path: self.dir.clone(),
             source: errno.into(),
@@ -2193,6 +2266,123 @@ mod tests {
                 "{err:?}"
             );
             assert_eq!(err.to_string(), "slug unpacks to more than 1000 bytes");
+        }
+    }
+
+    /// A slug of `app/` and a chain of `depth` nested directories with a file in each,
+    /// listed depth first as `tar` lists them (every name a GNU long name once deep).
+    fn deep_slug(depth: usize) -> Vec<u8> {
+        let mut slug = Slug::new().dir("./app/", 0o755);
+        let mut dir = String::from("./app");
+        for _ in 0..depth {
+            dir.push_str("/d");
+            let mut header = Header::new_gnu();
+            header.set_entry_type(EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_mtime(MTIME);
+            header.set_size(0);
+            slug.tar
+                .append_data(&mut header, format!("{dir}/"), io::empty())
+                .unwrap();
+            slug = slug.long_file(&format!("{dir}/f"), b"x");
+        }
+        slug.gz()
+    }
+
+    /// A slug of `app/` and `count` files in it.
+    fn flat_slug(count: usize) -> Vec<u8> {
+        let mut slug = Slug::new().dir("./app/", 0o755);
+        for i in 0..count {
+            slug = slug.file(&format!("./app/{i}"), 0o644, b"x");
+        }
+        slug.gz()
+    }
+
+    /// Unpacks `gz` into a fresh directory with the unpacker itself, for its statistics.
+    fn unpack_stats(gz: &[u8], limits: UnpackLimits) -> Result<Stats, SlugError> {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(tmp.path())
+            .unwrap();
+        let mut unpacker = Unpacker::new(
+            Path::new("test.tgz"),
+            tmp.path(),
+            OwnedFd::from(root),
+            (limits, ArchiveLayout::Slug),
+            None,
+        );
+        unpacker.run(&mut MultiGzDecoder::new(gz))?;
+        unpacker.finish()
+    }
+
+    #[test]
+    fn walking_to_entries_is_linear_in_entries_however_deep_the_tree() {
+        let limits = UnpackLimits {
+            max_depth: 4096,
+            ..UnpackLimits::default()
+        };
+        for depth in [100, 1000, 2000] {
+            let entries = 1 + 2 * depth as u64;
+            let deep = unpack_stats(&deep_slug(depth), limits).unwrap();
+            let flat = unpack_stats(&flat_slug(entries as usize), limits).unwrap();
+            assert_eq!(deep.files + deep.dirs, entries);
+            // One open per directory to reach its file, one per directory to fix its mode
+            // at the end: 2 per directory, against depth²/2 with a walk from the root.
+            assert!(
+                deep.dir_opens <= 2 * entries,
+                "depth {depth}: {} directory opens for {entries} entries",
+                deep.dir_opens
+            );
+            assert!(flat.dir_opens <= 2, "flat: {}", flat.dir_opens);
+        }
+    }
+
+    #[test]
+    fn paths_deeper_than_the_limit_are_refused() {
+        let fx = Fx::new();
+        // app + 256 directories: the directory entry at depth 256 is within the limit, its
+        // file (257 components) is not.
+        let err = fx.refuse(&deep_slug(DEFAULT_MAX_DEPTH));
+        let (entry, reason) = hostile_reason(&err);
+        assert_eq!(
+            reason,
+            &HostileReason::TooDeep {
+                limit: DEFAULT_MAX_DEPTH
+            }
+        );
+        assert!(entry.ends_with("/d/f"), "{entry}");
+        assert!(err.to_string().contains("path deeper than 256 components"));
+    }
+
+    #[test]
+    fn sources_unpack_under_app_with_every_slug_check() {
+        let fx = Fx::new();
+        let cache = fx.cache().with_layout(ArchiveLayout::Source);
+        let source = Slug::new()
+            .file("Procfile", 0o644, b"web: x")
+            .dir("bin/", 0o755)
+            .file("bin/web", 0o755, b"#!/bin/sh")
+            .hard_link("bin/again", "bin/web")
+            .symlink("up", "bin/web")
+            .gz();
+        let (path, sha) = fx.write("source.tgz", &source);
+        let layer = cache.layer(&path, Some(&sha)).unwrap();
+        let app = layer.dir.join("app");
+        assert_eq!(fs::read(app.join("Procfile")).unwrap(), b"web: x");
+        assert_eq!(fs::read(app.join("bin/again")).unwrap(), b"#!/bin/sh");
+        assert_eq!(fs::read_link(app.join("up")).unwrap(), Path::new("bin/web"));
+        // At the source's root, `..` is already outside app/.
+        for hostile in [
+            Slug::new().symlink("up", "../x").gz(),
+            Slug::new().file("../x", 0o644, b"x").gz(),
+            Slug::new().hard_link("x", "../etc/passwd").gz(),
+        ] {
+            let fx = Fx::new();
+            let cache = fx.cache().with_layout(ArchiveLayout::Source);
+            let err = fx.refuse_with(&cache, &hostile);
+            hostile_reason(&err);
         }
     }
 

@@ -179,12 +179,19 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
     }
 
     for m in &config.mounts {
-        let mode = if m.readonly { "ro" } else { "rw" };
+        // `rbind` brings the source's submounts along, and a plain `ro` makes only the top
+        // mount read-only: `rro` (mount_setattr with AT_RECURSIVE) makes every one of them
+        // read-only too, so a submount on the host cannot become a writable hole.
+        let options: &[&str] = if m.readonly {
+            &["rbind", "ro", "rro", "nosuid", "nodev"]
+        } else {
+            &["rbind", "rw", "nosuid", "nodev"]
+        };
         mounts.push(json!({
             "destination": m.destination,
             "type": "bind",
             "source": m.source,
-            "options": ["rbind", mode, "nosuid", "nodev"],
+            "options": options,
         }));
     }
 
@@ -250,12 +257,17 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
     serde_json::from_value(spec).map_err(SpecError::Invalid)
 }
 
-/// Writes `config.json` into the dyno's bundle directory.
+/// Writes `config.json` into the dyno's bundle directory, readable by root only: it holds
+/// the dyno's environment, config vars included.
 pub fn write(spec: &Spec, dir: &DynoDir) -> Result<(), SpecError> {
     let path = dir.bundle().join("config.json");
-    spec.save(&path).map_err(|source| SpecError::Write {
+    let json = serde_json::to_vec(spec).map_err(|e| SpecError::Write {
         path: path.display().to_string(),
-        source,
+        source: libcontainer::oci_spec::OciSpecError::Other(e.to_string()),
+    })?;
+    crate::dyno::write_private(&path, &json).map_err(|source| SpecError::Write {
+        path: path.display().to_string(),
+        source: libcontainer::oci_spec::OciSpecError::Io(source),
     })
 }
 

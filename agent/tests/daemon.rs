@@ -649,6 +649,7 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
         ("index.html", "built by the daemon\n", 0o644),
     ]);
     let source_sha = sha256_hex(&source);
+    let finished_source_sha = source_sha.clone();
     let blobs: Blobs = Arc::new(Mutex::new([(source_sha.clone(), source)].into()));
     let (fake, mut rx, _) = fake();
     let url = serve(fake.clone(), blobs.clone()).await;
@@ -669,11 +670,20 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     // Short cool-offs, so that three crashes fit in the test's time.
+    // Buildpacks named by host path come only from under --buildpack-root.
+    let root = tmp.path().to_str().unwrap().to_string();
     let _agent = Agent::spawn(
         &state,
         &url,
         &BUILDS,
-        &["--restart-base", "1s", "--restart-cap", "2s"],
+        &[
+            "--restart-base",
+            "1s",
+            "--restart-cap",
+            "2s",
+            "--buildpack-root",
+            &root,
+        ],
     );
     wait_for(&mut rx, Duration::from_secs(20), "hello", &log, |k| {
         matches!(k, agent_message::Kind::Hello(_)).then_some(())
@@ -728,6 +738,44 @@ async fn daemon_builds_a_slug_and_restarts_a_crashing_dyno() {
     assert_eq!(sha256_hex(&slug), finished.slug_sha256);
     let meta: serde_json::Value = serde_json::from_str(&finished.slug_json).unwrap();
     assert!(meta.is_object(), "{meta}");
+    // The slug.json relayed is the validated one, for the build's stack.
+    assert_eq!(meta["stack"], "testing", "{meta}");
+    assert_eq!(meta["sha256"], finished.slug_sha256.as_str(), "{meta}");
+
+    // A host directory outside the buildpack root is refused before any build dyno starts.
+    tx.send(Ok(SchedulerMessage {
+        kind: Some(scheduler_message::Kind::Build(BuildRequest {
+            build_id: "b-2".into(),
+            app: "demo".into(),
+            stack: "testing".into(),
+            source_sha256: finished_source_sha.clone(),
+            env: Default::default(),
+            buildpacks: vec!["/etc".into()],
+        })),
+    }))
+    .await
+    .unwrap();
+    let refused = wait_for(
+        &mut rx,
+        Duration::from_secs(60),
+        "build b-2",
+        &log,
+        |k| match k {
+            agent_message::Kind::Build(BuildEvent {
+                build_id,
+                kind: Some(build_event::Kind::Finished(f)),
+            }) if build_id == "b-2" => Some(f.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_ne!(refused.status, 0, "{refused:?}");
+    assert!(
+        refused
+            .error
+            .contains("buildpack directory /etc is not under this host's buildpack root"),
+        "{refused:?}"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(state.join("builds"))
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();

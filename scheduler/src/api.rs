@@ -616,6 +616,12 @@ async fn create_build(
                 .collect()
         })
         .unwrap_or_default();
+    // Only built-in names and git URLs: a path would name a directory on the build host,
+    // which the agent would mount into the build.
+    for bp in &buildpacks {
+        manifold_slugbuilder::buildpack::BuildpackSource::parse_remote(bp)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     let limit = core.settings.upload_limit;
     let too_large = || {
         ApiError::new(

@@ -2,12 +2,13 @@
 //! stack, and the slug becomes a release. The scheduler keeps each build's output in
 //! memory, bounded, while it runs and for an hour after, so the CLI can stream it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use manifold_proto::{build_event, scheduler_message, BuildEvent, BuildRequest};
-use serde::Deserialize;
+use manifold_slugbuilder::build::SlugMetadata;
+use manifold_slugbuilder::metadata;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -77,20 +78,6 @@ impl BuildLog {
 #[derive(Debug, Default)]
 pub struct Builds {
     logs: Mutex<HashMap<Uuid, BuildLog>>,
-}
-
-/// The part of the slugbuilder's `slug.json` the scheduler keeps.
-#[derive(Debug, Deserialize)]
-struct SlugJson {
-    process_types: BTreeMap<String, String>,
-    stack: String,
-    #[serde(default)]
-    buildpacks: Vec<SlugBuildpack>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SlugBuildpack {
-    name: String,
 }
 
 /// What a reader of a build's output gets next.
@@ -344,6 +331,35 @@ impl Core {
         }
     }
 
+    /// A build's `slug.json`, validated as the untrusted input it is (it was written inside
+    /// the build dyno, where the app's code runs, and relayed by an agent): process types
+    /// as a Procfile allows them, the app's stack, bounded sizes.
+    async fn slug_metadata(&self, build: &Build, json: &str) -> Result<SlugMetadata, String> {
+        if json.len() as u64 > metadata::MAX_METADATA_BYTES {
+            return Err(format!(
+                "invalid slug.json: longer than {} bytes",
+                metadata::MAX_METADATA_BYTES
+            ));
+        }
+        let app = self
+            .store
+            .apps()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|a| a.id == build.app_id)
+            .ok_or("the app was deleted during the build")?;
+        metadata::parse(json.as_bytes(), &app.stack).map_err(|e| {
+            let mut text = format!("invalid slug.json: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        })
+    }
+
     /// Stores the slug and its release; on an app's first release, runs one web dyno
     /// (as Heroku does when the Procfile has `web`).
     async fn build_succeeded(
@@ -352,13 +368,12 @@ impl Core {
         sha256: &str,
         json: &str,
     ) -> Result<(App, Release), String> {
-        let meta: SlugJson =
-            serde_json::from_str(json).map_err(|e| format!("invalid slug.json: {e}"))?;
+        let build = self.store.build(id).await.map_err(|e| e.to_string())?;
+        let meta = self.slug_metadata(&build, json).await?;
         let path = self.blobs.path(sha256).map_err(|e| e.to_string())?;
         let size = std::fs::metadata(&path)
             .map_err(|_| format!("the slug {sha256} was not uploaded"))?
             .len();
-        let build = self.store.build(id).await.map_err(|e| e.to_string())?;
         let slug = Slug {
             id: Uuid::new_v4(),
             app_id: build.app_id,

@@ -73,7 +73,38 @@ impl BuildpackSource {
             spec: spec.to_owned(),
         })
     }
+
+    /// Reads a buildpack named by someone other than the host's operator (an API user):
+    /// only a built-in name or a git URL whose scheme is one of [`REMOTE_SCHEMES`] (or
+    /// `git@host:path`). Never a directory: the agent would mount a host directory into the
+    /// build; never `file://` or an option-like value that `git clone` could misread.
+    pub fn parse_remote(spec: &str) -> Result<Self, BuildpackError> {
+        let refused = || BuildpackError::NotRemote {
+            spec: spec.to_owned(),
+        };
+        if BUILTIN_ORDER.contains(&spec) {
+            return Ok(Self::Builtin(spec.to_owned()));
+        }
+        let well_formed = spec.len() <= MAX_REMOTE_SPEC_BYTES
+            && !spec.chars().any(|c| c.is_whitespace() || c.is_control());
+        let remote = REMOTE_SCHEMES
+            .iter()
+            .any(|scheme| spec.strip_prefix(scheme).is_some_and(|rest| rest.len() > 1))
+            || spec
+                .strip_prefix("git@")
+                .is_some_and(|rest| rest.contains(':') && !rest.starts_with(':'));
+        if !(well_formed && remote) {
+            return Err(refused());
+        }
+        Self::parse(spec)
+    }
 }
+
+/// The git URL schemes an API user may name a buildpack with.
+pub const REMOTE_SCHEMES: [&str; 4] = ["https://", "http://", "git://", "ssh://"];
+
+/// The longest buildpack URL accepted from an API user.
+const MAX_REMOTE_SPEC_BYTES: usize = 2048;
 
 /// A buildpack ready to run: its directory and how it was named.
 #[derive(Debug, Clone)]
@@ -115,6 +146,11 @@ pub enum BuildpackError {
         BUILTIN_ORDER.join(", ")
     )]
     Unknown { spec: String },
+    #[error(
+        "buildpack {spec:?} is refused: name a built-in ({}) or a git URL (https://, http://, git://, ssh:// or git@host:path)",
+        BUILTIN_ORDER.join(", ")
+    )]
+    NotRemote { spec: String },
     #[error(
         "built-in buildpacks not found (looked in {}); pass --buildpacks-dir or set MANIFOLD_BUILDPACKS",
         searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -474,5 +510,39 @@ mod tests {
             BuildpackSource::parse("no/such/pack"),
             Err(BuildpackError::Unknown { .. })
         ));
+    }
+
+    #[test]
+    fn remote_buildpacks_are_built_ins_and_git_urls_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for ok in [
+            "python",
+            "https://example.test/pack.git#v2",
+            "git://10.0.0.1:9418/bp.git",
+            "ssh://git@example.test/bp.git",
+            "git@example.test:org/bp.git",
+        ] {
+            BuildpackSource::parse_remote(ok).expect(ok);
+        }
+        let dir = dir.path().to_str().expect("utf8 path");
+        for bad in [
+            dir,
+            "/",
+            "file:///srv/pack",
+            "-u://x",
+            "--upload-pack=touch /tmp/x",
+            "https://",
+            "https://a b",
+            "git@:x",
+            "ext::sh -c touch% /tmp/pwned",
+            "no/such/pack",
+        ] {
+            let err = BuildpackSource::parse_remote(bad).expect_err(bad);
+            assert!(
+                matches!(err, BuildpackError::NotRemote { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! Where to start: [`build::build`] runs a whole build and its module documentation shows the
 //! steps. The pieces it is made of are usable alone:
 //! - [`procfile`]: the one Procfile parser that the agent and the scheduler use too;
+//! - [`metadata`]: `slug.json` read back as untrusted input, by the agent and the scheduler;
 //! - [`buildpack`]: naming, fetching and running classic buildpacks (`bin/detect`,
 //!   `bin/compile`, `bin/release`);
 //! - [`slugignore`]: applying `.slugignore` to a build directory;
@@ -16,6 +17,7 @@
 pub mod build;
 pub mod buildpack;
 mod fsutil;
+pub mod metadata;
 pub mod pack;
 pub mod process;
 pub mod procfile;
