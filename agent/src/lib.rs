@@ -27,6 +27,7 @@ pub mod network;
 pub mod relay;
 pub mod restart;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 /// The dyno size table, shared with the scheduler (crate `manifold-sizes`).
 pub use manifold_sizes as size;
@@ -34,4 +35,5 @@ pub mod slug;
 pub mod spec;
 pub mod supervisor;
 pub mod tls;
+pub mod userns;
 pub mod watch;

@@ -61,6 +61,7 @@ use crate::network;
 use crate::rootfs::{self, Overlay};
 use crate::slug::{SlugCache, UnpackLimits};
 use crate::spec;
+use crate::userns::HeldUserns;
 
 mod attach;
 
@@ -163,6 +164,9 @@ struct StartFailure {
     step: &'static str,
     message: String,
 }
+
+/// The shim's own OOM score adjustment (kept across libcontainer's `build()`).
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
 trait Step<T> {
     fn step(self, step: &'static str) -> Result<T, StartFailure>;
@@ -300,6 +304,7 @@ impl Shim {
             merged: self.dir.rootfs(),
         };
         let app_owner = c.slug.is_none().then_some(c.host_ids());
+        rootfs::close_to_host_users(&self.dir.root, c.host.host_ids(0, 0).1).step("rootfs")?;
         overlay.mount(app_owner).step("rootfs")?;
         let binds: Vec<_> = c
             .mounts
@@ -308,12 +313,26 @@ impl Shim {
             .collect();
         rootfs::make_mount_points(&self.dir.rootfs(), &binds).step("rootfs")?;
 
-        let spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
+        let mut spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
+        // Held until libcontainer has joined it (after `build()` below).
+        let userns = c
+            .host
+            .userns
+            .map(HeldUserns::create)
+            .transpose()
+            .step("userns")?;
+        if let Some(ns) = &userns {
+            spec::join_user_namespace(&mut spec, ns.path());
+        }
         spec::write(&spec, &self.dir).step("spec")?;
         network::ensure_host_cached(&c.host.network).step("network")?;
 
         let (stdio, theirs) = stdio(c, &self.dir).step("pipes")?;
         fs::create_dir_all(c.host.containers_dir()).step("container")?;
+        // libcontainer writes the spec's `oomScoreAdj` into its caller, the shim, for the
+        // dyno's init to inherit; the shim itself keeps the agent's protection, so that the
+        // host's OOM killer takes the dyno's memory, never the process that reports its end.
+        let own_oom_score_adj = fs::read_to_string(OOM_SCORE_ADJ).step("container")?;
         // Rust ignores SIGPIPE; the dyno must not inherit that.
         // SAFETY: restoring a default disposition.
         unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }.step("container")?;
@@ -335,6 +354,10 @@ impl Shim {
         // SAFETY: back to Rust's usual disposition for the shim's own writes.
         unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.step("container")?;
         let container = self.container.insert(built.step("container")?);
+        fs::write(OOM_SCORE_ADJ, own_oom_score_adj.trim()).step("container")?;
+        if let Some(ns) = userns {
+            ns.release().step("userns")?;
+        }
         let pid = container
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
