@@ -36,8 +36,7 @@ pub struct HostConfig {
 /// A dyno's user namespace: uids and gids `0..size` inside are `host_base..host_base+size`
 /// outside. Root in a dyno is then nobody on the host, and the dyno user (uid 1000) is host
 /// uid `host_base + 1000`, which owns the dyno's `/app`. Every dyno of the host shares the one
-/// range: a per-dyno range would need a slug layer per dyno (or idmapped mounts). The
-/// namespace is owned by `host_base` itself, not root ([`crate::userns`]).
+/// range: a per-dyno range would need a slug layer per dyno (or idmapped mounts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserNamespace {
     pub host_base: u32,

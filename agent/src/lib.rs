@@ -35,5 +35,4 @@ pub mod slug;
 pub mod spec;
 pub mod supervisor;
 pub mod tls;
-pub mod userns;
 pub mod watch;

@@ -61,7 +61,6 @@ use crate::network;
 use crate::rootfs::{self, Overlay};
 use crate::slug::{SlugCache, UnpackLimits};
 use crate::spec;
-use crate::userns::HeldUserns;
 
 mod attach;
 
@@ -313,17 +312,7 @@ impl Shim {
             .collect();
         rootfs::make_mount_points(&self.dir.rootfs(), &binds).step("rootfs")?;
 
-        let mut spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
-        // Held until libcontainer has joined it (after `build()` below).
-        let userns = c
-            .host
-            .userns
-            .map(HeldUserns::create)
-            .transpose()
-            .step("userns")?;
-        if let Some(ns) = &userns {
-            spec::join_user_namespace(&mut spec, ns.path());
-        }
+        let spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
         spec::write(&spec, &self.dir).step("spec")?;
         network::ensure_host_cached(&c.host.network).step("network")?;
 
@@ -355,9 +344,6 @@ impl Shim {
         unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.step("container")?;
         let container = self.container.insert(built.step("container")?);
         fs::write(OOM_SCORE_ADJ, own_oom_score_adj.trim()).step("container")?;
-        if let Some(ns) = userns {
-            ns.release().step("userns")?;
-        }
         let pid = container
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))

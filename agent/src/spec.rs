@@ -5,11 +5,9 @@
 //! allowed to do is decided here: namespaces, the unprivileged user, no capabilities,
 //! `no_new_privileges`, the seccomp allow-list ([`crate::seccomp`]), masked kernel paths and the size's limits.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use libcontainer::oci_spec::runtime::{
-    get_default_maskedpaths, get_default_readonly_paths, LinuxNamespaceType, Spec,
-};
+use libcontainer::oci_spec::runtime::{get_default_maskedpaths, get_default_readonly_paths, Spec};
 use serde_json::{json, Value};
 
 use crate::dyno::{DynoConfig, DynoDir};
@@ -201,27 +199,6 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
     serde_json::from_value(spec).map_err(SpecError::Invalid)
 }
 
-/// Makes the spec join the user namespace at `path` (made by [`crate::userns`], owned by the
-/// dyno's unprivileged host uid) instead of having libcontainer create one owned by root.
-/// The namespace already has its maps, so the spec carries none (as runc requires of a
-/// namespace given by path). A spec without a user namespace is left as it is.
-pub fn join_user_namespace(spec: &mut Spec, path: PathBuf) {
-    let Some(linux) = spec.linux_mut() else {
-        return;
-    };
-    let Some(ns) = linux
-        .namespaces_mut()
-        .iter_mut()
-        .flatten()
-        .find(|n| n.typ() == LinuxNamespaceType::User)
-    else {
-        return;
-    };
-    ns.set_path(Some(path));
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
-}
-
 /// Writes `config.json` into the dyno's bundle directory.
 pub fn write(spec: &Spec, dir: &DynoDir) -> Result<(), SpecError> {
     let path = dir.bundle().join("config.json");
@@ -346,17 +323,6 @@ mod tests {
         );
         assert!(linux.gid_mappings().is_some());
 
-        let mut joined = spec.clone();
-        join_user_namespace(&mut joined, PathBuf::from("/proc/42/ns/user"));
-        let linux = joined.linux().as_ref().expect("linux");
-        let user = linux
-            .namespaces()
-            .iter()
-            .flatten()
-            .find(|n| n.typ() == LinuxNamespaceType::User)
-            .expect("user namespace");
-        assert_eq!(user.path().as_deref(), Some(Path::new("/proc/42/ns/user")));
-        assert!(linux.uid_mappings().is_none() && linux.gid_mappings().is_none());
         c.host.userns = None;
         assert_eq!(c.host_ids(), (DYNO_UID, DYNO_GID));
     }
