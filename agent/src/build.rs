@@ -143,6 +143,12 @@ pub fn prepare(
     for dir in [&out, &env_dir, &req.cache_dir] {
         fs::create_dir_all(dir).map_err(prep(dir))?;
     }
+    // What the build writes (setuid files included) is out of other host users' reach.
+    let root_gid = host.host_ids(0, 0).1;
+    crate::rootfs::close_to_host_users(&work, root_gid).map_err(|e| BuildError::Prepare {
+        path: work.clone(),
+        source: io::Error::other(e),
+    })?;
     // The build runs as the dyno user: it must own what it writes.
     let (uid, gid) = host.host_ids(DYNO_UID, DYNO_GID);
     for dir in [&out, &req.cache_dir] {

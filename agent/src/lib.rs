@@ -29,6 +29,7 @@ pub mod outbox;
 pub mod relay;
 pub mod restart;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 /// The dyno size table, shared with the scheduler (crate `manifold-sizes`).
 pub use manifold_sizes as size;

@@ -106,11 +106,13 @@ impl Overlay {
             escape(&self.upper),
             escape(&self.work)
         );
+        // nosuid: a setuid file the dyno makes in its upper directory grants nothing through
+        // the merged tree (the host's view of the dyno's root); nodev: nor does a device node.
         mount(
             Some("overlay"),
             &self.merged,
             Some("overlay"),
-            MsFlags::MS_NODEV,
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
             Some(data.as_str()),
         )
         .map_err(|source| RootfsError::Mount {
@@ -119,6 +121,21 @@ impl Overlay {
             source,
         })
     }
+}
+
+/// Closes a dyno's (or build's) state directory to host users: owned by root, group `gid`
+/// (the host gid of the dyno's root, which must traverse it to reach its root and bind
+/// mounts), mode 0710. The upper directory below it holds whatever the dyno wrote, setuid
+/// files included, on the host's own filesystem, where `nosuid` does not apply: only root and
+/// the dyno's own ids may reach it.
+pub fn close_to_host_users(dir: &Path, gid: u32) -> Result<(), RootfsError> {
+    let prepare = |source| RootfsError::Prepare {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(prepare)?;
+    chown(dir, Some(0), Some(gid)).map_err(prepare)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o710)).map_err(prepare)
 }
 
 /// Creates the mount points of bind mounts in the dyno's root, as the host's root, so that

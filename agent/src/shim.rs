@@ -182,6 +182,9 @@ struct StartFailure {
     message: String,
 }
 
+/// The shim's own OOM score adjustment (kept across libcontainer's `build()`).
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
 trait Step<T> {
     fn step(self, step: &'static str) -> Result<T, StartFailure>;
 }
@@ -327,6 +330,7 @@ impl Shim {
             merged: self.dir.rootfs(),
         };
         let app_owner = c.slug.is_none().then_some(c.host_ids());
+        rootfs::close_to_host_users(&self.dir.root, c.host.host_ids(0, 0).1).step("rootfs")?;
         overlay.mount(app_owner).step("rootfs")?;
         let binds: Vec<_> = c
             .mounts
@@ -341,6 +345,10 @@ impl Shim {
 
         let (stdio, theirs) = stdio(c, &self.dir).step("pipes")?;
         fs::create_dir_all(c.host.containers_dir()).step("container")?;
+        // libcontainer writes the spec's `oomScoreAdj` into its caller, the shim, for the
+        // dyno's init to inherit; the shim itself keeps the agent's protection, so that the
+        // host's OOM killer takes the dyno's memory, never the process that reports its end.
+        let own_oom_score_adj = fs::read_to_string(OOM_SCORE_ADJ).step("container")?;
         // Rust ignores SIGPIPE; the dyno must not inherit that.
         // SAFETY: restoring a default disposition.
         unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }.step("container")?;
@@ -362,6 +370,7 @@ impl Shim {
         // SAFETY: back to Rust's usual disposition for the shim's own writes.
         unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.step("container")?;
         let container = self.container.insert(built.step("container")?);
+        fs::write(OOM_SCORE_ADJ, own_oom_score_adj.trim()).step("container")?;
         let pid = container
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))

@@ -3,7 +3,7 @@
 //! The spec is written as JSON and then parsed into `oci_spec`'s typed [`Spec`], so a typo in
 //! a field name is a test failure, not a silently ignored setting. Everything a dyno is
 //! allowed to do is decided here: namespaces, the unprivileged user, no capabilities,
-//! `no_new_privileges`, the seccomp deny-list, masked kernel paths and the size's limits.
+//! `no_new_privileges`, the seccomp allow-list ([`crate::seccomp`]), masked kernel paths and the size's limits.
 
 use std::path::Path;
 
@@ -11,6 +11,7 @@ use libcontainer::oci_spec::runtime::{get_default_maskedpaths, get_default_reado
 use serde_json::{json, Value};
 
 use crate::dyno::{DynoConfig, DynoDir};
+use crate::seccomp;
 
 /// Errors building a spec.
 #[derive(Debug, thiserror::Error)]
@@ -27,53 +28,6 @@ pub enum SpecError {
 
 /// RLIMIT_NOFILE inside a dyno, as on Heroku (`ulimit -n` is 10000).
 const NOFILE: u64 = 10_000;
-
-/// Syscalls a dyno has no business making: kernel modules, mounts, namespaces, clocks,
-/// reboot, keyrings, BPF, tracing other processes' memory. They fail with EPERM, which
-/// programs handle as "not allowed", rather than killing the process. The list follows the
-/// spirit of the default profiles of Docker and Podman, but as a deny-list so that ordinary
-/// programs (and new syscalls they adopt) keep working.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "name_to_handle_at",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "umount2",
-    "unshare",
-    "userfaultfd",
-    "vhangup",
-];
 
 /// The script a dyno's shell runs: Heroku's start-up order (config vars are already in the
 /// environment; `.profile.d/*.sh` then `.profile` are sourced; then the command).
@@ -195,11 +149,6 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
         }));
     }
 
-    let seccomp_rules: Vec<Value> = DENIED_SYSCALLS
-        .iter()
-        .map(|name| json!({ "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM }))
-        .collect();
-
     let no_caps: Vec<String> = Vec::new();
     let spec = json!({
         "ociVersion": "1.0.2",
@@ -217,6 +166,10 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
             },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": NOFILE, "soft": NOFILE }],
             "noNewPrivileges": true,
+            // The agent runs shielded from the OOM killer (its unit sets -900) and its
+            // children inherit that: without this a dyno would be the last thing the host's
+            // OOM killer picks, and a dyno's memory is what it should pick first.
+            "oomScoreAdj": 0,
         },
         "mounts": mounts,
         "linux": {
@@ -237,11 +190,7 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
             },
             "maskedPaths": get_default_maskedpaths(),
             "readonlyPaths": get_default_readonly_paths(),
-            "seccomp": {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
-                "syscalls": seccomp_rules,
-            },
+            "seccomp": seccomp::profile(),
         },
     });
     let mut spec = spec;
@@ -347,9 +296,10 @@ mod tests {
         assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(512));
         let seccomp = linux.seccomp().as_ref().expect("seccomp");
         assert_eq!(
-            seccomp.syscalls().as_ref().map(|s| s.len()),
-            Some(DENIED_SYSCALLS.len())
+            seccomp.default_action(),
+            libcontainer::oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
         );
+        assert_eq!(process.oom_score_adj(), Some(0));
         assert!(linux
             .masked_paths()
             .as_ref()
@@ -385,6 +335,7 @@ mod tests {
             (0, 200_000, 65_536)
         );
         assert!(linux.gid_mappings().is_some());
+
         c.host.userns = None;
         assert_eq!(c.host_ids(), (DYNO_UID, DYNO_GID));
     }

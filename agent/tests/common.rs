@@ -205,3 +205,35 @@ pub fn assert_has(lines: &[String], want: &str) {
         "no line {want:?} in {lines:?}"
     );
 }
+
+/// Builds the isolation tests' probe (`agent/tests/probe/probe.c`) with the host's
+/// `cc -static` into `dir`, which is made searchable by the dynos' unprivileged host uid, so
+/// that a dyno can bind-mount it (`--mount DIR:/.probe:ro`). Returns the mount argument.
+pub fn build_probe(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
+    let out = Command::new("cc")
+        .args(["-static", "-O1", "-Wall", "-Werror", "-o"])
+        .arg(dir.join("probe"))
+        .arg(&src)
+        .arg("-lpthread")
+        .output()
+        .expect("the isolation tests need the host's C compiler (cc)");
+    assert!(
+        out.status.success(),
+        "cannot build {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:/.probe:ro", dir.display())
+}
+
+/// `name=value` lines (as the probe prints them) as a map.
+pub fn key_values(lines: &[String]) -> std::collections::BTreeMap<String, String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
