@@ -23,6 +23,7 @@ pub mod link;
 pub mod logs;
 pub mod logship;
 pub mod metrics;
+pub mod netpolicy;
 pub mod network;
 pub mod relay;
 pub mod restart;
