@@ -2144,6 +2144,13 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         assert!(status.unwrap().success());
 
         let server = outside.inside(|| TcpListener::bind((far, 0))).unwrap();
+        // A private address, so the operator allows it (the policy's own tests are in
+        // netpolicy and agent/tests/isolation_network.rs).
+        let allowed = NetworkConfig {
+            allow_egress: vec![far.to_string().parse().unwrap()],
+            ..host.cfg.clone()
+        };
+        ensure_host(&allowed).unwrap();
         let port = server.local_addr().unwrap().port();
         let (got, seen) = exchange(&server, || dyno.inside(|| connect(far, port)));
         assert_eq!(
