@@ -24,6 +24,7 @@ pub mod link;
 pub mod logs;
 pub mod logship;
 pub mod metrics;
+pub mod netpolicy;
 pub mod network;
 pub mod outbox;
 pub mod relay;

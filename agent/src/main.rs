@@ -14,7 +14,7 @@ use manifold_agent::restart::RestartPolicy;
 use manifold_agent::size::DynoSize;
 use manifold_agent::supervisor::shim_alive;
 use manifold_agent::supervisor::{Dyno, LogLine, Source};
-use manifold_agent::{build, daemon, host, link, network, shim, slug};
+use manifold_agent::{build, daemon, host, link, netpolicy, network, shim, slug};
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -87,6 +87,15 @@ struct DaemonArgs {
     /// The nft table for NAT and published ports.
     #[arg(long, env = "MANIFOLD_NFT_TABLE")]
     nft_table: Option<String>,
+    /// A destination dynos may reach although it is private, shared, loopback, link-local,
+    /// multicast or this host: CIDR or CIDR:PORT (e.g. 10.0.5.20:5432). Repeat the flag;
+    /// comma-separated in the variable, a list in the settings file.
+    #[arg(long, env = "MANIFOLD_ALLOW_EGRESS", value_delimiter = ',')]
+    allow_egress: Vec<netpolicy::Destination>,
+    /// Addresses (CIDR) besides this host's own that may connect to published dyno ports:
+    /// the routers' (default: none, so only this host reaches dynos). Same forms as above.
+    #[arg(long, env = "MANIFOLD_ROUTER_ADDRESSES", value_delimiter = ',')]
+    router_addresses: Vec<netpolicy::Cidr>,
     /// Heartbeat interval.
     #[arg(long, env = "MANIFOLD_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
@@ -256,6 +265,9 @@ fn main() -> anyhow::Result<()> {
     let Some(command) = cli.command else {
         let config = daemon_config(&cli.state_dir, cli.daemon)?;
         config.host.check_state_dir().map_err(anyhow::Error::msg)?;
+        // The policy holds from the start, not from the first dyno's.
+        network::ensure_host_cached(&config.host.network)
+            .context("cannot set up the dynos' network and its policy")?;
         let runtime = tokio::runtime::Runtime::new()?;
         return Ok(runtime.block_on(daemon::run(config))?);
     };
@@ -263,27 +275,28 @@ fn main() -> anyhow::Result<()> {
         // The shim must stay single-threaded: it is dispatched before any runtime exists.
         Command::Shim { dir } => shim::main(&dir),
         Command::Run(args) => {
-            let host = HostConfig::with_state_dir(&cli.state_dir);
+            let host = host_config(&cli.state_dir, &cli.daemon);
             host.check_state_dir().map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let status = runtime.block_on(run(host, args))?;
             std::process::exit(status)
         }
         Command::Build(args) => {
-            let host = HostConfig::with_state_dir(&cli.state_dir);
+            let host = host_config(&cli.state_dir, &cli.daemon);
             host.check_state_dir().map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let status = runtime.block_on(build(host, args))?;
             std::process::exit(status)
         }
         Command::Gc => gc(
-            &HostConfig::with_state_dir(&cli.state_dir),
+            &host_config(&cli.state_dir, &cli.daemon),
             cli.daemon.slug_retention,
         ),
     }
 }
 
 fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::DaemonConfig> {
+    let mut host = host_config(state_dir, &args);
     let Some(scheduler) = args.scheduler else {
         bail!("give a command, or --scheduler URL (MANIFOLD_SCHEDULER) to run the daemon");
     };
@@ -305,17 +318,7 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
         None => daemon::default_memory(&std::fs::read_to_string("/proc/meminfo")?)
             .context("cannot read MemTotal from /proc/meminfo: pass --memory")?,
     };
-    let mut host = HostConfig::with_state_dir(state_dir);
     host.cgroup_parent = args.cgroup_parent;
-    if let Some(bridge) = args.bridge {
-        host.network.bridge = bridge;
-    }
-    if let Some(subnet) = args.subnet {
-        host.network.subnet = subnet;
-    }
-    if let Some(table) = args.nft_table {
-        host.network.table = table;
-    }
     let exe = std::env::current_exe()?;
     Ok(daemon::DaemonConfig {
         scheduler: link::Scheduler::configure(
@@ -358,6 +361,26 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
         metrics_listen: args.metrics_listen,
         slug_retention: args.slug_retention,
     })
+}
+
+/// The host layout with the agent's network settings (flags, variables or settings file):
+/// `run`, `build` and `gc` then use the daemon's bridge, subnet, table and policy, and a
+/// one-off dyno cannot undo the operator's allow-list by installing the default rules.
+fn host_config(state_dir: &Path, args: &DaemonArgs) -> HostConfig {
+    let mut host = HostConfig::with_state_dir(state_dir);
+    let net = &mut host.network;
+    if let Some(bridge) = &args.bridge {
+        net.bridge.clone_from(bridge);
+    }
+    if let Some(subnet) = args.subnet {
+        net.subnet = subnet;
+    }
+    if let Some(table) = &args.nft_table {
+        net.table.clone_from(table);
+    }
+    net.allow_egress.clone_from(&args.allow_egress);
+    net.router_addresses.clone_from(&args.router_addresses);
+    host
 }
 
 /// `PREFIX/share/manifold/buildpacks` for a binary installed as `PREFIX/bin/manifold-agent`.

@@ -11,7 +11,9 @@
 //!    map published { host port : dyno address . dyno port }   one element per published dyno,
 //!    prerouting: local address, tcp dport in map → dnat      comment "dyno:<id>"
 //!    output:     same, for connections the host makes itself (127.0.0.1 included)
-//!    postrouting: masquerade outbound, 127/8 → dyno, and DNATed dyno → dyno (hairpin)
+//!    postrouting: masquerade outbound, 127/8 → dyno
+//!    input, forward: the dynos' network policy (crate::netpolicy): default deny
+//!  bridge ports isolated (no dyno → dyno frames); IPv6 off on the bridge and dynos' eth0
 //! ```
 //!
 //! Where to start: [`ensure_host`] prepares the host (idempotent, about 15 ms, most of it one
@@ -55,6 +57,8 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute,
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::netpolicy::{self, Cidr, Destination};
 
 /// Name of the dyno's end of the veth pair, inside its network namespace.
 const PEER_NAME: &str = "eth0";
@@ -169,6 +173,13 @@ pub struct NetworkConfig {
     pub state_dir: PathBuf,
     /// Name of the `ip` family nft table that holds the NAT chains and published ports.
     pub table: String,
+    /// Destinations dynos may reach although they are in a denied range (private, loopback,
+    /// link-local, …) or on this host: see [`crate::netpolicy`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_egress: Vec<Destination>,
+    /// Sources besides this host that may connect to published ports: the routers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub router_addresses: Vec<Cidr>,
 }
 
 impl Default for NetworkConfig {
@@ -181,6 +192,8 @@ impl Default for NetworkConfig {
             },
             state_dir: PathBuf::from("/var/lib/manifold/net"),
             table: "manifold".to_string(),
+            allow_egress: Vec::new(),
+            router_addresses: Vec::new(),
         }
     }
 }
@@ -361,12 +374,16 @@ pub fn ensure_host_cached(cfg: &NetworkConfig) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// This boot's id and the bridge's interface index, or None when the bridge is missing.
+/// This boot's id, the bridge's interface index and a digest of the rules, or None when the
+/// bridge is missing. The digest makes a changed policy (an operator's new allow-list or
+/// router address) take effect at the next dyno start, not only at the next reboot.
 fn host_identity(cfg: &NetworkConfig) -> Option<String> {
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let ifindex = fs::read_to_string(format!("/sys/class/net/{}/ifindex", cfg.bridge)).ok()?;
+    let rules = Sha256::digest(host_script(cfg).as_bytes());
+    let rules: String = rules[..8].iter().map(|b| format!("{b:02x}")).collect();
     Some(format!(
-        "{} {} {}\n",
+        "{} {} {} {rules}\n",
         boot.trim(),
         cfg.bridge,
         ifindex.trim()
@@ -584,7 +601,10 @@ fn lock_host(state_dir: &Path) -> Result<Flock<File>, NetworkError> {
 
 /// `route_localnet` on the bridge lets a connection the host makes to 127.0.0.1, once DNATed
 /// to a dyno, leave through the bridge (and its replies come back) instead of being dropped
-/// as martian. `lo` does not need it. `proc_sys` is a parameter so tests can use a fixture.
+/// as martian. `lo` does not need it. IPv6 off on the bridge takes its link-local address
+/// away and makes the host ignore any IPv6 a dyno sends (dynos have none; the nft table is
+/// IPv4 only). A kernel without IPv6 has no such file, which is as good. `proc_sys` is a
+/// parameter so tests can use a fixture.
 fn write_sysctls(proc_sys: &Path, bridge: &str) -> Result<(), NetworkError> {
     for (key, value) in [
         (PathBuf::from("net/ipv4/ip_forward"), "1"),
@@ -596,7 +616,15 @@ fn write_sysctls(proc_sys: &Path, bridge: &str) -> Result<(), NetworkError> {
         let path = proc_sys.join(key);
         fs::write(&path, value).map_err(io_error("write", &path))?;
     }
-    Ok(())
+    disable_ipv6(&proc_sys.join(format!("net/ipv6/conf/{bridge}/disable_ipv6")))
+}
+
+/// Writes 1 to a `disable_ipv6` file; a missing one (a kernel without IPv6) is success.
+fn disable_ipv6(path: &Path) -> Result<(), NetworkError> {
+    match fs::write(path, "1") {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("write", path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// The host's nft table. The table, map and chains are declared (a no-op when they exist),
@@ -604,11 +632,13 @@ fn write_sysctls(proc_sys: &Path, bridge: &str) -> Result<(), NetworkError> {
 /// duplicates a rule, and it leaves the map's elements (the published ports) alone.
 ///
 /// - prerouting/output: TCP to a host-local address whose port is in the map is DNATed to
-///   the dyno; output covers connections from the host itself, 127.0.0.1 included.
+///   the dyno; output covers connections from the host itself, 127.0.0.1 included. Traffic
+///   from the bridge is never DNATed: a dyno reaching a published port on a host address
+///   would bypass the router, so it stays traffic to the host, which `input` refuses.
 /// - postrouting: the subnet leaving by any other interface is masqueraded; host-originated
 ///   127/8 traffic DNATed onto the bridge is masqueraded to the gateway (a dyno cannot reply
-///   to 127.0.0.1); and DNATed dyno→dyno traffic is masqueraded so the reply comes back
-///   through the host to be un-DNATed rather than straight across the bridge.
+///   to 127.0.0.1).
+/// - input/forward: the network policy, [`netpolicy::filter_rules`].
 fn host_script(cfg: &NetworkConfig) -> String {
     let NetworkConfig {
         bridge,
@@ -616,6 +646,12 @@ fn host_script(cfg: &NetworkConfig) -> String {
         table,
         ..
     } = cfg;
+    let filter = netpolicy::filter_rules(&netpolicy::Policy {
+        table,
+        bridge,
+        allow_egress: &cfg.allow_egress,
+        router_addresses: &cfg.router_addresses,
+    });
     format!(
         "table ip {table} {{
     map {PUBLISHED_MAP} {{
@@ -630,16 +666,23 @@ fn host_script(cfg: &NetworkConfig) -> String {
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
     }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+    }}
 }}
 flush chain ip {table} prerouting
 flush chain ip {table} output
 flush chain ip {table} postrouting
-add rule ip {table} prerouting fib daddr type local dnat ip to tcp dport map @{PUBLISHED_MAP}
+flush chain ip {table} input
+flush chain ip {table} forward
+add rule ip {table} prerouting iifname != \"{bridge}\" fib daddr type local dnat ip to tcp dport map @{PUBLISHED_MAP}
 add rule ip {table} output fib daddr type local dnat ip to tcp dport map @{PUBLISHED_MAP}
 add rule ip {table} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade
 add rule ip {table} postrouting oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade
-add rule ip {table} postrouting oifname \"{bridge}\" ip saddr {subnet} ct status dnat masquerade
-"
+{filter}"
     )
 }
 
@@ -729,7 +772,7 @@ fn list_published(
 /// What attach, detach and sweep need from the kernel, so their ordering and undo paths can
 /// be tested against a fake that records calls and injects failures.
 trait Dataplane {
-    /// Creates the veth pair: host end `host` on `bridge`, up, in hairpin mode, with `alias`;
+    /// Creates the veth pair: host end `host` on `bridge`, up, isolated, with `alias`;
     /// peer [`PEER_NAME`] with `mac`, directly in the netns of `pid`.
     fn create_veth(
         &mut self,
@@ -739,8 +782,8 @@ trait Dataplane {
         pid: i32,
         mac: [u8; 6],
     ) -> Result<(), NetworkError>;
-    /// Inside the netns of `pid`: `lo` and [`PEER_NAME`] up, `address/prefix` on it, default
-    /// route via `gateway`.
+    /// Inside the netns of `pid`: IPv6 off on [`PEER_NAME`], `lo` and [`PEER_NAME`] up,
+    /// `address/prefix` on it, default route via `gateway`.
     fn configure_inside(
         &mut self,
         pid: i32,
@@ -1068,10 +1111,9 @@ impl Dataplane for Kernel {
     /// as well is refused (ENOTCONN, kernel 6.18), so `configure_inside` brings it up.
     ///
     /// The kernel ignores port options and the alias on a link it is creating, hence a second
-    /// message for hairpin mode and the alias (the dyno id, for operators). Hairpin matters
-    /// where `br_netfilter` is loaded (as here): a dyno connecting to its own published port
-    /// has its DNATed packet bridged back out of the port it came in by, which a bridge
-    /// refuses without hairpin.
+    /// message for the alias (the dyno id, for operators) and isolation: the bridge forwards
+    /// no frame between two isolated ports, so dynos cannot reach each other at layer 2 (where
+    /// nft's `ip` table sees nothing unless `br_netfilter` is loaded), only the host.
     fn create_veth(
         &mut self,
         bridge: &str,
@@ -1108,14 +1150,14 @@ impl Dataplane for Kernel {
             let port = LinkBridgePort::new(0)
                 .name(host)
                 .alias(alias)
-                .hairpin(true)
+                .isolated(true)
                 .build();
             handle
                 .link()
                 .set_port(port)
                 .execute()
                 .await
-                .map_err(netlink_error("set hairpin mode and alias on", host))
+                .map_err(netlink_error("isolate and set the alias of", host))
         })
     }
 
@@ -1128,6 +1170,11 @@ impl Dataplane for Kernel {
     ) -> Result<(), NetworkError> {
         let ns = open_netns(pid)?;
         in_netns(&ns, pid, || {
+            // Before the link is up, so it never gets a link-local address. `/proc/sys/net`
+            // shows the netns of the thread that opens it: this one, the dyno's.
+            disable_ipv6(Path::new(&format!(
+                "/proc/sys/net/ipv6/conf/{PEER_NAME}/disable_ipv6"
+            )))?;
             let (rt, handle) = connect()?;
             rt.block_on(async {
                 let lo = LinkUnspec::new_with_name("lo").up().build();
@@ -1251,6 +1298,22 @@ mod tests {
             ("br1", "manifold", cfg.subnet)
         );
         assert!(serde_json::from_str::<NetworkConfig>(r#"{"subnet":"10.217.0.1/16"}"#).is_err());
+        let policy = NetworkConfig {
+            allow_egress: vec!["10.0.5.20:5432".parse().unwrap()],
+            router_addresses: vec!["10.79.0.2".parse().unwrap()],
+            ..cfg
+        };
+        let json = serde_json::to_string(&policy).unwrap();
+        assert!(
+            json.ends_with(
+                r#","allow_egress":["10.0.5.20:5432"],"router_addresses":["10.79.0.2"]}"#
+            ),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<NetworkConfig>(&json).unwrap(),
+            policy
+        );
     }
 
     #[test]
@@ -1356,17 +1419,38 @@ mod tests {
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
     }
+    chain input {
+        type filter hook input priority filter; policy accept;
+    }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+    }
 }
 flush chain ip manifold prerouting
 flush chain ip manifold output
 flush chain ip manifold postrouting
-add rule ip manifold prerouting fib daddr type local dnat ip to tcp dport map @published
+flush chain ip manifold input
+flush chain ip manifold forward
+add rule ip manifold prerouting iifname != \"manifold0\" fib daddr type local dnat ip to tcp dport map @published
 add rule ip manifold output fib daddr type local dnat ip to tcp dport map @published
 add rule ip manifold postrouting ip saddr 10.217.0.0/16 oifname != \"manifold0\" masquerade
 add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masquerade
-add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct status dnat masquerade
 ";
-        assert_eq!(script, expected);
+        assert_eq!(&script[..expected.len()], expected);
+        // The policy follows (netpolicy's tests check it) and changes with the settings.
+        assert!(
+            script.ends_with(&netpolicy::filter_rules(&netpolicy::Policy {
+                table: "manifold",
+                bridge: "manifold0",
+                allow_egress: &[],
+                router_addresses: &[],
+            }))
+        );
+        let routed = NetworkConfig {
+            router_addresses: vec!["10.79.0.2".parse().unwrap()],
+            ..NetworkConfig::default()
+        };
+        assert!(host_script(&routed).contains("ip saddr { 10.79.0.2 } accept"));
     }
 
     #[test]
@@ -1478,6 +1562,12 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
         );
         let localnet = root.path().join("net/ipv4/conf/manifold0/route_localnet");
         assert_eq!(fs::read_to_string(localnet).unwrap(), "1");
+        // No IPv6 on this "kernel": nothing to disable, no error; with IPv6, disabled.
+        let ipv6 = root.path().join("net/ipv6/conf/manifold0");
+        assert!(!ipv6.exists());
+        fs::create_dir_all(&ipv6).unwrap();
+        write_sysctls(root.path(), "manifold0").unwrap();
+        assert_eq!(fs::read_to_string(ipv6.join("disable_ipv6")).unwrap(), "1");
         let err = write_sysctls(root.path(), "nosuchbridge").unwrap_err();
         assert!(
             err.to_string().contains("nosuchbridge/route_localnet"),
@@ -1818,6 +1908,8 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
                 subnet: Ipv4Subnet::new(Ipv4Addr::new(10, 219, octet, 0), 24).unwrap(),
                 state_dir: state.path().to_path_buf(),
                 table: tag,
+                allow_egress: Vec::new(),
+                router_addresses: Vec::new(),
             };
             let host = Self { cfg, _state: state };
             ensure_host(&host.cfg).unwrap();
@@ -1970,11 +2062,25 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
         assert!(host_links.contains(&attachment.host_veth), "{host_links}");
         assert!(host_links.contains(",UP,"), "{host_links}");
 
-        // The dyno reaches the host through the gateway.
+        // The dyno does not reach the host: refused at once (a reset), not left to time out.
         let on_host = TcpListener::bind((gateway, 0)).unwrap();
         let host_port = on_host.local_addr().unwrap().port();
+        let refused = dyno.inside(|| connect(gateway, host_port)).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "{refused}"
+        );
+        // Unless the operator allow-lists it; a re-run puts the policy back.
+        let allowed = NetworkConfig {
+            allow_egress: vec![format!("{gateway}:{host_port}").parse().unwrap()],
+            ..cfg.clone()
+        };
+        ensure_host(&allowed).unwrap();
         let (got, seen) = exchange(&on_host, || dyno.inside(|| connect(gateway, host_port)));
         assert_eq!((got.as_str(), seen), ("hello", attachment.address));
+        ensure_host(cfg).unwrap();
+        assert!(dyno.inside(|| connect(gateway, host_port)).is_err());
 
         // The published port reaches the dyno from the host, by 127.0.0.1 (masqueraded to
         // the gateway, as a dyno cannot answer 127.0.0.1) and by the gateway address.
@@ -1985,9 +2091,13 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
         assert_eq!((got.as_str(), seen), ("hello", gateway));
         let (got, _) = exchange(&in_dyno, || connect(gateway, port));
         assert_eq!(got, "hello");
-        // And from the dyno itself through the host (hairpin).
-        let (got, seen) = exchange(&in_dyno, || dyno.inside(|| connect(gateway, port)));
-        assert_eq!((got.as_str(), seen), ("hello", gateway));
+        // But not from a dyno, not even the same one: that would bypass the router.
+        let refused = dyno.inside(|| connect(gateway, port)).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "{refused}"
+        );
 
         detach(cfg, &dyno.id).unwrap();
         assert!(!run("ip", &["-o", "link"]).contains(&attachment.host_veth));
@@ -2034,6 +2144,13 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
         assert!(status.unwrap().success());
 
         let server = outside.inside(|| TcpListener::bind((far, 0))).unwrap();
+        // A private address, so the operator allows it (the policy's own tests are in
+        // netpolicy and agent/tests/isolation_network.rs).
+        let allowed = NetworkConfig {
+            allow_egress: vec![far.to_string().parse().unwrap()],
+            ..host.cfg.clone()
+        };
+        ensure_host(&allowed).unwrap();
         let port = server.local_addr().unwrap().port();
         let (got, seen) = exchange(&server, || dyno.inside(|| connect(far, port)));
         assert_eq!(
@@ -2061,7 +2178,8 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
             }
         });
         let table = host.table();
-        assert_eq!(table.matches("masquerade").count(), 3, "{table}");
+        assert_eq!(table.matches("masquerade").count(), 2, "{table}");
+        assert_eq!(table.matches("reject with tcp reset").count(), 4, "{table}");
         assert_eq!(table.matches("dnat ip to").count(), 2, "{table}");
         assert!(
             table.contains(&format!("{port} comment \"dyno:{}\"", dyno.id)),
@@ -2144,8 +2262,8 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
     }
 
     #[test]
-    fn dynos_reach_each_other_by_published_port_and_sweep_removes_the_dead() {
-        if !root_or_skip("dynos_reach_each_other_by_published_port_and_sweep_removes_the_dead") {
+    fn dynos_do_not_reach_each_other_and_sweep_removes_the_dead() {
+        if !root_or_skip("dynos_do_not_reach_each_other_and_sweep_removes_the_dead") {
             return;
         }
         let host = TestHost::new();
@@ -2155,12 +2273,24 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 10.217.0.0/16 ct
         let web_net = attach(cfg, &web.id, web.pid(), Some((web_port, 5000))).unwrap();
         let worker_net = attach(cfg, &worker.id, worker.pid(), Some((worker_port, 5000))).unwrap();
 
-        // worker → host:web_port → web, replies back through the host (masqueraded).
+        // worker → host:web_port is refused (only routers reach published ports), and
+        // worker → web directly finds no way across the bridge (isolated ports).
         let in_web = web.inside(|| TcpListener::bind(("0.0.0.0", 5000))).unwrap();
-        let (got, seen) = exchange(&in_web, || {
-            worker.inside(|| connect(cfg.subnet.gateway(), web_port))
-        });
-        assert_eq!((got.as_str(), seen), ("hello", cfg.subnet.gateway()));
+        let refused = worker
+            .inside(|| connect(cfg.subnet.gateway(), web_port))
+            .unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "{refused}"
+        );
+        assert!(worker.inside(|| connect(web_net.address, 5000)).is_err());
+        in_web.set_nonblocking(true).unwrap();
+        assert_eq!(
+            in_web.accept().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing reached web"
+        );
 
         let web_id = web.id.clone();
         let alive = move |id: &str| id == web_id;

@@ -31,6 +31,11 @@ fn bookworm_ready() -> bool {
 }
 
 fn build(source: &Path, out: &Path, extra: &[&str]) -> Output {
+    build_with_env(source, out, extra, &[])
+}
+
+/// [`build`] with agent settings in `env` (`MANIFOLD_*` variables).
+fn build_with_env(source: &Path, out: &Path, extra: &[&str], env: &[(&str, String)]) -> Output {
     let slugbuilder = Path::new(BIN).with_file_name("slugbuilder");
     assert!(
         slugbuilder.exists(),
@@ -45,6 +50,7 @@ fn build(source: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg("--buildpacks-dir")
         .arg(repo().join("buildpacks"))
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap()
 }
@@ -224,6 +230,18 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A bridge and nft table of a test's own (one name for both), removed when dropped.
+struct OwnNetwork(&'static str);
+
+impl Drop for OwnNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", self.0])
+            .output();
+        let _ = Command::new("ip").args(["link", "del", self.0]).output();
+    }
+}
+
 #[test]
 fn third_party_buildpack_from_a_git_url_runs_in_a_build_dyno() {
     if !ready() {
@@ -289,9 +307,17 @@ fn third_party_buildpack_from_a_git_url_runs_in_a_build_dyno() {
             .spawn()
             .unwrap(),
     );
-    let gateway = manifold_agent::network::NetworkConfig::default()
-        .subnet
-        .gateway();
+    // Dynos reach nothing on their host unless the operator allows it: the git daemon's
+    // port is allowed, on a bridge and nft table of this test's own so that the allow-list
+    // touches no other agent's dynos.
+    let own = OwnNetwork("mftbgit0");
+    let gateway = std::net::Ipv4Addr::new(10, 236, 0, 1);
+    let env = [
+        ("MANIFOLD_BRIDGE", own.0.to_string()),
+        ("MANIFOLD_SUBNET", "10.236.0.0/24".to_string()),
+        ("MANIFOLD_NFT_TABLE", own.0.to_string()),
+        ("MANIFOLD_ALLOW_EGRESS", format!("{gateway}:{port}")),
+    ];
     let app = tmp.path().join("app");
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("README"), "hi\n").unwrap();
@@ -299,7 +325,7 @@ fn third_party_buildpack_from_a_git_url_runs_in_a_build_dyno() {
     let url = format!("git://{gateway}:{port}/bp.git");
     let deadline = Instant::now() + Duration::from_secs(10);
     let result = loop {
-        let result = build(&app, &out, &["--buildpack", &url]);
+        let result = build_with_env(&app, &out, &["--buildpack", &url], &env);
         // The daemon may take a moment to listen.
         if result.status.success() || Instant::now() > deadline {
             break result;

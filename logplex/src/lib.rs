@@ -20,8 +20,10 @@ mod plex;
 mod ring;
 mod tail;
 
+pub use drain::guard::Refused as DrainRefused;
 pub use drain::tls::{load_pem_roots, RootsError};
 pub use drain::{parse_drain_url, Drain, DrainUrl, DrainUrlError};
+pub use ipnet::IpNet;
 pub use line::{Filter, LogLine, Source, UnknownSource, MAX_MESSAGE_BYTES};
 pub use plex::{LogPlex, PlexConfig, SetDrainsError};
 /// The certificate type of [`PlexConfig::drain_roots`].

@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use rustls::pki_types::CertificateDer;
 
+use crate::drain::guard::Destinations;
 use crate::drain::tls::{self, Tls};
 use crate::drain::{
     parse_drain_url, Drain, DrainQueue, DrainSettings, DrainTask, DrainUrlError, RunningDrain,
@@ -44,6 +46,9 @@ pub struct PlexConfig {
     pub batch_linger: Duration,
     /// Limit for a drain's connect, TLS handshake, write or request.
     pub drain_timeout: Duration,
+    /// Networks drains may reach although they are loopback, private, link-local or
+    /// otherwise internal (refused by default: a drain URL is user input).
+    pub drain_allow: Vec<IpNet>,
 }
 
 impl Default for PlexConfig {
@@ -59,6 +64,7 @@ impl Default for PlexConfig {
             batch_max: 100,
             batch_linger: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            drain_allow: Vec::new(),
         }
     }
 }
@@ -325,6 +331,7 @@ impl LogPlex {
             batch_max: c.batch_max.max(1),
             batch_linger: c.batch_linger,
             timeout: c.drain_timeout,
+            destinations: Destinations::new(c.drain_allow.clone()),
         }
     }
 

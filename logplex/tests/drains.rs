@@ -21,8 +21,103 @@ fn config() -> PlexConfig {
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         batch_linger: Duration::from_millis(50),
+        // The test servers listen on loopback, which drains may reach only when allowed.
+        drain_allow: vec![
+            "127.0.0.0/8".parse().expect("net"),
+            "::1/128".parse().expect("net"),
+        ],
         ..PlexConfig::default()
     }
+}
+
+/// Waits for the app's `heroku[logplex]` line starting with `start`.
+async fn wait_for_notice(plex: &LogPlex, app: &str, start: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = plex.recent(
+            app,
+            &Filter {
+                process: Some("logplex".into()),
+                source: Some(Source::Heroku),
+            },
+            10,
+        );
+        if let Some(line) = lines.iter().find(|l| l.message.starts_with(start)) {
+            return line.message.clone();
+        }
+        assert!(Instant::now() < deadline, "no {start:?} line in {lines:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A drain to loopback (by address or by a name that resolves there) is refused at connect
+/// time with a line in the app's stream saying why; nothing reaches the server. Named in the
+/// operator's allow-list, the same drain works.
+#[tokio::test]
+async fn drains_to_internal_addresses_are_refused_unless_allowed() {
+    let (l, addr) = listener().await;
+    let mut frames = syslog_server(l, None);
+    let (l, http_addr) = listener().await;
+    let mut posts = http_server(l, None, 0);
+    let closed = PlexConfig {
+        drain_allow: Vec::new(),
+        ..config()
+    };
+    let plex = LogPlex::new(closed);
+    plex.set_drains(
+        "a",
+        vec![
+            drain("ssrf", format!("syslog://{addr}")),
+            drain("named", format!("http://localhost:{}/", http_addr.port())),
+        ],
+    )
+    .expect("set drains");
+    plex.push("a", LogLine::now(Source::App, "web.1", "secret"));
+    let tail = ": log drains may not reach loopback, private or link-local addresses unless the operator allows them (--drain-allow)";
+    let by_address = wait_for_notice(&plex, "a", "Error: log drain d.ssrf refused:").await;
+    assert_eq!(
+        by_address,
+        format!("Error: log drain d.ssrf refused: 127.0.0.1 is a loopback address{tail}")
+    );
+    let by_name = wait_for_notice(&plex, "a", "Error: log drain d.named refused:").await;
+    assert!(
+        by_name.starts_with("Error: log drain d.named refused: localhost (")
+            && by_name.ends_with(&format!(") is a loopback address{tail}")),
+        "{by_name}"
+    );
+    // Told once, though the drains keep retrying.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let notices = plex.recent(
+        "a",
+        &Filter {
+            process: Some("logplex".into()),
+            source: Some(Source::Heroku),
+        },
+        10,
+    );
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(frames.try_recv().is_err(), "the syslog server got nothing");
+    assert!(posts.try_recv().is_err(), "the http server got nothing");
+    let metrics = plex.metrics();
+    assert!(
+        metrics.contains("manifold_logplex_drain_failed_total{transport=\"syslog\"}")
+            && !metrics.contains("manifold_logplex_drain_failed_total{transport=\"syslog\"} 0\n"),
+        "{metrics}"
+    );
+
+    let allowed = LogPlex::new(PlexConfig {
+        drain_allow: vec![
+            "127.0.0.1/32".parse().expect("net"),
+            "::1/128".parse().expect("net"),
+        ],
+        ..config()
+    });
+    allowed
+        .set_drains("a", vec![drain("ssrf", format!("syslog://{addr}"))])
+        .expect("set drains");
+    allowed.push("a", LogLine::now(Source::App, "web.1", "allowed"));
+    let got = recv_until(&mut frames, 10, |f| !f.is_empty()).await;
+    assert_app_frame(&got[0], "d.ssrf", "allowed");
 }
 
 fn drain(id: &str, url: String) -> Drain {

@@ -120,6 +120,11 @@ struct Cli {
     /// Extra CA certificates (PEM) that syslog+tls:// and https:// log drains are checked against.
     #[arg(long, env = "MANIFOLD_DRAIN_CA")]
     drain_ca: Option<PathBuf>,
+    /// A network (CIDR) log drains may reach although it is loopback, private, link-local or
+    /// otherwise internal, which drains are refused by default (a drain URL is user input).
+    /// Repeat the flag; comma-separated in the variable, a list in the settings file.
+    #[arg(long, env = "MANIFOLD_DRAIN_ALLOW", value_delimiter = ',')]
+    drain_allow: Vec<manifold_logplex::IpNet>,
     /// Serve the API and AgentLink over TLS with this certificate (PEM; e.g. from
     /// `certs issue scheduler`); needs --tls-key.
     #[arg(long, env = "MANIFOLD_SCHEDULER_CERT", requires = "tls_key")]
@@ -347,6 +352,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             // Agents send lines in batches of up to 500: a tail must hold a few batches
             // while its reader catches up, or a burst costs it lines (L11).
             tail_buffer: 10_000,
+            drain_allow: cli.drain_allow.clone(),
             ..PlexConfig::default()
         },
         sleep_after: (!cli.sleep_after.is_zero()).then_some(cli.sleep_after),

@@ -45,6 +45,12 @@ pub enum SettingsError {
     },
     #[error("{}: `{key}` must be a string, a number or a boolean", path.display())]
     Type { path: PathBuf, key: String },
+    #[error("{}: `{key}` must be a string, a number, a boolean or a list of them, without {delimiter:?} in an item", path.display())]
+    ListType {
+        path: PathBuf,
+        key: String,
+        delimiter: char,
+    },
 }
 
 /// One setting of the file, as the variable its flag reads.
@@ -138,17 +144,28 @@ pub fn resolve(
                 flag: arg.get_long().unwrap_or_default().to_string(),
             });
         };
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::Float(x) => x.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Datetime(_) | toml::Value::Array(_) | toml::Value::Table(_) => {
-                return Err(SettingsError::Type {
-                    path: path.to_path_buf(),
-                    key,
-                })
+        let value = match (value, arg.get_value_delimiter()) {
+            // A flag that takes several values reads them from its variable split at its
+            // delimiter, so a list becomes its items joined by it. An empty list is the
+            // flag not given (an empty variable would be one empty value).
+            (toml::Value::Array(items), Some(_)) if items.is_empty() => continue,
+            (toml::Value::Array(items), Some(delimiter)) => {
+                let items: Option<Vec<String>> = items
+                    .into_iter()
+                    .map(|item| scalar(item).filter(|s| !s.contains(delimiter)))
+                    .collect();
+                items
+                    .ok_or_else(|| SettingsError::ListType {
+                        path: path.to_path_buf(),
+                        key: key.clone(),
+                        delimiter,
+                    })?
+                    .join(&delimiter.to_string())
             }
+            (value, _) => scalar(value).ok_or_else(|| SettingsError::Type {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            })?,
         };
         settings.push(Setting {
             variable: variable.to_os_string(),
@@ -156,6 +173,17 @@ pub fn resolve(
         });
     }
     Ok(settings)
+}
+
+/// A string, number or boolean as the flag would take it on the command line.
+fn scalar(value: toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s),
+        toml::Value::Integer(n) => Some(n.to_string()),
+        toml::Value::Float(x) => Some(x.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Datetime(_) | toml::Value::Array(_) | toml::Value::Table(_) => None,
+    }
 }
 
 /// The arguments a settings file may set: named flags read from a variable.
@@ -188,6 +216,13 @@ mod tests {
                     .env("TEST_CGROUP_PARENT"),
             )
             .arg(Arg::new("slots").long("slots").env("TEST_SLOTS"))
+            .arg(
+                Arg::new("allow")
+                    .long("allow")
+                    .env("TEST_ALLOW")
+                    .action(ArgAction::Append)
+                    .value_delimiter(','),
+            )
             .arg(
                 Arg::new("verbose")
                     .long("verbose")
@@ -225,6 +260,22 @@ mod tests {
     }
 
     #[test]
+    fn lists_become_the_delimited_variable_of_a_flag_that_takes_several() {
+        let text = "allow = [\"10.0.0.0/8:5432\", \"192.168.1.5\"]\nslots = 3\n";
+        let settings = resolve(&command(), Path::new("a.toml"), text).expect("valid");
+        assert_eq!(settings[0].variable, "TEST_ALLOW");
+        assert_eq!(settings[0].value, "10.0.0.0/8:5432,192.168.1.5");
+        // clap splits the variable again: one value per item.
+        std::env::set_var("TEST_ALLOW", &settings[0].value);
+        let matches = command().get_matches_from(args(&["daemon"]));
+        let values: Vec<&String> = matches.get_many("allow").expect("set").collect();
+        assert_eq!(values, ["10.0.0.0/8:5432", "192.168.1.5"]);
+        std::env::remove_var("TEST_ALLOW");
+        let empty = resolve(&command(), Path::new("a.toml"), "allow = []").expect("valid");
+        assert_eq!(empty, []);
+    }
+
+    #[test]
     fn bad_files_say_where() {
         let path = Path::new("/etc/manifold/agent.toml");
         let err = resolve(&command(), path, "slots = 20\nslotz = 3\n").expect_err("unknown");
@@ -233,11 +284,23 @@ mod tests {
             msg.contains("/etc/manifold/agent.toml: unknown setting `slotz`"),
             "{msg}"
         );
-        assert!(msg.contains("cgroup_parent, slots, verbose"), "{msg}");
+        assert!(
+            msg.contains("allow, cgroup_parent, slots, verbose"),
+            "{msg}"
+        );
         let err = resolve(&command(), path, "with_agent = true").expect_err("flag only");
         assert!(err.to_string().contains("(--with-agent)"), "{err}");
         let err = resolve(&command(), path, "slots = [1, 2]").expect_err("array");
         assert!(err.to_string().contains("`slots` must be"), "{err}");
+        let err = resolve(&command(), path, "allow = [\"a,b\"]").expect_err("delimiter");
+        assert!(
+            err.to_string().contains(
+                "`allow` must be a string, a number, a boolean or a list of them, without ','"
+            ),
+            "{err}"
+        );
+        let err = resolve(&command(), path, "allow = [[1]]").expect_err("nested");
+        assert!(matches!(err, SettingsError::ListType { .. }), "{err}");
         let err = resolve(&command(), path, "config = \"x\"").expect_err("config");
         assert!(matches!(err, SettingsError::Unknown { .. }), "{err}");
         let err = resolve(&command(), path, "slots = \n").expect_err("syntax");

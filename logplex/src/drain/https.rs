@@ -10,7 +10,7 @@
 use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use url::Url;
 
-use super::{syslog, Backoff, DrainTask};
+use super::{guard, syslog, Backoff, DrainTask};
 use crate::metrics::Transport;
 
 /// Why one POST failed (logged, then retried).
@@ -18,6 +18,8 @@ use crate::metrics::Transport;
 enum PostError {
     #[error("request failed: {0}")]
     Request(#[from] reqwest::Error),
+    #[error(transparent)]
+    Refused(#[from] guard::Refused),
     #[error("drain answered {0}")]
     Status(reqwest::StatusCode),
 }
@@ -44,9 +46,24 @@ fn split_credentials(mut url: Url) -> (Url, Option<Credentials>) {
 }
 
 fn client(task: &DrainTask) -> Result<reqwest::Client, reqwest::Error> {
+    let destinations = task.settings.destinations.clone();
+    // A redirect to an address skips the resolver: check it here (names go through it).
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 {
+            attempt.error("too many redirects")
+        } else if let Err(refused) = guard::check_url(&destinations, attempt.url()) {
+            attempt.error(refused)
+        } else {
+            attempt.follow()
+        }
+    });
     let builder = reqwest::Client::builder()
         .timeout(task.settings.timeout)
-        .connect_timeout(task.settings.timeout);
+        .connect_timeout(task.settings.timeout)
+        .dns_resolver(std::sync::Arc::new(guard::GuardedResolver(
+            task.settings.destinations.clone(),
+        )))
+        .redirect(redirects);
     match &task.tls {
         Ok(config) => builder.use_preconfigured_tls((**config).clone()),
         Err(error) => {
@@ -66,6 +83,7 @@ async fn post(
     count: usize,
     body: &[u8],
 ) -> Result<(), PostError> {
+    guard::check_url(&task.settings.destinations, url)?;
     let mut request = client
         .post(url.clone())
         .header(CONTENT_TYPE, "application/logplex-1")
@@ -80,7 +98,17 @@ async fn post(
     if let Some(c) = credentials {
         request = request.basic_auth(&c.user, c.password.as_deref());
     }
-    let response = request.send().await?;
+    let response = request.send().await.map_err(|error| {
+        // The resolver's or the redirect policy's refusal, if that is what failed.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if let Some(refused) = e.downcast_ref::<guard::Refused>() {
+                return PostError::Refused(refused.clone());
+            }
+            source = e.source();
+        }
+        PostError::Request(error)
+    })?;
     let status = response.status();
     if status.is_success() {
         Ok(())
@@ -103,6 +131,7 @@ pub(crate) async fn run(task: DrainTask, url: Url) {
         }
     };
     let (url, credentials) = split_credentials(url);
+    let mut told = false;
     loop {
         let batch = task
             .queue
@@ -122,7 +151,14 @@ pub(crate) async fn run(task: DrainTask, url: Url) {
             )
             .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    told = false;
+                    break;
+                }
+                Err(PostError::Refused(reason)) => {
+                    task.refused(Transport::Https, &reason, &mut told);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
                 Err(error) => {
                     task.metrics.failed(Transport::Https);
                     tracing::debug!(app = %task.app, drain = %task.drain.id, %error, "https drain post failed");

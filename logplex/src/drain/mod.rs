@@ -8,6 +8,7 @@
 //!
 //! Start with [`parse_drain_url`]; the transports live in [`syslog`] and [`https`].
 
+pub(crate) mod guard;
 pub(crate) mod https;
 pub(crate) mod syslog;
 pub(crate) mod tls;
@@ -176,6 +177,8 @@ pub(crate) struct DrainSettings {
     pub batch_max: usize,
     pub batch_linger: Duration,
     pub timeout: Duration,
+    /// Where drains may connect (see [`guard`]).
+    pub destinations: guard::Destinations,
 }
 
 /// A drain's bounded queue: filled by `push`, emptied by the drain task.
@@ -289,6 +292,21 @@ pub(crate) struct DrainTask {
 }
 
 impl DrainTask {
+    /// Called when the drain's host is refused (see [`guard`]): logs it, and the first time
+    /// in a row also tells the app, in its own stream, why its drain gets nothing.
+    fn refused(&self, transport: Transport, reason: &guard::Refused, told: &mut bool) {
+        self.metrics.failed(transport);
+        tracing::warn!(app = %self.app, drain = %self.drain.id, %reason, "log drain refused");
+        if !*told {
+            *told = true;
+            (self.report)(LogLine::now(
+                crate::Source::Heroku,
+                "logplex",
+                format!("Error: log drain {} refused: {reason}", self.drain.token),
+            ));
+        }
+    }
+
     /// Called after each successful delivery: reports lines lost meanwhile as L10.
     fn delivered(&self, transport: Transport, lines: usize) {
         self.metrics.delivered(transport, lines);

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
-use super::{Backoff, DrainTask};
+use super::{guard, Backoff, DrainTask};
 use crate::line::{write_timestamp, LogLine};
 use crate::metrics::Transport;
 
@@ -86,6 +86,8 @@ pub(crate) enum Security {
 enum SyslogError {
     #[error("cannot connect: {0}")]
     Connect(#[source] std::io::Error),
+    #[error(transparent)]
+    Resolve(guard::ResolveError),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("tls is not set up: {0}")]
@@ -143,7 +145,12 @@ async fn connect(
     security: Security,
 ) -> Result<Connection, SyslogError> {
     let timeout = task.settings.timeout;
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    // Connecting to the checked addresses, not the name, leaves DNS no second say.
+    let addresses = tokio::time::timeout(timeout, task.settings.destinations.resolve(host, port))
+        .await
+        .map_err(|_| SyslogError::Timeout(timeout))?
+        .map_err(SyslogError::Resolve)?;
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addresses[..]))
         .await
         .map_err(|_| SyslogError::Timeout(timeout))?
         .map_err(SyslogError::Connect)?;
@@ -182,9 +189,18 @@ async fn write(conn: &mut Connection, bytes: &[u8], timeout: Duration) -> Result
 pub(crate) async fn run(task: DrainTask, host: String, port: u16, security: Security) {
     let mut backoff = Backoff::new(task.settings.backoff_min, task.settings.backoff_max);
     let mut pending: Vec<LogLine> = Vec::new();
+    let mut told = false;
     loop {
         let mut conn = match connect(&task, &host, port, security).await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                told = false;
+                conn
+            }
+            Err(SyslogError::Resolve(guard::ResolveError::Refused(reason))) => {
+                task.refused(Transport::Syslog, &reason, &mut told);
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
             Err(error) => {
                 task.metrics.failed(Transport::Syslog);
                 tracing::debug!(app = %task.app, drain = %task.drain.id, %error, "syslog drain connect failed");

@@ -1,0 +1,403 @@
+//! The dynos' network policy: what a dyno may connect to, and who may connect to a dyno.
+//!
+//! Dynos run other people's code, so the default is deny, as on Heroku's common runtime:
+//!
+//! - **dyno → dyno**: never directly. The bridge ports are isolated (see
+//!   `network::Kernel::create_veth`), routed dyno-to-dyno traffic is refused in `forward`, and a
+//!   dyno's connection to a published port on a host address is not forwarded either (the
+//!   DNAT rules skip traffic from the bridge, so it is traffic to the host, refused in
+//!   `input`). Dynos reach each other the way Heroku's do: through the router's address.
+//! - **dyno → host**: refused in `input` for every local address (gateway, the host's other
+//!   addresses, 127/8 through `route_localnet`). A resolver on the host is therefore not
+//!   reachable either; dynos need a `resolv.conf` naming a resolver they may reach (see the
+//!   README).
+//! - **dyno → elsewhere**: allowed, except the ranges in [`DENIED`] (private, shared, loopback,
+//!   link-local with the metadata address, multicast, reserved), which only the operator's
+//!   [`Destination`] allow-list opens (an app's database on the private network).
+//! - **→ published port**: from this host itself (any of its addresses), and from the
+//!   operator's router addresses; DNATed traffic from anywhere else is refused in `forward`,
+//!   and so is any other new connection into the dyno subnet.
+//! - **IPv6**: dynos have none (the dyno's `eth0` and the bridge have IPv6 disabled), so
+//!   neither the bridge's link-local address nor anything else is reachable over it.
+//!
+//! Refusals answer at once (a TCP reset, or ICMP administratively prohibited) rather than
+//! dropping: an app then fails fast with "connection refused" instead of hanging in connect.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Destinations a dyno may not reach unless allow-listed: "this network", RFC 1918 private,
+/// shared address space (carrier NAT), loopback, link-local (169.254.169.254, the cloud
+/// metadata service, included), multicast, and reserved with broadcast.
+pub const DENIED: [&str; 9] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("invalid network {text:?}: {reason}")]
+    Cidr { text: String, reason: &'static str },
+    #[error("invalid destination {text:?}: {reason}")]
+    Destination { text: String, reason: &'static str },
+}
+
+/// An IPv4 network: `10.1.0.0/16`, or one address (`10.1.2.3`, which is `/32`).
+/// Serialised as its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `address` is inside this network.
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        u32::from(address) & mask == u32::from(self.network)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix == 32 {
+            write!(f, "{}", self.network)
+        } else {
+            write!(f, "{}/{}", self.network, self.prefix)
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = PolicyError;
+
+    /// Host bits must be zero: `10.1.2.3/8` is more likely a typo than a wish for 10/8.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason| PolicyError::Cidr {
+            text: text.to_string(),
+            reason,
+        };
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: Ipv4Addr = address
+            .parse()
+            .map_err(|_| invalid("expected an IPv4 address, optionally with /PREFIX"))?;
+        let prefix = match prefix {
+            None => 32,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| invalid("the prefix length must be 0 to 32"))?,
+        };
+        let cidr = Cidr { network, prefix };
+        if !cidr.contains(network) {
+            return Err(invalid("host bits must be zero"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = PolicyError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(cidr: Cidr) -> Self {
+        cidr.to_string()
+    }
+}
+
+/// An allow-listed destination for dynos: `CIDR` (every port, TCP, UDP and ICMP) or
+/// `CIDR:PORT` (that TCP or UDP port only), e.g. `10.0.5.20:5432`, `10.2.0.0/16:6379`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Destination {
+    pub network: Cidr,
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.network),
+            None => write!(f, "{}", self.network),
+        }
+    }
+}
+
+impl FromStr for Destination {
+    type Err = PolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (network, port) = match text.rsplit_once(':') {
+            Some((network, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| PolicyError::Destination {
+                        text: text.to_string(),
+                        reason: "the port must be 1 to 65535",
+                    })?;
+                (network, Some(port))
+            }
+            None => (text, None),
+        };
+        let network = network.parse().map_err(|e| match e {
+            PolicyError::Cidr { reason, .. } => PolicyError::Destination {
+                text: text.to_string(),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(Destination { network, port })
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = PolicyError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Destination> for String {
+    fn from(destination: Destination) -> Self {
+        destination.to_string()
+    }
+}
+
+/// What the policy rules need to know; borrowed from `network::NetworkConfig`.
+pub struct Policy<'a> {
+    pub table: &'a str,
+    pub bridge: &'a str,
+    pub allow_egress: &'a [Destination],
+    pub router_addresses: &'a [Cidr],
+}
+
+/// Refuses what `matches` matches: TCP with a reset (never rate-limited, so a test or an app
+/// sees "connection refused" at once), the rest with ICMP administratively prohibited.
+fn refuse(table: &str, chain: &str, matches: &str) -> String {
+    format!(
+        "add rule ip {table} {chain} {matches} meta l4proto tcp reject with tcp reset\n\
+         add rule ip {table} {chain} {matches} reject with icmp type admin-prohibited\n"
+    )
+}
+
+fn allow(table: &str, chain: &str, bridge: &str, destination: &Destination) -> String {
+    let Destination { network, port } = destination;
+    match port {
+        None => format!("add rule ip {table} {chain} iifname \"{bridge}\" ip daddr {network} accept\n"),
+        Some(port) => format!(
+            "add rule ip {table} {chain} iifname \"{bridge}\" ip daddr {network} meta l4proto {{ tcp, udp }} th dport {port} accept\n"
+        ),
+    }
+}
+
+/// The rules of the `input` and `forward` filter chains (declared and flushed by the caller,
+/// both `policy accept`, so traffic that is not the dynos' is left to the host's own rules).
+/// Replies to connections someone else opened (`established,related`) always pass: that is
+/// how the host and the routers hear back from dynos, and dynos from the internet.
+pub fn filter_rules(policy: &Policy) -> String {
+    let Policy {
+        table,
+        bridge,
+        allow_egress,
+        router_addresses,
+    } = policy;
+    let mut rules = String::new();
+    let from_dynos = format!("iifname \"{bridge}\"");
+
+    // input: dyno → this host, only to allow-listed addresses (e.g. a resolver on the host).
+    rules += &format!("add rule ip {table} input ct state established,related accept\n");
+    for destination in *allow_egress {
+        rules += &allow(table, "input", bridge, destination);
+    }
+    rules += &refuse(table, "input", &from_dynos);
+
+    // forward: dyno → dyno never; dyno → denied ranges unless allow-listed; into dynos only
+    // DNATed traffic (a published port) from a router.
+    rules += &format!("add rule ip {table} forward ct state established,related accept\n");
+    rules += &refuse(
+        table,
+        "forward",
+        &format!("{from_dynos} oifname \"{bridge}\""),
+    );
+    for destination in *allow_egress {
+        rules += &allow(table, "forward", bridge, destination);
+    }
+    rules += &refuse(
+        table,
+        "forward",
+        &format!("{from_dynos} ip daddr {{ {} }}", DENIED.join(", ")),
+    );
+    if !router_addresses.is_empty() {
+        let routers: Vec<String> = router_addresses.iter().map(Cidr::to_string).collect();
+        rules += &format!(
+            "add rule ip {table} forward oifname \"{bridge}\" ct status dnat ip saddr {{ {} }} accept\n",
+            routers.join(", ")
+        );
+    }
+    rules += &refuse(table, "forward", &format!("oifname \"{bridge}\""));
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_print_and_contain() {
+        let net: Cidr = "10.2.0.0/16".parse().unwrap();
+        assert_eq!(net.to_string(), "10.2.0.0/16");
+        assert!(net.contains(Ipv4Addr::new(10, 2, 200, 1)));
+        assert!(!net.contains(Ipv4Addr::new(10, 3, 0, 1)));
+        let one: Cidr = "10.79.0.2".parse().unwrap();
+        assert_eq!((one.prefix(), one.to_string().as_str()), (32, "10.79.0.2"));
+        assert_eq!("10.79.0.2/32".parse::<Cidr>().unwrap(), one);
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
+        for (bad, reason) in [
+            ("10.1.2.3/8", "host bits must be zero"),
+            ("10.0.0.0/33", "the prefix length must be 0 to 32"),
+            ("1.2.3.4/0", "host bits must be zero"),
+            (
+                "fe80::1",
+                "expected an IPv4 address, optionally with /PREFIX",
+            ),
+            ("", "expected an IPv4 address, optionally with /PREFIX"),
+        ] {
+            let err = bad.parse::<Cidr>().unwrap_err();
+            assert_eq!(
+                err,
+                PolicyError::Cidr {
+                    text: bad.into(),
+                    reason
+                }
+            );
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn destinations_take_an_optional_port() {
+        let db: Destination = "10.0.5.20:5432".parse().unwrap();
+        assert_eq!(db.port, Some(5432));
+        assert_eq!(db.network.to_string(), "10.0.5.20");
+        assert_eq!(db.to_string(), "10.0.5.20:5432");
+        let net: Destination = "10.2.0.0/16".parse().unwrap();
+        assert_eq!((net.port, net.to_string().as_str()), (None, "10.2.0.0/16"));
+        let json = serde_json::to_string(&[db, net]).unwrap();
+        assert_eq!(json, r#"["10.0.5.20:5432","10.2.0.0/16"]"#);
+        assert_eq!(
+            serde_json::from_str::<Vec<Destination>>(&json).unwrap(),
+            [db, net]
+        );
+        for bad in [
+            "10.0.5.20:0",
+            "10.0.5.20:x",
+            "10.0.5.20:70000",
+            "db:5432",
+            "10.1.2.3/8:1",
+        ] {
+            let err = bad.parse::<Destination>().unwrap_err();
+            assert!(
+                matches!(&err, PolicyError::Destination { text, .. } if text == bad),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_policy_denies_and_lists_no_router() {
+        let rules = filter_rules(&Policy {
+            table: "manifold",
+            bridge: "manifold0",
+            allow_egress: &[],
+            router_addresses: &[],
+        });
+        let expected = "add rule ip manifold input ct state established,related accept
+add rule ip manifold input iifname \"manifold0\" meta l4proto tcp reject with tcp reset
+add rule ip manifold input iifname \"manifold0\" reject with icmp type admin-prohibited
+add rule ip manifold forward ct state established,related accept
+add rule ip manifold forward iifname \"manifold0\" oifname \"manifold0\" meta l4proto tcp reject with tcp reset
+add rule ip manifold forward iifname \"manifold0\" oifname \"manifold0\" reject with icmp type admin-prohibited
+add rule ip manifold forward iifname \"manifold0\" ip daddr { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, 240.0.0.0/4 } meta l4proto tcp reject with tcp reset
+add rule ip manifold forward iifname \"manifold0\" ip daddr { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, 240.0.0.0/4 } reject with icmp type admin-prohibited
+add rule ip manifold forward oifname \"manifold0\" meta l4proto tcp reject with tcp reset
+add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-prohibited
+";
+        assert_eq!(rules, expected);
+    }
+
+    #[test]
+    fn allowed_destinations_and_routers_come_before_the_refusals() {
+        let allow: Vec<Destination> = ["10.0.5.20:5432", "192.168.7.0/24"]
+            .iter()
+            .map(|d| d.parse().unwrap())
+            .collect();
+        let routers: Vec<Cidr> = ["10.79.0.2", "10.80.0.0/24"]
+            .iter()
+            .map(|d| d.parse().unwrap())
+            .collect();
+        let rules = filter_rules(&Policy {
+            table: "t",
+            bridge: "b",
+            allow_egress: &allow,
+            router_addresses: &routers,
+        });
+        let lines: Vec<&str> = rules.lines().collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| *l == needle)
+                .unwrap_or_else(|| panic!("{needle} missing from\n{rules}"))
+        };
+        let db_in = at("add rule ip t input iifname \"b\" ip daddr 10.0.5.20 meta l4proto { tcp, udp } th dport 5432 accept");
+        let net_fwd = at("add rule ip t forward iifname \"b\" ip daddr 192.168.7.0/24 accept");
+        let routers = at("add rule ip t forward oifname \"b\" ct status dnat ip saddr { 10.79.0.2, 10.80.0.0/24 } accept");
+        let refuse_in =
+            at("add rule ip t input iifname \"b\" meta l4proto tcp reject with tcp reset");
+        let dyno_to_dyno =
+            at("add rule ip t forward iifname \"b\" oifname \"b\" meta l4proto tcp reject with tcp reset");
+        let refuse_into =
+            at("add rule ip t forward oifname \"b\" meta l4proto tcp reject with tcp reset");
+        assert!(db_in < refuse_in);
+        assert!(
+            dyno_to_dyno < net_fwd,
+            "no allow-list entry opens dyno-to-dyno"
+        );
+        assert!(net_fwd < routers && routers < refuse_into);
+    }
+}
