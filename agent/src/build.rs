@@ -134,6 +134,27 @@ pub fn prepare(
         }
     }
     let work = host.state_dir.join("builds").join(id);
+    // Whatever is refused after the work directory exists (a config var name, a buildpack
+    // outside the operator's root, ...) must not leave the directory behind.
+    let prepared = prepare_in(host, id, &work, req);
+    if prepared.is_err() {
+        if let Err(err) = fs::remove_dir_all(&work) {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %work.display(), "cannot remove a refused build's directory: {err}");
+            }
+        }
+    }
+    prepared
+}
+
+/// [`prepare`]'s steps once its inputs exist, in the build's work directory `work`.
+fn prepare_in(
+    host: &HostConfig,
+    id: &str,
+    work: &Path,
+    req: &BuildRequest,
+) -> Result<PreparedBuild, BuildError> {
+    let work = work.to_path_buf();
     let prep = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BuildError::Prepare { path, source }

@@ -178,12 +178,13 @@ mod tests {
             gid: DYNO_GID,
             host: host.clone(),
             attach: None,
+            log_rate: None,
         };
         dir.write_config(&config).expect("dyno.json");
         assert_eq!(slugs_in_use(&host), BTreeSet::from([used.clone()]));
 
         let collected = collect_slugs(&host, Duration::from_secs(3600)).expect("collect");
-        assert_eq!(collected.archives, [idle_one.clone()]);
+        assert_eq!(collected.archives, [idle_one.as_str()]);
         assert!(archives.join(format!("{used}.tgz")).exists());
         assert!(archives.join(format!("{fresh}.tgz")).exists());
         assert!(archives.join("stray.tmp").exists());

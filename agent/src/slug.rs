@@ -2763,7 +2763,7 @@ mod tests {
         let in_use = |sha: &str| sha == sha_b;
 
         let removed = SlugCache::collect(&fx.root, &in_use, idle).unwrap();
-        assert_eq!(removed, [sha_a.clone()]);
+        assert_eq!(removed, [sha_a.as_str()]);
         assert!(!fx.root.join(&sha_a).exists() && !fx.root.join(format!("{sha_a}.done")).exists());
         assert!(fx.root.join(&sha_b).join("app/Procfile").is_file());
         assert!(fx.root.join(&sha_c).join("app/Procfile").is_file());
@@ -2784,7 +2784,7 @@ mod tests {
         drop(busy);
         assert_eq!(
             SlugCache::collect(&fx.root, &in_use, idle).unwrap(),
-            [sha_c.clone()]
+            [sha_c.as_str()]
         );
 
         // A collected layer is unpacked again when asked for.
