@@ -380,6 +380,7 @@ fn host_config(state_dir: &Path, args: &DaemonArgs) -> HostConfig {
     }
     net.allow_egress.clone_from(&args.allow_egress);
     net.router_addresses.clone_from(&args.router_addresses);
+    net.resolvers = netpolicy::dyno_resolvers();
     host
 }
 
@@ -408,11 +409,21 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
     }
     let env = parse_env(&args.env)?;
     let slug = match args.slug {
-        Some(path) => Some(SlugSource {
-            path: std::fs::canonicalize(&path)
-                .with_context(|| format!("slug {} not found", path.display()))?,
-            sha256: args.sha256,
-        }),
+        Some(path) => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("slug {} not found", path.display()))?;
+            // The digest goes into `dyno.json`, which is how `gc` knows the layer is in
+            // use; hashing here rather than in the shim costs nothing more.
+            let sha256 = match args.sha256 {
+                Some(sha256) => sha256,
+                None => slug::sha256_file(&path)
+                    .with_context(|| format!("cannot read slug {}", path.display()))?,
+            };
+            Some(SlugSource {
+                path,
+                sha256: Some(sha256),
+            })
+        }
         None => None,
     };
     let config = DynoConfig {

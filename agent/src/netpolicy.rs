@@ -8,9 +8,12 @@
 //!   DNAT rules skip traffic from the bridge, so it is traffic to the host, refused in
 //!   `input`). Dynos reach each other the way Heroku's do: through the router's address.
 //! - **dyno → host**: refused in `input` for every local address (gateway, the host's other
-//!   addresses, 127/8 through `route_localnet`). A resolver on the host is therefore not
-//!   reachable either; dynos need a `resolv.conf` naming a resolver they may reach (see the
-//!   README).
+//!   addresses, 127/8 through `route_localnet`).
+//! - **dyno → its resolvers**: DNS (port 53, TCP and UDP) to the nameservers of the
+//!   `resolv.conf` dynos get ([`dyno_resolv_conf`]) is allowed wherever they are, on this
+//!   host or in a private range, as Docker does: an app that cannot resolve names cannot
+//!   reach its database or an API, and a host's resolver is usually private (a cloud's VPC
+//!   resolver, libvirt's dnsmasq). Only port 53 opens, so the resolver's host stays closed.
 //! - **dyno → elsewhere**: allowed, except the ranges in [`DENIED`] (private, shared, loopback,
 //!   link-local with the metadata address, multicast, reserved), which only the operator's
 //!   [`Destination`] allow-list opens (an app's database on the private network).
@@ -25,6 +28,7 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -196,12 +200,66 @@ impl From<Destination> for String {
     }
 }
 
+/// The host's resolver configuration, which dynos get unless it names only local resolvers.
+pub const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// systemd-resolved's list of the upstream servers it forwards to.
+pub const RESOLVED_UPSTREAM_CONF: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The nameservers in a `resolv.conf` text that a dyno can use: IPv4 ones (dynos have no
+/// IPv6) that are not loopback (a dyno's loopback is its own, with no resolver on it).
+pub fn nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|address| address.parse::<Ipv4Addr>().ok())
+        .filter(|address| !address.is_loopback())
+        .collect()
+}
+
+/// The `resolv.conf` dynos get: the host's, unless it names no resolver a dyno can use
+/// (systemd-resolved's stub `127.0.0.53`, a local dnsmasq on 127.0.0.1); then the upstream
+/// servers systemd-resolved forwards to, as Docker and the kubelet do. `None` when the host
+/// has no `resolv.conf` at all. The paths are parameters so tests can use fixtures.
+pub fn dyno_resolv_conf(host: &Path, upstream: &Path) -> Option<PathBuf> {
+    let usable = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|text| !nameservers(&text).is_empty())
+            .unwrap_or(false)
+    };
+    if usable(host) {
+        Some(host.to_path_buf())
+    } else if usable(upstream) {
+        Some(upstream.to_path_buf())
+    } else {
+        host.exists().then(|| host.to_path_buf())
+    }
+}
+
+/// The resolvers dynos may reach on port 53: those of [`dyno_resolv_conf`] on this host.
+pub fn dyno_resolvers() -> Vec<Ipv4Addr> {
+    dyno_resolv_conf(
+        Path::new(HOST_RESOLV_CONF),
+        Path::new(RESOLVED_UPSTREAM_CONF),
+    )
+    .and_then(|path| std::fs::read_to_string(path).ok())
+    .map(|text| nameservers(&text))
+    .unwrap_or_default()
+}
+
 /// What the policy rules need to know; borrowed from `network::NetworkConfig`.
 pub struct Policy<'a> {
     pub table: &'a str,
     pub bridge: &'a str,
     pub allow_egress: &'a [Destination],
     pub router_addresses: &'a [Cidr],
+    /// Nameservers dynos may reach on port 53 (see [`dyno_resolvers`]).
+    pub resolvers: &'a [Ipv4Addr],
 }
 
 /// Refuses what `matches` matches: TCP with a reset (never rate-limited, so a test or an app
@@ -233,13 +291,25 @@ pub fn filter_rules(policy: &Policy) -> String {
         bridge,
         allow_egress,
         router_addresses,
+        resolvers,
     } = policy;
     let mut rules = String::new();
     let from_dynos = format!("iifname \"{bridge}\"");
+    let dns: Vec<Destination> = resolvers
+        .iter()
+        .map(|address| Destination {
+            network: Cidr {
+                network: *address,
+                prefix: 32,
+            },
+            port: Some(53),
+        })
+        .collect();
+    let allowed: Vec<&Destination> = dns.iter().chain(allow_egress.iter()).collect();
 
-    // input: dyno → this host, only to allow-listed addresses (e.g. a resolver on the host).
+    // input: dyno → this host, only to its resolvers and allow-listed addresses.
     rules += &format!("add rule ip {table} input ct state established,related accept\n");
-    for destination in *allow_egress {
+    for destination in &allowed {
         rules += &allow(table, "input", bridge, destination);
     }
     rules += &refuse(table, "input", &from_dynos);
@@ -252,7 +322,7 @@ pub fn filter_rules(policy: &Policy) -> String {
         "forward",
         &format!("{from_dynos} oifname \"{bridge}\""),
     );
-    for destination in *allow_egress {
+    for destination in &allowed {
         rules += &allow(table, "forward", bridge, destination);
     }
     rules += &refuse(
@@ -346,6 +416,7 @@ mod tests {
             bridge: "manifold0",
             allow_egress: &[],
             router_addresses: &[],
+            resolvers: &[],
         });
         let expected = "add rule ip manifold input ct state established,related accept
 add rule ip manifold input iifname \"manifold0\" meta l4proto tcp reject with tcp reset
@@ -376,6 +447,7 @@ add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-p
             bridge: "b",
             allow_egress: &allow,
             router_addresses: &routers,
+            resolvers: &[Ipv4Addr::new(10, 255, 255, 53)],
         });
         let lines: Vec<&str> = rules.lines().collect();
         let at = |needle: &str| {
@@ -384,6 +456,8 @@ add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-p
                 .position(|l| *l == needle)
                 .unwrap_or_else(|| panic!("{needle} missing from\n{rules}"))
         };
+        let dns_in = at("add rule ip t input iifname \"b\" ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept");
+        let dns_fwd = at("add rule ip t forward iifname \"b\" ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept");
         let db_in = at("add rule ip t input iifname \"b\" ip daddr 10.0.5.20 meta l4proto { tcp, udp } th dport 5432 accept");
         let net_fwd = at("add rule ip t forward iifname \"b\" ip daddr 192.168.7.0/24 accept");
         let routers = at("add rule ip t forward oifname \"b\" ct status dnat ip saddr { 10.79.0.2, 10.80.0.0/24 } accept");
@@ -393,11 +467,40 @@ add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-p
             at("add rule ip t forward iifname \"b\" oifname \"b\" meta l4proto tcp reject with tcp reset");
         let refuse_into =
             at("add rule ip t forward oifname \"b\" meta l4proto tcp reject with tcp reset");
-        assert!(db_in < refuse_in);
+        assert!(db_in < refuse_in && dns_in < refuse_in);
+        assert!(dyno_to_dyno < dns_fwd && dns_fwd < refuse_into);
         assert!(
             dyno_to_dyno < net_fwd,
             "no allow-list entry opens dyno-to-dyno"
         );
         assert!(net_fwd < routers && routers < refuse_into);
+    }
+
+    #[test]
+    fn nameservers_are_the_ipv4_non_loopback_ones() {
+        let text = "# generated\nsearch example.com\nnameserver 127.0.0.53\n\
+                    nameserver 10.255.255.53\nnameserver   192.0.2.1 # comment\n\
+                    nameserver fe80::1\nnameserverx 1.1.1.1\noptions edns0\n";
+        assert_eq!(
+            nameservers(text),
+            [Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(192, 0, 2, 1)]
+        );
+    }
+
+    #[test]
+    fn a_stub_resolver_gives_way_to_its_upstream_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("resolv.conf");
+        let upstream = dir.path().join("upstream.conf");
+        let missing = dir.path().join("missing");
+        assert_eq!(dyno_resolv_conf(&host, &upstream), None);
+
+        std::fs::write(&host, "nameserver 127.0.0.53\n").unwrap();
+        assert_eq!(dyno_resolv_conf(&host, &missing), Some(host.clone()));
+        std::fs::write(&upstream, "nameserver 10.0.0.2\n").unwrap();
+        assert_eq!(dyno_resolv_conf(&host, &upstream), Some(upstream.clone()));
+
+        std::fs::write(&host, "nameserver 10.255.255.53\n").unwrap();
+        assert_eq!(dyno_resolv_conf(&host, &upstream), Some(host));
     }
 }

@@ -180,6 +180,9 @@ pub struct NetworkConfig {
     /// Sources besides this host that may connect to published ports: the routers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub router_addresses: Vec<Cidr>,
+    /// Nameservers dynos may reach on port 53: those of the `resolv.conf` they get.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<Ipv4Addr>,
 }
 
 impl Default for NetworkConfig {
@@ -194,6 +197,7 @@ impl Default for NetworkConfig {
             table: "manifold".to_string(),
             allow_egress: Vec::new(),
             router_addresses: Vec::new(),
+            resolvers: Vec::new(),
         }
     }
 }
@@ -651,6 +655,7 @@ fn host_script(cfg: &NetworkConfig) -> String {
         bridge,
         allow_egress: &cfg.allow_egress,
         router_addresses: &cfg.router_addresses,
+        resolvers: &cfg.resolvers,
     });
     format!(
         "table ip {table} {{
@@ -1444,6 +1449,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                 bridge: "manifold0",
                 allow_egress: &[],
                 router_addresses: &[],
+                resolvers: &[],
             }))
         );
         let routed = NetworkConfig {
@@ -1910,6 +1916,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                 table: tag,
                 allow_egress: Vec::new(),
                 router_addresses: Vec::new(),
+                resolvers: Vec::new(),
             };
             let host = Self { cfg, _state: state };
             ensure_host(&host.cfg).unwrap();
@@ -2081,6 +2088,19 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         assert_eq!((got.as_str(), seen), ("hello", attachment.address));
         ensure_host(cfg).unwrap();
         assert!(dyno.inside(|| connect(gateway, host_port)).is_err());
+        // Its resolvers answer on port 53 and on no other port, wherever they are (here on
+        // the host itself, which is otherwise closed).
+        let with_resolver = NetworkConfig {
+            resolvers: vec![gateway],
+            ..cfg.clone()
+        };
+        ensure_host(&with_resolver).unwrap();
+        let resolver = TcpListener::bind((gateway, 53)).unwrap();
+        let (got, _) = exchange(&resolver, || dyno.inside(|| connect(gateway, 53)));
+        assert_eq!(got, "hello");
+        assert!(dyno.inside(|| connect(gateway, host_port)).is_err());
+        drop(resolver);
+        ensure_host(cfg).unwrap();
 
         // The published port reaches the dyno from the host, by 127.0.0.1 (masqueraded to
         // the gateway, as a dyno cannot answer 127.0.0.1) and by the gateway address.

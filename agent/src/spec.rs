@@ -11,6 +11,7 @@ use libcontainer::oci_spec::runtime::{get_default_maskedpaths, get_default_reado
 use serde_json::{json, Value};
 
 use crate::dyno::{DynoConfig, DynoDir};
+use crate::netpolicy;
 use crate::seccomp;
 
 /// Errors building a spec.
@@ -123,11 +124,14 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
             &["nosuid", "nodev", "mode=1777", "size=262144k"],
         ),
     ];
-    if Path::new("/etc/resolv.conf").exists() {
+    if let Some(resolv_conf) = netpolicy::dyno_resolv_conf(
+        Path::new(netpolicy::HOST_RESOLV_CONF),
+        Path::new(netpolicy::RESOLVED_UPSTREAM_CONF),
+    ) {
         mounts.push(json!({
             "destination": "/etc/resolv.conf",
             "type": "bind",
-            "source": "/etc/resolv.conf",
+            "source": resolv_conf,
             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
         }));
     }
