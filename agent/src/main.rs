@@ -598,7 +598,6 @@ fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn gc(host: &HostConfig, slug_retention: std::time::Duration) -> anyhow::Result<()> {
-    let mut alive = Vec::new();
     let entries = match std::fs::read_dir(host.dynos_dir()) {
         Ok(e) => e.filter_map(Result::ok).collect::<Vec<_>>(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -608,7 +607,6 @@ fn gc(host: &HostConfig, slug_retention: std::time::Duration) -> anyhow::Result<
         let id = entry.file_name().to_string_lossy().to_string();
         let dir = DynoDir { root: entry.path() };
         if shim_alive(&dir) {
-            alive.push(id);
             continue;
         }
         let errors = shim::remove_dead(&dir)
@@ -621,7 +619,14 @@ fn gc(host: &HostConfig, slug_retention: std::time::Duration) -> anyhow::Result<
     let net = &host.network;
     // Repairs the host's bridge and rules too, in case someone flushed them.
     network::ensure_host(net)?;
-    for id in network::sweep(net, &|id| alive.iter().any(|a| a == id))? {
+    // Asked afresh for each dyno holding a network: a dyno started since the listing above
+    // (by a daemon or another `run`) has its directory before it attaches, so it is kept.
+    let alive = |id: &str| {
+        shim_alive(&DynoDir {
+            root: host.dynos_dir().join(id),
+        })
+    };
+    for id in network::sweep(net, &alive)? {
         println!("released network of {id}");
     }
     if let Ok(owners) = std::fs::read_dir(host.slugs_dir()) {

@@ -450,8 +450,9 @@ enum Veth {
 }
 
 /// Start-up sweep: detaches every dyno that holds a lease or a published port but for which
-/// `alive` says no, and returns their ids. Run it after [`ensure_host`] and before any new
-/// dyno is attached, with `alive` true for every dyno the agent re-adopted.
+/// `alive` says no, and returns their ids. Run it after [`ensure_host`]. `alive` is asked
+/// once per dyno after the leases are read, so while dynos may be starting it must look at
+/// the dyno afresh (its directory exists before it attaches), not at a list made earlier.
 pub fn sweep(
     cfg: &NetworkConfig,
     alive: &dyn Fn(&str) -> bool,

@@ -91,7 +91,16 @@ impl Outbox {
                     self.output_lines += 1;
                 }
             }
-            Kind::Hello(_) | Kind::Logs(_) => {}
+            Kind::Hello(_) => {
+                // The scheduler refuses a link whose first message is not `Hello`: it goes
+                // before everything, lines kept while the link was down included.
+                self.waiting.push_front(Waiting {
+                    kind,
+                    after_lines: 0,
+                });
+                return;
+            }
+            Kind::Logs(_) => {}
         }
         self.waiting.push_back(Waiting { kind, after_lines });
     }
@@ -260,6 +269,32 @@ mod tests {
             out.extend(m.kind);
         }
         out
+    }
+
+    #[test]
+    fn hello_goes_before_the_lines_kept_while_the_link_was_down() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut outbox = Outbox::default();
+        let mut logs = LogShipper::new(LogRate::default(), 100);
+        logs.line("app", "d1", &line("while away"), Instant::now());
+        outbox.push(
+            Kind::Hello(proto::Hello {
+                host_id: "h1".to_string(),
+                ..Default::default()
+            }),
+            logs.queued_total(),
+        );
+        assert_eq!(flush(&mut outbox, &mut logs, &tx), (Flushed::All, 1));
+        let got = received(&mut rx);
+        assert!(
+            matches!(&got[0], Kind::Hello(h) if h.host_id == "h1"),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&got[1], Kind::Logs(b) if b.lines[0].message == "while away"),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 2);
     }
 
     #[test]

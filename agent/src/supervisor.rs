@@ -502,6 +502,7 @@ impl ShimIdentity {
             Some((ticks, boot)) => {
                 boot_id().is_ok_and(|b| &b == boot)
                     && start_ticks(self.pid).is_ok_and(|t| t == *ticks)
+                    && !exited(self.pid)
             }
             None => std::fs::read(format!("/proc/{}/cmdline", self.pid))
                 .is_ok_and(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"shim")),
@@ -523,6 +524,19 @@ fn start_ticks(pid: i32) -> io::Result<u64> {
                 format!("/proc/{pid}/stat has no start time"),
             )
         })
+}
+
+/// Whether `pid` has ended and waits to be reaped (a zombie, state `Z`, or `X`): it keeps
+/// its start time until its parent reaps it, and a shim whose parent is an init that reaps
+/// late must not count as running.
+fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|s| s == "Z" || s == "X")
+        })
+        .unwrap_or(false)
 }
 
 fn boot_id() -> io::Result<String> {
@@ -926,6 +940,24 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn a_shim_that_exited_is_not_alive_before_it_is_reaped() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as i32;
+        let shim = ShimIdentity::of(pid).expect("identity");
+        // Not waited for yet: a zombie, which keeps its pid and start time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "true did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(start_ticks(pid).ok(), shim.started.as_ref().map(|s| s.0));
+        assert!(!shim.is_alive());
+        child.wait().expect("reap");
+    }
 
     #[test]
     fn a_shim_is_known_by_its_start_time_not_its_pid_alone() {

@@ -159,6 +159,29 @@ impl Background {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         self.child.take().unwrap().wait_with_output().unwrap()
     }
+
+    /// Reads the dyno's output until a line holds `want`, then stops it as [`Background::stop`]
+    /// does; the output returned has every line, those read while waiting included. For
+    /// what the supervisor reports on its own time (a web dyno is `up` once its probe
+    /// connected, which may come after a client already had an answer).
+    pub fn stop_after(mut self, want: &str) -> Output {
+        use std::io::{BufRead, Read};
+        let mut stdout =
+            std::io::BufReader::new(self.child.as_mut().unwrap().stdout.take().unwrap());
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen)
+            .lines()
+            .any(|l| l.contains(want))
+        {
+            let read = stdout.read_until(b'\n', &mut seen).unwrap();
+            assert!(read > 0, "the dyno ended before a line with {want:?}");
+        }
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        stdout.read_to_end(&mut seen).unwrap();
+        let mut output = self.child.take().unwrap().wait_with_output().unwrap();
+        output.stdout = seen;
+        output
+    }
 }
 
 impl Drop for Background {

@@ -314,7 +314,7 @@ fn web_dyno_answers_through_the_published_port() {
     );
     let body = http_get_ok(port, "/index.html", Duration::from_secs(30));
     assert!(body.ends_with("hello from a dyno\n"), "{body}");
-    let out = dyno.stop();
+    let out = dyno.stop_after("State changed from starting to up");
     let p = platform_lines(&out);
     assert_has(&p, "State changed from starting to up");
     assert_has(&p, "State changed from up to down");
@@ -464,6 +464,20 @@ fn dyno_outlives_the_process_that_started_it() {
         text.contains("\"type\":\"exited\""),
         "the exit status was recorded: {text}"
     );
+    // The shim exits just after it records the clean-up; until then it is running and gc
+    // rightly keeps its directory.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(format!("/proc/{shim}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .starts_with('Z')
+    }) {
+        assert!(Instant::now() < deadline, "the shim did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let gc = Command::new(BIN).arg("gc").output().unwrap();
     assert!(
         gc.status.success(),

@@ -276,9 +276,10 @@ fn a_dynos_config_vars_are_in_files_only_root_can_read() {
     assert!(std::fs::read_to_string(dir.join("bundle/config.json"))
         .unwrap()
         .contains(&marker));
-    // Not listable by others, but searchable: the dyno's user namespace root must reach its
-    // root filesystem through it, and did (the dyno runs).
-    assert_eq!(mode(&dir), 0o711);
+    // Closed to host users: only root and the group of the dyno's user namespace root, which
+    // must reach its root filesystem through it, and did (the dyno runs).
+    assert_eq!(mode(&dir), 0o710);
+    assert_eq!(std::fs::metadata(&dir).unwrap().uid(), 0);
     let out = dyno.stop();
     assert_has(&app_lines(&out), "running");
 }
