@@ -92,6 +92,31 @@ fn refused_syscalls_fail_inside_a_dyno_and_process_creation_works() {
     assert_eq!(got, want, "errno per call (0: it worked)");
 }
 
+/// The filter covers the host's own ABI only: a syscall through the i386 or x32 ABI (closed
+/// tables, not filtered ones) kills the process that makes it.
+#[test]
+fn syscalls_through_compatibility_abis_kill_the_caller() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = build_probe(tmp.path());
+    let out = run(
+        &["--name", "worker.1", "--mount", &mount],
+        "/.probe/probe compat",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let got = key_values(&app_lines(&out));
+    let sigsys = libc::SIGSYS.to_string();
+    for abi in ["int80", "x32"] {
+        assert_eq!(
+            got.get(abi).map(String::as_str),
+            Some(format!("signal {sigsys}").as_str()),
+            "{abi}: {got:?}"
+        );
+    }
+}
+
 /// Python's threads, subprocesses, asyncio and multiprocessing, and Node's child processes,
 /// worker threads, `fs.watch` and an HTTP round trip: what apps and buildpacks use, under the
 /// allow-list (glibc's `clone3` falls back to `clone`, `faccessat2` and friends are there).

@@ -6,6 +6,8 @@
  *   probe euid       prints `euid=N`
  *   probe inotify    opens inotify instances until refused, prints `inotify=N errno=E`,
  *                    then holds them until killed
+ *   probe compat     makes a syscall through the i386 (`int $0x80`) and the x32 ABI, each
+ *                    in a child, and prints `NAME=signal S` (killed) or `NAME=status S`
  *
  * Raw syscall(2) everywhere: libc wrappers might not exist or might hide the errno. */
 #define _GNU_SOURCE
@@ -121,6 +123,30 @@ static int inotify(void) {
     return 0;
 }
 
+/* Runs `call` in a child and reports how the child ended. */
+static void in_child(const char *name, void (*call)(void)) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        call();
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status))
+        printf("%s=signal %d\n", name, WTERMSIG(status));
+    else
+        printf("%s=status %d\n", name, WEXITSTATUS(status));
+}
+
+static void int80_getpid(void) {
+    long ret = 20; /* getpid on i386 */
+    __asm__ volatile("int $0x80" : "+a"(ret) : : "memory");
+}
+
+static void x32_getpid(void) {
+    syscall(0x40000000L | 39 /* __X32_SYSCALL_BIT | getpid */);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 2 && strcmp(argv[1], "syscalls") == 0)
@@ -131,6 +157,11 @@ int main(int argc, char **argv) {
     }
     if (argc == 2 && strcmp(argv[1], "inotify") == 0)
         return inotify();
-    fprintf(stderr, "usage: probe syscalls|euid|inotify\n");
+    if (argc == 2 && strcmp(argv[1], "compat") == 0) {
+        in_child("int80", int80_getpid);
+        in_child("x32", x32_getpid);
+        return 0;
+    }
+    fprintf(stderr, "usage: probe syscalls|euid|inotify|compat\n");
     return 2;
 }
