@@ -161,7 +161,20 @@ fn prepare_in(
     };
     let out = work.join("out");
     let env_dir = work.join("env");
-    for dir in [&out, &env_dir, &req.cache_dir] {
+    // The build's directory (its sources, output and config) and the app's build cache each
+    // hold at most the build size's disk quota; the build's writable layer is a dyno's.
+    let disk = req.size.limits().disk;
+    for dir in [&work, &req.cache_dir] {
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(prep(parent))?;
+        }
+        if let crate::quota::Made::Unlimited(why) =
+            crate::quota::limited_dir(dir, disk).map_err(prep(dir))?
+        {
+            tracing::debug!(path = %dir.display(), "no disk quota: {why}");
+        }
+    }
+    for dir in [&out, &env_dir] {
         fs::create_dir_all(dir).map_err(prep(dir))?;
     }
     // What the build writes (setuid files included) is out of other host users' reach.

@@ -513,6 +513,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         source,
     };
     std::fs::create_dir_all(config.host.dynos_dir()).map_err(state_err)?;
+    for dir in [config.host.dynos_dir(), state_dir.join("builds")] {
+        match crate::quota::check(&dir) {
+            crate::quota::Made::Limited => tracing::info!("disk quotas on in {}", dir.display()),
+            crate::quota::Made::Unlimited(why) => tracing::warn!(
+                "dynos and builds in {} have no disk quota: {why} (README, \"Disk quotas\")",
+                dir.display()
+            ),
+        }
+    }
     let state = AgentState::load(&AgentState::path(&state_dir)).map_err(state_err)?;
     let (inputs_tx, mut inputs) = mpsc::unbounded_channel();
     let config = Arc::new(config);

@@ -364,12 +364,20 @@ impl DynoDir {
         self.root.join("console.sock")
     }
 
+    /// What the dyno writes: its overlay's upper and work directories, under the size's disk
+    /// quota where the host allows it ([`crate::quota`]). Apart from the rest of the dyno's
+    /// directory, so that a dyno that filled its quota still has its log and its exit
+    /// recorded.
+    pub fn disk(&self) -> PathBuf {
+        self.root.join("disk")
+    }
+
     pub fn upper(&self) -> PathBuf {
-        self.root.join("upper")
+        self.disk().join("upper")
     }
 
     pub fn work(&self) -> PathBuf {
-        self.root.join("work")
+        self.disk().join("work")
     }
 
     pub fn write_config(&self, config: &DynoConfig) -> io::Result<()> {

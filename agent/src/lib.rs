@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod netpolicy;
 pub mod network;
 pub mod outbox;
+pub mod quota;
 pub mod relay;
 pub mod restart;
 pub mod rootfs;

@@ -69,6 +69,7 @@ use crate::cgroup::{self, Layout, ShimCgroup};
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
 use crate::logs::{timestamp, LineBudget, LineSplitter};
 use crate::network;
+use crate::quota;
 use crate::rootfs::{self, Overlay};
 use crate::slug::{SlugCache, UnpackLimits};
 use crate::spec;
@@ -331,6 +332,11 @@ impl Shim {
         };
         let app_owner = c.slug.is_none().then_some(c.host_ids());
         rootfs::close_to_host_users(&self.dir.root, c.host.host_ids(0, 0).1).step("rootfs")?;
+        if let quota::Made::Unlimited(why) =
+            quota::limited_dir(&self.dir.disk(), c.size.limits().disk).step("disk")?
+        {
+            tracing::debug!("dyno {}: no disk quota: {why}", c.id);
+        }
         overlay.mount(app_owner).step("rootfs")?;
         let binds: Vec<_> = c
             .mounts
@@ -784,7 +790,7 @@ pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>)
     if let Err(err) = rootfs::unmount(&dir.rootfs()) {
         errors.push(format!("rootfs: {err}"));
     }
-    for d in [dir.bundle(), dir.upper(), dir.work()] {
+    for d in [dir.bundle(), dir.disk()] {
         match fs::remove_dir_all(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

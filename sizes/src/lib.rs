@@ -41,6 +41,10 @@ pub struct Limits {
     pub pids: i64,
     /// Whether the dyno sleeps when its app sees no web traffic.
     pub sleeps: bool,
+    /// Bytes the dyno's writable layer (or a build's directories) may hold. Heroku states no
+    /// figure for its ephemeral filesystem; these keep one dyno from filling a host's disk
+    /// and grow with the size as its RAM does.
+    pub disk: u64,
 }
 
 impl DynoSize {
@@ -80,13 +84,13 @@ impl DynoSize {
 
     /// The limits for this size (HEROKU-SPEC §7: RAM, "compute" share, max procs+threads).
     pub fn limits(self) -> Limits {
-        let (quota_mib, shares, pids, sleeps) = match self {
-            DynoSize::Eco => (512, 1024, 256, true),
-            DynoSize::Basic => (512, 1024, 256, false),
-            DynoSize::Standard1X => (512, 1024, 256, false),
-            DynoSize::Standard2X => (1024, 2048, 512, false),
-            DynoSize::PerformanceM => (2560, 12 * 1024, 16384, false),
-            DynoSize::PerformanceL => (14336, 50 * 1024, 32768, false),
+        let (quota_mib, shares, pids, sleeps, disk_gib) = match self {
+            DynoSize::Eco => (512, 1024, 256, true, 1),
+            DynoSize::Basic => (512, 1024, 256, false, 1),
+            DynoSize::Standard1X => (512, 1024, 256, false, 2),
+            DynoSize::Standard2X => (1024, 2048, 512, false, 4),
+            DynoSize::PerformanceM => (2560, 12 * 1024, 16384, false, 8),
+            DynoSize::PerformanceL => (14336, 50 * 1024, 32768, false, 32),
         };
         Limits {
             memory_quota: quota_mib * MIB,
@@ -94,6 +98,7 @@ impl DynoSize {
             cpu_shares: shares,
             pids,
             sleeps,
+            disk: disk_gib * 1024 * MIB,
         }
     }
 }
@@ -149,6 +154,8 @@ mod tests {
         assert_eq!(DynoSize::PerformanceL.limits().memory_quota, 14336 * MIB);
         assert_eq!(DynoSize::PerformanceL.limits().pids, 32768);
         assert!(DynoSize::Eco.limits().sleeps);
+        assert_eq!(DynoSize::Eco.limits().disk, 1024 * MIB);
+        assert_eq!(DynoSize::Standard2X.limits().disk, 4096 * MIB);
         assert!(!DynoSize::Basic.limits().sleeps);
     }
 
