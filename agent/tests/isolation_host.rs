@@ -109,7 +109,7 @@ fn a_setuid_file_made_in_a_dyno_gives_host_users_nothing() {
     let mut live = Live::start(&mut cmd);
     let id = live.value("id=");
     let dir = dyno_dir(&id);
-    let upper = dir.join("upper/app/probe");
+    let upper = dir.join("disk/upper/app/probe");
     let merged = dir.join("bundle/rootfs/app/probe");
 
     // The setuid file is there on the host, in the dyno's upper directory.

@@ -38,7 +38,13 @@ fn dyno_resources() -> Vec<String> {
     found.extend(
         mounts
             .lines()
-            .filter(|l| l.contains("/var/lib/manifold/dynos"))
+            // Mounts below the dynos directory (which may be a mount itself: scripts/setup
+            // puts it on btrfs for disk quotas).
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|p| p.starts_with("/var/lib/manifold/dynos/"))
+            })
             .map(|l| format!("mount {l}")),
     );
     for controller in std::fs::read_dir("/sys/fs/cgroup")
