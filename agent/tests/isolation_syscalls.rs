@@ -14,19 +14,24 @@ use common::*;
 const EPERM: &str = "1";
 const ENOSYS: &str = "38";
 
+/// Runs the probe in `mode` in a dyno; its `name=value` lines.
+fn probe(mode: &str) -> BTreeMap<String, String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = build_probe(tmp.path());
+    let out = run(
+        &["--name", "worker.1", "--mount", &mount],
+        &format!("/.probe/probe {mode}"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    key_values(&app_lines(&out))
+}
+
 #[test]
 fn refused_syscalls_fail_inside_a_dyno_and_process_creation_works() {
     if !ready() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let mount = build_probe(tmp.path());
-    let out = run(
-        &["--name", "worker.1", "--mount", &mount],
-        "/.probe/probe syscalls",
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    let got = key_values(&app_lines(&out));
+    let got = probe("syscalls");
 
     let mut want: BTreeMap<&str, &str> = BTreeMap::new();
     // Process creation without a new namespace: fork, plain clone, threads.
@@ -99,14 +104,7 @@ fn syscalls_through_compatibility_abis_kill_the_caller() {
     if !ready() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let mount = build_probe(tmp.path());
-    let out = run(
-        &["--name", "worker.1", "--mount", &mount],
-        "/.probe/probe compat",
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    let got = key_values(&app_lines(&out));
+    let got = probe("compat");
     let sigsys = libc::SIGSYS.to_string();
     for abi in ["int80", "x32"] {
         assert_eq!(
