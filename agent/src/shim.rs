@@ -67,6 +67,7 @@ use nix::unistd::{pipe2, setsid, Pid};
 
 use crate::cgroup::{self, Layout, ShimCgroup};
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
+use crate::inotify;
 use crate::logs::{timestamp, LineBudget, LineSplitter};
 use crate::network;
 use crate::quota;
@@ -381,6 +382,13 @@ impl Shim {
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
             .step("container")?;
+        // Its user namespace exists and its command has not started: give the namespace its
+        // own inotify limits, so that the dyno cannot use up host root's.
+        if let Err(err) = inotify::raise_host_limit(Path::new("/proc/sys"))
+            .and_then(|()| inotify::limit_dyno(Pid::from_raw(pid.as_raw())))
+        {
+            tracing::warn!("dyno {}: inotify limits not set: {err}", c.id);
+        }
         // The dyno's cgroups exist now; its command has not started, so all it writes is
         // relayed on the dyno's CPU. Not joining costs the host, not the dyno: warned about.
         let cgroup_path = format!("/{}/{}", c.host.cgroup_parent, c.id);

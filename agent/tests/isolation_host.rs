@@ -160,3 +160,37 @@ fn a_setuid_file_made_in_a_dyno_gives_host_users_nothing() {
     );
     live.dyno.stop();
 }
+
+/// A dyno's inotify instances are counted in its own user namespace, up to its limit: one
+/// holding all it can get leaves host root (the agent, systemd, root's services) with room.
+#[test]
+fn a_dyno_using_up_its_inotify_instances_leaves_host_root_its_own() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = build_probe(tmp.path());
+    let mut live = Live::start(&mut agent_run(
+        &["--name", "worker.1", "--mount", &mount],
+        "/.probe/probe inotify",
+    ));
+    // `N errno=E`: it opened N, then was refused with E (EMFILE), and holds them.
+    let held = live.value("inotify=");
+    assert_eq!(
+        held,
+        format!(
+            "{} errno={}",
+            manifold_agent::inotify::DYNO_INSTANCES,
+            libc::EMFILE
+        ),
+        "the dyno's own limit stopped it"
+    );
+    // Host root still gets instances while the dyno holds its own.
+    let mine: Vec<_> = (0..16)
+        .map(|_| nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC))
+        .collect::<Result<_, _>>()
+        .expect("host root gets inotify instances");
+    drop(mine);
+    let out = live.dyno.stop();
+    assert!(out.status.code().is_some(), "{out:?}");
+}
