@@ -4,9 +4,9 @@
 //!
 //! Why btrfs: the kernels Manifold meets may lack `CONFIG_QUOTA` (this project's own does:
 //! XFS and ext4 project quotas, Docker's `overlay2` `size=`, cannot be mounted there), while
-//! btrfs qgroups are part of btrfs itself. A subvolume and its limit are two ioctls (about
-//! 1 ms per start, BENCHMARKS.md); removing the directory removes the subvolume, and the
-//! kernel drops its qgroup once the subvolume is gone.
+//! btrfs qgroups are part of btrfs itself. A subvolume and its limit are two ioctls (nothing
+//! measurable before a dyno's first line; its removal about 1.5 ms: BENCHMARKS.md); removing
+//! the directory removes the subvolume, and the kernel drops its qgroup once it is gone.
 //!
 //! Where the state directory is not on btrfs, or quotas are not enabled on it, directories
 //! are made plain and unlimited, and [`Made::Unlimited`] says why: the agent warns once at
