@@ -480,17 +480,15 @@ async fn follow(
         Ok(None) => {}
         Err(err) => tracing::warn!("cannot tune cgroup migrations: {err}"),
     }
+    // Before the shim exists: a SIGTERM that comes while the dyno starts must stop it, not
+    // kill this process (the default action) and leave the dyno running without anyone.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let dyno = Dyno::start(config, std::env::current_exe()?).await?;
     let (line_tx, mut line_rx) = mpsc::unbounded_channel::<LogLine>();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => {}

@@ -262,15 +262,11 @@ fn a_stop_as_the_dyno_starts_reaches_the_app() {
     if !ready() {
         return;
     }
+    let marker = format!("{:016x}", rand::random::<u64>());
+    let command = format!("sleep 100 # {marker}");
     for _ in 0..3 {
         let dyno = Background::spawn(Command::new(BIN).args([
-            "run",
-            "--name",
-            "worker.1",
-            "--grace",
-            "60s",
-            "--",
-            "sleep 100",
+            "run", "--name", "worker.1", "--grace", "60s", "--", &command,
         ]));
         let out = dyno.stop();
         let p = platform_lines(&out);
@@ -280,6 +276,17 @@ fn a_stop_as_the_dyno_starts_reaches_the_app() {
         );
         assert_ne!(out.status.code(), Some(137), "{}", stdout(&out));
     }
+    // However early the stop came, no dyno was left running without its `run`: either
+    // `run` had not started one yet, or it stopped it and removed its directory.
+    let left: Vec<_> = std::fs::read_dir("/var/lib/manifold/dynos")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|d| {
+            std::fs::read_to_string(d.path().join("dyno.json")).is_ok_and(|j| j.contains(&marker))
+        })
+        .map(|d| d.path())
+        .collect();
+    assert!(left.is_empty(), "dynos left running: {left:?}");
 }
 
 #[test]
