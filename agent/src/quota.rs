@@ -15,11 +15,10 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
-use nix::sys::stat::Mode;
 use nix::sys::statfs::BTRFS_SUPER_MAGIC;
 
 /// The inode number of every subvolume's root directory.
@@ -100,13 +99,7 @@ pub fn limited_dir(path: &Path, bytes: u64) -> io::Result<Made> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => create_subvolume(parent, path)?,
         Err(err) => return Err(err),
     }
-    let dir = open(
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(io::Error::from)?;
-    let dir = unsafe_owned(dir);
+    let dir = open_dir(path, libc::O_NOFOLLOW)?;
     let mut args = QgroupLimitArgs {
         qgroup: 0,
         limit: QgroupLimit {
@@ -155,22 +148,18 @@ fn create_subvolume(parent: &Path, path: &Path) -> io::Result<()> {
         name: [0; 4088],
     };
     args.name[..name.len()].copy_from_slice(name);
-    let dir = open(
-        parent,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io::Error::from)?;
-    let dir = unsafe_owned(dir);
+    let dir = open_dir(parent, 0)?;
     // SAFETY: `args` is a live `btrfs_ioctl_vol_args` with a NUL-terminated name.
     unsafe { subvolume_create(dir.as_raw_fd(), &args) }.map_err(io::Error::from)?;
     Ok(())
 }
 
-/// Takes ownership of a descriptor `open` returned, so it is closed on every path.
-fn unsafe_owned(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
-    // SAFETY: `fd` was just returned by open(2) and is owned by nobody else.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+/// Opens a directory for its ioctls (read-only, close-on-exec, plus `flags`).
+fn open_dir(path: &Path, flags: i32) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | flags)
+        .open(path)
 }
 
 #[cfg(test)]

@@ -501,8 +501,7 @@ impl ShimIdentity {
         match &self.started {
             Some((ticks, boot)) => {
                 boot_id().is_ok_and(|b| &b == boot)
-                    && start_ticks(self.pid).is_ok_and(|t| t == *ticks)
-                    && !exited(self.pid)
+                    && proc_stat(self.pid).is_ok_and(|(state, t)| t == *ticks && !exited(state))
             }
             None => std::fs::read(format!("/proc/{}/cmdline", self.pid))
                 .is_ok_and(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"shim")),
@@ -510,33 +509,36 @@ impl ShimIdentity {
     }
 }
 
-/// Field 22 of `/proc/PID/stat`, the process's start time in clock ticks after boot. The
-/// command name (field 2) may hold spaces and parentheses, so fields are counted after
-/// its closing parenthesis.
+/// Field 22 of `/proc/PID/stat`, the process's start time in clock ticks after boot.
 fn start_ticks(pid: i32) -> io::Result<u64> {
+    proc_stat(pid).map(|(_, ticks)| ticks)
+}
+
+/// The state (field 3) and start time (field 22) of `/proc/PID/stat`, from one read. The
+/// command name (field 2) may hold spaces and parentheses, so fields are counted after its
+/// closing parenthesis.
+fn proc_stat(pid: i32) -> io::Result<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|t| t.parse().ok())
+        .and_then(|(_, rest)| {
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let ticks = fields.nth(18)?.parse().ok()?;
+            Some((state, ticks))
+        })
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/stat has no start time"),
+                format!("/proc/{pid}/stat has no state and start time"),
             )
         })
 }
 
-/// Whether `pid` has ended and waits to be reaped (a zombie, state `Z`, or `X`): it keeps
-/// its start time until its parent reaps it, and a shim whose parent is an init that reaps
-/// late must not count as running.
-fn exited(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|s| s == "Z" || s == "X")
-        })
-        .unwrap_or(false)
+/// Whether a process in this state has ended and waits to be reaped (a zombie, `Z`, or `X`):
+/// it keeps its start time until its parent reaps it, and a shim whose parent is an init
+/// that reaps late must not count as running.
+fn exited(state: char) -> bool {
+    matches!(state, 'Z' | 'X')
 }
 
 fn boot_id() -> io::Result<String> {
@@ -950,7 +952,7 @@ mod tests {
         let shim = ShimIdentity::of(pid).expect("identity");
         // Not waited for yet: a zombie, which keeps its pid and start time.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !exited(pid) {
+        while !proc_stat(pid).is_ok_and(|(state, _)| exited(state)) {
             assert!(std::time::Instant::now() < deadline, "true did not exit");
             std::thread::sleep(Duration::from_millis(10));
         }
