@@ -164,6 +164,18 @@ fn prepare_in(
     // The build's directory (its sources, output and config) and the app's build cache each
     // hold at most the build size's disk quota; the build's writable layer is a dyno's.
     let disk = req.size.limits().disk;
+    // The build runs as the dyno user of the app's id range: it must own what it writes.
+    let (uid, gid) = host.host_ids(DYNO_UID, DYNO_GID);
+    // A cache made under another id range (the app's range is new on this host, or dynos
+    // shared one range before) is not the build user's to write. It is only a cache: it
+    // starts afresh (removed without following any link in it).
+    if fs::symlink_metadata(&req.cache_dir).is_ok_and(|m| m.uid() != uid) {
+        tracing::info!(
+            path = %req.cache_dir.display(),
+            "the build cache belongs to another id range; starting it afresh"
+        );
+        fs::remove_dir_all(&req.cache_dir).map_err(prep(&req.cache_dir))?;
+    }
     for dir in [&work, &req.cache_dir] {
         if let Some(parent) = dir.parent() {
             fs::create_dir_all(parent).map_err(prep(parent))?;
@@ -183,11 +195,13 @@ fn prepare_in(
         path: work.clone(),
         source: io::Error::other(e),
     })?;
-    // The build runs as the dyno user: it must own what it writes.
-    let (uid, gid) = host.host_ids(DYNO_UID, DYNO_GID);
     for dir in [&out, &req.cache_dir] {
         chown(dir, Some(uid), Some(gid)).map_err(prep(dir))?;
     }
+    // The cache holds what the app's builds fetched (with credentials at times): the build
+    // user's alone.
+    fs::set_permissions(&req.cache_dir, fs::Permissions::from_mode(0o700))
+        .map_err(prep(&req.cache_dir))?;
     // Config vars are secrets: readable by the build's user only (0600 files in a 0700
     // directory it owns), never by the host's other users.
     fs::set_permissions(&env_dir, fs::Permissions::from_mode(0o700)).map_err(prep(&env_dir))?;
@@ -1002,5 +1016,51 @@ mod tests {
         assert_eq!(env.uid(), host.host_ids(DYNO_UID, DYNO_GID).0);
         assert!(b.dyno.command.starts_with(BIN) && b.dyno.command.contains("--in-place"));
         assert!(b.dyno.slug.as_ref().is_some_and(|s| s.path.exists()));
+    }
+
+    #[test]
+    fn a_cache_of_another_id_range_starts_afresh_and_one_of_its_own_is_kept() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let src = tempfile::tempdir().expect("tempdir");
+        let host = HostConfig::with_state_dir(state.path());
+        let cache = host.build_cache_dir("app");
+        let req = BuildRequest {
+            source: src.path().to_path_buf(),
+            stack: "testing".into(),
+            size: DynoSize::Standard2X,
+            env: BTreeMap::new(),
+            buildpacks: vec![],
+            cache_dir: cache.clone(),
+            slugbuilder: PathBuf::from("/bin/true"),
+            buildpacks_dir: src.path().to_path_buf(),
+            timeout: Duration::from_secs(60),
+            directory_buildpacks: DirectoryBuildpacks::Anywhere,
+            max_slug_bytes: DEFAULT_MAX_SLUG_BYTES,
+        };
+        let (uid, gid) = host.host_ids(DYNO_UID, DYNO_GID);
+        // Made by a build under another range, with a link out of it that must not be
+        // followed when it is removed.
+        let outside = state.path().join("outside");
+        fs::create_dir_all(&outside).expect("outside");
+        fs::write(outside.join("keep"), "x").expect("write");
+        fs::create_dir_all(cache.join("deps")).expect("cache");
+        fs::write(cache.join("deps/old"), "old").expect("write");
+        std::os::unix::fs::symlink(&outside, cache.join("deps/link")).expect("link");
+        chown(&cache, Some(uid + 65_536), Some(gid + 65_536)).expect("chown");
+        prepare(&host, "build-a", &req).expect("prepare");
+        assert!(
+            !cache.join("deps").exists(),
+            "the other range's cache is gone"
+        );
+        assert!(outside.join("keep").exists(), "nothing through its link");
+        let meta = fs::metadata(&cache).expect("cache");
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o700));
+        // The build user's own cache is kept.
+        fs::write(cache.join("mine"), "kept").expect("write");
+        prepare(&host, "build-b", &req).expect("prepare");
+        assert_eq!(
+            fs::read_to_string(cache.join("mine")).expect("kept"),
+            "kept"
+        );
     }
 }

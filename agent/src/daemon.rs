@@ -37,6 +37,7 @@ use crate::build;
 use crate::dyno::{
     write_atomic, AttachSpec, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
+use crate::ids::IdRanges;
 use crate::link::{self, Blobs, LinkEvent, Scheduler};
 use crate::logs::timestamp;
 use crate::logship::{self, LogRate, LogShipper};
@@ -79,6 +80,8 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// How long a slug no dyno uses stays on this host ([`crate::gc`]).
     pub slug_retention: Duration,
+    /// Each app's own user-namespace id range, where dynos get a user namespace.
+    pub ids: Option<IdRanges>,
 }
 
 /// Errors that stop the daemon from starting.
@@ -351,24 +354,8 @@ impl AgentState {
     /// Writes atomically (temporary file, then rename), readable by root only: the
     /// assignments carry the apps' config vars.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename is durable only once the directory is flushed too.
-        match path.parent() {
-            Some(dir) => std::fs::File::open(dir)?.sync_all(),
-            None => Ok(()),
-        }
+        crate::dyno::write_durable(path, &json)
     }
 }
 
@@ -560,7 +547,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     tokio::spawn(link::run(config.scheduler.clone(), link_tx));
-    tokio::spawn(collect_slugs(config.host.clone(), config.slug_retention));
+    tokio::spawn(collect_slugs(
+        config.host.clone(),
+        config.slug_retention,
+        config.ids.clone(),
+    ));
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ship = tokio::time::interval(LOG_FLUSH);
@@ -1089,19 +1080,41 @@ fn stacks(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Removes slugs no dyno has used for `retention`, once an hour ([`crate::gc`]).
-async fn collect_slugs(host: HostConfig, retention: Duration) {
+/// Removes slugs no dyno has used for `retention`, then gives back the id ranges of apps
+/// gone from the host, once an hour ([`crate::gc`], [`crate::ids`]).
+async fn collect_slugs(host: HostConfig, retention: Duration, ids: Option<IdRanges>) {
     let mut every = tokio::time::interval(GC_INTERVAL);
     loop {
         every.tick().await;
         let host = host.clone();
-        match tokio::task::spawn_blocking(move || crate::gc::collect_slugs(&host, retention)).await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!("slug collection failed: {}", chain(&err)),
+        let ids = ids.clone();
+        let collect = move || -> anyhow::Result<()> {
+            crate::gc::collect_slugs(&host, retention)?;
+            if let Some(ids) = ids {
+                ids.release_unused(&host, crate::ids::RELEASE_AFTER)?;
+            }
+            Ok(())
+        };
+        match tokio::task::spawn_blocking(collect).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!("slug collection failed: {err:#}"),
             Err(err) => tracing::warn!("slug collection panicked: {err}"),
         }
     }
+}
+
+/// The host settings a dyno or build of `app` runs with: the app's own id range.
+async fn app_host(config: &DaemonConfig, app: &str) -> Result<HostConfig, String> {
+    let mut host = config.host.clone();
+    if let Some(ids) = config.ids.clone() {
+        let app = app.to_string();
+        let range = tokio::task::spawn_blocking(move || ids.for_app(&app))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        host.userns = Some(range);
+    }
+    Ok(host)
 }
 
 /// How often the daemon collects unused slugs.
@@ -1139,6 +1152,13 @@ async fn launch(
             return;
         }
     };
+    let host = match app_host(&config, &assignment.app).await {
+        Ok(host) => host,
+        Err(err) => {
+            let _ = inputs.send(failed(err));
+            return;
+        }
+    };
     let web = assignment.process_type() == "web";
     let dyno = DynoConfig {
         id: run.clone(),
@@ -1165,7 +1185,7 @@ async fn launch(
         mounts: Vec::new(),
         uid: DYNO_UID,
         gid: DYNO_GID,
-        host: config.host.clone(),
+        host,
         attach: assignment.attach,
         log_rate: Some(config.log_rate),
     };
@@ -1304,24 +1324,13 @@ async fn build_in(
         .buildpacks_dir
         .clone()
         .ok_or("no buildpacks directory configured on this host")?;
-    let app: String = request
-        .app
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
     let req = build::BuildRequest {
         source,
         stack: request.stack.clone(),
         size: DynoSize::Standard2X,
         env: request.env.clone().into_iter().collect(),
         buildpacks: request.buildpacks.clone(),
-        cache_dir: config.host.state_dir.join("cache").join(app),
+        cache_dir: config.host.build_cache_dir(&request.app),
         slugbuilder: config.slugbuilder.clone(),
         buildpacks_dir,
         timeout: Duration::from_secs(15 * 60),
@@ -1331,7 +1340,8 @@ async fn build_in(
         },
         max_slug_bytes: config.max_slug_bytes,
     };
-    let prepared = build::prepare(&config.host, container, &req).map_err(|e| chain(&e))?;
+    let host = app_host(config, &request.app).await?;
+    let prepared = build::prepare(&host, container, &req).map_err(|e| chain(&e))?;
     let result = async {
         let dyno = Dyno::start(prepared.dyno.clone(), config.shim_binary.clone())
             .await

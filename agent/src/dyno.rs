@@ -30,15 +30,25 @@ pub struct HostConfig {
     /// Parent cgroup under which every dyno gets `<cgroup_parent>/<dyno id>`.
     pub cgroup_parent: String,
     pub network: NetworkConfig,
-    /// The user namespace dynos run in, where the host allows one.
+    /// The user namespace a dyno runs in, where the host allows one. In the host's own
+    /// settings, the first of its id ranges (shared by dynos of no app); in a dyno's
+    /// `dyno.json`, its app's range (`ids`).
     #[serde(default)]
     pub userns: Option<UserNamespace>,
+    /// How many id ranges, from `userns` on, the host gives its apps (`ids`).
+    #[serde(default = "default_id_ranges")]
+    pub id_ranges: u32,
+}
+
+fn default_id_ranges() -> u32 {
+    crate::ids::DEFAULT_RANGES
 }
 
 /// A dyno's user namespace: uids and gids `0..size` inside are `host_base..host_base+size`
 /// outside. Root in a dyno is then nobody on the host, and the dyno user (uid 1000) is host
-/// uid `host_base + 1000`, which owns the dyno's `/app`. Every dyno of the host shares the one
-/// range: a per-dyno range would need a slug layer per dyno (or idmapped mounts).
+/// uid `host_base + 1000`, which owns the dyno's `/app`. Each app has a range of its own on a
+/// host (`ids`); the dynos of one app share it, as they share the app's slug layer (a range
+/// per dyno would need a layer per dyno, or idmapped mounts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserNamespace {
     pub host_base: u32,
@@ -70,6 +80,7 @@ impl HostConfig {
             run_dir: PathBuf::from("/run/manifold"),
             cgroup_parent: "manifold".to_string(),
             userns: UserNamespace::host_default(),
+            id_ranges: default_id_ranges(),
         }
     }
 
@@ -127,6 +138,32 @@ impl HostConfig {
 
     pub fn dynos_dir(&self) -> PathBuf {
         self.state_dir.join("dynos")
+    }
+
+    /// Compiled seccomp filters, one per profile (`seccomp::Filter::cached`).
+    pub fn seccomp_dir(&self) -> PathBuf {
+        self.state_dir.join("seccomp")
+    }
+
+    /// Which app has which id range (`ids`).
+    pub fn ids_dir(&self) -> PathBuf {
+        self.state_dir.join("ids")
+    }
+
+    /// An app's build cache (`CACHE_DIR`), kept between its builds. The name is the app's,
+    /// with anything but letters, digits and dashes made `_`.
+    pub fn build_cache_dir(&self, app: &str) -> PathBuf {
+        let name: String = app
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.state_dir.join("cache").join(name)
     }
 
     /// libcontainer's state root.
@@ -407,6 +444,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     write_private(&tmp, bytes)?;
     fs::rename(tmp, path)
+}
+
+/// Like [`write_atomic`], for files that must outlive a reboot: the file and then its
+/// directory are flushed, so that after a power loss it is there whole or not at all.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_private(&tmp, bytes)?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Writes a file with mode 0600 from its creation (never world-readable, even for an

@@ -40,7 +40,9 @@ pub fn raise_host_limit(proc_sys: &Path) -> io::Result<()> {
 /// Sets the limits of the user namespace of process `pid` (a dyno's init, built and not
 /// started yet). Forks a child that enters the namespace, since entering one cannot be
 /// undone; the caller must be single-threaded (the shim is), or the fork could deadlock.
-pub fn limit_dyno(pid: Pid) -> io::Result<()> {
+/// The child works while the caller goes on (the shim wires the dyno's network meanwhile);
+/// [`Limiting::wait`] says how it went, and must be called before the dyno starts.
+pub fn limit_dyno(pid: Pid) -> io::Result<Limiting> {
     let userns = fs::File::open(format!("/proc/{pid}/ns/user"))?;
     let (theirs, ours) = (userns.metadata()?, fs::metadata("/proc/self/ns/user")?);
     if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
@@ -67,12 +69,35 @@ pub fn limit_dyno(pid: Pid) -> io::Result<()> {
             // SAFETY: leaving the forked child without running the parent's destructors.
             unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
         }
-        ForkResult::Parent { child } => match waitpid(child, None).map_err(io::Error::from)? {
+        ForkResult::Parent { child } => Ok(Limiting { child: Some(child) }),
+    }
+}
+
+/// The child of [`limit_dyno`], still at work. Dropped unwaited (the start failed
+/// meanwhile), it is reaped then.
+#[derive(Debug)]
+pub struct Limiting {
+    child: Option<Pid>,
+}
+
+impl Limiting {
+    /// Waits for the child: the limits are set, or why not.
+    pub fn wait(mut self) -> io::Result<()> {
+        let child = self.child.take().expect("waited once");
+        match waitpid(child, None).map_err(io::Error::from)? {
             WaitStatus::Exited(_, 0) => Ok(()),
             status => Err(io::Error::other(format!(
                 "setting the dyno's inotify limits failed ({status:?})"
             ))),
-        },
+        }
+    }
+}
+
+impl Drop for Limiting {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = waitpid(child, None);
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod dyno;
 pub mod gc;
 pub mod host;
+pub mod ids;
 pub mod inotify;
 pub mod link;
 pub mod logs;

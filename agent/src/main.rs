@@ -96,6 +96,10 @@ struct DaemonArgs {
     /// the routers' (default: none, so only this host reaches dynos). Same forms as above.
     #[arg(long, env = "MANIFOLD_ROUTER_ADDRESSES", value_delimiter = ',')]
     router_addresses: Vec<netpolicy::Cidr>,
+    /// How many user-namespace id ranges of 65536 this host gives its apps, one each, from
+    /// host id 100000 on (range 0 is for `run` and `build` from the command line).
+    #[arg(long, env = "MANIFOLD_ID_RANGES", default_value_t = manifold_agent::ids::DEFAULT_RANGES)]
+    id_ranges: u32,
     /// Heartbeat interval.
     #[arg(long, env = "MANIFOLD_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
@@ -319,6 +323,17 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
             .context("cannot read MemTotal from /proc/meminfo: pass --memory")?,
     };
     host.cgroup_parent = args.cgroup_parent;
+    let ids = manifold_agent::ids::IdRanges::new(&host)?;
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for entry in ids.iter().flat_map(|ids| ids.overlaps(&text)) {
+            tracing::warn!(
+                "{file}: `{entry}` overlaps the user-namespace ids this host gives apps' dynos \
+                 (--id-ranges from host id 100000): that user's containers would share ids \
+                 with dynos"
+            );
+        }
+    }
     let exe = std::env::current_exe()?;
     Ok(daemon::DaemonConfig {
         scheduler: link::Scheduler::configure(
@@ -360,6 +375,7 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
         },
         metrics_listen: args.metrics_listen,
         slug_retention: args.slug_retention,
+        ids,
     })
 }
 
@@ -381,6 +397,7 @@ fn host_config(state_dir: &Path, args: &DaemonArgs) -> HostConfig {
     net.allow_egress.clone_from(&args.allow_egress);
     net.router_addresses.clone_from(&args.router_addresses);
     net.resolvers = netpolicy::dyno_resolvers();
+    host.id_ranges = args.id_ranges;
     host
 }
 
@@ -638,6 +655,11 @@ fn gc(host: &HostConfig, slug_retention: std::time::Duration) -> anyhow::Result<
     }
     for sha256 in collected.archives {
         println!("removed slug archive {sha256}");
+    }
+    if let Some(ids) = manifold_agent::ids::IdRanges::new(host)? {
+        for app in ids.release_unused(host, manifold_agent::ids::RELEASE_AFTER)? {
+            println!("gave back the id range of app {app}");
+        }
     }
     Ok(())
 }

@@ -33,8 +33,29 @@
 //! `agent/tests/isolation_syscalls.rs` proves it on the real kernel, so a libseccomp that
 //! ordered them otherwise fails there, not in production). The same spec thus means the same
 //! under libcontainer and under crun/runc (`bench/start.py` runs it under both).
+//!
+//! # Compiled once per host, not once per dyno
+//!
+//! libcontainer compiles a spec's `linux.seccomp` with libseccomp in every container's init:
+//! for this profile that was most of what containment added to a dyno's start (about 3 ms of
+//! 4, BENCHMARKS.md). The shim instead takes the profile out of the spec it hands to
+//! libcontainer, gets the program from [`Filter::cached`] (compiled by libseccomp once per
+//! profile and kept under the host's state directory, keyed by the profile's digest) and
+//! [`Filter::install`]s it as the last step before the dyno's command is executed. The spec
+//! that other runtimes get (`run --print-spec`) still carries the profile.
 
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 /// What the profile does with one syscall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -576,6 +597,221 @@ pub fn profile() -> Value {
     })
 }
 
+/// Why a profile could not be made into a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("the seccomp profile uses {0}, which Manifold's filter compiler does not support")]
+    Unsupported(String),
+    #[error("libseccomp refused the profile: {0}")]
+    Compile(#[from] libseccomp::error::SeccompError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// The kernel's limit on a classic BPF program (`BPF_MAXINSNS`).
+const MAX_INSTRUCTIONS: usize = 4096;
+
+/// A seccomp filter as the kernel takes it: a classic BPF program.
+pub struct Filter {
+    program: Vec<libc::sock_filter>,
+}
+
+impl Filter {
+    /// The filter of `profile`, compiled by libseccomp the first time this host sees the
+    /// profile and read back from `dir` (root's own, 0700) after that. A damaged file is
+    /// compiled anew; two dynos starting at once each write a file of their own and rename it
+    /// into place, so neither reads half a program.
+    pub fn cached(profile: &LinuxSeccomp, dir: &Path) -> Result<Filter, FilterError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FilterError::Io { path, source }
+        };
+        let path = dir.join(format!("{}.bpf", digest(profile)));
+        match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                if let Some(filter) = Filter::read(&mut file).map_err(io_err(&path))? {
+                    return Ok(filter);
+                }
+                tracing::warn!(
+                    "{}: not a seccomp program; compiling it again",
+                    path.display()
+                );
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err(&path)(err)),
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
+        let tmp = dir.join(format!(".{}.{}.tmp", digest(profile), std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        let written = compile(profile)
+            .and_then(|ctx| Ok(ctx.export_bpf(&file)?))
+            .and_then(|()| {
+                file.flush()
+                    .and_then(|()| file.sync_all())
+                    .and_then(|()| file.rewind())
+                    .map_err(io_err(&tmp))
+            })
+            .and_then(|()| Filter::read(&mut file).map_err(io_err(&tmp)))
+            .and_then(|filter| {
+                filter.ok_or_else(|| io_err(&tmp)(io::Error::other("libseccomp wrote no program")))
+            })
+            .and_then(|filter| {
+                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                Ok(filter)
+            });
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// A program read from `file`, or None when it is not one (empty, a partial instruction,
+    /// longer than the kernel takes).
+    fn read(file: &mut File) -> io::Result<Option<Filter>> {
+        let size = std::mem::size_of::<libc::sock_filter>();
+        let mut bytes = Vec::new();
+        file.take((MAX_INSTRUCTIONS * size + 1) as u64)
+            .read_to_end(&mut bytes)?;
+        if bytes.is_empty() || bytes.len() % size != 0 || bytes.len() > MAX_INSTRUCTIONS * size {
+            return Ok(None);
+        }
+        // libseccomp writes the program in the host's byte order, as the kernel reads it.
+        let program = bytes
+            .chunks_exact(size)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Ok(Some(Filter { program }))
+    }
+
+    /// Puts the calling thread under the filter. It must have `no_new_privs` set (the dyno's
+    /// spec asks libcontainer for it) or `CAP_SYS_ADMIN`. Called in the dyno's init after
+    /// libcontainer's last step, just before the command is executed; only a raw syscall, so
+    /// it is safe in the child of a fork.
+    pub fn install(&self) -> io::Result<()> {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(self.program.len()).map_err(io::Error::other)?,
+            filter: self.program.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` points at `self.program`, alive for the call; the kernel copies it.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// Names a profile's compiled program: its JSON's digest (with libseccomp's version, whose
+/// compiler made it).
+fn digest(profile: &LinuxSeccomp) -> String {
+    let mut hash = Sha256::new();
+    hash.update(serde_json::to_vec(profile).unwrap_or_default());
+    let v = libseccomp::ScmpVersion::current()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+        .unwrap_or_default();
+    hash.update(v.as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// libseccomp's filter for `profile`, read as libcontainer reads one: several comparisons
+/// of one argument are alternatives, each its own rule; a rule whose action is the default
+/// one is left out. Only what [`profile`] uses is supported; anything else is refused rather
+/// than half-read.
+fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, FilterError> {
+    if profile.flags().as_ref().is_some_and(|f| !f.is_empty()) || profile.listener_path().is_some()
+    {
+        return Err(FilterError::Unsupported("flags or a listener".into()));
+    }
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
+    let mut ctx = ScmpFilterContext::new(default)?;
+    for arch in profile.architectures().iter().flatten() {
+        let name = serde_json::to_value(arch)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        ctx.add_arch(ScmpArch::from_str(&name)?)?;
+    }
+    for rule in profile.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret())?;
+        if act == default {
+            continue;
+        }
+        let mut comparisons = Vec::new();
+        let mut indexes = Vec::new();
+        for arg in rule.args().iter().flatten() {
+            indexes.push(arg.index());
+            let op = match arg.op() {
+                LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
+                LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+                LinuxSeccompOperator::ScmpCmpMaskedEq => {
+                    ScmpCompareOp::MaskedEqual(arg.value_two().unwrap_or_default())
+                }
+                other => return Err(FilterError::Unsupported(format!("{other:?}"))),
+            };
+            comparisons.push(ScmpArgCompare::new(arg.index() as u32, op, arg.value()));
+        }
+        indexes.sort_unstable();
+        indexes.dedup();
+        let alternatives = indexes.len() < comparisons.len();
+        for name in rule.names() {
+            // A name this libseccomp does not know has no number to filter: it falls to the
+            // default action, as under libcontainer.
+            let Ok(call) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            if comparisons.is_empty() {
+                ctx.add_rule(act, call)?;
+            } else if alternatives {
+                for c in &comparisons {
+                    ctx.add_rule_conditional(act, call, std::slice::from_ref(c))?;
+                }
+            } else {
+                ctx.add_rule_conditional(act, call, &comparisons)?;
+            }
+        }
+    }
+    Ok(ctx)
+}
+
+fn action(action: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, FilterError> {
+    Ok(match action {
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+        LinuxSeccompAction::ScmpActErrno => {
+            ScmpAction::Errno(errno.map_or(libc::EPERM, |e| e as i32))
+        }
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        other => return Err(FilterError::Unsupported(format!("{other:?}"))),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,5 +868,74 @@ mod tests {
             assert_eq!(a["value"], a["valueTwo"], "{a}");
         }
         assert_eq!(profile["defaultErrnoRet"], libc::ENOSYS);
+    }
+
+    fn oci() -> LinuxSeccomp {
+        serde_json::from_value(profile()).expect("the profile is an OCI seccomp object")
+    }
+
+    #[test]
+    fn a_profile_is_compiled_once_and_read_back_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seccomp = dir.path().join("seccomp");
+        let first = Filter::cached(&oci(), &seccomp).expect("compiled");
+        let instructions = first.program.len();
+        assert!(
+            instructions > 100 && instructions <= MAX_INSTRUCTIONS,
+            "{instructions}"
+        );
+        let files: Vec<_> = fs::read_dir(&seccomp).expect("dir").flatten().collect();
+        assert_eq!(files.len(), 1, "one program, no temporary file left");
+        let meta = files[0].metadata().expect("meta");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&seccomp).expect("dir").permissions().mode() & 0o777,
+            0o700
+        );
+        // The second dyno reads what the first compiled: same program, same file.
+        let modified = meta.modified().expect("mtime");
+        let again = Filter::cached(&oci(), &seccomp).expect("read back");
+        assert_eq!(bytes(&again), bytes(&first));
+        assert_eq!(
+            files[0]
+                .metadata()
+                .expect("meta")
+                .modified()
+                .expect("mtime"),
+            modified
+        );
+        // A damaged program (half an instruction) is compiled again.
+        fs::write(files[0].path(), [1, 2, 3]).expect("damage");
+        let mended = Filter::cached(&oci(), &seccomp).expect("recompiled");
+        assert_eq!(bytes(&mended), bytes(&first));
+        // Another profile is another program.
+        let mut other = profile();
+        other["defaultErrnoRet"] = json!(libc::EPERM);
+        let other: LinuxSeccomp = serde_json::from_value(other).expect("oci");
+        Filter::cached(&other, &seccomp).expect("compiled");
+        assert_eq!(fs::read_dir(&seccomp).expect("dir").count(), 2);
+    }
+
+    #[test]
+    fn a_profile_the_compiler_cannot_read_whole_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut trace = profile();
+        trace["syscalls"][0]["action"] = json!("SCMP_ACT_TRACE");
+        let trace: LinuxSeccomp = serde_json::from_value(trace).expect("oci");
+        let err = Filter::cached(&trace, dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("ScmpActTrace"), "{err}");
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("dir").count(),
+            0,
+            "nothing left"
+        );
+    }
+
+    fn bytes(f: &Filter) -> Vec<(u16, u8, u8, u32)> {
+        f.program
+            .iter()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect()
     }
 }

@@ -51,11 +51,15 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use manifold_attach::{exit_status, Frame};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -72,6 +76,7 @@ use crate::logs::{timestamp, LineBudget, LineSplitter};
 use crate::network;
 use crate::quota;
 use crate::rootfs::{self, Overlay};
+use crate::seccomp::Filter;
 use crate::slug::{SlugCache, UnpackLimits};
 use crate::spec;
 
@@ -186,6 +191,28 @@ struct StartFailure {
 
 /// The shim's own OOM score adjustment (kept across libcontainer's `build()`).
 const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
+/// libcontainer's last step in the dyno's init: puts it under its seccomp filter, then
+/// executes the command as libcontainer's default executor does. Between the two only the
+/// `execve`s of the `PATH` lookup run, so the filter need not allow what libcontainer's
+/// setup needs, and a dyno never runs a line of its own code unfiltered.
+#[derive(Clone)]
+struct Filtered {
+    filter: Arc<Filter>,
+}
+
+impl Executor for Filtered {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        self.filter
+            .install()
+            .map_err(|e| ExecutorError::Other(format!("seccomp filter not installed: {e}")))?;
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
 
 trait Step<T> {
     fn step(self, step: &'static str) -> Result<T, StartFailure>;
@@ -346,7 +373,16 @@ impl Shim {
             .collect();
         rootfs::make_mount_points(&self.dir.rootfs(), &binds).step("rootfs")?;
 
-        let spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
+        let mut spec = spec::build(c, &self.dir, spec::shell_for(&stack)).step("spec")?;
+        // The filter is installed by the shim's executor, compiled once per host, rather
+        // than compiled by libcontainer in every dyno (`seccomp` module).
+        let profile = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.seccomp_mut().take())
+            .ok_or_else(|| anyhow::anyhow!("the spec has no seccomp profile"))
+            .step("seccomp")?;
+        let filter = Filter::cached(&profile, &c.host.seccomp_dir()).step("seccomp")?;
         spec::write(&spec, &self.dir).step("spec")?;
         network::ensure_host_cached(&c.host.network).step("network")?;
 
@@ -369,6 +405,9 @@ impl Shim {
                     }
                     None => b.with_console_socket(Some(self.dir.console_socket())),
                 }
+                .with_executor(Filtered {
+                    filter: Arc::new(filter),
+                })
                 .as_init(self.dir.bundle())
                 .with_systemd(false)
                 .with_detach(true)
@@ -383,12 +422,10 @@ impl Shim {
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
             .step("container")?;
         // Its user namespace exists and its command has not started: give the namespace its
-        // own inotify limits, so that the dyno cannot use up host root's.
-        if let Err(err) = inotify::raise_host_limit(Path::new("/proc/sys"))
-            .and_then(|()| inotify::limit_dyno(Pid::from_raw(pid.as_raw())))
-        {
-            tracing::warn!("dyno {}: inotify limits not set: {err}", c.id);
-        }
+        // own inotify limits, so that the dyno cannot use up host root's (a child process
+        // does it while the network is wired below).
+        let limiting = inotify::raise_host_limit(Path::new("/proc/sys"))
+            .and_then(|()| inotify::limit_dyno(Pid::from_raw(pid.as_raw())));
         // The dyno's cgroups exist now; its command has not started, so all it writes is
         // relayed on the dyno's CPU. Not joining costs the host, not the dyno: warned about.
         let cgroup_path = format!("/{}/{}", c.host.cgroup_parent, c.id);
@@ -438,6 +475,9 @@ impl Shim {
         let publish = c.publish.zip(c.port);
         let attachment =
             network::attach(&c.host.network, &c.id, pid.as_raw(), publish).step("network")?;
+        if let Err(err) = limiting.and_then(inotify::Limiting::wait) {
+            tracing::warn!("dyno {}: inotify limits not set: {err}", c.id);
+        }
         container.start().step("start")?;
         self.out.event(ShimEvent::Started {
             pid: pid.as_raw(),

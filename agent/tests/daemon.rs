@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -332,6 +332,26 @@ fn shim_pids(state: &Path) -> HashMap<String, i32> {
         .unwrap_or_default()
 }
 
+/// The host uids of a dyno's processes, its shim aside, read from its cgroups.
+fn dyno_host_uids(id: &str, shim: i32) -> BTreeSet<u32> {
+    cgroup_parents(DYNOS.cgroup_parent)
+        .iter()
+        .filter_map(|parent| std::fs::read_to_string(parent.join(id).join("cgroup.procs")).ok())
+        .flat_map(|procs| {
+            procs
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|pid| *pid != shim)
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            uid.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
 /// Reads agent messages until `want` picks one, or panics after `within`.
 async fn wait_for<T>(
     rx: &mut mpsc::UnboundedReceiver<AgentMessage>,
@@ -480,13 +500,17 @@ async fn daemon_runs_readopts_and_stops_assigned_dynos() {
     assert!(hello.dynos.is_empty());
     assert_eq!(hello.generation, 0);
 
-    let worker = assignment(
-        "d-worker-1",
-        "worker.1",
-        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
-        &sha,
-        size,
-    );
+    // Of another app than the web dyno: each app has its own id range on the host.
+    let worker = Assignment {
+        app: "other".into(),
+        ..assignment(
+            "d-worker-1",
+            "worker.1",
+            "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+            &sha,
+            size,
+        )
+    };
     let web = assignment(
         "d-web-1",
         "web.1",
@@ -513,6 +537,35 @@ async fn daemon_runs_readopts_and_stops_assigned_dynos() {
     assert!(saved.contains("d-web-1") && saved.contains("\"generation\": 1"));
     let before = shim_pids(&state);
     assert_eq!(before.len(), 2, "{before:?}");
+    // Each app's processes are host uids of its own range (range 0, at 100000, is for
+    // dynos of no app); its slug layer is unpacked for that owner.
+    let mut uids: Vec<BTreeSet<u32>> = before
+        .iter()
+        .map(|(id, shim)| dyno_host_uids(id, *shim))
+        .collect();
+    uids.sort();
+    let ranges: Vec<u32> = [1, 2].map(|n| 100_000 + n * 65_536 + 1000).into();
+    assert_eq!(
+        uids,
+        ranges
+            .iter()
+            .map(|u| BTreeSet::from([*u]))
+            .collect::<Vec<_>>(),
+        "host uids of the two apps' dynos"
+    );
+    let mut owners: Vec<String> = std::fs::read_dir(state.join("slugs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    owners.sort();
+    assert_eq!(
+        owners,
+        ranges
+            .iter()
+            .map(|u| format!("{u}-{u}"))
+            .collect::<Vec<_>>()
+    );
 
     // SIGKILL the agent: the dynos keep running and the next agent re-adopts them.
     agent.kill();
