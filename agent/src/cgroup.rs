@@ -57,6 +57,25 @@ pub fn oom_kills(layout: Layout, memory_dir: &Path) -> io::Result<u64> {
         .unwrap_or(0))
 }
 
+/// Keeps a dyno out of swap on cgroup v2, as its spec's `swap` (equal to its memory limit,
+/// v1's memory+swap) does on v1. libcontainer converts that to v2's `memory.swap.max` as
+/// `swap - limit`, which is 0, and skips writing a 0: the dyno would swap without limit.
+/// A kernel without swap accounting has no such file; nothing to do then.
+pub fn forbid_swap(layout: Layout, memory_dir: &Path) -> io::Result<()> {
+    if layout == Layout::V1 {
+        return Ok(());
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(memory_dir.join("memory.swap.max"));
+    match file {
+        Ok(mut file) => io::Write::write_all(&mut file, b"0"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Memory the dyno's processes use, as Heroku counts it for R14: resident anonymous memory
 /// plus swap, without the page cache (v1 `memory.stat` `total_rss` + `total_swap`; v2
 /// `memory.stat` `anon` + `memory.swap.current`).
@@ -290,6 +309,21 @@ pub fn own_cgroups() -> Result<String, ShimCgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_is_forbidden_on_v2_and_left_alone_on_v1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("memory.swap.max");
+        fs::write(&file, "max\n").expect("write");
+        forbid_swap(Layout::V1, dir.path()).expect("v1");
+        assert_eq!(fs::read_to_string(&file).expect("read"), "max\n");
+        forbid_swap(Layout::V2, dir.path()).expect("v2");
+        assert_eq!(fs::read_to_string(&file).expect("read"), "0");
+        // No swap accounting: no file, nothing to do.
+        let none = tempfile::tempdir().expect("tempdir");
+        forbid_swap(Layout::V2, none.path()).expect("no swap accounting");
+        assert!(!none.path().join("memory.swap.max").exists());
+    }
 
     #[test]
     fn reads_oom_kills_from_v1_and_v2_fixtures() {

@@ -192,6 +192,14 @@ struct StartFailure {
 /// The shim's own OOM score adjustment (kept across libcontainer's `build()`).
 const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
+/// The host's cgroup layout and the dyno's memory controller directory.
+fn memory_dir(c: &DynoConfig) -> (Layout, PathBuf) {
+    let root = Path::new("/sys/fs/cgroup");
+    let layout = Layout::detect(root);
+    let cgroup_path = format!("/{}/{}", c.host.cgroup_parent, c.id);
+    (layout, layout.memory_dir(root, &cgroup_path))
+}
+
 /// libcontainer's last step in the dyno's init: puts it under its seccomp filter, then
 /// executes the command as libcontainer's default executor does. Between the two only the
 /// `execve`s of the `PATH` lookup run, so the filter need not allow what libcontainer's
@@ -417,6 +425,8 @@ impl Shim {
         unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.step("container")?;
         let container = self.container.insert(built.step("container")?);
         fs::write(OOM_SCORE_ADJ, own_oom_score_adj.trim()).step("container")?;
+        let (layout, memory) = memory_dir(c);
+        cgroup::forbid_swap(layout, &memory).step("cgroup")?;
         let pid = container
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
@@ -715,10 +725,7 @@ impl Shim {
 
     /// The host's cgroup layout and the dyno's memory cgroup directory.
     fn memory_dir(&self) -> (Layout, PathBuf) {
-        let root = Path::new("/sys/fs/cgroup");
-        let layout = Layout::detect(root);
-        let cgroup_path = format!("/{}/{}", self.config.host.cgroup_parent, self.config.id);
-        (layout, layout.memory_dir(root, &cgroup_path))
+        memory_dir(&self.config)
     }
 
     fn oom_killed(&self) -> bool {
@@ -949,13 +956,29 @@ impl Recorder {
     /// first record says how many records came before it.
     ///
     /// Order matters to readers, which watch files, not the directory: the new segment exists
-    /// before the old one's last record (`continued`) tells them to open it.
+    /// before the old one's last record (`continued`) tells them to open it. And
+    /// `stream.jsonl` never goes missing, not even for an instant: a reader a segment or more
+    /// behind opens it whenever it reaches a `continued`, which may be in the middle of a
+    /// later rotation (a rename of the current segment aside, then a create, left a moment
+    /// without one, and such a reader failed with "No such file"). So the new segment is made
+    /// under another name, the current one is linked to `stream.jsonl.1` (a rename over the
+    /// older one), and the new one is renamed over `stream.jsonl`: each step is atomic.
     fn rotate(&mut self) -> io::Result<()> {
-        fs::rename(&self.path, &self.previous)?;
+        let staged = self.path.with_extension("jsonl.next");
+        let link = self.path.with_extension("jsonl.1.next");
+        for stale in [&staged, &link] {
+            match fs::remove_file(stale) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         let next = OpenOptions::new()
-            .create(true)
+            .create_new(true)
             .append(true)
-            .open(&self.path)?;
+            .open(&staged)?;
+        fs::hard_link(&self.path, &link)?;
+        fs::rename(&link, &self.previous)?;
+        fs::rename(&staged, &self.path)?;
         self.append(&Record::Event {
             ts: timestamp(),
             event: ShimEvent::Continued,
@@ -1051,6 +1074,45 @@ mod tests {
         assert!(current.contains("line 19"));
         // Every record is counted: those before the last rotation, then this segment's.
         assert_eq!(records_before + 1 + kept_lines, r.records);
+        let mut names: Vec<_> = fs::read_dir(tmp.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["stream.jsonl", "stream.jsonl.1"],
+            "nothing staged is left"
+        );
+    }
+
+    /// A reader opening `stream.jsonl` at any moment finds it, however fast segments turn.
+    #[test]
+    fn the_current_segment_never_goes_missing_during_rotations() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DynoDir {
+            root: tmp.path().to_path_buf(),
+        };
+        let path = dir.stream();
+        let mut r = Recorder::open(&dir, 200).expect("open");
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (done, path) = (done.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut opens = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    File::open(&path).expect("stream.jsonl is always there");
+                    opens += 1;
+                }
+                opens
+            })
+        };
+        for i in 0..20_000 {
+            r.line(Stream::Out, &format!("line {i}"));
+        }
+        r.flush();
+        done.store(true, Ordering::SeqCst);
+        assert!(reader.join().expect("the reader found every open") > 0);
     }
 
     #[test]
