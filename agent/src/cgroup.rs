@@ -37,6 +37,154 @@ impl Layout {
     }
 }
 
+/// Who makes a dyno's cgroups, through libcontainer.
+///
+/// On a host whose PID 1 is systemd with the unified hierarchy, cgroups are systemd's to hand
+/// out: a dyno gets a transient scope of its own, `manifold-<id>.scope` in the slice named
+/// after the host's cgroup parent (`manifold.slice`), made through systemd (libcontainer's
+/// systemd manager, over `/run/systemd/private` where there is no D-Bus daemon) with
+/// `Delegate=yes`, as runc and crun do. A dyno is then a unit of its own: a restart or upgrade
+/// of the agent's unit never touches it. (Keeping dynos in the agent unit's own delegated
+/// subtree instead fails that restart on systemd before 254, measured on Debian 12's 252: the
+/// new main process is put in the unit's root cgroup, which then has controllers enabled,
+/// `status=219/CGROUP`.) Elsewhere (no systemd, or the hybrid v1 layout) libcontainer's
+/// cgroupfs manager makes `/<parent>/<id>` in each hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// `/<parent>/<id>`; the default, also for a `dyno.json` written before drivers existed.
+    #[default]
+    Cgroupfs,
+    /// `<parent>.slice/manifold-<id>.scope`, a transient systemd unit.
+    Systemd,
+}
+
+impl Driver {
+    /// Systemd where it runs the host (`/run/systemd/system`) and can be reached
+    /// (`/run/systemd/private`) on the unified hierarchy under `root`; cgroupfs otherwise.
+    pub fn detect(root: &Path, run_systemd: &Path) -> Driver {
+        let systemd = run_systemd.join("system").is_dir() && run_systemd.join("private").exists();
+        if systemd && Layout::detect(root) == Layout::V2 {
+            Driver::Systemd
+        } else {
+            Driver::Cgroupfs
+        }
+    }
+
+    /// The spec's `cgroupsPath` for dyno `id` under `parent`.
+    pub fn spec_path(self, parent: &str, id: &str) -> String {
+        match self {
+            Driver::Cgroupfs => format!("/{parent}/{id}"),
+            Driver::Systemd => format!("{parent}.slice:{SCOPE_PREFIX}:{id}"),
+        }
+    }
+
+    /// The dyno's cgroup below a hierarchy's root, `/`-led.
+    pub fn cgroup_path(self, parent: &str, id: &str) -> String {
+        match self {
+            Driver::Cgroupfs => format!("/{parent}/{id}"),
+            Driver::Systemd => format!("{}/{SCOPE_PREFIX}-{id}.scope", slice_path(parent)),
+        }
+    }
+}
+
+/// A process of the shim's that keeps a dyno's systemd scope from going away before the
+/// shim has read it. systemd removes a scope's cgroup as soon as its last process exits,
+/// which for a dyno is when its init does: the shim then found no `memory.events` and
+/// reported an OOM-killed dyno without its R15 (seen on a Debian 12 VM). The sentinel sits
+/// in a child cgroup of the scope (no controllers enabled there, so the scope may keep its
+/// own processes), outside the dyno's pid namespace, blocking every signal it can; the shim
+/// stops it once it has read the dyno's end. It dies with the shim (`PR_SET_PDEATHSIG`), so
+/// a shim that dies cannot leave a scope behind for good; a stop of the scope kills it too.
+#[derive(Debug)]
+pub struct Sentinel {
+    pid: nix::unistd::Pid,
+    dir: PathBuf,
+}
+
+/// The sentinel's cgroup below the dyno's.
+const SENTINEL_CGROUP: &str = "manifold-sentinel";
+
+impl Sentinel {
+    /// Starts the sentinel in `<dyno cgroup>/manifold-sentinel`. The caller must be
+    /// single-threaded (the shim is): the child only makes system calls before it pauses.
+    pub fn start(dyno_cgroup: &Path) -> io::Result<Sentinel> {
+        let dir = dyno_cgroup.join(SENTINEL_CGROUP);
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let procs = dir.join("cgroup.procs");
+        let parent = nix::unistd::getpid();
+        // SAFETY: the caller is single-threaded; the child makes system calls and pauses or
+        // exits, never returning into the caller's code.
+        match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+            nix::unistd::ForkResult::Child => {
+                let joined = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .is_ok()
+                    && nix::unistd::getppid() == parent
+                    && fs::write(&procs, "0").is_ok();
+                if joined {
+                    let _ = nix::sys::signal::SigSet::all().thread_block();
+                    loop {
+                        nix::unistd::pause();
+                    }
+                }
+                // SAFETY: leaving the forked child without running the parent's destructors.
+                unsafe { libc::_exit(1) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let sentinel = Sentinel { pid: child, dir };
+                // It is in the cgroup once the cgroup lists it (or it gave up).
+                for _ in 0..200 {
+                    let listed = fs::read_to_string(&procs).unwrap_or_default();
+                    if listed.lines().any(|l| l.trim() == child.to_string()) {
+                        return Ok(sentinel);
+                    }
+                    if let Ok(nix::sys::wait::WaitStatus::Exited(..)) =
+                        nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                    {
+                        let _ = fs::remove_dir(&sentinel.dir);
+                        std::mem::forget(sentinel);
+                        return Err(io::Error::other("the sentinel could not join its cgroup"));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(io::Error::other(
+                    "the sentinel did not join its cgroup in time",
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    /// Stops it and removes its cgroup: the scope may go now.
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// The prefix of every dyno's scope unit.
+const SCOPE_PREFIX: &str = "manifold";
+
+/// Where systemd puts slice `<parent>.slice`: each `-` in a slice's name is a level
+/// (`a-b.slice` is `/a.slice/a-b.slice`), as `systemd.slice(5)` says.
+fn slice_path(parent: &str) -> String {
+    let mut path = String::new();
+    let mut name = String::new();
+    for part in parent.split('-') {
+        if !name.is_empty() {
+            name.push('-');
+        }
+        name.push_str(part);
+        path.push_str(&format!("/{name}.slice"));
+    }
+    path
+}
+
 /// How many times the OOM killer acted in the cgroup (v1 `memory.oom_control`, v2
 /// `memory.events`, both as an `oom_kill N` line). Zero when the file is missing.
 pub fn oom_kills(layout: Layout, memory_dir: &Path) -> io::Result<u64> {
@@ -309,6 +457,42 @@ pub fn own_cgroups() -> Result<String, ShimCgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_systemd_driver_names_a_scope_in_the_parents_slice() {
+        let d = Driver::Systemd;
+        assert_eq!(
+            d.spec_path("manifold", "web-1-ab"),
+            "manifold.slice:manifold:web-1-ab"
+        );
+        assert_eq!(
+            d.cgroup_path("manifold", "web-1-ab"),
+            "/manifold.slice/manifold-web-1-ab.scope"
+        );
+        assert_eq!(
+            d.cgroup_path("manifold-lab-h1", "x"),
+            "/manifold.slice/manifold-lab.slice/manifold-lab-h1.slice/manifold-x.scope"
+        );
+        let c = Driver::Cgroupfs;
+        assert_eq!(c.spec_path("manifold", "x"), "/manifold/x");
+        assert_eq!(c.cgroup_path("manifold", "x"), "/manifold/x");
+    }
+
+    #[test]
+    fn systemd_is_the_driver_only_where_it_runs_the_unified_hierarchy() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let run = tempfile::tempdir().expect("tempdir");
+        assert_eq!(Driver::detect(root.path(), run.path()), Driver::Cgroupfs);
+        fs::create_dir(run.path().join("system")).expect("mkdir");
+        fs::write(run.path().join("private"), "").expect("socket stand-in");
+        assert_eq!(
+            Driver::detect(root.path(), run.path()),
+            Driver::Cgroupfs,
+            "hybrid layout"
+        );
+        fs::write(root.path().join("cgroup.controllers"), "memory pids").expect("write");
+        assert_eq!(Driver::detect(root.path(), run.path()), Driver::Systemd);
+    }
 
     #[test]
     fn swap_is_forbidden_on_v2_and_left_alone_on_v1() {

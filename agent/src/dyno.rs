@@ -27,8 +27,12 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// Volatile state (tmpfs): libcontainer's container state.
     pub run_dir: PathBuf,
-    /// Parent cgroup under which every dyno gets `<cgroup_parent>/<dyno id>`.
+    /// Parent cgroup under which every dyno gets `<cgroup_parent>/<dyno id>` (cgroupfs), or
+    /// the slice `<cgroup_parent>.slice` its scope is in (systemd).
     pub cgroup_parent: String,
+    /// Who makes dynos' cgroups (`cgroup::Driver`).
+    #[serde(default)]
+    pub cgroup_driver: crate::cgroup::Driver,
     pub network: NetworkConfig,
     /// The user namespace a dyno runs in, where the host allows one. In the host's own
     /// settings, the first of its id ranges (shared by dynos of no app); in a dyno's
@@ -79,6 +83,10 @@ impl HostConfig {
             state_dir,
             run_dir: PathBuf::from("/run/manifold"),
             cgroup_parent: "manifold".to_string(),
+            cgroup_driver: crate::cgroup::Driver::detect(
+                Path::new("/sys/fs/cgroup"),
+                Path::new("/run/systemd"),
+            ),
             userns: UserNamespace::host_default(),
             id_ranges: default_id_ranges(),
         }
@@ -143,6 +151,11 @@ impl HostConfig {
     /// Compiled seccomp filters, one per profile (`seccomp::Filter::cached`).
     pub fn seccomp_dir(&self) -> PathBuf {
         self.state_dir.join("seccomp")
+    }
+
+    /// The dyno's cgroup below a hierarchy's root (`cgroup::Driver::cgroup_path`).
+    pub fn dyno_cgroup(&self, id: &str) -> String {
+        self.cgroup_driver.cgroup_path(&self.cgroup_parent, id)
     }
 
     /// Which app has which id range (`ids`).

@@ -75,9 +75,13 @@ struct DaemonArgs {
     /// Host ports for web dynos' $PORT.
     #[arg(long, env = "MANIFOLD_PORTS", default_value = "30000-30999")]
     ports: daemon::PortRange,
-    /// Parent cgroup of every dyno's cgroup.
+    /// Parent cgroup of every dyno's cgroup (with systemd: the slice `<parent>.slice`).
     #[arg(long, env = "MANIFOLD_CGROUP_PARENT", default_value = "manifold")]
     cgroup_parent: String,
+    /// Who makes dynos' cgroups: a systemd scope per dyno, or libcontainer directly
+    /// (cgroupfs). auto: systemd where it is PID 1 on cgroup v2.
+    #[arg(long, env = "MANIFOLD_CGROUP_DRIVER", value_enum, default_value_t = CgroupDriver::Auto)]
+    cgroup_driver: CgroupDriver,
     /// The dynos' host bridge.
     #[arg(long, env = "MANIFOLD_BRIDGE")]
     bridge: Option<String>,
@@ -382,8 +386,21 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
 /// The host layout with the agent's network settings (flags, variables or settings file):
 /// `run`, `build` and `gc` then use the daemon's bridge, subnet, table and policy, and a
 /// one-off dyno cannot undo the operator's allow-list by installing the default rules.
+/// `--cgroup-driver`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CgroupDriver {
+    Auto,
+    Cgroupfs,
+    Systemd,
+}
+
 fn host_config(state_dir: &Path, args: &DaemonArgs) -> HostConfig {
     let mut host = HostConfig::with_state_dir(state_dir);
+    match args.cgroup_driver {
+        CgroupDriver::Auto => {}
+        CgroupDriver::Cgroupfs => host.cgroup_driver = manifold_agent::cgroup::Driver::Cgroupfs,
+        CgroupDriver::Systemd => host.cgroup_driver = manifold_agent::cgroup::Driver::Systemd,
+    }
     let net = &mut host.network;
     if let Some(bridge) = &args.bridge {
         net.bridge.clone_from(bridge);

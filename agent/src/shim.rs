@@ -69,7 +69,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, setsid, Pid};
 
-use crate::cgroup::{self, Layout, ShimCgroup};
+use crate::cgroup::{self, Layout, Sentinel, ShimCgroup};
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
 use crate::inotify;
 use crate::logs::{timestamp, LineBudget, LineSplitter};
@@ -155,6 +155,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         session: None,
         termed: HashSet::new(),
         cpu: None,
+        sentinel: None,
     };
     match shim.start() {
         Ok(running) => shim.supervise(running)?,
@@ -196,8 +197,7 @@ const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 fn memory_dir(c: &DynoConfig) -> (Layout, PathBuf) {
     let root = Path::new("/sys/fs/cgroup");
     let layout = Layout::detect(root);
-    let cgroup_path = format!("/{}/{}", c.host.cgroup_parent, c.id);
-    (layout, layout.memory_dir(root, &cgroup_path))
+    (layout, layout.memory_dir(root, &c.host.dyno_cgroup(&c.id)))
 }
 
 /// libcontainer's last step in the dyno's init: puts it under its seccomp filter, then
@@ -247,6 +247,8 @@ struct Shim {
     termed: HashSet<i32>,
     /// The shim's place in the dyno's CPU cgroups, once it joined them.
     cpu: Option<ShimCgroup>,
+    /// Keeps a systemd scope (and its `memory.events`) until the dyno's end is read.
+    sentinel: Option<Sentinel>,
 }
 
 /// The container's running state, as the event loop sees it.
@@ -417,7 +419,7 @@ impl Shim {
                     filter: Arc::new(filter),
                 })
                 .as_init(self.dir.bundle())
-                .with_systemd(false)
+                .with_systemd(c.host.cgroup_driver == cgroup::Driver::Systemd)
                 .with_detach(true)
             })
             .and_then(|b| b.build());
@@ -427,6 +429,15 @@ impl Shim {
         fs::write(OOM_SCORE_ADJ, own_oom_score_adj.trim()).step("container")?;
         let (layout, memory) = memory_dir(c);
         cgroup::forbid_swap(layout, &memory).step("cgroup")?;
+        if c.host.cgroup_driver == cgroup::Driver::Systemd {
+            match Sentinel::start(&memory) {
+                Ok(sentinel) => self.sentinel = Some(sentinel),
+                Err(err) => tracing::warn!(
+                    "dyno {}: its scope may go before its end is read (an OOM kill then goes unreported): {err}",
+                    c.id
+                ),
+            }
+        }
         let pid = container
             .pid()
             .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
@@ -438,7 +449,7 @@ impl Shim {
             .and_then(|()| inotify::limit_dyno(Pid::from_raw(pid.as_raw())));
         // The dyno's cgroups exist now; its command has not started, so all it writes is
         // relayed on the dyno's CPU. Not joining costs the host, not the dyno: warned about.
-        let cgroup_path = format!("/{}/{}", c.host.cgroup_parent, c.id);
+        let cgroup_path = c.host.dyno_cgroup(&c.id);
         match cgroup::own_cgroups().and_then(|own| {
             ShimCgroup::join(
                 Path::new("/sys/fs/cgroup"),
@@ -657,6 +668,8 @@ impl Shim {
             session.finish(Frame::Exit(exit_status(code, signal)));
         }
         let oom = self.oom_killed();
+        // Read: the scope may go now.
+        self.sentinel = None;
         self.out.event(ShimEvent::Exited { code, signal, oom });
         Ok(())
     }
@@ -822,7 +835,7 @@ pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>)
     // which would keep libcontainer from removing the dyno's.
     let mut errors = cgroup::remove_shim_cgroups(
         Path::new("/sys/fs/cgroup"),
-        &format!("/{}/{}", config.host.cgroup_parent, config.id),
+        &config.host.dyno_cgroup(&config.id),
     );
     let container =
         container.or_else(|| Container::load(config.host.containers_dir().join(&config.id)).ok());
@@ -837,7 +850,10 @@ pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>)
             errors.push(format!("container state {}: {err}", state.display()));
         }
     }
-    errors.extend(remove_cgroups(&config.host.cgroup_parent, &config.id));
+    // A scope is systemd's: it goes by itself once empty.
+    if config.host.cgroup_driver == cgroup::Driver::Cgroupfs {
+        errors.extend(remove_cgroups(&config.host.cgroup_parent, &config.id));
+    }
     // The container is gone, so its netns is going and takes the veth pair along.
     if let Err(err) = network::release(&config.host.network, &config.id) {
         errors.push(format!("network: {err}"));

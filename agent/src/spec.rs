@@ -70,7 +70,10 @@ pub fn build(config: &DynoConfig, dir: &DynoDir, shell: &str) -> Result<Spec, Sp
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let cgroups_path = format!("/{}/{}", config.host.cgroup_parent, config.id);
+    let cgroups_path = config
+        .host
+        .cgroup_driver
+        .spec_path(&config.host.cgroup_parent, &config.id);
 
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
