@@ -965,6 +965,23 @@ mod tests {
         );
     }
 
+    /// A build of `src` with no config vars and the built-ins standing in for tools.
+    fn request(src: &Path, cache_dir: PathBuf) -> BuildRequest {
+        BuildRequest {
+            source: src.to_path_buf(),
+            stack: "testing".into(),
+            size: DynoSize::Standard2X,
+            env: BTreeMap::new(),
+            buildpacks: vec![],
+            cache_dir,
+            slugbuilder: PathBuf::from("/bin/true"),
+            buildpacks_dir: src.to_path_buf(),
+            timeout: Duration::from_secs(60),
+            directory_buildpacks: DirectoryBuildpacks::Anywhere,
+            max_slug_bytes: DEFAULT_MAX_SLUG_BYTES,
+        }
+    }
+
     #[test]
     fn build_dyno_mounts_only_out_and_cache_writable() {
         let state = tempfile::tempdir().expect("tempdir");
@@ -972,17 +989,8 @@ mod tests {
         fs::write(src.path().join("Procfile"), "web: true\n").expect("write");
         let host = HostConfig::with_state_dir(state.path());
         let req = BuildRequest {
-            source: src.path().to_path_buf(),
-            stack: "testing".into(),
-            size: DynoSize::Standard2X,
             env: BTreeMap::from([("SECRET".to_string(), "s3".to_string())]),
-            buildpacks: vec![],
-            cache_dir: state.path().join("cache"),
-            slugbuilder: PathBuf::from("/bin/true"),
-            buildpacks_dir: src.path().to_path_buf(),
-            timeout: Duration::from_secs(60),
-            directory_buildpacks: DirectoryBuildpacks::Anywhere,
-            max_slug_bytes: DEFAULT_MAX_SLUG_BYTES,
+            ..request(src.path(), state.path().join("cache"))
         };
         for bad in ["../../etc/cron.d/x", "A/B", "1X", ""] {
             let mut hostile = req.clone();
@@ -1024,19 +1032,7 @@ mod tests {
         let src = tempfile::tempdir().expect("tempdir");
         let host = HostConfig::with_state_dir(state.path());
         let cache = host.build_cache_dir("app");
-        let req = BuildRequest {
-            source: src.path().to_path_buf(),
-            stack: "testing".into(),
-            size: DynoSize::Standard2X,
-            env: BTreeMap::new(),
-            buildpacks: vec![],
-            cache_dir: cache.clone(),
-            slugbuilder: PathBuf::from("/bin/true"),
-            buildpacks_dir: src.path().to_path_buf(),
-            timeout: Duration::from_secs(60),
-            directory_buildpacks: DirectoryBuildpacks::Anywhere,
-            max_slug_bytes: DEFAULT_MAX_SLUG_BYTES,
-        };
+        let req = request(src.path(), cache.clone());
         let (uid, gid) = host.host_ids(DYNO_UID, DYNO_GID);
         // Made by a build under another range, with a link out of it that must not be
         // followed when it is removed.
