@@ -626,7 +626,8 @@ impl Filter {
             let path = path.to_path_buf();
             move |source| FilterError::Io { path, source }
         };
-        let path = dir.join(format!("{}.bpf", digest(profile)));
+        let name = digest(profile);
+        let path = dir.join(format!("{name}.bpf"));
         match fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -649,7 +650,7 @@ impl Filter {
             .mode(0o700)
             .create(dir)
             .map_err(io_err(dir))?;
-        let tmp = dir.join(format!(".{}.{}.tmp", digest(profile), std::process::id()));
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let mut file = OpenOptions::new()
             .read(true)
