@@ -243,8 +243,9 @@ struct Shim {
     /// An attached dyno's socket and the buffers between its client and the dyno, from
     /// before the container exists to the dyno's end.
     session: Option<Session>,
-    /// The dyno's processes that got the stop's signal (see [`Shim::term_late_born`]).
-    termed: HashSet<i32>,
+    /// The dyno's programs that got the stop's signal, as (host pid, executable) (see
+    /// [`Shim::term_late_born`]).
+    termed: HashSet<(i32, Option<PathBuf>)>,
     /// The shim's place in the dyno's CPU cgroups, once it joined them.
     cpu: Option<ShimCgroup>,
     /// Keeps a systemd scope (and its `memory.events`) until the dyno's end is read.
@@ -687,8 +688,10 @@ impl Shim {
 
     fn begin_stop(&mut self) -> StopState {
         self.out.event(ShimEvent::Stopping);
+        // Listed before the signal: a process born between the two is then signalled again
+        // by [`Shim::term_late_born`] rather than taken as signalled when it was not.
+        self.termed = self.programs();
         self.signal_all(self.stop_signal());
-        self.termed = self.processes();
         StopState::Terminating {
             deadline: Instant::now() + self.config.grace,
         }
@@ -702,14 +705,26 @@ impl Shim {
             .unwrap_or_default()
     }
 
-    /// The stop's signal to the dyno's processes born after it was sent. A stop that comes as
-    /// the dyno starts reaches only its init, which (as PID 1 of its namespace, before the
+    /// The dyno's programs: each process with the executable it runs now.
+    fn programs(&self) -> HashSet<(i32, Option<PathBuf>)> {
+        self.processes()
+            .into_iter()
+            .map(|pid| (pid, fs::read_link(format!("/proc/{pid}/exe")).ok()))
+            .collect()
+    }
+
+    /// The stop's signal to the dyno's programs started after it was sent. A stop that comes
+    /// as the dyno starts reaches only its init, which (as PID 1 of its namespace, before the
     /// start script's trap) ignores it; the app started next would never hear of the stop and
-    /// would only go at the SIGKILL. Each process gets the signal once: Heroku sends SIGTERM
-    /// "possibly more than once", but an app that counts signals should not have to.
+    /// would only go at the SIGKILL. A program counts as new when its process is, and when a
+    /// process it had went on to exec another: the shell's subshell may take the signal in
+    /// the start script's inherited trap an instant before it resets the trap and execs the
+    /// app. Each program gets the signal once: Heroku sends SIGTERM "possibly more than
+    /// once", but an app that counts signals should not have to.
     fn term_late_born(&mut self) {
-        for pid in self.processes() {
-            if self.termed.insert(pid) {
+        for program in self.programs() {
+            let pid = program.0;
+            if self.termed.insert(program) {
                 let _ = signal::kill(Pid::from_raw(pid), self.stop_signal());
             }
         }

@@ -289,6 +289,34 @@ fn a_stop_as_the_dyno_starts_reaches_the_app() {
     assert!(left.is_empty(), "dynos left running: {left:?}");
 }
 
+/// A program a dyno's process execs after the stop was sent gets the stop too: the start
+/// script's subshell may take the signal in its inherited trap an instant before it resets
+/// the trap and execs the app, which must still hear of the stop. Here the app catches the
+/// SIGTERM itself and then execs a program that would run past the grace period.
+#[test]
+fn a_program_started_by_exec_after_the_stop_gets_it_too() {
+    if !ready() {
+        return;
+    }
+    let dyno = Background::spawn(Command::new(BIN).args([
+        "run",
+        "--name",
+        "worker.1",
+        "--grace",
+        "60s",
+        "--",
+        "trap 'echo caught' TERM; echo ready; sleep 100 & wait; exec sleep 100",
+    ]));
+    let out = dyno.stop_after("ready");
+    assert_has(&app_lines(&out), "caught");
+    let p = platform_lines(&out);
+    assert!(
+        !p.iter().any(|l| l.starts_with("Error R12")),
+        "the exec'd program got SIGTERM, not the SIGKILL: {p:?}"
+    );
+    assert_has(&p, "Process exited with status 143");
+}
+
 #[test]
 fn web_dyno_answers_through_the_published_port() {
     if !ready() {
