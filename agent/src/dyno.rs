@@ -2,8 +2,8 @@
 //! ([`DynoDir`]), and what its shim reports ([`Record`]).
 //!
 //! The shim and whoever supervises it (the `run` command now, the agent daemon later) talk
-//! only through the dyno directory: the supervisor writes `dyno.json` and starts the shim; the
-//! shim appends [`Record`]s to `stream.jsonl`. Because both sides are files, a supervisor that
+//! only through the dyno directory: the runner writes `dyno.json` and starts the shim; the
+//! shim appends [`Record`]s to `stream.jsonl`. Because both sides are files, a runner that
 //! restarts can pick up a running dyno where it left off: nothing lives only in its memory.
 
 use std::collections::BTreeMap;
@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::logship::LogRate;
-use crate::network::NetworkConfig;
+use crate::daemon::logship::LogRate;
+use crate::host::network::NetworkConfig;
 use crate::size::DynoSize;
 
 /// Host-wide locations and settings every dyno on this host shares.
@@ -32,7 +32,7 @@ pub struct HostConfig {
     pub cgroup_parent: String,
     /// Who makes dynos' cgroups (`cgroup::Driver`).
     #[serde(default)]
-    pub cgroup_driver: crate::cgroup::Driver,
+    pub cgroup_driver: crate::host::cgroup::Driver,
     pub network: NetworkConfig,
     /// The user namespace a dyno runs in, where the host allows one. In the host's own
     /// settings, the first of its id ranges (shared by dynos of no app); in a dyno's
@@ -45,7 +45,7 @@ pub struct HostConfig {
 }
 
 fn default_id_ranges() -> u32 {
-    crate::ids::DEFAULT_RANGES
+    crate::host::ids::DEFAULT_RANGES
 }
 
 /// A dyno's user namespace: uids and gids `0..size` inside are `host_base..host_base+size`
@@ -83,7 +83,7 @@ impl HostConfig {
             state_dir,
             run_dir: PathBuf::from("/run/manifold"),
             cgroup_parent: "manifold".to_string(),
-            cgroup_driver: crate::cgroup::Driver::detect(
+            cgroup_driver: crate::host::cgroup::Driver::detect(
                 Path::new("/sys/fs/cgroup"),
                 Path::new("/run/systemd"),
             ),
@@ -415,7 +415,7 @@ impl DynoDir {
     }
 
     /// What the dyno writes: its overlay's upper and work directories, under the size's disk
-    /// quota where the host allows it ([`crate::quota`]). Apart from the rest of the dyno's
+    /// quota where the host allows it ([`crate::host::quota`]). Apart from the rest of the dyno's
     /// directory, so that a dyno that filled its quota still has its log and its exit
     /// recorded.
     pub fn disk(&self) -> PathBuf {
@@ -504,7 +504,7 @@ pub enum Record {
         stream: Stream,
         text: String,
     },
-    /// A step of the dyno's life, for the supervisor to turn into state and platform lines.
+    /// A step of the dyno's life, for the runner to turn into state and platform lines.
     Event { ts: String, event: ShimEvent },
 }
 
@@ -520,7 +520,7 @@ pub enum ShimEvent {
     Stopping,
     /// The grace period ran out: SIGKILL sent to every process still there.
     Killing,
-    /// A kill at once was asked for (SIGUSR1: the supervisor's boot timeout, R10): SIGKILL
+    /// A kill at once was asked for (SIGUSR1: the runner's boot timeout, R10): SIGKILL
     /// sent to every process in the dyno, with no SIGTERM and no grace period.
     Kill,
     /// The dyno's process ended.

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use std::time::{Duration, Instant};
 
-use crate::logship::LogRate;
+use crate::daemon::logship::LogRate;
 
 /// Longest line before it is split, in bytes (Heroku: 10,000).
 pub const MAX_LINE: usize = 10_000;

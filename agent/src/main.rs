@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use manifold_agent::daemon::logship::LogRate;
+use manifold_agent::daemon::restart::RestartPolicy;
+use manifold_agent::daemon::{self, link};
 use manifold_agent::dyno::{
     BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
-use manifold_agent::logship::LogRate;
-use manifold_agent::restart::RestartPolicy;
+use manifold_agent::host::{self, netpolicy, network, slug};
+use manifold_agent::runner::shim_alive;
+use manifold_agent::runner::{Dyno, LogLine, Source};
 use manifold_agent::size::DynoSize;
-use manifold_agent::supervisor::shim_alive;
-use manifold_agent::supervisor::{Dyno, LogLine, Source};
-use manifold_agent::{build, daemon, host, link, netpolicy, network, shim, slug};
+use manifold_agent::{build_dyno, shim};
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -102,7 +104,7 @@ struct DaemonArgs {
     router_addresses: Vec<netpolicy::Cidr>,
     /// How many user-namespace id ranges of 65536 this host gives its apps, one each, from
     /// host id 100000 on (range 0 is for `run` and `build` from the command line).
-    #[arg(long, env = "MANIFOLD_ID_RANGES", default_value_t = manifold_agent::ids::DEFAULT_RANGES)]
+    #[arg(long, env = "MANIFOLD_ID_RANGES", default_value_t = manifold_agent::host::ids::DEFAULT_RANGES)]
     id_ranges: u32,
     /// Heartbeat interval.
     #[arg(long, env = "MANIFOLD_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -152,7 +154,7 @@ struct DaemonArgs {
     #[arg(long, env = "MANIFOLD_BUILDPACK_ROOT")]
     buildpack_root: Option<PathBuf>,
     /// The largest slug a build may produce (compressed): bytes or like 500M.
-    #[arg(long, env = "MANIFOLD_MAX_SLUG_SIZE", default_value_t = build::DEFAULT_MAX_SLUG_BYTES, value_parser = daemon::parse_memory)]
+    #[arg(long, env = "MANIFOLD_MAX_SLUG_SIZE", default_value_t = build_dyno::DEFAULT_MAX_SLUG_BYTES, value_parser = daemon::parse_memory)]
     max_slug_size: u64,
 }
 
@@ -252,7 +254,7 @@ struct BuildArgs {
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// The largest slug accepted (compressed): bytes or like 500M.
-    #[arg(long, default_value_t = build::DEFAULT_MAX_SLUG_BYTES, value_parser = daemon::parse_memory)]
+    #[arg(long, default_value_t = build_dyno::DEFAULT_MAX_SLUG_BYTES, value_parser = daemon::parse_memory)]
     max_slug_size: u64,
 }
 
@@ -327,7 +329,7 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
             .context("cannot read MemTotal from /proc/meminfo: pass --memory")?,
     };
     host.cgroup_parent = args.cgroup_parent;
-    let ids = manifold_agent::ids::IdRanges::new(&host)?;
+    let ids = manifold_agent::host::ids::IdRanges::new(&host)?;
     for file in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         for entry in ids.iter().flat_map(|ids| ids.overlaps(&text)) {
@@ -373,7 +375,7 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
             reset: args.restart_reset,
         },
         boot_timeout: args.boot_timeout,
-        log_rate: manifold_agent::logship::LogRate {
+        log_rate: manifold_agent::daemon::logship::LogRate {
             per_second: f64::from(args.log_rate),
             burst: f64::from(args.log_rate) * 5.0,
         },
@@ -398,8 +400,10 @@ fn host_config(state_dir: &Path, args: &DaemonArgs) -> HostConfig {
     let mut host = HostConfig::with_state_dir(state_dir);
     match args.cgroup_driver {
         CgroupDriver::Auto => {}
-        CgroupDriver::Cgroupfs => host.cgroup_driver = manifold_agent::cgroup::Driver::Cgroupfs,
-        CgroupDriver::Systemd => host.cgroup_driver = manifold_agent::cgroup::Driver::Systemd,
+        CgroupDriver::Cgroupfs => {
+            host.cgroup_driver = manifold_agent::host::cgroup::Driver::Cgroupfs
+        }
+        CgroupDriver::Systemd => host.cgroup_driver = manifold_agent::host::cgroup::Driver::Systemd,
     }
     let net = &mut host.network;
     if let Some(bridge) = &args.bridge {
@@ -485,10 +489,14 @@ async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> {
     };
 
     if print_spec {
-        let stack = manifold_agent::rootfs::find_stack(&config.host.stacks_dir(), &config.stack)?;
+        let stack =
+            manifold_agent::host::rootfs::find_stack(&config.host.stacks_dir(), &config.stack)?;
         let dir = manifold_agent::dyno::DynoDir::new(&config.host, &config.id);
-        let spec =
-            manifold_agent::spec::build(&config, &dir, manifold_agent::spec::shell_for(&stack))?;
+        let spec = manifold_agent::shim::spec::build(
+            &config,
+            &dir,
+            manifold_agent::shim::spec::shell_for(&stack),
+        )?;
         println!("{}", serde_json::to_string_pretty(&spec)?);
         return Ok(0);
     }
@@ -509,7 +517,7 @@ async fn follow(
     config: DynoConfig,
     mut print: impl FnMut(LogLine) + Send + 'static,
 ) -> anyhow::Result<i32> {
-    match host::favor_cgroup_migrations() {
+    match host::tuning::favor_cgroup_migrations() {
         Ok(Some(path)) => tracing::info!("enabled favordynmods on {}", path.display()),
         Ok(None) => {}
         Err(err) => tracing::warn!("cannot tune cgroup migrations: {err}"),
@@ -566,7 +574,7 @@ async fn build(host: HostConfig, args: BuildArgs) -> anyhow::Result<i32> {
         }
     };
     let id = format!("build-{:08x}", rand::random::<u32>());
-    let request = build::BuildRequest {
+    let request = build_dyno::BuildRequest {
         source,
         stack: args.stack,
         size: args.size,
@@ -582,10 +590,10 @@ async fn build(host: HostConfig, args: BuildArgs) -> anyhow::Result<i32> {
             )
         })?,
         timeout: args.timeout,
-        directory_buildpacks: build::DirectoryBuildpacks::Anywhere,
+        directory_buildpacks: build_dyno::DirectoryBuildpacks::Anywhere,
         max_slug_bytes: args.max_slug_size,
     };
-    let prepared = build::prepare(&host, &id, &request)?;
+    let prepared = build_dyno::prepare(&host, &id, &request)?;
     let result = follow(prepared.dyno, |line| match line.source {
         Source::App => println!("{}", line.text),
         Source::Heroku => eprintln!("{line}"),
@@ -666,15 +674,15 @@ fn gc(host: &HostConfig, slug_retention: std::time::Duration) -> anyhow::Result<
             slug::SlugCache::sweep_tmp(&owner.path())?;
         }
     }
-    let collected = manifold_agent::gc::collect_slugs(host, slug_retention)?;
+    let collected = manifold_agent::host::gc::collect_slugs(host, slug_retention)?;
     for sha256 in collected.layers {
         println!("removed slug layer {sha256}");
     }
     for sha256 in collected.archives {
         println!("removed slug archive {sha256}");
     }
-    if let Some(ids) = manifold_agent::ids::IdRanges::new(host)? {
-        for app in ids.release_unused(host, manifold_agent::ids::RELEASE_AFTER)? {
+    if let Some(ids) = manifold_agent::host::ids::IdRanges::new(host)? {
+        for app in ids.release_unused(host, manifold_agent::host::ids::RELEASE_AFTER)? {
             println!("gave back the id range of app {app}");
         }
     }

@@ -17,8 +17,8 @@ use common::*;
 use manifold_agent::dyno::{
     AttachSpec, DynoConfig, DynoDir, HostConfig, DEFAULT_BOOT_TIMEOUT, DYNO_GID, DYNO_UID,
 };
+use manifold_agent::runner::{Dyno, LogLine, RunnerError, Source};
 use manifold_agent::size::DynoSize;
-use manifold_agent::supervisor::{Dyno, LogLine, Source, SupervisorError};
 use manifold_attach::{Decoder, Frame};
 use tokio::sync::mpsc;
 
@@ -39,7 +39,7 @@ struct Run {
     id: String,
     dir: DynoDir,
     runtime: tokio::runtime::Runtime,
-    follow: tokio::task::JoinHandle<Result<i32, SupervisorError>>,
+    follow: tokio::task::JoinHandle<Result<i32, RunnerError>>,
     lines: mpsc::UnboundedReceiver<LogLine>,
     stop: mpsc::UnboundedSender<()>,
 }

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use manifold_agent::build::{self, BuildRequest, DirectoryBuildpacks};
+use manifold_agent::build_dyno::{self, BuildRequest, DirectoryBuildpacks};
 use manifold_agent::dyno::HostConfig;
-use manifold_agent::quota::{self, Made};
+use manifold_agent::host::quota::{self, Made};
 use manifold_agent::size::DynoSize;
 
 const STATE_DIR: &str = "/var/lib/manifold";
@@ -121,10 +121,10 @@ fn a_builds_directory_and_its_apps_cache_are_limited() {
         buildpacks_dir: src.path().to_path_buf(),
         timeout: Duration::from_secs(60),
         directory_buildpacks: DirectoryBuildpacks::Anywhere,
-        max_slug_bytes: build::DEFAULT_MAX_SLUG_BYTES,
+        max_slug_bytes: build_dyno::DEFAULT_MAX_SLUG_BYTES,
     };
     let id = format!("build-quota-{tag}");
-    let prepared = build::prepare(&host, &id, &req).unwrap();
+    let prepared = build_dyno::prepare(&host, &id, &req).unwrap();
     let subvolumes = (is_subvolume(&prepared.work), is_subvolume(&cache_dir));
     std::fs::remove_dir_all(&prepared.work).unwrap();
     std::fs::remove_dir_all(&cache_dir).unwrap();

@@ -180,7 +180,7 @@ fn a_dyno_using_up_its_inotify_instances_leaves_host_root_its_own() {
         held,
         format!(
             "{} errno={}",
-            manifold_agent::inotify::DYNO_INSTANCES,
+            manifold_agent::host::inotify::DYNO_INSTANCES,
             libc::EMFILE
         ),
         "the dyno's own limit stopped it"

@@ -1,4 +1,4 @@
-//! Isolation: the seccomp allow-list (`agent/src/seccomp.rs`) seen from inside real dynos.
+//! Isolation: the seccomp allow-list (`agent/src/host/seccomp.rs`) seen from inside real dynos.
 //! A hostile probe tries every call the profile refuses, and real programs (bash, busybox,
 //! Python, Node) keep working under it.
 

@@ -1,4 +1,4 @@
-//! The dyno supervisor: starts a dyno's shim, follows what it reports, and turns that into
+//! The dyno runner: starts a dyno's shim, follows what it reports, and turns that into
 //! the dyno's state and Heroku's platform log lines.
 //!
 //! ```text
@@ -23,6 +23,8 @@
 //! shim. The same code serves `manifold-agent run` and the agent daemon, which also uses
 //! [`Dyno::adopt`] to follow again, after its own restart, a dyno whose shim outlived it.
 
+pub mod watch;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -36,8 +38,8 @@ use tokio::sync::mpsc;
 
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream, DEFAULT_BOOT_TIMEOUT};
 use crate::logs::timestamp;
+use crate::runner::watch::Watch;
 use crate::shim;
-use crate::watch::Watch;
 
 /// A dyno's state, as `manifold ps` will show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +376,7 @@ impl Lifecycle {
 
 /// Errors starting or following a dyno.
 #[derive(Debug, thiserror::Error)]
-pub enum SupervisorError {
+pub enum RunnerError {
     #[error("cannot prepare dyno directory {path}")]
     Prepare {
         path: PathBuf,
@@ -414,9 +416,9 @@ pub struct Dyno {
 
 /// How often a web dyno's `$PORT` is tried while it boots.
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
-/// How often the supervisor checks the shim is alive when nothing else happens.
+/// How often the runner checks the shim is alive when nothing else happens.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a dyno directory may exist without a shim pid: its supervisor is still starting
+/// How long a dyno directory may exist without a shim pid: its runner is still starting
 /// the shim.
 const STARTING_GRACE: Duration = Duration::from_secs(60);
 
@@ -548,9 +550,9 @@ fn boot_id() -> io::Result<String> {
 impl Dyno {
     /// Writes the dyno's directory and starts its shim (`shim_binary shim --dir DIR`).
     /// Lines and the exit status are then had from [`Dyno::follow`].
-    pub async fn start(config: DynoConfig, shim_binary: PathBuf) -> Result<Dyno, SupervisorError> {
+    pub async fn start(config: DynoConfig, shim_binary: PathBuf) -> Result<Dyno, RunnerError> {
         let dir = DynoDir::new(&config.host, &config.id);
-        let prepare = |source| SupervisorError::Prepare {
+        let prepare = |source| RunnerError::Prepare {
             path: dir.root.clone(),
             source,
         };
@@ -577,11 +579,11 @@ impl Dyno {
                 set.thread_block().map_err(io::Error::from)
             });
         }
-        let mut child = command.spawn().map_err(|source| SupervisorError::Spawn {
+        let mut child = command.spawn().map_err(|source| RunnerError::Spawn {
             binary: shim_binary.clone(),
             source,
         })?;
-        let pid = child.id().ok_or_else(|| SupervisorError::Spawn {
+        let pid = child.id().ok_or_else(|| RunnerError::Spawn {
             binary: shim_binary.clone(),
             source: io::Error::other("the shim exited at once"),
         })?;
@@ -606,8 +608,8 @@ impl Dyno {
     /// Takes over a dyno whose shim outlived the process that started it (an agent restart):
     /// reads its `dyno.json` and `shim.pid`. Check [`shim_alive`] first; following a dyno
     /// whose shim is dead cleans up in the shim's place, as [`Dyno::follow`] always does.
-    pub fn adopt(dir: DynoDir) -> Result<Dyno, SupervisorError> {
-        let adopt = |source| SupervisorError::Adopt {
+    pub fn adopt(dir: DynoDir) -> Result<Dyno, RunnerError> {
+        let adopt = |source| RunnerError::Adopt {
             path: dir.root.clone(),
             source,
         };
@@ -646,7 +648,7 @@ impl Dyno {
         self,
         lines: mpsc::UnboundedSender<LogLine>,
         stop: mpsc::UnboundedReceiver<()>,
-    ) -> Result<i32, SupervisorError> {
+    ) -> Result<i32, RunnerError> {
         self.follow_with(
             move |event| {
                 if let Event::Line(line) = event {
@@ -660,12 +662,12 @@ impl Dyno {
 
     /// Like [`Dyno::follow`], but also reports every state change. An adopted dyno's stream
     /// is replayed to rebuild its state: the state changes of the replay are reported, its
-    /// lines (already logged by the previous supervisor) are not.
+    /// lines (already logged by the previous runner) are not.
     pub async fn follow_events(
         self,
         events: mpsc::UnboundedSender<Event>,
         stop: mpsc::UnboundedReceiver<()>,
-    ) -> Result<i32, SupervisorError> {
+    ) -> Result<i32, RunnerError> {
         self.follow_with(
             move |event| {
                 let _ = events.send(event);
@@ -679,7 +681,7 @@ impl Dyno {
         self,
         emit: impl FnMut(Event),
         mut stop: mpsc::UnboundedReceiver<()>,
-    ) -> Result<i32, SupervisorError> {
+    ) -> Result<i32, RunnerError> {
         let mut life = Lifecycle::new(&self.config.name, self.config.port, self.config.grace)
             .with_boot_timeout(self.config.boot_timeout)
             .attached(self.config.attach.is_some());
@@ -692,7 +694,7 @@ impl Dyno {
             shown: life.state(),
             replaying: self.adopted,
         };
-        let follow_err = |source| SupervisorError::Follow {
+        let follow_err = |source| RunnerError::Follow {
             path: self.dir.stream(),
             source,
         };

@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::logs::format_timestamp;
-use crate::supervisor::{LogLine, Source};
+use crate::runner::{LogLine, Source};
 
 /// How many lines wait for the scheduler at most (about 2 MiB of typical lines).
 pub const QUEUE_LINES: usize = 20_000;
@@ -83,7 +83,7 @@ pub struct LogShipper {
     pub dropped_rate: u64,
     pub dropped_queue: u64,
     /// Lines ever queued: a message sent after the lines queued so far waits until
-    /// [`LogShipper::gone_total`] reaches this (see [`crate::outbox`]).
+    /// [`LogShipper::gone_total`] reaches this (see [`crate::daemon::outbox`]).
     queued: u64,
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tracing::info;
 
 use crate::dyno::{DynoDir, HostConfig};
-use crate::slug::{SlugCache, SlugError};
+use crate::host::slug::{SlugCache, SlugError};
 
 /// How long a slug no dyno uses stays on the host by default.
 pub const DEFAULT_SLUG_RETENTION: Duration = Duration::from_secs(24 * 3600);

@@ -24,9 +24,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::daemon::link::{self, Backoff, LinkError, Scheduler};
 use crate::dyno::DynoDir;
-use crate::link::{self, Backoff, LinkError, Scheduler};
-use crate::supervisor::shim_alive;
+use crate::runner::shim_alive;
 
 /// How often the relay tries the shim's socket while the dyno starts.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);

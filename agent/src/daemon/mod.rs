@@ -21,6 +21,14 @@
 //! Every dyno runs under its own shim, so the daemon holds nothing a dyno needs: killed and
 //! restarted, it re-adopts the running dynos from their directories ([`Dyno::adopt`]).
 
+pub mod link;
+pub mod logship;
+pub mod metrics;
+pub mod outbox;
+pub mod relay;
+pub mod restart;
+pub mod tls;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,20 +41,19 @@ use manifold_proto as proto;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::build;
+use crate::build_dyno;
+use crate::daemon::restart::{RestartPolicy, RestartSchedule};
 use crate::dyno::{
     write_atomic, AttachSpec, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
-use crate::ids::IdRanges;
-use crate::link::{self, Blobs, LinkEvent, Scheduler};
+use crate::host::ids::IdRanges;
 use crate::logs::timestamp;
-use crate::logship::{self, LogRate, LogShipper};
-use crate::metrics::{self, AgentMetrics};
-use crate::outbox::{self, Outbox};
-use crate::relay;
-use crate::restart::{RestartPolicy, RestartSchedule};
+use crate::runner::{self, Dyno, Event, LogLine, Source, State};
 use crate::size::DynoSize;
-use crate::supervisor::{self, Dyno, Event, LogLine, Source, State};
+use link::{Blobs, LinkEvent, Scheduler};
+use logship::{LogRate, LogShipper};
+use metrics::AgentMetrics;
+use outbox::Outbox;
 
 /// Everything the daemon is configured with (from flags).
 #[derive(Debug, Clone)]
@@ -78,7 +85,7 @@ pub struct DaemonConfig {
     pub log_rate: LogRate,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// How long a slug no dyno uses stays on this host ([`crate::gc`]).
+    /// How long a slug no dyno uses stays on this host ([`crate::host::gc`]).
     pub slug_retention: Duration,
     /// Each app's own user-namespace id range, where dynos get a user namespace.
     pub ids: Option<IdRanges>,
@@ -501,9 +508,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     std::fs::create_dir_all(config.host.dynos_dir()).map_err(state_err)?;
     for dir in [config.host.dynos_dir(), state_dir.join("builds")] {
-        match crate::quota::check(&dir) {
-            crate::quota::Made::Limited => tracing::info!("disk quotas on in {}", dir.display()),
-            crate::quota::Made::Unlimited(why) => tracing::warn!(
+        match crate::host::quota::check(&dir) {
+            crate::host::quota::Made::Limited => {
+                tracing::info!("disk quotas on in {}", dir.display())
+            }
+            crate::host::quota::Made::Unlimited(why) => tracing::warn!(
                 "dynos and builds in {} have no disk quota: {why} (README, \"Disk quotas\")",
                 dir.display()
             ),
@@ -624,7 +633,7 @@ impl Core {
                 .map(|s| s.trim().to_string());
             // Alive includes a directory so new that its shim has no pid yet (someone else's
             // `manifold-agent run` starting): never cleaned up from under it.
-            let alive = supervisor::shim_alive(&dir);
+            let alive = runner::shim_alive(&dir);
             let dyno = if alive && dir.shim_pid().exists() {
                 match Dyno::adopt(dir.clone()) {
                     Ok(dyno) => Some(dyno),
@@ -1010,7 +1019,7 @@ impl Core {
                     .is_some_and(|e| e.run == run && matches!(e.phase, Phase::Backoff));
                 if waiting && self.assignment(&id).is_some() {
                     if let Some(entry) = self.dynos.get(&id) {
-                        // The new run's supervisor starts from `starting`: the change out of
+                        // The new run's runner starts from `starting`: the change out of
                         // `crashed` is the daemon's to log, in Heroku's words.
                         let line =
                             platform_line(&entry.name, "State changed from crashed to starting");
@@ -1054,7 +1063,7 @@ impl Core {
     }
 }
 
-/// A platform line the daemon itself writes (the supervisors write the others).
+/// A platform line the daemon itself writes (the runners write the others).
 fn platform_line(dyno: &str, text: &str) -> LogLine {
     LogLine {
         ts: timestamp(),
@@ -1081,7 +1090,7 @@ fn stacks(dir: &Path) -> Vec<String> {
 }
 
 /// Removes slugs no dyno has used for `retention`, then gives back the id ranges of apps
-/// gone from the host, once an hour ([`crate::gc`], [`crate::ids`]).
+/// gone from the host, once an hour ([`crate::host::gc`], [`crate::host::ids`]).
 async fn collect_slugs(host: HostConfig, retention: Duration, ids: Option<IdRanges>) {
     let mut every = tokio::time::interval(GC_INTERVAL);
     loop {
@@ -1089,9 +1098,9 @@ async fn collect_slugs(host: HostConfig, retention: Duration, ids: Option<IdRang
         let host = host.clone();
         let ids = ids.clone();
         let collect = move || -> anyhow::Result<()> {
-            crate::gc::collect_slugs(&host, retention)?;
+            crate::host::gc::collect_slugs(&host, retention)?;
             if let Some(ids) = ids {
-                ids.release_unused(&host, crate::ids::RELEASE_AFTER)?;
+                ids.release_unused(&host, crate::host::ids::RELEASE_AFTER)?;
             }
             Ok(())
         };
@@ -1249,7 +1258,7 @@ async fn follow(
         // Losing sight of a dyno is no proof that it ended, and it is about to be reported
         // ended and started again: kill it first (the shim SIGKILLs its processes and cleans
         // up), or two copies would run.
-        if supervisor::shim_alive(&dir) {
+        if runner::shim_alive(&dir) {
             let shim = nix::unistd::Pid::from_raw(shim);
             let _ = nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGUSR1);
         }
@@ -1316,15 +1325,16 @@ async fn build_in(
         .await
         .map_err(|e| format!("source fetch failed: {}", chain(&e)))?;
     let unpack_work = work.to_path_buf();
-    let source = tokio::task::spawn_blocking(move || build::unpack_source(&archive, &unpack_work))
-        .await
-        .map_err(|e| format!("source unpack failed: {e}"))?
-        .map_err(|e| format!("source unpack failed: {}", chain(&e)))?;
+    let source =
+        tokio::task::spawn_blocking(move || build_dyno::unpack_source(&archive, &unpack_work))
+            .await
+            .map_err(|e| format!("source unpack failed: {e}"))?
+            .map_err(|e| format!("source unpack failed: {}", chain(&e)))?;
     let buildpacks_dir = config
         .buildpacks_dir
         .clone()
         .ok_or("no buildpacks directory configured on this host")?;
-    let req = build::BuildRequest {
+    let req = build_dyno::BuildRequest {
         source,
         stack: request.stack.clone(),
         size: DynoSize::Standard2X,
@@ -1335,13 +1345,13 @@ async fn build_in(
         buildpacks_dir,
         timeout: Duration::from_secs(15 * 60),
         directory_buildpacks: match &config.buildpack_root {
-            Some(root) => build::DirectoryBuildpacks::Under(root.clone()),
-            None => build::DirectoryBuildpacks::None,
+            Some(root) => build_dyno::DirectoryBuildpacks::Under(root.clone()),
+            None => build_dyno::DirectoryBuildpacks::None,
         },
         max_slug_bytes: config.max_slug_bytes,
     };
     let host = app_host(config, &request.app).await?;
-    let prepared = build::prepare(&host, container, &req).map_err(|e| chain(&e))?;
+    let prepared = build_dyno::prepare(&host, container, &req).map_err(|e| chain(&e))?;
     let result = async {
         let dyno = Dyno::start(prepared.dyno.clone(), config.shim_binary.clone())
             .await

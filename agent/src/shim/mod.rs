@@ -1,7 +1,7 @@
 //! The shim: one small process per dyno that creates the container and stays its parent.
 //!
 //! ```text
-//!  supervisor ──spawn──▶ `manifold-agent shim --dir D` (setsid; outlives the supervisor)
+//!  runner ──spawn──▶ `manifold-agent shim --dir D` (setsid; outlives the runner)
 //!                                                             │ attached: listen on attach.sock
 //!                                                             │ prepare: slug layer, overlay, spec
 //!                                                             │ libcontainer build (init waits;
@@ -36,7 +36,7 @@
 //! before `execve`, which can deadlock when the caller is a multi-threaded tokio process; the
 //! shim is single-threaded when it calls libcontainer. Being the container init's parent it
 //! can reap it and learn its exit status; holding the output pipes it keeps the dyno's logs
-//! flowing into `stream.jsonl` even while no supervisor runs. So a dyno never depends on the
+//! flowing into `stream.jsonl` even while no runner runs. So a dyno never depends on the
 //! process that started it: the agent can restart and re-adopt it from the dyno directory.
 //!
 //! An attached one-off (`manifold run`, [`DynoConfig::attach`]) keeps that independence: its
@@ -69,18 +69,18 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, setsid, Pid};
 
-use crate::cgroup::{self, Layout, Sentinel, ShimCgroup};
 use crate::dyno::{DynoConfig, DynoDir, Record, ShimEvent, Stream};
-use crate::inotify;
+use crate::host::cgroup::{self, Layout, Sentinel, ShimCgroup};
+use crate::host::inotify;
+use crate::host::network;
+use crate::host::quota;
+use crate::host::rootfs::{self, Overlay};
+use crate::host::seccomp::Filter;
+use crate::host::slug::{SlugCache, UnpackLimits};
 use crate::logs::{timestamp, LineBudget, LineSplitter};
-use crate::network;
-use crate::quota;
-use crate::rootfs::{self, Overlay};
-use crate::seccomp::Filter;
-use crate::slug::{SlugCache, UnpackLimits};
-use crate::spec;
 
 mod attach;
+pub mod spec;
 
 use attach::{ConsoleSocket, DynoIo, Session};
 
@@ -101,9 +101,9 @@ extern "C" fn request_kill(_: libc::c_int) {
 
 /// Runs the dyno described in `dir` to its end, then exits the process.
 ///
-/// The shim starts its own session so that signals for the supervisor's terminal (Ctrl-C)
-/// do not reach it: stops come only from the supervisor, as SIGTERM. It needs no double
-/// fork to outlive the supervisor: when that dies, the shim is adopted by init (or the
+/// The shim starts its own session so that signals for the runner's terminal (Ctrl-C)
+/// do not reach it: stops come only from the runner, as SIGTERM. It needs no double
+/// fork to outlive the runner: when that dies, the shim is adopted by init (or the
 /// service manager's subreaper) and goes on. Must be called before any thread exists.
 pub fn main(dir: &Path) -> ! {
     let code = match run(DynoDir {
@@ -128,7 +128,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         signal::signal(Signal::SIGINT, SigHandler::Handler(request_stop))?;
         signal::signal(Signal::SIGUSR1, SigHandler::Handler(request_kill))?;
     }
-    // The supervisor starts the shim with these blocked (see `Dyno::start`): a stop or kill
+    // The runner starts the shim with these blocked (see `Dyno::start`): a stop or kill
     // that came early is delivered to the handler now.
     let mut early = signal::SigSet::empty();
     early.add(Signal::SIGTERM);
@@ -730,7 +730,7 @@ impl Shim {
         }
     }
 
-    /// SIGKILL to every process of the dyno, at once (the supervisor's R10). Not a stop: the
+    /// SIGKILL to every process of the dyno, at once (the runner's R10). Not a stop: the
     /// dyno ends as if it had died on its own, so it is `crashed`. Once is enough.
     fn kill_now(&mut self, stop: StopState) -> StopState {
         if stop != StopState::Killed {

@@ -1,6 +1,6 @@
 //! What the daemon tells the scheduler, in order, when the link's buffer is full.
 //!
-//! The link to the scheduler is a bounded channel ([`crate::link::OUTBOUND_BUFFER`]); a
+//! The link to the scheduler is a bounded channel ([`crate::daemon::link::OUTBOUND_BUFFER`]); a
 //! flooding dyno or a slow scheduler fills it. Log lines may then wait or be dropped (the
 //! [`LogShipper`] counts them, Heroku's L10), but a dyno's state and a build's result must
 //! never be lost: a build whose `BuildFinished` is dropped stays "running" for ever, and a
@@ -24,7 +24,7 @@ use manifold_proto as proto;
 use proto::agent_message::Kind;
 use tokio::sync::mpsc;
 
-use crate::logship::LogShipper;
+use crate::daemon::logship::LogShipper;
 
 /// Build output lines that may wait in the outbox; more are dropped (and counted).
 pub const OUTPUT_LINES: usize = 2_000;
@@ -234,8 +234,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::logship::LogRate;
-    use crate::supervisor::{LogLine, Source};
+    use crate::daemon::logship::LogRate;
+    use crate::runner::{LogLine, Source};
 
     fn status(id: &str, state: proto::DynoState) -> Kind {
         Kind::Dyno(proto::DynoStatus {

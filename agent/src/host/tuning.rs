@@ -1,4 +1,4 @@
-//! Host-wide preparation done once before dynos start.
+//! Host-wide tuning done once before dynos start.
 //!
 //! Moving a process into a cgroup (`cgroup.procs`, which libcontainer writes for every new
 //! dyno) takes the kernel's global `cgroup_threadgroup_rwsem` for writing, and by default

@@ -12,7 +12,7 @@
 //!    prerouting: local address, tcp dport in map → dnat      comment "dyno:<id>"
 //!    output:     same, for connections the host makes itself (127.0.0.1 included)
 //!    postrouting: masquerade outbound, 127/8 → dyno
-//!    input, forward: the dynos' network policy (crate::netpolicy): default deny
+//!    input, forward: the dynos' network policy (crate::host::netpolicy): default deny
 //!  bridge ports isolated (no dyno → dyno frames); IPv6 off on the bridge and dynos' eth0
 //! ```
 //!
@@ -58,7 +58,7 @@ use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBu
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::netpolicy::{self, Cidr, Destination};
+use crate::host::netpolicy::{self, Cidr, Destination};
 
 /// Name of the dyno's end of the veth pair, inside its network namespace.
 const PEER_NAME: &str = "eth0";
@@ -174,7 +174,7 @@ pub struct NetworkConfig {
     /// Name of the `ip` family nft table that holds the NAT chains and published ports.
     pub table: String,
     /// Destinations dynos may reach although they are in a denied range (private, loopback,
-    /// link-local, …) or on this host: see [`crate::netpolicy`].
+    /// link-local, …) or on this host: see [`crate::host::netpolicy`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_egress: Vec<Destination>,
     /// Sources besides this host that may connect to published ports: the routers.

@@ -3,7 +3,7 @@
 //! The spec is written as JSON and then parsed into `oci_spec`'s typed [`Spec`], so a typo in
 //! a field name is a test failure, not a silently ignored setting. Everything a dyno is
 //! allowed to do is decided here: namespaces, the unprivileged user, no capabilities,
-//! `no_new_privileges`, the seccomp allow-list ([`crate::seccomp`]), masked kernel paths and the size's limits.
+//! `no_new_privileges`, the seccomp allow-list ([`crate::host::seccomp`]), masked kernel paths and the size's limits.
 
 use std::path::Path;
 
@@ -11,8 +11,8 @@ use libcontainer::oci_spec::runtime::{get_default_maskedpaths, get_default_reado
 use serde_json::{json, Value};
 
 use crate::dyno::{DynoConfig, DynoDir};
-use crate::netpolicy;
-use crate::seccomp;
+use crate::host::netpolicy;
+use crate::host::seccomp;
 
 /// Errors building a spec.
 #[derive(Debug, thiserror::Error)]

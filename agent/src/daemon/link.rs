@@ -1,7 +1,7 @@
 //! The agent's side of its connection to the scheduler: the AgentLink stream (gRPC, dialled
 //! by the agent and redialled with backoff for as long as the agent runs) and the blob store
 //! (HTTP, same URL and token) that slugs and build sources come from and built slugs go to.
-//! With an `https://` URL both speak TLS with [`crate::tls::ClientTls`].
+//! With an `https://` URL both speak TLS with [`crate::daemon::tls::ClientTls`].
 //!
 //! This module only moves messages: [`run`] hands every connection and every message from the
 //! scheduler to the daemon as a [`LinkEvent`], and the daemon decides what to send. Who sends
@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::tls::{ClientTls, TlsError};
+use crate::daemon::tls::{ClientTls, TlsError};
 
 /// Messages queued for the scheduler while the stream cannot take them. Beyond this the
-/// daemon keeps its reports in its outbox ([`crate::outbox`]) and log lines in their queue.
+/// daemon keeps its reports in its outbox ([`crate::daemon::outbox`]) and log lines in their queue.
 pub const OUTBOUND_BUFFER: usize = 4096;
 
 /// Where the scheduler is and how to prove who we are.

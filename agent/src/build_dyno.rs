@@ -89,7 +89,7 @@ pub enum BuildError {
     #[error("cannot unpack the source")]
     Unpack {
         #[source]
-        source: crate::slug::SlugError,
+        source: crate::host::slug::SlugError,
     },
     #[error("buildpack directory {path} is not under this host's buildpack root {root}")]
     BuildpackOutsideRoot { path: PathBuf, root: PathBuf },
@@ -180,8 +180,8 @@ fn prepare_in(
         if let Some(parent) = dir.parent() {
             fs::create_dir_all(parent).map_err(prep(parent))?;
         }
-        if let crate::quota::Made::Unlimited(why) =
-            crate::quota::limited_dir(dir, disk).map_err(prep(dir))?
+        if let crate::host::quota::Made::Unlimited(why) =
+            crate::host::quota::limited_dir(dir, disk).map_err(prep(dir))?
         {
             tracing::debug!(path = %dir.display(), "no disk quota: {why}");
         }
@@ -191,7 +191,7 @@ fn prepare_in(
     }
     // What the build writes (setuid files included) is out of other host users' reach.
     let root_gid = host.host_ids(0, 0).1;
-    crate::rootfs::close_to_host_users(&work, root_gid).map_err(|e| BuildError::Prepare {
+    crate::host::rootfs::close_to_host_users(&work, root_gid).map_err(|e| BuildError::Prepare {
         path: work.clone(),
         source: io::Error::other(e),
     })?;
@@ -658,17 +658,17 @@ impl BuildOutputs {
 /// `manifold deploy` packs them) into `WORK/layer/.../app` and returns that directory.
 ///
 /// The archive is hostile input. It goes through the slug unpacker itself, in its source
-/// layout ([`crate::slug::ArchiveLayout::Source`]: every entry lands under `app/`), so it
+/// layout ([`crate::host::slug::ArchiveLayout::Source`]: every entry lands under `app/`), so it
 /// gets every check a slug gets: capped extension headers (GNU long names and PAX records
 /// are never buffered beyond 64 KiB), bounded size, entry count and depth, and no escaping
 /// paths or links, devices or duplicates.
 pub fn unpack_source(archive: &Path, work: &Path) -> Result<PathBuf, BuildError> {
-    let cache = crate::slug::SlugCache::new(
+    let cache = crate::host::slug::SlugCache::new(
         work.join("layer"),
-        crate::slug::UnpackLimits::default(),
+        crate::host::slug::UnpackLimits::default(),
         None,
     )
-    .with_layout(crate::slug::ArchiveLayout::Source);
+    .with_layout(crate::host::slug::ArchiveLayout::Source);
     let layer = cache
         .layer(archive, None)
         .map_err(|source| BuildError::Unpack { source })?;
@@ -758,7 +758,7 @@ mod tests {
                 matches!(
                     err,
                     BuildError::Unpack {
-                        source: crate::slug::SlugError::Hostile { .. }
+                        source: crate::host::slug::SlugError::Hostile { .. }
                     }
                 ),
                 "{bad}: {err}"
