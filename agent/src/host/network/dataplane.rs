@@ -1,0 +1,173 @@
+//! The order of a dyno's network steps and their undo, over the [`Dataplane`] trait, so that
+//! they are unit-tested with a fake.
+
+use super::*;
+
+/// What attach, detach and sweep need from the kernel, so their ordering and undo paths can
+/// be tested against a fake that records calls and injects failures.
+pub(super) trait Dataplane {
+    /// Creates the veth pair: host end `host` on `bridge`, up, isolated, with `alias`;
+    /// peer [`PEER_NAME`] with `mac`, directly in the netns of `pid`.
+    fn create_veth(
+        &mut self,
+        bridge: &str,
+        host: &str,
+        alias: &str,
+        pid: i32,
+        mac: [u8; 6],
+    ) -> Result<(), NetworkError>;
+    /// Inside the netns of `pid`: IPv6 off on [`PEER_NAME`], `lo` and [`PEER_NAME`] up,
+    /// `address/prefix` on it, default route via `gateway`.
+    fn configure_inside(
+        &mut self,
+        pid: i32,
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetworkError>;
+    /// Deletes the link `name`; a link that does not exist is success.
+    fn delete_link(&mut self, name: &str) -> Result<(), NetworkError>;
+    /// Runs `nft args…` with `script` on stdin and returns its stdout.
+    fn nft(
+        &mut self,
+        step: &'static str,
+        args: &[&str],
+        script: Option<&str>,
+    ) -> Result<String, NetworkError>;
+}
+
+pub(super) fn attach_with(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    pid: i32,
+    publish: Option<(u16, u16)>,
+    start: u32,
+) -> Result<Attachment, NetworkError> {
+    let lease_dir = cfg.lease_dir();
+    let lease = Lease {
+        dyno: dyno_id.to_string(),
+        publish,
+    };
+    let address = allocate_lease(&lease_dir, cfg.subnet, &lease, start)?;
+    let host_veth = host_veth_name(dyno_id);
+    let wired = wire(kernel, cfg, dyno_id, pid, publish, address, &host_veth);
+    if let Err(error) = wired {
+        if let Err(undo) = kernel.delete_link(&host_veth) {
+            tracing::warn!(dyno = dyno_id, error = %undo, "attach undo: could not delete the veth");
+        }
+        if let Err(undo) = remove_lease(&lease_dir, address) {
+            tracing::warn!(dyno = dyno_id, error = %undo, "attach undo: could not release the lease");
+        }
+        return Err(error);
+    }
+    Ok(Attachment {
+        address,
+        gateway: cfg.subnet.gateway(),
+        host_veth,
+        published: publish.map(|(host_port, _)| host_port),
+    })
+}
+
+/// The steps of attach after the lease; any failure leaves the undo to [`attach_with`].
+pub(super) fn wire(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    pid: i32,
+    publish: Option<(u16, u16)>,
+    address: Ipv4Addr,
+    host_veth: &str,
+) -> Result<(), NetworkError> {
+    kernel.create_veth(&cfg.bridge, host_veth, dyno_id, pid, mac_for(address))?;
+    kernel.configure_inside(pid, address, cfg.subnet.prefix(), cfg.subnet.gateway())?;
+    if let Some(publish) = publish {
+        let script = publish_script(cfg, dyno_id, address, publish);
+        kernel
+            .nft("publish a port", &["-f", "-"], Some(&script))
+            .map_err(|e| {
+                if e.nft_says("File exists") {
+                    NetworkError::PortInUse { port: publish.0 }
+                } else {
+                    e
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Order matters for crash safety: published ports, then the veth, then the lease last, so
+/// whatever a crash leaves behind still has a lease naming its dyno for the next sweep.
+/// The host lock keeps two detaches of one dyno from racing a new attach for the same
+/// address or port.
+pub(super) fn detach_with(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    veth: Veth,
+) -> Result<(), NetworkError> {
+    let _lock = lock_host(&cfg.state_dir)?;
+    let lease_dir = cfg.lease_dir();
+    let leases: Vec<(Ipv4Addr, Lease)> = read_leases(&lease_dir)?
+        .into_iter()
+        .filter(|(_, lease)| lease.dyno == dyno_id)
+        .collect();
+    if leases.is_empty() {
+        // Nothing says what was published (a sweep finds dynos this way): look.
+        let ports: Vec<u16> = list_published(kernel, cfg)?
+            .into_iter()
+            .filter(|(_, id)| id == dyno_id)
+            .map(|(port, _)| port)
+            .collect();
+        if !ports.is_empty() {
+            kernel.nft(
+                "unpublish ports",
+                &["-f", "-"],
+                Some(&unpublish_script(cfg, &ports)),
+            )?;
+        }
+    } else {
+        let script: String = leases
+            .iter()
+            .filter_map(|(address, lease)| {
+                lease
+                    .publish
+                    .map(|publish| retract_script(cfg, dyno_id, *address, publish))
+            })
+            .collect();
+        if !script.is_empty() {
+            match kernel.nft("unpublish a port", &["-f", "-"], Some(&script)) {
+                // The port maps elsewhere, so nothing of ours is left; or there is no table.
+                Err(e) if e.nft_says("File exists") || e.nft_says("No such file or directory") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+    }
+    if veth == Veth::Delete {
+        kernel.delete_link(&host_veth_name(dyno_id))?;
+    }
+    for (address, _) in leases {
+        remove_lease(&lease_dir, address)?;
+    }
+    Ok(())
+}
+
+pub(super) fn sweep_with(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    alive: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, NetworkError> {
+    let mut ids: BTreeSet<String> = read_leases(&cfg.lease_dir())?
+        .into_iter()
+        .map(|(_, lease)| lease.dyno)
+        .collect();
+    ids.extend(list_published(kernel, cfg)?.into_iter().map(|(_, id)| id));
+    let dead: Vec<String> = ids.into_iter().filter(|id| !alive(id)).collect();
+    for id in &dead {
+        tracing::info!(dyno = %id, "sweeping the network of a dyno that is gone");
+        detach_with(kernel, cfg, id, Veth::Delete)?;
+    }
+    Ok(dead)
+}
