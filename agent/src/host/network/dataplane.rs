@@ -70,7 +70,7 @@ pub(super) fn attach_with(
 }
 
 /// The steps of attach after the lease; any failure leaves the undo to [`attach_with`].
-pub(super) fn wire(
+fn wire(
     kernel: &mut impl Dataplane,
     cfg: &NetworkConfig,
     dyno_id: &str,

@@ -18,14 +18,14 @@ pub(super) fn connect() -> Result<(tokio::runtime::Runtime, rtnetlink::Handle), 
     Ok((rt, handle))
 }
 
-pub(super) fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
+fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
     match error {
         rtnetlink::Error::NetlinkError(message) => message.to_io().raw_os_error(),
         _ => None,
     }
 }
 
-pub(super) async fn find_link(
+async fn find_link(
     handle: &rtnetlink::Handle,
     name: &str,
 ) -> Result<Option<rtnetlink::packet_route::link::LinkMessage>, NetworkError> {
@@ -93,7 +93,7 @@ pub(super) async fn ensure_bridge(
 
 /// Opens the netns of `pid`, refusing our own: wiring "the dyno's" namespace when it is
 /// really the host's would rename and re-address the host's interfaces.
-pub(super) fn open_netns(pid: i32) -> Result<File, NetworkError> {
+fn open_netns(pid: i32) -> Result<File, NetworkError> {
     let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let theirs = File::open(&path).map_err(io_error("open", &path))?;
     let own_path = Path::new("/proc/thread-self/ns/net");

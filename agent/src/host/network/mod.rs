@@ -69,13 +69,13 @@ mod lease;
 mod nft;
 
 pub use config::{Attachment, Ipv4Subnet, NetworkConfig};
-use dataplane::*;
+use dataplane::{attach_with, detach_with, sweep_with, Dataplane};
 pub use error::NetworkError;
 use error::{io_error, netlink_error};
-use host::*;
-use kernel::*;
-use lease::*;
-use nft::*;
+use host::{disable_ipv6, lock_host, write_sysctls};
+use kernel::{connect, ensure_bridge, Kernel};
+use lease::{allocate_lease, read_leases, remove_lease, Lease};
+use nft::{host_script, list_published, publish_script, retract_script, run_nft, unpublish_script};
 
 /// Name of the dyno's end of the veth pair, inside its network namespace.
 const PEER_NAME: &str = "eth0";
@@ -258,6 +258,7 @@ fn mac_for(address: Ipv4Addr) -> [u8; 6] {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::{kernel::in_netns, lease::candidates, nft::parse_published};
     use std::io::Read;
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::process::Child;

@@ -63,7 +63,7 @@ add rule ip {table} postrouting oifname \"{bridge}\" ip saddr 127.0.0.0/8 masque
 }
 
 /// One map element: `host_port comment "dyno:<id>" : address . dyno_port`.
-pub(super) fn element(dyno_id: &str, address: Ipv4Addr, publish: (u16, u16)) -> String {
+fn element(dyno_id: &str, address: Ipv4Addr, publish: (u16, u16)) -> String {
     let (host_port, dyno_port) = publish;
     format!("{host_port} comment \"{COMMENT_PREFIX}{dyno_id}\" : {address} . {dyno_port}")
 }

@@ -1,0 +1,162 @@
+//! Starting one assigned dyno (its slug fetched, its config made) and following it to its
+//! end, as the task the core spawns for it.
+
+use super::*;
+
+/// A container id for one run of an assignment: readable, unique per run, short enough for
+/// a hostname and an nft comment.
+pub(super) fn container_id(assignment: &str) -> String {
+    let clean: String = assignment
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    format!("{clean}-{:08x}", rand::random::<u32>())
+}
+
+/// Fetches the slug and starts the dyno, then follows it (reported as inputs).
+pub(super) async fn launch(
+    config: Arc<DaemonConfig>,
+    blobs: Blobs,
+    assignment: AssignmentRecord,
+    run: String,
+    port: Option<u16>,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    let id = assignment.id.clone();
+    let failed = |reason: String| Input::LaunchFailed {
+        id: id.clone(),
+        run: run.clone(),
+        reason,
+    };
+    let slug = match blobs
+        .fetch(&assignment.slug_sha256, &config.host.slug_archives_dir())
+        .await
+    {
+        Ok(path) => path,
+        Err(err) => {
+            let _ = inputs.send(failed(format!("slug fetch failed: {}", chain(&err))));
+            return;
+        }
+    };
+    let size = match DynoSize::from_str(&assignment.size) {
+        Ok(size) => size,
+        Err(err) => {
+            let _ = inputs.send(failed(err.to_string()));
+            return;
+        }
+    };
+    let host = match app_host(&config, &assignment.app).await {
+        Ok(host) => host,
+        Err(err) => {
+            let _ = inputs.send(failed(err));
+            return;
+        }
+    };
+    let web = assignment.process_type() == "web";
+    let dyno = DynoConfig {
+        id: run.clone(),
+        name: assignment.name.clone(),
+        stack: assignment.stack.clone(),
+        slug: Some(SlugSource {
+            path: slug,
+            sha256: Some(assignment.slug_sha256.clone()),
+        }),
+        size,
+        env: assignment.env.clone(),
+        command: assignment.command.clone(),
+        // Every dyno has its own network namespace, so all web dynos can use 5000.
+        port: web.then_some(5000),
+        publish: port,
+        grace: match assignment.stop_timeout_secs {
+            0 => GRACE,
+            secs => Duration::from_secs(u64::from(secs)),
+        },
+        boot_timeout: match assignment.boot_timeout_secs {
+            0 => config.boot_timeout,
+            secs => Duration::from_secs(u64::from(secs)),
+        },
+        mounts: Vec::new(),
+        uid: DYNO_UID,
+        gid: DYNO_GID,
+        host,
+        attach: assignment.attach,
+        log_rate: Some(config.log_rate),
+    };
+    // Written before the shim starts, so every dyno directory a restarted daemon finds says
+    // which assignment it runs.
+    let dir = DynoDir::new(&config.host, &run);
+    if let Err(err) = std::fs::create_dir_all(&dir.root)
+        .and_then(|()| write_atomic(&dir.root.join(ASSIGNMENT_FILE), id.as_bytes()))
+    {
+        let _ = inputs.send(failed(format!("cannot prepare dyno directory: {err}")));
+        return;
+    }
+    match Dyno::start(dyno, config.shim_binary.clone()).await {
+        Ok(dyno) => follow(dyno, id, run, config.scheduler.clone(), inputs).await,
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&dir.root);
+            let _ = inputs.send(failed(format!("start failed: {}", chain(&err))));
+        }
+    }
+}
+
+/// Follows a started or adopted dyno to its end, forwarding its events as inputs. An
+/// attached one-off's terminal is relayed to the scheduler meanwhile.
+pub(super) async fn follow(
+    dyno: Dyno,
+    id: String,
+    run: String,
+    scheduler: Scheduler,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    let relay = dyno
+        .config
+        .attach
+        .is_some()
+        .then(|| tokio::spawn(relay::run(scheduler, id.clone(), dyno.dir.clone())));
+    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+    let _ = inputs.send(Input::Launched {
+        id: id.clone(),
+        run: run.clone(),
+        stop: stop_tx,
+    });
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let forward = {
+        let (inputs, id, run) = (inputs.clone(), id.clone(), run.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                let input = Input::Dyno {
+                    id: id.clone(),
+                    run: run.clone(),
+                    event,
+                };
+                if inputs.send(input).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let (dir, shim) = (dyno.dir.clone(), dyno.shim_pid());
+    if let Err(err) = dyno.follow_events(events_tx, stop_rx).await {
+        tracing::error!("{id}: {}", chain(&err));
+        // Losing sight of a dyno is no proof that it ended, and it is about to be reported
+        // ended and started again: kill it first (the shim SIGKILLs its processes and cleans
+        // up), or two copies would run.
+        if runner::shim_alive(&dir) {
+            let shim = nix::unistd::Pid::from_raw(shim);
+            let _ = nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGUSR1);
+        }
+    }
+    let _ = forward.await;
+    if let Some(mut relay) = relay {
+        // The relay ends when the shim closes its socket after the last frame; what it still
+        // holds then gets a while to reach the scheduler, not forever.
+        tokio::spawn(async move {
+            if tokio::time::timeout(RELAY_GRACE, &mut relay).await.is_err() {
+                relay.abort();
+            }
+        });
+    }
+    let _ = inputs.send(Input::Ended { id, run });
+}
