@@ -871,7 +871,7 @@ mod tests {
             let (dir, _) = honest_output(tmp.path());
             trick(&dir.path);
             let err = dir.read().expect_err(what);
-            let text = crate::daemon::chain(&err);
+            let text = crate::error::chain(&err);
             assert!(text.contains(want), "{what}: {text}");
         }
     }
@@ -899,7 +899,7 @@ mod tests {
             text.replace("\"web\"", "\"../web\""),
         )
         .expect("write");
-        let err = crate::daemon::chain(&dir.read().expect_err("refused"));
+        let err = crate::error::chain(&dir.read().expect_err("refused"));
         assert!(
             err.contains("slug.json field process_types.\"../web\": invalid process type name"),
             "{err}"
@@ -958,7 +958,7 @@ mod tests {
         gz.write_all(&raw).expect("write");
         gz.finish().expect("gz");
         let err = unpack_source(&archive, &tmp.path().join("w")).expect_err("refused");
-        let text = crate::daemon::chain(&err);
+        let text = crate::error::chain(&err);
         assert!(
             text.contains("extension header longer than 65536 bytes"),
             "{text}"

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::logship::LogRate;
 use crate::host::network::NetworkConfig;
+use crate::logs::LogRate;
 use crate::size::DynoSize;
 
 /// Host-wide locations and settings every dyno on this host shares.

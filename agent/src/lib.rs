@@ -21,6 +21,7 @@
 pub mod build_dyno;
 pub mod daemon;
 pub mod dyno;
+pub mod error;
 pub mod host;
 pub mod logs;
 pub mod runner;

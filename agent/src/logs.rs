@@ -12,7 +12,35 @@ use time::OffsetDateTime;
 
 use std::time::{Duration, Instant};
 
-use crate::daemon::logship::LogRate;
+/// How fast one dyno may log.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogRate {
+    /// Sustained lines per second.
+    pub per_second: f64,
+    /// Lines a dyno may write at once above the sustained rate.
+    pub burst: f64,
+}
+
+impl Default for LogRate {
+    /// 2,000 lines/s with a burst of 10,000: well above what an app logs on purpose,
+    /// well below what a `yes` loop writes.
+    fn default() -> Self {
+        LogRate {
+            per_second: 2_000.0,
+            burst: 10_000.0,
+        }
+    }
+}
+
+impl LogRate {
+    /// `lines` a second, with a burst of five seconds' worth (the agent's `--log-rate`).
+    pub fn per_second(lines: u32) -> Self {
+        LogRate {
+            per_second: f64::from(lines),
+            burst: f64::from(lines) * 5.0,
+        }
+    }
+}
 
 /// Longest line before it is split, in bytes (Heroku: 10,000).
 pub const MAX_LINE: usize = 10_000;

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use manifold_agent::daemon::logship::LogRate;
 use manifold_agent::daemon::restart::RestartPolicy;
 use manifold_agent::daemon::{self, link};
 use manifold_agent::dyno::{
     BindMount, DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID,
 };
 use manifold_agent::host::{self, netpolicy, network, slug};
+use manifold_agent::logs::LogRate;
 use manifold_agent::runner::shim_alive;
 use manifold_agent::runner::{Dyno, LogLine, Source};
 use manifold_agent::size::DynoSize;
@@ -375,7 +375,7 @@ fn daemon_config(state_dir: &Path, args: DaemonArgs) -> anyhow::Result<daemon::D
             reset: args.restart_reset,
         },
         boot_timeout: args.boot_timeout,
-        log_rate: manifold_agent::daemon::logship::LogRate {
+        log_rate: manifold_agent::logs::LogRate {
             per_second: f64::from(args.log_rate),
             burst: f64::from(args.log_rate) * 5.0,
         },

@@ -1,4 +1,4 @@
-//! The daemon's errors, and [`chain`], which spells an error with its causes on one line.
+//! The daemon's errors.
 
 use super::*;
 
@@ -17,16 +17,4 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The message of an error and all its causes, on one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

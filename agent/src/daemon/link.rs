@@ -161,7 +161,7 @@ pub async fn run(scheduler: Scheduler, events: mpsc::UnboundedSender<LinkEvent>)
     loop {
         match session(&scheduler, &events, &mut backoff).await {
             Ok(()) => tracing::warn!("the scheduler closed the agent link"),
-            Err(err) => tracing::warn!("agent link: {}", crate::daemon::chain(&err)),
+            Err(err) => tracing::warn!("agent link: {}", crate::error::chain(&err)),
         }
         if events.send(LinkEvent::Disconnected).is_err() {
             return;

@@ -15,7 +15,7 @@ use manifold_proto as proto;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::logs::format_timestamp;
+use crate::logs::{format_timestamp, LogRate};
 use crate::runner::{LogLine, Source};
 
 /// How many lines wait for the scheduler at most (about 2 MiB of typical lines).
@@ -23,36 +23,6 @@ pub const QUEUE_LINES: usize = 20_000;
 
 /// Lines per message to the scheduler.
 const BATCH_LINES: usize = 500;
-
-/// How fast one dyno may log.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LogRate {
-    /// Sustained lines per second.
-    pub per_second: f64,
-    /// Lines a dyno may write at once above the sustained rate.
-    pub burst: f64,
-}
-
-impl Default for LogRate {
-    /// 2,000 lines/s with a burst of 10,000: well above what an app logs on purpose,
-    /// well below what a `yes` loop writes.
-    fn default() -> Self {
-        LogRate {
-            per_second: 2_000.0,
-            burst: 10_000.0,
-        }
-    }
-}
-
-impl LogRate {
-    /// `lines` a second, with a burst of five seconds' worth (the agent's `--log-rate`).
-    pub fn per_second(lines: u32) -> Self {
-        LogRate {
-            per_second: f64::from(lines),
-            burst: f64::from(lines) * 5.0,
-        }
-    }
-}
 
 /// A dyno's bucket and what it dropped since it last could log.
 #[derive(Debug)]

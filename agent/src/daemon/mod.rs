@@ -48,10 +48,11 @@ use crate::dyno::{
 };
 use crate::host::ids::IdRanges;
 use crate::logs::timestamp;
+use crate::logs::LogRate;
 use crate::runner::{self, Dyno, Event, LogLine, Source, State};
 use crate::size::DynoSize;
 use link::{Blobs, LinkEvent, Scheduler};
-use logship::{LogRate, LogShipper};
+use logship::LogShipper;
 use metrics::AgentMetrics;
 use outbox::Outbox;
 
@@ -64,13 +65,14 @@ mod error;
 mod launch;
 mod ports;
 
+use crate::error::chain;
 use actor::{app_host, collect_slugs, Core};
 use assignments::{parse_since, since_text, ASSIGNMENT_FILE, SINCE_FILE};
 pub use assignments::{plan, AgentState, AssignmentRecord, Plan};
 use builds::run_build;
 pub use config::{default_memory, host_id, parse_memory, DaemonConfig, PortRange};
 use entry::{proto_state, proto_state_name, Entry, Input, Phase};
-pub use error::{chain, DaemonError};
+pub use error::DaemonError;
 use launch::{container_id, follow, launch};
 pub use ports::{PortAllocator, PortsExhausted};
 

@@ -234,7 +234,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::daemon::logship::LogRate;
+    use crate::logs::LogRate;
     use crate::runner::{LogLine, Source};
 
     fn status(id: &str, state: proto::DynoState) -> Kind {

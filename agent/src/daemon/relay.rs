@@ -75,7 +75,7 @@ pub async fn run(scheduler: Scheduler, dyno_id: String, dir: DynoDir) {
             Err(err) => tracing::warn!(
                 "{}: attach relay: {}",
                 relay.dyno_id,
-                crate::daemon::chain(&err)
+                crate::error::chain(&err)
             ),
         }
         // Frames the shim sent before it ended are still worth redialling for; the daemon

@@ -395,7 +395,7 @@ impl ShimCgroup {
             let moved = write(&j.home.join("cgroup.procs"), &pid, "leave to")
                 .or_else(|_| write(&j.hierarchy.join("cgroup.procs"), &pid, "leave to"));
             if let Err(err) = moved {
-                errors.push(crate::daemon::chain(&err));
+                errors.push(crate::error::chain(&err));
             }
             if let Err(source) = fs::remove_dir(&j.dir) {
                 errors.push(format!("cgroup {}: {source}", j.dir.display()));

@@ -463,7 +463,7 @@ impl Shim {
             Err(err) => tracing::warn!(
                 "dyno {}: the shim's CPU stays outside the dyno: {}",
                 c.id,
-                crate::daemon::chain(&err)
+                crate::error::chain(&err)
             ),
         }
         let logged = match stdio {
