@@ -1,0 +1,169 @@
+//! `/apps/{app}/builds`: builds from a source blob, their state and their output.
+
+use super::*;
+
+fn build_json(app: &str, b: &Build, stack: &str) -> Value {
+    json!({
+        "id": b.id,
+        "status": b.status,
+        "source_blob": {"checksum": format!("SHA256:{}", b.source_sha256)},
+        "output_stream_url": format!("/apps/{app}/builds/{}/output", b.id),
+        "slug": b.slug_id.map(|id| json!({"id": id})),
+        "release": b.release_version.map(|v| json!({"version": v})),
+        "host": b.host_id.as_ref().map(|h| json!({"id": h})),
+        "stack": stack,
+        "user": {"email": b.user},
+        "created_at": rfc3339(b.created_at),
+        "updated_at": rfc3339(b.updated_at),
+    })
+}
+
+pub(super) async fn list_builds(
+    State(core): State<Arc<Core>>,
+    Path(app): Path<String>,
+) -> Result<axum::Json<Vec<Value>>> {
+    let a = core.store.app(&app).await?;
+    let builds = core.store.builds(&app).await?;
+    Ok(axum::Json(
+        builds
+            .iter()
+            .map(|b| build_json(&app, b, &a.stack))
+            .collect(),
+    ))
+}
+
+pub(super) async fn create_build(
+    State(core): State<Arc<Core>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    query: Option<Query<Vec<(String, String)>>>,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<Value>)> {
+    let a = core.store.app(&app).await?;
+    let buildpacks: Vec<String> = query
+        .map(|Query(q)| {
+            q.into_iter()
+                .filter(|(k, _)| k == "buildpack")
+                .map(|(_, v)| v)
+                .collect()
+        })
+        .unwrap_or_default();
+    // Only built-in names and git URLs: a path would name a directory on the build host,
+    // which the agent would mount into the build.
+    for bp in &buildpacks {
+        manifold_slugbuilder::buildpack::BuildpackSource::parse_remote(bp)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let limit = core.settings.upload_limit;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the source is larger than {} MiB: add a .slugignore or remove large files",
+                limit / (1024 * 1024)
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
+    let stored = if declared.is_some_and(|n| n > limit) {
+        Err(BlobError::TooLarge { limit })
+    } else {
+        core.blobs.put(&mut stream, limit, None).await
+    };
+    let source = match stored {
+        Ok(source) => source,
+        Err(BlobError::TooLarge { .. }) => {
+            // Read (and drop) the rest of a modest overrun, so the client, still sending,
+            // gets the 413 rather than a reset connection.
+            let mut rest = 0u64;
+            while let Some(Ok(chunk)) = stream.next().await {
+                rest += chunk.len() as u64;
+                if rest > DRAIN_LIMIT {
+                    break;
+                }
+            }
+            return Err(too_large());
+        }
+        Err(other) => {
+            return Err(ApiError::bad_request(format!(
+                "cannot receive the source: {other}"
+            )))
+        }
+    };
+    let gzip = std::fs::File::open(
+        core.blobs
+            .path(&source.sha256)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    )
+    .and_then(|mut f| {
+        use std::io::Read;
+        let mut magic = [0u8; 2];
+        f.read_exact(&mut magic).map(|()| magic == [0x1f, 0x8b])
+    })
+    .unwrap_or(false);
+    if !gzip {
+        return Err(ApiError::bad_request(
+            "the source must be a gzip-compressed tarball (tar.gz), as `manifold deploy DIR` sends",
+        ));
+    }
+    let build = core
+        .start_build(&a, &source, buildpacks, &user(&headers))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(build_json(&app, &build, &a.stack)),
+    ))
+}
+
+fn parse_uuid(s: &str, what: &str) -> Result<Uuid> {
+    s.parse()
+        .map_err(|_| ApiError::not_found(format!("{what} {s} not found")))
+}
+
+pub(super) async fn get_build(
+    State(core): State<Arc<Core>>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>> {
+    let a = core.store.app(&app).await?;
+    let build = core.store.build(parse_uuid(&id, "build")?).await?;
+    if build.app_id != a.id {
+        return Err(ApiError::not_found(format!(
+            "build {id} not found in {app}"
+        )));
+    }
+    Ok(axum::Json(build_json(&app, &build, &a.stack)))
+}
+
+pub(super) async fn build_output(
+    State(core): State<Arc<Core>>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Response> {
+    let a = core.store.app(&app).await?;
+    let id = parse_uuid(&id, "build")?;
+    let build = core.store.build(id).await?;
+    if build.app_id != a.id {
+        return Err(ApiError::not_found(format!(
+            "build {id} not found in {app}"
+        )));
+    }
+    let stream = futures::stream::unfold((core, 0usize), move |(core, from)| async move {
+        match core.builds.read(id, from).await {
+            Output::Lines { lines, next } => {
+                let mut text = lines.join("\n");
+                text.push('\n');
+                Some((Ok::<_, std::io::Error>(Bytes::from(text)), (core, next)))
+            }
+            Output::Done | Output::Unknown => None,
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

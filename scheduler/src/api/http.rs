@@ -1,0 +1,131 @@
+//! The HTTP plumbing every JSON route shares: errors as JSON with an `id` and a message,
+//! a body extractor that says what is wrong with a body, the request id, the user, times.
+
+use super::*;
+
+/// An error as the API returns it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    id: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        id: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            id,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", message)
+    }
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"id": self.id, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        match &err {
+            StoreError::AppExists(_) | StoreError::DrainExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            }
+            StoreError::AppNotFound(name) => ApiError::not_found(format!(
+                "app {name} not found: see `manifold apps`, or create it with `manifold apps:create {name}`"
+            )),
+            StoreError::ReleaseNotFound { .. }
+            | StoreError::BuildNotFound(_)
+            | StoreError::SlugNotFound(_)
+            | StoreError::HostNotFound(_)
+            | StoreError::DrainNotFound { .. } => ApiError::not_found(err.to_string()),
+            StoreError::NoRelease { .. } => ApiError::invalid(err.to_string()),
+            _ => {
+                tracing::error!("store: {err:?}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", err.to_string())
+            }
+        }
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(err: CoreError) -> ApiError {
+        match err {
+            CoreError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// JSON bodies with the API's own errors (axum's are plain text).
+pub(crate) struct Json<T>(pub(crate) T);
+
+#[axum::async_trait]
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("request body is larger than {JSON_LIMIT} bytes"),
+                )
+            } else {
+                ApiError::bad_request(rej.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(Json)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Every response carries a `Request-Id` (the caller's when it sent a sane one).
+pub(super) async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("request-id", v);
+    }
+    res
+}
+
+pub(crate) fn user(headers: &HeaderMap) -> String {
+    headers
+        .get("manifold-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 100)
+        .unwrap_or("admin")
+        .to_string()
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}

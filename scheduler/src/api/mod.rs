@@ -1,0 +1,136 @@
+//! The REST API (see `scheduler/API.md`): shaped like Heroku's Platform API. Handlers parse
+//! and validate, call the store or the [`Core`], and map results back; errors are JSON with
+//! an `id` and a `message` that says what to do.
+
+mod apps;
+mod auth;
+mod blobs;
+mod builds;
+mod config;
+mod dynos;
+mod features;
+mod formation;
+mod hosts;
+mod http;
+mod releases;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::StreamExt;
+use manifold_sizes::DynoSize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::blobs::BlobError;
+use crate::builds::Output;
+use crate::core::{Core, CoreError};
+use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, ReleaseStatus, FEATURES};
+use crate::reconciler::{dyno_index, size_memory, sleeps, Liveness};
+use crate::store::{DynoChanges, StoreError};
+
+use apps::{create_app, delete_app, get_app, list_apps, patch_app};
+use auth::auth;
+use blobs::{get_blob, put_blob};
+use builds::{build_output, create_build, get_build, list_builds};
+use config::{get_config, patch_config};
+use dynos::{list_dynos, restart_all, restart_dynos, stop_dyno};
+use features::{get_feature, list_features, patch_feature};
+use formation::{get_formation, patch_formation};
+use hosts::{drain_host, list_hosts};
+use http::request_id;
+use releases::{get_release, list_releases, rollback};
+
+pub use auth::same_secret;
+pub(crate) use config::check_config_key;
+pub(crate) use dynos::dyno_json;
+pub use http::ApiError;
+pub(crate) use http::{rfc3339, user, Json, Result};
+
+/// Largest JSON request body.
+const JSON_LIMIT: usize = 1024 * 1024;
+/// How much of a refused upload is read and dropped so its sender sees the error.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+/// Most dynos of one process type.
+const MAX_QUANTITY: u32 = 1000;
+/// Heroku's R10 limit and grace period, in seconds, and how far an app may raise them.
+const DEFAULT_BOOT_TIMEOUT: u32 = 60;
+const DEFAULT_STOP_TIMEOUT: u32 = 30;
+const MAX_BOOT_TIMEOUT: u32 = 600;
+const MAX_STOP_TIMEOUT: u32 = 300;
+/// Config vars of one app, keys and values together (Heroku: 32 KB).
+const CONFIG_LIMIT: usize = 32 * 1024;
+
+/// The REST API's routes (gRPC is merged beside them by the server).
+pub fn router(core: Arc<Core>) -> Router {
+    let upload_limit = usize::try_from(core.settings.upload_limit).unwrap_or(usize::MAX);
+    let slug_limit = usize::try_from(core.settings.slug_limit).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(crate::metrics::metrics))
+        .route("/apps", get(list_apps).post(create_app))
+        .route(
+            "/apps/:app",
+            get(get_app).patch(patch_app).delete(delete_app),
+        )
+        .route(
+            "/apps/:app/config-vars",
+            get(get_config).patch(patch_config),
+        )
+        .route(
+            "/apps/:app/builds",
+            get(list_builds)
+                .post(create_build)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/apps/:app/builds/:id", get(get_build))
+        .route("/apps/:app/builds/:id/output", get(build_output))
+        .route("/apps/:app/releases", get(list_releases).post(rollback))
+        .route("/apps/:app/releases/:version", get(get_release))
+        .route(
+            "/apps/:app/formation",
+            get(get_formation).patch(patch_formation),
+        )
+        .route(
+            "/apps/:app/dynos",
+            get(list_dynos)
+                .post(crate::oneoff::create)
+                .delete(restart_all),
+        )
+        .route("/apps/:app/dynos/:dyno/attach", get(crate::oneoff::attach))
+        .route(
+            "/apps/:app/dynos/:dyno",
+            axum::routing::delete(restart_dynos),
+        )
+        .route("/apps/:app/dynos/:dyno/actions/stop", post(stop_dyno))
+        .route("/apps/:app/features", get(list_features))
+        .route(
+            "/apps/:app/features/:feature",
+            get(get_feature).patch(patch_feature),
+        )
+        .merge(crate::logs::routes())
+        .merge(crate::follow::routes())
+        .route("/hosts", get(list_hosts))
+        .route("/hosts/:host/actions/:action", post(drain_host))
+        .route(
+            "/agent/v1/blobs/:sha",
+            get(get_blob)
+                .put(put_blob)
+                .layer(DefaultBodyLimit::max(slug_limit)),
+        )
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(middleware::from_fn_with_state(core.clone(), auth))
+        .layer(middleware::from_fn(request_id))
+        .with_state(core)
+}
