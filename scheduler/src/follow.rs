@@ -26,8 +26,8 @@ use manifold_router::{AppRoute, Backend, Hooks, RouteTable, Router, RouterConfig
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::api::{ApiError, Json};
 use crate::core::{lock, Core};
+use crate::http::{ApiError, Json};
 
 /// Longest wait of one `GET /router/v1/routes` when nothing changes.
 pub const LONG_POLL: Duration = Duration::from_secs(25);

@@ -59,7 +59,7 @@ pub fn check_token(token: String) -> impl Fn(Request<()>) -> Result<Request<()>,
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given.is_some_and(|g| crate::api::same_secret(g, &token)) {
+        if given.is_some_and(|g| crate::auth::same_secret(g, &token)) {
             Ok(req)
         } else {
             Err(Status::unauthenticated(

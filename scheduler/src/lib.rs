@@ -12,11 +12,13 @@
 
 pub mod api;
 pub mod attach;
+pub mod auth;
 pub mod blobs;
 pub mod builds;
 pub mod certs;
 pub mod core;
 pub mod follow;
+pub mod http;
 pub mod hub;
 pub mod logs;
 pub mod metrics;

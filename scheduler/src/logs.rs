@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::api::{rfc3339, ApiError, Json};
 use crate::core::{lock, Core};
+use crate::http::{rfc3339, ApiError, Json};
 use crate::metrics::Counters;
 use crate::model::LogDrain;
 

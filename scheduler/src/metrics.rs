@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::api::ApiError;
 use crate::core::Core;
+use crate::http::ApiError;
 use crate::reconciler::Liveness;
 
 /// What the scheduler counts.

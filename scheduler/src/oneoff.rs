@@ -16,8 +16,10 @@ use manifold_sizes::DynoSize;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::api::{check_config_key, dyno_json, same_secret, user, ApiError, Json};
+use crate::api::{check_config_key, dyno_json};
+use crate::auth::same_secret;
 use crate::core::{Core, CoreError};
+use crate::http::{user, ApiError, Json};
 use crate::metrics::Counters;
 use crate::model::{App, Attach, Desired, Dyno, DynoState, Release, Slug, DEFAULT_SIZE, RUN_TYPE};
 use crate::planner::{Rejection, Request as PlaceRequest};
@@ -175,7 +177,7 @@ pub(crate) async fn create(
     Path(app): Path<String>,
     headers: HeaderMap,
     Json(body): Json<RunBody>,
-) -> crate::api::Result<Response> {
+) -> crate::http::Result<Response> {
     let command = body.command.trim().to_string();
     if command.is_empty() {
         return Err(ApiError::bad_request("command is empty: say what to run"));
@@ -291,7 +293,7 @@ pub(crate) async fn attach(
     Path((app, name)): Path<(String, String)>,
     Query(query): Query<AttachQuery>,
     mut req: Request,
-) -> crate::api::Result<Response> {
+) -> crate::http::Result<Response> {
     let app = core.store.app(&app).await?;
     let dyno = core
         .store

@@ -375,7 +375,7 @@ fn refuse_plain_http() -> axum::Router {
             )
                 .into_response()
         } else {
-            crate::api::ApiError::new(
+            crate::http::ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "tls_required",
                 "the scheduler serves HTTPS on this port: use https:// (set MANIFOLD_API)",

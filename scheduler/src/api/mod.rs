@@ -3,7 +3,6 @@
 //! an `id` and a `message` that says what to do.
 
 mod apps;
-mod auth;
 mod blobs;
 mod builds;
 mod config;
@@ -11,37 +10,34 @@ mod dynos;
 mod features;
 mod formation;
 mod hosts;
-mod http;
 mod releases;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::{self};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures::StreamExt;
 use manifold_sizes::DynoSize;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::blobs::BlobError;
 use crate::builds::Output;
-use crate::core::{Core, CoreError};
+use crate::core::Core;
 use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, ReleaseStatus, FEATURES};
 use crate::reconciler::{dyno_index, size_memory, sleeps, Liveness};
 use crate::store::{DynoChanges, StoreError};
 
+use crate::auth::auth;
+use crate::http::request_id;
 use apps::{create_app, delete_app, get_app, list_apps, patch_app};
-use auth::auth;
 use blobs::{get_blob, put_blob};
 use builds::{build_output, create_build, get_build, list_builds};
 use config::{get_config, patch_config};
@@ -49,17 +45,13 @@ use dynos::{list_dynos, restart_all, restart_dynos, stop_dyno};
 use features::{get_feature, list_features, patch_feature};
 use formation::{get_formation, patch_formation};
 use hosts::{drain_host, list_hosts};
-use http::request_id;
 use releases::{get_release, list_releases, rollback};
 
-pub use auth::same_secret;
+use crate::http::ApiError;
+use crate::http::{rfc3339, user, Json, Result, JSON_LIMIT};
 pub(crate) use config::check_config_key;
 pub(crate) use dynos::dyno_json;
-pub use http::ApiError;
-pub(crate) use http::{rfc3339, user, Json, Result};
 
-/// Largest JSON request body.
-const JSON_LIMIT: usize = 1024 * 1024;
 /// How much of a refused upload is read and dropped so its sender sees the error.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 /// Most dynos of one process type.

@@ -1,7 +1,22 @@
 //! The HTTP plumbing every JSON route shares: errors as JSON with an `id` and a message,
 //! a body extractor that says what is wrong with a body, the request id, the user, times.
 
-use super::*;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::core::CoreError;
+use crate::store::StoreError;
+
+/// Largest JSON request body.
+pub(crate) const JSON_LIMIT: usize = 1024 * 1024;
 
 /// An error as the API returns it.
 #[derive(Debug)]
@@ -102,7 +117,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Every response carries a `Request-Id` (the caller's when it sent a sane one).
-pub(super) async fn request_id(req: Request, next: Next) -> Response {
+pub(crate) async fn request_id(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("request-id")

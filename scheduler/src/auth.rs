@@ -1,7 +1,15 @@
 //! Who may call: the API token, the followers' token for their own routes, agents' tokens
 //! with a certificate naming their host.
 
-use super::*;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::core::Core;
+use crate::http::ApiError;
 
 /// Compares secrets in time that does not depend on where they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
@@ -19,7 +27,7 @@ const FOLLOWER_PATHS: [&str; 2] = ["/router/v1/", "/logplex/v1/"];
 /// Every route but `/health` needs a token: the API token for users, the agent token
 /// for `/agent/…`; the follower routes also take the follower token, which every other
 /// route refuses (a router's host holds no admin secret).
-pub(super) async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
+pub(crate) async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/health" {
         return next.run(req).await;
