@@ -307,7 +307,9 @@ fn a_program_started_by_exec_after_the_stop_gets_it_too() {
         "--",
         "trap 'echo caught' TERM; echo ready; sleep 100 & wait; exec sleep 100",
     ]));
-    let out = dyno.stop_after("ready");
+    // The app's own line: the platform's "Starting process with command" line holds the
+    // word too, and stopping on it would stop the dyno before the app set its trap.
+    let out = dyno.stop_after("app[worker.1]: ready");
     assert_has(&app_lines(&out), "caught");
     let p = platform_lines(&out);
     assert!(
