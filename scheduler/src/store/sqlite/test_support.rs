@@ -1,0 +1,125 @@
+//! What the store's unit tests share: a store in a temp dir, the rows they fill it with, and
+//! the names they all use.
+
+use std::collections::BTreeMap;
+
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub(super) use time::Duration as TimeDuration;
+
+pub(super) use crate::model::{
+    App, Build, BuildStatus, Desired, Dyno, DynoState, FormationUpdate, Host, Release,
+    ReleaseStatus, Slug, DEFAULT_SIZE,
+};
+pub(super) use crate::store::{BuildOutcome, DynoChanges, Store};
+
+use super::SqliteStore;
+
+pub(super) async fn open(dir: &TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("manifold.db"))
+        .await
+        .expect("open store")
+}
+
+pub(super) fn config(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+        .collect()
+}
+
+pub(super) fn new_slug(app_id: Uuid) -> Slug {
+    Slug {
+        id: Uuid::new_v4(),
+        app_id,
+        sha256: "ab".repeat(32),
+        size: 1234,
+        process_types: [("web".to_owned(), "bin/web".to_owned())].into(),
+        stack: "heroku-24".to_owned(),
+        buildpacks: vec!["heroku/ruby".to_owned()],
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+pub(super) fn new_build(app_id: Uuid) -> Build {
+    let now = OffsetDateTime::now_utc();
+    Build {
+        id: Uuid::new_v4(),
+        app_id,
+        status: BuildStatus::Pending,
+        source_sha256: "cd".repeat(32),
+        slug_id: None,
+        release_version: None,
+        host_id: None,
+        user: "ann@example.com".to_owned(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Builds and releases a new slug of `app`; returns the slug and its release.
+pub(super) async fn deploy(store: &SqliteStore, app: &App) -> (Slug, Release) {
+    let build = new_build(app.id);
+    store.create_build(&build).await.expect("create build");
+    let slug = new_slug(app.id);
+    let (_, release) = store
+        .finish_build(
+            build.id,
+            BuildOutcome::Succeeded {
+                slug: slug.clone(),
+                description: "Deploy".to_owned(),
+            },
+            "ann@example.com",
+        )
+        .await
+        .expect("finish build");
+    (slug, release.expect("a release"))
+}
+
+pub(super) fn new_dyno(app_id: Uuid, name: &str, host_id: &str) -> Dyno {
+    let now = OffsetDateTime::now_utc();
+    Dyno {
+        id: format!("{app_id}-{}", name.replace('.', "-")),
+        app_id,
+        name: name.to_owned(),
+        process_type: name.split('.').next().unwrap_or(name).to_owned(),
+        release_version: 1,
+        size: DEFAULT_SIZE.to_owned(),
+        command: "bin/web".to_owned(),
+        host_id: host_id.to_owned(),
+        desired: Desired::Running,
+        state: DynoState::Created,
+        state_changed_at: now,
+        exit_status: None,
+        reason: String::new(),
+        port: None,
+        created_at: now,
+        env: BTreeMap::new(),
+        attach: None,
+    }
+}
+
+pub(super) async fn add_host(store: &SqliteStore, id: &str) -> Host {
+    store
+        .upsert_host(
+            id,
+            &format!("{id}:7000"),
+            8 << 30,
+            16,
+            &["heroku-24".to_owned()],
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .expect("upsert host")
+}
+
+pub(super) async fn generation(store: &SqliteStore, id: &str) -> u64 {
+    let hosts = store.hosts().await.expect("hosts");
+    hosts
+        .iter()
+        .find(|h| h.id == id)
+        .map(|h| h.generation)
+        .expect("host listed")
+}
