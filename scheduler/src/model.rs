@@ -234,6 +234,51 @@ pub struct Dyno {
 }
 
 impl Dyno {
+    /// A dyno just placed on `host_id`: wanted running, not yet reported by its agent
+    /// (`created`), under a fresh id. The one way a dyno row begins, so that the
+    /// reconciler's dynos and the one-offs start alike. `name` is `<process type>.<index>`
+    /// (`web.1`, `run.4821`), which is where its process type comes from.
+    pub fn placed(
+        app: &App,
+        name: String,
+        release_version: u32,
+        size: String,
+        command: String,
+        host_id: String,
+        now: OffsetDateTime,
+    ) -> Dyno {
+        let process_type = name
+            .rsplit_once('.')
+            .map_or(name.as_str(), |(process_type, _)| process_type)
+            .to_owned();
+        Dyno {
+            // Unique for the life of the cluster (an agent tells runs apart by it), readable in
+            // `ps --json` and on hosts.
+            id: format!(
+                "{}-{}-{:08x}",
+                app.name,
+                name.replace('.', "-"),
+                rand::random::<u32>()
+            ),
+            app_id: app.id,
+            name,
+            process_type,
+            release_version,
+            size,
+            command,
+            host_id,
+            desired: Desired::Running,
+            state: DynoState::Created,
+            state_changed_at: now,
+            exit_status: None,
+            reason: String::new(),
+            port: None,
+            created_at: now,
+            env: BTreeMap::new(),
+            attach: None,
+        }
+    }
+
     /// One-off dynos (`run.N`, `release.N`) run once: never restarted, replaced, cycled or
     /// routed to, and not part of any formation.
     pub fn is_one_off(&self) -> bool {
@@ -291,4 +336,63 @@ pub struct Host {
     pub first_seen: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str) -> App {
+        let now = OffsetDateTime::now_utc();
+        App {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            stack: "heroku-24".to_owned(),
+            config: BTreeMap::new(),
+            features: BTreeSet::new(),
+            sleeping: false,
+            boot_timeout: None,
+            stop_timeout: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn a_placed_dyno_is_created_running_under_a_fresh_id() {
+        let app = app("shop");
+        let now = OffsetDateTime::now_utc();
+        let placed = |name: &str| {
+            Dyno::placed(
+                &app,
+                name.to_owned(),
+                3,
+                DEFAULT_SIZE.to_owned(),
+                "bin/web".to_owned(),
+                "h1".to_owned(),
+                now,
+            )
+        };
+        let dyno = placed("web.1");
+        assert_eq!(dyno.app_id, app.id);
+        assert_eq!(
+            (dyno.name.as_str(), dyno.process_type.as_str()),
+            ("web.1", "web")
+        );
+        assert_eq!(dyno.release_version, 3);
+        assert_eq!(dyno.host_id, "h1");
+        assert_eq!(
+            (dyno.desired, dyno.state),
+            (Desired::Running, DynoState::Created)
+        );
+        assert_eq!((dyno.state_changed_at, dyno.created_at), (now, now));
+        assert_eq!(
+            (dyno.exit_status, dyno.port, dyno.attach),
+            (None, None, None)
+        );
+        assert!(dyno.id.starts_with("shop-web-1-"), "{}", dyno.id);
+        assert_ne!(dyno.id, placed("web.1").id, "each placement is a new dyno");
+        assert_eq!(placed("run.4821").process_type, RUN_TYPE);
+        assert!(placed("release.1").is_one_off());
+    }
 }

@@ -21,7 +21,7 @@ use crate::auth::same_secret;
 use crate::core::{Core, CoreError};
 use crate::http::{user, ApiError, Json};
 use crate::metrics::Counters;
-use crate::model::{App, Attach, Desired, Dyno, DynoState, Release, Slug, DEFAULT_SIZE, RUN_TYPE};
+use crate::model::{App, Attach, Dyno, DynoState, Release, Slug, DEFAULT_SIZE, RUN_TYPE};
 use crate::planner::{Rejection, Request as PlaceRequest};
 use crate::reconciler::{self, size_memory};
 use crate::store::DynoChanges;
@@ -122,23 +122,17 @@ impl Core {
         };
         let now = OffsetDateTime::now_utc();
         let dyno = Dyno {
-            id: reconciler::new_dyno_id(&app.name, &name),
-            app_id: app.id,
-            name,
-            process_type: spec.process_type.to_string(),
-            release_version: release.version,
-            size,
-            command: spec.command,
-            host_id: host.clone(),
-            desired: Desired::Running,
-            state: DynoState::Created,
-            state_changed_at: now,
-            exit_status: None,
-            reason: String::new(),
-            port: None,
-            created_at: now,
             env: spec.env,
             attach: spec.attach,
+            ..Dyno::placed(
+                app,
+                name,
+                release.version,
+                size,
+                spec.command,
+                host.clone(),
+                now,
+            )
         };
         self.store
             .apply_dyno_changes(&DynoChanges {

@@ -101,15 +101,6 @@ pub fn dyno_index(name: &str) -> Option<u32> {
     name.rsplit_once('.').and_then(|(_, n)| n.parse().ok())
 }
 
-/// A fresh dyno id: unique for the life of the cluster, readable in `ps --json` and on hosts.
-pub fn new_dyno_id(app: &str, name: &str) -> String {
-    format!(
-        "{app}-{}-{:08x}",
-        name.replace('.', "-"),
-        rand::random::<u32>()
-    )
-}
-
 /// Daily cycling: every dyno is replaced once per `interval` plus a random part of `jitter`
 /// (Heroku: 24 h plus 0 to 216 min), independently per dyno, so an app's dynos are not
 /// cycled together.
@@ -331,25 +322,15 @@ pub fn plan(
                             out.changes.stop.push(d.id.clone());
                         }
                     }
-                    out.changes.create.push(Dyno {
-                        id: new_dyno_id(&want.app.name, &name),
-                        app_id: want.app.id,
+                    out.changes.create.push(Dyno::placed(
+                        &want.app,
                         name,
-                        process_type: f.process_type.clone(),
-                        release_version: release.version,
-                        size: f.size.clone(),
-                        command: command.clone(),
-                        host_id: host.to_string(),
-                        desired: Desired::Running,
-                        state: DynoState::Created,
-                        state_changed_at: now,
-                        exit_status: None,
-                        reason: String::new(),
-                        port: None,
-                        created_at: now,
-                        env: BTreeMap::new(),
-                        attach: None,
-                    })
+                        release.version,
+                        f.size.clone(),
+                        command.clone(),
+                        host.to_string(),
+                        now,
+                    ))
                 }
                 Err(rejection) => out.unplaced.push(Unplaced {
                     app: want.app.name.clone(),

@@ -298,8 +298,8 @@ mod tests {
             .expect("formation");
         let changes = DynoChanges {
             create: vec![
-                new_dyno(app.id, "web.1", "h1"),
-                new_dyno(other.id, "web.1", "h1"),
+                new_dyno(&app, "web.1", "h1"),
+                new_dyno(&other, "web.1", "h1"),
             ],
             ..DynoChanges::default()
         };

@@ -293,14 +293,16 @@ mod tests {
             .create_app("bravo", "heroku-24")
             .await
             .expect("create");
-        let mut stopped = new_dyno(a.id, "worker.1", "h3");
+        let on_h1 = new_dyno(&a, "web.2", "h1");
+        let on_h2 = new_dyno(&a, "web.1", "h2");
+        let mut stopped = new_dyno(&a, "worker.1", "h3");
         stopped.desired = Desired::Stopped;
         let bumped = store
             .apply_dyno_changes(&DynoChanges {
                 create: vec![
-                    new_dyno(b.id, "web.1", "h1"),
-                    new_dyno(a.id, "web.2", "h1"),
-                    new_dyno(a.id, "web.1", "h2"),
+                    new_dyno(&b, "web.1", "h1"),
+                    on_h1.clone(),
+                    on_h2.clone(),
                     stopped.clone(),
                 ],
                 ..DynoChanges::default()
@@ -330,8 +332,6 @@ mod tests {
         );
         assert_eq!(store.dynos(Some("bravo")).await.expect("dynos").len(), 1);
 
-        let on_h1 = new_dyno(a.id, "web.2", "h1");
-        let on_h2 = new_dyno(a.id, "web.1", "h2");
         let bumped = store
             .apply_dyno_changes(&DynoChanges {
                 stop: vec![on_h1.id.clone(), "no-such-dyno".to_owned()],
@@ -375,7 +375,7 @@ mod tests {
         let store = open(&dir).await;
         add_host(&store, "h1").await;
         let app = store.create_app("app", "heroku-24").await.expect("create");
-        let running = new_dyno(app.id, "web.1", "h1");
+        let running = new_dyno(&app, "web.1", "h1");
         store
             .apply_dyno_changes(&DynoChanges {
                 create: vec![running.clone()],
@@ -388,8 +388,8 @@ mod tests {
         let result = store
             .apply_dyno_changes(&DynoChanges {
                 create: vec![
-                    new_dyno(app.id, "web.2", "h1"),
-                    new_dyno(app.id, "web.3", "ghost"),
+                    new_dyno(&app, "web.2", "h1"),
+                    new_dyno(&app, "web.3", "ghost"),
                 ],
                 stop: vec![running.id.clone()],
                 delete: Vec::new(),
@@ -410,7 +410,7 @@ mod tests {
         let store = open(&dir).await;
         add_host(&store, "h1").await;
         let app = store.create_app("app", "heroku-24").await.expect("create");
-        let dyno = new_dyno(app.id, "web.1", "h1");
+        let dyno = new_dyno(&app, "web.1", "h1");
         store
             .apply_dyno_changes(&DynoChanges {
                 create: vec![dyno.clone()],
@@ -467,7 +467,7 @@ mod tests {
         let store = open(&dir).await;
         add_host(&store, "h1").await;
         let app = store.create_app("app", "heroku-24").await.expect("create");
-        let mut dyno = new_dyno(app.id, "run.4821", "h1");
+        let mut dyno = new_dyno(&app, "run.4821", "h1");
         dyno.env = [("TERM".to_owned(), "xterm".to_owned())].into();
         dyno.attach = Some(crate::model::Attach {
             tty: true,

@@ -127,7 +127,7 @@ mod tests {
         let app = store.create_app("app", "heroku-24").await.expect("create");
         store
             .apply_dyno_changes(&DynoChanges {
-                create: vec![new_dyno(app.id, "web.1", "h1")],
+                create: vec![new_dyno(&app, "web.1", "h1")],
                 ..DynoChanges::default()
             })
             .await

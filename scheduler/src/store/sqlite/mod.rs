@@ -294,7 +294,7 @@ mod tests {
                 .expect("formation");
             store
                 .apply_dyno_changes(&DynoChanges {
-                    create: vec![new_dyno(app.id, "web.1", "h1")],
+                    create: vec![new_dyno(&app, "web.1", "h1")],
                     ..DynoChanges::default()
                 })
                 .await

@@ -10,8 +10,8 @@ use uuid::Uuid;
 pub(super) use time::Duration as TimeDuration;
 
 pub(super) use crate::model::{
-    App, Build, BuildStatus, Desired, Dyno, DynoState, FormationUpdate, Host, Release,
-    ReleaseStatus, Slug, DEFAULT_SIZE,
+    App, Build, BuildStatus, Dyno, DynoState, FormationUpdate, Host, Release, ReleaseStatus, Slug,
+    DEFAULT_SIZE,
 };
 pub(super) use crate::store::{BuildOutcome, DynoChanges, Store};
 
@@ -78,27 +78,17 @@ pub(super) async fn deploy(store: &SqliteStore, app: &App) -> (Slug, Release) {
     (slug, release.expect("a release"))
 }
 
-pub(super) fn new_dyno(app_id: Uuid, name: &str, host_id: &str) -> Dyno {
-    let now = OffsetDateTime::now_utc();
-    Dyno {
-        id: format!("{app_id}-{}", name.replace('.', "-")),
-        app_id,
-        name: name.to_owned(),
-        process_type: name.split('.').next().unwrap_or(name).to_owned(),
-        release_version: 1,
-        size: DEFAULT_SIZE.to_owned(),
-        command: "bin/web".to_owned(),
-        host_id: host_id.to_owned(),
-        desired: Desired::Running,
-        state: DynoState::Created,
-        state_changed_at: now,
-        exit_status: None,
-        reason: String::new(),
-        port: None,
-        created_at: now,
-        env: BTreeMap::new(),
-        attach: None,
-    }
+/// A `web.1`-style dyno of `app` just placed on `host_id`, of release v1.
+pub(super) fn new_dyno(app: &App, name: &str, host_id: &str) -> Dyno {
+    Dyno::placed(
+        app,
+        name.to_owned(),
+        1,
+        DEFAULT_SIZE.to_owned(),
+        "bin/web".to_owned(),
+        host_id.to_owned(),
+        OffsetDateTime::now_utc(),
+    )
 }
 
 pub(super) async fn add_host(store: &SqliteStore, id: &str) -> Host {
