@@ -147,7 +147,9 @@ pub struct FormationUpdate {
     pub size: Option<String>,
 }
 
-/// A dyno's state as the agents report it (Heroku's API enum plus `stopping`).
+/// A dyno's state as the agents report it: Heroku's API states plus `stopping`, and without
+/// `idle`, which no dyno row is in (`ps` shows it for a sleeping app's dynos, which have no
+/// row while it sleeps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DynoState {
@@ -159,7 +161,6 @@ pub enum DynoState {
     Stopping,
     Down,
     Complete,
-    Idle,
 }
 
 impl DynoState {
@@ -172,7 +173,6 @@ impl DynoState {
             DynoState::Stopping => "stopping",
             DynoState::Down => "down",
             DynoState::Complete => "complete",
-            DynoState::Idle => "idle",
         }
     }
 
@@ -185,7 +185,6 @@ impl DynoState {
             DynoState::Stopping,
             DynoState::Down,
             DynoState::Complete,
-            DynoState::Idle,
         ]
         .into_iter()
         .find(|d| d.as_str() == s)
