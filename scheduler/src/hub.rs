@@ -172,7 +172,8 @@ impl Core {
     /// Records a state `host`'s agent reports for one of its dynos; returns the dyno as
     /// updated. A report about a dyno of another host is refused (and logged): it changes
     /// nothing, so a compromised agent cannot mark other hosts' dynos up or down, publish
-    /// a port for them or end their release phase.
+    /// a port for them or end their release phase. A late report, whose state cannot follow
+    /// the stored one, is ignored too (and logged).
     async fn host_report(
         &self,
         host: &str,
@@ -190,6 +191,16 @@ impl Core {
                     "host {host}: refused its report that dyno {} is {}: that dyno is on host {owner}",
                     report.id,
                     report.state.as_str()
+                );
+                None
+            }
+            Reported::Stale(stored) => {
+                tracing::warn!(
+                    "host {host}: ignored a late report that dyno {} is {}: it is {}, which \
+                     that cannot follow",
+                    report.id,
+                    report.state.as_str(),
+                    stored.as_str()
                 );
                 None
             }

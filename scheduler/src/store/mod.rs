@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::model::{
-    App, Build, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain, Release,
+    App, Build, Dyno, DynoReport, DynoState, Formation, FormationUpdate, Host, LogDrain, Release,
     ReleaseStatus, Slug,
 };
 
@@ -67,6 +67,9 @@ pub enum Reported {
     Unknown,
     /// The dyno is placed on this other host: the report was refused.
     OtherHost(String),
+    /// The dyno is in this state, which the reported one cannot follow (see
+    /// [`DynoState::may_follow`]): a late report, refused.
+    Stale(DynoState),
 }
 
 /// Placement decisions applied at once: new dynos, dynos to stop, dynos gone for good.
@@ -175,7 +178,8 @@ pub trait Store: Send + Sync + 'static {
         changes: &DynoChanges,
     ) -> Result<BTreeMap<String, u64>, StoreError>;
     /// Records `host`'s agent's report about one of its dynos. A report about a dyno placed
-    /// on another host changes nothing: an agent speaks for its own host only.
+    /// on another host changes nothing: an agent speaks for its own host only. Nor does a
+    /// report whose state cannot follow the stored one: it is older than what is stored.
     async fn report_dyno(&self, host: &str, report: &DynoReport) -> Result<Reported, StoreError>;
 
     /// Records a `Hello`: inserts the host or updates its address, capacity, stacks and

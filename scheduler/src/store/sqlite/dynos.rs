@@ -144,30 +144,32 @@ pub(super) async fn report_dyno(
     report: &DynoReport,
 ) -> Result<Reported, StoreError> {
     let mut tx = store.write().await?;
-    let row = sqlx::query(
-        "UPDATE dynos SET state = ?, state_changed_at = ?, exit_status = ?, reason = ?,
-                          port = ?
-         WHERE id = ? AND host_id = ?
-         RETURNING *",
-    )
-    .bind(report.state.as_str())
-    .bind(timestamp(report.changed_at)?)
-    .bind(report.exit_status)
-    .bind(&report.reason)
-    .bind(report.port.map(i64::from))
-    .bind(&report.id)
-    .bind(host)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let reported = match row {
-        Some(row) => Reported::Updated(Box::new(dyno_from_row(&row)?)),
-        None => {
-            let owner: Option<String> =
-                sqlx::query_scalar("SELECT host_id FROM dynos WHERE id = ?")
-                    .bind(&report.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            owner.map_or(Reported::Unknown, Reported::OtherHost)
+    let row = sqlx::query("SELECT * FROM dynos WHERE id = ?")
+        .bind(&report.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let stored = row.as_ref().map(dyno_from_row).transpose()?;
+    let reported = match stored {
+        None => Reported::Unknown,
+        // The owner first: another host's agent learns nothing of the dyno's state.
+        Some(dyno) if dyno.host_id != host => Reported::OtherHost(dyno.host_id),
+        Some(dyno) if !report.state.may_follow(dyno.state) => Reported::Stale(dyno.state),
+        Some(_) => {
+            let row = sqlx::query(
+                "UPDATE dynos SET state = ?, state_changed_at = ?, exit_status = ?, reason = ?,
+                                  port = ?
+                 WHERE id = ?
+                 RETURNING *",
+            )
+            .bind(report.state.as_str())
+            .bind(timestamp(report.changed_at)?)
+            .bind(report.exit_status)
+            .bind(&report.reason)
+            .bind(report.port.map(i64::from))
+            .bind(&report.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            Reported::Updated(Box::new(dyno_from_row(&row)?))
         }
     };
     tx.commit().await?;
@@ -402,6 +404,67 @@ mod tests {
             "neither the stop nor the valid create happened"
         );
         assert_eq!(generation(&store, "h1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn report_dyno_refuses_a_late_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir).await;
+        add_host(&store, "h1").await;
+        let app = store.create_app("app", "heroku-24").await.expect("create");
+        let dyno = new_dyno(&app, "web.1", "h1");
+        store
+            .apply_dyno_changes(&DynoChanges {
+                create: vec![dyno.clone()],
+                ..DynoChanges::default()
+            })
+            .await
+            .expect("apply");
+        let start = OffsetDateTime::now_utc();
+        let report = |state, seconds, exit_status| DynoReport {
+            id: dyno.id.clone(),
+            state,
+            changed_at: start + TimeDuration::seconds(seconds),
+            exit_status,
+            reason: String::new(),
+            port: Some(30001),
+        };
+        let up = report(DynoState::Up, 1, None);
+        let down = report(DynoState::Down, 2, Some(0));
+        for sent in [&up, &down, &down] {
+            let reported = store.report_dyno("h1", sent).await.expect("report");
+            assert!(matches!(reported, Reported::Updated(_)), "{reported:?}");
+        }
+
+        // The `up` again, delivered late: it cannot follow `down`.
+        let late = store.report_dyno("h1", &up).await.expect("report");
+        assert_eq!(late, Reported::Stale(DynoState::Down));
+        let stored = &store.dynos(None).await.expect("dynos")[0];
+        assert_eq!(
+            stored.state,
+            DynoState::Down,
+            "the late report changed nothing"
+        );
+        assert_eq!(stored.state_changed_at, down.changed_at);
+        assert_eq!(stored.exit_status, Some(0));
+
+        // Another host's agent is told nothing of the dyno's state.
+        add_host(&store, "h2").await;
+        assert_eq!(
+            store.report_dyno("h2", &up).await.expect("report"),
+            Reported::OtherHost("h1".to_owned())
+        );
+
+        // A new run starts from anything.
+        let restarted = store
+            .report_dyno("h1", &report(DynoState::Starting, 3, None))
+            .await
+            .expect("report");
+        let Reported::Updated(restarted) = restarted else {
+            panic!("a new run refused: {restarted:?}");
+        };
+        assert_eq!(restarted.state, DynoState::Starting);
+        assert_eq!(restarted.exit_status, None);
     }
 
     #[tokio::test]
