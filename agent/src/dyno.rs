@@ -84,7 +84,7 @@ impl HostConfig {
             run_dir: PathBuf::from("/run/manifold"),
             cgroup_parent: "manifold".to_string(),
             cgroup_driver: crate::host::cgroup::Driver::detect(
-                Path::new("/sys/fs/cgroup"),
+                Path::new(crate::host::cgroup::ROOT),
                 Path::new("/run/systemd"),
             ),
             userns: UserNamespace::host_default(),

@@ -7,6 +7,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Where the host's cgroup hierarchy is mounted. The functions here take their root as a
+/// parameter (tests give them a fixture); the shim and the dyno directory pass this one.
+pub const ROOT: &str = "/sys/fs/cgroup";
+
 /// Which cgroup layout the host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
