@@ -1,35 +1,46 @@
-//! The scheduler's core: the store, the blob store, the agents' links and the reconcile
-//! loop, shared by the REST API and the AgentLink hub. Handlers only translate requests
-//! into calls on [`Core`]; everything that decides lives here or in [`crate::reconciler`].
+//! The scheduler's services wired together, and the reconcile loop that drives them.
+//!
+//! ```text
+//!            api/ (REST)        hub (AgentLink gRPC)       router (Hooks)
+//!                 └──────────────────┬──────────────────────────┘
+//!                                  Core: the flows that span services (reconcile, stop,
+//!                                  place a one-off, an agent's hello/report/logs/builds)
+//!   ┌──────────┬─────────┬────────────┬────────┬──────────────┬──────────┐
+//!   cluster    routing   logs         builds   release_phase  attach
+//!   links,     table,    plex feed,   output,  outputs,       sessions
+//!   liveness,  traffic,  firehose,    hosts    settling
+//!   assignments sleep    drains
+//!                       store (one transaction per operation)
+//! ```
+//!
+//! Each service owns its state; [`Core`] holds them with the store, and has no state of its
+//! own beyond the reconcile lock. Handlers only translate requests into calls on it or on
+//! one service; what decides is in the services and in [`crate::reconciler`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
-use manifold_logplex::{LogPlex, PlexConfig};
-use manifold_proto::{scheduler_message, Assignment, Assignments, SchedulerMessage};
-use manifold_router::{RouteTable, RouterConfig};
+use manifold_logplex::PlexConfig;
+use manifold_proto::{BuildEvent, Hello, LogBatch};
+use manifold_router::RouterConfig;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
+use crate::attach::{Event, Sessions};
 use crate::blobs::BlobStore;
-use crate::builds::Builds;
+use crate::builds::{Builds, Built};
+use crate::cluster::{Cluster, LinkSender};
+use crate::logs::LogFeed;
 use crate::metrics::Counters;
-use crate::model::{Desired, Dyno, FormationUpdate};
-use crate::reconciler::{self, AppDesired, Cycling, HostView, Liveness, Plan};
-use crate::store::{Store, StoreError};
-
-/// What an assignment needs of a release: its config and its slug (which also names the
-/// stack: the planner placed the dyno by the slug's stack).
-type ReleaseInfo = (BTreeMap<String, String>, crate::model::Slug);
-
-/// How much longer than the heartbeat deadline a host gets to reconnect after the
-/// scheduler starts: an agent redials with a backoff of up to 5 s, plus a heartbeat.
-const RECONNECT_GRACE: Duration = Duration::from_secs(10);
-
-/// Lines a log plex follower may fall behind before it loses some.
-const FIREHOSE_LINES: usize = 16_384;
+use crate::model::{App, Desired, Dyno, DynoReport, DynoState, FormationUpdate, Release, Slug};
+use crate::oneoff::{OneOff, OneOffError};
+use crate::planner::Request as PlaceRequest;
+use crate::reconciler::{self, size_memory, AppDesired, Cycling, HostView, Liveness, Plan};
+use crate::release_phase::ReleasePhase;
+use crate::routing::Routing;
+use crate::store::{DynoChanges, Store, StoreError};
+use crate::sync::Poke;
 
 /// Settings of a running scheduler.
 #[derive(Debug, Clone)]
@@ -64,68 +75,24 @@ pub struct Settings {
     pub api: crate::server::ListenerLimits,
 }
 
-/// A dyno as its log lines are written: its app and name come from the store, never from
-/// what the agent says.
-#[derive(Debug, Clone)]
-pub(crate) struct Placed {
-    pub(crate) app: String,
-    pub(crate) name: String,
-}
-
-/// The sender half of an agent's stream, and when it last said anything.
-#[derive(Debug)]
-pub(crate) struct Link {
-    pub(crate) serial: u64,
-    pub(crate) tx: mpsc::UnboundedSender<Result<SchedulerMessage, tonic::Status>>,
-    pub(crate) last_seen: Instant,
-}
-
+/// The services, the store they share, and the reconcile loop's lock.
 pub struct Core {
     pub store: Arc<dyn Store>,
     pub blobs: BlobStore,
     pub settings: Settings,
-    pub builds: Builds,
-    /// Every app's log stream.
-    pub plex: LogPlex,
-    /// Every line, for log plex processes that follow the scheduler.
-    pub(crate) firehose: tokio::sync::broadcast::Sender<Arc<(String, manifold_logplex::LogLine)>>,
-    /// What `/metrics` counts.
-    pub counters: crate::metrics::Counters,
-    /// The router's table, refreshed after every reconcile.
-    pub routes: RouteTable,
-    /// The table as last published, with a version that changes with it (what routers
-    /// that follow the scheduler from other processes long-poll, see [`crate::follow`]).
-    pub(crate) published: Mutex<(u64, HashMap<String, manifold_router::AppRoute>)>,
-    pub(crate) route_changes: tokio::sync::watch::Sender<u64>,
-    /// The router, once serving (for its metrics).
-    pub router: std::sync::OnceLock<Arc<manifold_router::Router>>,
-    /// When each app last got a request (sleep-on-idle).
-    pub(crate) traffic: Mutex<HashMap<String, Instant>>,
-    /// Apps being woken, since when (to log how long it took).
-    pub(crate) waking: Mutex<HashMap<String, Instant>>,
-    /// Apps with no web dyno up while new ones boot, since when (logged when it ends).
-    pub(crate) gaps: Mutex<HashMap<String, Instant>>,
-    /// Stopping web dynos kept assigned until their in-flight requests are done.
-    pub(crate) held_stops: Mutex<HashMap<String, Instant>>,
-    pub(crate) links: Mutex<HashMap<String, Link>>,
-    /// Each host's dynos as last sent to it, by id: whose lines its agent may send (see
-    /// [`Core::ingest_logs`]). Set before the assignments go out, so the agent can never
-    /// know of a dyno missing here.
-    pub(crate) placed: Mutex<HashMap<String, Arc<HashMap<String, Placed>>>>,
+    /// What `/metrics` counts (the services count too).
+    pub counters: Arc<Counters>,
+    pub cluster: Arc<Cluster>,
+    pub routing: Arc<Routing>,
+    pub logs: Arc<LogFeed>,
+    pub builds: Arc<Builds>,
+    pub releases: ReleasePhase,
     /// Attach sessions of one-off dynos (`manifold run`).
-    pub sessions: crate::attach::Sessions,
-    /// Release dynos whose output also goes to the build that made their release.
-    pub(crate) release_outputs: Mutex<HashMap<String, Uuid>>,
-    /// Releases whose release dyno ended and whose outcome is being decided.
-    pub(crate) release_settling: Mutex<HashSet<(Uuid, u32)>>,
-    /// When each known host's link went away (a host never seen since start counts from
-    /// `started`, so agents get one deadline to reconnect after a scheduler restart).
-    pub(crate) gone_since: Mutex<HashMap<String, Instant>>,
-    started: Instant,
-    wake: Notify,
-    /// One reconcile (or formation check) at a time.
-    pub(crate) reconciling: tokio::sync::Mutex<()>,
-    next_serial: std::sync::atomic::AtomicU64,
+    pub sessions: Arc<Sessions>,
+    poke: Poke,
+    /// One reconcile (or formation check, or one-off placement) at a time: each plans
+    /// from a snapshot, and two plans from one snapshot would place twice.
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Core {
@@ -134,85 +101,50 @@ impl std::fmt::Debug for Core {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CoreError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 impl Core {
     pub fn new(store: Arc<dyn Store>, blobs: BlobStore, settings: Settings) -> Arc<Core> {
+        let poke = Poke::default();
+        let counters = Arc::new(Counters::default());
+        let cluster = Arc::new(Cluster::new(
+            store.clone(),
+            counters.clone(),
+            settings.heartbeat_deadline,
+        ));
+        let logs = Arc::new(LogFeed::new(store.clone(), settings.plex.clone()));
+        let routing = Arc::new(Routing::new(
+            store.clone(),
+            logs.clone(),
+            counters.clone(),
+            poke.clone(),
+            settings.sleep_after,
+        ));
+        let builds = Arc::new(Builds::new(
+            store.clone(),
+            cluster.clone(),
+            blobs.clone(),
+            logs.clone(),
+            counters.clone(),
+        ));
+        let releases = ReleasePhase::new(store.clone(), logs.clone(), builds.clone(), poke.clone());
         Arc::new(Core {
+            sessions: Arc::new(Sessions::new(settings.run)),
             store,
             blobs,
-            plex: LogPlex::new(settings.plex.clone()),
-            counters: crate::metrics::Counters::default(),
-            firehose: tokio::sync::broadcast::Sender::new(FIREHOSE_LINES),
-            routes: RouteTable::default(),
-            router: std::sync::OnceLock::new(),
-            published: Mutex::new((0, HashMap::new())),
-            route_changes: tokio::sync::watch::Sender::new(0),
-            traffic: Mutex::new(HashMap::new()),
-            waking: Mutex::new(HashMap::new()),
-            held_stops: Mutex::new(HashMap::new()),
-            gaps: Mutex::new(HashMap::new()),
             settings,
-            builds: Builds::default(),
-            links: Mutex::new(HashMap::new()),
-            placed: Mutex::new(HashMap::new()),
-            sessions: crate::attach::Sessions::default(),
-            release_outputs: Mutex::new(HashMap::new()),
-            release_settling: Mutex::new(HashSet::new()),
-            gone_since: Mutex::new(HashMap::new()),
-            started: Instant::now(),
-            wake: Notify::new(),
+            counters,
+            cluster,
+            routing,
+            logs,
+            builds,
+            releases,
+            poke,
             reconciling: tokio::sync::Mutex::new(()),
-            next_serial: std::sync::atomic::AtomicU64::new(1),
         })
-    }
-
-    pub(crate) fn serial(&self) -> u64 {
-        self.next_serial
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Asks the reconcile loop to run soon.
     pub fn poke(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Whether a host's agent is connected, missing (within the deadline) or lost.
-    pub fn liveness(&self, host: &str) -> Liveness {
-        let now = Instant::now();
-        let deadline = self.settings.heartbeat_deadline;
-        if let Some(link) = lock(&self.links).get(host) {
-            return if now.duration_since(link.last_seen) <= deadline {
-                Liveness::Connected
-            } else {
-                Liveness::Lost
-            };
-        }
-        // A host not heard from since this scheduler started may be redialling with its
-        // longest backoff: give it that much more before its dynos move.
-        let (since, allowed) = match lock(&self.gone_since).get(host) {
-            Some(gone) => (*gone, deadline),
-            None => (self.started, deadline + RECONNECT_GRACE),
-        };
-        if now.duration_since(since) <= allowed {
-            Liveness::Missing
-        } else {
-            Liveness::Lost
-        }
-    }
-
-    /// Sends a message to a host's agent; false when it is not connected.
-    pub(crate) fn send(&self, host: &str, message: scheduler_message::Kind) -> bool {
-        lock(&self.links).get(host).is_some_and(|l| {
-            l.tx.send(Ok(SchedulerMessage {
-                kind: Some(message),
-            }))
-            .is_ok()
-        })
+        self.poke.poke();
     }
 
     /// Runs the reconciler whenever poked, and every `reconcile_interval` (to notice lost
@@ -236,24 +168,10 @@ impl Core {
                 Err(err) => tracing::warn!("reconcile failed: {err}"),
             }
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = self.poke.poked() => {}
                 () = tokio::time::sleep(self.settings.reconcile_interval) => {}
             }
         }
-    }
-
-    /// Every known host with its liveness now.
-    pub(crate) async fn host_views(&self) -> Result<Vec<HostView>, CoreError> {
-        Ok(self
-            .store
-            .hosts()
-            .await?
-            .into_iter()
-            .map(|host| HostView {
-                liveness: self.liveness(&host.id),
-                host,
-            })
-            .collect())
     }
 
     /// The cluster as the reconciler sees it; `formation_override` replaces one app's
@@ -261,8 +179,8 @@ impl Core {
     async fn snapshot(
         &self,
         formation_override: Option<(&str, &[FormationUpdate])>,
-    ) -> Result<(Vec<HostView>, Vec<Dyno>, Vec<AppDesired>), CoreError> {
-        let hosts = self.host_views().await?;
+    ) -> Result<(Vec<HostView>, Vec<Dyno>, Vec<AppDesired>), StoreError> {
+        let hosts = self.cluster.host_views().await?;
         let dynos = self.store.dynos(None).await?;
         let mut apps = Vec::new();
         for app in self.store.apps().await? {
@@ -290,7 +208,7 @@ impl Core {
 
     /// One reconcile: plan, store the plan, refresh the routes, tell the hosts whose sets
     /// changed, and put idle apps to sleep.
-    pub async fn reconcile(self: &Arc<Self>) -> Result<Plan, CoreError> {
+    pub async fn reconcile(self: &Arc<Self>) -> Result<Plan, StoreError> {
         let _one = self.reconciling.lock().await;
         let (hosts, dynos, apps) = self.snapshot(None).await?;
         let plan = reconciler::plan(
@@ -308,7 +226,7 @@ impl Core {
             .cloned()
             .collect();
         if plan.is_empty() {
-            self.refresh_routes(&hosts, &dynos, &apps, &stopping);
+            self.routing.refresh(&hosts, &dynos, &apps, &stopping);
         } else {
             for d in &plan.changes.create {
                 tracing::info!("placing {} ({}) on {}", d.name, d.id, d.host_id);
@@ -325,7 +243,7 @@ impl Core {
                 if d.attach.is_some() {
                     self.attach_event(
                         &d.id,
-                        crate::attach::Event::Ended {
+                        Event::Ended {
                             exit_status: None,
                             reason: format!("{} was lost with its host {}", d.name, d.host_id),
                         },
@@ -351,7 +269,7 @@ impl Core {
                 };
                 tracing::info!("{why}: {}", d.id);
                 if let Some(app) = names.get(&d.app_id) {
-                    self.log_platform(app, &d.name, why);
+                    self.logs.log_platform(app, &d.name, why);
                 }
             }
             let changed = self.store.apply_dyno_changes(&plan.changes).await?;
@@ -359,7 +277,7 @@ impl Core {
             Counters::add(&counters.placements, plan.changes.create.len());
             Counters::add(&counters.stops, plan.changes.stop.len());
             Counters::add(&counters.cycles, plan.cycling.len());
-            self.refresh_routes(&hosts, &dynos, &apps, &stopping);
+            self.routing.refresh(&hosts, &dynos, &apps, &stopping);
             let stopped: Vec<Dyno> = dynos
                 .iter()
                 .filter(|d| plan.changes.stop.contains(&d.id))
@@ -367,25 +285,25 @@ impl Core {
                 .collect();
             self.hold_stops(&stopped);
             for host in changed.keys() {
-                self.push_assignments(host).await?;
+                self.cluster.push_assignments(host).await?;
             }
         }
-        self.idle_apps(&apps, &dynos).await;
-        let apps: Vec<crate::model::App> = apps.into_iter().map(|a| a.app).collect();
-        self.orphaned_releases(&apps, &dynos).await;
+        self.routing.idle_apps(&apps, &dynos).await;
+        let apps: Vec<App> = apps.into_iter().map(|a| a.app).collect();
+        self.releases.orphaned(&apps, &dynos).await;
         Ok(plan)
     }
 
     /// Stops dynos on a user's request (`ps:restart`, `ps:stop`): they leave the routes
     /// at once, finish their requests, then stop; the reconciler starts replacements.
-    pub async fn stop_dynos(self: &Arc<Self>, ids: &[String], why: &str) -> Result<(), CoreError> {
+    pub async fn stop_dynos(self: &Arc<Self>, ids: &[String], why: &str) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
         let _one = self.reconciling.lock().await;
         let changed = self
             .store
-            .apply_dyno_changes(&crate::store::DynoChanges {
+            .apply_dyno_changes(&DynoChanges {
                 stop: ids.to_vec(),
                 ..Default::default()
             })
@@ -400,16 +318,26 @@ impl Core {
             .collect();
         for d in &stopped {
             if let Some(app) = names.get(&d.app_id) {
-                self.log_platform(app, &d.name, why);
+                self.logs.log_platform(app, &d.name, why);
             }
         }
-        self.refresh_routes(&hosts, &dynos, &apps, &HashSet::new());
+        self.routing.refresh(&hosts, &dynos, &apps, &HashSet::new());
         self.hold_stops(&stopped);
         for host in changed.keys() {
-            self.push_assignments(host).await?;
+            self.cluster.push_assignments(host).await?;
         }
         self.poke();
         Ok(())
+    }
+
+    /// Stopping web dynos keep their requests until done (up to the router's request
+    /// timeout) before their hosts are told to stop them.
+    fn hold_stops(&self, stopped: &[Dyno]) {
+        self.cluster.hold_stops(
+            stopped,
+            self.routing.table(),
+            self.settings.router.request_timeout,
+        );
     }
 
     /// Whether the app's formation with `updates` applied can be placed now: the
@@ -418,7 +346,7 @@ impl Core {
         &self,
         app: &str,
         updates: &[FormationUpdate],
-    ) -> Result<Plan, CoreError> {
+    ) -> Result<Plan, StoreError> {
         let _one = self.reconciling.lock().await;
         let (hosts, dynos, apps) = self.snapshot(Some((app, updates))).await?;
         let mut plan = reconciler::plan(
@@ -432,96 +360,218 @@ impl Core {
         Ok(plan)
     }
 
-    /// Sends a host its full set of running dynos with its generation.
-    pub async fn push_assignments(&self, host: &str) -> Result<(), CoreError> {
-        let Some(generation) = self
+    /// Places a one-off dyno of `release` on a host with room and tells that host.
+    /// `slug` is the release's (the caller has read it already). It is placed here, at
+    /// once, so that `manifold run` hears "no room" as a 422 rather than waiting.
+    pub(crate) async fn start_one_off(
+        &self,
+        app: &App,
+        release: &Release,
+        slug: &Slug,
+        spec: OneOff,
+    ) -> Result<Dyno, OneOffError> {
+        let size = match &spec.size {
+            Some(size) => size.clone(),
+            None => self
+                .store
+                .formation(&app.name)
+                .await?
+                .into_iter()
+                .find(|f| f.process_type == "web")
+                .map_or_else(|| crate::model::DEFAULT_SIZE.to_string(), |f| f.size),
+        };
+        let _one = self.reconciling.lock().await;
+        let hosts = self.cluster.host_views().await?;
+        let dynos = self.store.dynos(None).await?;
+        let host = reconciler::place_one_off(
+            &hosts,
+            &dynos,
+            &PlaceRequest {
+                app: app.id.to_string(),
+                process_type: spec.process_type.to_string(),
+                stack: slug.stack.clone(),
+                memory_bytes: size_memory(&size),
+            },
+        )
+        .map_err(|rejection| OneOffError::NoRoom {
+            size: size.clone(),
+            rejection,
+        })?;
+        let dyno = crate::oneoff::new_dyno(app, release, &dynos, spec, size, host.clone());
+        self.store
+            .apply_dyno_changes(&DynoChanges {
+                create: vec![dyno.clone()],
+                ..DynoChanges::default()
+            })
+            .await?;
+        Counters::add(&self.counters.placements, 1);
+        tracing::info!("placing {} ({}) on {host}", dyno.name, dyno.id);
+        self.cluster.push_assignments(&host).await?;
+        Ok(dyno)
+    }
+
+    /// Runs a pending release's release phase; `build` also gets its output.
+    pub(crate) async fn start_release_phase(
+        &self,
+        app: &App,
+        release: &Release,
+        build: Option<Uuid>,
+    ) {
+        let Some((slug, spec)) = self.releases.command(app, release).await else {
+            return;
+        };
+        match self.start_one_off(app, release, &slug, spec).await {
+            Ok(dyno) => self.releases.placed(&dyno, build),
+            Err(err) => {
+                self.releases
+                    .not_placed(app, release, build, &err.to_string())
+                    .await;
+            }
+        }
+    }
+
+    /// Forgets an app: its dynos (their hosts are told first: their sets change, their
+    /// generations move), its record, its logs and its route.
+    pub(crate) async fn delete_app(&self, name: &str) -> Result<(), StoreError> {
+        let dynos = self.store.dynos(Some(name)).await?;
+        let changed = self
             .store
-            .hosts()
-            .await?
-            .into_iter()
-            .find(|h| h.id == host)
-            .map(|h| h.generation)
-        else {
+            .apply_dyno_changes(&DynoChanges {
+                delete: dynos.iter().map(|d| d.id.clone()).collect(),
+                ..DynoChanges::default()
+            })
+            .await?;
+        self.store.delete_app(name).await?;
+        self.logs.remove_app(name);
+        self.routing.remove_app(name);
+        for host in changed.keys() {
+            self.cluster.push_assignments(host).await?;
+        }
+        Ok(())
+    }
+
+    /// A connected agent said `Hello`: records its host and the dynos it runs, forgets
+    /// dynos it was told to stop and no longer runs, and sends it its assignments. Returns
+    /// the link's serial, for [`Core::agent_disconnected`].
+    pub(crate) async fn agent_connected(
+        &self,
+        hello: &Hello,
+        reports: &[DynoReport],
+        tx: LinkSender,
+    ) -> Result<u64, StoreError> {
+        let host = hello.host_id.as_str();
+        let serial = self.cluster.connect(hello, tx).await?;
+        for report in reports {
+            self.cluster.report(host, report).await?;
+        }
+        let running: HashSet<&str> = hello.dynos.iter().map(|d| d.id.as_str()).collect();
+        self.cluster.forget_ended(host, &running).await?;
+        tracing::info!(
+            "host {host} connected from {} with {} dynos",
+            hello.address,
+            hello.dynos.len()
+        );
+        self.cluster.push_assignments(host).await?;
+        self.poke();
+        Ok(serial)
+    }
+
+    /// `host`'s agent reports a state of one of its dynos.
+    pub(crate) async fn dyno_reported(
+        self: &Arc<Self>,
+        host: &str,
+        report: &DynoReport,
+    ) -> Result<(), StoreError> {
+        let Some(dyno) = self.cluster.report(host, report).await? else {
             return Ok(());
         };
-        let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
-        let on_host: Vec<Dyno> = self
-            .store
-            .dynos(None)
-            .await?
-            .into_iter()
-            .filter(|d| d.host_id == host)
-            .collect();
-        let apps: HashMap<Uuid, crate::model::App> = self
-            .store
-            .apps()
-            .await?
-            .into_iter()
-            .map(|a| (a.id, a))
-            .collect();
-        // Every dyno of the host, stopping ones too: their last lines are still to come.
-        let placed = on_host
-            .iter()
-            .filter_map(|d| {
-                let app = apps.get(&d.app_id)?;
-                let placed = Placed {
-                    app: app.name.clone(),
-                    name: d.name.clone(),
-                };
-                Some((d.id.clone(), placed))
-            })
-            .collect();
-        lock(&self.placed).insert(host.to_string(), Arc::new(placed));
-        let dynos: Vec<Dyno> = on_host
-            .into_iter()
-            .filter(|d| d.desired == Desired::Running || held.contains(&d.id))
-            .collect();
-        let mut releases: HashMap<(Uuid, u32), ReleaseInfo> = HashMap::new();
-        let mut out = Vec::new();
-        for d in dynos {
-            let Some(app) = apps.get(&d.app_id) else {
-                continue;
-            };
-            let key = (d.app_id, d.release_version);
-            if let std::collections::hash_map::Entry::Vacant(e) = releases.entry(key) {
-                let release = self.store.release(&app.name, d.release_version).await?;
-                let slug = self.store.slug(release.slug_id).await?;
-                e.insert((release.config, slug));
-            }
-            let Some((config, slug)) = releases.get(&key) else {
-                continue;
-            };
-            out.push(Assignment {
-                id: d.id,
-                app: app.name.clone(),
-                name: d.name,
-                command: d.command,
-                size: d.size,
-                stack: slug.stack.clone(),
-                slug: Some(manifold_proto::Slug {
-                    sha256: slug.sha256.clone(),
-                    size: slug.size,
-                }),
-                // A one-off's own vars (`run -e`) go over the release's.
-                env: config.clone().into_iter().chain(d.env).collect(),
-                release_version: d.release_version,
-                boot_timeout_secs: app.boot_timeout.unwrap_or(0),
-                stop_timeout_secs: app.stop_timeout.unwrap_or(0),
-                attach: d.attach.map(|a| manifold_proto::AttachSpec {
-                    tty: a.tty,
-                    cols: u32::from(a.cols),
-                    rows: u32::from(a.rows),
-                }),
-            });
+        if dyno.state == DynoState::Crashed {
+            Counters::add(&self.counters.crashes, 1);
         }
-        self.send(
-            host,
-            scheduler_message::Kind::Assignments(Assignments {
-                generation,
-                dynos: out,
-            }),
+        let ended = matches!(
+            dyno.state,
+            DynoState::Down | DynoState::Complete | DynoState::Crashed
         );
+        if dyno.attach.is_some() {
+            self.attach_event(
+                &dyno.id,
+                if ended {
+                    Event::Ended {
+                        exit_status: dyno.exit_status,
+                        reason: dyno.reason.clone(),
+                    }
+                } else {
+                    Event::State(dyno.state)
+                },
+            );
+        }
+        if ended && dyno.process_type == crate::model::RELEASE_TYPE {
+            self.releases.dyno_ended(&dyno).await;
+        }
+        if ended && dyno.desired == Desired::Stopped {
+            self.store
+                .apply_dyno_changes(&DynoChanges {
+                    delete: vec![dyno.id.clone()],
+                    ..DynoChanges::default()
+                })
+                .await?;
+        }
+        self.poke();
         Ok(())
+    }
+
+    /// An agent's build output or result; a successful build's release goes live, or
+    /// through its release phase first.
+    pub(crate) async fn build_event(&self, host: &str, event: BuildEvent) {
+        let build = event.build_id.parse::<Uuid>().ok();
+        match self.builds.event(host, event).await {
+            Some(Built::Pending(pending)) => {
+                let (app, release) = &*pending;
+                self.start_release_phase(app, release, build).await;
+            }
+            Some(Built::Live) => self.poke(),
+            None => {}
+        }
+    }
+
+    /// The lines an agent sent, for the dynos last assigned to its host (see
+    /// [`LogFeed::ingest`]).
+    pub(crate) fn ingest_logs(&self, host: &str, batch: LogBatch) {
+        let placed = self.cluster.placed(host);
+        let refused = self.logs.ingest(host, batch, &placed, |dyno_id, message| {
+            // A release phase's output also goes to the deploy that made its release.
+            if let Some(build) = self.releases.output_of(dyno_id) {
+                self.builds.push(build, format!("       {message}"));
+            }
+        });
+        Counters::add(&self.counters.refused_reports, refused);
+    }
+
+    /// An agent's link ended: its host is missing from now, lost after the deadline; its
+    /// builds fail.
+    pub(crate) async fn agent_disconnected(&self, host: &str, serial: u64) {
+        if self.cluster.disconnect(host, serial) {
+            tracing::warn!("host {host} disconnected");
+            self.builds.host_failed(host).await;
+            self.poke();
+        }
+    }
+
+    /// Hands an event to a one-off's attach session; a session it starts stops its dyno
+    /// when the client is gone or idle.
+    pub(crate) fn attach_event(self: &Arc<Self>, dyno_id: &str, event: Event) {
+        self.sessions.event(dyno_id, event, || {
+            let core = self.clone();
+            Box::new(move |id: &str, why: String| {
+                let core = core.clone();
+                let id = id.to_string();
+                tokio::spawn(async move {
+                    if let Err(err) = core.stop_dynos(std::slice::from_ref(&id), &why).await {
+                        tracing::warn!("cannot stop {id}: {err}");
+                    }
+                });
+            })
+        });
     }
 }
 
@@ -572,7 +622,143 @@ pub fn apply_updates(
     }
 }
 
-/// Locks a std mutex, going on if a panicking thread poisoned it (the maps stay usable).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::{Method, StatusCode};
+    use manifold_proto::DynoState as WireState;
+    use manifold_router::AppRoute;
+    use serde_json::json;
+
+    use crate::testing::{settings, Harness};
+
+    const WEB: (&str, &str) = ("web", "python app.py");
+
+    fn names(assigned: &[manifold_proto::Assignment]) -> Vec<String> {
+        let mut names: Vec<String> = assigned.iter().map(|a| a.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn scaling_web_to_two_assigns_two_dynos_to_the_agents_host() {
+        let h = Harness::new(settings(Duration::from_secs(30))).await;
+        h.deployed("demo", &[WEB]).await;
+        let mut agent = h.agent("a").await;
+        assert!(agent.assigned().is_empty(), "nothing before the scale");
+        let (status, body) = h
+            .api(
+                Method::PATCH,
+                "/apps/demo/formation",
+                json!({"updates": [{"type": "web", "quantity": 2}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        h.core.reconcile().await.expect("reconcile");
+        let assigned = agent.assigned();
+        assert_eq!(names(assigned), ["web.1", "web.2"]);
+        assert!(assigned.iter().all(|a| a.app == "demo"
+            && a.command == "python app.py"
+            && a.stack == crate::testing::STACK
+            && a.release_version == 1));
+        let (_, ps) = h.api(Method::GET, "/apps/demo/dynos", json!(null)).await;
+        let hosts: Vec<&str> = ps
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|d| d["host"]["id"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(hosts, ["a", "a"], "ps shows them on the agent's host");
+        // Nothing changed: another reconcile places nothing more.
+        h.core.reconcile().await.expect("reconcile");
+        assert_eq!(agent.assigned().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_up_web_dyno_is_routed_to_until_it_is_down_or_crashed() {
+        let h = Harness::new(settings(Duration::from_secs(30))).await;
+        h.deployed("demo", &[WEB]).await;
+        let mut agent = h.agent("a").await;
+        h.api(
+            Method::PATCH,
+            "/apps/demo/formation",
+            json!({"updates": [{"type": "web", "quantity": 1}]}),
+        )
+        .await;
+        h.core.reconcile().await.expect("reconcile");
+        let web1 = agent.id_of("web.1");
+        assert_eq!(h.route("demo"), Some(AppRoute::Booting), "placed, not up");
+
+        agent.report(&web1, WireState::Starting, 0).await;
+        h.core.reconcile().await.expect("reconcile");
+        assert_eq!(h.route("demo"), Some(AppRoute::Booting), "starting");
+
+        agent.report(&web1, WireState::Up, 30001).await;
+        h.core.reconcile().await.expect("reconcile");
+        let Some(AppRoute::Serving(backends)) = h.route("demo") else {
+            panic!("not serving: {:?}", h.route("demo"));
+        };
+        assert_eq!(backends.len(), 1);
+        assert_eq!(backends[0].id, web1);
+        assert_eq!(backends[0].name, "web.1");
+        assert_eq!(backends[0].addr, "127.0.0.1:30001".parse().expect("addr"));
+
+        agent.report(&web1, WireState::Crashed, 0).await;
+        h.core.reconcile().await.expect("reconcile");
+        assert_eq!(h.route("demo"), Some(AppRoute::Crashed), "H10");
+
+        // The agent restarts it; once up again it is routed to, until it is down.
+        agent.report(&web1, WireState::Up, 30002).await;
+        h.core.reconcile().await.expect("reconcile");
+        assert!(matches!(h.route("demo"), Some(AppRoute::Serving(_))));
+        agent.report(&web1, WireState::Down, 0).await;
+        h.core.reconcile().await.expect("reconcile");
+        assert_eq!(h.route("demo"), Some(AppRoute::Booting), "down: no backend");
+    }
+
+    #[tokio::test]
+    async fn a_lost_hosts_dynos_are_placed_again_on_another_host() {
+        let deadline = Duration::from_millis(200);
+        let h = Harness::new(settings(deadline)).await;
+        h.deployed("demo", &[WEB, ("worker", "python worker.py")])
+            .await;
+        let mut a = h.agent("a").await;
+        h.api(
+            Method::PATCH,
+            "/apps/demo/formation",
+            json!({"updates": [{"type": "web", "quantity": 2}, {"type": "worker", "quantity": 1}]}),
+        )
+        .await;
+        h.core.reconcile().await.expect("reconcile");
+        assert_eq!(names(a.assigned()), ["web.1", "web.2", "worker.1"]);
+        let before: Vec<String> = a.assigned().iter().map(|d| d.id.clone()).collect();
+        for id in &before {
+            a.report(id, WireState::Up, 30001).await;
+        }
+        let mut b = h.agent("b").await;
+        assert!(b.assigned().is_empty(), "a has room: nothing moves yet");
+
+        a.disconnect().await;
+        // Missing within the deadline: its dynos stay where they are.
+        h.core.reconcile().await.expect("reconcile");
+        assert!(b.assigned().is_empty(), "missing is not lost");
+        tokio::time::sleep(deadline + Duration::from_millis(100)).await;
+        b.heartbeat().await;
+        h.core.reconcile().await.expect("reconcile");
+        let moved = b.assigned();
+        assert_eq!(names(moved), ["web.1", "web.2", "worker.1"]);
+        assert!(
+            moved.iter().all(|d| !before.contains(&d.id)),
+            "new dynos, not the lost ones"
+        );
+        let dynos = h.core.store.dynos(Some("demo")).await.expect("dynos");
+        assert_eq!(dynos.len(), 3, "the lost host's dynos are forgotten");
+        assert!(dynos.iter().all(|d| d.host_id == "b"));
+        assert_eq!(
+            h.route("demo"),
+            Some(AppRoute::Booting),
+            "a lost host's dynos take no requests"
+        );
+    }
 }

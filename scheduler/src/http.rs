@@ -12,7 +12,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::core::CoreError;
 use crate::store::StoreError;
 
 /// Largest JSON request body.
@@ -78,14 +77,6 @@ impl From<StoreError> for ApiError {
                 tracing::error!("store: {err:?}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", err.to_string())
             }
-        }
-    }
-}
-
-impl From<CoreError> for ApiError {
-    fn from(err: CoreError) -> ApiError {
-        match err {
-            CoreError::Store(e) => e.into(),
         }
     }
 }

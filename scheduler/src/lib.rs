@@ -16,6 +16,7 @@ pub mod auth;
 pub mod blobs;
 pub mod builds;
 pub mod certs;
+pub mod cluster;
 pub mod core;
 pub mod follow;
 pub mod http;
@@ -30,4 +31,7 @@ pub mod release_phase;
 pub mod routing;
 pub mod server;
 pub mod store;
+mod sync;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;

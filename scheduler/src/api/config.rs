@@ -78,8 +78,8 @@ pub(super) async fn patch_config(
         .update_config(&app, &changes, &parts.join("; "), &user(&headers))
         .await?;
     match &release {
-        Some(r) => core.log_release(&app.name, r),
-        None => core.log_api(
+        Some(r) => core.logs.log_release(&app.name, r),
+        None => core.logs.log_api(
             &app.name,
             format!("{} by {}", parts.join("; "), user(&headers)),
         ),

@@ -123,7 +123,7 @@ pub(super) async fn patch_formation(
             format!("{}@{}:{size}", f.process_type, f.quantity)
         })
         .collect();
-    core.log_api(
+    core.logs.log_api(
         &app,
         format!("Scaled to {} by {}", scaled.join(" "), user(&headers)),
     );

@@ -18,7 +18,7 @@ pub(super) struct HostJson {
 fn host_json(core: &Core, h: crate::model::Host, dynos: &[Dyno]) -> HostJson {
     let on: Vec<&Dyno> = dynos.iter().filter(|d| d.host_id == h.id).collect();
     HostJson {
-        state: match core.liveness(&h.id) {
+        state: match core.cluster.liveness(&h.id) {
             Liveness::Lost => "lost",
             _ if h.draining => "draining",
             Liveness::Connected => "ready",

@@ -72,7 +72,7 @@ pub(super) async fn rollback(
         ))
     })?;
     let r = core.store.rollback(&app, version, &user(&headers)).await?;
-    core.log_release(&app, &r);
+    core.logs.log_release(&app, &r);
     core.poke();
     Ok((
         StatusCode::CREATED,
