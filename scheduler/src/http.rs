@@ -58,6 +58,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::core::ScaleError> for ApiError {
+    fn from(err: crate::core::ScaleError) -> ApiError {
+        match err {
+            crate::core::ScaleError::NoRoom { .. } => ApiError::invalid(err.to_string()),
+            crate::core::ScaleError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {

@@ -63,7 +63,6 @@ pub(super) async fn drain_host(
         }
     };
     let h = core
-        .store
         .set_draining(&host, draining)
         .await
         .map_err(|e| match e {
@@ -72,7 +71,6 @@ pub(super) async fn drain_host(
             }
             other => other.into(),
         })?;
-    core.poke();
     let dynos = core.store.dynos(None).await?;
     Ok(axum::Json(host_json(&core, h, &dynos)))
 }

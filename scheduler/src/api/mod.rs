@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::blobs::BlobError;
 use crate::builds::Output;
 use crate::core::Core;
-use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, ReleaseStatus, FEATURES};
+use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
 use crate::reconciler::{dyno_index, size_memory, sleeps, Liveness};
 use crate::store::StoreError;
 

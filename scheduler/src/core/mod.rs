@@ -16,31 +16,36 @@
 //! Each service owns its state; [`Core`] holds them with the store, and has no state of its
 //! own beyond the reconcile lock. Handlers only translate requests into calls on it or on
 //! one service; what decides is in the services and in [`crate::reconciler`].
+//!
+//! Here: the reconcile loop, user stops and the formation check. The flows agents start are
+//! in `agents.rs`, the ones users start through the API in `apps.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use manifold_logplex::PlexConfig;
-use manifold_proto::{BuildEvent, Hello, LogBatch};
 use manifold_router::RouterConfig;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::attach::{Event, Sessions};
 use crate::blobs::BlobStore;
-use crate::builds::{Builds, Built};
-use crate::cluster::{Cluster, LinkSender};
+use crate::builds::Builds;
+use crate::cluster::Cluster;
 use crate::logs::LogFeed;
 use crate::metrics::Counters;
-use crate::model::{App, Desired, Dyno, DynoReport, DynoState, FormationUpdate, Release, Slug};
-use crate::oneoff::{OneOff, OneOffError};
-use crate::planner::Request as PlaceRequest;
-use crate::reconciler::{self, size_memory, AppDesired, Cycling, HostView, Liveness, Plan};
+use crate::model::{App, Dyno, FormationUpdate};
+use crate::reconciler::{self, AppDesired, Cycling, HostView, Liveness, Plan};
 use crate::release_phase::ReleasePhase;
 use crate::routing::Routing;
 use crate::store::{DynoChanges, Store, StoreError};
 use crate::sync::Poke;
+
+mod agents;
+mod apps;
+
+pub use apps::ScaleError;
 
 /// Settings of a running scheduler.
 #[derive(Debug, Clone)]
@@ -359,220 +364,6 @@ impl Core {
         plan.unplaced.retain(|u| u.app == app);
         Ok(plan)
     }
-
-    /// Places a one-off dyno of `release` on a host with room and tells that host.
-    /// `slug` is the release's (the caller has read it already). It is placed here, at
-    /// once, so that `manifold run` hears "no room" as a 422 rather than waiting.
-    pub(crate) async fn start_one_off(
-        &self,
-        app: &App,
-        release: &Release,
-        slug: &Slug,
-        spec: OneOff,
-    ) -> Result<Dyno, OneOffError> {
-        let size = match &spec.size {
-            Some(size) => size.clone(),
-            None => self
-                .store
-                .formation(&app.name)
-                .await?
-                .into_iter()
-                .find(|f| f.process_type == "web")
-                .map_or_else(|| crate::model::DEFAULT_SIZE.to_string(), |f| f.size),
-        };
-        let _one = self.reconciling.lock().await;
-        let hosts = self.cluster.host_views().await?;
-        let dynos = self.store.dynos(None).await?;
-        let host = reconciler::place_one_off(
-            &hosts,
-            &dynos,
-            &PlaceRequest {
-                app: app.id.to_string(),
-                process_type: spec.process_type.to_string(),
-                stack: slug.stack.clone(),
-                memory_bytes: size_memory(&size),
-            },
-        )
-        .map_err(|rejection| OneOffError::NoRoom {
-            size: size.clone(),
-            rejection,
-        })?;
-        let dyno = crate::oneoff::new_dyno(app, release, &dynos, spec, size, host.clone());
-        self.store
-            .apply_dyno_changes(&DynoChanges {
-                create: vec![dyno.clone()],
-                ..DynoChanges::default()
-            })
-            .await?;
-        Counters::add(&self.counters.placements, 1);
-        tracing::info!("placing {} ({}) on {host}", dyno.name, dyno.id);
-        self.cluster.push_assignments(&host).await?;
-        Ok(dyno)
-    }
-
-    /// Runs a pending release's release phase; `build` also gets its output.
-    pub(crate) async fn start_release_phase(
-        &self,
-        app: &App,
-        release: &Release,
-        build: Option<Uuid>,
-    ) {
-        let Some((slug, spec)) = self.releases.command(app, release).await else {
-            return;
-        };
-        match self.start_one_off(app, release, &slug, spec).await {
-            Ok(dyno) => self.releases.placed(&dyno, build),
-            Err(err) => {
-                self.releases
-                    .not_placed(app, release, build, &err.to_string())
-                    .await;
-            }
-        }
-    }
-
-    /// Forgets an app: its dynos (their hosts are told first: their sets change, their
-    /// generations move), its record, its logs and its route.
-    pub(crate) async fn delete_app(&self, name: &str) -> Result<(), StoreError> {
-        let dynos = self.store.dynos(Some(name)).await?;
-        let changed = self
-            .store
-            .apply_dyno_changes(&DynoChanges {
-                delete: dynos.iter().map(|d| d.id.clone()).collect(),
-                ..DynoChanges::default()
-            })
-            .await?;
-        self.store.delete_app(name).await?;
-        self.logs.remove_app(name);
-        self.routing.remove_app(name);
-        for host in changed.keys() {
-            self.cluster.push_assignments(host).await?;
-        }
-        Ok(())
-    }
-
-    /// A connected agent said `Hello`: records its host and the dynos it runs, forgets
-    /// dynos it was told to stop and no longer runs, and sends it its assignments. Returns
-    /// the link's serial, for [`Core::agent_disconnected`].
-    pub(crate) async fn agent_connected(
-        &self,
-        hello: &Hello,
-        reports: &[DynoReport],
-        tx: LinkSender,
-    ) -> Result<u64, StoreError> {
-        let host = hello.host_id.as_str();
-        let serial = self.cluster.connect(hello, tx).await?;
-        for report in reports {
-            self.cluster.report(host, report).await?;
-        }
-        let running: HashSet<&str> = hello.dynos.iter().map(|d| d.id.as_str()).collect();
-        self.cluster.forget_ended(host, &running).await?;
-        tracing::info!(
-            "host {host} connected from {} with {} dynos",
-            hello.address,
-            hello.dynos.len()
-        );
-        self.cluster.push_assignments(host).await?;
-        self.poke();
-        Ok(serial)
-    }
-
-    /// `host`'s agent reports a state of one of its dynos.
-    pub(crate) async fn dyno_reported(
-        self: &Arc<Self>,
-        host: &str,
-        report: &DynoReport,
-    ) -> Result<(), StoreError> {
-        let Some(dyno) = self.cluster.report(host, report).await? else {
-            return Ok(());
-        };
-        if dyno.state == DynoState::Crashed {
-            Counters::add(&self.counters.crashes, 1);
-        }
-        let ended = matches!(
-            dyno.state,
-            DynoState::Down | DynoState::Complete | DynoState::Crashed
-        );
-        if dyno.attach.is_some() {
-            self.attach_event(
-                &dyno.id,
-                if ended {
-                    Event::Ended {
-                        exit_status: dyno.exit_status,
-                        reason: dyno.reason.clone(),
-                    }
-                } else {
-                    Event::State(dyno.state)
-                },
-            );
-        }
-        if ended && dyno.process_type == crate::model::RELEASE_TYPE {
-            self.releases.dyno_ended(&dyno).await;
-        }
-        if ended && dyno.desired == Desired::Stopped {
-            self.store
-                .apply_dyno_changes(&DynoChanges {
-                    delete: vec![dyno.id.clone()],
-                    ..DynoChanges::default()
-                })
-                .await?;
-        }
-        self.poke();
-        Ok(())
-    }
-
-    /// An agent's build output or result; a successful build's release goes live, or
-    /// through its release phase first.
-    pub(crate) async fn build_event(&self, host: &str, event: BuildEvent) {
-        let build = event.build_id.parse::<Uuid>().ok();
-        match self.builds.event(host, event).await {
-            Some(Built::Pending(pending)) => {
-                let (app, release) = &*pending;
-                self.start_release_phase(app, release, build).await;
-            }
-            Some(Built::Live) => self.poke(),
-            None => {}
-        }
-    }
-
-    /// The lines an agent sent, for the dynos last assigned to its host (see
-    /// [`LogFeed::ingest`]).
-    pub(crate) fn ingest_logs(&self, host: &str, batch: LogBatch) {
-        let placed = self.cluster.placed(host);
-        let refused = self.logs.ingest(host, batch, &placed, |dyno_id, message| {
-            // A release phase's output also goes to the deploy that made its release.
-            if let Some(build) = self.releases.output_of(dyno_id) {
-                self.builds.push(build, format!("       {message}"));
-            }
-        });
-        Counters::add(&self.counters.refused_reports, refused);
-    }
-
-    /// An agent's link ended: its host is missing from now, lost after the deadline; its
-    /// builds fail.
-    pub(crate) async fn agent_disconnected(&self, host: &str, serial: u64) {
-        if self.cluster.disconnect(host, serial) {
-            tracing::warn!("host {host} disconnected");
-            self.builds.host_failed(host).await;
-            self.poke();
-        }
-    }
-
-    /// Hands an event to a one-off's attach session; a session it starts stops its dyno
-    /// when the client is gone or idle.
-    pub(crate) fn attach_event(self: &Arc<Self>, dyno_id: &str, event: Event) {
-        self.sessions.event(dyno_id, event, || {
-            let core = self.clone();
-            Box::new(move |id: &str, why: String| {
-                let core = core.clone();
-                let id = id.to_string();
-                tokio::spawn(async move {
-                    if let Err(err) = core.stop_dynos(std::slice::from_ref(&id), &why).await {
-                        tracing::warn!("cannot stop {id}: {err}");
-                    }
-                });
-            })
-        });
-    }
 }
 
 /// Whether a dyno's host is lost (its dynos are forgotten for that reason).
@@ -673,6 +464,29 @@ mod tests {
         // Nothing changed: another reconcile places nothing more.
         h.core.reconcile().await.expect("reconcile");
         assert_eq!(agent.assigned().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_scale_without_room_is_refused_and_changes_nothing() {
+        let h = Harness::new(settings(Duration::from_secs(30))).await;
+        h.deployed("demo", &[WEB]).await;
+        let (status, body) = h
+            .api(
+                Method::PATCH,
+                "/apps/demo/formation",
+                json!({"updates": [{"type": "web", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("cannot run 1 ") && message.ends_with("(nothing was changed)"),
+            "{message}"
+        );
+        let (_, formation) = h
+            .api(Method::GET, "/apps/demo/formation", json!(null))
+            .await;
+        assert_eq!(formation, json!([]), "no web formation was stored");
     }
 
     #[tokio::test]
