@@ -15,7 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
 use futures::StreamExt;
-use manifold_logplex::{parse_drain_url, Drain, Filter, LogLine, LogPlex, PlexConfig, Source};
+use manifold_logplex::{
+    parse_drain_url, Drain, DrainUrlError, Filter, LogLine, LogPlex, PlexConfig, SetDrainsError,
+    Source,
+};
 use manifold_proto::LogBatch;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,6 +32,31 @@ use crate::store::{Store, StoreError};
 
 /// Most lines `manifold logs -n` may ask for (the ring holds 1,500).
 const MAX_LINES: usize = 1500;
+
+/// Why a drain was not added or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("invalid drain url {url:?}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: DrainUrlError,
+    },
+    /// The plex refused the app's new set of drains (nothing changed in it).
+    #[error(transparent)]
+    Plex(#[from] SetDrainsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DrainError> for ApiError {
+    fn from(err: DrainError) -> ApiError {
+        match err {
+            DrainError::Store(e) => e.into(),
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+}
 
 /// Lines a log plex follower may fall behind before it loses some.
 const FIREHOSE_LINES: usize = 16_384;
@@ -170,27 +198,34 @@ impl LogFeed {
     }
 
     /// Adds a drain to an app (stored, then given to the plex).
-    pub(crate) async fn add_drain(&self, app: &str, url: &str) -> Result<LogDrain, ApiError> {
+    pub(crate) async fn add_drain(&self, app: &str, url: &str) -> Result<LogDrain, DrainError> {
         self.store.app(app).await?;
-        parse_drain_url(url)
-            .map_err(|e| ApiError::invalid(format!("invalid drain url {url:?}: {e}")))?;
+        parse_drain_url(url).map_err(|source| DrainError::Url {
+            url: url.to_string(),
+            source,
+        })?;
         let token = format!("d.{}", uuid::Uuid::new_v4());
         let drain = self.store.add_drain(app, url, &token).await?;
         self.sync_drains(app).await?;
         Ok(drain)
     }
 
-    pub(crate) async fn remove_drain(&self, app: &str, drain: &str) -> Result<LogDrain, ApiError> {
+    /// Removes a drain (by id or URL) from an app and from the plex.
+    pub(crate) async fn remove_drain(
+        &self,
+        app: &str,
+        drain: &str,
+    ) -> Result<LogDrain, DrainError> {
         let removed = self.store.remove_drain(app, drain).await?;
         self.sync_drains(app).await?;
         Ok(removed)
     }
 
-    async fn sync_drains(&self, app: &str) -> Result<(), ApiError> {
+    async fn sync_drains(&self, app: &str) -> Result<(), DrainError> {
         let drains = self.store.drains(Some(app)).await?;
         self.plex
-            .set_drains(app, drains.iter().map(plex_drain).collect())
-            .map_err(|e| ApiError::invalid(e.to_string()))
+            .set_drains(app, drains.iter().map(plex_drain).collect())?;
+        Ok(())
     }
 
     /// The app is gone: so are its lines and drains.
