@@ -532,6 +532,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_restart_stops_the_dynos_at_once_and_the_reconciler_replaces_them() {
+        let h = Harness::new(settings(Duration::from_secs(30))).await;
+        h.deployed("demo", &[WEB]).await;
+        let mut agent = h.agent("a").await;
+        h.api(
+            Method::PATCH,
+            "/apps/demo/formation",
+            json!({"updates": [{"type": "web", "quantity": 1}]}),
+        )
+        .await;
+        h.core.reconcile().await.expect("reconcile");
+        let first = agent.id_of("web.1");
+        agent.report(&first, WireState::Up, 30001).await;
+        h.core.reconcile().await.expect("reconcile");
+        assert!(matches!(h.route("demo"), Some(AppRoute::Serving(_))));
+
+        let (status, body) = h.api(Method::DELETE, "/apps/demo/dynos", json!(null)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        // No request in flight: its host is told at once, and it takes no new requests.
+        assert!(agent.assigned().is_empty(), "web.1 is no longer assigned");
+        assert_eq!(h.route("demo"), Some(AppRoute::Booting));
+
+        h.core.reconcile().await.expect("reconcile");
+        let second = agent.id_of("web.1");
+        assert_ne!(second, first, "a new web.1 replaces the stopped one");
+        agent.report(&first, WireState::Down, 0).await;
+        let dynos = h.core.store.dynos(Some("demo")).await.expect("dynos");
+        assert_eq!(
+            dynos.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            [second.as_str()],
+            "the stopped dyno is forgotten once down"
+        );
+    }
+
+    #[tokio::test]
     async fn a_lost_hosts_dynos_are_placed_again_on_another_host() {
         let deadline = Duration::from_millis(200);
         let h = Harness::new(settings(deadline)).await;
