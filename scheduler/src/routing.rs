@@ -1,16 +1,16 @@
 //! Where the router meets the dyno manager.
 //!
 //! - [`routes`] turns the cluster into the router's table: an app's `up` web dynos, or why
-//!   it has none (asleep, booting, crashed, scaled to zero). The reconcile loop refreshes the table
-//!   after every reconcile, which every dyno report triggers, so a dyno is routed to as soon
-//!   as its agent says it is up.
+//!   it has none (asleep, booting, crashed, scaled to zero). [`Routing`] owns the table and
+//!   refreshes it after every reconcile, which every dyno report triggers, so a dyno is
+//!   routed to as soon as its agent says it is up.
 //! - A web dyno that is to stop leaves the table first and is only stopped (SIGTERM) once
 //!   its in-flight requests are done, up to the router's request timeout: a stop never cuts
 //!   a request short ([`crate::cluster::Cluster::hold_stops`]).
 //! - Sleep-on-idle: [`Hooks::request`] stamps each app's last traffic; the reconcile loop
 //!   puts apps whose web dynos are all eco to sleep after `sleep_after` without traffic
-//!   ([`Routing::idle_apps`]); a request to a sleeping app calls [`Hooks::wake`], which wakes it
-//!   while the router holds the request until a web dyno is up.
+//!   ([`Routing::idle_apps`]); a request to a sleeping app calls [`Hooks::wake`], which
+//!   wakes it while the router holds the request until a web dyno is up.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -1,16 +1,18 @@
 //! The scheduler's services wired together, and the reconcile loop that drives them.
 //!
 //! ```text
-//!            api/ (REST)        hub (AgentLink gRPC)       router (Hooks)
-//!                 └──────────────────┬──────────────────────────┘
-//!                                  Core: the flows that span services (reconcile, stop,
-//!                                  place a one-off, an agent's hello/report/logs/builds)
-//!   ┌──────────┬─────────┬────────────┬────────┬──────────────┬──────────┐
-//!   cluster    routing   logs         builds   release_phase  attach
-//!   links,     table,    plex feed,   output,  outputs,       sessions
-//!   liveness,  traffic,  firehose,    hosts    settling
-//!   assignments sleep    drains
-//!                       store (one transaction per operation)
+//!            api/ (REST)              hub (AgentLink gRPC)
+//!                 └────────────┬────────────┘
+//!                            Core: the flows that span services (reconcile, stop, place a
+//!                            one-off, an agent's hello/report/logs/builds, scale, config)
+//!   ┌────────────┬───────────┬────────────┬──────────┬───────────────┬──────────┐
+//!   cluster      routing     logs         builds     release_phase   attach
+//!   links,       table,      plex feed,   output,    outputs,        sessions
+//!   liveness,    traffic,    firehose,    hosts      settling
+//!   assignments, sleep, wake drains
+//!   held stops     ▲
+//!                  └── router (Hooks: a request's traffic, a wake, a log line)
+//!                       store (one transaction per operation) under them all
 //! ```
 //!
 //! Each service owns its state; [`Core`] holds them with the store, and has no state of its
