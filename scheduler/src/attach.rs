@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
-use crate::core::{lock, Core};
 use crate::model::DynoState;
+use crate::sync::lock;
 
 /// Input kept for a dyno whose agent has not attached yet (`echo … | manifold run`).
 const INPUT_LIMIT: usize = 64 * 1024;
@@ -84,14 +84,27 @@ pub(crate) enum Event {
     },
 }
 
+/// Stops an attached one-off whose client is gone or idle (its id, and why for its log):
+/// its processes get SIGHUP (a hung-up terminal), then SIGKILL after the app's stop timeout.
+pub(crate) type StopDyno = Box<dyn Fn(&str, String) + Send + Sync>;
+
 /// The running sessions, by dyno id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
+    settings: RunSettings,
     map: std::sync::Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Event>)>>,
     serial: std::sync::atomic::AtomicU64,
 }
 
 impl Sessions {
+    pub fn new(settings: RunSettings) -> Sessions {
+        Sessions {
+            settings,
+            map: std::sync::Mutex::new(HashMap::new()),
+            serial: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     /// Whether a session for the dyno is running (it may still hold output for a client).
     pub fn has(&self, dyno_id: &str) -> bool {
         lock(&self.map).contains_key(dyno_id)
@@ -103,12 +116,16 @@ impl Sessions {
             map.remove(dyno_id);
         }
     }
-}
 
-impl Core {
-    /// Hands an event to the dyno's session, starting one if none runs.
-    pub(crate) fn attach_event(self: &Arc<Self>, dyno_id: &str, event: Event) {
-        let mut map = lock(&self.sessions.map);
+    /// Hands an event to the dyno's session, starting one if none runs; a session started
+    /// now stops its dyno with `stop` when the client is gone or idle.
+    pub(crate) fn event(
+        self: &Arc<Self>,
+        dyno_id: &str,
+        event: Event,
+        stop: impl FnOnce() -> StopDyno,
+    ) {
+        let mut map = lock(&self.map);
         let event = match map.get(dyno_id) {
             Some((_, tx)) => match tx.send(event) {
                 Ok(()) => return,
@@ -122,30 +139,24 @@ impl Core {
             return;
         }
         let serial = self
-            .sessions
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(event);
         map.insert(dyno_id.to_string(), (serial, tx));
-        tokio::spawn(session(self.clone(), dyno_id.to_string(), serial, rx));
-    }
-
-    /// Stops an attached one-off whose client is gone or idle: its processes get SIGHUP
-    /// (a hung-up terminal), then SIGKILL after the app's stop timeout.
-    fn stop_attached(self: &Arc<Self>, dyno_id: &str, why: String) {
-        let core = self.clone();
-        let id = dyno_id.to_string();
-        tokio::spawn(async move {
-            if let Err(err) = core.stop_dynos(std::slice::from_ref(&id), &why).await {
-                tracing::warn!("cannot stop {id}: {err}");
-            }
-        });
+        tokio::spawn(session(
+            self.clone(),
+            dyno_id.to_string(),
+            serial,
+            rx,
+            stop(),
+        ));
     }
 }
 
-/// Starts the reader and writer tasks of an upgraded client connection and attaches it.
-pub(crate) fn client_connected<S>(core: &Arc<Core>, dyno_id: &str, io: S)
+/// Starts the reader and writer tasks of an upgraded client connection; the event that
+/// attaches it to its dyno's session.
+pub(crate) fn client_connected<S>(io: S) -> Event
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -184,7 +195,7 @@ where
         }
         let _ = writer.shutdown().await;
     });
-    core.attach_event(dyno_id, Event::Client { frames, bytes });
+    Event::Client { frames, bytes }
 }
 
 /// The next frame from the client, or never when none is attached.
@@ -217,12 +228,13 @@ async fn reserve<T>(
 
 /// One attached dyno's session, to its end.
 async fn session(
-    core: Arc<Core>,
+    sessions: Arc<Sessions>,
     dyno_id: String,
     serial: u64,
     mut events: mpsc::UnboundedReceiver<Event>,
+    stop: StopDyno,
 ) {
-    let settings = core.settings.run;
+    let settings = sessions.settings;
     let mut client_frames: Option<mpsc::Receiver<Frame>> = None;
     let mut client_bytes: Option<mpsc::Sender<Vec<u8>>> = None;
     let mut agent_in: Option<Box<Streaming<AttachPacket>>> = None;
@@ -357,7 +369,7 @@ async fn session(
                     if !last_queued && ended_at.is_none() {
                         let after = client_since.map_or("", |_| " after the client disconnected");
                         tracing::info!("dyno {dyno_id}: no client came back{after}: stopping it");
-                        core.stop_attached(
+                        stop(
                             &dyno_id,
                             "Client connection closed. Sending SIGHUP to all processes".into(),
                         );
@@ -371,7 +383,7 @@ async fn session(
                     ))
                     .encode_into(&mut output);
                     last_queued = true;
-                    core.stop_attached(
+                    stop(
                         &dyno_id,
                         format!("Idle for {idle}. Sending SIGHUP to all processes"),
                     );
@@ -385,5 +397,5 @@ async fn session(
             }
         }
     }
-    core.sessions.remove(&dyno_id, serial);
+    sessions.remove(&dyno_id, serial);
 }

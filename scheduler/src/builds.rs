@@ -3,7 +3,7 @@
 //! memory, bounded, while it runs and for an hour after, so the CLI can stream it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use manifold_proto::{build_event, scheduler_message, BuildEvent, BuildRequest};
@@ -13,12 +13,14 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::blobs::Blob;
-use crate::core::{lock, Core, CoreError};
+use crate::blobs::{Blob, BlobStore};
+use crate::cluster::Cluster;
+use crate::logs::LogFeed;
 use crate::metrics::Counters;
 use crate::model::{App, Build, BuildStatus, FormationUpdate, Release, ReleaseStatus, Slug};
 use crate::reconciler::Liveness;
-use crate::store::BuildOutcome;
+use crate::store::{BuildOutcome, Store, StoreError};
+use crate::sync::lock;
 
 /// Lines of one build's output the scheduler keeps: a build that prints more keeps its last
 /// ones (a reader that fell behind is told how many it missed).
@@ -74,9 +76,9 @@ impl BuildLog {
     }
 }
 
-/// Builds in progress (and finished ones' output, for [`KEPT_AFTER_DONE`]).
+/// The output of builds in progress (and finished ones', for [`KEPT_AFTER_DONE`]).
 #[derive(Debug, Default)]
-pub struct Builds {
+struct BuildOutputs {
     logs: Mutex<HashMap<Uuid, BuildLog>>,
 }
 
@@ -93,7 +95,7 @@ pub enum Output {
     Unknown,
 }
 
-impl Builds {
+impl BuildOutputs {
     fn open(&self, id: Uuid, host: Option<String>) {
         self.evict(Instant::now());
         let (changed, _) = watch::channel(0);
@@ -118,14 +120,14 @@ impl Builds {
         });
     }
 
-    pub(crate) fn push(&self, id: Uuid, line: String) {
+    fn push(&self, id: Uuid, line: String) {
         if let Some(log) = lock(&self.logs).get_mut(&id) {
             log.push(line);
             log.changed.send_modify(|n| *n += 1);
         }
     }
 
-    pub(crate) fn close(&self, id: Uuid) {
+    fn close(&self, id: Uuid) {
         if let Some(log) = lock(&self.logs).get_mut(&id) {
             log.done.get_or_insert_with(Instant::now);
             log.changed.send_modify(|n| *n += 1);
@@ -134,7 +136,7 @@ impl Builds {
 
     /// Lines from number `from` on; waits for new ones while the build runs. A reader whose
     /// lines were evicted gets a line saying how many it missed first.
-    pub async fn read(&self, id: Uuid, from: usize) -> Output {
+    async fn read(&self, id: Uuid, from: usize) -> Output {
         loop {
             let mut rx = {
                 let logs = lock(&self.logs);
@@ -169,16 +171,103 @@ impl Builds {
     }
 }
 
-impl Core {
+impl BuildOutputs {
+    /// How many builds run on each host.
+    fn busy(&self) -> HashMap<String, usize> {
+        let mut busy = HashMap::new();
+        for log in lock(&self.logs).values().filter(|l| l.done.is_none()) {
+            if let Some(h) = &log.host {
+                *busy.entry(h.clone()).or_insert(0) += 1;
+            }
+        }
+        busy
+    }
+
+    /// The builds running on `host`.
+    fn running_on(&self, host: &str) -> Vec<Uuid> {
+        lock(&self.logs)
+            .iter()
+            .filter(|(_, l)| l.done.is_none() && l.host.as_deref() == Some(host))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether the build runs and, if so, on which host.
+    fn running(&self, id: Uuid) -> Option<(bool, Option<String>)> {
+        lock(&self.logs)
+            .get(&id)
+            .map(|l| (l.done.is_none(), l.host.clone()))
+    }
+}
+
+/// What a build that succeeded led to.
+#[derive(Debug)]
+pub(crate) enum Built {
+    /// Its release (of the app) waits for its release phase, whose output goes on in the
+    /// build's.
+    Pending(Box<(App, Release)>),
+    /// Its release is live.
+    Live,
+}
+
+/// Builds: where they run, their output, and what a finished one becomes.
+pub struct Builds {
+    store: Arc<dyn Store>,
+    cluster: Arc<Cluster>,
+    blobs: BlobStore,
+    logs: Arc<LogFeed>,
+    counters: Arc<Counters>,
+    output: BuildOutputs,
+}
+
+impl std::fmt::Debug for Builds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builds").finish_non_exhaustive()
+    }
+}
+
+impl Builds {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cluster: Arc<Cluster>,
+        blobs: BlobStore,
+        logs: Arc<LogFeed>,
+        counters: Arc<Counters>,
+    ) -> Builds {
+        Builds {
+            store,
+            cluster,
+            blobs,
+            logs,
+            counters,
+            output: BuildOutputs::default(),
+        }
+    }
+
+    /// Adds a line to a build's output (a running build's only).
+    pub(crate) fn push(&self, id: Uuid, line: String) {
+        self.output.push(id, line);
+    }
+
+    /// Ends a build's output: its readers get the rest and then the end.
+    pub(crate) fn close(&self, id: Uuid) {
+        self.output.close(id);
+    }
+
+    /// Lines from number `from` on; waits for new ones while the build runs. A reader whose
+    /// lines were evicted gets a line saying how many it missed first.
+    pub async fn read(&self, id: Uuid, from: usize) -> Output {
+        self.output.read(id, from).await
+    }
     /// Starts a build of an uploaded source on a connected host with the app's stack.
     /// Without such a host the build fails at once, with the reason in its output.
-    pub async fn start_build(
+    pub async fn start(
         &self,
         app: &App,
         source: &Blob,
         buildpacks: Vec<String>,
         user: &str,
-    ) -> Result<Build, CoreError> {
+    ) -> Result<Build, StoreError> {
         let now = OffsetDateTime::now_utc();
         let build = Build {
             id: Uuid::new_v4(),
@@ -194,16 +283,16 @@ impl Core {
         };
         self.store.create_build(&build).await?;
         let host = self.build_host(&app.stack).await?;
-        self.builds.open(build.id, host.clone());
+        self.output.open(build.id, host.clone());
         let Some(host) = host else {
-            self.builds.push(
+            self.output.push(
                 build.id,
                 format!(
                     "-----> Build failed: no connected host has the {} stack (see `manifold hosts`)",
                     app.stack
                 ),
             );
-            self.builds.close(build.id);
+            self.output.close(build.id);
             let (build, _) = self
                 .store
                 .finish_build(build.id, BuildOutcome::Failed, user)
@@ -211,9 +300,9 @@ impl Core {
             return Ok(build);
         };
         self.store.set_build_host(build.id, &host).await?;
-        self.builds
+        self.output
             .push(build.id, format!("-----> Building on {host}"));
-        let sent = self.send(
+        let sent = self.cluster.send(
             &host,
             scheduler_message::Kind::Build(BuildRequest {
                 build_id: build.id.to_string(),
@@ -228,21 +317,12 @@ impl Core {
             self.fail_build(build.id, "the build host disconnected")
                 .await;
         }
-        self.store.build(build.id).await.map_err(Into::into)
+        self.store.build(build.id).await
     }
 
     /// A connected host with the stack, the one running the fewest builds.
-    async fn build_host(&self, stack: &str) -> Result<Option<String>, CoreError> {
-        let busy: HashMap<String, usize> = {
-            let logs = lock(&self.builds.logs);
-            let mut busy = HashMap::new();
-            for log in logs.values().filter(|l| l.done.is_none()) {
-                if let Some(h) = &log.host {
-                    *busy.entry(h.clone()).or_insert(0) += 1;
-                }
-            }
-            busy
-        };
+    async fn build_host(&self, stack: &str) -> Result<Option<String>, StoreError> {
+        let busy = self.output.busy();
         let mut candidates: Vec<(usize, String)> = self
             .store
             .hosts()
@@ -251,7 +331,7 @@ impl Core {
             .filter(|h| {
                 h.stacks.iter().any(|s| s == stack)
                     && !h.draining
-                    && self.liveness(&h.id) == Liveness::Connected
+                    && self.cluster.liveness(&h.id) == Liveness::Connected
             })
             .map(|h| (busy.get(&h.id).copied().unwrap_or(0), h.id))
             .collect();
@@ -260,35 +340,25 @@ impl Core {
     }
 
     async fn fail_build(&self, id: Uuid, why: &str) {
-        self.builds.push(id, format!("-----> Build failed: {why}"));
-        self.builds.close(id);
+        self.output.push(id, format!("-----> Build failed: {why}"));
+        self.output.close(id);
         if let Err(err) = self.store.finish_build(id, BuildOutcome::Failed, "").await {
             tracing::warn!("cannot record the failure of build {id}: {err}");
         }
     }
 
     /// Fails every running build of a host whose link ended.
-    pub(crate) async fn host_builds_failed(&self, host: &str) {
-        let ids: Vec<Uuid> = lock(&self.builds.logs)
-            .iter()
-            .filter(|(_, l)| l.done.is_none() && l.host.as_deref() == Some(host))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+    pub(crate) async fn host_failed(&self, host: &str) {
+        for id in self.output.running_on(host) {
             self.fail_build(id, &format!("host {host} disconnected during the build"))
                 .await;
         }
     }
 
-    /// An agent's build output or result.
-    pub(crate) async fn build_event(&self, host: &str, event: BuildEvent) {
-        let Ok(id) = event.build_id.parse::<Uuid>() else {
-            return;
-        };
-        let given = lock(&self.builds.logs)
-            .get(&id)
-            .map(|l| (l.done.is_none(), l.host.clone()));
-        match given {
+    /// An agent's build output or result; what the build led to once it succeeded.
+    pub(crate) async fn event(&self, host: &str, event: BuildEvent) -> Option<Built> {
+        let id = event.build_id.parse::<Uuid>().ok()?;
+        match self.output.running(id) {
             Some((true, Some(given))) if given == host => {}
             Some((_, Some(given))) if given != host => {
                 // Only the host a build was sent to speaks for it.
@@ -296,13 +366,16 @@ impl Core {
                 tracing::warn!(
                     "host {host}: refused its event for build {id}: that build was sent to host {given}"
                 );
-                return;
+                return None;
             }
             // Unknown, or ended already (a late line after a failure).
-            _ => return,
+            _ => return None,
         }
         match event.kind {
-            Some(build_event::Kind::Output(line)) => self.builds.push(id, line),
+            Some(build_event::Kind::Output(line)) => {
+                self.output.push(id, line);
+                None
+            }
             Some(build_event::Kind::Finished(f)) => {
                 if f.status != 0 {
                     let why = if f.error.is_empty() {
@@ -311,23 +384,26 @@ impl Core {
                         f.error
                     };
                     self.fail_build(id, &why).await;
-                    return;
+                    return None;
                 }
                 match self.build_succeeded(id, &f.slug_sha256, &f.slug_json).await {
+                    // The output goes on with the release phase's, which closes it.
                     Ok((app, release)) if release.status == ReleaseStatus::Pending => {
-                        // The output goes on with the release phase's, which closes it.
-                        self.start_release_phase(&app, &release, Some(id)).await;
+                        Some(Built::Pending(Box::new((app, release))))
                     }
                     Ok((_, release)) => {
-                        self.builds
+                        self.output
                             .push(id, format!("-----> Released v{}", release.version));
-                        self.builds.close(id);
-                        self.poke();
+                        self.output.close(id);
+                        Some(Built::Live)
                     }
-                    Err(why) => self.fail_build(id, &why).await,
+                    Err(why) => {
+                        self.fail_build(id, &why).await;
+                        None
+                    }
                 }
             }
-            None => {}
+            None => None,
         }
     }
 
@@ -406,7 +482,7 @@ impl Core {
             .into_iter()
             .find(|a| a.id == build.app_id)
             .ok_or("the app was deleted during the build")?;
-        self.log_release(&app.name, &release);
+        self.logs.log_release(&app.name, &release);
         let formation = self
             .store
             .formation(&app.name)
@@ -445,7 +521,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_build_keeps_its_last_lines_and_tells_a_late_reader() {
-        let builds = Builds::default();
+        let builds = BuildOutputs::default();
         let id = Uuid::new_v4();
         builds.open(id, None);
         for i in 0..KEPT_LINES + 25 {
@@ -467,7 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_build_keeps_at_most_its_bytes_and_cuts_long_lines() {
-        let builds = Builds::default();
+        let builds = BuildOutputs::default();
         let id = Uuid::new_v4();
         builds.open(id, None);
         let long = "é".repeat(LINE_BYTES); // 2 bytes each: cut on a char boundary
@@ -484,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn finished_builds_output_is_evicted_after_a_while_running_ones_never() {
-        let builds = Builds::default();
+        let builds = BuildOutputs::default();
         let (done, running) = (Uuid::new_v4(), Uuid::new_v4());
         builds.open(done, None);
         builds.open(running, None);

@@ -26,8 +26,9 @@ use manifold_router::{AppRoute, Backend, Hooks, RouteTable, Router, RouterConfig
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::core::{lock, Core};
+use crate::core::Core;
 use crate::http::{ApiError, Json};
+use crate::sync::lock;
 
 /// Longest wait of one `GET /router/v1/routes` when nothing changes.
 pub const LONG_POLL: Duration = Duration::from_secs(25);
@@ -130,13 +131,13 @@ async fn get_routes(
     State(core): State<Arc<Core>>,
     Query(q): Query<After>,
 ) -> Result<axum::Json<RoutesReply>, ApiError> {
-    let mut changes = core.route_changes.subscribe();
+    let mut changes = core.routing.changes();
     if let Some(after) = q.after {
         if *changes.borrow_and_update() == after {
             let _ = tokio::time::timeout(LONG_POLL, changes.changed()).await;
         }
     }
-    let (version, table) = lock(&core.published).clone();
+    let (version, table) = core.routing.published();
     Ok(axum::Json(RoutesReply {
         version,
         routes: table
@@ -151,13 +152,13 @@ async fn post_events(
     Json(events): Json<RouterEvents>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     for app in &events.traffic {
-        core.traffic(app);
+        core.routing.traffic(app);
     }
     for app in &events.wake {
-        core.wake(app);
+        core.routing.wake(app);
     }
     for (app, line) in events.lines {
-        core.log_platform(&app, "router", line);
+        core.logs.log_platform(&app, "router", line);
     }
     Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -12,7 +12,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::core::CoreError;
 use crate::store::StoreError;
 
 /// Largest JSON request body.
@@ -59,6 +58,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::core::ScaleError> for ApiError {
+    fn from(err: crate::core::ScaleError) -> ApiError {
+        match err {
+            crate::core::ScaleError::NoRoom { .. } => ApiError::invalid(err.to_string()),
+            crate::core::ScaleError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
@@ -78,14 +86,6 @@ impl From<StoreError> for ApiError {
                 tracing::error!("store: {err:?}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", err.to_string())
             }
-        }
-    }
-}
-
-impl From<CoreError> for ApiError {
-    fn from(err: CoreError) -> ApiError {
-        match err {
-            CoreError::Store(e) => e.into(),
         }
     }
 }

@@ -1,10 +1,9 @@
-//! The AgentLink hub: the gRPC service agents dial. It only translates: a `Hello` registers
-//! the link and records the dynos the agent runs, reports update the store, build events go
-//! to [`crate::builds`]; then it pokes the reconciler, which decides.
+//! The AgentLink hub: the gRPC service agents dial. It only translates: the wire's messages
+//! become calls on the [`Core`] (a `Hello`, a dyno's report, build events, log lines) and
+//! the link's end; what to do with them is decided there and in [`crate::cluster`].
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::Stream;
 use manifold_proto::agent_link_server::AgentLink;
@@ -17,10 +16,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::core::{lock, Core, CoreError, Link};
-use crate::metrics::Counters;
-use crate::model::{Desired, DynoReport, DynoState};
-use crate::store::{DynoChanges, Reported};
+use crate::cluster::LinkSender;
+use crate::core::Core;
+use crate::model::{DynoReport, DynoState};
+use crate::store::StoreError;
 use crate::tls::{check_agent, Peer};
 
 /// The service; one per scheduler.
@@ -104,183 +103,30 @@ fn report_from_wire(s: &DynoStatus) -> Option<DynoReport> {
     })
 }
 
-impl Core {
-    /// Registers a connected agent: records its host and dynos, forgets dynos it was told
-    /// to stop and no longer runs, and sends it its assignments.
-    async fn hello(
-        &self,
-        hello: &Hello,
-        tx: mpsc::UnboundedSender<Result<SchedulerMessage, Status>>,
-    ) -> Result<u64, CoreError> {
-        let capacity = hello.capacity.unwrap_or_default();
-        self.store
-            .upsert_host(
-                &hello.host_id,
-                &hello.address,
-                capacity.memory_bytes,
-                capacity.dyno_slots,
-                &hello.stacks,
-                OffsetDateTime::now_utc(),
-            )
-            .await?;
-        let serial = self.serial();
-        lock(&self.links).insert(
-            hello.host_id.clone(),
-            Link {
-                serial,
-                tx,
-                last_seen: Instant::now(),
-            },
-        );
-        lock(&self.gone_since).remove(&hello.host_id);
-        for status in &hello.dynos {
-            self.host_report(&hello.host_id, status).await?;
-        }
-        let running: std::collections::HashSet<&str> =
-            hello.dynos.iter().map(|d| d.id.as_str()).collect();
-        let gone: Vec<String> = self
-            .store
-            .dynos(None)
-            .await?
-            .into_iter()
-            .filter(|d| {
-                d.host_id == hello.host_id
-                    && d.desired == Desired::Stopped
-                    && !running.contains(d.id.as_str())
-            })
-            .map(|d| d.id)
-            .collect();
-        if !gone.is_empty() {
-            self.store
-                .apply_dyno_changes(&DynoChanges {
-                    delete: gone,
-                    ..DynoChanges::default()
-                })
-                .await?;
-        }
-        tracing::info!(
-            "host {} connected from {} with {} dynos",
-            hello.host_id,
-            hello.address,
-            hello.dynos.len()
-        );
-        self.push_assignments(&hello.host_id).await?;
-        self.poke();
-        Ok(serial)
-    }
+/// A `Hello`: the link and the dynos the agent runs, for the core.
+pub(crate) async fn connect(core: &Core, hello: &Hello, tx: LinkSender) -> Result<u64, StoreError> {
+    let reports: Vec<DynoReport> = hello.dynos.iter().filter_map(report_from_wire).collect();
+    core.agent_connected(hello, &reports, tx).await
+}
 
-    /// Records a state `host`'s agent reports for one of its dynos; returns the dyno as
-    /// updated. A report about a dyno of another host is refused (and logged): it changes
-    /// nothing, so a compromised agent cannot mark other hosts' dynos up or down, publish
-    /// a port for them or end their release phase. A late report, whose state cannot follow
-    /// the stored one, is ignored too (and logged).
-    async fn host_report(
-        &self,
-        host: &str,
-        status: &DynoStatus,
-    ) -> Result<Option<crate::model::Dyno>, CoreError> {
-        let Some(report) = report_from_wire(status) else {
-            return Ok(None);
-        };
-        Ok(match self.store.report_dyno(host, &report).await? {
-            Reported::Updated(dyno) => Some(*dyno),
-            Reported::Unknown => None,
-            Reported::OtherHost(owner) => {
-                Counters::add(&self.counters.refused_reports, 1);
-                tracing::warn!(
-                    "host {host}: refused its report that dyno {} is {}: that dyno is on host {owner}",
-                    report.id,
-                    report.state.as_str()
-                );
-                None
+/// Hands one message after `Hello` to the core.
+pub(crate) async fn agent_message(
+    core: &Arc<Core>,
+    host: &str,
+    message: AgentMessage,
+) -> Result<(), StoreError> {
+    core.cluster.seen(host);
+    match message.kind {
+        Some(agent_message::Kind::Dyno(status)) => {
+            if let Some(report) = report_from_wire(&status) {
+                core.dyno_reported(host, &report).await?;
             }
-            Reported::Stale(stored) => {
-                tracing::warn!(
-                    "host {host}: ignored a late report that dyno {} is {}: it is {}, which \
-                     that cannot follow",
-                    report.id,
-                    report.state.as_str(),
-                    stored.as_str()
-                );
-                None
-            }
-        })
-    }
-
-    /// Handles one message after `Hello`.
-    async fn agent_message(
-        self: &Arc<Self>,
-        host: &str,
-        message: AgentMessage,
-    ) -> Result<(), CoreError> {
-        if let Some(link) = lock(&self.links).get_mut(host) {
-            link.last_seen = Instant::now();
         }
-        match message.kind {
-            Some(agent_message::Kind::Dyno(status)) => {
-                let Some(dyno) = self.host_report(host, &status).await? else {
-                    return Ok(());
-                };
-                if dyno.state == DynoState::Crashed {
-                    Counters::add(&self.counters.crashes, 1);
-                }
-                let ended = matches!(
-                    dyno.state,
-                    DynoState::Down | DynoState::Complete | DynoState::Crashed
-                );
-                if dyno.attach.is_some() {
-                    self.attach_event(
-                        &dyno.id,
-                        if ended {
-                            crate::attach::Event::Ended {
-                                exit_status: dyno.exit_status,
-                                reason: dyno.reason.clone(),
-                            }
-                        } else {
-                            crate::attach::Event::State(dyno.state)
-                        },
-                    );
-                }
-                if ended && dyno.process_type == crate::model::RELEASE_TYPE {
-                    self.release_dyno_ended(&dyno).await;
-                }
-                if ended && dyno.desired == Desired::Stopped {
-                    self.store
-                        .apply_dyno_changes(&DynoChanges {
-                            delete: vec![dyno.id.clone()],
-                            ..DynoChanges::default()
-                        })
-                        .await?;
-                }
-                self.poke();
-            }
-            Some(agent_message::Kind::Build(event)) => self.build_event(host, event).await,
-            Some(agent_message::Kind::Logs(batch)) => self.ingest_logs(host, batch),
-            Some(agent_message::Kind::Heartbeat(_))
-            | Some(agent_message::Kind::Hello(_))
-            | None => {}
-        }
-        Ok(())
+        Some(agent_message::Kind::Build(event)) => core.build_event(host, event).await,
+        Some(agent_message::Kind::Logs(batch)) => core.ingest_logs(host, batch),
+        Some(agent_message::Kind::Heartbeat(_)) | Some(agent_message::Kind::Hello(_)) | None => {}
     }
-
-    /// The link ended: the host is missing from now, lost after the deadline; its builds fail.
-    async fn disconnected(&self, host: &str, serial: u64) {
-        let removed = {
-            let mut links = lock(&self.links);
-            if links.get(host).is_some_and(|l| l.serial == serial) {
-                links.remove(host);
-                true
-            } else {
-                false
-            }
-        };
-        if removed {
-            lock(&self.gone_since).insert(host.to_string(), Instant::now());
-            tracing::warn!("host {host} disconnected");
-            self.host_builds_failed(host).await;
-            self.poke();
-        }
-    }
+    Ok(())
 }
 
 type LinkStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
@@ -353,9 +199,7 @@ impl AgentLink for Hub {
         }
         self.check_cert(peer.as_ref(), &hello.host_id, "agent link")?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let serial = self
-            .core
-            .hello(&hello, tx)
+        let serial = connect(&self.core, &hello, tx)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let core = self.core.clone();
@@ -364,7 +208,7 @@ impl AgentLink for Hub {
             loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {
-                        if let Err(err) = core.agent_message(&host, message).await {
+                        if let Err(err) = agent_message(&core, &host, message).await {
                             tracing::warn!("host {host}: {err}");
                         }
                     }
@@ -375,7 +219,7 @@ impl AgentLink for Hub {
                     }
                 }
             }
-            core.disconnected(&host, serial).await;
+            core.agent_disconnected(&host, serial).await;
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }

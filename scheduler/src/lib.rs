@@ -2,13 +2,14 @@
 //!
 //! Start at [`model`] (the records) and [`store`] (what is kept, one transaction per
 //! operation). [`reconciler::plan`] decides, from a snapshot, which dynos to create and stop,
-//! using [`planner`] (a pure function from hosts to a placement). [`core::Core`] holds the
-//! running state and drives the reconciler; [`api`] (REST) and [`hub`] (AgentLink gRPC) only
-//! translate requests into calls on it; [`builds`] turns uploads into slugs and releases;
-//! [`server`] serves both protocols on one port, over TLS with [`tls`] (certificates from
-//! [`certs`]). One-off dynos: [`oneoff`] places them,
-//! [`attach`] joins a `manifold run` client to its dyno, [`release_phase`] runs a release's
-//! `release` command before it goes live.
+//! using [`planner`] (a pure function from hosts to a placement). [`core::Core`] wires the
+//! services, each owning its state ([`cluster`], [`routing`], [`logs`], [`builds`],
+//! [`release_phase`], [`attach`]), and drives the reconciler; [`api`] (REST) and [`hub`]
+//! (AgentLink gRPC) only translate requests into calls on it. [`builds`] turns uploads into
+//! slugs and releases; [`server`] serves both protocols on one port, over TLS with [`tls`]
+//! (certificates from [`certs`]). One-off dynos: [`oneoff`] takes `manifold run` (the core
+//! places them), [`attach`] joins a `manifold run` client to its dyno, [`release_phase`]
+//! runs a release's `release` command before it goes live.
 
 pub mod api;
 pub mod attach;
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod blobs;
 pub mod builds;
 pub mod certs;
+pub mod cluster;
 pub mod core;
 pub mod follow;
 pub mod http;
@@ -30,4 +32,7 @@ pub mod release_phase;
 pub mod routing;
 pub mod server;
 pub mod store;
+mod sync;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;

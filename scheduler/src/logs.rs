@@ -15,21 +15,82 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
 use futures::StreamExt;
-use manifold_logplex::{parse_drain_url, Drain, Filter, LogLine, LogPlex, Source};
+use manifold_logplex::{
+    parse_drain_url, Drain, DrainUrlError, Filter, LogLine, LogPlex, PlexConfig, SetDrainsError,
+    Source,
+};
 use manifold_proto::LogBatch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::core::{lock, Core};
+use crate::cluster::Placed;
+use crate::core::Core;
 use crate::http::{rfc3339, ApiError, Json};
-use crate::metrics::Counters;
 use crate::model::LogDrain;
+use crate::store::{Store, StoreError};
 
 /// Most lines `manifold logs -n` may ask for (the ring holds 1,500).
 const MAX_LINES: usize = 1500;
 
-impl Core {
+/// Why a drain was not added or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("invalid drain url {url:?}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: DrainUrlError,
+    },
+    /// The plex refused the app's new set of drains (nothing changed in it).
+    #[error(transparent)]
+    Plex(#[from] SetDrainsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DrainError> for ApiError {
+    fn from(err: DrainError) -> ApiError {
+        match err {
+            DrainError::Store(e) => e.into(),
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+}
+
+/// Lines a log plex follower may fall behind before it loses some.
+const FIREHOSE_LINES: usize = 16_384;
+
+/// The log plex feed: every app's log stream, and every line again for log plex processes
+/// that follow the scheduler.
+pub struct LogFeed {
+    store: Arc<dyn Store>,
+    /// Every app's log stream.
+    plex: LogPlex,
+    /// Every line, for log plex processes that follow the scheduler.
+    firehose: tokio::sync::broadcast::Sender<Arc<(String, LogLine)>>,
+}
+
+impl std::fmt::Debug for LogFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogFeed").finish_non_exhaustive()
+    }
+}
+
+impl LogFeed {
+    pub fn new(store: Arc<dyn Store>, config: PlexConfig) -> LogFeed {
+        LogFeed {
+            store,
+            plex: LogPlex::new(config),
+            firehose: tokio::sync::broadcast::Sender::new(FIREHOSE_LINES),
+        }
+    }
+
+    /// The plex (its tails, drains and metrics).
+    pub fn plex(&self) -> &LogPlex {
+        &self.plex
+    }
+
     /// Every line goes through here: into the plex, and to log plex processes that follow
     /// the scheduler (`GET /logplex/v1/firehose`).
     pub fn push_line(&self, app: &str, line: LogLine) {
@@ -61,13 +122,21 @@ impl Core {
         self.push_line(app, LogLine::now(Source::Heroku, process, message.into()));
     }
 
-    /// The lines an agent sent. Each must be of a dyno placed on the agent's host; its app
-    /// and process name are the dyno's as stored (what the line claims is ignored), so an
-    /// agent writes into the logs of its own host's dynos only. Lines of other dynos are
-    /// refused, counted and logged once per batch.
-    pub(crate) fn ingest_logs(&self, host: &str, batch: LogBatch) {
-        let placed = lock(&self.placed).get(host).cloned().unwrap_or_default();
+    /// The lines an agent sent. Each must be of a dyno in `placed` (the dynos placed on the
+    /// agent's host); its app and process name are the dyno's as stored (what the line
+    /// claims is ignored), so an agent writes into the logs of its own host's dynos only.
+    /// Lines of other dynos are refused, logged once per batch, and counted in the result.
+    /// `tee` also gets each app line's dyno id and message (a release phase's output goes
+    /// to its deploy too).
+    pub(crate) fn ingest(
+        &self,
+        host: &str,
+        batch: LogBatch,
+        placed: &HashMap<String, Placed>,
+        tee: impl Fn(&str, &str),
+    ) -> usize {
         let mut refused: Vec<String> = Vec::new();
+        let mut refused_lines = 0;
         for entry in batch.lines {
             let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(entry.time_us) * 1000)
                 .unwrap_or_else(|_| OffsetDateTime::now_utc());
@@ -80,17 +149,13 @@ impl Core {
                 if refused.len() < 3 && !refused.contains(&entry.dyno_id) {
                     refused.push(entry.dyno_id.clone());
                 }
-                Counters::add(&self.counters.refused_reports, 1);
+                refused_lines += 1;
                 continue;
             };
             let source = if entry.platform {
                 Source::Heroku
             } else {
-                // A release phase's output also goes to the deploy that made its release.
-                if let Some(build) = lock(&self.release_outputs).get(&entry.dyno_id) {
-                    self.builds
-                        .push(*build, format!("       {}", entry.message));
-                }
+                tee(&entry.dyno_id, &entry.message);
                 Source::App
             };
             self.push_line(
@@ -106,10 +171,11 @@ impl Core {
         if !refused.is_empty() {
             tracing::warn!("host {host}: refused log lines of dynos not placed on it: {refused:?}");
         }
+        refused_lines
     }
 
     /// Gives the plex every app's drains (at start).
-    pub async fn load_drains(&self) -> Result<(), crate::core::CoreError> {
+    pub async fn load_drains(&self) -> Result<(), StoreError> {
         let apps: HashMap<uuid::Uuid, String> = self
             .store
             .apps()
@@ -131,11 +197,40 @@ impl Core {
         Ok(())
     }
 
-    async fn sync_drains(&self, app: &str) -> Result<(), ApiError> {
+    /// Adds a drain to an app (stored, then given to the plex).
+    pub(crate) async fn add_drain(&self, app: &str, url: &str) -> Result<LogDrain, DrainError> {
+        self.store.app(app).await?;
+        parse_drain_url(url).map_err(|source| DrainError::Url {
+            url: url.to_string(),
+            source,
+        })?;
+        let token = format!("d.{}", uuid::Uuid::new_v4());
+        let drain = self.store.add_drain(app, url, &token).await?;
+        self.sync_drains(app).await?;
+        Ok(drain)
+    }
+
+    /// Removes a drain (by id or URL) from an app and from the plex.
+    pub(crate) async fn remove_drain(
+        &self,
+        app: &str,
+        drain: &str,
+    ) -> Result<LogDrain, DrainError> {
+        let removed = self.store.remove_drain(app, drain).await?;
+        self.sync_drains(app).await?;
+        Ok(removed)
+    }
+
+    async fn sync_drains(&self, app: &str) -> Result<(), DrainError> {
         let drains = self.store.drains(Some(app)).await?;
         self.plex
-            .set_drains(app, drains.iter().map(plex_drain).collect())
-            .map_err(|e| ApiError::invalid(e.to_string()))
+            .set_drains(app, drains.iter().map(plex_drain).collect())?;
+        Ok(())
+    }
+
+    /// The app is gone: so are its lines and drains.
+    pub(crate) fn remove_app(&self, app: &str) {
+        self.plex.remove_app(app);
     }
 }
 
@@ -179,7 +274,7 @@ async fn log_stream(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     core.store.app(&app).await?;
-    stream_response(&core.plex, &app, q)
+    stream_response(core.logs.plex(), &app, q)
 }
 
 /// `GET /apps/{app}/log-stream` from a plex (the scheduler's, or a follower's).
@@ -241,7 +336,7 @@ pub struct FirehoseLine {
 /// Every app's lines from now on, as JSON lines, for log plex processes that follow the
 /// scheduler. A follower too slow to keep up loses lines (counted in the scheduler's log).
 async fn firehose(State(core): State<Arc<Core>>) -> Response {
-    let lines = tokio_stream::wrappers::BroadcastStream::new(core.firehose.subscribe());
+    let lines = tokio_stream::wrappers::BroadcastStream::new(core.logs.firehose.subscribe());
     let body = lines.filter_map(|item| async move {
         match item {
             Ok(entry) => {
@@ -294,12 +389,7 @@ async fn add_drain(
     Path(app): Path<String>,
     Json(body): Json<DrainBody>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    core.store.app(&app).await?;
-    parse_drain_url(&body.url)
-        .map_err(|e| ApiError::invalid(format!("invalid drain url {:?}: {e}", body.url)))?;
-    let token = format!("d.{}", uuid::Uuid::new_v4());
-    let drain = core.store.add_drain(&app, &body.url, &token).await?;
-    core.sync_drains(&app).await?;
+    let drain = core.logs.add_drain(&app, &body.url).await?;
     Ok((StatusCode::CREATED, axum::Json(drain_json(&drain))))
 }
 
@@ -307,7 +397,6 @@ async fn remove_drain(
     State(core): State<Arc<Core>>,
     Path((app, drain)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let removed = core.store.remove_drain(&app, &drain).await?;
-    core.sync_drains(&app).await?;
+    let removed = core.logs.remove_drain(&app, &drain).await?;
     Ok(axum::Json(drain_json(&removed)))
 }

@@ -392,7 +392,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             ""
         }
     );
-    core.load_drains()
+    core.logs
+        .load_drains()
         .await
         .context("cannot load the log drains")?;
     let router = match cli.router_listen.as_str() {

@@ -89,7 +89,7 @@ pub async fn metrics(State(core): State<Arc<Core>>) -> Result<impl IntoResponse,
     }
     let mut by_liveness: BTreeMap<&str, u64> = BTreeMap::new();
     for h in core.store.hosts().await? {
-        let l = match core.liveness(&h.id) {
+        let l = match core.cluster.liveness(&h.id) {
             Liveness::Connected => "connected",
             Liveness::Missing => "missing",
             Liveness::Lost => "lost",
@@ -103,10 +103,10 @@ pub async fn metrics(State(core): State<Arc<Core>>) -> Result<impl IntoResponse,
     for (l, n) in by_liveness {
         let _ = writeln!(out, "manifold_hosts{{liveness=\"{l}\"}} {n}");
     }
-    if let Some(router) = core.router.get() {
+    if let Some(router) = core.routing.router() {
         out.push_str(&router.metrics());
     }
-    out.push_str(&core.plex.metrics());
+    out.push_str(&core.logs.plex().metrics());
     Ok((
         [(
             header::CONTENT_TYPE,

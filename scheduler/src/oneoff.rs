@@ -2,8 +2,9 @@
 //!
 //! A one-off is a dyno row like any other (so the planner counts its room and `ps` lists
 //! it) whose process type is `run` or `release`: the reconciler never replaces, cycles or
-//! moves it and forgets it once it ended (see [`crate::reconciler`]). It is placed here,
-//! at once, so that `manifold run` hears "no room" as a 422 rather than waiting.
+//! moves it and forgets it once it ended (see [`crate::reconciler`]). It is placed at once
+//! by [`Core::start_one_off`], so that `manifold run` hears "no room" as a 422 rather
+//! than waiting. This module has the one-off's spec and record, and the HTTP handlers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,13 +19,11 @@ use time::OffsetDateTime;
 
 use crate::api::{check_config_key, dyno_json};
 use crate::auth::same_secret;
-use crate::core::{Core, CoreError};
+use crate::core::Core;
 use crate::http::{user, ApiError, Json};
-use crate::metrics::Counters;
-use crate::model::{App, Attach, Dyno, DynoState, Release, Slug, DEFAULT_SIZE, RUN_TYPE};
-use crate::planner::{Rejection, Request as PlaceRequest};
-use crate::reconciler::{self, size_memory};
-use crate::store::DynoChanges;
+use crate::model::{App, Attach, Dyno, DynoState, Release, RUN_TYPE};
+use crate::planner::Rejection;
+use crate::store::StoreError;
 
 /// Most config vars `run -e` may add.
 const MAX_ENV: usize = 64;
@@ -49,101 +48,55 @@ pub(crate) enum OneOffError {
     #[error("no host can run a {size} dyno now: {rejection}")]
     NoRoom { size: String, rejection: Rejection },
     #[error(transparent)]
-    Core(#[from] CoreError),
-}
-
-impl From<crate::store::StoreError> for OneOffError {
-    fn from(e: crate::store::StoreError) -> Self {
-        OneOffError::Core(e.into())
-    }
+    Store(#[from] StoreError),
 }
 
 impl From<OneOffError> for ApiError {
     fn from(e: OneOffError) -> ApiError {
         match e {
             OneOffError::NoRoom { .. } => ApiError::invalid(e.to_string()),
-            OneOffError::Core(e) => e.into(),
+            OneOffError::Store(e) => e.into(),
         }
     }
 }
 
-impl Core {
-    /// Places a one-off dyno of `release` on a host with room and tells that host.
-    /// `slug` is the release's (the caller has read it already).
-    pub(crate) async fn start_one_off(
-        &self,
-        app: &App,
-        release: &Release,
-        slug: &Slug,
-        spec: OneOff,
-    ) -> Result<Dyno, OneOffError> {
-        let size = match spec.size {
-            Some(size) => size,
-            None => self
-                .store
-                .formation(&app.name)
-                .await?
-                .into_iter()
-                .find(|f| f.process_type == "web")
-                .map_or_else(|| DEFAULT_SIZE.to_string(), |f| f.size),
-        };
-        let _one = self.reconciling.lock().await;
-        let hosts = self.host_views().await?;
-        let dynos = self.store.dynos(None).await?;
-        let host = reconciler::place_one_off(
-            &hosts,
-            &dynos,
-            &PlaceRequest {
-                app: app.id.to_string(),
-                process_type: spec.process_type.to_string(),
-                stack: slug.stack.clone(),
-                memory_bytes: size_memory(&size),
-            },
+/// A one-off dyno of `release` placed on `host`: named as Heroku names them, `run.N` with
+/// N random (so names do not hint at how many ran), unlike the app's other dynos (`dynos`).
+pub(crate) fn new_dyno(
+    app: &App,
+    release: &Release,
+    dynos: &[Dyno],
+    spec: OneOff,
+    size: String,
+    host: String,
+) -> Dyno {
+    let taken: std::collections::HashSet<&str> = dynos
+        .iter()
+        .filter(|d| d.app_id == app.id)
+        .map(|d| d.name.as_str())
+        .collect();
+    let name = loop {
+        let name = format!(
+            "{}.{}",
+            spec.process_type,
+            rand::Rng::gen_range(&mut rand::thread_rng(), 1000..10000)
+        );
+        if !taken.contains(name.as_str()) {
+            break name;
+        }
+    };
+    Dyno {
+        env: spec.env,
+        attach: spec.attach,
+        ..Dyno::placed(
+            app,
+            name,
+            release.version,
+            size,
+            spec.command,
+            host,
+            OffsetDateTime::now_utc(),
         )
-        .map_err(|rejection| OneOffError::NoRoom {
-            size: size.clone(),
-            rejection,
-        })?;
-        let taken: std::collections::HashSet<&str> = dynos
-            .iter()
-            .filter(|d| d.app_id == app.id)
-            .map(|d| d.name.as_str())
-            .collect();
-        // Heroku's one-offs are `run.N` with N random, so names do not hint at how many ran.
-        let name = loop {
-            let name = format!(
-                "{}.{}",
-                spec.process_type,
-                rand::Rng::gen_range(&mut rand::thread_rng(), 1000..10000)
-            );
-            if !taken.contains(name.as_str()) {
-                break name;
-            }
-        };
-        let now = OffsetDateTime::now_utc();
-        let dyno = Dyno {
-            env: spec.env,
-            attach: spec.attach,
-            ..Dyno::placed(
-                app,
-                name,
-                release.version,
-                size,
-                spec.command,
-                host.clone(),
-                now,
-            )
-        };
-        self.store
-            .apply_dyno_changes(&DynoChanges {
-                create: vec![dyno.clone()],
-                ..DynoChanges::default()
-            })
-            .await?;
-        Counters::add(&self.counters.placements, 1);
-        tracing::info!("placing {} ({}) on {host}", dyno.name, dyno.id);
-        self.push_assignments(&host).await?;
-        Ok(dyno)
     }
 }
 
@@ -234,7 +187,7 @@ pub(crate) async fn create(
             },
         )
         .await?;
-    core.log_api(
+    core.logs.log_api(
         &app.name,
         format!(
             "Starting process with command `{command}` by {}",
@@ -338,9 +291,10 @@ pub(crate) async fn attach(
     let id = dyno.id.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                crate::attach::client_connected(&core, &id, hyper_util::rt::TokioIo::new(upgraded))
-            }
+            Ok(upgraded) => core.attach_event(
+                &id,
+                crate::attach::client_connected(hyper_util::rt::TokioIo::new(upgraded)),
+            ),
             Err(err) => tracing::debug!("attach to {id}: upgrade failed: {err}"),
         }
     });

@@ -14,39 +14,73 @@
 //! restart finds it pending and follows its dyno); a pending release whose dyno is gone
 //! (its host was lost, or the scheduler died before placing it) fails.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::core::{lock, Core};
-use crate::model::{App, Dyno, DynoState, Release, ReleaseStatus, RELEASE_TYPE};
+use crate::builds::Builds;
+use crate::logs::LogFeed;
+use crate::model::{App, Dyno, DynoState, Release, ReleaseStatus, Slug, RELEASE_TYPE};
 use crate::oneoff::OneOff;
+use crate::store::Store;
+use crate::sync::{lock, Poke};
 
 /// How old a pending release must be before a missing release dyno means it failed (the
 /// dyno is placed just after the release is stored).
 const PLACE_WINDOW: Duration = Duration::from_secs(30);
 
-impl Core {
-    /// Runs a pending release's release phase; `build` also gets its output.
-    pub(crate) async fn start_release_phase(
-        &self,
-        app: &App,
-        release: &Release,
-        build: Option<Uuid>,
-    ) {
+/// The release phases running: where their output goes and which are being decided.
+pub struct ReleasePhase {
+    store: Arc<dyn Store>,
+    logs: Arc<LogFeed>,
+    builds: Arc<Builds>,
+    poke: Poke,
+    /// Release dynos whose output also goes to the build that made their release.
+    outputs: Mutex<HashMap<String, Uuid>>,
+    /// Releases whose release dyno ended and whose outcome is being decided.
+    settling: Mutex<HashSet<(Uuid, u32)>>,
+}
+
+impl std::fmt::Debug for ReleasePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleasePhase").finish_non_exhaustive()
+    }
+}
+
+impl ReleasePhase {
+    pub fn new(
+        store: Arc<dyn Store>,
+        logs: Arc<LogFeed>,
+        builds: Arc<Builds>,
+        poke: Poke,
+    ) -> ReleasePhase {
+        ReleasePhase {
+            store,
+            logs,
+            builds,
+            poke,
+            outputs: Mutex::new(HashMap::new()),
+            settling: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// What a pending release's release dyno is to run (its slug, to place it by its
+    /// stack), or `None` when it has no release phase, or has failed already because its
+    /// slug cannot be read.
+    pub(crate) async fn command(&self, app: &App, release: &Release) -> Option<(Slug, OneOff)> {
         let slug = match self.store.slug(release.slug_id).await {
             Ok(slug) => slug,
             Err(err) => {
                 self.release_failed(app, release, &format!("its slug cannot be read: {err}"))
                     .await;
-                return;
+                return None;
             }
         };
-        let Some(command) = slug.process_types.get(RELEASE_TYPE).cloned() else {
-            return;
-        };
-        self.log_api(
+        let command = slug.process_types.get(RELEASE_TYPE).cloned()?;
+        self.logs.log_api(
             &app.name,
             format!(
                 "Running release v{} commands by {}",
@@ -55,49 +89,63 @@ impl Core {
         );
         let spec = OneOff {
             process_type: RELEASE_TYPE,
-            command: command.clone(),
+            command,
             size: None,
             env: Default::default(),
             attach: None,
         };
-        match self.start_one_off(app, release, &slug, spec).await {
-            Ok(dyno) => {
-                if let Some(build) = build {
-                    self.builds.push(
-                        build,
-                        format!(
-                            "-----> Running release command `{command}` in {}",
-                            dyno.name
-                        ),
-                    );
-                    lock(&self.release_outputs).insert(dyno.id, build);
-                }
-            }
-            Err(err) => {
-                if let Some(build) = build {
-                    self.builds
-                        .push(build, format!("-----> Release phase failed: {err}"));
-                    self.builds.close(build);
-                }
-                self.release_failed(app, release, &err.to_string()).await;
-            }
+        Some((slug, spec))
+    }
+
+    /// The release dyno is placed; `build` also gets its output.
+    pub(crate) fn placed(&self, dyno: &Dyno, build: Option<Uuid>) {
+        if let Some(build) = build {
+            self.builds.push(
+                build,
+                format!(
+                    "-----> Running release command `{}` in {}",
+                    dyno.command, dyno.name
+                ),
+            );
+            lock(&self.outputs).insert(dyno.id.clone(), build);
         }
+    }
+
+    /// The release dyno could not be placed: the release failed.
+    pub(crate) async fn not_placed(
+        &self,
+        app: &App,
+        release: &Release,
+        build: Option<Uuid>,
+        why: &str,
+    ) {
+        if let Some(build) = build {
+            self.builds
+                .push(build, format!("-----> Release phase failed: {why}"));
+            self.builds.close(build);
+        }
+        self.release_failed(app, release, why).await;
+    }
+
+    /// The build a release dyno's output also goes to.
+    pub(crate) fn output_of(&self, dyno_id: &str) -> Option<Uuid> {
+        lock(&self.outputs).get(dyno_id).copied()
     }
 
     /// A release dyno ended: its exit status decides its release. Its agent sent the dyno's
     /// last lines before this state (on the same stream), so the deploy's output has them.
     /// Only a pending release changes, so a later report of the same end (`down`) is a no-op.
-    pub(crate) async fn release_dyno_ended(&self, dyno: &Dyno) {
+    pub(crate) async fn dyno_ended(&self, dyno: &Dyno) {
         // Marked while decided, so that the reconciler (which may forget the ended dyno
         // meanwhile) does not take the release for one whose dyno was lost.
         let key = (dyno.app_id, dyno.release_version);
-        lock(&self.release_settling).insert(key);
+        lock(&self.settling).insert(key);
         self.settle_release(dyno).await;
-        lock(&self.release_settling).remove(&key);
+        lock(&self.settling).remove(&key);
     }
 
     async fn settle_release(&self, dyno: &Dyno) {
-        let build = lock(&self.release_outputs).remove(&dyno.id);
+        let build = lock(&self.outputs).remove(&dyno.id);
         let apps = match self.store.apps().await {
             Ok(apps) => apps,
             Err(err) => {
@@ -119,7 +167,7 @@ impl Core {
                 .await
             {
                 Ok(Some(_)) => {
-                    self.log_api(
+                    self.logs.log_api(
                         &app.name,
                         format!(
                             "Release v{} command succeeded: v{} is live",
@@ -131,7 +179,7 @@ impl Core {
                             .push(build, format!("-----> Released v{}", release.version));
                         self.builds.close(build);
                     }
-                    self.poke();
+                    self.poke.poke();
                 }
                 Ok(None) => {}
                 Err(err) => tracing::warn!(
@@ -167,7 +215,7 @@ impl Core {
                     Ok(Some(r)) => format!("v{} keeps serving", r.version),
                     _ => "no release is live".to_string(),
                 };
-                self.log_api(
+                self.logs.log_api(
                     &app.name,
                     format!(
                         "Release v{} command failed by {}: {why}; {current}",
@@ -186,7 +234,7 @@ impl Core {
 
     /// Fails pending releases whose release dyno is gone (its host was lost, or the
     /// scheduler stopped between storing the release and placing its dyno).
-    pub(crate) async fn orphaned_releases(&self, apps: &[App], dynos: &[Dyno]) {
+    pub(crate) async fn orphaned(&self, apps: &[App], dynos: &[Dyno]) {
         let pending = match self.store.pending_releases().await {
             Ok(p) => p,
             Err(err) => {
@@ -200,8 +248,7 @@ impl Core {
                 d.app_id == release.app_id
                     && d.process_type == RELEASE_TYPE
                     && d.release_version == release.version
-            }) || lock(&self.release_settling)
-                .contains(&(release.app_id, release.version));
+            }) || lock(&self.settling).contains(&(release.app_id, release.version));
             if running || now - release.created_at < PLACE_WINDOW {
                 continue;
             }

@@ -1,31 +1,31 @@
 //! Where the router meets the dyno manager.
 //!
 //! - [`routes`] turns the cluster into the router's table: an app's `up` web dynos, or why
-//!   it has none (asleep, booting, crashed, scaled to zero). The core refreshes the table
-//!   after every reconcile, which every dyno report triggers, so a dyno is routed to as soon
-//!   as its agent says it is up.
+//!   it has none (asleep, booting, crashed, scaled to zero). [`Routing`] owns the table and
+//!   refreshes it after every reconcile, which every dyno report triggers, so a dyno is
+//!   routed to as soon as its agent says it is up.
 //! - A web dyno that is to stop leaves the table first and is only stopped (SIGTERM) once
 //!   its in-flight requests are done, up to the router's request timeout: a stop never cuts
-//!   a request short ([`Core::hold_stops`]).
+//!   a request short ([`crate::cluster::Cluster::hold_stops`]).
 //! - Sleep-on-idle: [`Hooks::request`] stamps each app's last traffic; the reconcile loop
 //!   puts apps whose web dynos are all eco to sleep after `sleep_after` without traffic
-//!   ([`Core::idle_apps`]); a request to a sleeping app calls [`Hooks::wake`], which wakes it
-//!   while the router holds the request until a web dyno is up.
+//!   ([`Routing::idle_apps`]); a request to a sleeping app calls [`Hooks::wake`], which
+//!   wakes it while the router holds the request until a web dyno is up.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use manifold_router::{AppRoute, Backend, Hooks};
+use manifold_router::{AppRoute, Backend, Hooks, RouteTable, Router};
+use tokio::sync::watch;
 
-use crate::core::{lock, Core};
+use crate::logs::LogFeed;
 use crate::metrics::Counters;
 use crate::model::{Desired, Dyno, DynoState};
 use crate::reconciler::{sleeps, AppDesired, HostView, Liveness};
-
-/// How often a held stop looks at the dyno's in-flight count.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
+use crate::store::Store;
+use crate::sync::{lock, Poke};
 
 /// The routing table for the cluster; `stopping` are dynos that are about to stop (they
 /// take no new requests).
@@ -88,7 +88,85 @@ fn socket_addr(address: &str, port: u16) -> Option<SocketAddr> {
     (address, port).to_socket_addrs().ok()?.next()
 }
 
-impl Core {
+/// The routing side of the scheduler: the router's table and what it was built from, and
+/// each app's traffic, sleep and wake.
+pub struct Routing {
+    store: Arc<dyn Store>,
+    logs: Arc<LogFeed>,
+    counters: Arc<Counters>,
+    poke: Poke,
+    /// Apps whose web dynos are eco sleep after this long without a request (`None`: never).
+    sleep_after: Option<Duration>,
+    /// The router's table, refreshed after every reconcile.
+    table: RouteTable,
+    /// The table as last published, with a version that changes with it (what routers
+    /// that follow the scheduler from other processes long-poll, see [`crate::follow`]).
+    published: Mutex<(u64, HashMap<String, AppRoute>)>,
+    changes: watch::Sender<u64>,
+    /// The router, once serving (for its metrics).
+    router: OnceLock<Arc<Router>>,
+    /// When each app last got a request (sleep-on-idle).
+    traffic: Mutex<HashMap<String, Instant>>,
+    /// Apps being woken, since when (to log how long it took).
+    waking: Mutex<HashMap<String, Instant>>,
+    /// Apps with no web dyno up while new ones boot, since when (logged when it ends).
+    gaps: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routing").finish_non_exhaustive()
+    }
+}
+
+impl Routing {
+    pub fn new(
+        store: Arc<dyn Store>,
+        logs: Arc<LogFeed>,
+        counters: Arc<Counters>,
+        poke: Poke,
+        sleep_after: Option<Duration>,
+    ) -> Routing {
+        Routing {
+            store,
+            logs,
+            counters,
+            poke,
+            sleep_after,
+            table: RouteTable::default(),
+            published: Mutex::new((0, HashMap::new())),
+            changes: watch::Sender::new(0),
+            router: OnceLock::new(),
+            traffic: Mutex::new(HashMap::new()),
+            waking: Mutex::new(HashMap::new()),
+            gaps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The table the in-process router reads.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// The table as last published and its version.
+    pub(crate) fn published(&self) -> (u64, HashMap<String, AppRoute>) {
+        lock(&self.published).clone()
+    }
+
+    /// The published table's version, as it changes.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Keeps the in-process router once it serves (for its metrics).
+    pub(crate) fn set_router(&self, router: Arc<Router>) {
+        let _ = self.router.set(router);
+    }
+
+    pub(crate) fn router(&self) -> Option<&Arc<Router>> {
+        self.router.get()
+    }
+
     /// A request for `app` arrived (sleep-on-idle counts from the last one).
     pub fn traffic(&self, app: &str) {
         // Called for every request: no allocation once the app is known.
@@ -112,28 +190,33 @@ impl Core {
             return;
         }
         self.traffic(app);
-        let core = self.clone();
+        let routing = self.clone();
         let app = app.to_string();
         tokio::spawn(async move {
-            match core.store.set_sleeping(&app, false).await {
+            match routing.store.set_sleeping(&app, false).await {
                 Ok(_) => {
-                    Counters::add(&core.counters.wakes, 1);
-                    core.log_platform(&app, "web.1", "Unidling");
-                    core.poke();
+                    Counters::add(&routing.counters.wakes, 1);
+                    routing.logs.log_platform(&app, "web.1", "Unidling");
+                    routing.poke.poke();
                 }
                 Err(err) => {
                     tracing::warn!("cannot wake {app}: {err}");
-                    lock(&core.waking).remove(&app);
+                    lock(&routing.waking).remove(&app);
                 }
             }
         });
+    }
+
+    /// The app is gone: so is its route.
+    pub(crate) fn remove_app(&self, app: &str) {
+        self.table.remove(app);
     }
 
     /// Puts to sleep every app whose web dynos are all eco and that had no traffic for
     /// `sleep_after`. An app's idle time counts from its last request, or from when this
     /// scheduler first saw it serving.
     pub(crate) async fn idle_apps(&self, apps: &[AppDesired], dynos: &[Dyno]) {
-        let Some(after) = self.settings.sleep_after else {
+        let Some(after) = self.sleep_after else {
             return;
         };
         let now = Instant::now();
@@ -171,13 +254,13 @@ impl Core {
             for d in dynos.iter().filter(|d| {
                 d.app_id == want.app.id && d.desired == Desired::Running && sleeps(&d.size)
             }) {
-                self.log_platform(&want.app.name, &d.name, "Idling");
+                self.logs.log_platform(&want.app.name, &d.name, "Idling");
             }
         }
     }
 
     /// Rebuilds the router's table and logs how long woken apps took to get a web dyno up.
-    pub(crate) fn refresh_routes(
+    pub(crate) fn refresh(
         &self,
         hosts: &[HostView],
         dynos: &[Dyno],
@@ -191,7 +274,8 @@ impl Core {
                 Some(AppRoute::Serving(backends)) => {
                     let took = since.elapsed();
                     let name = backends.first().map_or("web.1", |b| b.name.as_str());
-                    self.log_platform(app, name, format!("Unidled in {}ms", took.as_millis()));
+                    self.logs
+                        .log_platform(app, name, format!("Unidled in {}ms", took.as_millis()));
                     tracing::info!("{app} woke in {took:?}");
                     false
                 }
@@ -205,10 +289,10 @@ impl Core {
             if published.1 != table {
                 published.0 += 1;
                 published.1 = table.clone();
-                self.route_changes.send_replace(published.0);
+                self.changes.send_replace(published.0);
             }
         }
-        self.routes.replace_all(table);
+        self.table.replace_all(table);
     }
 
     /// Logs when an app that had a web dyno up has none while its web dynos boot (a restart
@@ -221,7 +305,7 @@ impl Core {
             match route {
                 AppRoute::Booting if was_serving => {
                     gaps.insert(app.clone(), Instant::now());
-                    self.log_platform(
+                    self.logs.log_platform(
                         app,
                         "router",
                         "at=info desc=\"No web dyno up while new ones boot: holding requests (enable preboot to avoid this)\"",
@@ -229,7 +313,7 @@ impl Core {
                 }
                 AppRoute::Serving(_) => {
                     if let Some(since) = gaps.remove(app) {
-                        self.log_platform(
+                        self.logs.log_platform(
                             app,
                             "router",
                             format!(
@@ -247,37 +331,13 @@ impl Core {
         }
         gaps.retain(|app, _| table.contains_key(app));
     }
-
-    /// Keeps stopping web dynos that still serve requests assigned until those requests are
-    /// done (or the router's request timeout passed), then tells their hosts to stop them.
-    pub(crate) fn hold_stops(self: &Arc<Self>, stopped: &[Dyno]) {
-        let deadline = Instant::now() + self.settings.router.request_timeout;
-        for d in stopped {
-            if d.process_type != "web" || self.routes.in_flight(&d.id) == 0 {
-                continue;
-            }
-            lock(&self.held_stops).insert(d.id.clone(), deadline);
-            let core = self.clone();
-            let id = d.id.clone();
-            let host = d.host_id.clone();
-            tokio::spawn(async move {
-                while core.routes.in_flight(&id) > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(DRAIN_POLL).await;
-                }
-                lock(&core.held_stops).remove(&id);
-                if let Err(err) = core.push_assignments(&host).await {
-                    tracing::warn!("cannot tell {host} to stop {id}: {err}");
-                }
-            });
-        }
-    }
 }
 
-/// The router's view of the core.
+/// The router's view of the scheduler.
 #[derive(Debug)]
-pub struct CoreHooks(pub Arc<Core>);
+pub struct RoutingHooks(pub Arc<Routing>);
 
-impl Hooks for CoreHooks {
+impl Hooks for RoutingHooks {
     fn request(&self, app: &str) {
         self.0.traffic(app);
     }
@@ -287,7 +347,7 @@ impl Hooks for CoreHooks {
     }
 
     fn log(&self, app: &str, line: String) {
-        self.0.log_platform(app, "router", line);
+        self.0.logs.log_platform(app, "router", line);
     }
 }
 

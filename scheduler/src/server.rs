@@ -26,7 +26,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::core::Core;
 use crate::hub::{check_token, Hub};
-use crate::routing::CoreHooks;
+use crate::routing::RoutingHooks;
 use crate::tls::{ClientCert, Peer, ServerTls};
 
 /// How long open requests may finish after a shutdown was asked for. Agents' links never
@@ -87,11 +87,11 @@ pub async fn serve(
     let (stop_router, router_stopped) = tokio::sync::watch::channel(false);
     let routing = router.map(|listener| {
         let router = Arc::new(manifold_router::Router::new(
-            core.routes.clone(),
-            Arc::new(CoreHooks(core.clone())),
+            core.routing.table().clone(),
+            Arc::new(RoutingHooks(core.routing.clone())),
             core.settings.router.clone(),
         ));
-        let _ = core.router.set(router.clone());
+        core.routing.set_router(router.clone());
         let mut stopped = router_stopped.clone();
         tokio::spawn(router.serve(listener, async move {
             let _ = stopped.wait_for(|s| *s).await;

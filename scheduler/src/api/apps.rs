@@ -124,20 +124,6 @@ pub(super) async fn delete_app(
 ) -> Result<axum::Json<Value>> {
     let app = core.store.app(&name).await?;
     let body = app_json(&core, &app).await?;
-    // Tell the hosts first (their sets change, generations move), then forget the app.
-    let dynos = core.store.dynos(Some(&name)).await?;
-    let changed = core
-        .store
-        .apply_dyno_changes(&DynoChanges {
-            delete: dynos.iter().map(|d| d.id.clone()).collect(),
-            ..DynoChanges::default()
-        })
-        .await?;
-    core.store.delete_app(&name).await?;
-    core.plex.remove_app(&name);
-    core.routes.remove(&name);
-    for host in changed.keys() {
-        core.push_assignments(host).await?;
-    }
+    core.delete_app(&name).await?;
     Ok(axum::Json(body))
 }

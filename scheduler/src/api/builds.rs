@@ -112,7 +112,8 @@ pub(super) async fn create_build(
         ));
     }
     let build = core
-        .start_build(&a, &source, buildpacks, &user(&headers))
+        .builds
+        .start(&a, &source, buildpacks, &user(&headers))
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -53,44 +53,9 @@ pub(super) async fn patch_config(
             "config vars would take {total} bytes; the limit is {CONFIG_LIMIT}"
         )));
     }
-    let set: Vec<&str> = changes
-        .iter()
-        .filter(|(_, v)| v.is_some())
-        .map(|(k, _)| k.as_str())
-        .collect();
-    let removed: Vec<&str> = changes
-        .iter()
-        .filter(|(k, v)| v.is_none() && current.config.contains_key(*k))
-        .map(|(k, _)| k.as_str())
-        .collect();
-    let mut parts = Vec::new();
-    if !set.is_empty() {
-        parts.push(format!("Set {} config vars", set.join(", ")));
-    }
-    if !removed.is_empty() {
-        parts.push(format!("Remove {} config vars", removed.join(", ")));
-    }
-    if parts.is_empty() {
+    let Some((app, release)) = core.set_config(&current, &changes, &user(&headers)).await? else {
         return Ok(axum::Json(current.config).into_response());
-    }
-    let (app, release) = core
-        .store
-        .update_config(&app, &changes, &parts.join("; "), &user(&headers))
-        .await?;
-    match &release {
-        Some(r) => core.log_release(&app.name, r),
-        None => core.log_api(
-            &app.name,
-            format!("{} by {}", parts.join("; "), user(&headers)),
-        ),
-    }
-    if let Some(r) = release
-        .as_ref()
-        .filter(|r| r.status == ReleaseStatus::Pending)
-    {
-        core.start_release_phase(&app, r, None).await;
-    }
-    core.poke();
+    };
     let mut res = axum::Json(app.config).into_response();
     if let Some(r) = release {
         if let Ok(v) = HeaderValue::from_str(&r.version.to_string()) {

@@ -55,7 +55,6 @@ pub(super) async fn patch_feature(
 ) -> Result<axum::Json<Value>> {
     core.store.app(&app).await?;
     let (n, d) = feature(&name)?;
-    let app = core.store.set_feature(&app, n, body.enabled).await?;
-    core.poke();
+    let app = core.set_feature(&app, n, body.enabled).await?;
     Ok(axum::Json(feature_json(&app, n, d)))
 }

@@ -102,31 +102,6 @@ pub(super) async fn patch_formation(
             size,
         });
     }
-    let plan = core.check_formation(&app, &updates).await?;
-    if let Some(u) = plan.unplaced.first() {
-        return Err(ApiError::invalid(format!(
-            "cannot run {} {} dyno(s) of {app}: {} (nothing was changed)",
-            plan.unplaced.len(),
-            u.size,
-            u.rejection
-        )));
-    }
-    let formation = core.store.update_formation(&app, &updates).await?;
-    let scaled: Vec<String> = formation
-        .iter()
-        .filter(|f| updates.iter().any(|u| u.process_type == f.process_type))
-        .map(|f| {
-            let size = f
-                .size
-                .parse::<DynoSize>()
-                .map_or(f.size.as_str(), |s| s.heroku_name());
-            format!("{}@{}:{size}", f.process_type, f.quantity)
-        })
-        .collect();
-    core.log_api(
-        &app,
-        format!("Scaled to {} by {}", scaled.join(" "), user(&headers)),
-    );
-    core.poke();
+    core.scale(&app, &updates, &user(&headers)).await?;
     Ok(axum::Json(formation_json(&core, &app).await?))
 }

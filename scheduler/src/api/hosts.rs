@@ -18,7 +18,7 @@ pub(super) struct HostJson {
 fn host_json(core: &Core, h: crate::model::Host, dynos: &[Dyno]) -> HostJson {
     let on: Vec<&Dyno> = dynos.iter().filter(|d| d.host_id == h.id).collect();
     HostJson {
-        state: match core.liveness(&h.id) {
+        state: match core.cluster.liveness(&h.id) {
             Liveness::Lost => "lost",
             _ if h.draining => "draining",
             Liveness::Connected => "ready",
@@ -63,7 +63,6 @@ pub(super) async fn drain_host(
         }
     };
     let h = core
-        .store
         .set_draining(&host, draining)
         .await
         .map_err(|e| match e {
@@ -72,7 +71,6 @@ pub(super) async fn drain_host(
             }
             other => other.into(),
         })?;
-    core.poke();
     let dynos = core.store.dynos(None).await?;
     Ok(axum::Json(host_json(&core, h, &dynos)))
 }

@@ -31,9 +31,9 @@ use uuid::Uuid;
 use crate::blobs::BlobError;
 use crate::builds::Output;
 use crate::core::Core;
-use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, ReleaseStatus, FEATURES};
+use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
 use crate::reconciler::{dyno_index, size_memory, sleeps, Liveness};
-use crate::store::{DynoChanges, StoreError};
+use crate::store::StoreError;
 
 use crate::auth::auth;
 use crate::http::request_id;

@@ -71,9 +71,7 @@ pub(super) async fn rollback(
             body.release
         ))
     })?;
-    let r = core.store.rollback(&app, version, &user(&headers)).await?;
-    core.log_release(&app, &r);
-    core.poke();
+    let r = core.rollback(&app, version, &user(&headers)).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(release_json(&core, &app, &r, Some(r.version)).await?),

@@ -1,0 +1,401 @@
+//! The cluster as the scheduler reaches it: each host's link to its agent, whether the host
+//! is connected, missing or lost, and what each host was last told to run.
+//!
+//! ```text
+//! agent ──Hello──▶ connect (store the host, keep its link) ──▶ push_assignments ──▶ agent
+//!       ──any message──▶ seen            link ends ──▶ disconnect: missing, lost after the deadline
+//! ```
+//!
+//! A host's assignments are always its whole set of running dynos (and stopping web dynos
+//! whose requests are not done yet, see [`Cluster::hold_stops`]), read from the store, so an
+//! agent that missed a message catches up with the next one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use manifold_proto::{scheduler_message, Assignment, Assignments, Hello, SchedulerMessage};
+use manifold_router::RouteTable;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::metrics::Counters;
+use crate::model::{App, Desired, Dyno, DynoReport, Slug};
+use crate::reconciler::{HostView, Liveness};
+use crate::store::{DynoChanges, Reported, Store, StoreError};
+use crate::sync::lock;
+
+/// How much longer than the heartbeat deadline a host gets to reconnect after the
+/// scheduler starts: an agent redials with a backoff of up to 5 s, plus a heartbeat.
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
+/// How often a held stop looks at the dyno's in-flight count.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// What an assignment needs of a release: its config and its slug (which also names the
+/// stack: the planner placed the dyno by the slug's stack).
+type ReleaseInfo = (BTreeMap<String, String>, Slug);
+
+/// What goes to an agent on its link (tonic's stream item).
+pub type LinkSender = mpsc::UnboundedSender<Result<SchedulerMessage, tonic::Status>>;
+
+/// A dyno as its log lines are written: its app and name come from the store, never from
+/// what the agent says.
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    pub(crate) app: String,
+    pub(crate) name: String,
+}
+
+/// The sender half of an agent's stream, and when it last said anything.
+#[derive(Debug)]
+struct Link {
+    /// Which connection this is: a host that reconnects replaces its link, and the old
+    /// link's end must not remove the new one.
+    serial: u64,
+    tx: LinkSender,
+    last_seen: Instant,
+}
+
+/// The hosts' links and what they were sent.
+pub struct Cluster {
+    store: Arc<dyn Store>,
+    counters: Arc<Counters>,
+    /// A host whose agent sent nothing for this long is lost.
+    heartbeat_deadline: Duration,
+    links: Mutex<HashMap<String, Link>>,
+    /// When each known host's link went away (a host never seen since start counts from
+    /// `started`, so agents get one deadline to reconnect after a scheduler restart).
+    gone_since: Mutex<HashMap<String, Instant>>,
+    started: Instant,
+    next_serial: AtomicU64,
+    /// Each host's dynos as last sent to it, by id: whose lines its agent may send (see
+    /// [`crate::logs::LogFeed::ingest`]). Set before the assignments go out, so the agent
+    /// can never know of a dyno missing here.
+    placed: Mutex<HashMap<String, Arc<HashMap<String, Placed>>>>,
+    /// Stopping web dynos kept assigned until their in-flight requests are done, with
+    /// the deadline after which they stop anyway.
+    held_stops: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    pub fn new(
+        store: Arc<dyn Store>,
+        counters: Arc<Counters>,
+        heartbeat_deadline: Duration,
+    ) -> Cluster {
+        Cluster {
+            store,
+            counters,
+            heartbeat_deadline,
+            links: Mutex::new(HashMap::new()),
+            gone_since: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            next_serial: AtomicU64::new(1),
+            placed: Mutex::new(HashMap::new()),
+            held_stops: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a host's agent is connected, missing (within the deadline) or lost.
+    pub fn liveness(&self, host: &str) -> Liveness {
+        let now = Instant::now();
+        let deadline = self.heartbeat_deadline;
+        if let Some(link) = lock(&self.links).get(host) {
+            return if now.duration_since(link.last_seen) <= deadline {
+                Liveness::Connected
+            } else {
+                Liveness::Lost
+            };
+        }
+        // A host not heard from since this scheduler started may be redialling with its
+        // longest backoff: give it that much more before its dynos move.
+        let (since, allowed) = match lock(&self.gone_since).get(host) {
+            Some(gone) => (*gone, deadline),
+            None => (self.started, deadline + RECONNECT_GRACE),
+        };
+        if now.duration_since(since) <= allowed {
+            Liveness::Missing
+        } else {
+            Liveness::Lost
+        }
+    }
+
+    /// Every known host with its liveness now.
+    pub(crate) async fn host_views(&self) -> Result<Vec<HostView>, StoreError> {
+        Ok(self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|host| HostView {
+                liveness: self.liveness(&host.id),
+                host,
+            })
+            .collect())
+    }
+
+    /// Sends a message to a host's agent; false when it is not connected.
+    pub(crate) fn send(&self, host: &str, message: scheduler_message::Kind) -> bool {
+        lock(&self.links).get(host).is_some_and(|l| {
+            l.tx.send(Ok(SchedulerMessage {
+                kind: Some(message),
+            }))
+            .is_ok()
+        })
+    }
+
+    /// An agent said `Hello`: stores its host and keeps its link (replacing an older one).
+    /// Returns the link's serial, for [`Cluster::disconnect`].
+    pub(crate) async fn connect(&self, hello: &Hello, tx: LinkSender) -> Result<u64, StoreError> {
+        let capacity = hello.capacity.unwrap_or_default();
+        self.store
+            .upsert_host(
+                &hello.host_id,
+                &hello.address,
+                capacity.memory_bytes,
+                capacity.dyno_slots,
+                &hello.stacks,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        lock(&self.links).insert(
+            hello.host_id.clone(),
+            Link {
+                serial,
+                tx,
+                last_seen: Instant::now(),
+            },
+        );
+        lock(&self.gone_since).remove(&hello.host_id);
+        Ok(serial)
+    }
+
+    /// The host's agent said something: it is alive.
+    pub(crate) fn seen(&self, host: &str) {
+        if let Some(link) = lock(&self.links).get_mut(host) {
+            link.last_seen = Instant::now();
+        }
+    }
+
+    /// A link ended. True when it was the host's current link (the host is missing from
+    /// now), false when the host had reconnected meanwhile.
+    pub(crate) fn disconnect(&self, host: &str, serial: u64) -> bool {
+        {
+            let mut links = lock(&self.links);
+            if links.get(host).is_none_or(|l| l.serial != serial) {
+                return false;
+            }
+            links.remove(host);
+        }
+        lock(&self.gone_since).insert(host.to_string(), Instant::now());
+        true
+    }
+
+    /// Forgets the dynos `host` was told to stop and no longer runs (`running`: what its
+    /// agent listed in its `Hello`): they ended while the link was down.
+    pub(crate) async fn forget_ended(
+        &self,
+        host: &str,
+        running: &HashSet<&str>,
+    ) -> Result<(), StoreError> {
+        let gone: Vec<String> = self
+            .store
+            .dynos(None)
+            .await?
+            .into_iter()
+            .filter(|d| {
+                d.host_id == host
+                    && d.desired == Desired::Stopped
+                    && !running.contains(d.id.as_str())
+            })
+            .map(|d| d.id)
+            .collect();
+        if !gone.is_empty() {
+            self.store
+                .apply_dyno_changes(&DynoChanges {
+                    delete: gone,
+                    ..DynoChanges::default()
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records a state `host`'s agent reports for one of its dynos; returns the dyno as
+    /// updated. A report about a dyno of another host is refused (and logged): it changes
+    /// nothing, so a compromised agent cannot mark other hosts' dynos up or down, publish
+    /// a port for them or end their release phase. A late report, whose state cannot follow
+    /// the stored one, is ignored too (and logged).
+    pub(crate) async fn report(
+        &self,
+        host: &str,
+        report: &DynoReport,
+    ) -> Result<Option<Dyno>, StoreError> {
+        Ok(match self.store.report_dyno(host, report).await? {
+            Reported::Updated(dyno) => Some(*dyno),
+            Reported::Unknown => None,
+            Reported::OtherHost(owner) => {
+                Counters::add(&self.counters.refused_reports, 1);
+                tracing::warn!(
+                    "host {host}: refused its report that dyno {} is {}: that dyno is on host {owner}",
+                    report.id,
+                    report.state.as_str()
+                );
+                None
+            }
+            Reported::Stale(stored) => {
+                tracing::warn!(
+                    "host {host}: ignored a late report that dyno {} is {}: it is {}, which \
+                     that cannot follow",
+                    report.id,
+                    report.state.as_str(),
+                    stored.as_str()
+                );
+                None
+            }
+        })
+    }
+
+    /// The dynos last sent to `host`, by id.
+    pub(crate) fn placed(&self, host: &str) -> Arc<HashMap<String, Placed>> {
+        lock(&self.placed).get(host).cloned().unwrap_or_default()
+    }
+
+    /// Sends a host its full set of running dynos with its generation.
+    pub async fn push_assignments(&self, host: &str) -> Result<(), StoreError> {
+        let Some(generation) = self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.id == host)
+            .map(|h| h.generation)
+        else {
+            return Ok(());
+        };
+        let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
+        let on_host: Vec<Dyno> = self
+            .store
+            .dynos(None)
+            .await?
+            .into_iter()
+            .filter(|d| d.host_id == host)
+            .collect();
+        let apps: HashMap<Uuid, App> = self
+            .store
+            .apps()
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a))
+            .collect();
+        // Every dyno of the host, stopping ones too: their last lines are still to come.
+        let placed = on_host
+            .iter()
+            .filter_map(|d| {
+                let app = apps.get(&d.app_id)?;
+                let placed = Placed {
+                    app: app.name.clone(),
+                    name: d.name.clone(),
+                };
+                Some((d.id.clone(), placed))
+            })
+            .collect();
+        lock(&self.placed).insert(host.to_string(), Arc::new(placed));
+        let dynos: Vec<Dyno> = on_host
+            .into_iter()
+            .filter(|d| d.desired == Desired::Running || held.contains(&d.id))
+            .collect();
+        let mut releases: HashMap<(Uuid, u32), ReleaseInfo> = HashMap::new();
+        let mut out = Vec::new();
+        for d in dynos {
+            let Some(app) = apps.get(&d.app_id) else {
+                continue;
+            };
+            let key = (d.app_id, d.release_version);
+            if let std::collections::hash_map::Entry::Vacant(e) = releases.entry(key) {
+                let release = self.store.release(&app.name, d.release_version).await?;
+                let slug = self.store.slug(release.slug_id).await?;
+                e.insert((release.config, slug));
+            }
+            let Some((config, slug)) = releases.get(&key) else {
+                continue;
+            };
+            out.push(assignment(app, d, config, slug));
+        }
+        self.send(
+            host,
+            scheduler_message::Kind::Assignments(Assignments {
+                generation,
+                dynos: out,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Keeps stopping web dynos that still serve requests (as `table` counts them)
+    /// assigned until those requests are done, or `timeout` passed, then tells their hosts
+    /// to stop them.
+    pub(crate) fn hold_stops(
+        self: &Arc<Self>,
+        stopped: &[Dyno],
+        table: &RouteTable,
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        for d in stopped {
+            if d.process_type != "web" || table.in_flight(&d.id) == 0 {
+                continue;
+            }
+            lock(&self.held_stops).insert(d.id.clone(), deadline);
+            let cluster = self.clone();
+            let table = table.clone();
+            let id = d.id.clone();
+            let host = d.host_id.clone();
+            tokio::spawn(async move {
+                while table.in_flight(&id) > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+                lock(&cluster.held_stops).remove(&id);
+                if let Err(err) = cluster.push_assignments(&host).await {
+                    tracing::warn!("cannot tell {host} to stop {id}: {err}");
+                }
+            });
+        }
+    }
+}
+
+/// One dyno as its agent is told to run it.
+fn assignment(app: &App, d: Dyno, config: &BTreeMap<String, String>, slug: &Slug) -> Assignment {
+    Assignment {
+        id: d.id,
+        app: app.name.clone(),
+        name: d.name,
+        command: d.command,
+        size: d.size,
+        stack: slug.stack.clone(),
+        slug: Some(manifold_proto::Slug {
+            sha256: slug.sha256.clone(),
+            size: slug.size,
+        }),
+        // A one-off's own vars (`run -e`) go over the release's.
+        env: config.clone().into_iter().chain(d.env).collect(),
+        release_version: d.release_version,
+        boot_timeout_secs: app.boot_timeout.unwrap_or(0),
+        stop_timeout_secs: app.stop_timeout.unwrap_or(0),
+        attach: d.attach.map(|a| manifold_proto::AttachSpec {
+            tty: a.tty,
+            cols: u32::from(a.cols),
+            rows: u32::from(a.rows),
+        }),
+    }
+}

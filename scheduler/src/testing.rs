@@ -1,0 +1,245 @@
+//! An in-process scheduler for tests that need neither root nor containers: a [`Core`] on
+//! a `SqliteStore` in a temp dir, the REST API called in process, and fake agents that talk
+//! to it the way the AgentLink hub does, through channels.
+//!
+//! ```text
+//! test ──api()──▶ axum Router ──▶ Core ──reconcile()──▶ Cluster ──link channel──▶ FakeAgent
+//!                                  ▲                                                 │
+//!                                  └──── hub::connect / hub::agent_message ◀── report(…)
+//! ```
+//!
+//! Nothing runs in the background: a test calls [`Core::reconcile`] where the reconcile
+//! loop would run (the loop is level-triggered, so running it by hand changes no outcome),
+//! which keeps every test deterministic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use manifold_proto::{
+    agent_message, scheduler_message, AgentMessage, Assignment, Capacity, DynoState as WireState,
+    DynoStatus, Heartbeat, Hello, SchedulerMessage,
+};
+use manifold_router::AppRoute;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::blobs::BlobStore;
+use crate::core::{Core, Settings};
+use crate::model::{Build, BuildStatus, Slug};
+use crate::reconciler::Cycling;
+use crate::store::sqlite::SqliteStore;
+use crate::store::BuildOutcome;
+
+pub(crate) const API_TOKEN: &str = "api-token";
+/// The stack every fake host has and every test slug is built for.
+pub(crate) const STACK: &str = "heroku-24";
+
+/// A scheduler in a temp dir.
+pub(crate) struct Harness {
+    pub(crate) core: Arc<Core>,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings for tests: a heartbeat deadline of `heartbeat` (short where a test loses a
+/// host), no sleeping, daily cycling.
+pub(crate) fn settings(heartbeat: Duration) -> Settings {
+    Settings {
+        heartbeat_deadline: heartbeat,
+        cycling: Cycling::daily(),
+        reconcile_interval: Duration::from_secs(3600),
+        upload_limit: 1 << 20,
+        slug_limit: 1 << 20,
+        api_token: API_TOKEN.into(),
+        agent_token: "agent-token".into(),
+        follower_token: "follower-token".into(),
+        agent_certs: false,
+        router: Default::default(),
+        plex: Default::default(),
+        sleep_after: None,
+        run: Default::default(),
+        api: Default::default(),
+    }
+}
+
+impl Harness {
+    pub(crate) async fn new(settings: Settings) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("manifold.db"))
+            .await
+            .expect("store");
+        let core = Core::new(
+            Arc::new(store),
+            BlobStore::new(dir.path().join("blobs")),
+            settings,
+        );
+        Harness { core, _dir: dir }
+    }
+
+    /// Calls the REST API as a user would (with the API token); the status and JSON body.
+    pub(crate) async fn api(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let mut router = crate::api::router(self.core.clone());
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {API_TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let response = tower_service::Service::call(&mut router, request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Creates `app` with a release of a slug whose Procfile has `process_types`, as a
+    /// build would have made it (the build itself is not what these tests are about).
+    pub(crate) async fn deployed(&self, app: &str, process_types: &[(&str, &str)]) {
+        let store = &self.core.store;
+        let app = store.create_app(app, STACK).await.expect("app");
+        let now = OffsetDateTime::now_utc();
+        let build = Build {
+            id: Uuid::new_v4(),
+            app_id: app.id,
+            status: BuildStatus::Pending,
+            source_sha256: "cd".repeat(32),
+            slug_id: None,
+            release_version: None,
+            host_id: None,
+            user: "ann@example.com".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_build(&build).await.expect("build");
+        let process_types: BTreeMap<String, String> = process_types
+            .iter()
+            .map(|(t, c)| (t.to_string(), c.to_string()))
+            .collect();
+        let slug = Slug {
+            id: Uuid::new_v4(),
+            app_id: app.id,
+            sha256: "ab".repeat(32),
+            size: 1234,
+            process_types,
+            stack: STACK.into(),
+            buildpacks: vec!["heroku/python".into()],
+            created_at: now,
+        };
+        store
+            .finish_build(
+                build.id,
+                BuildOutcome::Succeeded {
+                    slug,
+                    description: "Deploy cdcdcdcd".into(),
+                },
+                "ann@example.com",
+            )
+            .await
+            .expect("release");
+    }
+
+    /// Connects a fake agent for `host` (reachable at 127.0.0.1) that runs nothing yet.
+    pub(crate) async fn agent(&self, host: &str) -> FakeAgent {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hello = Hello {
+            host_id: host.into(),
+            address: "127.0.0.1".into(),
+            capacity: Some(Capacity {
+                memory_bytes: 16 << 30,
+                dyno_slots: 64,
+            }),
+            stacks: vec![STACK.into()],
+            dynos: Vec::new(),
+            generation: 0,
+        };
+        let serial = crate::hub::connect(&self.core, &hello, tx)
+            .await
+            .expect("hello");
+        FakeAgent {
+            host: host.into(),
+            core: self.core.clone(),
+            rx,
+            serial,
+            assigned: Vec::new(),
+        }
+    }
+
+    /// The route the router has for `app` now.
+    pub(crate) fn route(&self, app: &str) -> Option<AppRoute> {
+        self.core.routing.published().1.remove(app)
+    }
+}
+
+/// An agent that runs nothing: it keeps what it was last assigned and reports what a test
+/// tells it to, over the same calls the hub makes for a real agent's link.
+pub(crate) struct FakeAgent {
+    pub(crate) host: String,
+    core: Arc<Core>,
+    rx: mpsc::UnboundedReceiver<Result<SchedulerMessage, tonic::Status>>,
+    serial: u64,
+    /// The dynos of the last assignment set received.
+    assigned: Vec<Assignment>,
+}
+
+impl FakeAgent {
+    /// Reads what the scheduler sent so far; the dynos it is to run now.
+    pub(crate) fn assigned(&mut self) -> &[Assignment] {
+        while let Ok(message) = self.rx.try_recv() {
+            if let Ok(SchedulerMessage {
+                kind: Some(scheduler_message::Kind::Assignments(set)),
+            }) = message
+            {
+                self.assigned = set.dynos;
+            }
+        }
+        &self.assigned
+    }
+
+    /// The id of the assigned dyno named `name`.
+    pub(crate) fn id_of(&mut self, name: &str) -> String {
+        self.assigned()
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.id.clone())
+            .unwrap_or_else(|| panic!("{name} is not assigned to {}", self.host))
+    }
+
+    /// Reports a dyno's state (and, when up, the host port its `$PORT` is published on).
+    pub(crate) async fn report(&self, id: &str, state: WireState, port: u32) {
+        let status = DynoStatus {
+            id: id.into(),
+            state: state.into(),
+            changed_at_ms: OffsetDateTime::now_utc().unix_timestamp() * 1000,
+            exit_status: None,
+            reason: String::new(),
+            port,
+        };
+        self.send(agent_message::Kind::Dyno(status)).await;
+    }
+
+    /// Says it is alive.
+    pub(crate) async fn heartbeat(&self) {
+        self.send(agent_message::Kind::Heartbeat(Heartbeat { generation: 0 }))
+            .await;
+    }
+
+    async fn send(&self, kind: agent_message::Kind) {
+        crate::hub::agent_message(&self.core, &self.host, AgentMessage { kind: Some(kind) })
+            .await
+            .expect("agent message");
+    }
+
+    /// The link ends (the agent's host went away).
+    pub(crate) async fn disconnect(self) {
+        self.core.agent_disconnected(&self.host, self.serial).await;
+    }
+}
