@@ -230,7 +230,7 @@ impl Core {
         self.state.assignments.iter().find(|a| a.id == id)
     }
 
-    /// A new run's restart schedule, with the daemon's bounds.
+    /// A new entry's restart schedule, with the daemon's bounds.
     fn schedule(&self) -> RestartSchedule {
         RestartSchedule::new(self.config.restart)
     }
@@ -363,7 +363,9 @@ impl Core {
         };
         // Beside the dyno for a later daemon, while it runs (an ended dyno's directory is
         // being removed: nothing of it is re-adopted); a directory already gone takes nothing.
-        if matches!(state, proto::DynoState::Starting | proto::DynoState::Up) {
+        // Not `starting`: it is reported before its run exists (`entry.run` is still the
+        // last run's, or none), and a re-adopted dyno is `starting` anyway until replayed.
+        if state == proto::DynoState::Up {
             let root = DynoDir::new(&self.config.host, &entry.run).root;
             let _ = std::fs::write(root.join(SINCE_FILE), since_text(state, changed_at_ms));
         }

@@ -166,67 +166,81 @@ impl DriverDyno for FakeDyno {
         mut stop: mpsc::UnboundedReceiver<()>,
     ) -> BoxFuture<'static, Result<i32, RunnerError>> {
         Box::pin(async move {
-            let run = self.config.id.clone();
-            let state = |state, status, reason: Option<&str>| {
-                let _ = events.send(Event::State {
-                    state,
-                    status,
-                    reason: reason.map(str::to_string),
-                });
-            };
-            let one_off = entry::one_off(&self.config.name);
-            let (lasts, ends) = match self.script {
-                Script::StartFails | Script::RunsUntilStopped => (None, None),
-                Script::CrashesAfter(after) => (Some(after), Some((State::Crashed, 1, None))),
-                Script::NeverBinds => (
-                    Some(self.config.boot_timeout),
-                    Some((State::Crashed, KILLED, Some("Error R10 (Boot timeout)"))),
-                ),
-                // As the runner says it: a one-off that exits on its own is complete,
-                // whatever its status.
-                Script::Exits { after, status } => {
-                    let end = if one_off {
-                        State::Complete
-                    } else {
-                        State::Crashed
-                    };
-                    (Some(after), Some((end, status, None)))
-                }
-            };
-            if self.script != Script::NeverBinds {
-                state(State::Up, None, None);
-            }
-            let ran = async {
-                match lasts {
-                    Some(after) => tokio::time::sleep(after).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let stopped = async {
-                // The sender gone (the entry removed) is no stop.
-                if stop.recv().await.is_none() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                () = ran => {
-                    let Some((end, status, reason)) = ends else {
-                        return Ok(0);
-                    };
-                    if self.script == Script::NeverBinds {
-                        record(&self.calls, Call::Kill { run: run.clone() });
-                    }
-                    state(end, Some(status), reason);
-                    Ok(status)
-                }
-                () = stopped => {
-                    record(&self.calls, Call::Stop { run: run.clone() });
-                    state(State::Stopping, None, None);
-                    state(State::Down, Some(STOPPED), None);
-                    Ok(STOPPED)
-                }
-            }
+            let status = self.run(events, &mut stop).await;
+            // As the runner does, once the dyno is gone.
+            let _ = std::fs::remove_dir_all(&self.dir.root);
+            Ok(status)
         })
+    }
+}
+
+impl FakeDyno {
+    /// Plays the script: the states the runner would report, then the exit status.
+    async fn run(
+        &self,
+        events: mpsc::UnboundedSender<Event>,
+        stop: &mut mpsc::UnboundedReceiver<()>,
+    ) -> i32 {
+        let state = |state, status, reason: Option<&str>| {
+            let _ = events.send(Event::State {
+                state,
+                status,
+                reason: reason.map(str::to_string),
+            });
+        };
+        // How long it runs on its own, and how that ends.
+        let (lasts, ends) = match self.script {
+            Script::StartFails | Script::RunsUntilStopped => (None, None),
+            Script::CrashesAfter(after) => (Some(after), Some((State::Crashed, 1, None))),
+            Script::NeverBinds => (
+                Some(self.config.boot_timeout),
+                Some((State::Crashed, KILLED, Some("Error R10 (Boot timeout)"))),
+            ),
+            // As the runner says it: a one-off that exits on its own is complete, whatever
+            // its status.
+            Script::Exits { after, status } => {
+                let end = if entry::one_off(&self.config.name) {
+                    State::Complete
+                } else {
+                    State::Crashed
+                };
+                (Some(after), Some((end, status, None)))
+            }
+        };
+        if self.script != Script::NeverBinds {
+            state(State::Up, None, None);
+        }
+        let ran = async {
+            match lasts {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stopped = async {
+            // The sender gone (the entry removed) is no stop.
+            if stop.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let run = self.config.id.clone();
+        tokio::select! {
+            () = ran => {
+                let Some((end, status, reason)) = ends else {
+                    return 0;
+                };
+                if self.script == Script::NeverBinds {
+                    record(&self.calls, Call::Kill { run });
+                }
+                state(end, Some(status), reason);
+                status
+            }
+            () = stopped => {
+                record(&self.calls, Call::Stop { run });
+                state(State::Stopping, None, None);
+                state(State::Down, Some(STOPPED), None);
+                STOPPED
+            }
+        }
     }
 }
 

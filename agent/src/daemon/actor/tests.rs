@@ -58,6 +58,7 @@ impl Harness {
     /// previous daemon saved.
     fn new(state: AgentState, dir: tempfile::TempDir) -> Self {
         let config = Arc::new(config(dir.path()));
+        std::fs::create_dir_all(config.host.dynos_dir()).expect("dynos dir");
         let (inputs, messages) = mpsc::unbounded_channel();
         let driver = Arc::new(FakeDriver::default());
         let core = Core {
@@ -454,8 +455,14 @@ async fn unassigning_a_running_dyno_stops_it_and_removes_the_entry_after_it_ends
         ],
         "down once"
     );
-    // Its port is free again.
+    // Its port is free again, and nothing of it is left in the dynos' directory.
     assert_eq!(h.core.ports.allocate(), Ok(31000));
+    let left: Vec<_> = std::fs::read_dir(h.core.config.host.dynos_dir())
+        .expect("dynos dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     // Nothing starts it again.
     h.run_for(Duration::from_secs(3600)).await;
     assert_eq!(h.driver.starts().len(), 1);
