@@ -3,17 +3,49 @@
 
 use super::*;
 
+/// What the core task hears from the tasks it spawned (besides the link).
+#[derive(Debug)]
+pub(super) enum Message {
+    Launched {
+        id: String,
+        run: String,
+        stop: mpsc::UnboundedSender<()>,
+    },
+    LaunchFailed {
+        id: String,
+        run: String,
+        reason: String,
+    },
+    Dyno {
+        id: String,
+        run: String,
+        event: Event,
+    },
+    Ended {
+        id: String,
+        run: String,
+    },
+    Restart {
+        id: String,
+        run: String,
+    },
+    Build(proto::BuildEvent),
+}
+
 /// The one task that owns the daemon's state.
 pub(super) struct Core {
     pub(super) config: Arc<DaemonConfig>,
-    pub(super) blobs: Blobs,
+    /// Where slugs and build sources come from.
+    pub(super) blobs: Arc<dyn BlobStore>,
+    /// What runs the dynos.
+    pub(super) driver: Arc<dyn DynoDriver>,
     pub(super) state: AgentState,
     /// By assignment id.
     pub(super) dynos: BTreeMap<String, Entry>,
     pub(super) ports: PortAllocator,
     /// The open stream to the scheduler, if any.
     pub(super) link: Option<mpsc::Sender<proto::AgentMessage>>,
-    pub(super) inputs: mpsc::UnboundedSender<Input>,
+    pub(super) inputs: mpsc::UnboundedSender<Message>,
     /// The dynos' lines on their way to the scheduler's log plex.
     pub(super) logs: LogShipper,
     /// Reports waiting for room on the link.
@@ -33,27 +65,13 @@ impl Core {
             let assignment = std::fs::read_to_string(dir.root.join(ASSIGNMENT_FILE))
                 .ok()
                 .map(|s| s.trim().to_string());
-            // Alive includes a directory so new that its shim has no pid yet (someone else's
-            // `manifold-agent run` starting): never cleaned up from under it.
-            let alive = runner::shim_alive(&dir);
-            let dyno = if alive && dir.shim_pid().exists() {
-                match Dyno::adopt(dir.clone()) {
-                    Ok(dyno) => Some(dyno),
-                    Err(err) => {
-                        tracing::warn!("{}", chain(&err));
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            match (dyno, assignment) {
-                (Some(dyno), Some(id)) if !self.dynos.contains_key(&id) => {
-                    tracing::info!("re-adopting {} ({id})", dyno.config.name);
-                    if let Some(port) = dyno.config.publish {
+            match (self.driver.find(&dir), assignment) {
+                (Found::Running(dyno), Some(id)) if !self.dynos.contains_key(&id) => {
+                    let config = dyno.config();
+                    tracing::info!("re-adopting {} ({id})", config.name);
+                    if let Some(port) = config.publish {
                         self.ports.claim(port);
                     }
-                    let run = dyno.config.id.clone();
                     let since = std::fs::read_to_string(dir.root.join(SINCE_FILE))
                         .ok()
                         .and_then(|text| parse_since(&text));
@@ -61,26 +79,9 @@ impl Core {
                         .assignment(&id)
                         .map(|a| a.app.clone())
                         .unwrap_or_default();
-                    self.dynos.insert(
-                        id.clone(),
-                        Entry {
-                            app,
-                            name: dyno.config.name.clone(),
-                            run: run.clone(),
-                            port: dyno.config.publish,
-                            phase: Phase::Launching,
-                            status: proto::DynoStatus {
-                                id: id.clone(),
-                                state: proto::DynoState::Starting.into(),
-                                changed_at_ms: now_ms(),
-                                exit_status: None,
-                                reason: String::new(),
-                                port: dyno.config.publish.map(u32::from).unwrap_or(0),
-                            },
-                            restarts: RestartSchedule::new(self.config.restart),
-                            since,
-                        },
-                    );
+                    let entry = Entry::adopted(&app, config, &id, since, self.schedule());
+                    let run = entry.run.clone();
+                    self.dynos.insert(id.clone(), entry);
                     tokio::spawn(follow(
                         dyno,
                         id,
@@ -89,33 +90,38 @@ impl Core {
                         self.inputs.clone(),
                     ));
                 }
-                (Some(dyno), _) => {
+                (Found::Running(dyno), _) => {
                     // Not an assignment's: a `manifold-agent run` dyno sharing the state
                     // directory, or a build the previous daemon ran. Its shim ends it.
                     tracing::info!(
                         "leaving {} alone: not an assigned dyno",
-                        dyno.dir.root.display()
+                        dyno.dir().root.display()
                     );
                 }
-                (None, _) if alive => {
+                (Found::Busy, _) => {
                     tracing::warn!("leaving {} alone: its shim runs", dir.root.display());
                 }
-                (None, _) => {
+                (Found::Dead, _) => {
                     let root = dir.root.clone();
-                    let _ =
-                        tokio::task::spawn_blocking(move || match crate::shim::remove_dead(&dir) {
-                            Ok(errors) => {
-                                for err in errors {
-                                    tracing::warn!("cleanup of {}: {err}", dir.root.display());
-                                }
-                            }
-                            Err(err) => {
-                                tracing::warn!("cannot remove {}: {err}", dir.root.display())
-                            }
-                        })
-                        .await;
+                    self.driver.remove_dead(dir).await;
                     tracing::info!("removed dead dyno {}", root.display());
                 }
+            }
+        }
+    }
+
+    /// Lets re-adopted dynos replay their streams (for `settle` at most), so that `Hello`
+    /// carries their real states rather than `starting`.
+    pub(super) async fn settle(
+        &mut self,
+        messages: &mut mpsc::UnboundedReceiver<Message>,
+        settle: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + settle;
+        while self.dynos.values().any(Entry::starting) {
+            tokio::select! {
+                Some(message) = messages.recv() => self.input(message),
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
     }
@@ -224,79 +230,125 @@ impl Core {
         self.state.assignments.iter().find(|a| a.id == id)
     }
 
+    /// A new entry's restart schedule, with the daemon's bounds.
+    fn schedule(&self) -> RestartSchedule {
+        RestartSchedule::new(self.config.restart)
+    }
+
+    fn launcher(&self) -> Launcher {
+        Launcher {
+            config: self.config.clone(),
+            blobs: self.blobs.clone(),
+            driver: self.driver.clone(),
+            messages: self.inputs.clone(),
+        }
+    }
+
     pub(super) fn reconcile(&mut self) {
         let plan = plan(
             self.state.assignments.iter().map(|a| a.id.as_str()),
             self.dynos.keys().map(String::as_str),
         );
         for id in plan.start {
-            self.launch(&id);
-        }
-        for id in plan.stop {
-            let Some(entry) = self.dynos.get_mut(&id) else {
+            let Some(assignment) = self.assignment(&id) else {
                 continue;
             };
-            match std::mem::replace(&mut entry.phase, Phase::Stopping) {
-                Phase::Running { stop } => {
-                    let _ = stop.send(());
-                }
-                Phase::Backoff | Phase::Done => self.remove(&id),
-                // Stopped as soon as it is launched (see `Input::Launched`).
-                Phase::Launching => entry.phase = Phase::Launching,
-                Phase::Stopping => {}
-            }
+            let entry = Entry::new(&assignment.app, &assignment.name, &id, self.schedule());
+            self.dynos.insert(id.clone(), entry);
+            self.start(&id);
+        }
+        for id in plan.stop {
+            self.on(&id, Input::Unassigned);
         }
     }
 
-    /// Starts (or restarts) the assignment's dyno.
+    /// Asks the entry for a run, with the host port a web dyno needs: allocated once, kept
+    /// across its restarts.
+    fn start(&mut self, id: &str) {
+        let web = self
+            .assignment(id)
+            .is_some_and(|a| a.process_type() == "web");
+        let Some(entry) = self.dynos.get_mut(id) else {
+            return;
+        };
+        let ready = match (web, entry.port) {
+            (true, None) => match self.ports.allocate() {
+                Ok(port) => {
+                    entry.port = Some(port);
+                    Ok(())
+                }
+                Err(err) => {
+                    tracing::warn!("{id}: {err}");
+                    Err(err.to_string())
+                }
+            },
+            _ => Ok(()),
+        };
+        self.on(id, Input::Start(ready));
+    }
+
+    /// Feeds the entry's machine and carries out what it says.
+    fn on(&mut self, id: &str, input: Input) {
+        let assigned = self.assignment(id).is_some();
+        let Some(entry) = self.dynos.get_mut(id) else {
+            return;
+        };
+        let now = tokio::time::Instant::now().into_std();
+        for effect in entry.on(input, assigned, now) {
+            self.execute(id, effect);
+        }
+    }
+
+    fn execute(&mut self, id: &str, effect: Effect) {
+        match effect {
+            Effect::Launch => self.launch(id),
+            Effect::Stop => {
+                if let Some(stop) = self.dynos.get(id).and_then(|e| e.stop.as_ref()) {
+                    let _ = stop.send(());
+                }
+            }
+            Effect::Report {
+                state,
+                exit,
+                reason,
+            } => self.report(id, proto_state(state), exit, reason),
+            Effect::Restarted => {
+                if let Some(entry) = self.dynos.get(id) {
+                    // The new run's runner starts from `starting`: the change out of
+                    // `crashed` is the daemon's to log, in Heroku's words.
+                    let line = platform_line(&entry.name, "State changed from crashed to starting");
+                    self.log_line(id, &line);
+                }
+                self.metrics.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Effect::RestartIn(delay) => {
+                let Some(entry) = self.dynos.get(id) else {
+                    return;
+                };
+                tracing::info!("restarting {id} in {delay:?}");
+                let (inputs, id, run) = (self.inputs.clone(), id.to_string(), entry.run.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = inputs.send(Message::Restart { id, run });
+                });
+            }
+            Effect::Remove => self.remove(id),
+        }
+    }
+
+    /// Starts a new run of the assignment's dyno.
     fn launch(&mut self, id: &str) {
         let Some(assignment) = self.assignment(id).cloned() else {
             return;
         };
-        let web = assignment.process_type() == "web";
-        let existing_port = self.dynos.get(id).and_then(|e| e.port);
-        let port = match (web, existing_port) {
-            (false, _) => Ok(None),
-            (true, Some(p)) => Ok(Some(p)),
-            (true, None) => self.ports.allocate().map(Some),
+        let launcher = self.launcher();
+        let Some(entry) = self.dynos.get_mut(id) else {
+            return;
         };
         let run = container_id(id);
-        let entry = self.dynos.entry(id.to_string()).or_insert_with(|| Entry {
-            app: assignment.app.clone(),
-            name: assignment.name.clone(),
-            run: String::new(),
-            port: None,
-            phase: Phase::Launching,
-            status: proto::DynoStatus {
-                id: id.to_string(),
-                ..Default::default()
-            },
-            restarts: RestartSchedule::new(self.config.restart),
-            since: None,
-        });
         entry.run = run.clone();
-        entry.phase = Phase::Launching;
-        match port {
-            Ok(port) => {
-                entry.port = port;
-                self.report(id, proto::DynoState::Starting, None, String::new());
-                tokio::spawn(launch(
-                    self.config.clone(),
-                    self.blobs.clone(),
-                    assignment,
-                    run,
-                    port,
-                    self.inputs.clone(),
-                ));
-            }
-            Err(err) => {
-                let _ = self.inputs.send(Input::LaunchFailed {
-                    id: id.to_string(),
-                    run,
-                    reason: err.to_string(),
-                });
-            }
-        }
+        entry.stop = None;
+        tokio::spawn(launch(launcher, assignment, run, entry.port));
     }
 
     /// Records and reports an entry's new state.
@@ -311,7 +363,9 @@ impl Core {
         };
         // Beside the dyno for a later daemon, while it runs (an ended dyno's directory is
         // being removed: nothing of it is re-adopted); a directory already gone takes nothing.
-        if matches!(state, proto::DynoState::Starting | proto::DynoState::Up) {
+        // Not `starting`: it is reported before its run exists (`entry.run` is still the
+        // last run's, or none), and a re-adopted dyno is `starting` anyway until replayed.
+        if state == proto::DynoState::Up {
             let root = DynoDir::new(&self.config.host, &entry.run).root;
             let _ = std::fs::write(root.join(SINCE_FILE), since_text(state, changed_at_ms));
         }
@@ -342,16 +396,8 @@ impl Core {
         *self.metrics.dynos.lock().unwrap_or_else(|e| e.into_inner()) = counts;
     }
 
-    /// Forgets an entry that ended and was not assigned any more: reports it `down` (once).
+    /// Forgets an entry (its `down` was reported by the machine).
     fn remove(&mut self, id: &str) {
-        if self
-            .dynos
-            .get(id)
-            .is_some_and(|e| e.status.state() != proto::DynoState::Down)
-        {
-            let exit = self.dynos.get(id).and_then(|e| e.status.exit_status);
-            self.report(id, proto::DynoState::Down, exit, String::new());
-        }
         self.logs.forget(id);
         if let Some(entry) = self.dynos.remove(id) {
             if let Some(port) = entry.port {
@@ -365,31 +411,24 @@ impl Core {
         self.dynos.get(id).is_some_and(|e| e.run == run)
     }
 
-    pub(super) fn input(&mut self, input: Input) {
-        match input {
-            Input::Launched { id, run, stop } => {
+    pub(super) fn input(&mut self, message: Message) {
+        match message {
+            Message::Launched { id, run, stop } => {
                 if !self.current(&id, &run) {
                     return;
                 }
-                let assigned = self.assignment(&id).is_some();
                 if let Some(entry) = self.dynos.get_mut(&id) {
-                    entry.phase = if assigned {
-                        Phase::Running { stop }
-                    } else {
-                        let _ = stop.send(());
-                        Phase::Stopping
-                    };
+                    entry.stop = Some(stop);
+                }
+                self.on(&id, Input::Launched);
+            }
+            Message::LaunchFailed { id, run, reason } => {
+                if self.current(&id, &run) {
+                    tracing::warn!("{id}: {reason}");
+                    self.on(&id, Input::LaunchFailed(reason));
                 }
             }
-            Input::LaunchFailed { id, run, reason } => {
-                if !self.current(&id, &run) {
-                    return;
-                }
-                tracing::warn!("{id}: {reason}");
-                self.report(&id, proto::DynoState::Crashed, None, reason);
-                self.ended(&id);
-            }
-            Input::Dyno { id, run, event } => {
+            Message::Dyno { id, run, event } => {
                 if !self.current(&id, &run) {
                     return;
                 }
@@ -399,69 +438,28 @@ impl Core {
                         state,
                         status,
                         reason,
-                    } => {
-                        if state == State::Up {
-                            if let Some(entry) = self.dynos.get_mut(&id) {
-                                entry.restarts.up(Instant::now());
-                            }
-                        }
-                        self.report(&id, proto_state(state), status, reason.unwrap_or_default());
-                    }
+                    } => self.on(
+                        &id,
+                        Input::State {
+                            state,
+                            exit: status,
+                            reason,
+                        },
+                    ),
                 }
             }
-            Input::Ended { id, run } => {
+            Message::Ended { id, run } => {
                 if self.current(&id, &run) {
-                    self.ended(&id);
+                    self.on(&id, Input::Ended);
                 }
             }
-            Input::Restart { id, run } => {
-                let waiting = self
-                    .dynos
-                    .get(&id)
-                    .is_some_and(|e| e.run == run && matches!(e.phase, Phase::Backoff));
-                if waiting && self.assignment(&id).is_some() {
-                    if let Some(entry) = self.dynos.get(&id) {
-                        // The new run's runner starts from `starting`: the change out of
-                        // `crashed` is the daemon's to log, in Heroku's words.
-                        let line =
-                            platform_line(&entry.name, "State changed from crashed to starting");
-                        self.log_line(&id, &line);
-                    }
-                    self.metrics.restarts.fetch_add(1, Ordering::Relaxed);
-                    self.launch(&id);
+            Message::Restart { id, run } => {
+                if self.current(&id, &run) {
+                    self.start(&id);
                 }
             }
-            Input::Build(event) => self.send(proto::agent_message::Kind::Build(event)),
+            Message::Build(event) => self.send(proto::agent_message::Kind::Build(event)),
         }
-    }
-
-    /// A run of the entry ended (or never started): remove it, keep it, or schedule a restart.
-    fn ended(&mut self, id: &str) {
-        let Some(assignment) = self.assignment(id).cloned() else {
-            self.remove(id);
-            return;
-        };
-        let Some(entry) = self.dynos.get_mut(id) else {
-            return;
-        };
-        if assignment.one_off() {
-            entry.phase = Phase::Done;
-            return;
-        }
-        entry.phase = Phase::Backoff;
-        let delay = entry.restarts.crashed(Instant::now());
-        let run = entry.run.clone();
-        if entry.status.state() != proto::DynoState::Crashed {
-            let exit = entry.status.exit_status;
-            self.report(id, proto::DynoState::Crashed, exit, String::new());
-        }
-        tracing::info!("restarting {id} in {delay:?}");
-        let inputs = self.inputs.clone();
-        let id = id.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = inputs.send(Input::Restart { id, run });
-        });
     }
 }
 
@@ -530,3 +528,6 @@ pub(super) async fn app_host(config: &DaemonConfig, app: &str) -> Result<HostCon
 
 /// How often the daemon collects unused slugs.
 const GC_INTERVAL: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests;

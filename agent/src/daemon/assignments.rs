@@ -83,11 +83,6 @@ impl AssignmentRecord {
     pub(super) fn process_type(&self) -> &str {
         self.name.split('.').next().unwrap_or_default()
     }
-
-    /// One-offs and builds are never restarted.
-    pub(super) fn one_off(&self) -> bool {
-        matches!(self.process_type(), "run" | "release" | "build")
-    }
 }
 
 /// The daemon's persistent state, `STATE_DIR/agent.json`: the last assignment set applied.

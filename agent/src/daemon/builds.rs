@@ -6,13 +6,13 @@ use super::*;
 /// Runs one build for the scheduler: source blob in, output lines and the slug blob out.
 pub(super) async fn run_build(
     config: Arc<DaemonConfig>,
-    blobs: Blobs,
+    blobs: Arc<dyn BlobStore>,
     request: proto::BuildRequest,
-    inputs: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::UnboundedSender<Message>,
 ) {
     let build_id = request.build_id.clone();
     let send = |kind: proto::build_event::Kind| {
-        let _ = inputs.send(Input::Build(proto::BuildEvent {
+        let _ = inputs.send(Message::Build(proto::BuildEvent {
             build_id: build_id.clone(),
             kind: Some(kind),
         }));
@@ -23,7 +23,8 @@ pub(super) async fn run_build(
         .state_dir
         .join("builds")
         .join(format!("{container}-src"));
-    let finished = match build_in(&config, &blobs, &request, &container, &work, &send).await {
+    let finished = match build_in(&config, blobs.as_ref(), &request, &container, &work, &send).await
+    {
         Ok(finished) => finished,
         Err(error) => proto::BuildFinished {
             status: 1,
@@ -41,7 +42,7 @@ pub(super) async fn run_build(
 /// The steps of a build; an `Err` is a failure outside the build's own output.
 async fn build_in(
     config: &DaemonConfig,
-    blobs: &Blobs,
+    blobs: &dyn BlobStore,
     request: &proto::BuildRequest,
     container: &str,
     work: &Path,

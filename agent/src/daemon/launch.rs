@@ -14,17 +14,29 @@ pub(super) fn container_id(assignment: &str) -> String {
     format!("{clean}-{:08x}", rand::random::<u32>())
 }
 
-/// Fetches the slug and starts the dyno, then follows it (reported as inputs).
+/// What a launch needs from the daemon: its settings and its seams.
+pub(super) struct Launcher {
+    pub(super) config: Arc<DaemonConfig>,
+    pub(super) blobs: Arc<dyn BlobStore>,
+    pub(super) driver: Arc<dyn DynoDriver>,
+    pub(super) messages: mpsc::UnboundedSender<Message>,
+}
+
+/// Fetches the slug and starts the dyno, then follows it (reported as messages).
 pub(super) async fn launch(
-    config: Arc<DaemonConfig>,
-    blobs: Blobs,
+    launcher: Launcher,
     assignment: AssignmentRecord,
     run: String,
     port: Option<u16>,
-    inputs: mpsc::UnboundedSender<Input>,
 ) {
+    let Launcher {
+        config,
+        blobs,
+        driver,
+        messages: inputs,
+    } = launcher;
     let id = assignment.id.clone();
-    let failed = |reason: String| Input::LaunchFailed {
+    let failed = |reason: String| Message::LaunchFailed {
         id: id.clone(),
         run: run.clone(),
         reason,
@@ -92,7 +104,7 @@ pub(super) async fn launch(
         let _ = inputs.send(failed(format!("cannot prepare dyno directory: {err}")));
         return;
     }
-    match Dyno::start(dyno, config.shim_binary.clone()).await {
+    match driver.start(dyno).await {
         Ok(dyno) => follow(dyno, id, run, config.scheduler.clone(), inputs).await,
         Err(err) => {
             let _ = std::fs::remove_dir_all(&dir.root);
@@ -104,19 +116,19 @@ pub(super) async fn launch(
 /// Follows a started or adopted dyno to its end, forwarding its events as inputs. An
 /// attached one-off's terminal is relayed to the scheduler meanwhile.
 pub(super) async fn follow(
-    dyno: Dyno,
+    dyno: Box<dyn DriverDyno>,
     id: String,
     run: String,
     scheduler: Scheduler,
-    inputs: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::UnboundedSender<Message>,
 ) {
     let relay = dyno
-        .config
+        .config()
         .attach
         .is_some()
-        .then(|| tokio::spawn(relay::run(scheduler, id.clone(), dyno.dir.clone())));
+        .then(|| tokio::spawn(relay::run(scheduler, id.clone(), dyno.dir().clone())));
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-    let _ = inputs.send(Input::Launched {
+    let _ = inputs.send(Message::Launched {
         id: id.clone(),
         run: run.clone(),
         stop: stop_tx,
@@ -126,7 +138,7 @@ pub(super) async fn follow(
         let (inputs, id, run) = (inputs.clone(), id.clone(), run.clone());
         tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
-                let input = Input::Dyno {
+                let input = Message::Dyno {
                     id: id.clone(),
                     run: run.clone(),
                     event,
@@ -137,16 +149,10 @@ pub(super) async fn follow(
             }
         })
     };
-    let (dir, shim) = (dyno.dir.clone(), dyno.shim_pid());
-    if let Err(err) = dyno.follow_events(events_tx, stop_rx).await {
+    // Lost sight of, it is killed by the driver before this returns (see
+    // `DriverDyno::follow`).
+    if let Err(err) = dyno.follow(events_tx, stop_rx).await {
         tracing::error!("{id}: {}", chain(&err));
-        // Losing sight of a dyno is no proof that it ended, and it is about to be reported
-        // ended and started again: kill it first (the shim SIGKILLs its processes and cleans
-        // up), or two copies would run.
-        if runner::shim_alive(&dir) {
-            let shim = nix::unistd::Pid::from_raw(shim);
-            let _ = nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGUSR1);
-        }
     }
     let _ = forward.await;
     if let Some(mut relay) = relay {
@@ -158,5 +164,5 @@ pub(super) async fn follow(
             }
         });
     }
-    let _ = inputs.send(Input::Ended { id, run });
+    let _ = inputs.send(Message::Ended { id, run });
 }

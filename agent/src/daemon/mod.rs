@@ -4,22 +4,26 @@
 //!
 //! ```text
 //!   link::run ──LinkEvent──▶ ┌──────────── Core (one task, owns all state) ────────────┐
-//!   dyno tasks ──Input─────▶ │ assignments → agent.json → reconcile: launch / stop     │──▶ AgentMessage
-//!   build tasks ──Input────▶ │ dyno events → DynoStatus; crashes → RestartSchedule     │    (Hello first)
+//!   dyno tasks ──Message───▶ │ assignments → agent.json → reconcile                    │──▶ AgentMessage
+//!   build tasks ──Message──▶ │ per dyno: Entry::on(Input) → [Effect] → carried out     │    (Hello first)
 //!                            └─────────────────────────────────────────────────────────┘
+//!                                 │ Launch                      │ slugs
+//!                                 ▼                             ▼
+//!                          DynoDriver (ShimDriver)        BlobStore (Blobs)
 //! ```
 //!
-//! One dyno entry, per assignment id ([`Phase`]):
+//! One dyno entry, per assignment id, is an explicit machine (`entry.rs`, with its diagram):
 //!
 //! ```text
-//! Launching ──launched──▶ Running ──unassigned──▶ Stopping ──ended──▶ (removed, `down`)
-//!     │ failed                │ ended (crashed, still assigned)
-//!     ▼                       ▼
-//!  Backoff ◀──────────────────┘──timer──▶ Launching        one-off that ended ──▶ Done
+//! New ──▶ Launching ──launched──▶ Running ──unassigned──▶ Stopping ──ended──▶ (removed, `down`)
+//!             │ failed                │ ended (still assigned)
+//!             ▼                       ▼
+//!          Backoff ◀──────────────────┘──timer──▶ Launching     one-off that ended ──▶ Done
 //! ```
 //!
-//! Every dyno runs under its own shim, so the daemon holds nothing a dyno needs: killed and
-//! restarted, it re-adopts the running dynos from their directories ([`Dyno::adopt`]).
+//! The dynos run behind a driver (`driver.rs`): really a shim per dyno, so the daemon holds
+//! nothing a dyno needs: killed and restarted, it re-adopts the running dynos from their
+//! directories ([`Dyno::adopt`]). In unit tests, a fake driver scripts the dynos' lives.
 
 pub mod link;
 pub mod logship;
@@ -60,20 +64,24 @@ mod actor;
 mod assignments;
 mod builds;
 mod config;
+mod driver;
 mod entry;
 mod error;
+#[cfg(test)]
+mod fake;
 mod launch;
 mod ports;
 
 use crate::error::chain;
-use actor::{app_host, collect_slugs, Core};
+use actor::{app_host, collect_slugs, Core, Message};
 use assignments::{parse_since, since_text, ASSIGNMENT_FILE, SINCE_FILE};
 pub use assignments::{plan, AgentState, AssignmentRecord, Plan};
 use builds::run_build;
 pub use config::{default_memory, host_id, parse_memory, DaemonConfig, PortRange};
-use entry::{proto_state, proto_state_name, Entry, Input, Phase};
+use driver::{BlobStore, DriverDyno, DynoDriver, Found, ShimDriver};
+use entry::{proto_state, proto_state_name, Effect, Entry, Input};
 pub use error::DaemonError;
-use launch::{container_id, follow, launch};
+use launch::{container_id, follow, launch, Launcher};
 pub use ports::{PortAllocator, PortsExhausted};
 
 /// How long a stopped dyno may take: the shim's own grace period plus its cleanup.
@@ -120,7 +128,10 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let (inputs_tx, mut inputs) = mpsc::unbounded_channel();
     let config = Arc::new(config);
     let mut core = Core {
-        blobs: Blobs::new(config.scheduler.clone()).for_host(&config.host_id),
+        blobs: Arc::new(Blobs::new(config.scheduler.clone()).for_host(&config.host_id)),
+        driver: Arc::new(ShimDriver {
+            shim_binary: config.shim_binary.clone(),
+        }),
         ports: PortAllocator::new(config.ports),
         config: config.clone(),
         state,
@@ -139,17 +150,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     core.adopt_all().await;
     // `Hello` must carry the adopted dynos' real states: let their replays run first.
-    let settle = tokio::time::Instant::now() + ADOPT_SETTLE;
-    while core
-        .dynos
-        .values()
-        .any(|e| e.status.state() == proto::DynoState::Starting)
-    {
-        tokio::select! {
-            Some(input) = inputs.recv() => core.input(input),
-            () = tokio::time::sleep_until(settle) => break,
-        }
-    }
+    core.settle(&mut inputs, ADOPT_SETTLE).await;
     core.reconcile();
 
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
@@ -312,10 +313,9 @@ mod tests {
 
     #[test]
     fn one_offs_are_recognised_by_name() {
-        let mut a = AssignmentRecord::from(proto::Assignment::default());
-        a.name = "run.12".into();
-        assert!(a.one_off());
-        a.name = "worker.1".into();
-        assert!(!a.one_off());
+        assert!(entry::one_off("run.12"));
+        assert!(entry::one_off("release.3"));
+        assert!(entry::one_off("build.1"));
+        assert!(!entry::one_off("worker.1"));
     }
 }
