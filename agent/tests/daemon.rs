@@ -377,9 +377,13 @@ async fn wait_for<T>(
     }
 }
 
+/// The status of dyno `id` in `state`, as a report or in a `Hello`: a dyno that changes state
+/// while a restarted agent is still linking is reported in its `Hello`'s list.
 fn dyno_status(kind: &agent_message::Kind, id: &str, state: DynoState) -> Option<DynoStatus> {
+    let wanted = |s: &&DynoStatus| s.id == id && s.state() == state;
     match kind {
-        agent_message::Kind::Dyno(s) if s.id == id && s.state() == state => Some(s.clone()),
+        agent_message::Kind::Dyno(s) => Some(s).filter(wanted).cloned(),
+        agent_message::Kind::Hello(h) => h.dynos.iter().find(wanted).cloned(),
         _ => None,
     }
 }
