@@ -31,3 +31,7 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod tls;
+
+// The size table's old crate name, for `api/mod.rs` and `oneoff.rs` until they import
+// `manifold_dyno::DynoSize` (the crate `manifold-sizes` became `manifold-dyno`).
+extern crate manifold_dyno as manifold_sizes;

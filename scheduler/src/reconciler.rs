@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use manifold_sizes::DynoSize;
+use manifold_dyno::DynoSize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
