@@ -14,7 +14,7 @@ use std::os::unix::fs::{chown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use manifold_slugbuilder::build::SlugMetadata;
+use manifold_dyno::{DynoName, SlugMetadata, BUILD};
 use manifold_slugbuilder::metadata::{MetadataError, MAX_METADATA_BYTES};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -267,7 +267,7 @@ fn prepare_in(
         .join(" ");
     let dyno = DynoConfig {
         id: id.to_string(),
-        name: "build.1".into(),
+        name: DynoName::new(BUILD, 1).to_string(),
         stack: req.stack.clone(),
         slug: Some(SlugSource {
             path: tarball,

@@ -26,5 +26,5 @@ pub mod host;
 pub mod logs;
 pub mod runner;
 pub mod shim;
-/// The dyno size table, shared with the scheduler (crate `manifold-sizes`).
-pub use manifold_sizes as size;
+/// The dyno size table, shared with the scheduler (crate `manifold-dyno`).
+pub use manifold_dyno::size;

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use manifold_dyno::{is_one_off, is_web, RELEASE, RUN};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::OffsetDateTime;
@@ -182,7 +183,7 @@ pub fn config_lines(vars: &BTreeMap<String, String>) -> String {
 
 /// Process types sort alphabetically except that `web` comes first, as on Heroku.
 fn type_order(a: &str, b: &str) -> std::cmp::Ordering {
-    (a != "web", a).cmp(&(b != "web", b))
+    (!is_web(a), a).cmp(&(!is_web(b), b))
 }
 
 /// `web.10` sorts after `web.2`: compare the numeric suffix, then the full name.
@@ -207,12 +208,9 @@ fn location(d: &Dyno) -> String {
 }
 
 /// Dyno types that are not process types of the formation: one-off dynos of `run` and of
-/// the release phase. `ps` lists them after the formation, one line each.
-pub const ONE_OFF_TYPES: [&str; 2] = ["run", "release"];
-
-fn is_one_off(kind: &str) -> bool {
-    ONE_OFF_TYPES.contains(&kind)
-}
+/// the release phase ([`is_one_off`]). `ps` lists them after the formation, one line
+/// each, in this order.
+pub const ONE_OFF_TYPES: [&str; 2] = [RUN, RELEASE];
 
 fn by_index(group: &mut [&Dyno]) {
     group.sort_by(|a, b| (dyno_index(&a.name), &a.name).cmp(&(dyno_index(&b.name), &b.name)));

@@ -147,107 +147,9 @@ pub struct FormationUpdate {
     pub size: Option<String>,
 }
 
-/// A dyno's state as the agents report it: Heroku's API states plus `stopping`, and without
-/// `idle`, which no dyno row is in (`ps` shows it for a sleeping app's dynos, which have no
-/// row while it sleeps).
-///
-/// How it moves. `created` is the scheduler's, for a dyno placed and not yet reported; the
-/// rest are the agent's. One run of a dyno goes along the arrows; the agent restarts a
-/// crashed dyno in place (a new run, same dyno id) and never restarts a one-off:
-///
-/// ```text
-///   created ──► starting ──► up ──► stopping ──► down
-///                  ▲  │       │        │           │ still assigned: a crash, to the agent
-///                  │  │       │        │           ▼
-///                  │  └───────┴────────┴──────► crashed ──► down   no longer assigned
-///                  │                                │
-///                  └──────── restart in place ──────┘
-///
-///   starting, up ──► complete ──► down   one-offs, which are never restarted
-///   starting, up ──► down                stopped before `stopping` was reported
-/// ```
-///
-/// A `down` of a dyno still assigned was not asked for by the scheduler (something else
-/// stopped it), so the agent restarts it as after a crash. Beside the arrows,
-/// [`DynoState::may_follow`] allows what a working agent may also send: the same state
-/// again, `starting` after any state but `complete` (a new run: a restart, or a restarted
-/// agent re-adopting or relaunching the dyno), and skipped states (while the link is
-/// congested the agent keeps only a dyno's newest report, so the scheduler may see
-/// `created ──► up` or `crashed ──► up`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DynoState {
-    /// Placed, not yet reported by its agent.
-    Created,
-    Starting,
-    Up,
-    Crashed,
-    Stopping,
-    Down,
-    Complete,
-}
-
-impl DynoState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DynoState::Created => "created",
-            DynoState::Starting => "starting",
-            DynoState::Up => "up",
-            DynoState::Crashed => "crashed",
-            DynoState::Stopping => "stopping",
-            DynoState::Down => "down",
-            DynoState::Complete => "complete",
-        }
-    }
-
-    /// Whether an agent's report of this state may follow `from`, the dyno's stored state
-    /// (see the diagram on [`DynoState`]). It refuses what only a late report can be, one
-    /// sent before the stored state and delivered after it (as by a link being replaced):
-    /// `up` after `stopping` or `down`, `stopping` after `down`, `complete` after a run that
-    /// ended otherwise, anything but `down` after `complete`, and `created`, which no agent
-    /// reports. A report carries no run id, so one legitimate sequence is refused as well: a
-    /// dyno stopped by something other than the scheduler whose `crashed` and restart's
-    /// `starting` were both skipped on a congested link shows `down` until its next change.
-    pub fn may_follow(self, from: DynoState) -> bool {
-        use DynoState::{Complete, Crashed, Created, Down, Starting, Stopping, Up};
-        if self == from {
-            // Reported again: after a reconnect, or by an agent re-adopting the dyno.
-            return true;
-        }
-        match (from, self) {
-            (_, Created) => false,
-            // Any first report: the ones before it may have been skipped.
-            (Created, _) => true,
-            // A one-off runs once; its agent only forgets it.
-            (Complete, to) => to == Down,
-            // A new run: a restart, or a restarted agent re-adopting or relaunching the dyno.
-            (_, Starting) => true,
-            // The run goes on, or ends in any way.
-            (Starting | Up, _) => true,
-            // Restarted in place at once (the first restart has no delay), so the new run's
-            // states, but not `complete`: one-offs are not restarted.
-            (Crashed, to) => to != Complete,
-            // A stop ends `down`, or `crashed` if the agent still has the dyno assigned.
-            (Stopping, to) => matches!(to, Down | Crashed),
-            // Still assigned: restarted, as after a crash.
-            (Down, to) => to == Crashed,
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<DynoState> {
-        [
-            DynoState::Created,
-            DynoState::Starting,
-            DynoState::Up,
-            DynoState::Crashed,
-            DynoState::Stopping,
-            DynoState::Down,
-            DynoState::Complete,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == s)
-    }
-}
+/// The one dyno state, with its words and its transition rule ([`DynoState::may_follow`],
+/// which `report_dyno` guards with): the dyno vocabulary's.
+pub use manifold_dyno::DynoState;
 
 /// Whether the scheduler wants a dyno to run. A dyno being stopped keeps its row (and its
 /// share of the host) until its agent reports it gone, so `ps` and the planner see it.
@@ -337,23 +239,17 @@ impl Dyno {
     }
 
     /// One-off dynos (`run.N`, `release.N`) run once: never restarted, replaced, cycled or
-    /// routed to, and not part of any formation.
+    /// routed to, and not part of any formation ([`manifold_dyno::is_one_off`]).
     pub fn is_one_off(&self) -> bool {
-        is_one_off_type(&self.process_type)
+        manifold_dyno::is_one_off(&self.process_type)
     }
 }
 
-/// The Procfile type of the release phase (Heroku's): its command runs in a one-off dyno
-/// before a release goes live.
-pub const RELEASE_TYPE: &str = "release";
+/// The release phase's process type, under its old name: use [`manifold_dyno::RELEASE`].
+pub use manifold_dyno::RELEASE as RELEASE_TYPE;
 
-/// The process type of `manifold run`'s one-off dynos.
-pub const RUN_TYPE: &str = "run";
-
-/// Whether dynos of this process type are one-offs.
-pub fn is_one_off_type(process_type: &str) -> bool {
-    process_type == RUN_TYPE || process_type == RELEASE_TYPE
-}
+/// `manifold run`'s process type, under its old name: use [`manifold_dyno::RUN`].
+pub use manifold_dyno::RUN as RUN_TYPE;
 
 /// How a client attaches to a one-off dyno: its terminal, and the secret its attach URL
 /// carries (so that knowing an app's dyno names is not enough to type into its console).
@@ -415,142 +311,6 @@ mod tests {
         }
     }
 
-    const ALL: [DynoState; 7] = [
-        DynoState::Created,
-        DynoState::Starting,
-        DynoState::Up,
-        DynoState::Stopping,
-        DynoState::Crashed,
-        DynoState::Down,
-        DynoState::Complete,
-    ];
-
-    #[test]
-    fn may_follow_allows_and_refuses_as_the_table_says() {
-        // Rows: the stored state; columns: the reported one. `y`: stored, `-`: refused.
-        let table = "
-            stored     created starting up stopping crashed down complete
-            created    y       y        y  y        y       y    y
-            starting   -       y        y  y        y       y    y
-            up         -       y        y  y        y       y    y
-            stopping   -       y        -  y        y       y    -
-            crashed    -       y        y  y        y       y    -
-            down       -       y        -  -        y       y    -
-            complete   -       -        -  -        -       y    y
-        ";
-        let mut lines = table
-            .lines()
-            .map(str::split_whitespace)
-            .filter_map(|mut words| {
-                let first = words.next()?;
-                Some((first, words.collect::<Vec<_>>()))
-            });
-        let (_, columns) = lines.next().expect("header");
-        let columns: Vec<DynoState> = columns
-            .iter()
-            .map(|c| DynoState::parse(c).expect("a state"))
-            .collect();
-        assert_eq!(columns, ALL);
-        let mut rows = Vec::new();
-        for (from, cells) in lines {
-            let from = DynoState::parse(from).expect("a state");
-            rows.push(from);
-            assert_eq!(cells.len(), columns.len(), "the row of {}", from.as_str());
-            for (to, cell) in columns.iter().zip(cells) {
-                assert_eq!(
-                    to.may_follow(from),
-                    cell == "y",
-                    "{} after {}",
-                    to.as_str(),
-                    from.as_str()
-                );
-            }
-        }
-        assert_eq!(rows, ALL, "every stored state has its row");
-    }
-
-    /// Each report of a sequence may follow the one before it.
-    fn accepted(states: &[DynoState]) -> bool {
-        states.windows(2).all(|w| w[1].may_follow(w[0]))
-    }
-
-    #[test]
-    fn what_an_agent_sends_is_accepted() {
-        use DynoState::*;
-        let sequences: &[(&str, &[DynoState])] = &[
-            (
-                "a web dyno's life",
-                &[Created, Starting, Up, Stopping, Down],
-            ),
-            ("a worker without $PORT", &[Created, Starting, Up, Crashed]),
-            (
-                "stopped while starting",
-                &[Created, Starting, Stopping, Down],
-            ),
-            (
-                "the R10 boot timeout",
-                &[Created, Starting, Crashed, Starting],
-            ),
-            (
-                "restarted in place",
-                &[Up, Crashed, Starting, Up, Crashed, Starting],
-            ),
-            (
-                "a failed start, then unassigned",
-                &[Starting, Crashed, Down],
-            ),
-            ("a one-off", &[Created, Starting, Up, Complete, Down]),
-            ("a one-off stopped", &[Up, Stopping, Down]),
-            ("a stop whose stopping was not reported", &[Up, Down]),
-            (
-                "stopped by someone else, restarted",
-                &[Up, Stopping, Down, Crashed, Starting, Up],
-            ),
-            (
-                "its run's records ended while stopping",
-                &[Stopping, Crashed, Starting],
-            ),
-            ("re-adopted by a restarted agent", &[Up, Starting, Up, Up]),
-            (
-                "re-adopted while stopping",
-                &[Stopping, Starting, Up, Stopping, Down],
-            ),
-            ("relaunched by a restarted agent", &[Down, Starting, Up]),
-            (
-                "reports skipped on a congested link",
-                &[Created, Up, Crashed, Up, Down],
-            ),
-            (
-                "a restart skipped on a congested link",
-                &[Crashed, Stopping, Down],
-            ),
-            (
-                "reported again after a reconnect",
-                &[Up, Up, Crashed, Crashed, Down, Down],
-            ),
-        ];
-        for (what, states) in sequences {
-            assert!(accepted(states), "{what}: {states:?}");
-        }
-    }
-
-    #[test]
-    fn late_reports_are_refused() {
-        use DynoState::*;
-        for (from, late) in [
-            (Down, Up),
-            (Down, Stopping),
-            (Stopping, Up),
-            (Complete, Up),
-            (Complete, Starting),
-            (Complete, Crashed),
-            (Down, Complete),
-            (Up, Created),
-        ] {
-            assert!(!late.may_follow(from), "{late:?} after {from:?}");
-        }
-    }
-
     #[test]
     fn a_placed_dyno_is_created_running_under_a_fresh_id() {
         let app = app("shop");
@@ -570,7 +330,7 @@ mod tests {
         assert_eq!(dyno.app_id, app.id);
         assert_eq!(
             (dyno.name.as_str(), dyno.process_type.as_str()),
-            ("web.1", "web")
+            ("web.1", manifold_dyno::WEB)
         );
         assert_eq!(dyno.release_version, 3);
         assert_eq!(dyno.host_id, "h1");
@@ -585,7 +345,7 @@ mod tests {
         );
         assert!(dyno.id.starts_with("shop-web-1-"), "{}", dyno.id);
         assert_ne!(dyno.id, placed("web.1").id, "each placement is a new dyno");
-        assert_eq!(placed("run.4821").process_type, RUN_TYPE);
+        assert_eq!(placed("run.4821").process_type, manifold_dyno::RUN);
         assert!(placed("release.1").is_one_off());
     }
 }

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use manifold_sizes::DynoSize;
+use manifold_dyno::{is_web, DynoName, DynoSize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -98,7 +98,7 @@ pub fn sleeps(size: &str) -> bool {
 
 /// The number in `web.12`.
 pub fn dyno_index(name: &str) -> Option<u32> {
-    name.rsplit_once('.').and_then(|(_, n)| n.parse().ok())
+    DynoName::parse(name).ok().map(|n| n.index)
 }
 
 /// Daily cycling: every dyno is replaced once per `interval` plus a random part of `jitter`
@@ -180,11 +180,7 @@ pub fn plan(
         if d.is_one_off() {
             // A one-off runs once: when it ended (or its app is gone) it is forgotten, and
             // it is never replaced, cycled or moved.
-            let ended = matches!(
-                d.state,
-                DynoState::Complete | DynoState::Crashed | DynoState::Down
-            );
-            if ended {
+            if d.state.is_ended() {
                 out.changes.delete.push(d.id.clone());
             }
         } else if d.desired == Desired::Running {
@@ -218,7 +214,7 @@ pub fn plan(
                 };
                 for i in 1..=quantity {
                     wanted.insert(
-                        format!("{}.{i}", f.process_type),
+                        DynoName::new(&f.process_type, i).to_string(),
                         (f, release, slug, command),
                     );
                 }
@@ -270,7 +266,7 @@ pub fn plan(
             // Prefer one that is up, then the oldest.
             settled.sort_by_key(|d| (d.state != DynoState::Up, d.created_at));
             let keep = settled.first().copied();
-            let web = name.starts_with("web.");
+            let web = ds.iter().any(|d| is_web(&d.process_type));
             // With preboot, a web dyno of an older release (or size) is also replaced
             // up-first: it stops once the new one is up.
             let preboot =
@@ -317,7 +313,7 @@ pub fn plan(
             match planner.place(&request) {
                 Ok(host) => {
                     // A worker moves at once; a web dyno waits for its replacement to be up.
-                    if f.process_type != "web" {
+                    if !is_web(&f.process_type) {
                         for d in moving.remove(&name).unwrap_or_default() {
                             out.changes.stop.push(d.id.clone());
                         }
@@ -533,7 +529,7 @@ pub(crate) mod tests {
         let mut dynos = Vec::new();
         let mut eco = app(1, 1, 1);
         for f in &mut eco.formation {
-            if f.process_type == "web" {
+            if is_web(&f.process_type) {
                 f.size = "eco".into();
             }
         }
@@ -815,7 +811,7 @@ pub(crate) mod tests {
         apply(&mut dynos, &p);
         let mut dyno = dynos.remove(0);
         dyno.name = name.to_string();
-        dyno.process_type = name.split('.').next().unwrap_or_default().to_string();
+        dyno.process_type = DynoName::parse(name).expect("a dyno name").process_type;
         dyno.id = format!("demo-{}", name.replace('.', "-"));
         dyno
     }

@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::buildpack::{self, Buildpack, BuildpackError, BuildpackSource, Release, BUILTIN_ORDER};
 use crate::fsutil;
 use crate::pack::{self, PackError, PackOptions};
@@ -97,37 +95,9 @@ impl BuildOptions {
     }
 }
 
-/// A buildpack that took part in a build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildpackInfo {
-    /// What its `bin/detect` printed, e.g. `Python`.
-    pub name: String,
-    /// How it was named: a built-in's name, a directory or a git URL.
-    pub url: String,
-}
-
-/// The slug's metadata, written as JSON beside the slug.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlugMetadata {
-    /// Process type → command: the Procfile's, over the buildpacks' `default_process_types`.
-    pub process_types: BTreeMap<String, String>,
-    /// The buildpacks that compiled the app, in order.
-    pub buildpacks: Vec<BuildpackInfo>,
-    /// The stack the slug was built for and must run on.
-    pub stack: String,
-    /// `SOURCE_VERSION` (the source's commit) if known.
-    pub commit: Option<String>,
-    /// Hex sha256 of the slug file.
-    pub sha256: String,
-    /// Size of the slug file in bytes.
-    pub size: u64,
-    /// Wall time of the whole build, packing included.
-    pub duration_ms: u64,
-    /// Config vars the buildpacks' `bin/release` asked for (legacy; for a first release).
-    pub config_vars: BTreeMap<String, String>,
-    /// Add-ons the buildpacks' `bin/release` asked for (for a first deploy).
-    pub addons: Vec<String>,
-}
+/// `slug.json`: defined with the dyno vocabulary, which the agent and the scheduler read it
+/// with (read back through [`crate::metadata::parse`]).
+pub use manifold_dyno::slug::{BuildpackInfo, SlugMetadata};
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! `slug.json` read back as untrusted input.
 //!
-//! The slugbuilder writes [`SlugMetadata`] beside the slug, but it runs inside the build
+//! The slugbuilder writes [`SlugMetadata`] (defined in `manifold-dyno`) beside the slug, but it runs inside the build
 //! dyno, next to the app's code, its `.profile` and every buildpack's scripts: whatever the
 //! agent and the scheduler read back from a build may have been rewritten by any of them.
 //! [`parse`] is the one gate for that text. It accepts exactly what an honest build writes:
@@ -89,89 +89,87 @@ impl fmt::Display for Problem {
 pub fn parse(json: &[u8], stack: &str) -> Result<SlugMetadata, MetadataError> {
     let metadata: SlugMetadata =
         serde_json::from_slice(json).map_err(|source| MetadataError::Json { source })?;
-    metadata.validate(stack)?;
+    validate(&metadata, stack)?;
     Ok(metadata)
 }
 
-impl SlugMetadata {
-    /// Checks every field as user input; see the module documentation.
-    pub fn validate(&self, stack: &str) -> Result<(), MetadataError> {
-        let fail = |field: String, problem| Err(MetadataError::Field { field, problem });
-        if self.process_types.len() > MAX_PROCESS_TYPES {
-            return fail(
-                "process_types".into(),
-                Problem::TooMany {
-                    limit: MAX_PROCESS_TYPES,
-                },
-            );
-        }
-        for (name, command) in &self.process_types {
-            let field = || format!("process_types.{name:?}");
-            if !procfile::is_valid_name(name) {
-                return fail(field(), Problem::InvalidProcessType);
-            }
-            if command.trim().is_empty() {
-                return fail(field(), Problem::Empty);
-            }
-            text(command, MAX_COMMAND_BYTES, true).or_else(|p| fail(field(), p))?;
-        }
-        if self.stack != stack {
-            return fail(
-                "stack".into(),
-                Problem::WrongStack {
-                    expected: stack.to_owned(),
-                },
-            );
-        }
-        if self.sha256.len() != 64
-            || !self
-                .sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return fail("sha256".into(), Problem::NotSha256);
-        }
-        if let Some(commit) = &self.commit {
-            text(commit, MAX_TEXT_BYTES, false).or_else(|p| fail("commit".into(), p))?;
-        }
-        list(self.buildpacks.len(), "buildpacks")?;
-        for (i, bp) in self.buildpacks.iter().enumerate() {
-            for (what, value) in [("name", &bp.name), ("url", &bp.url)] {
-                text(value, MAX_TEXT_BYTES, false)
-                    .or_else(|p| fail(format!("buildpacks[{i}].{what}"), p))?;
-            }
-        }
-        list(self.addons.len(), "addons")?;
-        for (i, addon) in self.addons.iter().enumerate() {
-            if addon.is_empty() {
-                return fail(format!("addons[{i}]"), Problem::Empty);
-            }
-            text(addon, MAX_TEXT_BYTES, false).or_else(|p| fail(format!("addons[{i}]"), p))?;
-        }
-        list(self.config_vars.len(), "config_vars")?;
-        for (key, value) in &self.config_vars {
-            let field = || format!("config_vars.{key:?}");
-            let valid = !key.is_empty()
-                && key.len() <= MAX_TEXT_BYTES
-                && !key.starts_with(|c: char| c.is_ascii_digit())
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return fail(field(), Problem::InvalidVarName);
-            }
-            if value.len() > MAX_TEXT_BYTES {
-                return fail(
-                    field(),
-                    Problem::TooLong {
-                        limit: MAX_TEXT_BYTES,
-                    },
-                );
-            }
-            if value.contains('\0') {
-                return fail(field(), Problem::ControlCharacter);
-            }
-        }
-        Ok(())
+/// Checks every field of `metadata` as user input; see the module documentation.
+pub fn validate(metadata: &SlugMetadata, stack: &str) -> Result<(), MetadataError> {
+    let fail = |field: String, problem| Err(MetadataError::Field { field, problem });
+    if metadata.process_types.len() > MAX_PROCESS_TYPES {
+        return fail(
+            "process_types".into(),
+            Problem::TooMany {
+                limit: MAX_PROCESS_TYPES,
+            },
+        );
     }
+    for (name, command) in &metadata.process_types {
+        let field = || format!("process_types.{name:?}");
+        if !procfile::is_valid_name(name) {
+            return fail(field(), Problem::InvalidProcessType);
+        }
+        if command.trim().is_empty() {
+            return fail(field(), Problem::Empty);
+        }
+        text(command, MAX_COMMAND_BYTES, true).or_else(|p| fail(field(), p))?;
+    }
+    if metadata.stack != stack {
+        return fail(
+            "stack".into(),
+            Problem::WrongStack {
+                expected: stack.to_owned(),
+            },
+        );
+    }
+    if metadata.sha256.len() != 64
+        || !metadata
+            .sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return fail("sha256".into(), Problem::NotSha256);
+    }
+    if let Some(commit) = &metadata.commit {
+        text(commit, MAX_TEXT_BYTES, false).or_else(|p| fail("commit".into(), p))?;
+    }
+    list(metadata.buildpacks.len(), "buildpacks")?;
+    for (i, bp) in metadata.buildpacks.iter().enumerate() {
+        for (what, value) in [("name", &bp.name), ("url", &bp.url)] {
+            text(value, MAX_TEXT_BYTES, false)
+                .or_else(|p| fail(format!("buildpacks[{i}].{what}"), p))?;
+        }
+    }
+    list(metadata.addons.len(), "addons")?;
+    for (i, addon) in metadata.addons.iter().enumerate() {
+        if addon.is_empty() {
+            return fail(format!("addons[{i}]"), Problem::Empty);
+        }
+        text(addon, MAX_TEXT_BYTES, false).or_else(|p| fail(format!("addons[{i}]"), p))?;
+    }
+    list(metadata.config_vars.len(), "config_vars")?;
+    for (key, value) in &metadata.config_vars {
+        let field = || format!("config_vars.{key:?}");
+        let valid = !key.is_empty()
+            && key.len() <= MAX_TEXT_BYTES
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return fail(field(), Problem::InvalidVarName);
+        }
+        if value.len() > MAX_TEXT_BYTES {
+            return fail(
+                field(),
+                Problem::TooLong {
+                    limit: MAX_TEXT_BYTES,
+                },
+            );
+        }
+        if value.contains('\0') {
+            return fail(field(), Problem::ControlCharacter);
+        }
+    }
+    Ok(())
 }
 
 /// A bounded string without control characters (`tab` allowed where `tab` is true).

@@ -18,8 +18,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The longest process type name the Platform API accepts (`^[-\w]{1,128}$`).
-pub const MAX_NAME_LEN: usize = 128;
+/// The longest process type name the Platform API accepts (`^[-\w]{1,128}$`); the rule is
+/// the dyno vocabulary's, which dyno names are checked with too.
+pub use manifold_dyno::MAX_PROCESS_TYPE_LEN as MAX_NAME_LEN;
 
 /// A parsed Procfile: process types in the order the file declares them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -73,13 +74,8 @@ impl ProcfileError {
     }
 }
 
-/// Whether `name` is a valid process type name.
-pub fn is_valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+/// Whether `name` is a valid process type name (the dyno vocabulary's rule).
+pub use manifold_dyno::is_valid_process_type as is_valid_name;
 
 /// Parses the text of a Procfile.
 pub fn parse(text: &str) -> Result<Procfile, ProcfileError> {

@@ -4,7 +4,12 @@
 
 use super::*;
 
-/// A dyno's state, as `manifold ps` will show it.
+/// A run's state: the part of the one dyno state ([`DynoState`]) a run moves through (all
+/// but the scheduler's `created`), with its words.
+///
+/// Kept as its own enum, converted with `DynoState::from`, while the daemon matches on
+/// exactly these six values (`daemon/entry.rs` `proto_state`); once it converts through
+/// [`DynoState`] and `manifold-proto`'s `From`, this can become [`DynoState`] itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Starting,
@@ -12,20 +17,28 @@ pub enum State {
     Stopping,
     Crashed,
     Down,
-    /// A one-off dyno (`run.N`, `release.N`) that finished: one-offs are never restarted.
+    /// A one-off dyno (`run.N`, `release.N`) or a build that finished: they are never
+    /// restarted ([`runs_once`]).
     Complete,
 }
 
+impl From<State> for DynoState {
+    fn from(state: State) -> DynoState {
+        match state {
+            State::Starting => DynoState::Starting,
+            State::Up => DynoState::Up,
+            State::Stopping => DynoState::Stopping,
+            State::Crashed => DynoState::Crashed,
+            State::Down => DynoState::Down,
+            State::Complete => DynoState::Complete,
+        }
+    }
+}
+
+/// The dyno state's word (`up`), as `manifold ps` and the platform's lines write it.
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            State::Starting => "starting",
-            State::Up => "up",
-            State::Stopping => "stopping",
-            State::Crashed => "crashed",
-            State::Down => "down",
-            State::Complete => "complete",
-        })
+        f.write_str(DynoState::from(*self).as_str())
     }
 }
 
@@ -109,9 +122,11 @@ impl Lifecycle {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             stop_signal: "SIGTERM",
             boot_timed_out: false,
-            one_off: ["run.", "release.", "build."]
-                .iter()
-                .any(|p| name.starts_with(p)),
+            // The text before the first dot, so any name the `run` command accepts is read
+            // as it always was (`run.x` is a one-off, `run` alone is not).
+            one_off: name
+                .split_once('.')
+                .is_some_and(|(process_type, _)| runs_once(process_type)),
             state: State::Starting,
             status: None,
             reason: None,

@@ -35,6 +35,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use manifold_dyno::{runs_once, DynoState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;

@@ -289,7 +289,7 @@ mod tests {
             .update_formation(
                 "doomed",
                 &[FormationUpdate {
-                    process_type: "web".to_owned(),
+                    process_type: manifold_dyno::WEB.to_owned(),
                     quantity: Some(2),
                     size: None,
                 }],

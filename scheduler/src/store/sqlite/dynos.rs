@@ -237,7 +237,7 @@ mod tests {
                         size: Some("performance-m".to_owned()),
                     },
                     FormationUpdate {
-                        process_type: "web".to_owned(),
+                        process_type: manifold_dyno::WEB.to_owned(),
                         quantity: Some(3),
                         size: None,
                     },
@@ -267,7 +267,7 @@ mod tests {
             .update_formation(
                 "app",
                 &[FormationUpdate {
-                    process_type: "web".to_owned(),
+                    process_type: manifold_dyno::WEB.to_owned(),
                     quantity: None,
                     size: Some("standard-2x".to_owned()),
                 }],

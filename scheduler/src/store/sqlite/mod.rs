@@ -285,7 +285,7 @@ mod tests {
                 .update_formation(
                     "app",
                     &[FormationUpdate {
-                        process_type: "web".to_owned(),
+                        process_type: manifold_dyno::WEB.to_owned(),
                         quantity: Some(1),
                         size: None,
                     }],

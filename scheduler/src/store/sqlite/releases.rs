@@ -6,7 +6,9 @@ use sqlx::sqlite::SqliteConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::model::{App, Release, ReleaseStatus, RELEASE_TYPE};
+use manifold_dyno::RELEASE;
+
+use crate::model::{App, Release, ReleaseStatus};
 use crate::store::StoreError;
 
 use super::apps::{app_by_id, app_by_name, set_app_config};
@@ -199,7 +201,7 @@ pub(super) struct NewRelease<'a> {
 /// A new release of a slug is `pending` when its Procfile has a `release` type (its
 /// release phase must succeed first), else `succeeded` at once.
 pub(super) fn status_for(slug_process_types: &BTreeMap<String, String>) -> ReleaseStatus {
-    if slug_process_types.contains_key(RELEASE_TYPE) {
+    if slug_process_types.contains_key(RELEASE) {
         ReleaseStatus::Pending
     } else {
         ReleaseStatus::Succeeded
@@ -386,7 +388,7 @@ mod tests {
         store.create_build(&build).await.expect("create build");
         let mut slug = new_slug(app.id);
         slug.process_types
-            .insert(RELEASE_TYPE.to_owned(), "bin/migrate".to_owned());
+            .insert(RELEASE.to_owned(), "bin/migrate".to_owned());
         let (_, v2) = store
             .finish_build(
                 build.id,

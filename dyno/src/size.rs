@@ -1,4 +1,4 @@
-//! Dyno sizes: the one table that turns a size name into cgroup limits, shared by the agent
+//! Dyno sizes: the one table that turns a size name into cgroup limits, used by the agent
 //! (which applies them) and the scheduler (which places dynos by their memory).
 //!
 //! The figures follow Heroku's published dyno types (HEROKU-SPEC §7). Heroku lets a dyno
