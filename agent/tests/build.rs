@@ -21,13 +21,13 @@ fn repo() -> PathBuf {
 
 /// Whether the bookworm stack is there (in CI it must be: a missing stack fails the test).
 fn bookworm_ready() -> bool {
-    if Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
-        return true;
-    }
-    let why = "the bookworm stack is missing: run `rootfs/build-stack bookworm`";
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("\n!!! SKIPPING: {why} !!!\n");
-    false
+    manifold_test_support::require(
+        "build test",
+        &[(
+            Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists(),
+            "the bookworm stack is missing: run `rootfs/build-stack bookworm`",
+        )],
+    )
 }
 
 fn build(source: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -1,7 +1,7 @@
 //! Helpers shared by the agent's acceptance tests: they drive the real `manifold-agent`
 //! binary, as root, against the real kernel.
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,21 +12,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_manifold-agent");
 /// Whether the acceptance tests can run here. In CI they must: a skipped acceptance test is a
 /// missing one, so there a missing precondition fails the test instead.
 pub fn ready() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let stack = Path::new("/var/lib/manifold/stacks/testing/bin/busybox").exists();
-    if root && stack {
-        return true;
-    }
-    let why = if root {
-        "the testing stack is missing: run `rootfs/build-stack testing`"
-    } else {
-        "they need root"
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("acceptance tests cannot run: {why}");
-    }
-    eprintln!("\n\n!!! SKIPPING agent acceptance test: {why} !!!\n");
-    false
+    manifold_test_support::require(
+        "agent acceptance test",
+        &[
+            (manifold_test_support::is_root(), "it needs root"),
+            (
+                Path::new("/var/lib/manifold/stacks/testing/bin/busybox").exists(),
+                "the testing stack is missing: run `rootfs/build-stack testing`",
+            ),
+        ],
+    )
 }
 
 /// Runs `manifold-agent run ARGS -- COMMAND` to completion.
@@ -105,28 +100,7 @@ pub fn slug(dir: &Path, name: &str, files: &[(&str, &str, u32)]) -> PathBuf {
     path
 }
 
-/// A port nothing listens on, for a dyno a test publishes. Taken below the kernel's
-/// ephemeral range (32768 and up), where a port the kernel handed out (`bind` to port 0)
-/// could be taken again by any outgoing connection before the dyno's port is published,
-/// and never the same twice in one test binary, whose tests run side by side.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = rand::random::<u16>() % 10_000 + 10_000;
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// `n` distinct free ports.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    (0..n).map(|_| free_port()).collect()
-}
+pub use manifold_test_support::{free_port, free_ports};
 
 /// A `manifold-agent run` started in the background. Dropping it stops the dyno (SIGTERM,
 /// then SIGKILL) so that a failing test does not leave a dyno running.

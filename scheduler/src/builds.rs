@@ -491,10 +491,12 @@ impl Builds {
         let updates: Vec<FormationUpdate> = meta
             .process_types
             .keys()
-            .filter(|t| *t != "release" && !formation.iter().any(|f| &f.process_type == *t))
+            .filter(|t| {
+                *t != manifold_dyno::RELEASE && !formation.iter().any(|f| &f.process_type == *t)
+            })
             .map(|t| FormationUpdate {
                 process_type: t.clone(),
-                quantity: Some(u32::from(formation.is_empty() && t == "web")),
+                quantity: Some(u32::from(formation.is_empty() && manifold_dyno::is_web(t))),
                 size: None,
             })
             .collect();

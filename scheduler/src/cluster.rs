@@ -353,7 +353,7 @@ impl Cluster {
     ) {
         let deadline = Instant::now() + timeout;
         for d in stopped {
-            if d.process_type != "web" || table.in_flight(&d.id) == 0 {
+            if !manifold_dyno::is_web(&d.process_type) || table.in_flight(&d.id) == 0 {
                 continue;
             }
             lock(&self.held_stops).insert(d.id.clone(), deadline);

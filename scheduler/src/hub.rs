@@ -8,8 +8,7 @@ use std::sync::Arc;
 use futures::Stream;
 use manifold_proto::agent_link_server::AgentLink;
 use manifold_proto::{
-    agent_message, AgentMessage, AttachPacket, DynoState as WireState, DynoStatus, Hello,
-    SchedulerMessage,
+    agent_message, AgentMessage, AttachPacket, DynoStatus, Hello, SchedulerMessage,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -18,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::LinkSender;
 use crate::core::Core;
-use crate::model::{DynoReport, DynoState};
+use crate::model::DynoReport;
 use crate::store::StoreError;
 use crate::tls::{check_agent, Peer};
 
@@ -77,22 +76,10 @@ fn valid_host_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-fn state_from_wire(state: i32) -> Option<DynoState> {
-    Some(match WireState::try_from(state).ok()? {
-        WireState::Starting => DynoState::Starting,
-        WireState::Up => DynoState::Up,
-        WireState::Crashed => DynoState::Crashed,
-        WireState::Down => DynoState::Down,
-        WireState::Complete => DynoState::Complete,
-        WireState::Stopping => DynoState::Stopping,
-        WireState::Unspecified => return None,
-    })
-}
-
 fn report_from_wire(s: &DynoStatus) -> Option<DynoReport> {
     Some(DynoReport {
         id: s.id.clone(),
-        state: state_from_wire(s.state)?,
+        state: s.dyno_state().ok()?,
         changed_at: OffsetDateTime::from_unix_timestamp_nanos(
             i128::from(s.changed_at_ms) * 1_000_000,
         )

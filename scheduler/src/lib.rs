@@ -36,7 +36,3 @@ mod sync;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tls;
-
-// The size table's old crate name, for `api/mod.rs` and `oneoff.rs` until they import
-// `manifold_dyno::DynoSize` (the crate `manifold-sizes` became `manifold-dyno`).
-extern crate manifold_dyno as manifold_sizes;

@@ -245,12 +245,6 @@ impl Dyno {
     }
 }
 
-/// The release phase's process type, under its old name: use [`manifold_dyno::RELEASE`].
-pub use manifold_dyno::RELEASE as RELEASE_TYPE;
-
-/// `manifold run`'s process type, under its old name: use [`manifold_dyno::RUN`].
-pub use manifold_dyno::RUN as RUN_TYPE;
-
 /// How a client attaches to a one-off dyno: its terminal, and the secret its attach URL
 /// carries (so that knowing an app's dyno names is not enough to type into its console).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

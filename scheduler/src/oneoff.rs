@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use manifold_sizes::DynoSize;
+use manifold_dyno::DynoSize;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -21,7 +21,7 @@ use crate::api::{check_config_key, dyno_json};
 use crate::auth::same_secret;
 use crate::core::Core;
 use crate::http::{user, ApiError, Json};
-use crate::model::{App, Attach, Dyno, DynoState, Release, RUN_TYPE};
+use crate::model::{App, Attach, Dyno, Release};
 use crate::planner::Rejection;
 use crate::store::StoreError;
 
@@ -134,9 +134,10 @@ pub(crate) async fn create(
             "command must be at most {MAX_COMMAND} bytes, without NUL"
         )));
     }
-    if let Some(kind) = body.kind.as_deref().filter(|k| *k != RUN_TYPE) {
+    if let Some(kind) = body.kind.as_deref().filter(|k| *k != manifold_dyno::RUN) {
         return Err(ApiError::invalid(format!(
-            "type {kind:?} cannot be started as a one-off: only {RUN_TYPE:?}"
+            "type {kind:?} cannot be started as a one-off: only {:?}",
+            manifold_dyno::RUN
         )));
     }
     if body.env.len() > MAX_ENV {
@@ -179,7 +180,7 @@ pub(crate) async fn create(
             &release,
             &slug,
             OneOff {
-                process_type: RUN_TYPE,
+                process_type: manifold_dyno::RUN,
                 command: command.clone(),
                 size: body.size.map(|s| s.to_ascii_lowercase()),
                 env: body.env,
@@ -266,10 +267,7 @@ pub(crate) async fn attach(
             format!("wrong attach secret for {name}: use the attach_url `manifold run` was given"),
         ));
     }
-    let ended = matches!(
-        dyno.state,
-        DynoState::Complete | DynoState::Crashed | DynoState::Down
-    );
+    let ended = dyno.state.is_ended();
     if ended && !core.sessions.has(&dyno.id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

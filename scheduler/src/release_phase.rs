@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::builds::Builds;
 use crate::logs::LogFeed;
-use crate::model::{App, Dyno, DynoState, Release, ReleaseStatus, Slug, RELEASE_TYPE};
+use crate::model::{App, Dyno, DynoState, Release, ReleaseStatus, Slug};
 use crate::oneoff::OneOff;
 use crate::store::Store;
 use crate::sync::{lock, Poke};
@@ -79,7 +79,7 @@ impl ReleasePhase {
                 return None;
             }
         };
-        let command = slug.process_types.get(RELEASE_TYPE).cloned()?;
+        let command = slug.process_types.get(manifold_dyno::RELEASE).cloned()?;
         self.logs.log_api(
             &app.name,
             format!(
@@ -88,7 +88,7 @@ impl ReleasePhase {
             ),
         );
         let spec = OneOff {
-            process_type: RELEASE_TYPE,
+            process_type: manifold_dyno::RELEASE,
             command,
             size: None,
             env: Default::default(),
@@ -246,7 +246,7 @@ impl ReleasePhase {
         for release in pending {
             let running = dynos.iter().any(|d| {
                 d.app_id == release.app_id
-                    && d.process_type == RELEASE_TYPE
+                    && d.process_type == manifold_dyno::RELEASE
                     && d.release_version == release.version
             }) || lock(&self.settling).contains(&(release.app_id, release.version));
             if running || now - release.created_at < PLACE_WINDOW {

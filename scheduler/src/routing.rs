@@ -44,7 +44,7 @@ pub fn routes(
     for want in apps {
         let web: Vec<&Dyno> = dynos
             .iter()
-            .filter(|d| d.app_id == want.app.id && d.process_type == "web")
+            .filter(|d| d.app_id == want.app.id && manifold_dyno::is_web(&d.process_type))
             .filter(|d| d.desired == Desired::Running && !stopping.contains(&d.id))
             .collect();
         let backends: Vec<Backend> = web
@@ -62,7 +62,7 @@ pub fn routes(
         let quantity = want
             .formation
             .iter()
-            .find(|f| f.process_type == "web")
+            .find(|f| manifold_dyno::is_web(&f.process_type))
             .map_or(0, |f| f.quantity);
         let route = if !backends.is_empty() {
             AppRoute::Serving(backends)
@@ -221,7 +221,10 @@ impl Routing {
         };
         let now = Instant::now();
         for want in apps {
-            let web = want.formation.iter().find(|f| f.process_type == "web");
+            let web = want
+                .formation
+                .iter()
+                .find(|f| manifold_dyno::is_web(&f.process_type));
             let sleepy = !want.app.sleeping
                 && want.release.is_some()
                 && web.is_some_and(|f| f.quantity > 0 && sleeps(&f.size));
@@ -231,7 +234,9 @@ impl Routing {
             }
             // Idle time counts from the last request, and only while a web dyno is up.
             let serving = dynos.iter().any(|d| {
-                d.app_id == want.app.id && d.process_type == "web" && d.state == DynoState::Up
+                d.app_id == want.app.id
+                    && manifold_dyno::is_web(&d.process_type)
+                    && d.state == DynoState::Up
             });
             let last = {
                 let mut traffic = lock(&self.traffic);

@@ -267,7 +267,7 @@ impl Core {
     fn start(&mut self, id: &str) {
         let web = self
             .assignment(id)
-            .is_some_and(|a| a.process_type() == "web");
+            .is_some_and(|a| manifold_dyno::is_web(a.process_type()));
         let Some(entry) = self.dynos.get_mut(id) else {
             return;
         };
@@ -390,7 +390,10 @@ impl Core {
     fn count_states(&self) {
         let mut counts = BTreeMap::new();
         for e in self.dynos.values() {
-            let state = proto_state_name(e.status.state());
+            let state = e
+                .status
+                .dyno_state()
+                .map_or("unknown", manifold_dyno::DynoState::as_str);
             *counts.entry(state.to_string()).or_insert(0) += 1;
         }
         *self.metrics.dynos.lock().unwrap_or_else(|e| e.into_inner()) = counts;

@@ -310,36 +310,15 @@ fn report(state: State, exit: Option<i32>, reason: String) -> Effect {
     }
 }
 
-/// One-offs and builds are never restarted; they are known by their process type.
+/// One-offs and builds are never restarted; they are known by their process type (the
+/// vocabulary's [`manifold_dyno::runs_once`]).
 pub(super) fn one_off(name: &str) -> bool {
-    matches!(
-        name.split('.').next().unwrap_or_default(),
-        "run" | "release" | "build"
-    )
+    manifold_dyno::runs_once(name.split('.').next().unwrap_or_default())
 }
 
-/// A state as `manifold ps` writes it.
-pub(super) fn proto_state_name(state: proto::DynoState) -> &'static str {
-    match state {
-        proto::DynoState::Starting => "starting",
-        proto::DynoState::Up => "up",
-        proto::DynoState::Crashed => "crashed",
-        proto::DynoState::Down => "down",
-        proto::DynoState::Complete => "complete",
-        proto::DynoState::Stopping => "stopping",
-        proto::DynoState::Unspecified => "unknown",
-    }
-}
-
+/// A runner's state as the wire spells it.
 pub(super) fn proto_state(state: State) -> proto::DynoState {
-    match state {
-        State::Starting => proto::DynoState::Starting,
-        State::Up => proto::DynoState::Up,
-        State::Stopping => proto::DynoState::Stopping,
-        State::Crashed => proto::DynoState::Crashed,
-        State::Down => proto::DynoState::Down,
-        State::Complete => proto::DynoState::Complete,
-    }
+    proto::DynoState::from(manifold_dyno::DynoState::from(state))
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub(super) async fn launch(
             return;
         }
     };
-    let web = assignment.process_type() == "web";
+    let web = manifold_dyno::is_web(assignment.process_type());
     let dyno = DynoConfig {
         id: run.clone(),
         name: assignment.name.clone(),
@@ -78,7 +78,7 @@ pub(super) async fn launch(
         env: assignment.env.clone(),
         command: assignment.command.clone(),
         // Every dyno has its own network namespace, so all web dynos can use 5000.
-        port: web.then_some(5000),
+        port: web.then_some(manifold_dyno::WEB_PORT),
         publish: port,
         grace: match assignment.stop_timeout_secs {
             0 => GRACE,

@@ -79,7 +79,7 @@ pub use assignments::{plan, AgentState, AssignmentRecord, Plan};
 use builds::run_build;
 pub use config::{default_memory, host_id, parse_memory, DaemonConfig, PortRange};
 use driver::{BlobStore, DriverDyno, DynoDriver, Found, ShimDriver};
-use entry::{proto_state, proto_state_name, Effect, Entry, Input};
+use entry::{proto_state, Effect, Entry, Input};
 pub use error::DaemonError;
 use launch::{container_id, follow, launch, Launcher};
 pub use ports::{PortAllocator, PortsExhausted};

@@ -7,7 +7,7 @@ pub(crate) fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
         "id": d.id,
         "name": d.name,
         "type": d.process_type,
-        "state": if d.desired == Desired::Stopped && d.state.as_str() == "up" { "stopping" } else { d.state.as_str() },
+        "state": if d.desired == Desired::Stopped && d.state == crate::model::DynoState::Up { "stopping" } else { d.state.as_str() },
         "size": d.size,
         "command": d.command,
         "release": {"version": d.release_version},

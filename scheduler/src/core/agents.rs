@@ -55,10 +55,7 @@ impl Core {
         if dyno.state == DynoState::Crashed {
             Counters::add(&self.counters.crashes, 1);
         }
-        let ended = matches!(
-            dyno.state,
-            DynoState::Down | DynoState::Complete | DynoState::Crashed
-        );
+        let ended = dyno.state.is_ended();
         if dyno.attach.is_some() {
             self.attach_event(
                 &dyno.id,
@@ -72,7 +69,7 @@ impl Core {
                 },
             );
         }
-        if ended && dyno.process_type == crate::model::RELEASE_TYPE {
+        if ended && dyno.process_type == manifold_dyno::RELEASE {
             self.releases.dyno_ended(&dyno).await;
         }
         if ended && dyno.desired == Desired::Stopped {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use manifold_sizes::DynoSize;
+use manifold_dyno::DynoSize;
 use uuid::Uuid;
 
 use super::Core;

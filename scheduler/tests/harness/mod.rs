@@ -4,7 +4,7 @@
 //! sockets. Dropping the cluster kills everything it started and removes what its dynos
 //! left, so a failing test leaves nothing behind.
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -49,43 +49,23 @@ pub fn bins() -> PathBuf {
 
 /// Whether the end-to-end tests can run here: root and the `testing` stack. In CI they must.
 pub fn ready() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let stack = Path::new("/var/lib/manifold/stacks/testing/.manifold-stack").exists();
-    let built = bins().join("manifold-agent").exists() && bins().join("manifold").exists();
-    if root && stack && built {
-        return true;
-    }
-    let why = if !root {
-        "they need root"
-    } else if !stack {
-        "the testing stack is missing: run `scripts/setup testing`"
-    } else {
-        "the binaries are not built: run `cargo build --release --workspace --bins`"
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("end-to-end tests cannot run: {why}");
-    }
-    eprintln!("\n\n!!! SKIPPING end-to-end test: {why} !!!\n");
-    false
+    manifold_test_support::require(
+        "end-to-end test",
+        &[
+            (manifold_test_support::is_root(), "it needs root"),
+            (
+                Path::new("/var/lib/manifold/stacks/testing/.manifold-stack").exists(),
+                "the testing stack is missing: run `scripts/setup testing`",
+            ),
+            (
+                bins().join("manifold-agent").exists() && bins().join("manifold").exists(),
+                "the binaries are not built: run `cargo build --release --workspace --bins`",
+            ),
+        ],
+    )
 }
 
-/// A port nothing listens on, for a process a test starts. Taken below the kernel's
-/// ephemeral range (32768 and up), where a port the kernel handed out (`bind` to port 0)
-/// could be taken again by any outgoing connection before the process binds it, and never
-/// the same twice in one test binary, whose tests run side by side.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = rand::random::<u16>() % 10_000 + 10_000;
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-}
+pub use manifold_test_support::free_port;
 
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {

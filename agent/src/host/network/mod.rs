@@ -884,18 +884,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
 
     // ---- against the real kernel: root only -------------------------------------------
 
-    /// Root tests must run in CI (which is root); elsewhere they skip, loudly.
-    fn root_or_skip(test: &str) -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test} needs root and CI must run it as root"
-        );
-        eprintln!("SKIPPED {test}: needs root (CI runs it as root)");
-        false
-    }
+    use manifold_test_support::require_root as root_or_skip;
 
     fn run(program: &str, args: &[&str]) -> String {
         let output = Command::new(program).args(args).output().unwrap();

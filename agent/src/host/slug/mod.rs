@@ -1936,12 +1936,7 @@ mod tests {
 
     #[test]
     fn owner_is_applied_to_every_entry() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI runs as root: this test must not skip there"
-            );
-            eprintln!("SKIPPED owner_is_applied_to_every_entry: chown needs root");
+        if !manifold_test_support::require_root("owner_is_applied_to_every_entry") {
             return;
         }
         let fx = Fx::new();

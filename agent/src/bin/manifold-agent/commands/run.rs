@@ -71,7 +71,9 @@ pub(crate) async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> 
     {
         bail!("invalid dyno name {:?}: use TYPE.N, e.g. web.1", args.name);
     }
-    let port = args.port.or((process_type == "web").then_some(5000));
+    let port = args
+        .port
+        .or(manifold_dyno::is_web(&process_type).then_some(manifold_dyno::WEB_PORT));
     if args.publish.is_some() && port.is_none() {
         bail!("--publish needs a $PORT: give --port or run a web dyno");
     }
