@@ -1,13 +1,14 @@
 //! `/apps/{app}/dynos`: the `ps` view, restarts and stops.
 
 use super::*;
+use crate::core::{shown_state, PsLine};
 
 pub(crate) fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
     json!({
         "id": d.id,
         "name": d.name,
         "type": d.process_type,
-        "state": if d.desired == Desired::Stopped && d.state == crate::model::DynoState::Up { "stopping" } else { d.state.as_str() },
+        "state": shown_state(d),
         "size": d.size,
         "command": d.command,
         "release": {"version": d.release_version},
@@ -20,48 +21,31 @@ pub(crate) fn dyno_json(d: &Dyno, hosts: &HashMap<String, String>) -> Value {
     })
 }
 
+/// `GET /apps/{app}/dynos`: the `ps` view ([`Core::ps`]) as JSON.
 pub(super) async fn list_dynos(
     State(core): State<Arc<Core>>,
     Path(app): Path<String>,
 ) -> Result<axum::Json<Vec<Value>>> {
-    let record = core.store.app(&app).await?;
-    let hosts: HashMap<String, String> = core
-        .store
-        .hosts()
-        .await?
-        .into_iter()
-        .map(|h| (h.id, h.address))
+    let ps = core.ps(&app).await?;
+    let out = ps
+        .lines
+        .iter()
+        .map(|line| match line {
+            PsLine::Dyno(d) => dyno_json(d, &ps.hosts),
+            PsLine::Idle {
+                name,
+                process_type,
+                size,
+                since,
+            } => json!({
+                "name": name,
+                "type": process_type,
+                "state": "idle",
+                "size": size,
+                "updated_at": rfc3339(*since),
+            }),
+        })
         .collect();
-    let mut dynos = core.store.dynos(Some(&app)).await?;
-    dynos.sort_by_key(|d| {
-        (
-            d.process_type.clone(),
-            dyno_index(&d.name).unwrap_or(0),
-            d.created_at,
-        )
-    });
-    let mut out: Vec<Value> = dynos.iter().map(|d| dyno_json(d, &hosts)).collect();
-    if record.sleeping {
-        // A sleeping app's eco dynos are not running; Heroku lists them as `idle`.
-        for f in core.store.formation(&app).await? {
-            if !sleeps(&f.size) {
-                continue;
-            }
-            for i in 1..=f.quantity {
-                let name = format!("{}.{i}", f.process_type);
-                if dynos.iter().any(|d| d.name == name) {
-                    continue;
-                }
-                out.push(json!({
-                    "name": name,
-                    "type": f.process_type,
-                    "state": "idle",
-                    "size": f.size,
-                    "updated_at": rfc3339(record.updated_at),
-                }));
-            }
-        }
-    }
     Ok(axum::Json(out))
 }
 

@@ -32,7 +32,7 @@ use crate::blobs::BlobError;
 use crate::builds::Output;
 use crate::core::Core;
 use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
-use crate::reconciler::{dyno_index, size_memory, sleeps, Liveness};
+use crate::reconciler::{size_memory, Liveness};
 use crate::store::StoreError;
 
 use crate::auth::auth;

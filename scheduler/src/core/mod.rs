@@ -46,6 +46,9 @@ use crate::sync::Poke;
 
 mod agents;
 mod apps;
+mod ps;
+
+pub(crate) use ps::{shown_state, PsLine};
 
 pub use apps::ScaleError;
 
