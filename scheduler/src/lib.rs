@@ -19,7 +19,7 @@ pub mod builds;
 pub mod certs;
 pub mod cluster;
 pub mod core;
-pub mod follow;
+pub mod followers;
 pub mod http;
 pub mod hub;
 pub mod logs;

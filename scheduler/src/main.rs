@@ -216,7 +216,7 @@ async fn follow_logs(
         .await
         .with_context(|| format!("cannot listen on {listen} for the log plex"))?;
     tracing::info!("serving logs on http://{listen}, following {scheduler}");
-    manifold_scheduler::follow::run_logplex(
+    manifold_scheduler::followers::run_logplex(
         scheduler.trim_end_matches('/').to_string(),
         token,
         manifold_scheduler::tls::follower_client(cli.cluster_ca.as_deref())?,
@@ -238,13 +238,13 @@ async fn follow(cli: &Cli, scheduler: &str, token_file: Option<&Path>) -> anyhow
         cli.domain,
         listener.local_addr()?.port()
     );
-    let config = manifold_scheduler::follow::FollowConfig {
+    let config = manifold_scheduler::followers::FollowConfig {
         scheduler: scheduler.trim_end_matches('/').to_string(),
         token,
         router: router_config(cli),
         client: manifold_scheduler::tls::follower_client(cli.cluster_ca.as_deref())?,
     };
-    manifold_scheduler::follow::run(config, listener, shutdown_signal()).await?;
+    manifold_scheduler::followers::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -100,7 +100,7 @@ pub struct Routing {
     /// The router's table, refreshed after every reconcile.
     table: RouteTable,
     /// The table as last published, with a version that changes with it (what routers
-    /// that follow the scheduler from other processes long-poll, see [`crate::follow`]).
+    /// that follow the scheduler from other processes long-poll, see [`crate::followers`]).
     published: Mutex<(u64, HashMap<String, AppRoute>)>,
     changes: watch::Sender<u64>,
     /// The router, once serving (for its metrics).

@@ -112,7 +112,7 @@ pub fn router(core: Arc<Core>) -> Router {
             get(get_feature).patch(patch_feature),
         )
         .merge(crate::logs::routes())
-        .merge(crate::follow::routes())
+        .merge(crate::followers::routes())
         .route("/hosts", get(list_hosts))
         .route("/hosts/:host/actions/:action", post(drain_host))
         .route(

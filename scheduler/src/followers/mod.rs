@@ -1,0 +1,40 @@
+//! Processes that follow the scheduler: a router (`manifold-scheduler router`, `router.rs`)
+//! and a log plex (`manifold-scheduler logplex`, `logplex.rs`), each on other machines, over
+//! the scheduler's REST API with the follower token; `routes.rs` is the scheduler's side of
+//! the router's, `wire.rs` what they say.
+//!
+//! By default the router runs inside the scheduler and reads the core's route table
+//! directly. Run on other machines (in front of a cluster, or several of them behind a load
+//! balancer), a router follows the scheduler over its REST API with the follower token
+//! (`STATE_DIR/follower-token`: it opens these routes and no other):
+//!
+//! - `GET /router/v1/routes?after=V` long-polls the table: it answers at once when the
+//!   table's version is not `V`, else when it changes (or after [`LONG_POLL`] with the same
+//!   version), so a router sees a dyno come up within one round trip;
+//! - `POST /router/v1/events` carries what the router's [`manifold_router::Hooks`] saw: apps that got
+//!   requests (sleep-on-idle), apps to wake, and `heroku[router]` lines for the log plex.
+//!
+//! What it cannot do from afar: a stopping dyno is drained only of the requests of the
+//! scheduler's own router (the scheduler does not wait on remote routers' in-flight counts).
+
+mod logplex;
+mod router;
+mod routes;
+mod wire;
+
+pub use logplex::run_logplex;
+pub use router::{run, FollowConfig};
+pub use routes::{routes, LONG_POLL};
+pub use wire::{from_wire, to_wire, BackendWire, RouteWire, RouterEvents, RoutesReply};
+
+/// An error with its causes (a TLS failure is a few sources below reqwest's message).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

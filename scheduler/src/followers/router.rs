@@ -1,0 +1,161 @@
+//! A router in its own process (`manifold-scheduler router`): its table follows the
+//! scheduler's, and what its hooks see goes back to it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use manifold_router::{AppRoute, Hooks, RouteTable, Router, RouterConfig};
+use tokio::sync::Notify;
+
+use crate::sync::lock;
+
+use super::*;
+
+/// How often a following router sends what its hooks collected.
+const EVENTS_EVERY: Duration = Duration::from_millis(250);
+
+/// Where a following router listens and whom it follows.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// `http(s)://host:port` of the scheduler's API.
+    pub scheduler: String,
+    pub token: String,
+    pub router: RouterConfig,
+    /// The HTTP client for the scheduler (with the roots an https:// scheduler is checked
+    /// against: [`crate::tls::follower_client`]).
+    pub client: reqwest::Client,
+}
+
+/// What the hooks collected since the last `POST /router/v1/events`.
+#[derive(Debug, Default)]
+struct Pending {
+    events: Mutex<RouterEvents>,
+    /// A wake is sent at once rather than at the next tick.
+    urgent: Notify,
+}
+
+#[derive(Debug)]
+struct RemoteHooks(Arc<Pending>);
+
+impl Hooks for RemoteHooks {
+    fn request(&self, app: &str) {
+        let mut e = lock(&self.0.events);
+        if !e.traffic.contains(app) {
+            e.traffic.insert(app.to_string());
+        }
+    }
+
+    fn wake(&self, app: &str) {
+        lock(&self.0.events).wake.insert(app.to_string());
+        self.0.urgent.notify_one();
+    }
+
+    fn log(&self, app: &str, line: String) {
+        let mut e = lock(&self.0.events);
+        // Bounded: a scheduler that is away costs lines, not memory.
+        if e.lines.len() < 10_000 {
+            e.lines.push((app.to_string(), line));
+        }
+    }
+}
+
+/// Runs a router that follows the scheduler until `shutdown` resolves.
+pub async fn run(
+    config: FollowConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let table = RouteTable::new();
+    let pending = Arc::new(Pending::default());
+    let router = Arc::new(Router::new(
+        table.clone(),
+        Arc::new(RemoteHooks(pending.clone())),
+        config.router.clone(),
+    ));
+    let client = config.client.clone();
+    let follow = tokio::spawn(follow_routes(client.clone(), config.clone(), table));
+    let send = tokio::spawn(send_events(client, config, pending));
+    let served = router.serve(listener, shutdown).await;
+    follow.abort();
+    send.abort();
+    served
+}
+
+/// Keeps `table` equal to the scheduler's, long-polling for changes; on errors retries
+/// with the table as it was (routing goes on while the scheduler is away).
+async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: RouteTable) {
+    let mut version: Option<u64> = None;
+    loop {
+        let mut url = format!("{}/router/v1/routes", config.scheduler);
+        if let Some(v) = version {
+            url.push_str(&format!("?after={v}"));
+        }
+        let reply = client
+            .get(&url)
+            .bearer_auth(&config.token)
+            .timeout(LONG_POLL + Duration::from_secs(10))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        match reply {
+            Ok(r) => match r.json::<RoutesReply>().await {
+                Ok(routes) => {
+                    if version != Some(routes.version) {
+                        let table_now: HashMap<String, AppRoute> = routes
+                            .routes
+                            .iter()
+                            .map(|(app, wire)| (app.clone(), from_wire(wire)))
+                            .collect();
+                        table.replace_all(table_now);
+                        version = Some(routes.version);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!("routes from {}: {err}", config.scheduler);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            Err(err) => {
+                tracing::warn!(
+                    "cannot get routes from {}: {}",
+                    config.scheduler,
+                    chain(&err)
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Sends the hooks' events every [`EVENTS_EVERY`] (a wake at once); what cannot be sent is
+/// dropped, except wakes, which are retried.
+async fn send_events(client: reqwest::Client, config: FollowConfig, pending: Arc<Pending>) {
+    let url = format!("{}/router/v1/events", config.scheduler);
+    loop {
+        tokio::select! {
+            () = pending.urgent.notified() => {}
+            () = tokio::time::sleep(EVENTS_EVERY) => {}
+        }
+        let events = std::mem::take(&mut *lock(&pending.events));
+        if events.traffic.is_empty() && events.wake.is_empty() && events.lines.is_empty() {
+            continue;
+        }
+        let sent = client
+            .post(&url)
+            .bearer_auth(&config.token)
+            .json(&events)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        if let Err(err) = sent {
+            tracing::warn!(
+                "cannot send router events to {}: {}",
+                config.scheduler,
+                chain(&err)
+            );
+            lock(&pending.events).wake.extend(events.wake);
+        }
+    }
+}

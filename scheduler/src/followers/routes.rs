@@ -1,0 +1,66 @@
+//! The scheduler's side: the routes a following router calls, merged into the API's (the
+//! follower token opens them and no other).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use axum::Router as Routes;
+use serde::Deserialize;
+
+use crate::core::Core;
+use crate::http::{ApiError, Json};
+
+use super::*;
+
+/// Longest wait of one `GET /router/v1/routes` when nothing changes.
+pub const LONG_POLL: Duration = Duration::from_secs(25);
+
+/// The routes a following router uses, merged into the API's.
+pub fn routes() -> Routes<Arc<Core>> {
+    Routes::new()
+        .route("/router/v1/routes", get(get_routes))
+        .route("/router/v1/events", post(post_events))
+}
+
+#[derive(Debug, Deserialize)]
+struct After {
+    after: Option<u64>,
+}
+
+async fn get_routes(
+    State(core): State<Arc<Core>>,
+    Query(q): Query<After>,
+) -> Result<axum::Json<RoutesReply>, ApiError> {
+    let mut changes = core.routing.changes();
+    if let Some(after) = q.after {
+        if *changes.borrow_and_update() == after {
+            let _ = tokio::time::timeout(LONG_POLL, changes.changed()).await;
+        }
+    }
+    let (version, table) = core.routing.published();
+    Ok(axum::Json(RoutesReply {
+        version,
+        routes: table
+            .iter()
+            .map(|(app, route)| (app.clone(), to_wire(route)))
+            .collect(),
+    }))
+}
+
+async fn post_events(
+    State(core): State<Arc<Core>>,
+    Json(events): Json<RouterEvents>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    for app in &events.traffic {
+        core.routing.traffic(app);
+    }
+    for app in &events.wake {
+        core.routing.wake(app);
+    }
+    for (app, line) in events.lines {
+        core.logs.log_platform(&app, "router", line);
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
