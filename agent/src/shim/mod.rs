@@ -7,7 +7,7 @@
 //!                                                             │ libcontainer build (init waits;
 //!                                                             │   a terminal's master comes back
 //!                                                             │   over console.sock)
-//!                                                             │ network attach, start
+//!                                                             │ network plug, start
 //!                                                             ▼
 //!                                            joins the dyno's CPU cgroups (`<dyno>/shim`)
 //!                                            event loop, one bounded turn at a time:

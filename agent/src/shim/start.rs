@@ -202,7 +202,7 @@ impl Shim {
         let logged = self.connect_stdio(stdio)?;
         let c = &self.config;
         let publish = c.publish.zip(c.port);
-        let attachment = network::attach(&c.host.network, &c.id, pid.as_raw(), publish)
+        let plug = network::plug(&c.host.network, &c.id, pid.as_raw(), publish)
             .step(StartStep::Network)?;
         if let Err(err) = limiting.and_then(inotify::Limiting::wait) {
             tracing::warn!("dyno {}: inotify limits not set: {err}", c.id);
@@ -214,7 +214,7 @@ impl Shim {
         container.start().step(StartStep::Start)?;
         self.out.event(ShimEvent::Started {
             pid: pid.as_raw(),
-            address: attachment.address,
+            address: plug.address,
         });
         let budget = c.log_rate.map(|rate| LineBudget::new(rate, Instant::now()));
         Ok(Running {

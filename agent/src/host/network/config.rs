@@ -88,8 +88,8 @@ impl From<Ipv4Subnet> for String {
     }
 }
 
-/// Where dynos live on this host. The four fields go together: every process that attaches,
-/// detaches or sweeps on one bridge must use the same subnet, table and state directory (the
+/// Where dynos live on this host. The four fields go together: every process that plugs,
+/// unplugs or sweeps on one bridge must use the same subnet, table and state directory (the
 /// leases there are what keeps addresses unique). Two configs that differ in all four do not
 /// see each other, which is what lets tests run beside a real agent.
 ///
@@ -162,9 +162,11 @@ impl NetworkConfig {
     }
 }
 
-/// What [`attach`] gave a dyno.
+/// What [`plug`] gave a dyno: its address, gateway, host veth and published port. (The
+/// network calls wiring a dyno to the bridge plugging it in, so that "attach" keeps one
+/// meaning: a client on a one-off's terminal.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
+pub struct Plug {
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
     /// Host end of the veth pair, on the bridge.

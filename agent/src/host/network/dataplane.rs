@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// What attach, detach and sweep need from the kernel, so their ordering and undo paths can
+/// What plug, unplug and sweep need from the kernel, so their ordering and undo paths can
 /// be tested against a fake that records calls and injects failures.
 pub(super) trait Dataplane {
     /// Creates the veth pair: host end `host` on `bridge`, up, isolated, with `alias`;
@@ -36,14 +36,14 @@ pub(super) trait Dataplane {
     ) -> Result<String, NetworkError>;
 }
 
-pub(super) fn attach_with(
+pub(super) fn plug_with(
     kernel: &mut impl Dataplane,
     cfg: &NetworkConfig,
     dyno_id: &str,
     pid: i32,
     publish: Option<(u16, u16)>,
     start: u32,
-) -> Result<Attachment, NetworkError> {
+) -> Result<Plug, NetworkError> {
     let lease_dir = cfg.lease_dir();
     let lease = Lease {
         dyno: dyno_id.to_string(),
@@ -54,14 +54,14 @@ pub(super) fn attach_with(
     let wired = wire(kernel, cfg, dyno_id, pid, publish, address, &host_veth);
     if let Err(error) = wired {
         if let Err(undo) = kernel.delete_link(&host_veth) {
-            tracing::warn!(dyno = dyno_id, error = %undo, "attach undo: could not delete the veth");
+            tracing::warn!(dyno = dyno_id, error = %undo, "plug undo: could not delete the veth");
         }
         if let Err(undo) = remove_lease(&lease_dir, address) {
-            tracing::warn!(dyno = dyno_id, error = %undo, "attach undo: could not release the lease");
+            tracing::warn!(dyno = dyno_id, error = %undo, "plug undo: could not release the lease");
         }
         return Err(error);
     }
-    Ok(Attachment {
+    Ok(Plug {
         address,
         gateway: cfg.subnet.gateway(),
         host_veth,
@@ -69,7 +69,7 @@ pub(super) fn attach_with(
     })
 }
 
-/// The steps of attach after the lease; any failure leaves the undo to [`attach_with`].
+/// The steps of plug after the lease; any failure leaves the undo to [`plug_with`].
 fn wire(
     kernel: &mut impl Dataplane,
     cfg: &NetworkConfig,
@@ -98,9 +98,9 @@ fn wire(
 
 /// Order matters for crash safety: published ports, then the veth, then the lease last, so
 /// whatever a crash leaves behind still has a lease naming its dyno for the next sweep.
-/// The host lock keeps two detaches of one dyno from racing a new attach for the same
+/// The host lock keeps two unplugs of one dyno from racing a new plug for the same
 /// address or port.
-pub(super) fn detach_with(
+pub(super) fn unplug_with(
     kernel: &mut impl Dataplane,
     cfg: &NetworkConfig,
     dyno_id: &str,
@@ -167,7 +167,7 @@ pub(super) fn sweep_with(
     let dead: Vec<String> = ids.into_iter().filter(|id| !alive(id)).collect();
     for id in &dead {
         tracing::info!(dyno = %id, "sweeping the network of a dyno that is gone");
-        detach_with(kernel, cfg, id, Veth::Delete)?;
+        unplug_with(kernel, cfg, id, Veth::Delete)?;
     }
     Ok(dead)
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// Serialises host set-up and detaches across processes; released when dropped.
+/// Serialises host set-up and unplugs across processes; released when dropped.
 pub(super) fn lock_host(state_dir: &Path) -> Result<Flock<File>, NetworkError> {
     fs::create_dir_all(state_dir).map_err(io_error("create", state_dir))?;
     let path = state_dir.join("lock");

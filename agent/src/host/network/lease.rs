@@ -14,7 +14,7 @@ pub(super) fn candidates(subnet: Ipv4Subnet, start: u32) -> impl Iterator<Item =
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Lease {
     pub(super) dyno: String,
-    /// `(host_port, dyno_port)`; tells detach whether nft needs looking at.
+    /// `(host_port, dyno_port)`; tells unplug whether nft needs looking at.
     pub(super) publish: Option<(u16, u16)>,
 }
 
@@ -56,7 +56,7 @@ pub(super) fn allocate_lease(
 
 /// Every readable lease. A lease that vanishes while being read was just released, and one
 /// that does not parse was not written by us: both are skipped, not fatal, so one bad file
-/// cannot block every detach.
+/// cannot block every unplug.
 pub(super) fn read_leases(dir: &Path) -> Result<Vec<(Ipv4Addr, Lease)>, NetworkError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,

@@ -17,15 +17,15 @@
 //! ```
 //!
 //! Where to start: [`ensure_host`] prepares the host (idempotent, about 15 ms, most of it one
-//! `nft` run, so calling it before every attach is affordable and heals a ruleset someone
+//! `nft` run, so calling it before every plug is affordable and heals a ruleset someone
 //! flushed); [`sweep`] releases what dead dynos left, at agent start-up; the per-dyno shim
-//! calls [`attach`] after the container is created and before it is started, and [`detach`]
+//! calls [`plug`] after the container is created and before it is started, and [`unplug`]
 //! when it has ended.
 //!
 //! Every entry point is synchronous: it builds a current-thread tokio runtime for rtnetlink
 //! and drops it before returning, because the shim must stay single-threaded for
 //! libcontainer's sake. The one step that must run inside the dyno's netns does so on a
-//! scoped thread that is joined before `attach` returns, so the caller's own thread never
+//! scoped thread that is joined before `plug` returns, so the caller's own thread never
 //! changes namespace.
 //!
 //! The kernel steps sit behind the private `Dataplane` trait so the ordering and undo logic
@@ -35,8 +35,8 @@
 //!   made visible atomically (an `O_TMPFILE` linked into place), so the file name is the
 //!   cross-process claim on the address and a reader never sees a half-written lease;
 //! - `lock`: `flock`ed by [`ensure_host`] (concurrent shims set the host up once at a time)
-//!   and [`detach`] (so two detaches of one dyno cannot both act on the same lease or port
-//!   while an attach reuses it). `attach` needs no lock: its claims are atomic.
+//!   and [`unplug`] (so two unplugs of one dyno cannot both act on the same lease or port
+//!   while a plug reuses it). `plug` needs no lock: its claims are atomic.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -68,8 +68,8 @@ mod kernel;
 mod lease;
 mod nft;
 
-pub use config::{Attachment, Ipv4Subnet, NetworkConfig};
-use dataplane::{attach_with, detach_with, sweep_with, Dataplane};
+pub use config::{Ipv4Subnet, NetworkConfig, Plug};
+use dataplane::{plug_with, sweep_with, unplug_with, Dataplane};
 pub use error::NetworkError;
 use error::{io_error, netlink_error};
 use host::{disable_ipv6, lock_host, write_sysctls};
@@ -155,12 +155,12 @@ fn host_identity(cfg: &NetworkConfig) -> Option<String> {
 /// The netns must be the container's own (not this process's). On failure everything done
 /// so far (lease, veth) is undone before the error is returned; the nft change is the last
 /// step and atomic, so it never needs undoing.
-pub fn attach(
+pub fn plug(
     cfg: &NetworkConfig,
     dyno_id: &str,
     pid: i32,
     publish: Option<(u16, u16)>,
-) -> Result<Attachment, NetworkError> {
+) -> Result<Plug, NetworkError> {
     cfg.validate()?;
     validate_dyno_id(dyno_id)?;
     if let Some((host_port, dyno_port)) = publish {
@@ -172,42 +172,42 @@ pub fn attach(
         }
     }
     let mut kernel = Kernel::new()?;
-    attach_with(&mut kernel, cfg, dyno_id, pid, publish, rand::random())
+    plug_with(&mut kernel, cfg, dyno_id, pid, publish, rand::random())
 }
 
-/// Removes what [`attach`] made for `dyno_id`: its published ports, its host veth if the
+/// Removes what [`plug`] made for `dyno_id`: its published ports, its host veth if the
 /// kernel has not already taken it with the netns, and its lease. Idempotent; safe after a
-/// partial attach or a crash.
-pub fn detach(cfg: &NetworkConfig, dyno_id: &str) -> Result<(), NetworkError> {
+/// partial plug or a crash.
+pub fn unplug(cfg: &NetworkConfig, dyno_id: &str) -> Result<(), NetworkError> {
     cfg.validate()?;
     validate_dyno_id(dyno_id)?;
     let mut kernel = Kernel::new()?;
-    detach_with(&mut kernel, cfg, dyno_id, Veth::Delete)
+    unplug_with(&mut kernel, cfg, dyno_id, Veth::Delete)
 }
 
-/// [`detach`] for a dyno whose container is gone: its network namespace is being destroyed
+/// [`unplug`] for a dyno whose container is gone: its network namespace is being destroyed
 /// and the kernel removes the veth pair with it. Deleting the host end ourselves would wait
 /// for an RCU grace period (about 15 ms measured) on every dyno's stop path for nothing. A
 /// namespace kept alive by a stray holder keeps its veth until the holder ends; `gc` (which
-/// uses [`detach`]) removes such leftovers.
+/// uses [`unplug`]) removes such leftovers.
 pub fn release(cfg: &NetworkConfig, dyno_id: &str) -> Result<(), NetworkError> {
     cfg.validate()?;
     validate_dyno_id(dyno_id)?;
     let mut kernel = Kernel::new()?;
-    detach_with(&mut kernel, cfg, dyno_id, Veth::LeaveToKernel)
+    unplug_with(&mut kernel, cfg, dyno_id, Veth::LeaveToKernel)
 }
 
-/// Whether detaching deletes the host end of the veth pair.
+/// Whether unplugging deletes the host end of the veth pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Veth {
     Delete,
     LeaveToKernel,
 }
 
-/// Start-up sweep: detaches every dyno that holds a lease or a published port but for which
+/// Start-up sweep: unplugs every dyno that holds a lease or a published port but for which
 /// `alive` says no, and returns their ids. Run it after [`ensure_host`]. `alive` is asked
 /// once per dyno after the leases are read, so while dynos may be starting it must look at
-/// the dyno afresh (its directory exists before it attaches), not at a list made earlier.
+/// the dyno afresh (its directory exists before it plugs), not at a list made earlier.
 pub fn sweep(
     cfg: &NetworkConfig,
     alive: &dyn Fn(&str) -> bool,
@@ -236,7 +236,7 @@ fn validate_dyno_id(id: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Host end of a dyno's veth: derived from the id alone, so detach finds it after a crash
+/// Host end of a dyno's veth: derived from the id alone, so unplug finds it after a crash
 /// with nothing but the id. 13 hex digits (52 bits) keep it within IFNAMSIZ (15) with the
 /// `mf` prefix that tells operators whose it is.
 fn host_veth_name(dyno_id: &str) -> String {
@@ -670,14 +670,14 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
     }
 
     #[test]
-    fn attach_runs_its_steps_in_order() {
+    fn plug_runs_its_steps_in_order() {
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        let attachment = attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+        let plug = plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
         assert_eq!(
-            attachment,
-            Attachment {
+            plug,
+            Plug {
                 address: Ipv4Addr::new(10, 217, 0, 2),
                 gateway: Ipv4Addr::new(10, 217, 0, 1),
                 host_veth: host_veth_name("web.1"),
@@ -697,7 +697,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         assert_eq!(
             leases,
             [(
-                attachment.address,
+                plug.address,
                 Lease {
                     dyno: "web.1".into(),
                     publish: Some((8080, 5000))
@@ -707,7 +707,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
     }
 
     #[test]
-    fn attach_undoes_everything_when_any_step_fails() {
+    fn plug_undoes_everything_when_any_step_fails() {
         for failing in ["create_veth", "configure_inside", "nft"] {
             let state = tempfile::tempdir().unwrap();
             let cfg = test_config(state.path());
@@ -715,7 +715,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                 fail_at: Some(failing),
                 ..Fake::default()
             };
-            let err = attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
+            let err = plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
             assert!(
                 matches!(err, NetworkError::Nft { step, .. } if step == failing),
                 "{failing}: {err}"
@@ -735,14 +735,14 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
     }
 
     #[test]
-    fn attach_reports_a_taken_port_as_such() {
+    fn plug_reports_a_taken_port_as_such() {
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake {
             nft_stderr: Some("Error: Could not process rule: File exists"),
             ..Fake::default()
         };
-        let err = attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
+        let err = plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
         assert!(
             matches!(err, NetworkError::PortInUse { port: 8080 }),
             "{err}"
@@ -755,9 +755,9 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+        plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
         fake.calls.clear();
-        detach_with(&mut fake, &cfg, "web.1", Veth::LeaveToKernel).unwrap();
+        unplug_with(&mut fake, &cfg, "web.1", Veth::LeaveToKernel).unwrap();
         assert!(
             !fake.calls.iter().any(|c| c.starts_with("delete_link")),
             "{:?}",
@@ -772,13 +772,13 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
     }
 
     #[test]
-    fn detach_of_an_unpublished_dyno_never_runs_nft() {
+    fn unplug_of_an_unpublished_dyno_never_runs_nft() {
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        attach_with(&mut fake, &cfg, "worker.1", 42, None, 0).unwrap();
+        plug_with(&mut fake, &cfg, "worker.1", 42, None, 0).unwrap();
         fake.calls.clear();
-        detach_with(&mut fake, &cfg, "worker.1", Veth::Delete).unwrap();
+        unplug_with(&mut fake, &cfg, "worker.1", Veth::Delete).unwrap();
         assert_eq!(
             fake.calls,
             [format!("delete_link {}", host_veth_name("worker.1"))]
@@ -787,15 +787,15 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
     }
 
     #[test]
-    fn detach_retracts_a_published_port_in_one_nft_run_and_tolerates_it_being_gone() {
+    fn unplug_retracts_a_published_port_in_one_nft_run_and_tolerates_it_being_gone() {
         for stderr in [None, Some("Error: Could not process rule: File exists")] {
             let state = tempfile::tempdir().unwrap();
             let cfg = test_config(state.path());
             let mut fake = Fake::default();
-            attach_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+            plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
             fake.calls.clear();
             fake.nft_stderr = stderr;
-            detach_with(&mut fake, &cfg, "web.1", Veth::Delete).unwrap();
+            unplug_with(&mut fake, &cfg, "web.1", Veth::Delete).unwrap();
             assert_eq!(
                 fake.calls,
                 [
@@ -810,28 +810,28 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
     }
 
     #[test]
-    fn detach_keeps_the_lease_when_a_step_fails_so_it_can_be_retried() {
+    fn unplug_keeps_the_lease_when_a_step_fails_so_it_can_be_retried() {
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        attach_with(&mut fake, &cfg, "web.1", 42, None, 0).unwrap();
+        plug_with(&mut fake, &cfg, "web.1", 42, None, 0).unwrap();
         fake.fail_at = Some("delete_link");
-        assert!(detach_with(&mut fake, &cfg, "web.1", Veth::Delete).is_err());
+        assert!(unplug_with(&mut fake, &cfg, "web.1", Veth::Delete).is_err());
         assert_eq!(read_leases(&cfg.lease_dir()).unwrap().len(), 1);
         fake.fail_at = None;
-        detach_with(&mut fake, &cfg, "web.1", Veth::Delete).unwrap();
+        unplug_with(&mut fake, &cfg, "web.1", Veth::Delete).unwrap();
         assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
     }
 
     #[test]
-    fn detach_without_a_lease_looks_for_its_elements() {
+    fn unplug_without_a_lease_looks_for_its_elements() {
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake {
             listing: LISTING.into(),
             ..Fake::default()
         };
-        detach_with(&mut fake, &cfg, "run.9", Veth::Delete).unwrap();
+        unplug_with(&mut fake, &cfg, "run.9", Veth::Delete).unwrap();
         assert_eq!(
             fake.calls,
             [
@@ -845,20 +845,20 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             nft_stderr: Some("Error: No such file or directory"),
             ..Fake::default()
         };
-        detach_with(&mut fake, &cfg, "run.9", Veth::Delete).unwrap();
+        unplug_with(&mut fake, &cfg, "run.9", Veth::Delete).unwrap();
     }
 
     #[test]
-    fn sweep_detaches_dynos_that_are_gone_and_only_those() {
+    fn sweep_unplugs_dynos_that_are_gone_and_only_those() {
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake {
             listing: LISTING.into(),
             ..Fake::default()
         };
-        attach_with(&mut fake, &cfg, "web.1", 42, Some((18080, 5000)), 0).unwrap();
-        attach_with(&mut fake, &cfg, "worker.1", 43, None, 0).unwrap();
-        attach_with(&mut fake, &cfg, "worker.2", 44, None, 0).unwrap();
+        plug_with(&mut fake, &cfg, "web.1", 42, Some((18080, 5000)), 0).unwrap();
+        plug_with(&mut fake, &cfg, "worker.1", 43, None, 0).unwrap();
+        plug_with(&mut fake, &cfg, "worker.2", 44, None, 0).unwrap();
         fake.calls.clear();
         let alive = |id: &str| id == "worker.2";
         // run.9 holds only an nft element (its lease is gone): it is swept too.
@@ -1047,25 +1047,25 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
     }
 
     #[test]
-    fn attach_wires_the_dyno_and_detach_removes_everything() {
-        if !root_or_skip("attach_wires_the_dyno_and_detach_removes_everything") {
+    fn plug_wires_the_dyno_and_unplug_removes_everything() {
+        if !root_or_skip("plug_wires_the_dyno_and_unplug_removes_everything") {
             return;
         }
         let host = TestHost::new();
         let cfg = &host.cfg;
         let dyno = Dyno::new("web.1");
         let port = random_port();
-        let attachment = attach(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
+        let plug = plug(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
         let gateway = cfg.subnet.gateway();
-        assert_eq!(attachment.gateway, gateway);
-        assert_eq!(attachment.published, Some(port));
-        assert_eq!(attachment.host_veth, host_veth_name(&dyno.id));
+        assert_eq!(plug.gateway, gateway);
+        assert_eq!(plug.published, Some(port));
+        assert_eq!(plug.host_veth, host_veth_name(&dyno.id));
 
         assert_eq!(dyno.links(), ["lo", "eth0"]);
-        let expected = format!("eth0 inet {}/24", attachment.address);
+        let expected = format!("eth0 inet {}/24", plug.address);
         assert!(dyno.addresses().contains(&expected), "{}", dyno.addresses());
         let host_links = run("ip", &["-o", "link", "show", "master", &cfg.bridge]);
-        assert!(host_links.contains(&attachment.host_veth), "{host_links}");
+        assert!(host_links.contains(&plug.host_veth), "{host_links}");
         assert!(host_links.contains(",UP,"), "{host_links}");
 
         // The dyno does not reach the host: refused at once (a reset), not left to time out.
@@ -1084,7 +1084,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         };
         ensure_host(&allowed).unwrap();
         let (got, seen) = exchange(&on_host, || dyno.inside(|| connect(gateway, host_port)));
-        assert_eq!((got.as_str(), seen), ("hello", attachment.address));
+        assert_eq!((got.as_str(), seen), ("hello", plug.address));
         ensure_host(cfg).unwrap();
         assert!(dyno.inside(|| connect(gateway, host_port)).is_err());
         // Its resolvers answer on port 53 and on no other port, wherever they are (here on
@@ -1118,13 +1118,13 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             "{refused}"
         );
 
-        detach(cfg, &dyno.id).unwrap();
-        assert!(!run("ip", &["-o", "link"]).contains(&attachment.host_veth));
+        unplug(cfg, &dyno.id).unwrap();
+        assert!(!run("ip", &["-o", "link"]).contains(&plug.host_veth));
         assert_eq!(dyno.links(), ["lo"], "the peer goes with the host end");
         assert!(!host.table().contains(&dyno.id), "{}", host.table());
         assert_eq!(fs::read_dir(cfg.lease_dir()).unwrap().count(), 0);
         assert!(connect(Ipv4Addr::LOCALHOST, port).is_err());
-        detach(cfg, &dyno.id).unwrap();
+        unplug(cfg, &dyno.id).unwrap();
     }
 
     #[test]
@@ -1134,7 +1134,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         }
         let host = TestHost::new();
         let dyno = Dyno::new("web.1");
-        attach(&host.cfg, &dyno.id, dyno.pid(), None).unwrap();
+        plug(&host.cfg, &dyno.id, dyno.pid(), None).unwrap();
         // "The outside": another netns behind a /30 uplink that knows no route to dynos.
         let outside = Dyno::new("outside");
         let [_, _, octet, _] = host.cfg.subnet.network().octets();
@@ -1177,7 +1177,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             ("hello", near),
             "the dyno's address must not leak"
         );
-        detach(&host.cfg, &dyno.id).unwrap();
+        unplug(&host.cfg, &dyno.id).unwrap();
     }
 
     #[test]
@@ -1189,7 +1189,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let cfg = &host.cfg;
         let dyno = Dyno::new("web.1");
         let port = random_port();
-        attach(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
+        plug(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
         std::thread::scope(|scope| {
             let runs: Vec<_> = (0..4).map(|_| scope.spawn(|| ensure_host(cfg))).collect();
             for run in runs {
@@ -1221,20 +1221,20 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                 .trim(),
             "1"
         );
-        detach(cfg, &dyno.id).unwrap();
+        unplug(cfg, &dyno.id).unwrap();
     }
 
     #[test]
-    fn attach_refuses_a_taken_port_and_undoes_itself() {
-        if !root_or_skip("attach_refuses_a_taken_port_and_undoes_itself") {
+    fn plug_refuses_a_taken_port_and_undoes_itself() {
+        if !root_or_skip("plug_refuses_a_taken_port_and_undoes_itself") {
             return;
         }
         let host = TestHost::new();
         let cfg = &host.cfg;
         let (first, second) = (Dyno::new("web.1"), Dyno::new("web.2"));
         let port = random_port();
-        attach(cfg, &first.id, first.pid(), Some((port, 5000))).unwrap();
-        let err = attach(cfg, &second.id, second.pid(), Some((port, 5000))).unwrap_err();
+        plug(cfg, &first.id, first.pid(), Some((port, 5000))).unwrap();
+        let err = plug(cfg, &second.id, second.pid(), Some((port, 5000))).unwrap_err();
         assert!(
             matches!(err, NetworkError::PortInUse { port: p } if p == port),
             "{err}"
@@ -1255,17 +1255,17 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             exchange(&in_first, || connect(Ipv4Addr::LOCALHOST, port)).0,
             "hello"
         );
-        detach(cfg, &first.id).unwrap();
+        unplug(cfg, &first.id).unwrap();
     }
 
     #[test]
-    fn attach_refuses_the_hosts_namespace_and_a_missing_bridge() {
-        if !root_or_skip("attach_refuses_the_hosts_namespace_and_a_missing_bridge") {
+    fn plug_refuses_the_hosts_namespace_and_a_missing_bridge() {
+        if !root_or_skip("plug_refuses_the_hosts_namespace_and_a_missing_bridge") {
             return;
         }
         let host = TestHost::new();
         let own_pid = i32::try_from(std::process::id()).unwrap();
-        let err = attach(&host.cfg, "web.1", own_pid, None).unwrap_err();
+        let err = plug(&host.cfg, "web.1", own_pid, None).unwrap_err();
         assert!(matches!(err, NetworkError::SharedNamespace { .. }), "{err}");
         assert_eq!(read_leases(&host.cfg.lease_dir()).unwrap(), []);
 
@@ -1274,7 +1274,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             bridge: "mftnobridge".into(),
             ..host.cfg.clone()
         };
-        let err = attach(&no_bridge, &dyno.id, dyno.pid(), None).unwrap_err();
+        let err = plug(&no_bridge, &dyno.id, dyno.pid(), None).unwrap_err();
         assert!(matches!(err, NetworkError::BridgeMissing { .. }), "{err}");
         assert_eq!(read_leases(&host.cfg.lease_dir()).unwrap(), []);
         assert_eq!(dyno.links(), ["lo"]);
@@ -1289,8 +1289,8 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let cfg = &host.cfg;
         let (web, worker) = (Dyno::new("web.1"), Dyno::with_user_namespace("worker.1"));
         let (web_port, worker_port) = (random_port(), random_port().wrapping_add(1));
-        let web_net = attach(cfg, &web.id, web.pid(), Some((web_port, 5000))).unwrap();
-        let worker_net = attach(cfg, &worker.id, worker.pid(), Some((worker_port, 5000))).unwrap();
+        let web_net = plug(cfg, &web.id, web.pid(), Some((web_port, 5000))).unwrap();
+        let worker_net = plug(cfg, &worker.id, worker.pid(), Some((worker_port, 5000))).unwrap();
 
         // worker → host:web_port is refused (only routers reach published ports), and
         // worker → web directly finds no way across the bridge (isolated ports).
@@ -1329,17 +1329,17 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             .collect();
         assert_eq!(leases, std::slice::from_ref(&web.id));
         assert_eq!(sweep(cfg, &|_: &str| true).unwrap(), Vec::<String>::new());
-        detach(cfg, &web.id).unwrap();
+        unplug(cfg, &web.id).unwrap();
     }
 
-    /// `cargo test -- --ignored --nocapture attach_detach_timing`: medians of 21 rounds of
-    /// ensure_host on a set-up host, and of attach and detach, each with a fresh netns,
-    /// detached while it lives (the kernel deletes the veth on our clock) and after it is
+    /// `cargo test -- --ignored --nocapture plug_unplug_timing`: medians of 21 rounds of
+    /// ensure_host on a set-up host, and of plug and unplug, each with a fresh netns,
+    /// unplugged while it lives (the kernel deletes the veth on our clock) and after it is
     /// gone (the kernel already has).
     #[test]
     #[ignore = "timing, not a check"]
-    fn attach_detach_timing() {
-        if !root_or_skip("attach_detach_timing") {
+    fn plug_unplug_timing() {
+        if !root_or_skip("plug_unplug_timing") {
             return;
         }
         let host = TestHost::new();
@@ -1357,26 +1357,26 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         println!("ensure_host, already set up: {:?}", median(reruns));
         for publish in [None, Some((random_port(), 5000))] {
             for after_exit in [false, true] {
-                let (mut attaches, mut detaches) = (Vec::new(), Vec::new());
+                let (mut plugs, mut unplugs) = (Vec::new(), Vec::new());
                 for _ in 0..21 {
                     let dyno = Dyno::new("time");
                     let started = Instant::now();
-                    attach(&host.cfg, &dyno.id, dyno.pid(), publish).unwrap();
-                    attaches.push(started.elapsed());
+                    plug(&host.cfg, &dyno.id, dyno.pid(), publish).unwrap();
+                    plugs.push(started.elapsed());
                     let id = dyno.id.clone();
                     if after_exit {
                         drop(dyno);
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     let started = Instant::now();
-                    detach(&host.cfg, &id).unwrap();
-                    detaches.push(started.elapsed());
+                    unplug(&host.cfg, &id).unwrap();
+                    unplugs.push(started.elapsed());
                 }
                 println!(
-                    "publish {:5} detach after exit {after_exit:5}: attach {:?} detach {:?}",
+                    "publish {:5} unplug after exit {after_exit:5}: plug {:?} unplug {:?}",
                     publish.is_some(),
-                    median(attaches),
-                    median(detaches)
+                    median(plugs),
+                    median(unplugs)
                 );
             }
         }

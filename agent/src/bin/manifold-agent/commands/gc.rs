@@ -29,7 +29,7 @@ pub(crate) fn gc(host: &HostConfig, slug_retention: std::time::Duration) -> anyh
     // Repairs the host's bridge and rules too, in case someone flushed them.
     network::ensure_host(net)?;
     // Asked afresh for each dyno holding a network: a dyno started since the listing above
-    // (by a daemon or another `run`) has its directory before it attaches, so it is kept.
+    // (by a daemon or another `run`) has its directory before it plugs in, so it is kept.
     let alive = |id: &str| {
         shim_alive(&DynoDir {
             root: host.dynos_dir().join(id),
