@@ -266,7 +266,7 @@ impl Dyno {
                 // it must not run on this task's thread.
                 let (config, dir) = (self.config.clone(), self.dir.clone());
                 let errors =
-                    tokio::task::spawn_blocking(move || shim::cleanup(&config, &dir, None))
+                    tokio::task::spawn_blocking(move || shim::cleanup_on_host(&config, &dir))
                         .await
                         .unwrap_or_else(|e| vec![format!("cleanup: {e}")]);
                 life.record(

@@ -48,7 +48,8 @@
 //! Files: `start.rs` (the start steps, in order), `supervise.rs` (the event loop), `stop.rs`
 //! (the stop's states and signals), `teardown.rs` (each step undone, in reverse),
 //! `recorder.rs` (`stream.jsonl`), `attach.rs` (an attached one-off's session), `spec.rs`
-//! (the OCI spec).
+//! (the OCI spec), `edge/` (the kernel work of the steps and the teardown, behind traits:
+//! this host's, or the recording fake `tests.rs` runs the shim's decisions against).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -57,7 +58,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use libcontainer::container::Container;
 use manifold_attach::Frame;
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::{setsid, Pid};
@@ -67,17 +67,22 @@ use crate::host::cgroup::{self, Layout, Sentinel, ShimCgroup};
 use crate::logs::{LineBudget, LineSplitter};
 
 mod attach;
+mod edge;
 mod recorder;
 pub mod spec;
 mod start;
 mod stop;
 mod supervise;
 mod teardown;
+#[cfg(test)]
+mod tests;
 
 use attach::Session;
+use edge::{Container, Edge};
 use recorder::Recorder;
 pub use recorder::SEGMENT_BYTES;
-pub use teardown::{cleanup, remove_dead};
+use teardown::cleanup;
+pub use teardown::{cleanup_on_host, remove_dead};
 
 /// Set by the signal handler when a stop is asked for before signals are routed to the
 /// signalfd (while the container is still being built).
@@ -146,6 +151,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         config,
         dir,
         out,
+        edge: Edge::kernel(),
         container: None,
         session: None,
         termed: HashSet::new(),
@@ -174,7 +180,12 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         .take()
         .map(|cpu| cpu.leave(std::process::id()))
         .unwrap_or_default();
-    errors.extend(cleanup(&shim.config, &shim.dir, shim.container.take()));
+    errors.extend(cleanup(
+        &shim.edge,
+        &shim.config,
+        &shim.dir,
+        shim.container.take(),
+    ));
     shim.out.event(ShimEvent::Cleaned { errors });
     Ok(0)
 }
@@ -190,7 +201,9 @@ struct Shim {
     config: DynoConfig,
     dir: DynoDir,
     out: Recorder,
-    container: Option<Container>,
+    /// The kernel work of its steps (`edge`): this host's, or a test's fake.
+    edge: Edge,
+    container: Option<Box<dyn Container>>,
     /// An attached dyno's socket and the buffers between its client and the dyno, from
     /// before the container exists to the dyno's end.
     session: Option<Session>,

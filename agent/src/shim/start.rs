@@ -1,34 +1,23 @@
 //! Starting a dyno: the shim's start steps, in order.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::Container;
-use libcontainer::oci_spec::runtime::Spec;
-use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{self, SigHandler, Signal};
-use nix::unistd::{pipe2, Pid};
+use nix::unistd::pipe2;
 
 use crate::dyno::{DynoConfig, DynoDir, ShimEvent, Stream};
-use crate::host::cgroup::{self, Sentinel, ShimCgroup};
-use crate::host::inotify;
-use crate::host::network;
 use crate::host::quota;
 use crate::host::rootfs::{self, Overlay};
 use crate::host::seccomp::Filter;
-use crate::host::slug::{SlugCache, UnpackLimits};
 use crate::logs::{LineBudget, LineSplitter};
 
 use super::attach::{self, ConsoleSocket, DynoIo, Session};
-use super::{memory_dir, spec, Running, Shim};
+use super::edge::Streams;
+use super::{spec, Running, Shim};
 
 /// The shim's start steps, in the order they run; a failure names its step in the dyno's
 /// log (`failed` event) and to an attached client. What each makes, [`cleanup`] undoes
@@ -95,31 +84,6 @@ pub(super) struct StartFailure {
     pub(super) message: String,
 }
 
-/// The shim's own OOM score adjustment (kept across libcontainer's `build()`).
-const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
-
-/// libcontainer's last step in the dyno's init: puts it under its seccomp filter, then
-/// executes the command as libcontainer's default executor does. Between the two only the
-/// `execve`s of the `PATH` lookup run, so the filter need not allow what libcontainer's
-/// setup needs, and a dyno never runs a line of its own code unfiltered.
-#[derive(Clone)]
-struct Filtered {
-    filter: Arc<Filter>,
-}
-
-impl Executor for Filtered {
-    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        self.filter
-            .install()
-            .map_err(|e| ExecutorError::Other(format!("seccomp filter not installed: {e}")))?;
-        DefaultExecutor {}.exec(spec)
-    }
-
-    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
-    }
-}
-
 /// Names the step a result belongs to, so that its error becomes that step's failure.
 trait Step<T> {
     fn step(self, step: StartStep) -> Result<T, StartFailure>;
@@ -150,11 +114,11 @@ enum Stdio {
 
 /// Makes the dyno's standard streams: the shim's ends (nonblocking), and the dyno's stdin,
 /// stdout and stderr for libcontainer (none for a terminal, which the init opens itself).
-fn stdio(c: &DynoConfig, dir: &DynoDir) -> io::Result<(Stdio, Option<[OwnedFd; 3]>)> {
+fn stdio(c: &DynoConfig, dir: &DynoDir) -> io::Result<(Stdio, Streams)> {
     if c.attach.is_some_and(|a| a.tty) {
         return Ok((
             Stdio::Tty(ConsoleSocket::listen(&dir.console_socket())?),
-            None,
+            Streams::Terminal,
         ));
     }
     let ours = |fd: OwnedFd| -> io::Result<File> {
@@ -168,7 +132,7 @@ fn stdio(c: &DynoConfig, dir: &DynoDir) -> io::Result<(Stdio, Option<[OwnedFd; 3
         let devnull = OwnedFd::from(File::open("/dev/null")?);
         return Ok((
             Stdio::Logged { stdout, stderr },
-            Some([devnull, out_w, err_w]),
+            Streams::Fds([devnull, out_w, err_w]),
         ));
     }
     let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC)?;
@@ -179,7 +143,7 @@ fn stdio(c: &DynoConfig, dir: &DynoDir) -> io::Result<(Stdio, Option<[OwnedFd; 3
             stdout,
             stderr,
         },
-        Some([in_r, out_w, err_w]),
+        Streams::Fds([in_r, out_w, err_w]),
     ))
 }
 
@@ -191,32 +155,35 @@ impl Shim {
         self.listen_for_client()?;
         let stack = self.mount_rootfs()?;
         let filter = self.write_spec(&stack)?;
-        let stdio = self.build_container(filter)?;
-        let pid = self.limit_cgroups()?;
-        // Its user namespace exists and its command has not started: give the namespace its
-        // own inotify limits, so that the dyno cannot use up host root's (a child process
-        // does it while the network is wired below).
-        let limiting = inotify::raise_host_limit(Path::new("/proc/sys"))
-            .and_then(|()| inotify::limit_dyno(Pid::from_raw(pid.as_raw())));
+        let (stdio, container) = self.build_container(filter)?;
+        let pid = container
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
+            .step(StartStep::Container)?;
+        self.container = Some(container);
+        self.limit_cgroups()?;
+        let limiting = self.edge.runtime.limit_user_namespace(pid);
         self.join_cpu_cgroups();
         let logged = self.connect_stdio(stdio)?;
-        let c = &self.config;
-        let publish = c.publish.zip(c.port);
-        let plug = network::plug(&c.host.network, &c.id, pid.as_raw(), publish)
+        let plug = self
+            .edge
+            .network
+            .plug(&self.config, pid)
             .step(StartStep::Network)?;
-        if let Err(err) = limiting.and_then(inotify::Limiting::wait) {
-            tracing::warn!("dyno {}: inotify limits not set: {err}", c.id);
+        if let Err(err) = limiting() {
+            tracing::warn!("dyno {}: inotify limits not set: {err}", self.config.id);
         }
-        let container = self.container.as_mut().ok_or_else(|| StartFailure {
-            step: StartStep::Start.name(),
-            message: "no container".into(),
-        })?;
-        container.start().step(StartStep::Start)?;
+        if let Some(container) = self.container.as_mut() {
+            container.start().step(StartStep::Start)?;
+        }
         self.out.event(ShimEvent::Started {
             pid: pid.as_raw(),
             address: plug.address,
         });
-        let budget = c.log_rate.map(|rate| LineBudget::new(rate, Instant::now()));
+        let budget = self
+            .config
+            .log_rate
+            .map(|rate| LineBudget::new(rate, Instant::now()));
         Ok(Running {
             pid,
             logged,
@@ -238,20 +205,13 @@ impl Shim {
     /// [`StartStep::Rootfs`]: the overlay of the slug's layer on the stack, with the dyno's
     /// writable layer under its disk quota. Returns the stack's directory.
     fn mount_rootfs(&mut self) -> Result<PathBuf, StartFailure> {
-        let c = &self.config;
+        let (c, mounts) = (&self.config, &self.edge.mounts);
         let stack = rootfs::find_stack(&c.host.stacks_dir(), &c.stack).step(StartStep::Stack)?;
-        let mut lower = Vec::new();
-        if let Some(slug) = &c.slug {
-            let cache = SlugCache::new(
-                c.host.slug_layers_dir(c.host_ids()),
-                UnpackLimits::default(),
-                Some(c.host_ids()),
-            );
-            let layer = cache
-                .layer(&slug.path, slug.sha256.as_deref())
-                .step(StartStep::Slug)?;
-            lower.push(layer.dir);
-        }
+        let mut lower: Vec<PathBuf> = mounts
+            .slug_layer(c)
+            .step(StartStep::Slug)?
+            .into_iter()
+            .collect();
         lower.push(stack.clone());
         let overlay = Overlay {
             lower,
@@ -259,27 +219,27 @@ impl Shim {
             work: self.dir.work(),
             merged: self.dir.rootfs(),
         };
-        let app_owner = c.slug.is_none().then_some(c.host_ids());
-        rootfs::close_to_host_users(&self.dir.root, c.host.host_ids(0, 0).1)
-            .step(StartStep::Rootfs)?;
-        if let quota::Made::Unlimited(why) =
-            quota::limited_dir(&self.dir.disk(), c.size.limits().disk).step(StartStep::Disk)?
+        if let quota::Made::Unlimited(why) = mounts
+            .limit_disk(&self.dir.disk(), c.size.limits().disk)
+            .step(StartStep::Disk)?
         {
             tracing::debug!("dyno {}: no disk quota: {why}", c.id);
         }
-        overlay.mount(app_owner).step(StartStep::Rootfs)?;
         let binds: Vec<_> = c
             .mounts
             .iter()
             .map(|m| (m.source.clone(), m.destination.clone()))
             .collect();
-        rootfs::make_mount_points(&self.dir.rootfs(), &binds).step(StartStep::Rootfs)?;
+        mounts
+            .mount(c, &self.dir, &overlay, &binds)
+            .step(StartStep::Rootfs)?;
         Ok(stack)
     }
 
     /// [`StartStep::Spec`] and [`StartStep::Seccomp`]: the bundle's `config.json`, and the
-    /// seccomp filter taken out of it, to be installed by the shim's executor (compiled
-    /// once per host, rather than by libcontainer in every dyno: `seccomp` module).
+    /// seccomp filter taken out of it, to be installed by the runtime just before the
+    /// command (compiled once per host, rather than by libcontainer in every dyno:
+    /// `seccomp` module).
     fn write_spec(&mut self, stack: &Path) -> Result<Filter, StartFailure> {
         let c = &self.config;
         let mut spec = spec::build(c, &self.dir, spec::shell_for(stack)).step(StartStep::Spec)?;
@@ -294,90 +254,51 @@ impl Shim {
         Ok(filter)
     }
 
-    /// [`StartStep::HostNetwork`], [`StartStep::Pipes`] and [`StartStep::Container`]:
-    /// libcontainer builds the container, whose init waits for [`StartStep::Start`].
-    /// Returns the shim's ends of the dyno's standard streams.
-    fn build_container(&mut self, filter: Filter) -> Result<Stdio, StartFailure> {
+    /// [`StartStep::HostNetwork`], [`StartStep::Pipes`] and [`StartStep::Container`]: the
+    /// runtime builds the container, whose init waits for [`StartStep::Start`]. Returns the
+    /// shim's ends of the dyno's standard streams, and the container.
+    fn build_container(
+        &mut self,
+        filter: Filter,
+    ) -> Result<(Stdio, Box<dyn super::edge::Container>), StartFailure> {
         let c = &self.config;
-        network::ensure_host_cached(&c.host.network).step(StartStep::HostNetwork)?;
+        self.edge
+            .network
+            .ensure_host(c)
+            .step(StartStep::HostNetwork)?;
         let (stdio, theirs) = stdio(c, &self.dir).step(StartStep::Pipes)?;
-        fs::create_dir_all(c.host.containers_dir()).step(StartStep::Container)?;
-        // libcontainer writes the spec's `oomScoreAdj` into its caller, the shim, for the
-        // dyno's init to inherit; the shim itself keeps the agent's protection, so that the
-        // host's OOM killer takes the dyno's memory, never the process that reports its end.
-        let own_oom_score_adj = fs::read_to_string(OOM_SCORE_ADJ).step(StartStep::Container)?;
-        // Rust ignores SIGPIPE; the dyno must not inherit that.
-        // SAFETY: restoring a default disposition.
-        unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        let container = self
+            .edge
+            .runtime
+            .build(c, &self.dir, theirs, filter)
             .step(StartStep::Container)?;
-        let built = ContainerBuilder::new(c.id.clone(), SyscallType::default())
-            .with_root_path(c.host.containers_dir())
-            .and_then(|b| b.validate_id())
-            .map(|b| {
-                match theirs {
-                    Some([stdin, stdout, stderr]) => {
-                        b.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr)
-                    }
-                    None => b.with_console_socket(Some(self.dir.console_socket())),
-                }
-                .with_executor(Filtered {
-                    filter: Arc::new(filter),
-                })
-                .as_init(self.dir.bundle())
-                .with_systemd(c.host.cgroup_driver == cgroup::Driver::Systemd)
-                .with_detach(true)
-            })
-            .and_then(|b| b.build());
-        // SAFETY: back to Rust's usual disposition for the shim's own writes.
-        unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }
-            .step(StartStep::Container)?;
-        self.container = Some(built.step(StartStep::Container)?);
-        fs::write(OOM_SCORE_ADJ, own_oom_score_adj.trim()).step(StartStep::Container)?;
-        Ok(stdio)
+        Ok((stdio, container))
     }
 
     /// [`StartStep::Cgroup`]: no swap for the dyno, and a systemd scope kept until its end
-    /// is read. Returns the init's pid.
-    fn limit_cgroups(&mut self) -> Result<Pid, StartFailure> {
+    /// is read.
+    fn limit_cgroups(&mut self) -> Result<(), StartFailure> {
         let c = &self.config;
-        let (layout, memory) = memory_dir(c);
-        cgroup::forbid_swap(layout, &memory).step(StartStep::Cgroup)?;
-        if c.host.cgroup_driver == cgroup::Driver::Systemd {
-            match Sentinel::start(&memory) {
-                Ok(sentinel) => self.sentinel = Some(sentinel),
-                Err(err) => tracing::warn!(
-                    "dyno {}: its scope may go before its end is read (an OOM kill then goes unreported): {err}",
-                    c.id
-                ),
-            }
+        self.edge.cgroups.forbid_swap(c).step(StartStep::Cgroup)?;
+        match self.edge.cgroups.keep_scope(c) {
+            Ok(sentinel) => self.sentinel = sentinel,
+            Err(err) => tracing::warn!(
+                "dyno {}: its scope may go before its end is read (an OOM kill then goes unreported): {err}",
+                c.id
+            ),
         }
-        let pid = self
-            .container
-            .as_ref()
-            .and_then(Container::pid)
-            .ok_or_else(|| anyhow::anyhow!("container has no init pid"))
-            .step(StartStep::Container)?;
-        Ok(pid)
+        Ok(())
     }
 
     /// The shim's own CPU into the dyno's cgroups (`<dyno>/shim`), once they exist and
     /// before its command starts, so that all the dyno writes is relayed on the dyno's CPU.
     /// Not joining costs the host, not the dyno: warned about, not a failure.
     fn join_cpu_cgroups(&mut self) {
-        let c = &self.config;
-        let cgroup_path = c.host.dyno_cgroup(&c.id);
-        match cgroup::own_cgroups().and_then(|own| {
-            ShimCgroup::join(
-                Path::new(cgroup::ROOT),
-                &cgroup_path,
-                std::process::id(),
-                &own,
-            )
-        }) {
+        match self.edge.cgroups.join_cpu(&self.config) {
             Ok(cpu) => self.cpu = Some(cpu),
             Err(err) => tracing::warn!(
                 "dyno {}: the shim's CPU stays outside the dyno: {}",
-                c.id,
+                self.config.id,
                 crate::error::chain(&err)
             ),
         }

@@ -104,7 +104,7 @@ impl Shim {
     /// its way out of the signal.
     pub(super) fn signal_all(&mut self, sig: Signal) {
         if let Some(container) = self.container.as_mut() {
-            if let Err(err) = container.kill(sig, true) {
+            if let Err(err) = container.kill_all(sig) {
                 tracing::warn!("cannot send {sig} to dyno {}: {err}", self.config.id);
             }
         }

@@ -1,22 +1,19 @@
 //! Tearing a dyno down: what its start steps made, undone.
 
-use std::fs::{self};
+use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
-
-use libcontainer::container::Container;
+use std::path::Path;
 
 use crate::dyno::{DynoConfig, DynoDir};
-use crate::host::cgroup::{self, Layout};
-use crate::host::network;
-use crate::host::rootfs::{self};
+
+use super::edge::{Container, Edge};
 
 /// Removes a dyno whose shim is gone (`gc`, or an agent finding it at start-up): whatever it
 /// left (see [`cleanup`]), then its directory. Returns what [`cleanup`] could not remove; an
 /// error when the directory stays.
 pub fn remove_dead(dir: &DynoDir) -> io::Result<Vec<String>> {
     let errors = match dir.read_config() {
-        Ok(config) => cleanup(&config, dir, None),
+        Ok(config) => cleanup(&Edge::kernel(), &config, dir, None),
         Err(_) => Vec::new(),
     };
     fs::remove_dir_all(&dir.root)?;
@@ -63,52 +60,53 @@ const TEARDOWN: [Undo; 8] = [
 /// Removes everything a dyno had, whatever state it is in: [`TEARDOWN`], each step
 /// idempotent, so this also serves a sweep after a crash or a start that failed half-way.
 /// Returns what could not be removed.
-pub fn cleanup(config: &DynoConfig, dir: &DynoDir, container: Option<Container>) -> Vec<String> {
+pub(super) fn cleanup(
+    edge: &Edge,
+    config: &DynoConfig,
+    dir: &DynoDir,
+    container: Option<Box<dyn Container>>,
+) -> Vec<String> {
     let mut container = container;
     let mut errors = Vec::new();
     for undo in TEARDOWN {
-        errors.extend(undo.run(config, dir, &mut container));
+        errors.extend(undo.run(edge, config, dir, &mut container));
     }
     errors
+}
+
+/// [`cleanup`] on this host, for a dyno whose shim is not the caller (a runner that found
+/// the shim gone).
+pub fn cleanup_on_host(config: &DynoConfig, dir: &DynoDir) -> Vec<String> {
+    cleanup(&Edge::kernel(), config, dir, None)
 }
 
 impl Undo {
     /// Undoes this part of the dyno, if it is there. Returns what could not be removed.
     fn run(
         self,
+        edge: &Edge,
         config: &DynoConfig,
         dir: &DynoDir,
-        container: &mut Option<Container>,
+        container: &mut Option<Box<dyn Container>>,
     ) -> Vec<String> {
-        let state = config.host.containers_dir().join(&config.id);
+        let failed = |what: &str, err: anyhow::Error| vec![format!("{what}: {err:#}")];
         match self {
-            Undo::ShimCgroups => cgroup::remove_shim_cgroups(
-                Path::new(cgroup::ROOT),
-                &config.host.dyno_cgroup(&config.id),
-            ),
+            Undo::ShimCgroups => edge.cgroups.remove_shim_cgroups(config),
             Undo::Container => {
-                let loaded = container.take().or_else(|| Container::load(state).ok());
-                match loaded.map(|mut c| c.delete(true)) {
-                    Some(Err(err)) => vec![format!("container: {err}")],
+                let loaded = container.take().or_else(|| edge.runtime.load(config));
+                match loaded.map(|mut c| c.delete()) {
+                    Some(Err(err)) => failed("container", err),
                     _ => Vec::new(),
                 }
             }
-            Undo::State => match fs::remove_dir_all(&state) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    vec![format!("container state {}: {e}", state.display())]
-                }
-                _ => Vec::new(),
+            Undo::State => edge.runtime.remove_state(config),
+            Undo::Cgroups => edge.cgroups.remove_dyno_cgroups(config),
+            Undo::Network => match edge.network.release(config) {
+                Err(err) => failed("network", err),
+                Ok(()) => Vec::new(),
             },
-            Undo::Cgroups if config.host.cgroup_driver == cgroup::Driver::Cgroupfs => {
-                remove_cgroups(&config.host.cgroup_parent, &config.id)
-            }
-            Undo::Cgroups => Vec::new(),
-            Undo::Network => match network::release(&config.host.network, &config.id) {
-                Err(err) => vec![format!("network: {err}")],
-                Ok(_) => Vec::new(),
-            },
-            Undo::Rootfs => match rootfs::unmount(&dir.rootfs()) {
-                Err(err) => vec![format!("rootfs: {err}")],
+            Undo::Rootfs => match edge.mounts.unmount(&dir.rootfs()) {
+                Err(err) => failed("rootfs", err),
                 Ok(()) => Vec::new(),
             },
             Undo::Bundle => remove_dir(&dir.bundle()),
@@ -123,29 +121,4 @@ fn remove_dir(d: &Path) -> Vec<String> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => vec![format!("{}: {e}", d.display())],
         _ => Vec::new(),
     }
-}
-
-/// Removes the dyno's cgroup directories if libcontainer left any (a crash mid-create leaves
-/// a cgroup but no state for `delete` to find).
-fn remove_cgroups(parent: &str, id: &str) -> Vec<String> {
-    let root = Path::new(cgroup::ROOT);
-    let dirs: Vec<PathBuf> = match Layout::detect(root) {
-        Layout::V2 => vec![root.join(parent).join(id)],
-        Layout::V1 => fs::read_dir(root)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path().join(parent).join(id))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
-    dirs.into_iter()
-        .filter(|d| d.is_dir())
-        .filter_map(|d| {
-            fs::remove_dir(&d)
-                .err()
-                .map(|e| format!("cgroup {}: {e}", d.display()))
-        })
-        .collect()
 }
