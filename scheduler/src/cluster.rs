@@ -271,26 +271,31 @@ impl Cluster {
         lock(&self.placed).get(host).cloned().unwrap_or_default()
     }
 
-    /// Sends a host its full set of running dynos with its generation.
-    pub async fn push_assignments(&self, host: &str) -> Result<(), StoreError> {
-        let Some(generation) = self
+    /// Sends each of `hosts` its full set of running dynos with its generation. The store
+    /// is read once for all of them (a reconcile that changed many hosts pays one read, not
+    /// one per host).
+    pub async fn push_assignments(
+        &self,
+        hosts: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<(), StoreError> {
+        let hosts: HashSet<String> = hosts.into_iter().map(|h| h.as_ref().to_owned()).collect();
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let generations: HashMap<String, u64> = self
             .store
             .hosts()
             .await?
             .into_iter()
-            .find(|h| h.id == host)
-            .map(|h| h.generation)
-        else {
-            return Ok(());
-        };
-        let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
-        let on_host: Vec<Dyno> = self
-            .store
-            .dynos(None)
-            .await?
-            .into_iter()
-            .filter(|d| d.host_id == host)
+            .filter(|h| hosts.contains(&h.id))
+            .map(|h| (h.id, h.generation))
             .collect();
+        let mut on_hosts: HashMap<String, Vec<Dyno>> = HashMap::new();
+        for d in self.store.dynos(None).await? {
+            if generations.contains_key(&d.host_id) {
+                on_hosts.entry(d.host_id.clone()).or_default().push(d);
+            }
+        }
         let apps: HashMap<Uuid, App> = self
             .store
             .apps()
@@ -298,47 +303,50 @@ impl Cluster {
             .into_iter()
             .map(|a| (a.id, a))
             .collect();
-        // Every dyno of the host, stopping ones too: their last lines are still to come.
-        let placed = on_host
-            .iter()
-            .filter_map(|d| {
-                let app = apps.get(&d.app_id)?;
-                let placed = Placed {
-                    app: app.name.clone(),
-                    name: d.name.clone(),
-                };
-                Some((d.id.clone(), placed))
-            })
-            .collect();
-        lock(&self.placed).insert(host.to_string(), Arc::new(placed));
-        let dynos: Vec<Dyno> = on_host
-            .into_iter()
-            .filter(|d| d.desired == Desired::Running || held.contains(&d.id))
-            .collect();
+        let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
         let mut releases: HashMap<(Uuid, u32), ReleaseInfo> = HashMap::new();
-        let mut out = Vec::new();
-        for d in dynos {
-            let Some(app) = apps.get(&d.app_id) else {
-                continue;
-            };
-            let key = (d.app_id, d.release_version);
-            if let std::collections::hash_map::Entry::Vacant(e) = releases.entry(key) {
-                let release = self.store.release(&app.name, d.release_version).await?;
-                let slug = self.store.slug(release.slug_id).await?;
-                e.insert((release.config, slug));
+        for (host, generation) in generations {
+            let on_host = on_hosts.remove(&host).unwrap_or_default();
+            // Every dyno of the host, stopping ones too: their last lines are still to come.
+            let placed = on_host
+                .iter()
+                .filter_map(|d| {
+                    let app = apps.get(&d.app_id)?;
+                    let placed = Placed {
+                        app: app.name.clone(),
+                        name: d.name.clone(),
+                    };
+                    Some((d.id.clone(), placed))
+                })
+                .collect();
+            lock(&self.placed).insert(host.clone(), Arc::new(placed));
+            let mut out = Vec::new();
+            for d in on_host {
+                if d.desired != Desired::Running && !held.contains(&d.id) {
+                    continue;
+                }
+                let Some(app) = apps.get(&d.app_id) else {
+                    continue;
+                };
+                let key = (d.app_id, d.release_version);
+                if let std::collections::hash_map::Entry::Vacant(e) = releases.entry(key) {
+                    let release = self.store.release(&app.name, d.release_version).await?;
+                    let slug = self.store.slug(release.slug_id).await?;
+                    e.insert((release.config, slug));
+                }
+                let Some((config, slug)) = releases.get(&key) else {
+                    continue;
+                };
+                out.push(assignment(app, d, config, slug));
             }
-            let Some((config, slug)) = releases.get(&key) else {
-                continue;
-            };
-            out.push(assignment(app, d, config, slug));
+            self.send(
+                &host,
+                scheduler_message::Kind::Assignments(Assignments {
+                    generation,
+                    dynos: out,
+                }),
+            );
         }
-        self.send(
-            host,
-            scheduler_message::Kind::Assignments(Assignments {
-                generation,
-                dynos: out,
-            }),
-        );
         Ok(())
     }
 
@@ -366,7 +374,7 @@ impl Cluster {
                     tokio::time::sleep(DRAIN_POLL).await;
                 }
                 lock(&cluster.held_stops).remove(&id);
-                if let Err(err) = cluster.push_assignments(&host).await {
+                if let Err(err) = cluster.push_assignments([&host]).await {
                     tracing::warn!("cannot tell {host} to stop {id}: {err}");
                 }
             });

@@ -38,7 +38,7 @@ impl Core {
             hello.address,
             hello.dynos.len()
         );
-        self.cluster.push_assignments(host).await?;
+        self.cluster.push_assignments([host]).await?;
         self.poke();
         Ok(serial)
     }

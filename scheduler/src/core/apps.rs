@@ -194,7 +194,7 @@ impl Core {
             .await?;
         Counters::add(&self.counters.placements, 1);
         tracing::info!("placing {} ({}) on {host}", dyno.name, dyno.id);
-        self.cluster.push_assignments(&host).await?;
+        self.cluster.push_assignments([&host]).await?;
         Ok(dyno)
     }
 
@@ -232,9 +232,7 @@ impl Core {
         self.store.delete_app(name).await?;
         self.logs.remove_app(name);
         self.routing.remove_app(name);
-        for host in changed.keys() {
-            self.cluster.push_assignments(host).await?;
-        }
+        self.cluster.push_assignments(changed.keys()).await?;
         Ok(())
     }
 }

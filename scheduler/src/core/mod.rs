@@ -294,9 +294,7 @@ impl Core {
                 .cloned()
                 .collect();
             self.hold_stops(&stopped);
-            for host in changed.keys() {
-                self.cluster.push_assignments(host).await?;
-            }
+            self.cluster.push_assignments(changed.keys()).await?;
         }
         self.routing.idle_apps(&apps, &dynos).await;
         let apps: Vec<App> = apps.into_iter().map(|a| a.app).collect();
@@ -333,9 +331,7 @@ impl Core {
         }
         self.routing.refresh(&hosts, &dynos, &apps, &HashSet::new());
         self.hold_stops(&stopped);
-        for host in changed.keys() {
-            self.cluster.push_assignments(host).await?;
-        }
+        self.cluster.push_assignments(changed.keys()).await?;
         self.poke();
         Ok(())
     }
