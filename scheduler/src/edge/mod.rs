@@ -233,3 +233,6 @@ impl Routing {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
