@@ -328,7 +328,7 @@ async fn a_router_process_gets_certificates_over_the_wire() {
     assert_eq!(got, Some(uploaded), "the uploaded certificate, by SNI");
     // The default certificate, from the cluster CA, for the app's default name.
     assert!(
-        served_leaf(tls_addr, "web.localhost", &[cluster_ca.clone()])
+        served_leaf(tls_addr, "web.localhost", std::slice::from_ref(&cluster_ca))
             .await
             .is_some()
     );
