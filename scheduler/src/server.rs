@@ -124,6 +124,7 @@ pub async fn serve(
     .into_axum_router();
     let app = crate::api::router(core.clone()).merge(grpc);
     let limits = core.settings.api.clone();
+    let edge = tokio::spawn(crate::edge::refresh_forever(core.clone()));
     let reconciler = tokio::spawn(core.reconcile_loop());
     let stopping = Arc::new(Notify::new());
     let signal = stopping.clone();
@@ -140,6 +141,7 @@ pub async fn serve(
         } => Ok(()),
     };
     reconciler.abort();
+    edge.abort();
     for routing in routing {
         routing.abort();
     }

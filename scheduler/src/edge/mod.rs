@@ -153,6 +153,23 @@ pub async fn refresh(core: &Core) -> Result<(), EdgeError> {
     Ok(())
 }
 
+/// How often the edge is rebuilt without a change (the default certificate is re-issued
+/// within [`RENEW_BEFORE`] of its expiry).
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Rebuilds the edge every [`REFRESH_EVERY`], forever (for the default certificate's
+/// renewal; changes are published as they happen).
+pub async fn refresh_forever(core: std::sync::Arc<Core>) {
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(err) = refresh(&core).await {
+            tracing::warn!("cannot refresh the router's domains and certificates: {err}");
+        }
+    }
+}
+
 /// Whether the default certificate names exactly `names` and is not near expiry.
 fn fresh(cert: &Cert, names: &[String]) -> bool {
     cert.names == names
