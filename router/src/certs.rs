@@ -2,7 +2,9 @@
 //! (SNI): a certificate naming it exactly (an app's custom domain, or an app's name under
 //! the cluster's domain) wins over a wildcard (`*.DOMAIN`); a name no certificate covers
 //! gets no certificate, so rustls ends the handshake with an alert instead of serving one
-//! the client would (rightly) reject.
+//! the client would (rightly) reject. A client that names nothing (no SNI, or an IP
+//! address) gets the first certificate given, the cluster domain's, as nginx serves its
+//! default server's.
 //!
 //! The scheduler gives the whole set at once ([`crate::RouteTable::set_certs`]): a
 //! certificate that cannot be used is skipped, and reported, without taking the others down.
@@ -67,6 +69,8 @@ struct ByName {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` under `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// For clients without SNI.
+    first: Option<Arc<CertifiedKey>>,
 }
 
 /// The router's certificates by name; a handshake reads them, the scheduler replaces them.
@@ -95,6 +99,7 @@ impl CertStore {
                     continue;
                 }
             };
+            by_name.first.get_or_insert_with(|| key.clone());
             for name in &cert.names {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 match name.strip_prefix("*.") {
@@ -125,7 +130,15 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let picked = hello.server_name().and_then(|name| self.pick(name));
+        let picked = match hello.server_name() {
+            Some(name) => self.pick(name),
+            None => self
+                .by_name
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .first
+                .clone(),
+        };
         if picked.is_none() {
             tracing::debug!(
                 sni = hello.server_name().unwrap_or(""),

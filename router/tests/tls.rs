@@ -227,6 +227,15 @@ async fn sni_picks_the_certificate_and_unknown_names_are_refused() {
         error.to_string().contains("alert"),
         "refused with a TLS alert: {error}"
     );
+    // A client that names no host (an IP address is not sent as SNI) gets the first
+    // certificate, the cluster domain's.
+    let tls = handshake(&ca, r.tls_addr, "127.0.0.1", b"h2")
+        .await
+        .expect_err("rustls checks the certificate against the address");
+    assert!(
+        tls.to_string().contains("not valid for"),
+        "served one: {tls}"
+    );
     // A custom domain whose certificate goes away is refused too.
     assert!(r.table.set_certs(std::slice::from_ref(&default)).is_empty());
     assert!(handshake(&ca, r.tls_addr, "www.example.com", b"h2")
