@@ -634,4 +634,31 @@ mod tests {
         let err = issue(a.path(), "h1", &Names::default(), HOST_DAYS).unwrap_err();
         assert!(matches!(err, CertsError::Mismatch { .. }), "{err}");
     }
+
+    #[test]
+    fn the_router_certificate_names_the_domain_its_wildcard_and_each_app() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), false, CA_DAYS).unwrap();
+        let written = issue_router(
+            dir.path(),
+            "localhost.",
+            &["web".into(), "api".into()],
+            ROUTER_DAYS,
+        )
+        .unwrap();
+        assert_eq!(
+            written.names,
+            ["localhost", "*.localhost", "web.localhost", "api.localhost"]
+        );
+        assert_eq!(mode(&written.key), 0o600);
+        let pem = std::fs::read_to_string(&written.cert).unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+        let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+        for name in ["web.localhost", "api.localhost", "localhost"] {
+            let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            cert.verify_is_valid_for_subject_name(&name).unwrap();
+        }
+        let bad = issue_router(dir.path(), "local host", &[], ROUTER_DAYS).unwrap_err();
+        assert!(matches!(bad, CertsError::InvalidDns { .. }), "{bad}");
+    }
 }
