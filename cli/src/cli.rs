@@ -277,6 +277,67 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+    /// List the app's domains: APP.DOMAIN and its custom domains.
+    #[command(name = "domains")]
+    Domains {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Route a custom domain (www.example.com) to the app; point its DNS at the router.
+    #[command(name = "domains:add")]
+    DomainsAdd {
+        hostname: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Stop routing a custom domain to the app.
+    #[command(name = "domains:remove")]
+    DomainsRemove {
+        hostname: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List the app's TLS certificates: domains, issuer, expiry, status (never keys).
+    #[command(name = "certs")]
+    Certs {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Add a certificate you bring for the app's custom domains: CERT is the PEM chain
+    /// (the certificate first), KEY its PEM private key.
+    #[command(name = "certs:add")]
+    CertsAdd {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Remove one of the app's certificates (its id, from `manifold certs`).
+    #[command(name = "certs:remove")]
+    CertsRemove {
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Show whether the app is in maintenance mode.
+    #[command(name = "maintenance")]
+    Maintenance {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Put the app in maintenance mode: the router answers Heroku's maintenance page (503,
+    /// H80); dynos and one-offs keep running.
+    #[command(name = "maintenance:on")]
+    MaintenanceOn {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Take the app out of maintenance mode.
+    #[command(name = "maintenance:off")]
+    MaintenanceOff {
+        #[command(flatten)]
+        app: AppArg,
+    },
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,

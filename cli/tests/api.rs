@@ -461,3 +461,133 @@ fn failed_build_exits_1() {
         .expect("upload");
     assert_eq!(post.path, "/apps/myapp/builds");
 }
+
+#[test]
+fn domains_and_maintenance_call_the_api_and_print() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("GET", "/apps/web/domains") => (
+            200,
+            vec![],
+            json(serde_json::json!([
+                {"hostname": "web.localhost", "kind": "default"},
+                {"hostname": "www.example.com", "kind": "custom"}
+            ])),
+        ),
+        ("POST", "/apps/web/domains") => (
+            201,
+            vec![],
+            json(serde_json::json!({"hostname": "www.example.com", "kind": "custom"})),
+        ),
+        ("GET", "/apps/web") => (200, vec![], json(serde_json::json!({"maintenance": true}))),
+        _ => (200, vec![], json(serde_json::json!({"maintenance": false}))),
+    });
+    let o = api.run(&["domains", "-a", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("=== web Default Domain\nweb.localhost\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("www.example.com"));
+    let o = api.run(&["domains:add", "www.example.com", "-a", "web"]);
+    assert!(stdout(&o).starts_with("Adding www.example.com to web... done\n"));
+    let o = api.run(&["maintenance", "-a", "web"]);
+    assert_eq!(stdout(&o), "on\n");
+    let o = api.run(&["maintenance:off", "-a", "web"]);
+    assert_eq!(stdout(&o), "Disabling maintenance mode for web... done\n");
+    let reqs = api.requests();
+    assert_eq!(
+        reqs[1].json(),
+        serde_json::json!({"hostname": "www.example.com"})
+    );
+    let last = reqs.last().expect("patch");
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str()),
+        ("PATCH", "/apps/web")
+    );
+    assert_eq!(last.json(), serde_json::json!({"maintenance": false}));
+}
+
+#[test]
+fn certs_add_sends_the_files_and_listing_never_shows_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nBB==\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let api = FakeApi::start(|method, _| {
+        let cert = serde_json::json!({
+            "id": "c-1", "source": "uploaded", "status": "active",
+            "domains": ["www.example.com"], "issuer": "CN=Test CA",
+            "expires_at": "2027-03-01T00:00:00Z", "last_error": null
+        });
+        match method {
+            "GET" => (200, vec![], json(serde_json::json!([cert]))),
+            _ => (201, vec![], json(cert)),
+        }
+    });
+    let o = api.run(&[
+        "certs:add",
+        cert.to_str().expect("utf-8"),
+        key.to_str().expect("utf-8"),
+        "-a",
+        "web",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("c-1 served for www.example.com"),
+        "{}",
+        stdout(&o)
+    );
+    let sent = api.requests()[0].json();
+    assert!(sent["private_key"]
+        .as_str()
+        .expect("key")
+        .contains("PRIVATE KEY"));
+    let o = api.run(&["certs", "-a", "web"]);
+    let listed = stdout(&o);
+    assert!(
+        listed.contains("CN=Test CA") && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains("PRIVATE"));
+
+    // Unreadable or oversized files are refused before any request.
+    let before = api.requests().len();
+    let o = api.run(&[
+        "certs:add",
+        "/nonexistent/cert.pem",
+        key.to_str().expect("utf-8"),
+        "-a",
+        "web",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read the certificate /nonexistent/cert.pem"),
+        "{}",
+        stderr(&o)
+    );
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'A'; 70 * 1024]).expect("write");
+    let o = api.run(&[
+        "certs:add",
+        big.to_str().expect("utf-8"),
+        key.to_str().expect("utf-8"),
+        "-a",
+        "web",
+    ]);
+    assert!(
+        stderr(&o).contains("a PEM certificate is a few KiB"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(api.requests().len(), before);
+}

@@ -1,11 +1,13 @@
 //! The router with a fixed route table, for the benchmark: `bench.localhost` goes to one
-//! backend. Usage: `router-bench [LISTEN] [BACKEND]` (defaults 127.0.0.1:18081 and
-//! 127.0.0.1:18080). Log lines are rendered as in production, then discarded.
+//! backend. Usage: `router-bench [LISTEN] [BACKEND] [TLS_LISTEN CERT KEY]` (defaults
+//! 127.0.0.1:18081 and 127.0.0.1:18080; with the last three it also serves HTTPS with the
+//! PEM certificate CERT and key KEY for `bench.localhost`). Log lines are rendered as in
+//! production, then discarded.
 
 use std::error::Error;
 use std::sync::Arc;
 
-use manifold_router::{AppRoute, Backend, Hooks, RouteTable, Router, RouterConfig};
+use manifold_router::{AppRoute, Backend, Hooks, RouteTable, Router, RouterConfig, TlsCert};
 use tokio::net::TcpListener;
 
 struct Discard;
@@ -31,10 +33,24 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }]),
     );
     let router = Arc::new(Router::new(
-        table,
+        table.clone(),
         Arc::new(Discard),
         RouterConfig::default(),
     ));
+    if let (Some(tls_listen), Some(cert), Some(key)) = (args.next(), args.next(), args.next()) {
+        let errors = table.set_certs(&[TlsCert {
+            names: vec!["bench.localhost".to_owned()],
+            chain_pem: std::fs::read_to_string(cert)?,
+            key_pem: std::fs::read_to_string(key)?,
+        }]);
+        if let Some(error) = errors.first() {
+            return Err(error.to_string().into());
+        }
+        let tls = TcpListener::bind(&tls_listen).await?;
+        tokio::spawn(router.clone().serve_tls(tls, async {
+            let _ = tokio::signal::ctrl_c().await;
+        }));
+    }
     let listener = TcpListener::bind(&listen).await?;
     router
         .serve(listener, async {

@@ -17,11 +17,12 @@ pub(crate) enum Code {
     H21,
     H27,
     H28,
+    H80,
 }
 
 impl Code {
     /// Every code, in the order metrics list them.
-    pub(crate) const ALL: [Code; 13] = [
+    pub(crate) const ALL: [Code; 14] = [
         Code::H10,
         Code::H11,
         Code::H12,
@@ -35,6 +36,7 @@ impl Code {
         Code::H21,
         Code::H27,
         Code::H28,
+        Code::H80,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Code {
             Code::H21 => "H21",
             Code::H27 => "H27",
             Code::H28 => "H28",
+            Code::H80 => "H80",
         }
     }
 
@@ -70,6 +73,7 @@ impl Code {
             Code::H21 => "Backend connection refused",
             Code::H27 => "Client Request Interrupted",
             Code::H28 => "Client Connection Idle",
+            Code::H80 => "Maintenance mode",
         }
     }
 
@@ -85,6 +89,12 @@ impl Code {
     /// Client-side codes are logged `at=info`: nothing went wrong with the app.
     pub(crate) fn client_side(self) -> bool {
         matches!(self, Code::H27 | Code::H28)
+    }
+
+    /// Logged `at=info`: the client gave up, or the app is in maintenance on purpose
+    /// (as Heroku logs H80).
+    pub(crate) fn logged_as_info(self) -> bool {
+        self.client_side() || self == Code::H80
     }
 
     pub(crate) fn index(self) -> usize {

@@ -128,6 +128,7 @@ impl Exchange {
             service: self.connected_at.map(|t| t.elapsed()),
             status,
             bytes: reached.then_some(bytes),
+            protocol: self.ctx.scheme.as_str(),
         }
         .render();
         self.router.hooks.log(&self.app, line);
@@ -142,6 +143,8 @@ impl Exchange {
         let body = if code.client_side() {
             // The client is gone or silent: nothing it would read.
             RouterBody::empty()
+        } else if code == Code::H80 {
+            RouterBody::full(pages::MAINTENANCE)
         } else {
             RouterBody::full(pages::error_page(code, &self.request_id))
         };

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::io::Scheme;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, TE, TRAILER, TRANSFER_ENCODING,
     UPGRADE, VIA,
@@ -35,6 +36,7 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
 pub(crate) fn forward_request(
     headers: &mut HeaderMap,
     client: IpAddr,
+    scheme: Scheme,
     port: u16,
     upgrade: bool,
 ) -> Forwarded {
@@ -54,7 +56,7 @@ pub(crate) fn forward_request(
 
     let fwd = forwarded_for(headers, client);
     headers.insert(X_FORWARDED_FOR, fwd.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
     headers.insert(X_REQUEST_START, HeaderValue::from(now_millis()));
     append_via(headers);
@@ -184,7 +186,13 @@ mod tests {
         h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(X_REQUEST_ID, HeaderValue::from_static("bad id"));
-        let fwd = forward_request(&mut h, "127.0.0.1".parse().expect("ip"), 8080, false);
+        let fwd = forward_request(
+            &mut h,
+            "127.0.0.1".parse().expect("ip"),
+            Scheme::Http,
+            8080,
+            false,
+        );
         assert_eq!(fwd.fwd, "10.0.0.1, 127.0.0.1");
         assert_eq!(header(&h, "x-forwarded-for"), "10.0.0.1, 127.0.0.1");
         assert_eq!(header(&h, "x-forwarded-proto"), "http");
@@ -204,7 +212,15 @@ mod tests {
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&h));
-        forward_request(&mut h, "127.0.0.1".parse().expect("ip"), 80, true);
+        forward_request(
+            &mut h,
+            "127.0.0.1".parse().expect("ip"),
+            Scheme::Https,
+            443,
+            true,
+        );
+        assert_eq!(header(&h, "x-forwarded-proto"), "https");
+        assert_eq!(header(&h, "x-forwarded-port"), "443");
         assert_eq!(header(&h, "connection"), "upgrade");
         assert_eq!(header(&h, "upgrade"), "websocket");
     }

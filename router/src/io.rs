@@ -14,19 +14,38 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+/// How a client reached the router: what `X-Forwarded-Proto` tells the dyno, so an app
+/// that insists on HTTPS (Django's `SECURE_SSL_REDIRECT`) knows when it has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// What every request on one client connection shares.
 pub(crate) struct ConnCtx {
     pub(crate) peer: SocketAddr,
     /// The router's listening port, for `X-Forwarded-Port`.
     pub(crate) port: u16,
+    pub(crate) scheme: Scheme,
     client_idle: AtomicBool,
 }
 
 impl ConnCtx {
-    pub(crate) fn new(peer: SocketAddr, port: u16) -> ConnCtx {
+    pub(crate) fn new(peer: SocketAddr, port: u16, scheme: Scheme) -> ConnCtx {
         ConnCtx {
             peer,
             port,
+            scheme,
             client_idle: AtomicBool::new(false),
         }
     }

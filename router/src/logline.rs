@@ -26,6 +26,8 @@ pub(crate) struct LogLine<'a> {
     pub(crate) service: Option<Duration>,
     pub(crate) status: u16,
     pub(crate) bytes: Option<u64>,
+    /// `http` or `https`: how the client reached the router.
+    pub(crate) protocol: &'a str,
 }
 
 impl LogLine<'_> {
@@ -41,7 +43,11 @@ impl LogLine<'_> {
             Some(code) => write!(
                 out,
                 "at={} code={} desc=\"{}\" ",
-                if code.client_side() { "info" } else { "error" },
+                if code.logged_as_info() {
+                    "info"
+                } else {
+                    "error"
+                },
                 code.name(),
                 code.desc()
             )?,
@@ -63,7 +69,7 @@ impl LogLine<'_> {
         if let Some(bytes) = self.bytes {
             write!(out, "{bytes}")?;
         }
-        out.push_str(" protocol=http");
+        write!(out, " protocol={}", self.protocol)?;
         Ok(())
     }
 }
@@ -107,6 +113,7 @@ mod tests {
             service: Some(Duration::from_millis(12)),
             status: 200,
             bytes: Some(13),
+            protocol: "http",
         };
         assert_eq!(
             line.render(),
@@ -129,12 +136,13 @@ mod tests {
             service: None,
             status: 503,
             bytes: None,
+            protocol: "https",
         };
         assert_eq!(
             line.render(),
             "at=error code=H10 desc=\"App crashed\" method=POST path=\"/a\\\"b\" host=app.localhost \
              request_id=abc fwd=\"10.0.0.1, 127.0.0.1\" dyno= connect= service= status=503 bytes= \
-             protocol=http"
+             protocol=https"
         );
     }
 }

@@ -37,6 +37,12 @@ pub(crate) fn error_page(code: Code, request_id: &HeaderValue) -> String {
     )
 }
 
+/// Heroku's page for an app in maintenance mode (H80): the app is fine and will be back.
+pub(crate) const MAINTENANCE: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Offline for Maintenance</title></head>\n\
+     <body><h1>Offline for Maintenance</h1>\n\
+     <p>This app is undergoing maintenance right now.</p>\n\
+     <p>Please check back later.</p></body></html>\n";
+
 /// 404 for a host no app is at, naming the host so a typo is obvious.
 pub(crate) fn not_found(host: &str) -> Response<RouterBody> {
     let host = escape(host);

@@ -1,7 +1,9 @@
 //! The life of one request:
 //!
 //! ```text
-//! Host → app (unknown: 404) → route ─ Crashed: H10 │ NoWebDynos: H14
+//! GET /.well-known/acme-challenge/TOKEN the scheduler published → its key authorization
+//! Host (APP.<domain> or a custom domain) → app (unknown: 404)
+//!   → route ─ Crashed: H10 │ NoWebDynos: H14 │ Maintenance: H80 (maintenance page)
 //!                                   ├ Booting/Sleeping: hold (wake if sleeping; H11 past
 //!                                   │   hold_limit, H20 past boot_hold) until Serving
 //!                                   └ Serving → pick (two random choices) → connect
@@ -39,6 +41,9 @@ use crate::pick;
 use crate::pool::{Conn, ConnectError};
 use crate::router::Router;
 use crate::table::{AppSlot, BackendShared, Hold, Route};
+
+/// Where ACME servers look for HTTP-01 challenge answers (RFC 8555, 8.3).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// How many times a bodiless GET or HEAD is sent again after a dyno closed the connection
 /// without answering.
@@ -81,8 +86,18 @@ impl Router {
             self.metrics.record(405, None, started.elapsed());
             return pages::method_not_allowed();
         }
+        if let Some(answer) = self.acme_challenge(&req) {
+            self.metrics.record(200, None, started.elapsed());
+            return answer;
+        }
         let host = host_of(&req);
-        let slot = app_of(&host, &self.config.domain).and_then(|app| self.table.slot(app));
+        let slot = match app_of(&host, &self.config.domain) {
+            Some(app) => self.table.slot(app),
+            None => self
+                .table
+                .domain_app(&host)
+                .and_then(|app| self.table.slot(&app)),
+        };
         let Some(slot) = slot else {
             self.metrics.record(404, None, started.elapsed());
             return pages::not_found(&host);
@@ -90,7 +105,13 @@ impl Router {
         self.hooks.request(&slot.name);
 
         let upgrade = headers::wants_upgrade(req.headers());
-        let fwd = headers::forward_request(req.headers_mut(), ctx.peer.ip(), ctx.port, upgrade);
+        let fwd = headers::forward_request(
+            req.headers_mut(),
+            ctx.peer.ip(),
+            ctx.scheme,
+            ctx.port,
+            upgrade,
+        );
         let path = req
             .uri()
             .path_and_query()
@@ -112,6 +133,23 @@ impl Router {
         }
     }
 
+    /// The answer to an ACME HTTP-01 challenge the scheduler published (for any host: the
+    /// ACME server asks at the domain being validated); `None` for every other request,
+    /// including a token the router does not know (the app may answer its own).
+    fn acme_challenge(&self, req: &Request<Incoming>) -> Option<Response<RouterBody>> {
+        if req.method() != Method::GET {
+            return None;
+        }
+        let token = req.uri().path().strip_prefix(ACME_CHALLENGE)?;
+        let answer = self.table.challenge(token)?;
+        let mut response = pages::page(200, RouterBody::full(answer));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/octet-stream"),
+        );
+        Some(response)
+    }
+
     /// The app's backends, holding the request while the app boots or wakes.
     async fn resolve(&self, slot: &Arc<AppSlot>) -> Resolved {
         let mut route = slot.route();
@@ -122,6 +160,7 @@ impl Router {
                 Route::Serving(backends) => return Resolved::Serving(backends.clone()),
                 Route::Crashed => return Resolved::Refused(Code::H10),
                 Route::NoWebDynos => return Resolved::Refused(Code::H14),
+                Route::Maintenance => return Resolved::Refused(Code::H80),
                 Route::Removed => return Resolved::Removed,
                 Route::Booting | Route::Sleeping => {}
             }
@@ -162,7 +201,14 @@ impl Router {
         // Dyno connections are HTTP/1.1 keep-alive whatever the client speaks.
         parts.version = Version::HTTP_11;
         parts.extensions.clear();
-        if parts.uri.authority().is_some() {
+        if let Some(authority) = parts.uri.authority() {
+            // HTTP/2 names the host in `:authority`, which HTTP/1.1 to the dyno carries as
+            // `Host`.
+            if !parts.headers.contains_key(HOST) {
+                if let Ok(host) = hyper::header::HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(HOST, host);
+                }
+            }
             let origin = parts
                 .uri
                 .path_and_query()

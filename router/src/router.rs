@@ -1,21 +1,27 @@
 //! The router as a server: `serve(listener, shutdown)` accepts client connections and runs
-//! each as an HTTP/1.1 connection whose requests go through `proxy.rs`.
+//! each as an HTTP/1.1 connection whose requests go through `proxy.rs`; `serve_tls` does
+//! the same over TLS, where the client may speak HTTP/2 (ALPN `h2`) or HTTP/1.1.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
+use crate::body::RouterBody;
+use crate::certs::server_config;
 use crate::config::RouterConfig;
-use crate::io::{ClientIo, ConnCtx};
+use crate::io::{ClientIo, ConnCtx, Scheme};
 use crate::metrics::Metrics;
 use crate::pool;
 use crate::table::RouteTable;
@@ -50,18 +56,45 @@ impl Router {
         }
     }
 
-    /// Serves client connections from `listener` until `shutdown` completes; then stops
-    /// accepting, lets requests in flight finish for up to `shutdown_grace`, and returns.
+    /// Serves plain HTTP client connections from `listener` until `shutdown` completes;
+    /// then stops accepting, lets requests in flight finish for up to `shutdown_grace`, and
+    /// returns.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        self.serve_on(listener, Transport::Plain, shutdown).await
+    }
+
+    /// Serves HTTPS like [`Router::serve`] serves HTTP, with the certificates of the route
+    /// table ([`RouteTable::set_certs`]) chosen by SNI; a name without a certificate is
+    /// refused in the handshake.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let config = server_config(self.table.certs()).map_err(io::Error::other)?;
+        self.serve_on(
+            listener,
+            Transport::Tls(TlsAcceptor::from(config)),
+            shutdown,
+        )
+        .await
+    }
+
+    async fn serve_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+        transport: Transport,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let port = listener.local_addr()?.port();
         // Every connection holds a receiver: `send` asks them to finish, and `closed()`
         // resolves when the last one has.
         let (stop, stopped) = watch::channel(false);
-        let mut workers = Workers::start(&self, port, &stopped)?;
+        let mut workers = Workers::start(&self, port, &transport, &stopped)?;
         let _sweeper = AbortOnDrop(tokio::spawn(sweep_idle_connections(self.clone())));
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         tokio::pin!(shutdown);
@@ -99,7 +132,14 @@ impl Router {
             }
             match &mut workers {
                 Some(workers) => workers.dispatch(stream, peer, slot),
-                None => self.spawn_connection(stream, peer, port, stopped.clone(), slot),
+                None => self.spawn_connection(
+                    stream,
+                    peer,
+                    port,
+                    transport.clone(),
+                    stopped.clone(),
+                    slot,
+                ),
             }
         }
         drop(listener);
@@ -128,38 +168,77 @@ impl Router {
         stream: TcpStream,
         peer: SocketAddr,
         port: u16,
+        transport: Transport,
         mut stopped: watch::Receiver<bool>,
         slot: OwnedSemaphorePermit,
     ) {
-        let ctx = Arc::new(ConnCtx::new(peer, port));
-        let io = TokioIo::new(ClientIo::new(stream, ctx.clone(), self.config.idle_timeout));
-        let router = self.clone();
+        let idle = self.config.idle_timeout;
+        let ctx = Arc::new(ConnCtx::new(peer, port, transport.scheme()));
+        let io = ClientIo::new(stream, ctx.clone(), idle);
+        let handler = self.clone();
         let service = service_fn(move |req| {
-            let router = router.clone();
+            let router = handler.clone();
             let ctx = ctx.clone();
             async move { Ok::<_, Infallible>(router.handle(req, ctx).await) }
         });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            // Also closes keep-alive connections idle that long.
-            .header_read_timeout(self.config.idle_timeout);
-        let conn = builder.serve_connection(io, service).with_upgrades();
+        let router = self.clone();
         tokio::spawn(async move {
             // Its place among `max_connections`, given back when it ends.
             let _slot = slot;
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = stopped.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let result = match transport {
+                Transport::Plain => {
+                    let conn = router.http1(io, service);
+                    until_stopped(conn, &mut stopped).await
+                }
+                Transport::Tls(acceptor) => {
+                    // A client that never finishes its handshake holds a slot no longer
+                    // than one that never sends its request's headers.
+                    let tls = match tokio::time::timeout(idle, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let mut builder = http2::Builder::new(TokioExecutor::new());
+                        builder
+                            .timer(TokioTimer::new())
+                            // Pings find clients gone without a word.
+                            .keep_alive_interval(Some(idle))
+                            .keep_alive_timeout(idle);
+                        let conn = builder.serve_connection(TokioIo::new(tls), service);
+                        until_stopped(conn, &mut stopped).await
+                    } else {
+                        let conn = router.http1(tls, service);
+                        until_stopped(conn, &mut stopped).await
+                    }
                 }
             };
             if let Err(error) = result {
                 tracing::debug!(%error, %peer, "client connection ended");
             }
         });
+    }
+
+    /// An HTTP/1.1 connection (WebSockets included) over `io`.
+    fn http1<I, S>(&self, io: I, service: S) -> http1::UpgradeableConnection<TokioIo<I>, S>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = RouterBody>,
+    {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // Also closes keep-alive connections idle that long.
+            .header_read_timeout(self.config.idle_timeout);
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
     }
 
     /// Metrics in Prometheus' text exposition format.
@@ -190,6 +269,66 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A client connection hyper serves, which can be asked to finish what is in flight.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = RouterBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, E> Graceful for http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = RouterBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, RouterBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Serves `conn` until it closes, or until `stopped` changes and it has finished the
+/// requests in flight.
+async fn until_stopped(
+    conn: impl Graceful,
+    stopped: &mut watch::Receiver<bool>,
+) -> hyper::Result<()> {
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stopped.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// How a listener's clients speak to the router.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    Tls(TlsAcceptor),
+}
+
+impl Transport {
+    fn scheme(&self) -> Scheme {
+        match self {
+            Transport::Plain => Scheme::Http,
+            Transport::Tls(_) => Scheme::Https,
+        }
+    }
+}
+
 type Intake = mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, OwnedSemaphorePermit)>;
 
 /// Router threads, each a single-threaded runtime that owns its client connections and
@@ -207,6 +346,7 @@ impl Workers {
     fn start(
         router: &Arc<Router>,
         port: u16,
+        transport: &Transport,
         stopped: &watch::Receiver<bool>,
     ) -> io::Result<Option<Workers>> {
         if router.config.workers == 0 {
@@ -226,6 +366,7 @@ impl Workers {
             let (intake, mut arrivals) = mpsc::unbounded_channel();
             let (exit, exited) = oneshot::channel();
             let router = router.clone();
+            let transport = transport.clone();
             let stopped = stopped.clone();
             let mut halted = halted.clone();
             std::thread::Builder::new()
@@ -239,6 +380,7 @@ impl Workers {
                                     stream,
                                     peer,
                                     port,
+                                    transport.clone(),
                                     stopped.clone(),
                                     slot,
                                 ),

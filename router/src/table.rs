@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
 use tokio::sync::watch;
 
+use crate::certs::{CertError, CertStore, TlsCert};
 use crate::pool::IdlePool;
 
 /// One up web dyno the router may send requests to.
@@ -43,6 +44,9 @@ pub enum AppRoute {
     Crashed,
     /// Web is scaled to zero: H14.
     NoWebDynos,
+    /// The app's owner put it in maintenance: Heroku's maintenance page, H80. Its dynos keep
+    /// running (one-offs too); only the router stops sending it requests.
+    Maintenance,
 }
 
 /// The route table, shared by the scheduler and the router. Cloning is cheap.
@@ -56,6 +60,12 @@ struct Inner {
     apps: RwLock<HashMap<String, Arc<AppSlot>>>,
     /// Every backend alive (in the table or with requests in flight), by dyno id.
     backends: Mutex<HashMap<String, Weak<BackendShared>>>,
+    /// Custom domains (`www.example.com`) and the app each is for.
+    domains: RwLock<HashMap<String, String>>,
+    /// What HTTPS serves, by SNI.
+    certs: Arc<CertStore>,
+    /// ACME HTTP-01 challenges being answered: token to key authorization.
+    challenges: RwLock<HashMap<String, String>>,
 }
 
 /// The router's view of an app's route, as requests see it.
@@ -66,6 +76,7 @@ pub(crate) enum Route {
     Sleeping,
     Crashed,
     NoWebDynos,
+    Maintenance,
     /// The app left the table while requests were held for it.
     Removed,
 }
@@ -222,6 +233,60 @@ impl RouteTable {
         self.forget_dead();
     }
 
+    /// Replaces the custom domains: each lowercased name (`www.example.com`) routes to its
+    /// app like `APP.<domain>` does.
+    pub fn set_domains(&self, domains: HashMap<String, String>) {
+        let domains = domains
+            .into_iter()
+            .map(|(name, app)| (name.trim_end_matches('.').to_ascii_lowercase(), app))
+            .collect();
+        *self
+            .inner
+            .domains
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = domains;
+    }
+
+    /// Replaces the certificates HTTPS serves (chosen by SNI; later ones win a name).
+    /// Returns those that cannot be used, which are left out.
+    pub fn set_certs(&self, certs: &[TlsCert]) -> Vec<CertError> {
+        self.inner.certs.replace(certs)
+    }
+
+    /// Replaces the ACME HTTP-01 challenges the router answers: `GET
+    /// /.well-known/acme-challenge/TOKEN` on any host answers the token's key authorization.
+    pub fn set_challenges(&self, challenges: HashMap<String, String>) {
+        *self
+            .inner
+            .challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = challenges;
+    }
+
+    /// The app a custom domain is for.
+    pub(crate) fn domain_app(&self, host: &str) -> Option<String> {
+        self.inner
+            .domains
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(host.trim_end_matches('.'))
+            .cloned()
+    }
+
+    /// The key authorization of an ACME challenge token being answered.
+    pub(crate) fn challenge(&self, token: &str) -> Option<String> {
+        self.inner
+            .challenges
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()
+    }
+
+    pub(crate) fn certs(&self) -> Arc<CertStore> {
+        self.inner.certs.clone()
+    }
+
     /// Requests now being proxied to the dyno `backend_id` (including open WebSockets),
     /// whether or not it is still in the table: stop the dyno once this reaches 0.
     pub fn in_flight(&self, backend_id: &str) -> usize {
@@ -271,6 +336,7 @@ impl RouteTable {
             AppRoute::Sleeping => Route::Sleeping,
             AppRoute::Crashed => Route::Crashed,
             AppRoute::NoWebDynos => Route::NoWebDynos,
+            AppRoute::Maintenance => Route::Maintenance,
         }
     }
 

@@ -6,6 +6,9 @@
 //!                               on the machine that issues certificates)
 //! certs issue NAME --dir D   ─▶ D/NAME.pem, D/NAME-key.pem (0600), signed by D/ca.pem:
 //!                               DNS NAME (+ --dns, --ip), for server and client auth
+//! certs router --dir D --domain DOMAIN [--app APP]…
+//!                            ─▶ D/router.pem, D/router-key.pem: the router's HTTPS
+//!                               certificate for DOMAIN, *.DOMAIN and each APP.DOMAIN
 //! ```
 //!
 //! An agent's certificate names its host id: the scheduler lets a connection act for host
@@ -65,6 +68,25 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = HOST_DAYS)]
         days: u32,
     },
+    /// Issue the router's HTTPS certificate for the apps' domain, signed by DIR/ca.pem:
+    /// DIR/router.pem and DIR/router-key.pem for `*.DOMAIN`, DOMAIN and `APP.DOMAIN` of each
+    /// --app (give them as --router-cert and --router-key). The scheduler does this itself
+    /// when it has the CA's key (see --router-ca).
+    Router {
+        /// Where the CA is and the files go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The apps' domain (apps are APP.DOMAIN).
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// An app to name explicitly (repeat): needed under a single-label domain such as
+        /// `localhost`, whose wildcard clients refuse.
+        #[arg(long = "app", value_name = "APP")]
+        apps: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = ROUTER_DAYS)]
+        days: u32,
+    },
 }
 
 impl CertsCommand {
@@ -91,6 +113,20 @@ impl CertsCommand {
                     ips: ips.clone(),
                 };
                 let issued = issue(dir, name, &names, *days)?;
+                println!(
+                    "wrote {} and {} for {} (valid {days} days)",
+                    issued.cert.display(),
+                    issued.key.display(),
+                    issued.names.join(", ")
+                );
+            }
+            CertsCommand::Router {
+                dir,
+                domain,
+                apps,
+                days,
+            } => {
+                let issued = issue_router(dir, domain, apps, *days)?;
                 println!(
                     "wrote {} and {} for {} (valid {days} days)",
                     issued.cert.display(),
@@ -244,6 +280,112 @@ fn check_name(name: &str) -> Result<(), CertsError> {
     Ok(())
 }
 
+/// The cluster CA as read from its directory, ready to sign.
+pub struct ClusterCa {
+    pem: String,
+    key: KeyPair,
+    issuer: rcgen::Certificate,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate signed by the cluster CA, as PEM.
+#[derive(Clone)]
+pub struct Signed {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClusterCa {
+    /// Reads `dir/ca.pem` and `dir/ca-key.pem`.
+    pub fn load(dir: &Path) -> Result<ClusterCa, CertsError> {
+        let (cert_path, key_path) = ca_paths(dir);
+        if !cert_path.exists() {
+            return Err(CertsError::NoCa {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| CertsError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let pem = read(&cert_path)?;
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|source| CertsError::Parse {
+            path: key_path.clone(),
+            what: "private key",
+            source,
+        })?;
+        let issuer = CertificateParams::from_ca_cert_pem(&pem)
+            .map_err(|source| CertsError::Parse {
+                path: cert_path.clone(),
+                what: "CA certificate",
+                source,
+            })?
+            .self_signed(&key)?;
+        Ok(ClusterCa {
+            pem,
+            key,
+            issuer,
+            cert_path,
+            key_path,
+        })
+    }
+
+    /// The CA certificate's PEM (what clients trust).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// Signs a new key's certificate named `common_name`, valid for the DNS names `dns`
+    /// (wildcards allowed) and the addresses `ips`, for server and client auth.
+    pub fn sign(
+        &self,
+        common_name: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: u32,
+    ) -> Result<Signed, CertsError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Manifold");
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = dns
+            .iter()
+            .map(|d| Ok(SanType::DnsName(d.clone().try_into()?)))
+            .collect::<Result<Vec<_>, rcgen::Error>>()?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().copied().map(SanType::IpAddress));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(serial());
+        validity(&mut params, days);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        verify(cert.der(), &self.pem, &self.cert_path, &self.key_path)?;
+        Ok(Signed {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// Issues a certificate for `name` (plus `names`) in `dir`, signed by the CA there; an
 /// existing certificate of that name is replaced.
 pub fn issue(dir: &Path, name: &str, names: &Names, days: u32) -> Result<Written, CertsError> {
@@ -253,68 +395,59 @@ pub fn issue(dir: &Path, name: &str, names: &Names, days: u32) -> Result<Written
             return Err(CertsError::InvalidDns { name: dns.clone() });
         }
     }
-    let (ca_path, ca_key_path) = ca_paths(dir);
-    if !ca_path.exists() {
-        return Err(CertsError::NoCa {
-            dir: dir.to_path_buf(),
-        });
-    }
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| CertsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let ca_pem = read(&ca_path)?;
-    let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|source| CertsError::Parse {
-        path: ca_key_path.clone(),
-        what: "private key",
-        source,
-    })?;
-    let issuer = CertificateParams::from_ca_cert_pem(&ca_pem)
-        .map_err(|source| CertsError::Parse {
-            path: ca_path.clone(),
-            what: "CA certificate",
-            source,
-        })?
-        .self_signed(&ca_key)?;
-
+    let ca = ClusterCa::load(dir)?;
     let mut all: Vec<String> = vec![name.to_string()];
     all.extend(names.dns.iter().filter(|d| d.as_str() != name).cloned());
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "Manifold");
-    dn.push(DnType::CommonName, name);
-    params.distinguished_name = dn;
-    params.subject_alt_names = all
-        .iter()
-        .map(|d| Ok(SanType::DnsName(d.clone().try_into()?)))
-        .collect::<Result<Vec<_>, rcgen::Error>>()?;
-    params
-        .subject_alt_names
-        .extend(names.ips.iter().copied().map(SanType::IpAddress));
+    let signed = ca.sign(name, &all, &names.ips, days)?;
     all.extend(names.ips.iter().map(IpAddr::to_string));
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(serial());
-    validity(&mut params, days);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer, &ca_key)?;
-    verify(cert.der(), &ca_pem, &ca_path, &ca_key_path)?;
-
     let cert_path = dir.join(format!("{name}.pem"));
     let key_path = dir.join(format!("{name}-key.pem"));
-    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write_file(&key_path, signed.key_pem.as_bytes(), 0o600)?;
+    write_file(&cert_path, signed.cert_pem.as_bytes(), 0o644)?;
     Ok(Written {
         cert: cert_path,
         key: key_path,
         names: all,
+    })
+}
+
+/// The names of the router's certificate for the cluster's `domain`: `DOMAIN`, `*.DOMAIN`,
+/// and `APP.DOMAIN` for each app, because clients (rustls, OpenSSL, so curl) refuse a
+/// wildcard directly under a single label (`*.localhost`).
+pub fn router_names(domain: &str, apps: &[String]) -> Vec<String> {
+    let domain = domain.trim_matches('.').to_ascii_lowercase();
+    let mut names = vec![domain.clone(), format!("*.{domain}")];
+    names.extend(apps.iter().map(|app| format!("{app}.{domain}")));
+    names
+}
+
+/// How long the router's certificate for the cluster's domain is valid (clients refuse
+/// longer-lived server certificates).
+pub const ROUTER_DAYS: u32 = 397;
+
+/// Issues the router's certificate for the cluster's `domain` (see [`router_names`]) in
+/// `dir`: `router.pem`, `router-key.pem`.
+pub fn issue_router(
+    dir: &Path,
+    domain: &str,
+    apps: &[String],
+    days: u32,
+) -> Result<Written, CertsError> {
+    let names = router_names(domain, apps);
+    for dns in &names {
+        if DnsName::try_from(dns.trim_start_matches("*.")).is_err() {
+            return Err(CertsError::InvalidDns { name: dns.clone() });
+        }
+    }
+    let signed = ClusterCa::load(dir)?.sign(&format!("*.{domain}"), &names, &[], days)?;
+    let cert_path = dir.join("router.pem");
+    let key_path = dir.join("router-key.pem");
+    write_file(&key_path, signed.key_pem.as_bytes(), 0o600)?;
+    write_file(&cert_path, signed.cert_pem.as_bytes(), 0o644)?;
+    Ok(Written {
+        cert: cert_path,
+        key: key_path,
+        names,
     })
 }
 
@@ -500,5 +633,32 @@ mod tests {
         std::fs::copy(b.path().join("ca-key.pem"), a.path().join("ca-key.pem")).unwrap();
         let err = issue(a.path(), "h1", &Names::default(), HOST_DAYS).unwrap_err();
         assert!(matches!(err, CertsError::Mismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_router_certificate_names_the_domain_its_wildcard_and_each_app() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), false, CA_DAYS).unwrap();
+        let written = issue_router(
+            dir.path(),
+            "localhost.",
+            &["web".into(), "api".into()],
+            ROUTER_DAYS,
+        )
+        .unwrap();
+        assert_eq!(
+            written.names,
+            ["localhost", "*.localhost", "web.localhost", "api.localhost"]
+        );
+        assert_eq!(mode(&written.key), 0o600);
+        let pem = std::fs::read_to_string(&written.cert).unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+        let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+        for name in ["web.localhost", "api.localhost", "localhost"] {
+            let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            cert.verify_is_valid_for_subject_name(&name).unwrap();
+        }
+        let bad = issue_router(dir.path(), "local host", &[], ROUTER_DAYS).unwrap_err();
+        assert!(matches!(bad, CertsError::InvalidDns { .. }), "{bad}");
     }
 }

@@ -70,7 +70,9 @@ impl From<crate::core::ScaleError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
-            StoreError::AppExists(_) | StoreError::DrainExists { .. } => {
+            StoreError::AppExists(_)
+            | StoreError::DrainExists { .. }
+            | StoreError::DomainTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
             }
             StoreError::AppNotFound(name) => ApiError::not_found(format!(
@@ -80,7 +82,9 @@ impl From<StoreError> for ApiError {
             | StoreError::BuildNotFound(_)
             | StoreError::SlugNotFound(_)
             | StoreError::HostNotFound(_)
-            | StoreError::DrainNotFound { .. } => ApiError::not_found(err.to_string()),
+            | StoreError::DrainNotFound { .. }
+            | StoreError::DomainNotFound { .. }
+            | StoreError::CertNotFound { .. } => ApiError::not_found(err.to_string()),
             StoreError::NoRelease { .. } => ApiError::invalid(err.to_string()),
             _ => {
                 tracing::error!("store: {err:?}");

@@ -19,6 +19,7 @@ pub mod builds;
 pub mod certs;
 pub mod cluster;
 pub mod core;
+pub mod edge;
 pub mod followers;
 pub mod http;
 pub mod hub;

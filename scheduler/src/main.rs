@@ -12,6 +12,7 @@ use manifold_logplex::PlexConfig;
 use manifold_router::RouterConfig;
 use manifold_scheduler::blobs::BlobStore;
 use manifold_scheduler::core::{Core, Settings};
+use manifold_scheduler::edge::DefaultCert;
 use manifold_scheduler::store::sqlite::SqliteStore;
 
 #[derive(Parser)]
@@ -80,6 +81,29 @@ struct Cli {
         default_value = "127.0.0.1:8080"
     )]
     router_listen: String,
+    /// Where the router serves apps over HTTPS (HTTP/2 or HTTP/1.1), with the certificate
+    /// of --router-cert or one issued by the cluster CA, and each app's certificates for
+    /// its custom domains; `none` for no HTTPS.
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_ROUTER_TLS_LISTEN",
+        default_value = "127.0.0.1:8443"
+    )]
+    router_tls_listen: String,
+    /// The router's certificate for DOMAIN and *.DOMAIN (PEM chain), instead of one issued
+    /// by the cluster CA; needs --router-key.
+    #[arg(long, env = "MANIFOLD_ROUTER_CERT", requires = "router_key")]
+    router_cert: Option<PathBuf>,
+    /// The key of --router-cert (PEM).
+    #[arg(long, env = "MANIFOLD_ROUTER_KEY", requires = "router_cert")]
+    router_key: Option<PathBuf>,
+    /// The CA (DIR/ca.pem, DIR/ca-key.pem, as `certs ca` writes them) that issues the
+    /// router's certificate for DOMAIN when --router-cert is not given. Default: the
+    /// directory of --cluster-ca if its key is there, else STATE_DIR/ca (created the first
+    /// time: clients trust STATE_DIR/ca/ca.pem, e.g. `curl --cacert`).
+    #[arg(long, env = "MANIFOLD_ROUTER_CA")]
+    router_ca: Option<PathBuf>,
     /// Apps are reached as APP.DOMAIN (`*.localhost` resolves to this machine).
     #[arg(
         long,
@@ -238,14 +262,82 @@ async fn follow(cli: &Cli, scheduler: &str, token_file: Option<&Path>) -> anyhow
         cli.domain,
         listener.local_addr()?.port()
     );
+    let tls = router_tls_listener(cli).await?;
     let config = manifold_scheduler::followers::FollowConfig {
         scheduler: scheduler.trim_end_matches('/').to_string(),
         token,
         router: router_config(cli),
         client: manifold_scheduler::tls::follower_client(cli.cluster_ca.as_deref())?,
     };
-    manifold_scheduler::followers::run(config, listener, shutdown_signal()).await?;
+    manifold_scheduler::followers::run(config, listener, tls, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The router's HTTPS listener, unless --router-tls-listen is `none`.
+async fn router_tls_listener(cli: &Cli) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match cli.router_tls_listen.as_str() {
+        "none" => Ok(None),
+        listen => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} for the router's HTTPS"))?;
+            tracing::info!(
+                "routing https://APP.{}:{} to apps",
+                cli.domain,
+                listener.local_addr()?.port()
+            );
+            Ok(Some(listener))
+        }
+    }
+}
+
+/// Where the router's certificate for the cluster's domain comes from (see --router-ca).
+fn default_cert(cli: &Cli) -> anyhow::Result<DefaultCert> {
+    if cli.router_tls_listen == "none" {
+        return Ok(DefaultCert::None);
+    }
+    if let (Some(cert), Some(key)) = (&cli.router_cert, &cli.router_key) {
+        let read = |what: &str, path: &Path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the router's {what} {}", path.display()))
+        };
+        let chain_pem = read("certificate", cert)?;
+        let key_pem = read("key", key)?;
+        let checked = manifold_scheduler::edge::inspect::inspect(&chain_pem, &key_pem)
+            .with_context(|| format!("the router's certificate {}", cert.display()))?;
+        return Ok(DefaultCert::Given(manifold_router::TlsCert {
+            names: checked.names,
+            chain_pem,
+            key_pem,
+        }));
+    }
+    let beside_cluster_ca = cli
+        .cluster_ca
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|dir| dir.join("ca-key.pem").exists());
+    let dir = match (&cli.router_ca, beside_cluster_ca) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => dir.to_path_buf(),
+        (None, None) => {
+            let dir = cli.state_dir.join("ca");
+            if !dir.join("ca.pem").exists() {
+                manifold_scheduler::certs::create_ca(
+                    &dir,
+                    false,
+                    manifold_scheduler::certs::CA_DAYS,
+                )
+                .with_context(|| format!("cannot create the router's CA in {}", dir.display()))?;
+                tracing::info!(
+                    "created a CA for the router's HTTPS in {} (clients trust {})",
+                    dir.display(),
+                    dir.join("ca.pem").display()
+                );
+            }
+            dir
+        }
+    };
+    Ok(DefaultCert::ClusterCa(dir))
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -364,6 +456,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             header_timeout: cli.api_header_timeout,
             max_connections: cli.api_max_connections as usize,
         },
+        default_cert: default_cert(&cli)?,
     };
     let db = cli.state_dir.join("manifold.db");
     let store = SqliteStore::open(&db)
@@ -409,6 +502,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             );
             Some(router)
         }
+    };
+    let router = manifold_scheduler::server::RouterListeners {
+        http: router,
+        https: router_tls_listener(&cli).await?,
     };
     let mut agent = if cli.with_agent {
         let exe = std::env::current_exe()?.with_file_name("manifold-agent");

@@ -25,6 +25,10 @@ pub struct App {
     /// are stopped and shown `idle` until a request wakes it.
     #[serde(default)]
     pub sleeping: bool,
+    /// In maintenance mode: the router answers Heroku's maintenance page (H80) instead of
+    /// the app; its dynos and one-offs keep running.
+    #[serde(default)]
+    pub maintenance: bool,
     /// Seconds a web dyno has to accept on `$PORT` before R10 (`None`: 60).
     #[serde(default)]
     pub boot_timeout: Option<u32>,
@@ -54,6 +58,115 @@ pub struct LogDrain {
     pub token: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// A custom domain: a name the router routes to its app besides `APP.DOMAIN`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Domain {
+    /// Lowercase, without a trailing dot.
+    pub hostname: String,
+    pub app_id: Uuid,
+    /// The app's name (the router routes by it).
+    pub app: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Where a certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertSource {
+    /// The cluster domain's (`*.DOMAIN` and each `APP.DOMAIN`), issued by the cluster CA or
+    /// given by the operator.
+    Default,
+    /// Brought by the user (`manifold certs:add`).
+    Uploaded,
+    /// Obtained over ACME (`manifold certs:auto:enable`).
+    Acme,
+}
+
+/// Where a certificate is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    /// No certificate yet (an ACME order in progress).
+    Pending,
+    /// Served.
+    Active,
+    /// The last attempt failed (`last_error`); a certificate it had is still served.
+    Failed,
+}
+
+impl CertSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertSource::Default => "default",
+            CertSource::Uploaded => "uploaded",
+            CertSource::Acme => "acme",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CertSource> {
+        [CertSource::Default, CertSource::Uploaded, CertSource::Acme]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+impl CertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::Pending => "pending",
+            CertStatus::Active => "active",
+            CertStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CertStatus> {
+        [CertStatus::Pending, CertStatus::Active, CertStatus::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// A certificate chain with its key, and what was read from it.
+#[derive(Clone, PartialEq)]
+pub struct CertMaterial {
+    /// PEM, leaf first.
+    pub chain_pem: String,
+    /// PEM. Never logged, never in an API answer.
+    pub key_pem: String,
+    /// The issuer's distinguished name, as shown by `manifold certs`.
+    pub issuer: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for CertMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertMaterial")
+            .field("issuer", &self.issuer)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TLS certificate the routers serve for its names (chosen by SNI).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cert {
+    pub id: Uuid,
+    /// `None` for the cluster domain's default certificate.
+    pub app_id: Option<Uuid>,
+    pub source: CertSource,
+    /// The DNS names it covers (`*.example.com` for a wildcard).
+    pub names: Vec<String>,
+    /// `None` until there is a certificate (an ACME order in progress).
+    pub material: Option<CertMaterial>,
+    pub status: CertStatus,
+    /// Why the last attempt to obtain or renew it failed.
+    pub last_error: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
 }
 
 /// A built slug: the archive lives in the blob store under `sha256`.
@@ -298,6 +411,7 @@ mod tests {
             config: BTreeMap::new(),
             features: BTreeSet::new(),
             sleeping: false,
+            maintenance: false,
             boot_timeout: None,
             stop_timeout: None,
             created_at: now,

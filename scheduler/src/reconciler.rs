@@ -443,6 +443,7 @@ pub(crate) mod tests {
                 config: BTreeMap::new(),
                 features: Default::default(),
                 sleeping: false,
+                maintenance: false,
                 boot_timeout: None,
                 stop_timeout: None,
                 created_at: t0(),

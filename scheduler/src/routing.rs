@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use manifold_router::{AppRoute, Backend, Hooks, RouteTable, Router};
 use tokio::sync::watch;
 
+use crate::edge::Edge;
 use crate::logs::LogFeed;
 use crate::metrics::Counters;
 use crate::model::{Desired, Dyno, DynoState};
@@ -64,7 +65,9 @@ pub fn routes(
             .iter()
             .find(|f| manifold_dyno::is_web(&f.process_type))
             .map_or(0, |f| f.quantity);
-        let route = if !backends.is_empty() {
+        let route = if want.app.maintenance {
+            AppRoute::Maintenance
+        } else if !backends.is_empty() {
             AppRoute::Serving(backends)
         } else if want.app.sleeping && quantity > 0 {
             AppRoute::Sleeping
@@ -88,6 +91,14 @@ fn socket_addr(address: &str, port: u16) -> Option<SocketAddr> {
     (address, port).to_socket_addrs().ok()?.next()
 }
 
+/// What routers are given: routes, and the edge (domains, certificates, challenges).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Published {
+    pub(crate) version: u64,
+    pub(crate) routes: HashMap<String, AppRoute>,
+    pub(crate) edge: Edge,
+}
+
 /// The routing side of the scheduler: the router's table and what it was built from, and
 /// each app's traffic, sleep and wake.
 pub struct Routing {
@@ -99,9 +110,10 @@ pub struct Routing {
     sleep_after: Option<Duration>,
     /// The router's table, refreshed after every reconcile.
     table: RouteTable,
-    /// The table as last published, with a version that changes with it (what routers
-    /// that follow the scheduler from other processes long-poll, see [`crate::followers`]).
-    published: Mutex<(u64, HashMap<String, AppRoute>)>,
+    /// The table and the edge as last published, with a version that changes with either
+    /// (what routers that follow the scheduler from other processes long-poll, see
+    /// [`crate::followers`]).
+    published: Mutex<Published>,
     changes: watch::Sender<u64>,
     /// The router, once serving (for its metrics).
     router: OnceLock<Arc<Router>>,
@@ -134,7 +146,7 @@ impl Routing {
             poke,
             sleep_after,
             table: RouteTable::default(),
-            published: Mutex::new((0, HashMap::new())),
+            published: Mutex::new(Published::default()),
             changes: watch::Sender::new(0),
             router: OnceLock::new(),
             traffic: Mutex::new(HashMap::new()),
@@ -148,9 +160,23 @@ impl Routing {
         &self.table
     }
 
-    /// The table as last published and its version.
-    pub(crate) fn published(&self) -> (u64, HashMap<String, AppRoute>) {
+    /// The table and edge as last published, and their version.
+    pub(crate) fn published(&self) -> Published {
         lock(&self.published).clone()
+    }
+
+    /// Changes the published edge with `change`; a change is applied to the in-process
+    /// router and makes a new version.
+    pub(crate) fn publish_edge(&self, change: impl FnOnce(&mut Edge)) {
+        let mut published = lock(&self.published);
+        let mut edge = published.edge.clone();
+        change(&mut edge);
+        if edge != published.edge {
+            edge.apply(&self.table, Some(&published.edge));
+            published.edge = edge;
+            published.version += 1;
+            self.changes.send_replace(published.version);
+        }
     }
 
     /// The published table's version, as it changes.
@@ -291,10 +317,10 @@ impl Routing {
         self.log_gaps(&table);
         {
             let mut published = lock(&self.published);
-            if published.1 != table {
-                published.0 += 1;
-                published.1 = table.clone();
-                self.changes.send_replace(published.0);
+            if published.routes != table {
+                published.version += 1;
+                published.routes = table.clone();
+                self.changes.send_replace(published.version);
             }
         }
         self.table.replace_all(table);
@@ -306,7 +332,7 @@ impl Routing {
         let published = lock(&self.published);
         let mut gaps = lock(&self.gaps);
         for (app, route) in table {
-            let was_serving = matches!(published.1.get(app), Some(AppRoute::Serving(_)));
+            let was_serving = matches!(published.routes.get(app), Some(AppRoute::Serving(_)));
             match route {
                 AppRoute::Booting if was_serving => {
                     gaps.insert(app.clone(), Instant::now());
@@ -413,6 +439,14 @@ mod tests {
         // Nor does one on a lost host.
         let lost = vec![host("a", Liveness::Lost)];
         assert_eq!(route(&lost, &dynos, &want), AppRoute::Booting);
+    }
+
+    #[test]
+    fn maintenance_wins_over_serving_dynos() {
+        let (hosts, mut dynos, mut want) = placed();
+        up(&mut dynos, "web.1", 30000);
+        want.app.maintenance = true;
+        assert_eq!(route(&hosts, &dynos, &want), AppRoute::Maintenance, "H80");
     }
 
     #[test]

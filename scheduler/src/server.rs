@@ -65,38 +65,58 @@ impl Default for ListenerLimits {
     }
 }
 
-/// Serves plain HTTP until `shutdown` resolves; the router serves apps on `router` when given.
+/// Where the scheduler's own router serves apps: HTTP, HTTPS, each optional.
+#[derive(Debug, Default)]
+pub struct RouterListeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+}
+
+/// Serves plain HTTP until `shutdown` resolves; the router serves apps on `router`.
 pub async fn run(
     core: Arc<Core>,
     listener: TcpListener,
-    router: Option<TcpListener>,
+    router: RouterListeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve(core, listener, None, router, shutdown).await
 }
 
 /// Serves until `shutdown` resolves, over TLS when `tls` is given; the router serves apps
-/// (always plain HTTP) on `router` when given.
+/// on `router`'s listeners (HTTP, and HTTPS with the certificates of [`crate::edge`]).
 pub async fn serve(
     core: Arc<Core>,
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
-    router: Option<TcpListener>,
+    router: RouterListeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Err(err) = crate::edge::refresh(&core).await {
+        tracing::error!("the router's domains and certificates: {err}");
+    }
     let (stop_router, router_stopped) = tokio::sync::watch::channel(false);
-    let routing = router.map(|listener| {
-        let router = Arc::new(manifold_router::Router::new(
+    let until = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let mut routing = Vec::new();
+    if router.http.is_some() || router.https.is_some() {
+        let served = Arc::new(manifold_router::Router::new(
             core.routing.table().clone(),
             Arc::new(RoutingHooks(core.routing.clone())),
             core.settings.router.clone(),
         ));
-        core.routing.set_router(router.clone());
-        let mut stopped = router_stopped.clone();
-        tokio::spawn(router.serve(listener, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }))
-    });
+        core.routing.set_router(served.clone());
+        if let Some(http) = router.http {
+            routing.push(tokio::spawn(
+                served.clone().serve(http, until(router_stopped.clone())),
+            ));
+        }
+        if let Some(https) = router.https {
+            routing.push(tokio::spawn(
+                served.serve_tls(https, until(router_stopped.clone())),
+            ));
+        }
+    }
     let grpc = tonic::service::Routes::new(AgentLinkServer::with_interceptor(
         Hub::new(core.clone()),
         check_token(core.settings.agent_token.clone()),
@@ -104,6 +124,7 @@ pub async fn serve(
     .into_axum_router();
     let app = crate::api::router(core.clone()).merge(grpc);
     let limits = core.settings.api.clone();
+    let edge = tokio::spawn(crate::edge::refresh_forever(core.clone()));
     let reconciler = tokio::spawn(core.reconcile_loop());
     let stopping = Arc::new(Notify::new());
     let signal = stopping.clone();
@@ -120,7 +141,8 @@ pub async fn serve(
         } => Ok(()),
     };
     reconciler.abort();
-    if let Some(routing) = routing {
+    edge.abort();
+    for routing in routing {
         routing.abort();
     }
     result

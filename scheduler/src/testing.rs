@@ -63,6 +63,7 @@ pub(crate) fn settings(heartbeat: Duration) -> Settings {
         sleep_after: None,
         run: Default::default(),
         api: Default::default(),
+        default_cert: Default::default(),
     }
 }
 
@@ -175,7 +176,7 @@ impl Harness {
 
     /// The route the router has for `app` now.
     pub(crate) fn route(&self, app: &str) -> Option<AppRoute> {
-        self.core.routing.published().1.remove(app)
+        self.core.routing.published().routes.remove(app)
     }
 }
 

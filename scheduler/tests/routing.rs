@@ -571,6 +571,7 @@ fn follower(c: &Cluster, kind: &str, listen_flag: &str) -> (Reap, u16) {
     let child = Command::new(harness::bins().join("manifold-scheduler"))
         .args([kind, "--scheduler", &c.api()])
         .args([listen_flag, &format!("127.0.0.1:{port}")])
+        .args(["--router-tls-listen", "none"])
         .env("MANIFOLD_API_TOKEN", API_TOKEN)
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -17,6 +17,7 @@ use crate::run::RunSpec;
 mod apps;
 mod config;
 mod deploy;
+mod domains;
 mod features;
 mod hosts;
 mod logs;
@@ -105,6 +106,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Drains { app } => ctx.drains(app.name()?).await,
         Command::DrainsAdd { url, app } => ctx.drains_add(app.name()?, &url).await,
         Command::DrainsRemove { drain, app } => ctx.drains_remove(app.name()?, &drain).await,
+        Command::Domains { app } => ctx.domains(app.name()?).await,
+        Command::DomainsAdd { hostname, app } => ctx.domains_add(app.name()?, &hostname).await,
+        Command::DomainsRemove { hostname, app } => {
+            ctx.domains_remove(app.name()?, &hostname).await
+        }
+        Command::Certs { app } => ctx.certs(app.name()?).await,
+        Command::CertsAdd { cert, key, app } => ctx.certs_add(app.name()?, &cert, &key).await,
+        Command::CertsRemove { id, app } => ctx.certs_remove(app.name()?, &id).await,
+        Command::Maintenance { app } => ctx.maintenance(app.name()?).await,
+        Command::MaintenanceOn { app } => ctx.set_maintenance(app.name()?, true).await,
+        Command::MaintenanceOff { app } => ctx.set_maintenance(app.name()?, false).await,
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,

@@ -67,14 +67,16 @@ impl Recorder {
     }
 }
 
-/// A router serving on a port of its own.
+/// A router serving HTTP on a port of its own, and HTTPS on another.
 pub struct TestRouter {
     pub addr: SocketAddr,
+    pub tls_addr: SocketAddr,
     pub table: RouteTable,
     pub hooks: Arc<Recorder>,
     pub router: Arc<Router>,
     stop: Option<oneshot::Sender<()>>,
     pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop_tls: Option<oneshot::Sender<()>>,
 }
 
 impl TestRouter {
@@ -88,8 +90,16 @@ impl TestRouter {
         let served = tokio::spawn(router.clone().serve(listener, async move {
             let _ = stopped.await;
         }));
+        let tls_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let tls_addr = tls_listener.local_addr().expect("addr");
+        let (stop_tls, tls_stopped) = oneshot::channel::<()>();
+        tokio::spawn(router.clone().serve_tls(tls_listener, async move {
+            let _ = tls_stopped.await;
+        }));
         TestRouter {
             addr,
+            tls_addr,
+            stop_tls: Some(stop_tls),
             table,
             hooks,
             router,
@@ -104,6 +114,9 @@ impl TestRouter {
 
     pub fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.stop_tls.take() {
             let _ = stop.send(());
         }
     }

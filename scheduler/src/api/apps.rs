@@ -23,6 +23,7 @@ async fn app_json(core: &Core, app: &App) -> Result<Value> {
         "current_release": current.as_ref().map(|r| json!({"version": r.version})),
         "boot_timeout": app.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT),
         "stop_timeout": app.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+        "maintenance": app.maintenance,
     }))
 }
 
@@ -62,6 +63,8 @@ pub(super) async fn create_app(
         )));
     }
     let app = core.store.create_app(&body.name, &stack).await?;
+    // The default certificate names every app.
+    super::domains::publish(&core).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(app_json(&core, &app).await?),
@@ -76,12 +79,14 @@ pub(super) async fn get_app(
     Ok(axum::Json(app_json(&core, &app).await?))
 }
 
-/// `PATCH /apps/{app}`: the app's timeouts, in seconds (0 restores the default).
+/// `PATCH /apps/{app}`: the app's timeouts, in seconds (0 restores the default), and its
+/// maintenance mode.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AppPatch {
     boot_timeout: Option<u32>,
     stop_timeout: Option<u32>,
+    maintenance: Option<bool>,
 }
 
 /// Checks a timeout: 0 means the default, otherwise `1..=max` seconds.
@@ -114,7 +119,12 @@ pub(super) async fn patch_app(
         app.stop_timeout,
         MAX_STOP_TIMEOUT,
     )?;
-    let app = core.store.set_timeouts(&name, boot, stop).await?;
+    let mut app = core.store.set_timeouts(&name, boot, stop).await?;
+    if let Some(on) = body.maintenance.filter(|on| *on != app.maintenance) {
+        app = core.store.set_maintenance(&name, on).await?;
+        // The next reconcile publishes the app's route: the maintenance page, or its dynos.
+        core.poke();
+    }
     Ok(axum::Json(app_json(&core, &app).await?))
 }
 
@@ -125,5 +135,6 @@ pub(super) async fn delete_app(
     let app = core.store.app(&name).await?;
     let body = app_json(&core, &app).await?;
     core.delete_app(&name).await?;
+    super::domains::publish(&core).await?;
     Ok(axum::Json(body))
 }

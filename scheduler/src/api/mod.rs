@@ -5,7 +5,9 @@
 mod apps;
 mod blobs;
 mod builds;
+mod certs;
 mod config;
+mod domains;
 mod dynos;
 mod features;
 mod formation;
@@ -40,7 +42,9 @@ use crate::http::request_id;
 use apps::{create_app, delete_app, get_app, list_apps, patch_app};
 use blobs::{get_blob, put_blob};
 use builds::{build_output, create_build, get_build, list_builds};
+use certs::{add_cert, list_certs, remove_cert};
 use config::{get_config, patch_config};
+use domains::{add_domain, list_domains, remove_domain};
 use dynos::{list_dynos, restart_all, restart_dynos, stop_dyno};
 use features::{get_feature, list_features, patch_feature};
 use formation::{get_formation, patch_formation};
@@ -106,6 +110,16 @@ pub fn router(core: Arc<Core>) -> Router {
             axum::routing::delete(restart_dynos),
         )
         .route("/apps/:app/dynos/:dyno/actions/stop", post(stop_dyno))
+        .route("/apps/:app/domains", get(list_domains).post(add_domain))
+        .route(
+            "/apps/:app/domains/:hostname",
+            axum::routing::delete(remove_domain),
+        )
+        .route("/apps/:app/sni-endpoints", get(list_certs).post(add_cert))
+        .route(
+            "/apps/:app/sni-endpoints/:id",
+            axum::routing::delete(remove_cert),
+        )
         .route("/apps/:app/features", get(list_features))
         .route(
             "/apps/:app/features/:feature",

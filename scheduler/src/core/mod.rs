@@ -83,6 +83,8 @@ pub struct Settings {
     pub run: crate::attach::RunSettings,
     /// The API + AgentLink listener's timeouts and connection cap.
     pub api: crate::server::ListenerLimits,
+    /// Where the router's certificate for the cluster's domain comes from.
+    pub default_cert: crate::edge::DefaultCert,
 }
 
 /// The services, the store they share, and the reconcile loop's lock.

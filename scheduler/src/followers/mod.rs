@@ -25,7 +25,10 @@ mod wire;
 pub use logplex::run_logplex;
 pub use router::{run, FollowConfig};
 pub use routes::{routes, LONG_POLL};
-pub use wire::{from_wire, to_wire, BackendWire, RouteWire, RouterEvents, RoutesReply};
+pub use wire::{
+    edge_from_wire, edge_to_wire, from_wire, to_wire, BackendWire, CertWire, EdgeWire, RouteWire,
+    RouterEvents, RoutesReply,
+};
 
 /// An error with its causes (a TLS failure is a few sources below reqwest's message).
 fn chain(err: &dyn std::error::Error) -> String {

@@ -60,10 +60,12 @@ impl Hooks for RemoteHooks {
     }
 }
 
-/// Runs a router that follows the scheduler until `shutdown` resolves.
+/// Runs a router that follows the scheduler until `shutdown` resolves: HTTP on `listener`,
+/// HTTPS on `tls` when given.
 pub async fn run(
     config: FollowConfig,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let table = RouteTable::new();
@@ -76,7 +78,23 @@ pub async fn run(
     let client = config.client.clone();
     let follow = tokio::spawn(follow_routes(client.clone(), config.clone(), table));
     let send = tokio::spawn(send_events(client, config, pending));
-    let served = router.serve(listener, shutdown).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let https = tls.map(|tls| tokio::spawn(router.clone().serve_tls(tls, until(stopped.clone()))));
+    let served = router.serve(listener, until(stopped)).await;
+    if let Some(https) = https {
+        // After a shutdown HTTPS finishes its requests too; if HTTP failed, it is cut.
+        if served.is_err() {
+            https.abort();
+        }
+        let _ = https.await;
+    }
     follow.abort();
     send.abort();
     served
@@ -86,6 +104,7 @@ pub async fn run(
 /// with the table as it was (routing goes on while the scheduler is away).
 async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: RouteTable) {
     let mut version: Option<u64> = None;
+    let mut edge: Option<crate::edge::Edge> = None;
     loop {
         let mut url = format!("{}/router/v1/routes", config.scheduler);
         if let Some(v) = version {
@@ -108,6 +127,9 @@ async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: Rou
                             .map(|(app, wire)| (app.clone(), from_wire(wire)))
                             .collect();
                         table.replace_all(table_now);
+                        let edge_now = edge_from_wire(routes.edge);
+                        edge_now.apply(&table, edge.as_ref());
+                        edge = Some(edge_now);
                         version = Some(routes.version);
                     }
                 }

@@ -39,13 +39,15 @@ async fn get_routes(
             let _ = tokio::time::timeout(LONG_POLL, changes.changed()).await;
         }
     }
-    let (version, table) = core.routing.published();
+    let published = core.routing.published();
     Ok(axum::Json(RoutesReply {
-        version,
-        routes: table
+        version: published.version,
+        routes: published
+            .routes
             .iter()
             .map(|(app, route)| (app.clone(), to_wire(route)))
             .collect(),
+        edge: edge_to_wire(&published.edge),
     }))
 }
 

@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::model::{
-    App, Build, Dyno, DynoReport, DynoState, Formation, FormationUpdate, Host, LogDrain, Release,
-    ReleaseStatus, Slug,
+    App, Build, Cert, Domain, Dyno, DynoReport, DynoState, Formation, FormationUpdate, Host,
+    LogDrain, Release, ReleaseStatus, Slug,
 };
 
 pub mod sqlite;
@@ -37,6 +37,12 @@ pub enum StoreError {
     HostNotFound(String),
     #[error("log drain {drain} of {app} not found")]
     DrainNotFound { app: String, drain: String },
+    #[error("{hostname} is already a domain of {app}")]
+    DomainTaken { hostname: String, app: String },
+    #[error("{app} has no domain {hostname}")]
+    DomainNotFound { app: String, hostname: String },
+    #[error("{app} has no certificate {id}")]
+    CertNotFound { app: String, id: Uuid },
     #[error("{app} already has a log drain to {url}")]
     DrainExists { app: String, url: String },
     #[error("stored data is invalid: {0}")]
@@ -104,6 +110,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts the app to sleep or wakes it.
     async fn set_sleeping(&self, app: &str, sleeping: bool) -> Result<App, StoreError>;
+
+    /// Turns the app's maintenance mode on or off.
+    async fn set_maintenance(&self, app: &str, on: bool) -> Result<App, StoreError>;
+
+    /// Adds a custom domain (lowercase, already validated) to the app; a name another app
+    /// has is refused.
+    async fn add_domain(&self, app: &str, hostname: &str) -> Result<Domain, StoreError>;
+    async fn remove_domain(&self, app: &str, hostname: &str) -> Result<Domain, StoreError>;
+    /// One app's custom domains, or every app's.
+    async fn domains(&self, app: Option<&str>) -> Result<Vec<Domain>, StoreError>;
+
+    /// Inserts the certificate, or replaces the one with its id (a renewal, a new default).
+    async fn save_cert(&self, cert: &Cert) -> Result<(), StoreError>;
+    /// Removes one of the app's certificates.
+    async fn remove_cert(&self, app: &str, id: Uuid) -> Result<Cert, StoreError>;
+    /// One app's certificates, or every certificate (the default one included), oldest first.
+    async fn certs(&self, app: Option<&str>) -> Result<Vec<Cert>, StoreError>;
 
     /// Adds a drain to the app's.
     async fn add_drain(&self, app: &str, url: &str, token: &str) -> Result<LogDrain, StoreError>;

@@ -243,6 +243,8 @@ impl Cluster {
             .arg(format!("{}ms", self.deadline.as_millis()))
             .arg("--router-listen")
             .arg(format!("127.0.0.1:{}", self.router_port))
+            // Clusters run side by side: no fixed HTTPS port (tests that need it pass one).
+            .args(["--router-tls-listen", "none"])
             .args(&self.flags)
             .env("MANIFOLD_API_TOKEN", API_TOKEN)
             .env("MANIFOLD_AGENT_TOKEN", AGENT_TOKEN)

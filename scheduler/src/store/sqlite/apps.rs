@@ -35,6 +35,7 @@ pub(super) async fn create_app(
         config: BTreeMap::new(),
         features: BTreeSet::new(),
         sleeping: false,
+        maintenance: false,
         boot_timeout: None,
         stop_timeout: None,
         created_at: now,
@@ -102,17 +103,34 @@ pub(super) async fn set_timeouts(
     Ok(current)
 }
 
-pub(super) async fn set_sleeping(
+/// One of the app's flags (the schema keeps them as 0 or 1 in a column of their own).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Flag {
+    Sleeping,
+    Maintenance,
+}
+
+pub(super) async fn set_flag(
     store: &SqliteStore,
     app: &str,
-    sleeping: bool,
+    flag: Flag,
+    on: bool,
 ) -> Result<App, StoreError> {
     let mut tx = store.write().await?;
     let mut current = app_by_name(&mut tx, app).await?;
-    current.sleeping = sleeping;
+    let sql = match flag {
+        Flag::Sleeping => {
+            current.sleeping = on;
+            "UPDATE apps SET sleeping = ?, updated_at = ? WHERE id = ?"
+        }
+        Flag::Maintenance => {
+            current.maintenance = on;
+            "UPDATE apps SET maintenance = ?, updated_at = ? WHERE id = ?"
+        }
+    };
     current.updated_at = OffsetDateTime::now_utc();
-    sqlx::query("UPDATE apps SET sleeping = ?, updated_at = ? WHERE id = ?")
-        .bind(i64::from(sleeping))
+    sqlx::query(sql)
+        .bind(i64::from(on))
         .bind(timestamp(current.updated_at)?)
         .bind(current.id.to_string())
         .execute(&mut *tx)

@@ -32,12 +32,13 @@ use uuid::Uuid;
 
 use super::{BuildOutcome, DynoChanges, Reported, Store, StoreError};
 use crate::model::{
-    App, Build, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain, Release,
-    ReleaseStatus, Slug,
+    App, Build, Cert, Domain, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain,
+    Release, ReleaseStatus, Slug,
 };
 
 mod apps;
 mod builds;
+mod domains;
 mod drains;
 mod dynos;
 mod hosts;
@@ -127,7 +128,35 @@ impl Store for SqliteStore {
     }
 
     async fn set_sleeping(&self, app: &str, sleeping: bool) -> Result<App, StoreError> {
-        apps::set_sleeping(self, app, sleeping).await
+        apps::set_flag(self, app, apps::Flag::Sleeping, sleeping).await
+    }
+
+    async fn set_maintenance(&self, app: &str, on: bool) -> Result<App, StoreError> {
+        apps::set_flag(self, app, apps::Flag::Maintenance, on).await
+    }
+
+    async fn add_domain(&self, app: &str, hostname: &str) -> Result<Domain, StoreError> {
+        domains::add_domain(self, app, hostname).await
+    }
+
+    async fn remove_domain(&self, app: &str, hostname: &str) -> Result<Domain, StoreError> {
+        domains::remove_domain(self, app, hostname).await
+    }
+
+    async fn domains(&self, app: Option<&str>) -> Result<Vec<Domain>, StoreError> {
+        domains::domains(self, app).await
+    }
+
+    async fn save_cert(&self, cert: &Cert) -> Result<(), StoreError> {
+        domains::save_cert(self, cert).await
+    }
+
+    async fn remove_cert(&self, app: &str, id: Uuid) -> Result<Cert, StoreError> {
+        domains::remove_cert(self, app, id).await
+    }
+
+    async fn certs(&self, app: Option<&str>) -> Result<Vec<Cert>, StoreError> {
+        domains::certs(self, app).await
     }
 
     async fn add_drain(&self, app: &str, url: &str, token: &str) -> Result<LogDrain, StoreError> {

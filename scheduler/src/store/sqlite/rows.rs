@@ -12,7 +12,10 @@ use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 use uuid::Uuid;
 
-use crate::model::{App, Build, Dyno, DynoState, Formation, Host, LogDrain, Release, Slug};
+use crate::model::{
+    App, Build, Cert, CertMaterial, CertSource, CertStatus, Domain, Dyno, DynoState, Formation,
+    Host, LogDrain, Release, Slug,
+};
 use crate::store::StoreError;
 
 /// RFC 3339 with a fixed width, so that TEXT order is time order (the well-known formatter
@@ -115,6 +118,7 @@ pub(super) fn app_from_row(row: &SqliteRow) -> Result<App, StoreError> {
         config: c.json("config")?,
         features: c.json("features")?,
         sleeping: c.flag("sleeping")?,
+        maintenance: c.flag("maintenance")?,
         boot_timeout: c.opt_int("boot_timeout")?,
         stop_timeout: c.opt_int("stop_timeout")?,
         created_at: c.time("created_at")?,
@@ -130,6 +134,47 @@ pub(super) fn drain_from_row(row: &SqliteRow) -> Result<LogDrain, StoreError> {
         url: c.text("url")?,
         token: c.text("token")?,
         created_at: c.time("created_at")?,
+    })
+}
+
+pub(super) fn domain_from_row(row: &SqliteRow) -> Result<Domain, StoreError> {
+    let c = Cells::new(row, "domains", row.try_get("hostname")?);
+    Ok(Domain {
+        hostname: c.text("hostname")?,
+        app_id: c.uuid("app_id")?,
+        app: c.text("app")?,
+        created_at: c.time("created_at")?,
+    })
+}
+
+pub(super) fn cert_from_row(row: &SqliteRow) -> Result<Cert, StoreError> {
+    let c = Cells::new(row, "certs", row.try_get("id")?);
+    let material = match (c.opt_text("chain_pem")?, c.opt_text("key_pem")?) {
+        (Some(chain_pem), Some(key_pem)) => Some(CertMaterial {
+            chain_pem,
+            key_pem,
+            issuer: c.text("issuer")?,
+            not_before: c.time("not_before")?,
+            not_after: c.time("not_after")?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(c.corrupt(
+                "key_pem",
+                "a certificate without its key, or a key without its certificate",
+            ))
+        }
+    };
+    Ok(Cert {
+        id: c.uuid("id")?,
+        app_id: c.opt_uuid("app_id")?,
+        source: c.parse("source", CertSource::parse)?,
+        names: c.json("names")?,
+        material,
+        status: c.parse("status", CertStatus::parse)?,
+        last_error: c.opt_text("last_error")?,
+        created_at: c.time("created_at")?,
+        updated_at: c.time("updated_at")?,
     })
 }
 
