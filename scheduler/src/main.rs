@@ -136,6 +136,9 @@ struct Cli {
     /// (needs --tls-cert); `router` and `logplex` trust it for an https:// scheduler.
     #[arg(long, global = true, env = "MANIFOLD_CLUSTER_CA")]
     cluster_ca: Option<PathBuf>,
+    /// Automated certificates for custom domains (ACME).
+    #[command(flatten)]
+    acme: manifold_scheduler::acme::settings::AcmeSettings,
     /// Also run `manifold-agent` on this host, connected to this scheduler (all-in-one).
     #[arg(long)]
     with_agent: bool,
@@ -330,6 +333,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    // Checked at start: a bad directory URL or CA bundle stops the scheduler here.
+    if let Some(acme) = cli
+        .acme
+        .config()
+        .context("cannot set up automated certificates")?
+    {
+        tracing::info!("automated certificates from {}", acme.directory);
+    }
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("cannot create {}", cli.state_dir.display()))?;
     let settings = Settings {
