@@ -52,6 +52,8 @@ pub struct IssuedCert {
     pub chain_pem: String,
     /// Its private key, PKCS#8 PEM (ECDSA P-256).
     pub key_pem: Secret,
+    /// The issuer's distinguished name, as `manifold certs` shows it.
+    pub issuer: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -336,6 +338,7 @@ fn issued(domains: &[String], chain_pem: String, key_pem: Secret) -> Result<Issu
     }
     Ok(IssuedCert {
         domains: domains.to_vec(),
+        issuer: parsed.issuer().to_string(),
         not_before: validity.not_before.to_datetime(),
         not_after: validity.not_after.to_datetime(),
         chain_pem,
@@ -409,6 +412,7 @@ mod tests {
         )
         .unwrap();
         assert!(cert.not_after > cert.not_before);
+        assert_eq!(cert.issuer, "CN=rcgen self signed cert");
         assert!(format!("{cert:?}").contains("key_pem: <redacted>"));
         let err = issued(&["api.example.com".to_string()], pem, secret.clone()).unwrap_err();
         assert!(

@@ -283,6 +283,11 @@ impl Pebble {
         )
         .unwrap();
         certified.keys_match().unwrap();
+        assert!(
+            cert.issuer.starts_with("CN=Pebble Intermediate CA"),
+            "{}",
+            cert.issuer
+        );
         let lifetime = cert.not_after - cert.not_before;
         assert!(
             (lifetime.whole_seconds() - VALIDITY_SECS as i64).abs() <= 2,

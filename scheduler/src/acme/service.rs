@@ -266,6 +266,7 @@ mod tests {
                 domains: domains.to_vec(),
                 chain_pem: String::new(),
                 key_pem: Secret::new(String::new()),
+                issuer: "CN=fake".to_string(),
                 not_before: now,
                 not_after: now + DAY * 90,
             })
