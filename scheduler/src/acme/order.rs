@@ -282,7 +282,10 @@ fn check_domains(domains: &[String]) -> Result<(), AcmeError> {
         if DnsName::try_from(domain.as_str()).is_err() {
             return Err(bad("it is not a valid domain name"));
         }
-        if !domain.trim_end_matches('.').contains('.') {
+        if domain.ends_with('.') {
+            return Err(bad("it ends with a dot (write it without)"));
+        }
+        if !domain.contains('.') {
             return Err(bad("it is not a fully qualified domain name"));
         }
     }
@@ -360,6 +363,7 @@ mod tests {
             ("exa mple.com", "not a valid domain name"),
             ("-", "not a valid domain name"),
             ("localhost", "fully qualified"),
+            ("www.example.com.", "ends with a dot"),
         ] {
             let err = check_domains(&["ok.example.com".to_string(), domain.to_string()])
                 .unwrap_err()
