@@ -65,7 +65,6 @@ pub struct Acme {
     accounts: Arc<dyn AccountStore>,
     board: Arc<dyn ChallengeBoard>,
     account: tokio::sync::OnceCell<Account>,
-    patience: Duration,
 }
 
 /// The tokens posted for one order; dropping it withdraws them, on every path out.
@@ -96,13 +95,7 @@ impl Acme {
             accounts,
             board,
             account: tokio::sync::OnceCell::new(),
-            patience: Self::PATIENCE,
         }
-    }
-
-    /// The directory URL this client orders from.
-    pub fn directory(&self) -> &str {
-        &self.config.directory
     }
 
     /// Orders a certificate for `domains` (one certificate naming them all), answering the
@@ -118,7 +111,7 @@ impl Acme {
             .await
             .map_err(|e| self.server(Step::Order, &e))?;
         let posted = self.answer_challenges(&mut order).await?;
-        let retries = RetryPolicy::new().backoff(1.5).timeout(self.patience);
+        let retries = RetryPolicy::new().backoff(1.5).timeout(Self::PATIENCE);
         let names = domains.join(", ");
         match order.poll_ready(&retries).await {
             Ok(OrderStatus::Ready) => {}
