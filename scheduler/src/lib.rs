@@ -9,8 +9,10 @@
 //! slugs and releases; [`server`] serves both protocols on one port, over TLS with [`tls`]
 //! (certificates from [`certs`]). One-off dynos: [`oneoff`] takes `manifold run` (the core
 //! places them), [`attach`] joins a `manifold run` client to its dyno, [`release_phase`]
-//! runs a release's `release` command before it goes live.
+//! runs a release's `release` command before it goes live. [`acme`] gets and renews
+//! certificates for custom domains from an ACME server.
 
+pub mod acme;
 pub mod api;
 pub mod attach;
 pub mod auth;

@@ -160,6 +160,9 @@ struct Cli {
     /// (needs --tls-cert); `router` and `logplex` trust it for an https:// scheduler.
     #[arg(long, global = true, env = "MANIFOLD_CLUSTER_CA")]
     cluster_ca: Option<PathBuf>,
+    /// Automated certificates for custom domains (ACME).
+    #[command(flatten)]
+    acme: manifold_scheduler::acme::settings::AcmeSettings,
     /// Also run `manifold-agent` on this host, connected to this scheduler (all-in-one).
     #[arg(long)]
     with_agent: bool,
@@ -422,6 +425,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    // Checked at start: a bad directory URL or CA bundle stops the scheduler here.
+    if let Some(acme) = cli
+        .acme
+        .config()
+        .context("cannot set up automated certificates")?
+    {
+        tracing::info!("automated certificates from {}", acme.directory);
+    }
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("cannot create {}", cli.state_dir.display()))?;
     let settings = Settings {
@@ -578,5 +589,40 @@ mod tests {
         assert_eq!(url("[::]:8750"), "https://[::1]:8750");
         assert_eq!(url("10.0.0.2:8750"), "https://10.0.0.2:8750");
         assert_eq!(url("127.0.0.1:9"), "https://127.0.0.1:9");
+    }
+
+    #[test]
+    fn acme_settings_are_flags_and_settings_file_keys() {
+        let file = "acme_directory = \"https://acme.test/dir\"\n\
+                    acme-contact = \"ops@example.com\"\n\
+                    acme_ca = \"/etc/manifold/acme-ca.pem\"\n";
+        let settings =
+            manifold_settings::resolve(&Cli::command(), Path::new("scheduler.toml"), file)
+                .expect("ACME settings are known keys");
+        let mut variables: Vec<_> = settings.iter().map(|s| s.variable.clone()).collect();
+        variables.sort();
+        assert_eq!(
+            variables,
+            [
+                "MANIFOLD_ACME_CA",
+                "MANIFOLD_ACME_CONTACT",
+                "MANIFOLD_ACME_DIRECTORY"
+            ]
+        );
+        let cli = Cli::try_parse_from([
+            "manifold-scheduler",
+            "--acme-directory",
+            "https://acme.test/dir",
+            "--acme-contact",
+            "ops@example.com",
+        ])
+        .expect("flags");
+        let acme = cli.acme.config().expect("valid").expect("on");
+        assert_eq!(acme.contact, ["mailto:ops@example.com"]);
+        // A contact or CA without a directory is a mistake, not something ignored.
+        let err = Cli::try_parse_from(["manifold-scheduler", "--acme-contact", "a@b.example"])
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("--acme-directory"), "{err}");
     }
 }
