@@ -4,6 +4,7 @@
 
 mod apps;
 mod blobs;
+mod buildpacks;
 mod builds;
 mod config;
 mod dynos;
@@ -39,6 +40,7 @@ use crate::auth::auth;
 use crate::http::request_id;
 use apps::{create_app, delete_app, get_app, list_apps, patch_app};
 use blobs::{get_blob, put_blob};
+use buildpacks::{list_buildpacks, put_buildpacks};
 use builds::{build_output, create_build, get_build, list_builds};
 use config::{get_config, patch_config};
 use dynos::{list_dynos, restart_all, restart_dynos, stop_dyno};
@@ -106,6 +108,10 @@ pub fn router(core: Arc<Core>) -> Router {
             axum::routing::delete(restart_dynos),
         )
         .route("/apps/:app/dynos/:dyno/actions/stop", post(stop_dyno))
+        .route(
+            "/apps/:app/buildpack-installations",
+            get(list_buildpacks).put(put_buildpacks),
+        )
         .route("/apps/:app/features", get(list_features))
         .route(
             "/apps/:app/features/:feature",
