@@ -114,7 +114,7 @@ PY
 }
 
 # The Pythons on PATH as "VERSION PATH" lines: `python3` (the stack's default) first, then
-# each `python3.N` that runs and is not the same interpreter.
+# each `python3.N` that runs and is not the same version.
 python_version::available() {
   local candidates=() dirs dir exe version seen=" "
   if exe=$(command -v python3); then
@@ -126,9 +126,13 @@ python_version::available() {
       [[ -x $exe && ! -d $exe ]] && candidates+=("$exe")
     done
   done
+  # Asked from / and answered with sys.executable: a version manager's shim (pyenv) picks
+  # its Python from the working directory's .python-version, so the build uses the
+  # interpreter itself, which is also what the venv's bin/python should point at.
   for exe in "${candidates[@]}"; do
-    version=$("$exe" -c 'import platform; print(platform.python_version())' 2>/dev/null) || continue
-    [[ $seen == *" $version "* ]] && continue
+    read -r version exe < <(cd / && "$exe" -c \
+      'import platform, sys; print(platform.python_version(), sys.executable)' 2>/dev/null) || continue
+    [[ -n $exe && $seen != *" $version "* ]] || continue
     seen+="$version "
     echo "$version $exe"
   done
