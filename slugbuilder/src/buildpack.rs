@@ -76,15 +76,13 @@ pub enum BuildpackSource {
 }
 
 impl BuildpackSource {
-    /// Reads a `--buildpack` argument: a built-in's Heroku name (`urn:buildpack:heroku/python`)
-    /// is that built-in, a URL (`scheme://…` or `git@host:…`, with an optional `#ref`) is git,
-    /// an existing directory is a directory, and a bare built-in name (or Heroku's name for
-    /// it, `heroku/python`) is that built-in.
+    /// Reads a `--buildpack` argument: Heroku's name for a built-in (`heroku/python`, never a
+    /// directory of that name) is that built-in, a URL (`scheme://…` or `git@host:…`, with an
+    /// optional `#ref`) is git, an existing directory is a directory, and a bare built-in name
+    /// is that built-in.
     pub fn parse(spec: &str) -> Result<Self, BuildpackError> {
-        if spec.starts_with("urn:") {
-            if let Some(name) = builtin_name(spec) {
-                return Ok(Self::Builtin(name.to_owned()));
-            }
+        if let Some((_, name)) = HEROKU_ALIASES.iter().find(|(alias, _)| *alias == spec) {
+            return Ok(Self::Builtin((*name).to_owned()));
         }
         if spec.contains("://") || spec.starts_with("git@") {
             let (url, reference) = match spec.rsplit_once('#') {

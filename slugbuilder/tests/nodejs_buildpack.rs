@@ -177,6 +177,9 @@ fn engines_lockfiles_and_cache_settings_are_explained() {
     );
 
     write_files(&src, &[("yarn.lock", "")]);
+    // The earlier builds' slug goes, so that the failed build is seen to write none.
+    fs::remove_file(tmp.path().join("slug.tgz")).expect("rm slug");
+    fs::remove_file(tmp.path().join("slug.json")).expect("rm metadata");
     let (out, _) = build_node(&src, tmp.path(), &[]);
     assert_failed(
         &out,
