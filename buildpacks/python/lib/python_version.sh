@@ -65,8 +65,9 @@ EOF
         exit 1
         ;;
       1)
-        if [[ ${versions[0]} =~ ^$PYTHON_VERSION_RE$ ]]; then
-          echo "${versions[0]} .python-version"
+        local found=${versions[0]}
+        if [[ $found =~ ^$PYTHON_VERSION_RE$ ]]; then
+          echo "$found .python-version"
           return 0
         fi
         puts_error <<EOF
@@ -76,7 +77,7 @@ The Python version specified in your .python-version file
 isn't in the correct format.
 
 The following version was found:
-${versions[0]//[^[:print:][:blank:]]/?}
+${found//[^[:print:][:blank:]]/?}
 
 $(python_version::version_file_help)
 EOF
@@ -141,6 +142,7 @@ python_version::available() {
 # python_version::select BUILD_DIR PACKAGE_MANAGER: sets PYTHON (the interpreter's path) and
 # PYTHON_VERSION, logging the choice as Heroku does and warning when the request cannot be
 # met.
+# shellcheck disable=SC2034 # PYTHON and PYTHON_VERSION are bin/compile's.
 python_version::select() {
   local request requested origin available version exe
   # A malformed version file ends the build (the subshell's `exit 1`), its error on stderr.
@@ -187,7 +189,7 @@ Warning: The requested Python version isn't available on this stack.
 
 Your app's $origin file asks for Python $requested, however, the
 stack only has:
-$(sed 's/^\([^ ]*\) \(.*\)/  Python \1 (\2)/' <<<"$available")
+$(while read -r version exe; do echo "  Python $version ($exe)"; done <<<"$available")
 
 Manifold builds with the stack's own Pythons rather than downloading
 one, so this build continues with the stack's default, Python $PYTHON_VERSION.
