@@ -354,7 +354,23 @@ fn copy_dir(src: &Path, dest: &Path) {
 #[test]
 fn flask_example_serves_on_gunicorn() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (_, _, _web, port) = serve("flask-web", "Python", &[], tmp.path());
+    let (_, app, _web, port) = serve("flask-web", "Python", &[], tmp.path());
+    // gunicorn's settings from .profile.d, as on Heroku.
+    let env = Command::new("bash")
+        .args([
+            "-c",
+            ". .profile.d/python.sh; echo \"$FORWARDED_ALLOW_IPS|$GUNICORN_CMD_ARGS|$WEB_CONCURRENCY\"",
+        ])
+        .current_dir(&app)
+        .env("HOME", &app)
+        .env_remove("WEB_CONCURRENCY")
+        .env_remove("GUNICORN_CMD_ARGS")
+        .output()
+        .expect("run bash");
+    let env = String::from_utf8_lossy(&env.stdout);
+    let fields: Vec<&str> = env.trim().split('|').collect();
+    assert_eq!(fields[..2], ["*", "--access-logfile -"], "{env}");
+    assert!(fields[2].parse::<u32>().is_ok_and(|n| n >= 1), "{env}");
     let page = http_get(port, "/");
     assert!(page.contains(" 200 "), "{page}");
     assert!(page.contains("Hello from web.1 (Flask)"), "{page}");

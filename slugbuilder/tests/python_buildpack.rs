@@ -1,6 +1,7 @@
 //! The built-in Python buildpack with the real tools and the real package index: which
 //! Python builds the app and what the log says when the request cannot be met, Pipenv,
-//! Poetry and uv projects, and the package manager files Heroku refuses.
+//! Poetry and uv projects, the app's compile hooks, and the package manager files Heroku
+//! refuses.
 //!
 //! Slow (each cold build makes a venv; Pipenv, Poetry and uv are installed from the index):
 //! about a minute per test on an idle machine.
@@ -56,7 +57,7 @@ fn build_python(src: &Path, tmp: &Path, env: &[(&str, &str)]) -> Output {
 }
 
 #[test]
-fn python_version_requests_are_honoured_or_explained() {
+fn python_version_requests_are_honoured_or_explained_and_hooks_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = tmp.path().join("src");
     let default = stack_python();
@@ -105,6 +106,41 @@ fn python_version_requests_are_honoured_or_explained() {
     assert!(log(&out).contains(&format!(
         "Warning: Python {major}.999 isn't available on this stack; using {default}."
     )));
+
+    // The app's hooks: pre_compile before the install, post_compile with the venv on PATH.
+    write_files(
+        &src,
+        &[
+            ("bin/pre_compile", "#!/bin/sh\necho pre > hooks.txt\n"),
+            (
+                "bin/post_compile",
+                "#!/bin/sh\necho \"post $(command -v python)\" >> hooks.txt\n",
+            ),
+        ],
+    );
+    let out = build_python(&src, tmp.path(), &[]);
+    assert_ok(&out);
+    assert!(
+        log(&out).contains("-----> Running bin/post_compile hook"),
+        "{}",
+        log(&out)
+    );
+    let app = unpack(&tmp.path().join("slug.tgz"), &tmp.path().join("dyno"));
+    let hooks = std::fs::read_to_string(app.join("hooks.txt")).expect("the hooks ran");
+    assert!(hooks.starts_with("pre\npost /"), "{hooks}");
+    assert!(
+        hooks.trim_end().ends_with("/.heroku/python/bin/python"),
+        "{hooks}"
+    );
+    write_files(&src, &[("bin/post_compile", "#!/bin/sh\nexit 3\n")]);
+    let out = build_python(&src, tmp.path(), &[]);
+    assert!(!out.status.success());
+    assert!(
+        log(&out).contains(" !     Error: Failed to run the bin/post_compile script."),
+        "{}",
+        log(&out)
+    );
+    std::fs::remove_dir_all(src.join("bin")).expect("rm hooks");
 
     // Malformed files fail the build with Heroku's explanation.
     for (file, content, message) in [
