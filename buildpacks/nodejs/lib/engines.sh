@@ -61,7 +61,7 @@ EOF
       puts_warn <<EOF
 Warning: Invalid semver requirement "$requested" in engines.node.
 
-It must be a version or range such as 18.x or >=18 (https://semver.npmjs.com).
+It must be a version or range such as 18.x or >=18.
 The build continues with the stack's node $version.
 EOF
       ;;
