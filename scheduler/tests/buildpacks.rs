@@ -73,6 +73,39 @@ fn buildpacks_set_add_remove_clear_and_refuse_bad_names() {
         "=== bpapp Buildpack URLs\n1. nodejs\n2. heroku/python\n3. https://example.test/bp.git#v1\n"
     ));
 
+    // Which buildpacks a deploy gets, and the line that says so at the top of its output
+    // (with no host here, the build then fails at once).
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("Procfile"), "web: true\n").unwrap();
+    let dir = src.path().to_str().unwrap().to_owned();
+    let deploy = |extra: &[&str]| -> String {
+        let mut args = vec!["deploy", dir.as_str(), "-a", "bpapp"];
+        args.extend_from_slice(extra);
+        let out = c.cli(&args);
+        assert!(!out.status.success(), "no host: the build fails");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = deploy(&[]);
+    assert!(
+        out.contains(
+            "-----> Buildpacks set on the app (manifold buildpacks): nodejs, heroku/python, https://example.test/bp.git#v1"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("no connected host has the testing stack"),
+        "{out}"
+    );
+    let out = deploy(&["--buildpack", "generic"]);
+    assert!(
+        out.contains("-----> Buildpacks named by this deploy: generic"),
+        "{out}"
+    );
+
     // Bad names, refused by the scheduler, change nothing.
     err(
         &["buildpacks:set", "/etc", "-i", "3", "-a", "bpapp"],
@@ -124,11 +157,8 @@ fn buildpacks_set_add_remove_clear_and_refuse_bad_names() {
     assert_eq!(urls(), three, "refused changes left the list alone");
 
     // A deploy's own --buildpack is checked as strictly.
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(src.path().join("Procfile"), "web: true\n").unwrap();
-    let dir = src.path().to_str().unwrap();
     err(
-        &["deploy", dir, "--buildpack", "/srv/bp", "-a", "bpapp"],
+        &["deploy", &dir, "--buildpack", "/srv/bp", "-a", "bpapp"],
         "--buildpack: buildpack \"/srv/bp\" is refused",
     );
 
@@ -163,6 +193,19 @@ fn buildpacks_set_add_remove_clear_and_refuse_bad_names() {
     let out = c.ok(&["buildpacks:clear", "-a", "bpapp"]);
     assert!(out.contains("Buildpacks cleared"), "{out}");
     assert!(urls().is_empty());
+    let out = deploy(&[]);
+    assert!(
+        out.contains(
+            "-----> Buildpack from the BUILDPACK_URL config var: https://example.test/custom.git"
+        ),
+        "{out}"
+    );
+    c.ok(&["config:unset", "BUILDPACK_URL", "-a", "bpapp"]);
+    let out = deploy(&[]);
+    assert!(
+        out.contains("-----> No buildpack set: the build detects one"),
+        "{out}"
+    );
 
     // They go with the app.
     c.ok(&["buildpacks:set", "nodejs", "-a", "bpapp"]);

@@ -19,28 +19,40 @@ pub(super) fn check_buildpack(spec: &str, what: &str) -> Result<()> {
         .map_err(|e| ApiError::invalid(format!("{what}: {e}")))
 }
 
-/// The buildpacks a build runs, by Heroku's precedence (see the module's doc); none: the
-/// build detects one.
+/// The buildpacks a build runs, by Heroku's precedence (see the module's doc), and a line
+/// for the build's output saying where they came from; none: the build detects one.
 pub(super) fn choose(
     deploy: Vec<String>,
     app: Vec<String>,
     config: &BTreeMap<String, String>,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, String)> {
     if !deploy.is_empty() {
         for bp in &deploy {
             check_buildpack(bp, "--buildpack")?;
         }
-        return Ok(deploy);
+        let line = format!(
+            "-----> Buildpacks named by this deploy: {}",
+            deploy.join(", ")
+        );
+        return Ok((deploy, line));
     }
     if !app.is_empty() {
-        return Ok(app);
+        let line = format!(
+            "-----> Buildpacks set on the app (manifold buildpacks): {}",
+            app.join(", ")
+        );
+        return Ok((app, line));
     }
     match config.get("BUILDPACK_URL").map(|v| v.trim()) {
         Some(url) if !url.is_empty() => {
             check_buildpack(url, "config var BUILDPACK_URL")?;
-            Ok(vec![url.to_owned()])
+            let line = format!("-----> Buildpack from the BUILDPACK_URL config var: {url}");
+            Ok((vec![url.to_owned()], line))
         }
-        _ => Ok(Vec::new()),
+        _ => Ok((
+            Vec::new(),
+            "-----> No buildpack set: the build detects one".to_owned(),
+        )),
     }
 }
 
@@ -126,17 +138,24 @@ mod tests {
         let chosen = |deploy: &[&str], app: &[&str], config: &BTreeMap<String, String>| {
             choose(strings(deploy), strings(app), config).expect("valid")
         };
-        assert_eq!(chosen(&["nodejs"], &["python"], &url), strings(&["nodejs"]));
-        assert_eq!(
-            chosen(&[], &["heroku/python", "nodejs"], &url),
-            strings(&["heroku/python", "nodejs"])
+        let (list, line) = chosen(&["nodejs"], &["python"], &url);
+        assert_eq!(list, strings(&["nodejs"]));
+        assert_eq!(line, "-----> Buildpacks named by this deploy: nodejs");
+        let (list, line) = chosen(&[], &["heroku/python", "nodejs"], &url);
+        assert_eq!(list, strings(&["heroku/python", "nodejs"]));
+        assert!(
+            line.ends_with("(manifold buildpacks): heroku/python, nodejs"),
+            "{line}"
         );
-        assert_eq!(
-            chosen(&[], &[], &url),
-            strings(&["https://example.test/bp.git"])
-        );
-        assert!(chosen(&[], &[], &config(&[("BUILDPACK_URL", " ")])).is_empty());
-        assert!(chosen(&[], &[], &BTreeMap::new()).is_empty());
+        let (list, line) = chosen(&[], &[], &url);
+        assert_eq!(list, strings(&["https://example.test/bp.git"]));
+        assert!(line.contains("BUILDPACK_URL"), "{line}");
+        assert!(chosen(&[], &[], &config(&[("BUILDPACK_URL", " ")]))
+            .0
+            .is_empty());
+        let (list, line) = chosen(&[], &[], &BTreeMap::new());
+        assert!(list.is_empty());
+        assert!(line.contains("detects"), "{line}");
     }
 
     #[test]

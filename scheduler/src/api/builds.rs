@@ -50,7 +50,7 @@ pub(super) async fn create_build(
         .unwrap_or_default();
     // Only built-in names and git URLs: a path would name a directory on the build host,
     // which the agent would mount into the build.
-    let buildpacks =
+    let (buildpacks, origin) =
         super::buildpacks::choose(named, core.store.buildpacks(&app).await?, &a.config)?;
     let limit = core.settings.upload_limit;
     let too_large = || {
@@ -111,7 +111,7 @@ pub(super) async fn create_build(
     }
     let build = core
         .builds
-        .start(&a, &source, buildpacks, &user(&headers))
+        .start(&a, &source, buildpacks, origin, &user(&headers))
         .await?;
     Ok((
         StatusCode::CREATED,
