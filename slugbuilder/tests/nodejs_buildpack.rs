@@ -193,3 +193,43 @@ fn engines_lockfiles_and_cache_settings_are_explained() {
         "{text}"
     );
 }
+
+#[test]
+fn cache_directories_are_restored_before_the_install_and_saved_after_the_build() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = fixture("node-npm", &tmp.path().join("src"));
+    edit_package_json(&src, |json| {
+        json["cacheDirectories"] =
+            serde_json::json!(["node_modules", ".build-cache/", "../escape"]);
+        // Counts its runs in a directory that only the cache carries from build to build.
+        json["scripts"]["build"] = Value::from(
+            "node -e \"const fs = require('fs'); fs.mkdirSync('.build-cache', {recursive: true}); \
+             const f = '.build-cache/runs'; const n = fs.existsSync(f) ? +fs.readFileSync(f, 'utf8') + 1 : 1; \
+             fs.writeFileSync(f, String(n)); fs.appendFileSync('order.txt', 'build ' + n + '\\n')\"",
+        );
+    });
+    let (out, app) = build_node(&src, tmp.path(), &[]);
+    assert_ok(&out);
+    let text = log(&out);
+    for expected in [
+        "Warning: cacheDirectories entry \"../escape\" skipped",
+        "- .build-cache (not cached - skipping)",
+        "-----> Caching build",
+        "Saving 2 cacheDirectories (package.json):",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    assert!(order(&app).contains("build 1\n"), "{}", order(&app));
+    assert!(!tmp.path().join("escape").exists());
+
+    let (again, app) = build_node(&src, tmp.path(), &[]);
+    assert_ok(&again);
+    let text = log(&again);
+    assert!(
+        text.contains("Loading from cacheDirectories (package.json):"),
+        "{text}"
+    );
+    assert!(text.contains("       - .build-cache\n"), "{text}");
+    assert!(order(&app).contains("build 2\n"), "{}", order(&app));
+    assert!(!app.join("node_modules/is-number").exists(), "still pruned");
+}
