@@ -121,7 +121,7 @@ pub enum Command {
         dir: PathBuf,
         #[command(flatten)]
         app: AppArg,
-        /// Buildpack name or URL (repeat for several; default: detect).
+        /// Buildpack name or URL (repeat for several; default: the app's, see `buildpacks`).
         #[arg(long = "buildpack", short = 'b')]
         buildpacks: Vec<String>,
     },
