@@ -275,6 +275,10 @@ impl Client {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Reply> {
+        self.reply(self.builder(Method::PUT, path).json(body)).await
+    }
+
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Reply> {
         self.reply(self.builder(Method::PATCH, path).json(body))
             .await

@@ -121,7 +121,7 @@ pub enum Command {
         dir: PathBuf,
         #[command(flatten)]
         app: AppArg,
-        /// Buildpack name or URL (repeat for several; default: detect).
+        /// Buildpack name or URL (repeat for several; default: the app's, see `buildpacks`).
         #[arg(long = "buildpack", short = 'b')]
         buildpacks: Vec<String>,
     },
@@ -216,6 +216,49 @@ pub enum Command {
     /// List builds.
     #[command(name = "builds")]
     Builds {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List the buildpacks the app builds with (none: a deploy detects one).
+    #[command(name = "buildpacks")]
+    Buildpacks {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Set the app's buildpack (a built-in such as heroku/python, or a git URL), replacing
+    /// the one at --index.
+    #[command(name = "buildpacks:set")]
+    BuildpacksSet {
+        buildpack: String,
+        /// Which of the app's buildpacks to replace, from 1 (one more than there are: add).
+        #[arg(short = 'i', long, default_value_t = 1)]
+        index: usize,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Add a buildpack to the app's, last or at --index.
+    #[command(name = "buildpacks:add")]
+    BuildpacksAdd {
+        buildpack: String,
+        /// Where to insert it, from 1 (default: last).
+        #[arg(short = 'i', long)]
+        index: Option<usize>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Remove one of the app's buildpacks, named or by --index.
+    #[command(name = "buildpacks:remove")]
+    BuildpacksRemove {
+        buildpack: Option<String>,
+        /// Which one to remove, from 1.
+        #[arg(short = 'i', long)]
+        index: Option<usize>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Clear the app's buildpacks: the next deploy uses BUILDPACK_URL or detects one.
+    #[command(name = "buildpacks:clear")]
+    BuildpacksClear {
         #[command(flatten)]
         app: AppArg,
     },

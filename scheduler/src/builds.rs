@@ -259,13 +259,15 @@ impl Builds {
     pub async fn read(&self, id: Uuid, from: usize) -> Output {
         self.output.read(id, from).await
     }
-    /// Starts a build of an uploaded source on a connected host with the app's stack.
-    /// Without such a host the build fails at once, with the reason in its output.
+    /// Starts a build of an uploaded source on a connected host with the app's stack; its
+    /// output starts with `origin`, which says where its buildpacks came from. Without such
+    /// a host the build fails at once, with the reason in its output.
     pub async fn start(
         &self,
         app: &App,
         source: &Blob,
         buildpacks: Vec<String>,
+        origin: String,
         user: &str,
     ) -> Result<Build, StoreError> {
         let now = OffsetDateTime::now_utc();
@@ -284,6 +286,7 @@ impl Builds {
         self.store.create_build(&build).await?;
         let host = self.build_host(&app.stack).await?;
         self.output.open(build.id, host.clone());
+        self.output.push(build.id, origin);
         let Some(host) = host else {
             self.output.push(
                 build.id,

@@ -420,10 +420,8 @@ impl Build<'_> {
             let builtins =
                 buildpack::find_builtins_dir(builtins_dir).map_err(|e| self.bp_error(e))?;
             for name in BUILTIN_ORDER {
-                let pack = Buildpack {
-                    dir: buildpack::builtin_dir(&builtins, name).map_err(|e| self.bp_error(e))?,
-                    source: name.to_owned(),
-                };
+                let pack =
+                    buildpack::builtin(&builtins, name, name).map_err(|e| self.bp_error(e))?;
                 if let Some(detected) = self.detect(&pack, log)? {
                     chosen.push((pack, detected));
                     return Ok(chosen);

@@ -30,6 +30,34 @@ use crate::process::{self, RunError, Stdout};
 /// come last.
 pub const BUILTIN_ORDER: [&str; 3] = ["python", "nodejs", "generic"];
 
+/// Heroku's names for its official buildpacks (as in `heroku buildpacks:set heroku/python`,
+/// an app.json, or Heroku's buildpack registry URNs), each with the built-in that does the same
+/// job, so an app set up for Heroku names buildpacks that work here.
+pub const HEROKU_ALIASES: [(&str, &str); 4] = [
+    ("heroku/python", "python"),
+    ("heroku/nodejs", "nodejs"),
+    ("urn:buildpack:heroku/python", "python"),
+    ("urn:buildpack:heroku/nodejs", "nodejs"),
+];
+
+/// The built-in a spec names: a built-in's own name or one of [`HEROKU_ALIASES`].
+pub fn builtin_name(spec: &str) -> Option<&'static str> {
+    BUILTIN_ORDER
+        .iter()
+        .find(|name| **name == spec)
+        .copied()
+        .or_else(|| {
+            HEROKU_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == spec)
+                .map(|(_, name)| *name)
+        })
+}
+
+/// The directory beside the built-ins holding the shell library they share (`lib/stdlib.sh`),
+/// which each built-in's `bin/compile` sources as `$BP_DIR/../lib/stdlib.sh`.
+pub const SHARED_LIB: &str = "lib";
+
 /// The file a buildpack's `bin/compile` may write to pass environment to later buildpacks.
 pub const EXPORT_FILE: &str = "export";
 
@@ -43,15 +71,19 @@ pub enum BuildpackSource {
         url: String,
         reference: Option<String>,
     },
-    /// One of [`BUILTIN_ORDER`].
+    /// One of [`BUILTIN_ORDER`] (also when named by one of [`HEROKU_ALIASES`]).
     Builtin(String),
 }
 
 impl BuildpackSource {
-    /// Reads a `--buildpack` argument: a URL (`scheme://…` or `git@host:…`, with an
+    /// Reads a `--buildpack` argument: Heroku's name for a built-in (`heroku/python`, never a
+    /// directory of that name) is that built-in, a URL (`scheme://…` or `git@host:…`, with an
     /// optional `#ref`) is git, an existing directory is a directory, and a bare built-in name
     /// is that built-in.
     pub fn parse(spec: &str) -> Result<Self, BuildpackError> {
+        if let Some((_, name)) = HEROKU_ALIASES.iter().find(|(alias, _)| *alias == spec) {
+            return Ok(Self::Builtin((*name).to_owned()));
+        }
         if spec.contains("://") || spec.starts_with("git@") {
             let (url, reference) = match spec.rsplit_once('#') {
                 Some((url, reference)) if !reference.is_empty() => {
@@ -66,8 +98,8 @@ impl BuildpackSource {
         if path.is_dir() {
             return Ok(Self::Dir(path.to_owned()));
         }
-        if BUILTIN_ORDER.contains(&spec) {
-            return Ok(Self::Builtin(spec.to_owned()));
+        if let Some(name) = builtin_name(spec) {
+            return Ok(Self::Builtin(name.to_owned()));
         }
         Err(BuildpackError::Unknown {
             spec: spec.to_owned(),
@@ -82,8 +114,8 @@ impl BuildpackSource {
         let refused = || BuildpackError::NotRemote {
             spec: spec.to_owned(),
         };
-        if BUILTIN_ORDER.contains(&spec) {
-            return Ok(Self::Builtin(spec.to_owned()));
+        if let Some(name) = builtin_name(spec) {
+            return Ok(Self::Builtin(name.to_owned()));
         }
         let well_formed = spec.len() <= MAX_REMOTE_SPEC_BYTES
             && !spec.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -113,6 +145,9 @@ pub struct Buildpack {
     pub dir: PathBuf,
     /// How the user named it (a path, a URL or a built-in name), for the log and metadata.
     pub source: String,
+    /// For a built-in: the built-ins' shared shell library ([`SHARED_LIB`]), copied beside
+    /// the buildpack's private copy so that `$BP_DIR/../lib` still finds it.
+    pub shared_lib: Option<PathBuf>,
 }
 
 /// What `bin/release` declares.
@@ -147,8 +182,9 @@ pub enum BuildpackError {
     )]
     Unknown { spec: String },
     #[error(
-        "buildpack {spec:?} is refused: name a built-in ({}) or a git URL (https://, http://, git://, ssh:// or git@host:path)",
-        BUILTIN_ORDER.join(", ")
+        "buildpack {spec:?} is refused: name a built-in ({}, or Heroku's {}) or a git URL (https://, http://, git://, ssh:// or git@host:path)",
+        BUILTIN_ORDER.join(", "),
+        HEROKU_ALIASES[..2].iter().map(|(alias, _)| *alias).collect::<Vec<_>>().join(", ")
     )]
     NotRemote { spec: String },
     #[error(
@@ -237,7 +273,9 @@ pub fn resolve(
             source_spec: spec.to_owned(),
             source,
         })?,
-        BuildpackSource::Builtin(name) => builtin_dir(&find_builtins_dir(builtins_dir)?, name)?,
+        BuildpackSource::Builtin(name) => {
+            return builtin(&find_builtins_dir(builtins_dir)?, name, spec);
+        }
         BuildpackSource::Git { url, reference } => {
             fetch_git(url, reference.as_deref(), git_cache, deadline, log)?
         }
@@ -245,6 +283,18 @@ pub fn resolve(
     Ok(Buildpack {
         dir,
         source: spec.to_owned(),
+        shared_lib: None,
+    })
+}
+
+/// Built-in buildpack `name` from `builtins_dir`, named `spec` by the user, with the
+/// built-ins' shared library.
+pub fn builtin(builtins_dir: &Path, name: &str, spec: &str) -> Result<Buildpack, BuildpackError> {
+    let lib = builtins_dir.join(SHARED_LIB);
+    Ok(Buildpack {
+        dir: builtin_dir(builtins_dir, name)?,
+        source: spec.to_owned(),
+        shared_lib: lib.is_dir().then_some(lib),
     })
 }
 
@@ -328,15 +378,28 @@ fn fetch_git(
 }
 
 impl Buildpack {
-    /// Copies the buildpack to `dest` (which must not exist), leaving out `.git`.
+    /// Copies the buildpack into `dest/pack` (`dest` must not exist), leaving out `.git`; a
+    /// built-in's shared library goes to `dest/lib`, where `pack/../lib` finds it.
     pub fn copy_to(&self, dest: &Path) -> Result<Buildpack, BuildpackError> {
-        fsutil::copy_tree(&self.dir, dest, &[".git"]).map_err(|source| BuildpackError::Copy {
+        let copy_error = |source| BuildpackError::Copy {
             source_spec: self.source.clone(),
             source,
-        })?;
+        };
+        fs::create_dir(dest).map_err(copy_error)?;
+        let pack = dest.join("pack");
+        fsutil::copy_tree(&self.dir, &pack, &[".git"]).map_err(copy_error)?;
+        let shared_lib = match &self.shared_lib {
+            Some(lib) => {
+                let copy = dest.join(SHARED_LIB);
+                fsutil::copy_tree(lib, &copy, &[]).map_err(copy_error)?;
+                Some(copy)
+            }
+            None => None,
+        };
         Ok(Buildpack {
-            dir: dest.to_owned(),
+            dir: pack,
             source: self.source.clone(),
+            shared_lib,
         })
     }
 
@@ -506,8 +569,20 @@ mod tests {
             BuildpackSource::parse("python").expect("builtin"),
             BuildpackSource::Builtin("python".into())
         );
+        for (alias, name) in HEROKU_ALIASES {
+            for parsed in [
+                BuildpackSource::parse(alias),
+                BuildpackSource::parse_remote(alias),
+            ] {
+                assert_eq!(parsed.expect(alias), BuildpackSource::Builtin(name.into()));
+            }
+        }
         assert!(matches!(
             BuildpackSource::parse("no/such/pack"),
+            Err(BuildpackError::Unknown { .. })
+        ));
+        assert!(matches!(
+            BuildpackSource::parse("heroku/ruby"),
             Err(BuildpackError::Unknown { .. })
         ));
     }
@@ -536,6 +611,8 @@ mod tests {
             "git@:x",
             "ext::sh -c touch% /tmp/pwned",
             "no/such/pack",
+            "heroku/ruby",
+            "urn:buildpack:heroku/ruby",
         ] {
             let err = BuildpackSource::parse_remote(bad).expect_err(bad);
             assert!(

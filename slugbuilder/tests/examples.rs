@@ -69,11 +69,20 @@ use manifold_test_support::free_port;
 
 /// `GET path` on localhost:port, retried until the server answers or 30 s pass.
 fn http_get(port: u16, path: &str) -> String {
+    http_get_with(port, path, &[])
+}
+
+/// [`http_get`] with extra header lines (`Name: value`).
+fn http_get_with(port: u16, path: &str, headers: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     loop {
         let attempt = TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.0\r\nHost: localhost\r\n{extra}\r\n"
+            )?;
             let mut response = String::new();
             stream.read_to_string(&mut response)?;
             Ok(response)
@@ -183,4 +192,208 @@ fn node_example_builds_caches_and_runs_from_its_slug() {
     // `npm run build` ran.
     assert!(app.join("build-info.json").exists());
     assert!(app.join(".profile.d/nodejs.sh").exists());
+}
+
+/// Builds an example (cold cache at `tmp/cache`, config vars `env`), checks which buildpack
+/// built it, and starts its `web` process from the unpacked slug on a free port.
+fn serve(
+    example: &str,
+    detected: &str,
+    env: &[(&str, &str)],
+    tmp: &Path,
+) -> (String, std::path::PathBuf, Dyno, u16) {
+    let src = repo().join("examples").join(example);
+    let out = tmp.join("slug.tgz");
+    let env_dir = tmp.join("env");
+    let _ = std::fs::remove_dir_all(&env_dir);
+    std::fs::create_dir_all(&env_dir).expect("mkdir env");
+    for (name, value) in env {
+        std::fs::write(env_dir.join(name), value).expect("write config var");
+    }
+    let built = build(
+        &src,
+        &out,
+        &[
+            "--cache-dir",
+            tmp.join("cache").to_str().expect("utf8"),
+            "--env-dir",
+            env_dir.to_str().expect("utf8"),
+        ],
+    );
+    assert_ok(&built);
+    let text = log(&built);
+    assert!(
+        text.contains(&format!("-----> {detected} app detected")),
+        "{text}"
+    );
+    let meta = metadata(&out);
+    let web = meta["process_types"]["web"]
+        .as_str()
+        .expect("a web process")
+        .to_owned();
+    let dyno = tmp.join("dyno");
+    let _ = std::fs::remove_dir_all(&dyno);
+    let app = unpack(&out, &dyno);
+    let port = free_port();
+    let web = Dyno::start(
+        &app,
+        &web,
+        &[("PORT", port.to_string()), ("DYNO", "web.1".to_owned())],
+    );
+    (text, app, web, port)
+}
+
+/// A Heroku Django app: collectstatic ran at build time (else whitenoise's manifest storage
+/// makes every page a 500), pages and the hashed static file answer 200 when the router says
+/// the request came over https, and plain http is redirected to https. Then the same app
+/// with DISABLE_COLLECTSTATIC, and with a stylesheet collectstatic cannot process. Slow: one
+/// cold build installing Django (about a minute), then three from the cache.
+#[test]
+fn django_example_collects_static_files_and_serves_them_behind_https() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (text, app, web, port) = serve("django-web", "Python", &[], tmp.path());
+    assert!(
+        text.contains("-----> Using Python 3.11 specified in .python-version"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-----> $ python manage.py collectstatic --noinput"),
+        "{text}"
+    );
+    assert!(app.join("staticfiles/staticfiles.json").exists());
+
+    let https = ["X-Forwarded-Proto: https"];
+    let page = http_get_with(port, "/", &https);
+    assert!(
+        page.starts_with("HTTP/1.1 200") || page.starts_with("HTTP/1.0 200"),
+        "{page}"
+    );
+    assert!(page.contains("<h1>Hello from web.1</h1>"), "{page}");
+    let css = page
+        .split("href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a stylesheet link")
+        .to_owned();
+    assert!(
+        css.starts_with("/static/hello.") && css.ends_with(".css"),
+        "hashed name: {css}"
+    );
+    let file = http_get_with(port, &css, &https);
+    assert!(file.contains(" 200 "), "{file}");
+    assert!(file.contains("font-family: sans-serif"), "{file}");
+    let plain = http_get(port, "/");
+    assert!(plain.contains(" 301 "), "{plain}");
+    assert!(
+        plain
+            .to_ascii_lowercase()
+            .contains("location: https://localhost/"),
+        "{plain}"
+    );
+    drop(web);
+
+    // The same app with collectstatic turned off, from the cache.
+    let (text, app, web, _) = serve(
+        "django-web",
+        "Python",
+        &[("DISABLE_COLLECTSTATIC", "1")],
+        tmp.path(),
+    );
+    drop(web);
+    assert!(text.contains("-----> Restoring cache"), "{text}");
+    assert!(
+        text.contains(
+            "Skipping Django collectstatic since the env var DISABLE_COLLECTSTATIC is set."
+        ),
+        "{text}"
+    );
+    assert!(!app.join("staticfiles").exists());
+
+    // A stylesheet naming a file that does not exist: collectstatic fails, so does the build.
+    let src = tmp.path().join("broken");
+    copy_dir(&repo().join("examples/django-web"), &src);
+    write_files(
+        &src,
+        &[(
+            "static/hello.css",
+            "body { background: url(missing.png); }\n",
+        )],
+    );
+    let out = tmp.path().join("broken.tgz");
+    let failed = build(
+        &src,
+        &out,
+        &[
+            "--cache-dir",
+            tmp.path().join("cache").to_str().expect("utf8"),
+        ],
+    );
+    assert_failed(&failed, "failed to compile Python app", &out);
+    let text = log(&failed);
+    for expected in [
+        " !     Error: Unable to generate Django static files.",
+        " !     The 'python manage.py collectstatic --noinput' Django",
+        "DISABLE_COLLECTSTATIC=1",
+        "missing.png",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+}
+
+/// Copies a directory tree with `cp -a`.
+fn copy_dir(src: &Path, dest: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dest)
+        .status()
+        .expect("run cp");
+    assert!(status.success());
+}
+
+#[test]
+fn flask_example_serves_on_gunicorn() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_, app, _web, port) = serve("flask-web", "Python", &[], tmp.path());
+    // gunicorn's settings from .profile.d, as on Heroku.
+    let env = Command::new("bash")
+        .args([
+            "-c",
+            ". .profile.d/python.sh; echo \"$FORWARDED_ALLOW_IPS|$GUNICORN_CMD_ARGS|$WEB_CONCURRENCY\"",
+        ])
+        .current_dir(&app)
+        .env("HOME", &app)
+        .env_remove("WEB_CONCURRENCY")
+        .env_remove("GUNICORN_CMD_ARGS")
+        .output()
+        .expect("run bash");
+    let env = String::from_utf8_lossy(&env.stdout);
+    let fields: Vec<&str> = env.trim().split('|').collect();
+    assert_eq!(fields[..2], ["*", "--access-logfile -"], "{env}");
+    assert!(fields[2].parse::<u32>().is_ok_and(|n| n >= 1), "{env}");
+    let page = http_get(port, "/");
+    assert!(page.contains(" 200 "), "{page}");
+    assert!(page.contains("Hello from web.1 (Flask)"), "{page}");
+}
+
+#[test]
+fn express_example_serves_with_npm_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (text, _, _web, port) = serve("express-web", "Node.js", &[], tmp.path());
+    assert!(
+        text.contains("Default types for buildpack -> web"),
+        "{text}"
+    );
+    let page = http_get(port, "/");
+    assert!(page.contains(" 200 "), "{page}");
+    assert!(page.contains("Hello from web.1 (Express)"), "{page}");
+}
+
+#[test]
+fn procfile_example_serves_with_the_generic_buildpack() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_, _, _web, port) = serve("procfile-web", "Generic", &[], tmp.path());
+    let page = http_get(port, "/");
+    assert!(page.contains(" 200 "), "{page}");
+    assert!(page.contains("Hello from a Procfile-only app"), "{page}");
 }

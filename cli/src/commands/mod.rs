@@ -15,6 +15,7 @@ use crate::run as oneoff;
 use crate::run::RunSpec;
 
 mod apps;
+mod buildpacks;
 mod config;
 mod deploy;
 mod domains;
@@ -86,6 +87,35 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             ctx.rollback(app.name()?, release.as_deref()).await
         }
         Command::Builds { app } => ctx.builds(app.name()?).await,
+        Command::Buildpacks { app } => ctx.buildpacks(app.name()?).await,
+        Command::BuildpacksSet {
+            buildpack,
+            index,
+            app,
+        } => {
+            ctx.change_buildpacks(app.name()?, buildpacks::Change::Set(buildpack, index))
+                .await
+        }
+        Command::BuildpacksAdd {
+            buildpack,
+            index,
+            app,
+        } => {
+            ctx.change_buildpacks(app.name()?, buildpacks::Change::Add(buildpack, index))
+                .await
+        }
+        Command::BuildpacksRemove {
+            buildpack,
+            index,
+            app,
+        } => {
+            let change = buildpacks::Change::remove(buildpack, index)?;
+            ctx.change_buildpacks(app.name()?, change).await
+        }
+        Command::BuildpacksClear { app } => {
+            ctx.change_buildpacks(app.name()?, buildpacks::Change::Clear)
+                .await
+        }
         Command::Features { app } => ctx.features(app.name()?).await,
         Command::FeaturesEnable { feature, app } => {
             ctx.set_feature(app.name()?, &feature, true).await

@@ -40,7 +40,7 @@ pub(super) async fn create_build(
     body: Body,
 ) -> Result<(StatusCode, axum::Json<Value>)> {
     let a = core.store.app(&app).await?;
-    let buildpacks: Vec<String> = query
+    let named: Vec<String> = query
         .map(|Query(q)| {
             q.into_iter()
                 .filter(|(k, _)| k == "buildpack")
@@ -50,10 +50,8 @@ pub(super) async fn create_build(
         .unwrap_or_default();
     // Only built-in names and git URLs: a path would name a directory on the build host,
     // which the agent would mount into the build.
-    for bp in &buildpacks {
-        manifold_slugbuilder::buildpack::BuildpackSource::parse_remote(bp)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
+    let (buildpacks, origin) =
+        super::buildpacks::choose(named, core.store.buildpacks(&app).await?, &a.config)?;
     let limit = core.settings.upload_limit;
     let too_large = || {
         ApiError::new(
@@ -113,7 +111,7 @@ pub(super) async fn create_build(
     }
     let build = core
         .builds
-        .start(&a, &source, buildpacks, &user(&headers))
+        .start(&a, &source, buildpacks, origin, &user(&headers))
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -36,8 +36,15 @@ pub(super) async fn patch_config(
     headers: HeaderMap,
     Json(changes): Json<BTreeMap<String, Option<String>>>,
 ) -> Result<Response> {
-    for key in changes.keys() {
+    for (key, value) in &changes {
         check_config_key(key)?;
+        // Checked now rather than at the next deploy, which would otherwise fail on it.
+        if let (Some(url), "BUILDPACK_URL") = (value, key.as_str()) {
+            if url.trim().is_empty() {
+                continue;
+            }
+            super::buildpacks::check_buildpack(url.trim(), "config var BUILDPACK_URL")?;
+        }
     }
     let current = core.store.app(&app).await?;
     let mut after = current.config.clone();

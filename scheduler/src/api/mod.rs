@@ -4,6 +4,7 @@
 
 mod apps;
 mod blobs;
+mod buildpacks;
 mod builds;
 mod certs;
 mod config;
@@ -41,6 +42,7 @@ use crate::auth::auth;
 use crate::http::request_id;
 use apps::{create_app, delete_app, get_app, list_apps, patch_app};
 use blobs::{get_blob, put_blob};
+use buildpacks::{list_buildpacks, put_buildpacks};
 use builds::{build_output, create_build, get_build, list_builds};
 use certs::{add_cert, list_certs, remove_cert};
 use config::{get_config, patch_config};
@@ -119,6 +121,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route(
             "/apps/:app/sni-endpoints/:id",
             axum::routing::delete(remove_cert),
+        )
+        .route(
+            "/apps/:app/buildpack-installations",
+            get(list_buildpacks).put(put_buildpacks),
         )
         .route("/apps/:app/features", get(list_features))
         .route(

@@ -100,6 +100,11 @@ pub trait Store: Send + Sync + 'static {
     async fn set_feature(&self, app: &str, feature: &str, enabled: bool)
         -> Result<App, StoreError>;
 
+    /// The buildpacks the app is set to build with, in order (empty: none set).
+    async fn buildpacks(&self, app: &str) -> Result<Vec<String>, StoreError>;
+    /// Replaces the app's buildpacks (empty clears them); returns them as stored.
+    async fn set_buildpacks(&self, app: &str, urls: &[String]) -> Result<Vec<String>, StoreError>;
+
     /// Sets the app's boot and stop timeouts (seconds; `None`: the defaults).
     async fn set_timeouts(
         &self,

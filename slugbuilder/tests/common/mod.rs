@@ -23,7 +23,13 @@ pub fn builtins() -> PathBuf {
 
 /// `slugbuilder build SRC --out OUT --buildpacks-dir <repo>/buildpacks ARGS...`.
 pub fn build(src: &Path, out: &Path, args: &[&str]) -> Output {
+    build_with_env(src, out, &[], args)
+}
+
+/// [`build`] with environment variables set for slugbuilder and its buildpacks.
+pub fn build_with_env(src: &Path, out: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_slugbuilder"))
+        .envs(env.iter().copied())
         .arg("build")
         .arg(src)
         .arg("--out")
@@ -138,4 +144,50 @@ pub fn list(slug: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// The build log: what the buildpacks printed (standard output) and the errors after it.
+pub fn log(output: &Output) -> String {
+    let (stdout, stderr) = text(output);
+    format!("{stdout}{stderr}")
+}
+
+/// Copies fixture app `name` (`tests/fixtures/NAME`) to `dest`. Lockfiles that must name
+/// the Python package index say `@INDEX_URL@` and `@FILES_HOST@` instead, filled in here
+/// from pip's own defaults, so that no registry host is written in the repository.
+pub fn fixture(name: &str, dest: &Path) -> PathBuf {
+    let src = repo().join("slugbuilder/tests/fixtures").join(name);
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "from pip._internal.models.index import PyPI; print(PyPI.simple_url, PyPI.file_storage_domain)",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(output.status.success(), "pip is needed: {output:?}");
+    let defaults = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (index, files) = defaults.trim().split_once(' ').expect("two values");
+    copy_filled(
+        &src,
+        dest,
+        &[("@INDEX_URL@", index), ("@FILES_HOST@", files)],
+    );
+    dest.to_owned()
+}
+
+fn copy_filled(src: &Path, dest: &Path, fills: &[(&str, &str)]) {
+    fs::create_dir_all(dest).expect("mkdir");
+    for entry in fs::read_dir(src).expect("read fixture") {
+        let entry = entry.expect("entry");
+        let to = dest.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_filled(&entry.path(), &to, fills);
+        } else {
+            let mut content = fs::read_to_string(entry.path()).expect("fixture is text");
+            for (from, value) in fills {
+                content = content.replace(from, value);
+            }
+            fs::write(&to, content).expect("write");
+        }
+    }
 }

@@ -139,6 +139,46 @@ pub(super) async fn set_flag(
     Ok(current)
 }
 
+pub(super) async fn buildpacks(store: &SqliteStore, app: &str) -> Result<Vec<String>, StoreError> {
+    let mut tx = store.read().await?;
+    let current = app_by_name(&mut tx, app).await?;
+    let urls =
+        sqlx::query_scalar("SELECT url FROM app_buildpacks WHERE app_id = ? ORDER BY ordinal")
+            .bind(current.id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(urls)
+}
+
+/// Replaces the app's buildpacks with `urls`, in order, at once.
+pub(super) async fn set_buildpacks(
+    store: &SqliteStore,
+    app: &str,
+    urls: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut tx = store.write().await?;
+    let current = app_by_name(&mut tx, app).await?;
+    let id = current.id.to_string();
+    sqlx::query("DELETE FROM app_buildpacks WHERE app_id = ?")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    for (ordinal, url) in urls.iter().enumerate() {
+        sqlx::query("INSERT INTO app_buildpacks (app_id, ordinal, url) VALUES (?, ?, ?)")
+            .bind(&id)
+            .bind(
+                i64::try_from(ordinal)
+                    .map_err(|_| StoreError::Corrupt("too many buildpacks".into()))?,
+            )
+            .bind(url)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(urls.to_vec())
+}
+
 pub(super) async fn app(store: &SqliteStore, name: &str) -> Result<App, StoreError> {
     let mut tx = store.read().await?;
     let app = app_by_name(&mut tx, name).await?;
@@ -241,6 +281,41 @@ pub(super) async fn set_app_config(
 mod tests {
     use super::*;
     use crate::store::sqlite::test_support::*;
+
+    #[tokio::test]
+    async fn buildpacks_are_kept_in_order_replaced_cleared_and_go_with_the_app() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir).await;
+        store.create_app("bp", "heroku-24").await.expect("create");
+        store
+            .create_app("other", "heroku-24")
+            .await
+            .expect("create");
+        assert!(store.buildpacks("bp").await.expect("none").is_empty());
+        let set = vec![
+            "nodejs".to_owned(),
+            "https://example.test/bp.git#v1".to_owned(),
+        ];
+        assert_eq!(store.set_buildpacks("bp", &set).await.expect("set"), set);
+        assert_eq!(store.buildpacks("bp").await.expect("get"), set);
+        assert!(store.buildpacks("other").await.expect("other").is_empty());
+        let reversed: Vec<String> = set.iter().rev().cloned().collect();
+        store
+            .set_buildpacks("bp", &reversed)
+            .await
+            .expect("replace");
+        assert_eq!(store.buildpacks("bp").await.expect("get"), reversed);
+        store.set_buildpacks("bp", &[]).await.expect("clear");
+        assert!(store.buildpacks("bp").await.expect("cleared").is_empty());
+        assert!(matches!(
+            store.set_buildpacks("nope", &set).await,
+            Err(StoreError::AppNotFound(_))
+        ));
+        store.set_buildpacks("bp", &set).await.expect("set");
+        store.delete_app("bp").await.expect("delete");
+        store.create_app("bp", "heroku-24").await.expect("again");
+        assert!(store.buildpacks("bp").await.expect("new app").is_empty());
+    }
 
     #[tokio::test]
     async fn apps_create_get_list_duplicate_unknown() {

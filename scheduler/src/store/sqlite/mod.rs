@@ -118,6 +118,14 @@ impl Store for SqliteStore {
         apps::set_feature(self, app, feature, enabled).await
     }
 
+    async fn buildpacks(&self, app: &str) -> Result<Vec<String>, StoreError> {
+        apps::buildpacks(self, app).await
+    }
+
+    async fn set_buildpacks(&self, app: &str, urls: &[String]) -> Result<Vec<String>, StoreError> {
+        apps::set_buildpacks(self, app, urls).await
+    }
+
     async fn set_timeouts(
         &self,
         app: &str,
