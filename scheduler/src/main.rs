@@ -426,13 +426,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
     // Checked at start: a bad directory URL or CA bundle stops the scheduler here.
-    if let Some(acme) = cli
+    let acme = cli
         .acme
         .config()
-        .context("cannot set up automated certificates")?
-    {
-        tracing::info!("automated certificates from {}", acme.directory);
-    }
+        .context("cannot set up automated certificates")?;
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("cannot create {}", cli.state_dir.display()))?;
     let settings = Settings {
@@ -468,6 +465,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             max_connections: cli.api_max_connections as usize,
         },
         default_cert: default_cert(&cli)?,
+        acme,
     };
     let db = cli.state_dir.join("manifold.db");
     let store = SqliteStore::open(&db)

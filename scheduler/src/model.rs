@@ -29,6 +29,10 @@ pub struct App {
     /// the app; its dynos and one-offs keep running.
     #[serde(default)]
     pub maintenance: bool,
+    /// Automated certificates on (`certs:auto:enable`): each custom domain gets one from
+    /// the cluster's ACME server.
+    #[serde(default)]
+    pub acm: bool,
     /// Seconds a web dyno has to accept on `$PORT` before R10 (`None`: 60).
     #[serde(default)]
     pub boot_timeout: Option<u32>,
@@ -412,6 +416,7 @@ mod tests {
             features: BTreeSet::new(),
             sleeping: false,
             maintenance: false,
+            acm: false,
             boot_timeout: None,
             stop_timeout: None,
             created_at: now,

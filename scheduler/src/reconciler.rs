@@ -444,6 +444,7 @@ pub(crate) mod tests {
                 features: Default::default(),
                 sleeping: false,
                 maintenance: false,
+                acm: false,
                 boot_timeout: None,
                 stop_timeout: None,
                 created_at: t0(),

@@ -125,6 +125,13 @@ pub async fn serve(
     let app = crate::api::router(core.clone()).merge(grpc);
     let limits = core.settings.api.clone();
     let edge = tokio::spawn(crate::edge::refresh_forever(core.clone()));
+    let acm = core.settings.acme.clone().map(|config| {
+        tokio::spawn(crate::edge::acm::run(
+            core.clone(),
+            config,
+            until(router_stopped.clone()),
+        ))
+    });
     let reconciler = tokio::spawn(core.reconcile_loop());
     let stopping = Arc::new(Notify::new());
     let signal = stopping.clone();
@@ -142,6 +149,9 @@ pub async fn serve(
     };
     reconciler.abort();
     edge.abort();
+    if let Some(acm) = acm {
+        acm.abort();
+    }
     for routing in routing {
         routing.abort();
     }

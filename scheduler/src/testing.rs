@@ -64,6 +64,7 @@ pub(crate) fn settings(heartbeat: Duration) -> Settings {
         run: Default::default(),
         api: Default::default(),
         default_cert: Default::default(),
+        acme: None,
     }
 }
 

@@ -18,7 +18,7 @@
 pub mod account;
 pub mod order;
 #[cfg(test)]
-mod pebble;
+pub(crate) mod pebble;
 pub mod renewal;
 pub mod service;
 pub mod settings;

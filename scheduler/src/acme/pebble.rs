@@ -36,7 +36,7 @@ fn on_path(binary: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
 }
 
-fn pebble_installed(test: &str) -> bool {
+pub(crate) fn pebble_installed(test: &str) -> bool {
     manifold_test_support::require(
         test,
         &[(
@@ -129,13 +129,15 @@ async fn serve(board: Arc<HttpBoard>, port: u16) -> tokio::task::JoinHandle<()> 
 }
 
 /// pebble and its DNS server, killed on drop, with a TLS certificate from a CA of the test.
-struct Pebble {
+pub(crate) struct Pebble {
     dir: tempfile::TempDir,
     children: Vec<Child>,
-    directory: String,
+    pub(crate) directory: String,
     management: String,
+    dns_management: u16,
     ca: PathBuf,
-    http_port: u16,
+    /// Where pebble validates HTTP-01 challenges: a router's HTTP port.
+    pub(crate) http_port: u16,
 }
 
 impl Drop for Pebble {
@@ -150,7 +152,7 @@ impl Drop for Pebble {
 impl Pebble {
     /// pebble reusing no recent authorization (each order proves its domains anew) or,
     /// with `reuse`, every one it can.
-    async fn start(reuse: bool) -> Pebble {
+    pub(crate) async fn start(reuse: bool) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         let [listen, management, http, tls, dns, dns_management] =
             <[u16; 6]>::try_from(manifold_test_support::free_ports(6)).unwrap();
@@ -203,6 +205,7 @@ impl Pebble {
             management: format!("https://127.0.0.1:{management}"),
             dir,
             children,
+            dns_management,
             ca,
             http_port: http,
         };
@@ -231,8 +234,21 @@ impl Pebble {
         }
     }
 
+    /// Makes `host` resolve to `ip` for pebble (instead of 127.0.0.1): a domain whose DNS
+    /// does not lead to the routers.
+    pub(crate) async fn resolve(&self, host: &str, ip: &str) {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/add-a", self.dns_management))
+            .json(&serde_json::json!({"host": host, "addresses": [ip]}))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
     /// What pebble and its DNS server said, for a failure's message.
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         [
             "pebble.log",
             "pebble.err",
@@ -248,7 +264,7 @@ impl Pebble {
     }
 
     /// The client settings for this pebble, through the scheduler's own flags.
-    fn settings(&self) -> AcmeSettings {
+    pub(crate) fn settings(&self) -> AcmeSettings {
         AcmeSettings {
             acme_directory: Some(self.directory.clone()),
             acme_contact: Some("ops@manifold.test".to_string()),
@@ -261,7 +277,7 @@ impl Pebble {
     }
 
     /// pebble's root (new each run), from its management interface.
-    async fn root(&self) -> CertificateDer<'static> {
+    pub(crate) async fn root(&self) -> CertificateDer<'static> {
         let client = crate::tls::follower_client(Some(&self.ca)).unwrap();
         let pem = client
             .get(format!("{}/roots/0", self.management))

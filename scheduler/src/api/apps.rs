@@ -11,7 +11,7 @@ fn valid_app_name(name: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-async fn app_json(core: &Core, app: &App) -> Result<Value> {
+pub(super) async fn app_json(core: &Core, app: &App) -> Result<Value> {
     let current = core.store.current_release(&app.name).await?;
     Ok(json!({
         "id": app.id,
@@ -24,6 +24,7 @@ async fn app_json(core: &Core, app: &App) -> Result<Value> {
         "boot_timeout": app.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT),
         "stop_timeout": app.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
         "maintenance": app.maintenance,
+        "acm": app.acm,
     }))
 }
 

@@ -47,6 +47,10 @@ pub(super) async fn add_domain(
         })?;
     let domain = core.store.add_domain(&app, &hostname).await?;
     publish(&core).await?;
+    if core.store.app(&app).await?.acm {
+        // Its certificate is ordered now rather than at the next period.
+        core.acm_wake.notify_one();
+    }
     Ok((StatusCode::CREATED, axum::Json(custom_json(&domain))))
 }
 

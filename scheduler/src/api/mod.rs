@@ -2,6 +2,7 @@
 //! and validate, call the store or the [`Core`], and map results back; errors are JSON with
 //! an `id` and a `message` that says what to do.
 
+mod acm;
 mod apps;
 mod blobs;
 mod buildpacks;
@@ -40,6 +41,7 @@ use crate::store::StoreError;
 
 use crate::auth::auth;
 use crate::http::request_id;
+use acm::{disable_acm, enable_acm, get_acm};
 use apps::{create_app, delete_app, get_app, list_apps, patch_app};
 use blobs::{get_blob, put_blob};
 use buildpacks::{list_buildpacks, put_buildpacks};
@@ -121,6 +123,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route(
             "/apps/:app/sni-endpoints/:id",
             axum::routing::delete(remove_cert),
+        )
+        .route(
+            "/apps/:app/acm",
+            get(get_acm).post(enable_acm).delete(disable_acm),
         )
         .route(
             "/apps/:app/buildpack-installations",

@@ -85,6 +85,8 @@ pub struct Settings {
     pub api: crate::server::ListenerLimits,
     /// Where the router's certificate for the cluster's domain comes from.
     pub default_cert: crate::edge::DefaultCert,
+    /// The ACME server of automated certificates (`--acme-directory`); `None`: they are off.
+    pub acme: Option<crate::acme::settings::AcmeConfig>,
 }
 
 /// The services, the store they share, and the reconcile loop's lock.
@@ -101,6 +103,8 @@ pub struct Core {
     pub releases: ReleasePhase,
     /// Attach sessions of one-off dynos (`manifold run`).
     pub sessions: Arc<Sessions>,
+    /// Wakes the automated certificates' loop (`certs:auto:enable`, `domains:add`).
+    pub acm_wake: Arc<tokio::sync::Notify>,
     poke: Poke,
     /// One reconcile (or formation check, or one-off placement) at a time: each plans
     /// from a snapshot, and two plans from one snapshot would place twice.
@@ -140,6 +144,7 @@ impl Core {
         let releases = ReleasePhase::new(store.clone(), logs.clone(), builds.clone(), poke.clone());
         Arc::new(Core {
             sessions: Arc::new(Sessions::new(settings.run)),
+            acm_wake: Arc::new(tokio::sync::Notify::new()),
             store,
             blobs,
             settings,

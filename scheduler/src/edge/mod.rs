@@ -14,6 +14,7 @@
 //! [`refresh`] rebuilds the certificates and domains from the store; it runs at start and
 //! after every change to apps, domains or certificates.
 
+pub mod acm;
 pub mod hostname;
 pub mod inspect;
 

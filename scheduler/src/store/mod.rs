@@ -119,6 +119,15 @@ pub trait Store: Send + Sync + 'static {
     /// Turns the app's maintenance mode on or off.
     async fn set_maintenance(&self, app: &str, on: bool) -> Result<App, StoreError>;
 
+    /// Turns the app's automated certificates (`certs:auto:enable`) on or off.
+    async fn set_acm(&self, app: &str, on: bool) -> Result<App, StoreError>;
+
+    /// The credentials of the cluster's ACME account on `directory`, if it has one. Secret.
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError>;
+    /// Keeps the credentials of the account just registered on `directory` (replacing any).
+    async fn save_acme_account(&self, directory: &str, credentials: &str)
+        -> Result<(), StoreError>;
+
     /// Adds a custom domain (lowercase, already validated) to the app; a name another app
     /// has is refused.
     async fn add_domain(&self, app: &str, hostname: &str) -> Result<Domain, StoreError>;

@@ -36,6 +36,7 @@ pub(super) async fn create_app(
         features: BTreeSet::new(),
         sleeping: false,
         maintenance: false,
+        acm: false,
         boot_timeout: None,
         stop_timeout: None,
         created_at: now,
@@ -108,6 +109,7 @@ pub(super) async fn set_timeouts(
 pub(super) enum Flag {
     Sleeping,
     Maintenance,
+    Acm,
 }
 
 pub(super) async fn set_flag(
@@ -126,6 +128,10 @@ pub(super) async fn set_flag(
         Flag::Maintenance => {
             current.maintenance = on;
             "UPDATE apps SET maintenance = ?, updated_at = ? WHERE id = ?"
+        }
+        Flag::Acm => {
+            current.acm = on;
+            "UPDATE apps SET acm = ?, updated_at = ? WHERE id = ?"
         }
     };
     current.updated_at = OffsetDateTime::now_utc();

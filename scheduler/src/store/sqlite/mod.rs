@@ -36,6 +36,7 @@ use crate::model::{
     Release, ReleaseStatus, Slug,
 };
 
+mod acme;
 mod apps;
 mod builds;
 mod domains;
@@ -141,6 +142,22 @@ impl Store for SqliteStore {
 
     async fn set_maintenance(&self, app: &str, on: bool) -> Result<App, StoreError> {
         apps::set_flag(self, app, apps::Flag::Maintenance, on).await
+    }
+
+    async fn set_acm(&self, app: &str, on: bool) -> Result<App, StoreError> {
+        apps::set_flag(self, app, apps::Flag::Acm, on).await
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+        acme::account(self, directory).await
+    }
+
+    async fn save_acme_account(
+        &self,
+        directory: &str,
+        credentials: &str,
+    ) -> Result<(), StoreError> {
+        acme::save_account(self, directory, credentials).await
     }
 
     async fn add_domain(&self, app: &str, hostname: &str) -> Result<Domain, StoreError> {

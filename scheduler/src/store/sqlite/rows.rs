@@ -119,6 +119,7 @@ pub(super) fn app_from_row(row: &SqliteRow) -> Result<App, StoreError> {
         features: c.json("features")?,
         sleeping: c.flag("sleeping")?,
         maintenance: c.flag("maintenance")?,
+        acm: c.flag("acm")?,
         boot_timeout: c.opt_int("boot_timeout")?,
         stop_timeout: c.opt_int("stop_timeout")?,
         created_at: c.time("created_at")?,
