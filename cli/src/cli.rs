@@ -362,6 +362,27 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+    /// Show how the app's automated certificates stand: each custom domain's status (ok,
+    /// pending, failing with the reason) and expiry.
+    #[command(name = "certs:auto")]
+    CertsAuto {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Get certificates for the app's custom domains automatically from the cluster's ACME
+    /// server (Let's Encrypt or another), renewed before they expire. The domains' DNS must
+    /// lead to the routers.
+    #[command(name = "certs:auto:enable")]
+    CertsAutoEnable {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Stop automated certificates for the app; the ones it has are removed.
+    #[command(name = "certs:auto:disable")]
+    CertsAutoDisable {
+        #[command(flatten)]
+        app: AppArg,
+    },
     /// Show whether the app is in maintenance mode.
     #[command(name = "maintenance")]
     Maintenance {

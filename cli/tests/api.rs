@@ -591,3 +591,69 @@ fn certs_add_sends_the_files_and_listing_never_shows_keys() {
     );
     assert_eq!(api.requests().len(), before);
 }
+
+#[test]
+fn certs_auto_turns_acm_on_and_off_and_shows_each_domain() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("GET", "/apps/web/acm") => (
+            200,
+            vec![],
+            json(
+                serde_json::json!({"acm": true, "directory": "https://acme.test/dir", "domains": [
+                    {"hostname": "www.example.com", "status": "ok", "reason": null,
+                     "issuer": "CN=R3", "expires_at": "2027-03-01T00:00:00Z"},
+                    {"hostname": "down.example.com", "status": "failing",
+                     "reason": "down.example.com: HTTP-01 challenge failed: connection refused",
+                     "issuer": null, "expires_at": null}
+                ]}),
+            ),
+        ),
+        ("POST", "/apps/off/acm") => (
+            422,
+            vec![],
+            json(serde_json::json!({"id": "invalid_params",
+                "message": "automated certificates are off in this cluster: the operator must set --acme-directory"})),
+        ),
+        _ => (
+            200,
+            vec![],
+            json(serde_json::json!({"name": "web", "acm": method == "POST"})),
+        ),
+    });
+    let o = api.run(&["certs:auto:enable", "-a", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("Enabling automated certificates for web... done"));
+    let o = api.run(&["certs:auto", "-a", "web"]);
+    let shown = stdout(&o);
+    assert!(
+        shown.contains("www.example.com") && shown.contains("2027-03-01"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("failing: down.example.com: HTTP-01 challenge failed: connection refused"),
+        "{shown}"
+    );
+    let o = api.run(&["certs:auto:disable", "-a", "web"]);
+    assert_eq!(
+        stdout(&o),
+        "Disabling automated certificates for web... done\n"
+    );
+    let o = api.run(&["certs:auto:enable", "-a", "off"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--acme-directory"), "{}", stderr(&o));
+    let sent: Vec<(String, String)> = api
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    let sent: Vec<(&str, &str)> = sent.iter().map(|(m, p)| (m.as_str(), p.as_str())).collect();
+    assert_eq!(
+        sent,
+        [
+            ("POST", "/apps/web/acm"),
+            ("GET", "/apps/web/acm"),
+            ("DELETE", "/apps/web/acm"),
+            ("POST", "/apps/off/acm")
+        ]
+    );
+}

@@ -1,4 +1,5 @@
 //! `domains`, `domains:add`, `domains:remove`; `certs`, `certs:add`, `certs:remove`;
+//! `certs:auto`, `certs:auto:enable`, `certs:auto:disable`;
 //! `maintenance`, `maintenance:on`, `maintenance:off`: what the router does for an app
 //! besides sending it requests.
 
@@ -70,7 +71,7 @@ impl Ctx {
         }
         let added = text(&r.body["hostname"]);
         println!("Adding {added} to {app}... done");
-        println!("Point {added}'s DNS at the router; add a certificate for HTTPS with `manifold certs:add CERT KEY -a {app}`");
+        println!("Point {added}'s DNS at the router; for HTTPS, `manifold certs:auto:enable -a {app}` or `manifold certs:add CERT KEY -a {app}`");
         Ok(())
     }
 
@@ -166,6 +167,55 @@ impl Ctx {
             return print_json(&r.body);
         }
         println!("Removing certificate {id} from {app}... done");
+        Ok(())
+    }
+
+    pub(super) async fn certs_auto(&self, app: &str) -> Result<()> {
+        let r = self.client.get(&format!("/apps/{app}/acm")).await?;
+        if self.json {
+            return print_json(&r.body);
+        }
+        if r.body["acm"].as_bool() != Some(true) {
+            println!("Automated certificates are off for {app}: turn them on with `manifold certs:auto:enable -a {app}`");
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = r.body["domains"]
+            .as_array()
+            .map(|d| d.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|d| {
+                let mut status = text(&d["status"]);
+                if let Some(reason) = d["reason"].as_str() {
+                    status.push_str(&format!(": {reason}"));
+                }
+                vec![text(&d["hostname"]), status, text(&d["expires_at"])]
+            })
+            .collect();
+        println!("=== Automated certificates of {app}");
+        if rows.is_empty() {
+            println!("{app} has no custom domains: add one with `manifold domains:add HOSTNAME -a {app}`");
+            return Ok(());
+        }
+        print!("{}", output::table(&["Domain", "Status", "Expires"], &rows));
+        Ok(())
+    }
+
+    pub(super) async fn set_certs_auto(&self, app: &str, on: bool) -> Result<()> {
+        let path = format!("/apps/{app}/acm");
+        let r = if on {
+            self.client.post(&path, &json!({})).await?
+        } else {
+            self.client.delete(&path).await?
+        };
+        if self.json {
+            return print_json(&r.body);
+        }
+        if on {
+            println!("Enabling automated certificates for {app}... done: see `manifold certs:auto -a {app}`");
+        } else {
+            println!("Disabling automated certificates for {app}... done");
+        }
         Ok(())
     }
 

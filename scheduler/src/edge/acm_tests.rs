@@ -259,3 +259,108 @@ async fn the_board_publishes_every_challenge_being_validated_to_the_routers() {
     board.withdraw("t2");
     assert!(published().is_empty());
 }
+
+/// A certificate as the ACME client hands it over, from `from` to `until` days from now.
+fn issued(domain: &str, from: i64, until: i64) -> IssuedCert {
+    let (chain_pem, key_pem) = crate::edge::inspect::tests::make(&[domain], from, until);
+    let now = OffsetDateTime::now_utc();
+    IssuedCert {
+        domains: vec![domain.to_string()],
+        chain_pem,
+        key_pem: Secret::new(key_pem),
+        issuer: "CN=test".to_string(),
+        not_before: now + time::Duration::days(from),
+        not_after: now + time::Duration::days(until),
+    }
+}
+
+#[tokio::test]
+async fn the_store_wants_acm_apps_domains_and_keeps_a_failing_renewals_certificate() {
+    let h = Harness::new(settings(Duration::from_secs(5))).await;
+    let store = &h.core.store;
+    for (app, domain) in [("shop", "www.shop.test"), ("blog", "blog.test")] {
+        store.create_app(app, "testing").await.unwrap();
+        store.add_domain(app, domain).await.unwrap();
+    }
+    store.set_acm("shop", true).await.unwrap();
+    let certs = StoreCerts::new(h.core.clone());
+    let wanted = certs.auto_domains().await.unwrap();
+    assert_eq!(
+        wanted,
+        [AutoDomain {
+            app: "shop".into(),
+            domain: "www.shop.test".into(),
+            current: None
+        }]
+    );
+
+    let first = issued("www.shop.test", -1, 89);
+    certs.issued("shop", "www.shop.test", &first).await.unwrap();
+    let [saved] = &store.certs(Some("shop")).await.unwrap()[..] else {
+        panic!("one certificate");
+    };
+    assert_eq!(
+        (saved.source, saved.status),
+        (CertSource::Acme, CertStatus::Active)
+    );
+    let served = h.core.routing.published().edge.certs;
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].chain_pem, first.chain_pem);
+    assert_eq!(
+        certs.auto_domains().await.unwrap()[0].current,
+        Some(Validity {
+            not_before: first.not_before,
+            not_after: first.not_after
+        })
+    );
+
+    // A renewal that fails: recorded with its reason, the certificate kept and served.
+    let failure = Failure {
+        error: crate::acme::AcmeError::Challenge {
+            domain: "www.shop.test".into(),
+            detail: "connection refused (urn:ietf:params:acme:error:connection)".into(),
+        },
+        failures: 1,
+        retry_at: OffsetDateTime::now_utc(),
+    };
+    certs
+        .failed("shop", "www.shop.test", &failure)
+        .await
+        .unwrap();
+    let [failed] = &store.certs(Some("shop")).await.unwrap()[..] else {
+        panic!("still one certificate");
+    };
+    assert_eq!(failed.id, saved.id);
+    assert_eq!(failed.status, CertStatus::Failed);
+    assert_eq!(failed.last_error, Some(failure.error.to_string()));
+    assert_eq!(failed.material, saved.material);
+    assert_eq!(h.core.routing.published().edge.certs, served);
+
+    // The renewal that works replaces it in place.
+    let renewed = issued("www.shop.test", 0, 90);
+    certs
+        .issued("shop", "www.shop.test", &renewed)
+        .await
+        .unwrap();
+    let [now] = &store.certs(Some("shop")).await.unwrap()[..] else {
+        panic!("still one certificate");
+    };
+    assert_eq!((now.id, now.status), (saved.id, CertStatus::Active));
+    assert_eq!(now.last_error, None);
+    assert_eq!(
+        h.core.routing.published().edge.certs[0].chain_pem,
+        renewed.chain_pem
+    );
+
+    // The account's credentials go to the store and back unchanged.
+    let credentials = Secret::new("{\"id\":\"https://acme.test/acct/1\"}".into());
+    certs
+        .save_account("https://acme.test/dir", &credentials)
+        .await
+        .unwrap();
+    assert_eq!(
+        certs.account("https://acme.test/dir").await.unwrap(),
+        Some(credentials)
+    );
+    assert_eq!(certs.account("https://other.test/dir").await.unwrap(), None);
+}
