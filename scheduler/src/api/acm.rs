@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use super::apps::app_json;
 use super::domains::publish;
 use super::*;
+use crate::edge::acm::is_for;
 use crate::model::{Cert, CertSource, CertStatus};
 
 /// How one domain's automated certificate stands, as `manifold certs:auto` shows it.
@@ -42,9 +43,7 @@ pub(super) async fn get_acm(
             .await?
             .iter()
             .map(|d| {
-                let cert = certs
-                    .iter()
-                    .find(|c| c.source == CertSource::Acme && c.names == [d.hostname.as_str()]);
+                let cert = certs.iter().find(|c| is_for(c, &d.hostname));
                 domain_json(&d.hostname, cert)
             })
             .collect()

@@ -60,6 +60,12 @@ pub(super) async fn remove_domain(
 ) -> Result<axum::Json<Value>> {
     let hostname = hostname.trim_end_matches('.').to_ascii_lowercase();
     let domain = core.store.remove_domain(&app, &hostname).await?;
+    // Its automated certificate goes with it (an uploaded one may cover other domains).
+    for cert in core.store.certs(Some(&app)).await? {
+        if crate::edge::acm::is_for(&cert, &hostname) {
+            core.store.remove_cert(&app, cert.id).await?;
+        }
+    }
     publish(&core).await?;
     Ok(axum::Json(custom_json(&domain)))
 }

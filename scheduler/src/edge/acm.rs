@@ -82,7 +82,7 @@ impl StoreCerts {
 }
 
 /// Whether `cert` is the automated certificate for `domain`.
-fn is_for(cert: &Cert, domain: &str) -> bool {
+pub(crate) fn is_for(cert: &Cert, domain: &str) -> bool {
     cert.source == CertSource::Acme && cert.names == [domain]
 }
 

@@ -200,6 +200,16 @@ async fn certificates_are_issued_through_the_router_and_served_by_sni() {
     assert_eq!(by_name("down.shop.test")["reason"], reason);
     // The working domain is still served.
     assert_eq!(served_leaf(tls_addr, "www.shop.test", &root).await, issued);
+    // A domain removed takes its automated certificate with it.
+    let (status, _) = api
+        .call(Method::DELETE, "/apps/shop/domains/down.shop.test", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = api
+        .call(Method::GET, "/apps/shop/sni-endpoints", None)
+        .await;
+    assert!(acme_cert(&list, "down.shop.test").is_none(), "{list}");
+    assert!(acme_cert(&list, "www.shop.test").is_some(), "{list}");
 
     // Off: the automated certificates go, and the router stops serving them.
     let (status, body) = api.call(Method::DELETE, "/apps/shop/acm", None).await;
