@@ -137,7 +137,7 @@ async fn follow_firehose(
                 }
                 tracing::warn!("the firehose of {scheduler} ended; reconnecting");
             }
-            Err(err) => tracing::warn!("cannot follow {scheduler}'s firehose: {}", chain(&err)),
+            Err(err) => tracing::warn!("cannot follow {scheduler}'s firehose: {}", causes(err)),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -30,14 +30,8 @@ pub use wire::{
     RouterEvents, RoutesReply,
 };
 
-/// An error with its causes (a TLS failure is a few sources below reqwest's message).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// An error with its causes, as `a: b: c` (a TLS failure is a few sources below reqwest's
+/// message).
+fn causes(err: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::new(err))
 }

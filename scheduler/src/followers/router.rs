@@ -142,7 +142,7 @@ async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: Rou
                 tracing::warn!(
                     "cannot get routes from {}: {}",
                     config.scheduler,
-                    chain(&err)
+                    causes(err)
                 );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -175,7 +175,7 @@ async fn send_events(client: reqwest::Client, config: FollowConfig, pending: Arc
             tracing::warn!(
                 "cannot send router events to {}: {}",
                 config.scheduler,
-                chain(&err)
+                causes(err)
             );
             lock(&pending.events).wake.extend(events.wake);
         }
