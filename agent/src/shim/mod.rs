@@ -48,7 +48,7 @@
 //! Files: `start.rs` (the start steps, in order), `supervise.rs` (the event loop), `stop.rs`
 //! (the stop's states and signals), `teardown.rs` (each step undone, in reverse),
 //! `recorder.rs` (`stream.jsonl`), `attach.rs` (an attached one-off's session), `spec.rs`
-//! (the OCI spec), `edge/` (the kernel work of the steps and the teardown, behind traits:
+//! (the OCI spec), `kernel/` (the kernel work of the steps and the teardown, behind traits:
 //! this host's, or the recording fake `tests.rs` runs the shim's decisions against).
 
 use std::collections::HashSet;
@@ -67,7 +67,7 @@ use crate::host::cgroup::{self, Layout, Sentinel, ShimCgroup};
 use crate::logs::{LineBudget, LineSplitter};
 
 mod attach;
-mod edge;
+mod kernel;
 mod recorder;
 pub mod spec;
 mod start;
@@ -78,7 +78,7 @@ mod teardown;
 mod tests;
 
 use attach::Session;
-use edge::{Container, Edge};
+use kernel::{Container, Kernel};
 use recorder::Recorder;
 pub use recorder::SEGMENT_BYTES;
 use teardown::cleanup;
@@ -151,7 +151,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         config,
         dir,
         out,
-        edge: Edge::kernel(),
+        kernel: Kernel::host(),
         container: None,
         session: None,
         termed: HashSet::new(),
@@ -181,7 +181,7 @@ fn run(dir: DynoDir) -> anyhow::Result<i32> {
         .map(|cpu| cpu.leave(std::process::id()))
         .unwrap_or_default();
     errors.extend(cleanup(
-        &shim.edge,
+        &shim.kernel,
         &shim.config,
         &shim.dir,
         shim.container.take(),
@@ -201,8 +201,8 @@ struct Shim {
     config: DynoConfig,
     dir: DynoDir,
     out: Recorder,
-    /// The kernel work of its steps (`edge`): this host's, or a test's fake.
-    edge: Edge,
+    /// The kernel work of its steps (`kernel/`): this host's, or a test's fake.
+    kernel: Kernel,
     container: Option<Box<dyn Container>>,
     /// An attached dyno's socket and the buffers between its client and the dyno, from
     /// before the container exists to the dyno's end.

@@ -16,7 +16,7 @@ use crate::host::seccomp::Filter;
 use crate::logs::{LineBudget, LineSplitter};
 
 use super::attach::{self, ConsoleSocket, DynoIo, Session};
-use super::edge::Streams;
+use super::kernel::Streams;
 use super::{spec, Running, Shim};
 
 /// The shim's start steps, in the order they run; a failure names its step in the dyno's
@@ -162,11 +162,11 @@ impl Shim {
             .step(StartStep::Container)?;
         self.container = Some(container);
         self.limit_cgroups()?;
-        let limiting = self.edge.runtime.limit_user_namespace(pid);
+        let limiting = self.kernel.runtime.limit_user_namespace(pid);
         self.join_cpu_cgroups();
         let logged = self.connect_stdio(stdio)?;
         let plug = self
-            .edge
+            .kernel
             .network
             .plug(&self.config, pid)
             .step(StartStep::Network)?;
@@ -205,7 +205,7 @@ impl Shim {
     /// [`StartStep::Rootfs`]: the overlay of the slug's layer on the stack, with the dyno's
     /// writable layer under its disk quota. Returns the stack's directory.
     fn mount_rootfs(&mut self) -> Result<PathBuf, StartFailure> {
-        let (c, mounts) = (&self.config, &self.edge.mounts);
+        let (c, mounts) = (&self.config, &self.kernel.mounts);
         let stack = rootfs::find_stack(&c.host.stacks_dir(), &c.stack).step(StartStep::Stack)?;
         let mut lower: Vec<PathBuf> = mounts
             .slug_layer(c)
@@ -260,15 +260,15 @@ impl Shim {
     fn build_container(
         &mut self,
         filter: Filter,
-    ) -> Result<(Stdio, Box<dyn super::edge::Container>), StartFailure> {
+    ) -> Result<(Stdio, Box<dyn super::kernel::Container>), StartFailure> {
         let c = &self.config;
-        self.edge
+        self.kernel
             .network
             .ensure_host(c)
             .step(StartStep::HostNetwork)?;
         let (stdio, theirs) = stdio(c, &self.dir).step(StartStep::Pipes)?;
         let container = self
-            .edge
+            .kernel
             .runtime
             .build(c, &self.dir, theirs, filter)
             .step(StartStep::Container)?;
@@ -279,8 +279,8 @@ impl Shim {
     /// is read.
     fn limit_cgroups(&mut self) -> Result<(), StartFailure> {
         let c = &self.config;
-        self.edge.cgroups.forbid_swap(c).step(StartStep::Cgroup)?;
-        match self.edge.cgroups.keep_scope(c) {
+        self.kernel.cgroups.forbid_swap(c).step(StartStep::Cgroup)?;
+        match self.kernel.cgroups.keep_scope(c) {
             Ok(sentinel) => self.sentinel = sentinel,
             Err(err) => tracing::warn!(
                 "dyno {}: its scope may go before its end is read (an OOM kill then goes unreported): {err}",
@@ -294,7 +294,7 @@ impl Shim {
     /// before its command starts, so that all the dyno writes is relayed on the dyno's CPU.
     /// Not joining costs the host, not the dyno: warned about, not a failure.
     fn join_cpu_cgroups(&mut self) {
-        match self.edge.cgroups.join_cpu(&self.config) {
+        match self.kernel.cgroups.join_cpu(&self.config) {
             Ok(cpu) => self.cpu = Some(cpu),
             Err(err) => tracing::warn!(
                 "dyno {}: the shim's CPU stays outside the dyno: {}",

@@ -6,14 +6,14 @@ use std::path::Path;
 
 use crate::dyno::{DynoConfig, DynoDir};
 
-use super::edge::{Container, Edge};
+use super::kernel::{Container, Kernel};
 
 /// Removes a dyno whose shim is gone (`gc`, or an agent finding it at start-up): whatever it
 /// left (see [`cleanup`]), then its directory. Returns what [`cleanup`] could not remove; an
 /// error when the directory stays.
 pub fn remove_dead(dir: &DynoDir) -> io::Result<Vec<String>> {
     let errors = match dir.read_config() {
-        Ok(config) => cleanup(&Edge::kernel(), &config, dir, None),
+        Ok(config) => cleanup(&Kernel::host(), &config, dir, None),
         Err(_) => Vec::new(),
     };
     fs::remove_dir_all(&dir.root)?;
@@ -61,7 +61,7 @@ const TEARDOWN: [Undo; 8] = [
 /// idempotent, so this also serves a sweep after a crash or a start that failed half-way.
 /// Returns what could not be removed.
 pub(super) fn cleanup(
-    edge: &Edge,
+    kernel: &Kernel,
     config: &DynoConfig,
     dir: &DynoDir,
     container: Option<Box<dyn Container>>,
@@ -69,7 +69,7 @@ pub(super) fn cleanup(
     let mut container = container;
     let mut errors = Vec::new();
     for undo in TEARDOWN {
-        errors.extend(undo.run(edge, config, dir, &mut container));
+        errors.extend(undo.run(kernel, config, dir, &mut container));
     }
     errors
 }
@@ -77,35 +77,35 @@ pub(super) fn cleanup(
 /// [`cleanup`] on this host, for a dyno whose shim is not the caller (a runner that found
 /// the shim gone).
 pub fn cleanup_on_host(config: &DynoConfig, dir: &DynoDir) -> Vec<String> {
-    cleanup(&Edge::kernel(), config, dir, None)
+    cleanup(&Kernel::host(), config, dir, None)
 }
 
 impl Undo {
     /// Undoes this part of the dyno, if it is there. Returns what could not be removed.
     fn run(
         self,
-        edge: &Edge,
+        kernel: &Kernel,
         config: &DynoConfig,
         dir: &DynoDir,
         container: &mut Option<Box<dyn Container>>,
     ) -> Vec<String> {
         let failed = |what: &str, err: anyhow::Error| vec![format!("{what}: {err:#}")];
         match self {
-            Undo::ShimCgroups => edge.cgroups.remove_shim_cgroups(config),
+            Undo::ShimCgroups => kernel.cgroups.remove_shim_cgroups(config),
             Undo::Container => {
-                let loaded = container.take().or_else(|| edge.runtime.load(config));
+                let loaded = container.take().or_else(|| kernel.runtime.load(config));
                 match loaded.map(|mut c| c.delete()) {
                     Some(Err(err)) => failed("container", err),
                     _ => Vec::new(),
                 }
             }
-            Undo::State => edge.runtime.remove_state(config),
-            Undo::Cgroups => edge.cgroups.remove_dyno_cgroups(config),
-            Undo::Network => match edge.network.release(config) {
+            Undo::State => kernel.runtime.remove_state(config),
+            Undo::Cgroups => kernel.cgroups.remove_dyno_cgroups(config),
+            Undo::Network => match kernel.network.release(config) {
                 Err(err) => failed("network", err),
                 Ok(()) => Vec::new(),
             },
-            Undo::Rootfs => match edge.mounts.unmount(&dir.rootfs()) {
+            Undo::Rootfs => match kernel.mounts.unmount(&dir.rootfs()) {
                 Err(err) => failed("rootfs", err),
                 Ok(()) => Vec::new(),
             },

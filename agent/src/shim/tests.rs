@@ -1,4 +1,4 @@
-//! The shim's decisions against a fake edge, without root: the start steps' order, the step
+//! The shim's decisions against a fake kernel, without root: the start steps' order, the step
 //! a failure is named after, the teardown of what a failed start made, the stop's signals.
 
 use std::collections::{BTreeMap, HashSet};
@@ -9,12 +9,12 @@ use manifold_dyno::DynoSize;
 
 use crate::dyno::{DynoConfig, DynoDir, HostConfig, SlugSource, DYNO_GID, DYNO_UID};
 
-use super::edge::fake::{Fake, Journal};
+use super::kernel::fake::{Fake, Journal};
 use super::recorder::Recorder;
 use super::stop::StopState;
 use super::{cleanup, Shim, SEGMENT_BYTES};
 
-/// A web dyno's shim on a fake edge whose call `fail` errs, in a temporary state directory
+/// A web dyno's shim on a fake kernel whose call `fail` errs, in a temporary state directory
 /// holding a finished stack.
 fn shim(fail: Option<&'static str>) -> (Shim, Journal, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -47,12 +47,12 @@ fn shim(fail: Option<&'static str>) -> (Shim, Journal, tempfile::TempDir) {
     let dir = DynoDir::new(&host, &config.id);
     dir.write_config(&config).expect("dyno.json");
     let out = Recorder::open(&dir, SEGMENT_BYTES).expect("recorder");
-    let (edge, journal) = Fake::edge(fail);
+    let (kernel, journal) = Fake::kernel(fail);
     let shim = Shim {
         config,
         dir,
         out,
-        edge,
+        kernel,
         container: None,
         session: None,
         termed: HashSet::new(),
@@ -62,7 +62,7 @@ fn shim(fail: Option<&'static str>) -> (Shim, Journal, tempfile::TempDir) {
     (shim, journal, tmp)
 }
 
-/// What a start that ran to its end asks of the edge, in order.
+/// What a start that ran to its end asks of the kernel, in order.
 const START: [&str; 11] = [
     "slug_layer",
     "limit_disk",
@@ -92,7 +92,7 @@ fn the_steps_run_in_order_and_the_dyno_starts() {
 
 #[test]
 fn a_failed_step_is_named_and_what_it_made_is_undone_in_reverse() {
-    // (the edge's call that fails, the step the failure names)
+    // (the kernel's call that fails, the step the failure names)
     let cases = [
         ("slug_layer", "slug"),
         ("limit_disk", "disk"),
@@ -125,7 +125,7 @@ fn a_failed_step_is_named_and_what_it_made_is_undone_in_reverse() {
 
         journal.clear();
         let built = shim.container.is_some();
-        let errors = cleanup(&shim.edge, &shim.config, &shim.dir, shim.container.take());
+        let errors = cleanup(&shim.kernel, &shim.config, &shim.dir, shim.container.take());
         // The fake's undos succeed unless named; the teardown's own order, whatever the
         // start reached (each undo is idempotent, so it runs them all).
         let container = if built { "delete" } else { "load" };
@@ -158,7 +158,7 @@ fn an_undo_that_fails_is_reported_and_the_others_still_run() {
     let (mut shim, journal, _tmp) = shim(Some("release"));
     shim.start().map_err(|f| f.message).expect("started");
     journal.clear();
-    let errors = cleanup(&shim.edge, &shim.config, &shim.dir, shim.container.take());
+    let errors = cleanup(&shim.kernel, &shim.config, &shim.dir, shim.container.take());
     assert_eq!(errors, ["network: release failed"]);
     let calls = journal.calls();
     assert_eq!(

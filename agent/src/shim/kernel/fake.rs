@@ -1,4 +1,4 @@
-//! A recording edge for the shim's unit tests: each call is written to a journal, any one
+//! A recording kernel for the shim's unit tests: each call is written to a journal, any one
 //! call can be made to fail, nothing needs root. Where the kernel would mount, it makes plain
 //! directories, so that the steps after it (the spec in the bundle) run as they do for real.
 
@@ -17,7 +17,7 @@ use crate::host::quota;
 use crate::host::rootfs::Overlay;
 use crate::host::seccomp::Filter;
 
-use super::{Cgroups, Container, Edge, Limiting, Mounts, Network, Runtime, Streams};
+use super::{Cgroups, Container, Kernel, Limiting, Mounts, Network, Runtime, Streams};
 
 /// The calls made, in order, by name (`kill_all SIGTERM` for a signal).
 #[derive(Clone, Default)]
@@ -33,7 +33,7 @@ impl Journal {
     }
 }
 
-/// The fake edge: journals each call; the call named `fail` returns an error.
+/// The fake kernel: journals each call; the call named `fail` returns an error.
 #[derive(Clone)]
 pub(in crate::shim) struct Fake {
     journal: Journal,
@@ -41,20 +41,20 @@ pub(in crate::shim) struct Fake {
 }
 
 impl Fake {
-    /// An edge of fakes sharing one journal; `fail` names the call that errs.
-    pub(in crate::shim) fn edge(fail: Option<&'static str>) -> (Edge, Journal) {
+    /// A kernel of fakes sharing one journal; `fail` names the call that errs.
+    pub(in crate::shim) fn kernel(fail: Option<&'static str>) -> (Kernel, Journal) {
         let journal = Journal::default();
         let fake = Fake {
             journal: journal.clone(),
             fail,
         };
-        let edge = Edge {
+        let kernel = Kernel {
             mounts: Box::new(fake.clone()),
             cgroups: Box::new(fake.clone()),
             runtime: Box::new(fake.clone()),
             network: Box::new(fake),
         };
-        (edge, journal)
+        (kernel, journal)
     }
 
     /// Journals `call`; an error if it is the one to fail.

@@ -1,4 +1,4 @@
-//! The shim's edge on this host: overlayfs and btrfs quotas, cgroupfs or systemd cgroups,
+//! The shim's kernel work on this host: overlayfs and btrfs quotas, cgroupfs or systemd cgroups,
 //! libcontainer, the bridge.
 
 use std::fs;
@@ -28,12 +28,12 @@ use super::{Cgroups, Container, Limiting, Mounts, Network, Runtime, Streams};
 use crate::shim::memory_dir;
 
 /// This host's kernel, through libcontainer where it serves.
-pub(in crate::shim) struct Kernel;
+pub(in crate::shim) struct Host;
 
 /// The shim's own OOM score adjustment (kept across libcontainer's `build()`).
 const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
-impl Mounts for Kernel {
+impl Mounts for Host {
     fn slug_layer(&self, c: &DynoConfig) -> anyhow::Result<Option<PathBuf>> {
         let Some(slug) = &c.slug else {
             return Ok(None);
@@ -69,7 +69,7 @@ impl Mounts for Kernel {
     }
 }
 
-impl Cgroups for Kernel {
+impl Cgroups for Host {
     fn forbid_swap(&self, c: &DynoConfig) -> io::Result<()> {
         let (layout, memory) = memory_dir(c);
         cgroup::forbid_swap(layout, &memory)
@@ -147,7 +147,7 @@ impl Executor for Filtered {
     }
 }
 
-impl Runtime for Kernel {
+impl Runtime for Host {
     fn build(
         &self,
         c: &DynoConfig,
@@ -235,7 +235,7 @@ impl Container for Built {
     }
 }
 
-impl Network for Kernel {
+impl Network for Host {
     fn ensure_host(&self, c: &DynoConfig) -> anyhow::Result<()> {
         Ok(network::ensure_host_cached(&c.host.network)?)
     }

@@ -1,10 +1,10 @@
-//! The shim's edge: the kernel work its start steps and teardown ask for, behind one trait
+//! The shim's kernel work: what its start steps and teardown ask of the host, behind one trait
 //! per part of the host (mounts, cgroups, the container runtime, the network).
 //!
-//! The shim decides; the edge does. What the shim decides (the steps' order, which step a
+//! The shim decides; these do. What the shim decides (the steps' order, which step a
 //! failure is named after, that a failed start is undone in full and in reverse, that one
 //! undo failing does not stop the others, which signal a stop sends to whom) is then tested
-//! without root against [`fake`], while [`Kernel`] (this host's mounts, cgroups, libcontainer
+//! without root against [`fake`], while [`Host`] (this host's mounts, cgroups, libcontainer
 //! and bridge) is tested for real by the agent's integration tests. The shape follows Nomad's
 //! driver plugins and youki's own `Syscall` trait: one narrow interface per kind of host
 //! work, a real implementation and a recording one.
@@ -25,26 +25,26 @@ use crate::host::seccomp::Filter;
 
 #[cfg(test)]
 pub(super) mod fake;
-mod kernel;
+mod host;
 
-pub(super) use kernel::Kernel;
+pub(super) use host::Host;
 
-/// The four parts of the shim's edge, as one value the shim holds.
-pub(super) struct Edge {
+/// The four parts of the shim's kernel work, as one value the shim holds.
+pub(super) struct Kernel {
     pub(super) mounts: Box<dyn Mounts>,
     pub(super) cgroups: Box<dyn Cgroups>,
     pub(super) runtime: Box<dyn Runtime>,
     pub(super) network: Box<dyn Network>,
 }
 
-impl Edge {
+impl Kernel {
     /// This host's: real mounts, cgroups, libcontainer and bridge.
-    pub(super) fn kernel() -> Edge {
-        Edge {
-            mounts: Box::new(Kernel),
-            cgroups: Box::new(Kernel),
-            runtime: Box::new(Kernel),
-            network: Box::new(Kernel),
+    pub(super) fn host() -> Kernel {
+        Kernel {
+            mounts: Box::new(Host),
+            cgroups: Box::new(Host),
+            runtime: Box::new(Host),
+            network: Box::new(Host),
         }
     }
 }
