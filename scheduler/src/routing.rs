@@ -91,6 +91,13 @@ fn socket_addr(address: &str, port: u16) -> Option<SocketAddr> {
     (address, port).to_socket_addrs().ok()?.next()
 }
 
+/// A following router not heard from for this long is taken as gone (it asks again at least
+/// every long poll, [`crate::followers::LONG_POLL`]).
+const FOLLOWER_GONE: Duration = Duration::from_secs(60);
+
+/// How often [`Routing::followers_caught_up`] looks again.
+const FOLLOWER_POLL: Duration = Duration::from_millis(20);
+
 /// What routers are given: routes, and the edge (domains, certificates, challenges).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Published {
@@ -115,6 +122,9 @@ pub struct Routing {
     /// [`crate::followers`]).
     published: Mutex<Published>,
     changes: watch::Sender<u64>,
+    /// Routers following from other processes, by the id each sends: the version it routes
+    /// by, and when it last asked (see [`Routing::followers_caught_up`]).
+    followers: Mutex<HashMap<String, (u64, Instant)>>,
     /// The router, once serving (for its metrics).
     router: OnceLock<Arc<Router>>,
     /// When each app last got a request (sleep-on-idle).
@@ -148,6 +158,7 @@ impl Routing {
             table: RouteTable::default(),
             published: Mutex::new(Published::default()),
             changes: watch::Sender::new(0),
+            followers: Mutex::new(HashMap::new()),
             router: OnceLock::new(),
             traffic: Mutex::new(HashMap::new()),
             waking: Mutex::new(HashMap::new()),
@@ -176,6 +187,36 @@ impl Routing {
             published.edge = edge;
             published.version += 1;
             self.changes.send_replace(published.version);
+        }
+    }
+
+    /// A router following from another process (`id`) asked for what came after `applied`:
+    /// it routes by that version now.
+    pub(crate) fn follower_at(&self, id: &str, applied: u64) {
+        lock(&self.followers).insert(id.to_owned(), (applied, Instant::now()));
+    }
+
+    /// Waits until every router following from another process, heard from within
+    /// [`FOLLOWER_GONE`], routes by the version published now, or `timeout` passed (false).
+    /// What an ACME server is about to fetch must be answered by whichever router it
+    /// reaches, and followers get a change a moment after the in-process router does.
+    pub(crate) async fn followers_caught_up(&self, timeout: Duration) -> bool {
+        let version = lock(&self.published).version;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind = {
+                let mut followers = lock(&self.followers);
+                let now = Instant::now();
+                followers.retain(|_, (_, seen)| now.duration_since(*seen) < FOLLOWER_GONE);
+                followers.values().any(|(applied, _)| *applied < version)
+            };
+            if !behind {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(FOLLOWER_POLL).await;
         }
     }
 

@@ -35,12 +35,16 @@ use super::{describe, describe_problem, AcmeError, Secret, Step};
 /// Where HTTP-01 answers are posted for the ACME server to fetch at
 /// `http://DOMAIN/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3). The scheduler's
 /// routing implements it so that every router (separate router processes too) answers.
-/// `publish` must take effect before it returns: the ACME server is told to look right after.
+/// The ACME server is told to look once `publish` returned and `settled` finished.
+#[async_trait::async_trait]
 pub trait ChallengeBoard: Send + Sync {
     /// Serve `key_authorization` (as `text/plain`, nothing else) at the token's path.
     fn publish(&self, token: &str, key_authorization: &str);
     /// Stop serving the token: its challenge is over, won or lost.
     fn withdraw(&self, token: &str);
+    /// Waits until what was published is answered wherever the ACME server may ask (routers
+    /// in other processes get it a moment after `publish`). At once where `publish` is all.
+    async fn settled(&self) {}
 }
 
 /// A certificate the ACME server issued, with the private key made for it.
@@ -169,6 +173,7 @@ impl Acme {
             self.board
                 .publish(&challenge.token, challenge.key_authorization().as_str());
             posted.tokens.push(challenge.token.clone());
+            self.board.settled().await;
             challenge.set_ready().await.map_err(|e| match e {
                 instant_acme::Error::Api(problem) => AcmeError::Challenge {
                     domain,

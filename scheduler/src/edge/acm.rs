@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -203,6 +204,11 @@ impl RoutingBoard {
     }
 }
 
+/// How long an ACME validation waits for routers following from other processes to get its
+/// challenge; one that has not by then is warned about (the validation may reach it first).
+const FOLLOWERS_WAIT: Duration = Duration::from_secs(5);
+
+#[async_trait]
 impl ChallengeBoard for RoutingBoard {
     fn publish(&self, token: &str, key_authorization: &str) {
         self.change(|c| {
@@ -214,6 +220,14 @@ impl ChallengeBoard for RoutingBoard {
         self.change(|c| {
             c.remove(token);
         });
+    }
+
+    async fn settled(&self) {
+        if !self.routing.followers_caught_up(FOLLOWERS_WAIT).await {
+            tracing::warn!(
+                "a router following from another process has not got the ACME challenge after {FOLLOWERS_WAIT:?}: a validation that reaches it fails"
+            );
+        }
     }
 }
 

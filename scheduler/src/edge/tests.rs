@@ -341,3 +341,94 @@ async fn a_router_process_gets_certificates_over_the_wire() {
     let _ = stop_api.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
 }
+
+/// An ACME challenge is answered by a router following from another process as soon as the
+/// board says it settled: the ACME server is told to look only then.
+#[tokio::test]
+async fn a_following_router_answers_a_challenge_once_the_board_settled() {
+    use crate::acme::order::ChallengeBoard;
+
+    let (h, _ca) = harness().await;
+    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let api_addr = api.local_addr().expect("addr");
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::run(
+        h.core.clone(),
+        api,
+        crate::server::RouterListeners::default(),
+        async move {
+            let _ = api_stopped.await;
+        },
+    ));
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http_addr = http.local_addr().expect("addr");
+    let (stop_router, router_stopped) = tokio::sync::oneshot::channel::<()>();
+    let follower = tokio::spawn(crate::followers::run(
+        crate::followers::FollowConfig {
+            scheduler: format!("http://{api_addr}"),
+            token: "follower-token".into(),
+            router: manifold_router::RouterConfig {
+                workers: 0,
+                shutdown_grace: Duration::from_millis(100),
+                ..Default::default()
+            },
+            client: reqwest::Client::new(),
+        },
+        http,
+        None,
+        async move {
+            let _ = router_stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let answer = |token: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!(
+                    "http://{http_addr}/.well-known/acme-challenge/{token}"
+                ))
+                .header("host", "www.example.com")
+                .send()
+                .await
+                .expect("GET");
+            (r.status(), r.text().await.unwrap_or_default())
+        }
+    };
+
+    let board = acm::RoutingBoard::new(h.core.routing.clone());
+    // The follower is following once it answers a first challenge.
+    board.publish("first", "first.key-authorization");
+    let mut first = (StatusCode::NOT_FOUND, String::new());
+    for _ in 0..500 {
+        first = answer("first").await;
+        if first.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.1, "first.key-authorization");
+
+    for round in 0..5 {
+        board.publish("second", "second.key-authorization");
+        board.settled().await;
+        assert!(
+            h.core.routing.followers_caught_up(Duration::ZERO).await,
+            "round {round}: settled with a follower behind"
+        );
+        // No retry: settled means answered.
+        assert_eq!(
+            answer("second").await,
+            (StatusCode::OK, "second.key-authorization".to_owned()),
+            "round {round}"
+        );
+        board.withdraw("second");
+        board.settled().await;
+        assert_ne!(answer("second").await.1, "second.key-authorization");
+    }
+
+    let _ = stop_router.send(());
+    follower.await.expect("join").expect("router stopped");
+    let _ = stop_api.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+}

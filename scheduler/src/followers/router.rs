@@ -105,10 +105,12 @@ pub async fn run(
 async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: RouteTable) {
     let mut version: Option<u64> = None;
     let mut edge: Option<crate::edge::Edge> = None;
+    // Says which router this is, so that the scheduler knows which version each routes by.
+    let id = uuid::Uuid::new_v4();
     loop {
         let mut url = format!("{}/router/v1/routes", config.scheduler);
         if let Some(v) = version {
-            url.push_str(&format!("?after={v}"));
+            url.push_str(&format!("?after={v}&router={id}"));
         }
         let reply = client
             .get(&url)

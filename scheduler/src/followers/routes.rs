@@ -26,13 +26,30 @@ pub fn routes() -> Routes<Arc<Core>> {
 
 #[derive(Debug, Deserialize)]
 struct After {
+    /// The version the router routes by.
     after: Option<u64>,
+    /// The router's own id (random, per process), so that the scheduler knows what each
+    /// follower has (see `Routing::followers_caught_up`).
+    router: Option<String>,
 }
+
+/// The longest router id kept (a follower holds the follower token, but an id is still
+/// input).
+const ROUTER_ID_MAX: usize = 64;
 
 async fn get_routes(
     State(core): State<Arc<Core>>,
     Query(q): Query<After>,
 ) -> Result<axum::Json<RoutesReply>, ApiError> {
+    if let (Some(id), Some(after)) = (&q.router, q.after) {
+        if id.len() > ROUTER_ID_MAX {
+            return Err(ApiError::invalid(format!(
+                "router: an id of at most {ROUTER_ID_MAX} bytes, not {}",
+                id.len()
+            )));
+        }
+        core.routing.follower_at(id, after);
+    }
     let mut changes = core.routing.changes();
     if let Some(after) = q.after {
         if *changes.borrow_and_update() == after {
