@@ -268,6 +268,73 @@ async fn served_leaf(
     tls.get_ref().1.peer_certificates().map(|c| c[0].clone())
 }
 
+/// The harness's API on a socket and a router process following it (with an HTTPS listener
+/// if `tls`): the HTTP and HTTPS addresses, and a stop for both.
+struct Following {
+    http: std::net::SocketAddr,
+    tls: Option<std::net::SocketAddr>,
+    stop_router: tokio::sync::oneshot::Sender<()>,
+    stop_api: tokio::sync::oneshot::Sender<()>,
+    follower: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Following {
+    async fn start(h: &Harness, tls: bool) -> Following {
+        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let api_addr = api.local_addr().expect("addr");
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::server::run(
+            h.core.clone(),
+            api,
+            crate::server::RouterListeners::default(),
+            async move {
+                let _ = api_stopped.await;
+            },
+        ));
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http_addr = http.local_addr().expect("addr");
+        let https = match tls {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")),
+            false => None,
+        };
+        let tls_addr = https.as_ref().map(|l| l.local_addr().expect("addr"));
+        let (stop_router, router_stopped) = tokio::sync::oneshot::channel::<()>();
+        let follower = tokio::spawn(crate::followers::run(
+            crate::followers::FollowConfig {
+                scheduler: format!("http://{api_addr}"),
+                token: "follower-token".into(),
+                router: manifold_router::RouterConfig {
+                    workers: 0,
+                    shutdown_grace: Duration::from_millis(100),
+                    ..Default::default()
+                },
+                client: reqwest::Client::new(),
+            },
+            http,
+            https,
+            async move {
+                let _ = router_stopped.await;
+            },
+        ));
+        Following {
+            http: http_addr,
+            tls: tls_addr,
+            stop_router,
+            stop_api,
+            follower,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop_router.send(());
+        self.follower.await.expect("join").expect("router stopped");
+        let _ = self.stop_api.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.server).await;
+    }
+}
+
 #[tokio::test]
 async fn a_router_process_gets_certificates_over_the_wire() {
     let (h, ca) = harness().await;
@@ -282,38 +349,8 @@ async fn a_router_process_gets_certificates_over_the_wire() {
     let (status, _) = add_cert(&h, "web", &chain, &key).await;
     assert_eq!(status, StatusCode::CREATED);
 
-    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let api_addr = api.local_addr().expect("addr");
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(
-        h.core.clone(),
-        api,
-        crate::server::RouterListeners::default(),
-        async move {
-            let _ = api_stopped.await;
-        },
-    ));
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let tls_addr = https.local_addr().expect("addr");
-    let (stop_router, router_stopped) = tokio::sync::oneshot::channel::<()>();
-    let follower = tokio::spawn(crate::followers::run(
-        crate::followers::FollowConfig {
-            scheduler: format!("http://{api_addr}"),
-            token: "follower-token".into(),
-            router: manifold_router::RouterConfig {
-                workers: 0,
-                shutdown_grace: Duration::from_millis(100),
-                ..Default::default()
-            },
-            client: reqwest::Client::new(),
-        },
-        http,
-        Some(https),
-        async move {
-            let _ = router_stopped.await;
-        },
-    ));
+    let following = Following::start(&h, true).await;
+    let tls_addr = following.tls.expect("an HTTPS listener");
 
     let uploaded = CertificateDer::from_pem_slice(chain.as_bytes()).expect("pem");
     let cluster_ca = CertificateDer::from_pem_file(ca.path().join("ca.pem")).expect("cluster CA");
@@ -335,11 +372,7 @@ async fn a_router_process_gets_certificates_over_the_wire() {
     assert!(served_leaf(tls_addr, "nosuch.example.org", &[cluster_ca])
         .await
         .is_none());
-
-    let _ = stop_router.send(());
-    follower.await.expect("join").expect("router stopped");
-    let _ = stop_api.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+    following.stop().await;
 }
 
 /// An ACME challenge is answered by a router following from another process as soon as the
@@ -349,37 +382,8 @@ async fn a_following_router_answers_a_challenge_once_the_board_settled() {
     use crate::acme::order::ChallengeBoard;
 
     let (h, _ca) = harness().await;
-    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let api_addr = api.local_addr().expect("addr");
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(
-        h.core.clone(),
-        api,
-        crate::server::RouterListeners::default(),
-        async move {
-            let _ = api_stopped.await;
-        },
-    ));
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let http_addr = http.local_addr().expect("addr");
-    let (stop_router, router_stopped) = tokio::sync::oneshot::channel::<()>();
-    let follower = tokio::spawn(crate::followers::run(
-        crate::followers::FollowConfig {
-            scheduler: format!("http://{api_addr}"),
-            token: "follower-token".into(),
-            router: manifold_router::RouterConfig {
-                workers: 0,
-                shutdown_grace: Duration::from_millis(100),
-                ..Default::default()
-            },
-            client: reqwest::Client::new(),
-        },
-        http,
-        None,
-        async move {
-            let _ = router_stopped.await;
-        },
-    ));
+    let following = Following::start(&h, false).await;
+    let http_addr = following.http;
     let client = reqwest::Client::new();
     let answer = |token: &'static str| {
         let client = client.clone();
@@ -426,9 +430,5 @@ async fn a_following_router_answers_a_challenge_once_the_board_settled() {
         board.settled().await;
         assert_ne!(answer("second").await.1, "second.key-authorization");
     }
-
-    let _ = stop_router.send(());
-    follower.await.expect("join").expect("router stopped");
-    let _ = stop_api.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+    following.stop().await;
 }
