@@ -1,10 +1,13 @@
 //! What Manifold's test suites share, so that each keeps one copy: the rule for tests that
 //! need something of the machine ([`require`]: CI must run them, elsewhere they skip with a
-//! loud message) and ports for the servers and dynos they start ([`free_port`]).
+//! loud message), ports for the servers and dynos they start ([`free_port`]) and a
+//! throwaway PostgreSQL server ([`postgres::Postgres`]).
 //!
 //! A dev-dependency only: nothing here is in a shipped binary.
 
 use std::sync::{Mutex, PoisonError};
+
+pub mod postgres;
 
 /// Whether the machine has what a test needs: `needs` are (met, what to do when it is not),
 /// in the order to report them. A test that cannot run fails in CI (a skipped acceptance
