@@ -13,7 +13,7 @@ use manifold_router::RouterConfig;
 use manifold_scheduler::blobs::BlobStore;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::edge::DefaultCert;
-use manifold_scheduler::store::sqlite::SqliteStore;
+use manifold_scheduler::store::sql::{Database, SqlStore};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,10 @@ struct Cli {
         default_value = "/var/lib/manifold-scheduler"
     )]
     state_dir: PathBuf,
+    /// The store: a postgres:// URL (several schedulers share it), or an SQLite file
+    /// (default: STATE_DIR/manifold.db).
+    #[arg(long, env = "MANIFOLD_DATABASE")]
+    database: Option<Database>,
     /// A host whose agent is silent this long is lost and its dynos are placed elsewhere.
     #[arg(long, env = "MANIFOLD_HEARTBEAT_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_deadline: Duration,
@@ -467,10 +471,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         default_cert: default_cert(&cli)?,
         acme,
     };
-    let db = cli.state_dir.join("manifold.db");
-    let store = SqliteStore::open(&db)
+    let db = (cli.database.clone())
+        .unwrap_or_else(|| Database::Sqlite(cli.state_dir.join("manifold.db")));
+    let store = SqlStore::open(&db)
         .await
-        .with_context(|| format!("cannot open the store {}", db.display()))?;
+        .with_context(|| format!("cannot open the store {db}"))?;
     let core = Core::new(
         Arc::new(store),
         BlobStore::new(cli.state_dir.join("blobs")),

@@ -1,5 +1,5 @@
 //! An in-process scheduler for tests that need neither root nor containers: a [`Core`] on
-//! a `SqliteStore` in a temp dir, the REST API called in process, and fake agents that talk
+//! a `SqlStore` on SQLite in a temp dir, the REST API called in process, and fake agents that talk
 //! to it the way the AgentLink hub does, through channels.
 //!
 //! ```text
@@ -32,7 +32,7 @@ use crate::blobs::BlobStore;
 use crate::core::{Core, Settings};
 use crate::model::{Build, BuildStatus, Slug};
 use crate::reconciler::Cycling;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::{Database, SqlStore};
 use crate::store::BuildOutcome;
 
 pub(crate) const API_TOKEN: &str = "api-token";
@@ -71,7 +71,7 @@ pub(crate) fn settings(heartbeat: Duration) -> Settings {
 impl Harness {
     pub(crate) async fn new(settings: Settings) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("manifold.db"))
+        let store = SqlStore::open(&Database::Sqlite(dir.path().join("manifold.db")))
             .await
             .expect("store");
         let core = Core::new(

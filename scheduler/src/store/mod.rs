@@ -17,7 +17,7 @@ use crate::model::{
     LogDrain, Release, ReleaseStatus, Slug,
 };
 
-pub mod sqlite;
+pub mod sql;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +49,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    #[error("cannot connect to the database {database}")]
+    Connect {
+        database: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A write of a leader whose lease (of `term`) has passed to another or run out.
+    #[error("this scheduler's lease of term {term} is over: another may lead, nothing written")]
+    Fenced { term: u64 },
     #[error("cannot migrate the database")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -88,8 +97,47 @@ pub struct DynoChanges {
     pub delete: Vec<String>,
 }
 
+/// Who leads the schedulers now, as the lease says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// The holder's name (unique per replica).
+    pub holder: String,
+    /// Where the holder's API answers, for followers to send clients there.
+    pub address: String,
+    pub term: u64,
+}
+
+/// The lease a store's writes must still hold ([`Store::set_fence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub term: u64,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Takes the lease for `holder` (whose API is at `address`) when it is free or
+    /// expired — a new term, one more than the last — or renews it when `holder` holds it;
+    /// `None` while another holder's lease runs. Expiry is `ttl` from now by the
+    /// DATABASE's clock, so the replicas' clocks need not agree. Runs under the write lock
+    /// (ordered with every write) and is never fenced.
+    async fn campaign(
+        &self,
+        holder: &str,
+        address: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Who holds an unexpired lease now (for followers to name the leader).
+    async fn leader(&self) -> Result<Option<Leadership>, StoreError>;
+    /// Gives the lease up if `holder` holds it in `term` (a clean shutdown: another takes
+    /// over at once, in the next term).
+    async fn resign(&self, holder: &str, term: u64) -> Result<(), StoreError>;
+    /// From now on every write this store makes first checks, inside its transaction
+    /// (after the write lock), that `fence`'s holder still holds the lease in its term and
+    /// unexpired, and otherwise fails with [`StoreError::Fenced`] and writes nothing.
+    /// `None` turns the check off (tests, tools).
+    fn set_fence(&self, fence: Option<Fence>);
+
     async fn create_app(&self, name: &str, stack: &str) -> Result<App, StoreError>;
     async fn app(&self, name: &str) -> Result<App, StoreError>;
     async fn apps(&self) -> Result<Vec<App>, StoreError>;

@@ -1,8 +1,11 @@
-//! What the store's unit tests share: a store in a temp dir, the rows they fill it with, and
-//! the names they all use.
+//! What the store's unit tests share: a store on each database (an SQLite file in a temp
+//! dir, then a throwaway PostgreSQL server), the rows they fill it with, and the names they
+//! all use.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
+use manifold_test_support::postgres::Postgres;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -15,12 +18,42 @@ pub(super) use crate::model::{
 };
 pub(super) use crate::store::{BuildOutcome, DynoChanges, Store};
 
-use super::SqliteStore;
+pub(super) use super::{Database, SqlStore};
 
-pub(super) async fn open(dir: &TempDir) -> SqliteStore {
-    SqliteStore::open(&dir.path().join("manifold.db"))
-        .await
-        .expect("open store")
+/// The database of one run of a test, removed when dropped.
+pub(super) enum TestDb {
+    Sqlite(TempDir),
+    Postgres(Postgres),
+}
+
+impl TestDb {
+    pub(super) fn database(&self) -> Database {
+        match self {
+            TestDb::Sqlite(dir) => Database::Sqlite(dir.path().join("manifold.db")),
+            TestDb::Postgres(server) => Database::Postgres(server.url()),
+        }
+    }
+
+    /// A store on the database: each call a new one (a new pool), as another scheduler
+    /// replica, or the same scheduler restarted, would open it.
+    pub(super) async fn open(&self) -> SqlStore {
+        SqlStore::open(&self.database()).await.expect("open store")
+    }
+}
+
+/// Runs `test` on a fresh SQLite store, then on a fresh PostgreSQL one (PostgreSQL needs
+/// root and Debian's server: CI must have both, elsewhere that half skips loudly).
+pub(super) async fn on_each_backend<F, Fut>(name: &str, test: F)
+where
+    F: Fn(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    eprintln!("{name}: on SQLite");
+    test(TestDb::Sqlite(tempfile::tempdir().expect("tempdir"))).await;
+    if let Some(server) = Postgres::start(name) {
+        eprintln!("{name}: on PostgreSQL");
+        test(TestDb::Postgres(server)).await;
+    }
 }
 
 pub(super) fn config(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
@@ -60,7 +93,7 @@ pub(super) fn new_build(app_id: Uuid) -> Build {
 }
 
 /// Builds and releases a new slug of `app`; returns the slug and its release.
-pub(super) async fn deploy(store: &SqliteStore, app: &App) -> (Slug, Release) {
+pub(super) async fn deploy(store: &SqlStore, app: &App) -> (Slug, Release) {
     let build = new_build(app.id);
     store.create_build(&build).await.expect("create build");
     let slug = new_slug(app.id);
@@ -91,7 +124,7 @@ pub(super) fn new_dyno(app: &App, name: &str, host_id: &str) -> Dyno {
     )
 }
 
-pub(super) async fn add_host(store: &SqliteStore, id: &str) -> Host {
+pub(super) async fn add_host(store: &SqlStore, id: &str) -> Host {
     store
         .upsert_host(
             id,
@@ -105,7 +138,7 @@ pub(super) async fn add_host(store: &SqliteStore, id: &str) -> Host {
         .expect("upsert host")
 }
 
-pub(super) async fn generation(store: &SqliteStore, id: &str) -> u64 {
+pub(super) async fn generation(store: &SqlStore, id: &str) -> u64 {
     let hosts = store.hosts().await.expect("hosts");
     hosts
         .iter()

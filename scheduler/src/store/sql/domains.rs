@@ -8,20 +8,20 @@ use crate::store::StoreError;
 
 use super::apps::{app_by_id, app_by_name, rows_of};
 use super::rows::{cert_from_row, domain_from_row, timestamp, to_json};
-use super::SqliteStore;
+use super::SqlStore;
 
 /// Domains with their app's name.
 const DOMAINS: &str =
     "SELECT domains.*, apps.name AS app FROM domains JOIN apps ON apps.id = domains.app_id";
 
 pub(super) async fn add_domain(
-    store: &SqliteStore,
+    store: &SqlStore,
     app: &str,
     hostname: &str,
 ) -> Result<Domain, StoreError> {
     let mut tx = store.write().await?;
     let app_row = app_by_name(&mut tx, app).await?;
-    let taken = sqlx::query("SELECT app_id FROM domains WHERE hostname = ?")
+    let taken = sqlx::query("SELECT app_id FROM domains WHERE hostname = $1")
         .bind(hostname)
         .fetch_optional(&mut *tx)
         .await?;
@@ -40,7 +40,7 @@ pub(super) async fn add_domain(
         app: app_row.name,
         created_at: OffsetDateTime::now_utc(),
     };
-    sqlx::query("INSERT INTO domains (hostname, app_id, created_at) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO domains (hostname, app_id, created_at) VALUES ($1, $2, $3)")
         .bind(&domain.hostname)
         .bind(domain.app_id.to_string())
         .bind(timestamp(domain.created_at)?)
@@ -51,14 +51,14 @@ pub(super) async fn add_domain(
 }
 
 pub(super) async fn remove_domain(
-    store: &SqliteStore,
+    store: &SqlStore,
     app: &str,
     hostname: &str,
 ) -> Result<Domain, StoreError> {
     let mut tx = store.write().await?;
     let app_row = app_by_name(&mut tx, app).await?;
     let row = sqlx::query(&format!(
-        "{DOMAINS} WHERE domains.app_id = ? AND domains.hostname = ?"
+        "{DOMAINS} WHERE domains.app_id = $1 AND domains.hostname = $2"
     ))
     .bind(app_row.id.to_string())
     .bind(hostname)
@@ -69,7 +69,7 @@ pub(super) async fn remove_domain(
         hostname: hostname.to_owned(),
     })?;
     let domain = domain_from_row(&row)?;
-    sqlx::query("DELETE FROM domains WHERE hostname = ?")
+    sqlx::query("DELETE FROM domains WHERE hostname = $1")
         .bind(&domain.hostname)
         .execute(&mut *tx)
         .await?;
@@ -78,14 +78,14 @@ pub(super) async fn remove_domain(
 }
 
 pub(super) async fn domains(
-    store: &SqliteStore,
+    store: &SqlStore,
     app: Option<&str>,
 ) -> Result<Vec<Domain>, StoreError> {
     let mut tx = store.read().await?;
     let rows = rows_of(
         &mut tx,
         app,
-        &format!("{DOMAINS} WHERE domains.app_id = ? ORDER BY domains.hostname"),
+        &format!("{DOMAINS} WHERE domains.app_id = $1 ORDER BY domains.hostname"),
         &format!("{DOMAINS} ORDER BY domains.hostname"),
     )
     .await?;
@@ -93,14 +93,21 @@ pub(super) async fn domains(
     rows.iter().map(domain_from_row).collect()
 }
 
-pub(super) async fn save_cert(store: &SqliteStore, cert: &Cert) -> Result<(), StoreError> {
+pub(super) async fn save_cert(store: &SqlStore, cert: &Cert) -> Result<(), StoreError> {
     let mut tx = store.write().await?;
     let material = cert.material.as_ref();
     let time = |t: Option<OffsetDateTime>| t.map(timestamp).transpose();
     sqlx::query(
-        "INSERT OR REPLACE INTO certs (id, app_id, source, names, chain_pem, key_pem, issuer,
+        "INSERT INTO certs (id, app_id, source, names, chain_pem, key_pem, issuer,
              not_before, not_after, status, last_error, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (id) DO UPDATE
+         SET app_id = excluded.app_id, source = excluded.source, names = excluded.names,
+             chain_pem = excluded.chain_pem, key_pem = excluded.key_pem,
+             issuer = excluded.issuer, not_before = excluded.not_before,
+             not_after = excluded.not_after, status = excluded.status,
+             last_error = excluded.last_error, created_at = excluded.created_at,
+             updated_at = excluded.updated_at",
     )
     .bind(cert.id.to_string())
     .bind(cert.app_id.map(|id| id.to_string()))
@@ -121,14 +128,10 @@ pub(super) async fn save_cert(store: &SqliteStore, cert: &Cert) -> Result<(), St
     Ok(())
 }
 
-pub(super) async fn remove_cert(
-    store: &SqliteStore,
-    app: &str,
-    id: Uuid,
-) -> Result<Cert, StoreError> {
+pub(super) async fn remove_cert(store: &SqlStore, app: &str, id: Uuid) -> Result<Cert, StoreError> {
     let mut tx = store.write().await?;
     let app_row = app_by_name(&mut tx, app).await?;
-    let row = sqlx::query("SELECT * FROM certs WHERE app_id = ? AND id = ?")
+    let row = sqlx::query("SELECT * FROM certs WHERE app_id = $1 AND id = $2")
         .bind(app_row.id.to_string())
         .bind(id.to_string())
         .fetch_optional(&mut *tx)
@@ -138,7 +141,7 @@ pub(super) async fn remove_cert(
             id,
         })?;
     let cert = cert_from_row(&row)?;
-    sqlx::query("DELETE FROM certs WHERE id = ?")
+    sqlx::query("DELETE FROM certs WHERE id = $1")
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
@@ -146,12 +149,12 @@ pub(super) async fn remove_cert(
     Ok(cert)
 }
 
-pub(super) async fn certs(store: &SqliteStore, app: Option<&str>) -> Result<Vec<Cert>, StoreError> {
+pub(super) async fn certs(store: &SqlStore, app: Option<&str>) -> Result<Vec<Cert>, StoreError> {
     let mut tx = store.read().await?;
     let rows = rows_of(
         &mut tx,
         app,
-        "SELECT * FROM certs WHERE app_id = ? ORDER BY created_at, id",
+        "SELECT * FROM certs WHERE app_id = $1 ORDER BY created_at, id",
         "SELECT * FROM certs ORDER BY created_at, id",
     )
     .await?;
@@ -163,7 +166,7 @@ pub(super) async fn certs(store: &SqliteStore, app: Option<&str>) -> Result<Vec<
 mod tests {
     use super::*;
     use crate::model::{CertMaterial, CertSource, CertStatus};
-    use crate::store::sqlite::test_support::*;
+    use crate::store::sql::test_support::*;
 
     fn cert(app_id: Option<Uuid>, source: CertSource, material: bool) -> Cert {
         let now = OffsetDateTime::now_utc();
@@ -192,66 +195,73 @@ mod tests {
 
     #[tokio::test]
     async fn domains_belong_to_one_app_and_go_with_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir).await;
-        store.create_app("web", "testing").await.expect("create");
-        store.create_app("other", "testing").await.expect("create");
-        let d = store
-            .add_domain("web", "www.example.com")
-            .await
-            .expect("add");
-        assert_eq!(d.app, "web");
-        let taken = store.add_domain("other", "www.example.com").await;
-        match taken {
-            Err(StoreError::DomainTaken { app, .. }) => assert_eq!(app, "web"),
-            other => panic!("{other:?}"),
-        }
-        let again = store.add_domain("web", "www.example.com").await;
-        assert!(matches!(again, Err(StoreError::DomainTaken { .. })));
-        let missing = store.remove_domain("other", "www.example.com").await;
-        assert!(matches!(missing, Err(StoreError::DomainNotFound { .. })));
-        store
-            .add_domain("web", "api.example.com")
-            .await
-            .expect("add");
-        let names: Vec<String> = store
-            .domains(None)
-            .await
-            .expect("all")
-            .into_iter()
-            .map(|d| d.hostname)
-            .collect();
-        assert_eq!(names, ["api.example.com", "www.example.com"]);
-        store
-            .remove_domain("web", "api.example.com")
-            .await
-            .expect("remove");
-        store.delete_app("web").await.expect("delete");
-        assert!(store.domains(None).await.expect("all").is_empty());
+        on_each_backend(
+            "domains_belong_to_one_app_and_go_with_it",
+            |db| async move {
+                let store = db.open().await;
+                store.create_app("web", "testing").await.expect("create");
+                store.create_app("other", "testing").await.expect("create");
+                let d = store
+                    .add_domain("web", "www.example.com")
+                    .await
+                    .expect("add");
+                assert_eq!(d.app, "web");
+                let taken = store.add_domain("other", "www.example.com").await;
+                match taken {
+                    Err(StoreError::DomainTaken { app, .. }) => assert_eq!(app, "web"),
+                    other => panic!("{other:?}"),
+                }
+                let again = store.add_domain("web", "www.example.com").await;
+                assert!(matches!(again, Err(StoreError::DomainTaken { .. })));
+                let missing = store.remove_domain("other", "www.example.com").await;
+                assert!(matches!(missing, Err(StoreError::DomainNotFound { .. })));
+                store
+                    .add_domain("web", "api.example.com")
+                    .await
+                    .expect("add");
+                let names: Vec<String> = store
+                    .domains(None)
+                    .await
+                    .expect("all")
+                    .into_iter()
+                    .map(|d| d.hostname)
+                    .collect();
+                assert_eq!(names, ["api.example.com", "www.example.com"]);
+                store
+                    .remove_domain("web", "api.example.com")
+                    .await
+                    .expect("remove");
+                store.delete_app("web").await.expect("delete");
+                assert!(store.domains(None).await.expect("all").is_empty());
+            },
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn certs_are_kept_replaced_and_removed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir).await;
-        let app = store.create_app("web", "testing").await.expect("create");
-        let default = cert(None, CertSource::Default, true);
-        let mut acme = cert(Some(app.id), CertSource::Acme, false);
-        store.save_cert(&default).await.expect("default");
-        store.save_cert(&acme).await.expect("pending acme");
-        acme.status = CertStatus::Failed;
-        acme.last_error = Some("no answer to the challenge".into());
-        store.save_cert(&acme).await.expect("replaced");
-        let mine = store.certs(Some("web")).await.expect("certs");
-        assert_eq!(mine, [acme.clone()]);
-        assert_eq!(store.certs(None).await.expect("all").len(), 2);
-        let gone = store.remove_cert("web", default.id).await;
-        assert!(
-            matches!(gone, Err(StoreError::CertNotFound { .. })),
-            "not the app's: {gone:?}"
-        );
-        assert_eq!(store.remove_cert("web", acme.id).await.expect("rm"), acme);
-        store.set_maintenance("web", true).await.expect("on");
-        assert!(store.app("web").await.expect("app").maintenance);
+        on_each_backend("certs_are_kept_replaced_and_removed", |db| async move {
+            let store = db.open().await;
+            let app = store.create_app("web", "testing").await.expect("create");
+            let default = cert(None, CertSource::Default, true);
+            let mut acme = cert(Some(app.id), CertSource::Acme, false);
+            store.save_cert(&default).await.expect("default");
+            store.save_cert(&acme).await.expect("pending acme");
+            acme.status = CertStatus::Failed;
+            acme.last_error = Some("no answer to the challenge".into());
+            store.save_cert(&acme).await.expect("replaced");
+            let mine = store.certs(Some("web")).await.expect("certs");
+            assert_eq!(mine, [acme.clone()]);
+            assert_eq!(store.certs(None).await.expect("all").len(), 2);
+            let gone = store.remove_cert("web", default.id).await;
+            assert!(
+                matches!(gone, Err(StoreError::CertNotFound { .. })),
+                "not the app's: {gone:?}"
+            );
+            assert_eq!(store.remove_cert("web", acme.id).await.expect("rm"), acme);
+            store.set_maintenance("web", true).await.expect("on");
+            assert!(store.app("web").await.expect("app").maintenance);
+        })
+        .await;
     }
 }

@@ -4,7 +4,7 @@ use std::fmt::Display;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 use time::format_description::well_known::Rfc3339;
 use time::format_description::FormatItem;
@@ -25,13 +25,13 @@ const TIMESTAMP: &[FormatItem<'static>] =
 
 /// Reads one row's columns, naming the table, column and row in any corruption error.
 struct Cells<'r> {
-    row: &'r SqliteRow,
+    row: &'r AnyRow,
     table: &'static str,
     key: String,
 }
 
 impl<'r> Cells<'r> {
-    fn new(row: &'r SqliteRow, table: &'static str, key: String) -> Cells<'r> {
+    fn new(row: &'r AnyRow, table: &'static str, key: String) -> Cells<'r> {
         Cells { row, table, key }
     }
 
@@ -109,7 +109,7 @@ impl<'r> Cells<'r> {
     }
 }
 
-pub(super) fn app_from_row(row: &SqliteRow) -> Result<App, StoreError> {
+pub(super) fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
     let c = Cells::new(row, "apps", row.try_get("name")?);
     Ok(App {
         id: c.uuid("id")?,
@@ -127,7 +127,7 @@ pub(super) fn app_from_row(row: &SqliteRow) -> Result<App, StoreError> {
     })
 }
 
-pub(super) fn drain_from_row(row: &SqliteRow) -> Result<LogDrain, StoreError> {
+pub(super) fn drain_from_row(row: &AnyRow) -> Result<LogDrain, StoreError> {
     let c = Cells::new(row, "log_drains", row.try_get("id")?);
     Ok(LogDrain {
         id: c.uuid("id")?,
@@ -138,7 +138,7 @@ pub(super) fn drain_from_row(row: &SqliteRow) -> Result<LogDrain, StoreError> {
     })
 }
 
-pub(super) fn domain_from_row(row: &SqliteRow) -> Result<Domain, StoreError> {
+pub(super) fn domain_from_row(row: &AnyRow) -> Result<Domain, StoreError> {
     let c = Cells::new(row, "domains", row.try_get("hostname")?);
     Ok(Domain {
         hostname: c.text("hostname")?,
@@ -148,7 +148,7 @@ pub(super) fn domain_from_row(row: &SqliteRow) -> Result<Domain, StoreError> {
     })
 }
 
-pub(super) fn cert_from_row(row: &SqliteRow) -> Result<Cert, StoreError> {
+pub(super) fn cert_from_row(row: &AnyRow) -> Result<Cert, StoreError> {
     let c = Cells::new(row, "certs", row.try_get("id")?);
     let material = match (c.opt_text("chain_pem")?, c.opt_text("key_pem")?) {
         (Some(chain_pem), Some(key_pem)) => Some(CertMaterial {
@@ -179,7 +179,7 @@ pub(super) fn cert_from_row(row: &SqliteRow) -> Result<Cert, StoreError> {
     })
 }
 
-pub(super) fn slug_from_row(row: &SqliteRow) -> Result<Slug, StoreError> {
+pub(super) fn slug_from_row(row: &AnyRow) -> Result<Slug, StoreError> {
     let c = Cells::new(row, "slugs", row.try_get("id")?);
     Ok(Slug {
         id: c.uuid("id")?,
@@ -193,7 +193,7 @@ pub(super) fn slug_from_row(row: &SqliteRow) -> Result<Slug, StoreError> {
     })
 }
 
-pub(super) fn build_from_row(row: &SqliteRow) -> Result<Build, StoreError> {
+pub(super) fn build_from_row(row: &AnyRow) -> Result<Build, StoreError> {
     let c = Cells::new(row, "builds", row.try_get("id")?);
     Ok(Build {
         id: c.uuid("id")?,
@@ -209,7 +209,7 @@ pub(super) fn build_from_row(row: &SqliteRow) -> Result<Build, StoreError> {
     })
 }
 
-pub(super) fn release_from_row(row: &SqliteRow) -> Result<Release, StoreError> {
+pub(super) fn release_from_row(row: &AnyRow) -> Result<Release, StoreError> {
     let key = format!(
         "v{} of app {}",
         row.try_get::<i64, _>("version")?,
@@ -228,7 +228,7 @@ pub(super) fn release_from_row(row: &SqliteRow) -> Result<Release, StoreError> {
     })
 }
 
-pub(super) fn formation_from_row(row: &SqliteRow) -> Result<Formation, StoreError> {
+pub(super) fn formation_from_row(row: &AnyRow) -> Result<Formation, StoreError> {
     let key = format!(
         "{} of app {}",
         row.try_get::<String, _>("process_type")?,
@@ -244,7 +244,7 @@ pub(super) fn formation_from_row(row: &SqliteRow) -> Result<Formation, StoreErro
     })
 }
 
-pub(super) fn dyno_from_row(row: &SqliteRow) -> Result<Dyno, StoreError> {
+pub(super) fn dyno_from_row(row: &AnyRow) -> Result<Dyno, StoreError> {
     let c = Cells::new(row, "dynos", row.try_get("id")?);
     Ok(Dyno {
         id: c.text("id")?,
@@ -267,7 +267,7 @@ pub(super) fn dyno_from_row(row: &SqliteRow) -> Result<Dyno, StoreError> {
     })
 }
 
-pub(super) fn host_from_row(row: &SqliteRow) -> Result<Host, StoreError> {
+pub(super) fn host_from_row(row: &AnyRow) -> Result<Host, StoreError> {
     let c = Cells::new(row, "hosts", row.try_get("id")?);
     Ok(Host {
         id: c.text("id")?,
@@ -319,22 +319,24 @@ fn encode_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::test_support::*;
+    use crate::store::sql::test_support::*;
 
     #[tokio::test]
     async fn unreadable_rows_are_reported_as_corrupt() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir).await;
-        store.create_app("app", "heroku-24").await.expect("create");
-        sqlx::query("UPDATE apps SET config = 'not json' WHERE name = 'app'")
-            .execute(&store.pool)
-            .await
-            .expect("corrupt it");
-        match store.app("app").await {
-            Err(StoreError::Corrupt(message)) => {
-                assert!(message.starts_with("apps.config of app:"), "{message}");
+        on_each_backend("unreadable_rows_are_reported_as_corrupt", |db| async move {
+            let store = db.open().await;
+            store.create_app("app", "heroku-24").await.expect("create");
+            sqlx::query("UPDATE apps SET config = 'not json' WHERE name = 'app'")
+                .execute(&store.pool)
+                .await
+                .expect("corrupt it");
+            match store.app("app").await {
+                Err(StoreError::Corrupt(message)) => {
+                    assert!(message.starts_with("apps.config of app:"), "{message}");
+                }
+                other => panic!("expected corrupt, got {other:?}"),
             }
-            other => panic!("expected corrupt, got {other:?}"),
-        }
+        })
+        .await;
     }
 }
