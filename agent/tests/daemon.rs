@@ -417,6 +417,8 @@ async fn assign(fake: &Fake, generation: u64, dynos: Vec<Assignment>) {
         kind: Some(scheduler_message::Kind::Assignments(Assignments {
             generation,
             dynos,
+            // One leader for the whole test.
+            term: 1,
         })),
     }))
     .await

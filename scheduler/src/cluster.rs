@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::leadership::Leadership;
 use crate::metrics::Counters;
 use crate::model::{App, Desired, Dyno, DynoReport, Slug};
 use crate::reconciler::{HostView, Liveness};
@@ -65,11 +66,14 @@ pub struct Cluster {
     counters: Arc<Counters>,
     /// A host whose agent sent nothing for this long is lost.
     heartbeat_deadline: Duration,
+    /// Nothing is sent to an agent unless this replica holds the lease at that moment.
+    leadership: Arc<Leadership>,
     links: Mutex<HashMap<String, Link>>,
-    /// When each known host's link went away (a host never seen since start counts from
-    /// `started`, so agents get one deadline to reconnect after a scheduler restart).
+    /// When each known host's link went away (a host never seen since this replica began
+    /// to lead counts from `leading_since`, so agents get one deadline to reconnect after a
+    /// scheduler restart or a failover).
     gone_since: Mutex<HashMap<String, Instant>>,
-    started: Instant,
+    leading_since: Mutex<Instant>,
     next_serial: AtomicU64,
     /// Each host's dynos as last sent to it, by id: whose lines its agent may send (see
     /// [`crate::logs::LogFeed::ingest`]). Set before the assignments go out, so the agent
@@ -91,14 +95,16 @@ impl Cluster {
         store: Arc<dyn Store>,
         counters: Arc<Counters>,
         heartbeat_deadline: Duration,
+        leadership: Arc<Leadership>,
     ) -> Cluster {
         Cluster {
             store,
             counters,
             heartbeat_deadline,
+            leadership,
             links: Mutex::new(HashMap::new()),
             gone_since: Mutex::new(HashMap::new()),
-            started: Instant::now(),
+            leading_since: Mutex::new(Instant::now()),
             next_serial: AtomicU64::new(1),
             placed: Mutex::new(HashMap::new()),
             held_stops: Mutex::new(HashMap::new()),
@@ -116,11 +122,11 @@ impl Cluster {
                 Liveness::Lost
             };
         }
-        // A host not heard from since this scheduler started may be redialling with its
-        // longest backoff: give it that much more before its dynos move.
+        // A host not heard from since this replica began to lead may be redialling with
+        // its longest backoff: give it that much more before its dynos move.
         let (since, allowed) = match lock(&self.gone_since).get(host) {
             Some(gone) => (*gone, deadline),
-            None => (self.started, deadline + RECONNECT_GRACE),
+            None => (*lock(&self.leading_since), deadline + RECONNECT_GRACE),
         };
         if now.duration_since(since) <= allowed {
             Liveness::Missing
@@ -143,8 +149,28 @@ impl Cluster {
             .collect())
     }
 
-    /// Sends a message to a host's agent; false when it is not connected.
+    /// This replica begins to lead: every host gets the reconnect grace from now (its agent
+    /// is finding the new leader), and what an earlier term of this replica sent is
+    /// forgotten (the next assignments are read from the store).
+    pub(crate) fn lead_from_now(&self) {
+        *lock(&self.leading_since) = Instant::now();
+        lock(&self.gone_since).clear();
+        lock(&self.placed).clear();
+        lock(&self.held_stops).clear();
+    }
+
+    /// This replica stopped leading: every agent's link is closed, so that each finds the
+    /// leader (a deposed leader must not keep agents listening to it).
+    pub(crate) fn unlink_all(&self) {
+        lock(&self.links).clear();
+    }
+
+    /// Sends a message to a host's agent; false when it is not connected, or when this
+    /// replica does not hold the lease right now (see [`Leadership::holds`]).
     pub(crate) fn send(&self, host: &str, message: scheduler_message::Kind) -> bool {
+        if self.leadership.holds().is_none() {
+            return false;
+        }
         lock(&self.links).get(host).is_some_and(|l| {
             l.tx.send(Ok(SchedulerMessage {
                 kind: Some(message),
@@ -304,6 +330,10 @@ impl Cluster {
             .map(|a| (a.id, a))
             .collect();
         let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
+        // Read now, sent with every set: a term that ended meanwhile sends nothing.
+        let Some(term) = self.leadership.holds() else {
+            return Ok(());
+        };
         let mut releases: HashMap<(Uuid, u32), ReleaseInfo> = HashMap::new();
         for (host, generation) in generations {
             let on_host = on_hosts.remove(&host).unwrap_or_default();
@@ -344,6 +374,7 @@ impl Cluster {
                 scheduler_message::Kind::Assignments(Assignments {
                     generation,
                     dynos: out,
+                    term,
                 }),
             );
         }

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::LinkSender;
 use crate::core::Core;
+use crate::leadership::{Leadership, LEADER_HEADER};
 use crate::model::DynoReport;
 use crate::store::StoreError;
 use crate::tls::{check_agent, Peer};
@@ -49,9 +50,26 @@ impl Hub {
 
 /// Refuses a link without the cluster's agent token. (tonic's interceptor signature fixes
 /// the large `Status` error type.)
+///
+/// A replica that does not lead refuses the link (`unavailable`, with the leader's URL in
+/// the `manifold-leader` metadata when it is known): an agent links to the leader only.
 #[allow(clippy::result_large_err)]
-pub fn check_token(token: String) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn check_token(
+    token: String,
+    leadership: Arc<Leadership>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |req: Request<()>| {
+        if leadership.holds().is_none() {
+            let leader = leadership.leader_url();
+            let mut status = Status::unavailable(format!(
+                "this scheduler is not the leader; the leader is {}",
+                leader.as_deref().unwrap_or("not known yet")
+            ));
+            if let Some(value) = leader.and_then(|l| l.parse().ok()) {
+                status.metadata_mut().insert(LEADER_HEADER, value);
+            }
+            return Err(status);
+        }
         let given = req
             .metadata()
             .get("authorization")

@@ -10,7 +10,8 @@
 //! (certificates from [`certs`]). One-off dynos: [`oneoff`] takes `manifold run` (the core
 //! places them), [`attach`] joins a `manifold run` client to its dyno, [`release_phase`]
 //! runs a release's `release` command before it goes live. [`acme`] gets and renews
-//! certificates for custom domains from an ACME server.
+//! certificates for custom domains from an ACME server. [`leadership`] elects one replica
+//! of several sharing a database to lead; the others serve reads and name the leader.
 
 pub mod acme;
 pub mod api;
@@ -25,6 +26,7 @@ pub mod edge;
 pub mod followers;
 pub mod http;
 pub mod hub;
+pub mod leadership;
 pub mod logs;
 pub mod metrics;
 pub mod model;

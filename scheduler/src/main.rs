@@ -13,6 +13,7 @@ use manifold_router::RouterConfig;
 use manifold_scheduler::blobs::BlobStore;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::edge::DefaultCert;
+use manifold_scheduler::leadership::{campaign_forever, Candidate, Leadership};
 use manifold_scheduler::store::sql::{Database, SqlStore};
 
 #[derive(Parser)]
@@ -164,6 +165,15 @@ struct Cli {
     /// (needs --tls-cert); `router` and `logplex` trust it for an https:// scheduler.
     #[arg(long, global = true, env = "MANIFOLD_CLUSTER_CA")]
     cluster_ca: Option<PathBuf>,
+    /// This replica's API as clients and other replicas reach it, which followers name as
+    /// the leader's (default: the --listen address, loopback for a wildcard one). Set it
+    /// when several replicas share a database.
+    #[arg(long, env = "MANIFOLD_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// The leadership lease: a leader that stops renewing it is replaced after this long
+    /// (it renews every third of it). See ARCHITECTURE.md, "Leadership".
+    #[arg(long, env = "MANIFOLD_LEASE_TTL", default_value = "3s", value_parser = parse_lease_ttl)]
+    lease_ttl: Duration,
     /// Automated certificates for custom domains (ACME).
     #[command(flatten)]
     acme: manifold_scheduler::acme::settings::AcmeSettings,
@@ -218,6 +228,16 @@ fn router_config(cli: &Cli) -> RouterConfig {
         max_connections: cli.router_max_connections as usize,
         ..RouterConfig::default()
     }
+}
+
+/// A lease of at least a second and at most a minute: shorter, one slow database
+/// round trip deposes the leader; longer, a failover takes that long.
+fn parse_lease_ttl(value: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
+        return Err(format!("{value} is not between 1s and 60s"));
+    }
+    Ok(ttl)
 }
 
 /// The token a follower process uses: `--api-token`, else the file (the scheduler's
@@ -476,10 +496,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let store = SqlStore::open(&db)
         .await
         .with_context(|| format!("cannot open the store {db}"))?;
+    let store: Arc<dyn manifold_scheduler::store::Store> = Arc::new(store);
+    let leadership = Arc::new(Leadership::follower(cli.lease_ttl));
     let core = Core::new(
-        Arc::new(store),
+        store.clone(),
         BlobStore::new(cli.state_dir.join("blobs")),
         settings.clone(),
+        leadership.clone(),
     );
     tokio::spawn(manifold_scheduler::blobs::collect_forever(
         core.store.clone(),
@@ -491,6 +514,22 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let candidate = Candidate::new(
+        cli.advertise_url
+            .clone()
+            .unwrap_or_else(|| all_in_one_url(scheme, addr)),
+        cli.lease_ttl,
+    );
+    tracing::info!(
+        "campaigning for the leadership as {} ({})",
+        candidate.holder,
+        candidate.address
+    );
+    let (resign, resigning) = tokio::sync::watch::channel(false);
+    let campaign = tokio::spawn(campaign_forever(store, leadership, candidate, async move {
+        let mut resigning = resigning;
+        let _ = resigning.wait_for(|r| *r).await;
+    }));
     tracing::info!(
         "serving the API and AgentLink on {scheme}://{addr}{}",
         if settings.agent_certs {
@@ -549,6 +588,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         notify(sd_notify::NotifyState::Stopping);
     })
     .await?;
+    // Served out: give the lease up, so that another replica leads at once.
+    let _ = resign.send(true);
+    let _ = campaign.await;
     if let Some(child) = agent.as_mut() {
         // The agent leaves its dynos running when it stops; stopping dynos is up to the user.
         if let Some(pid) = child.id() {

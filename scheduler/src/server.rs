@@ -91,9 +91,6 @@ pub async fn serve(
     router: RouterListeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if let Err(err) = crate::edge::refresh(&core).await {
-        tracing::error!("the router's domains and certificates: {err}");
-    }
     let (stop_router, router_stopped) = tokio::sync::watch::channel(false);
     let until = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -119,20 +116,12 @@ pub async fn serve(
     }
     let grpc = tonic::service::Routes::new(AgentLinkServer::with_interceptor(
         Hub::new(core.clone()),
-        check_token(core.settings.agent_token.clone()),
+        check_token(core.settings.agent_token.clone(), core.leadership.clone()),
     ))
     .into_axum_router();
     let app = crate::api::router(core.clone()).merge(grpc);
     let limits = core.settings.api.clone();
-    let edge = tokio::spawn(crate::edge::refresh_forever(core.clone()));
-    let acm = core.settings.acme.clone().map(|config| {
-        tokio::spawn(crate::edge::acm::run(
-            core.clone(),
-            config,
-            until(router_stopped.clone()),
-        ))
-    });
-    let reconciler = tokio::spawn(core.reconcile_loop());
+    let duties = tokio::spawn(lead_while_elected(core.clone()));
     let stopping = Arc::new(Notify::new());
     let signal = stopping.clone();
     let served = tokio::spawn(accept_loop(listener, tls, app, limits, async move {
@@ -147,15 +136,53 @@ pub async fn serve(
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => Ok(()),
     };
-    reconciler.abort();
-    edge.abort();
-    if let Some(acm) = acm {
-        acm.abort();
-    }
+    duties.abort();
     for routing in routing {
         routing.abort();
     }
     result
+}
+
+/// The leader's duties, run while this replica leads and stopped when it no longer does:
+/// the reconcile loop, the router's domains and certificates (which may store the default
+/// certificate), automated certificates. When a term ends every agent's link is closed so
+/// that each finds the new leader.
+async fn lead_while_elected(core: Arc<Core>) {
+    let mut role = core.leadership.subscribe();
+    loop {
+        let Some(term) = role.borrow_and_update().term() else {
+            if role.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        core.cluster.lead_from_now();
+        let edge = core.clone();
+        let mut duties = vec![
+            tokio::spawn(async move {
+                if let Err(err) = crate::edge::refresh(&edge).await {
+                    tracing::error!("the router's domains and certificates: {err}");
+                }
+                crate::edge::refresh_forever(edge).await;
+            }),
+            tokio::spawn(core.clone().reconcile_loop()),
+        ];
+        if let Some(config) = core.settings.acme.clone() {
+            duties.push(tokio::spawn(crate::edge::acm::run(
+                core.clone(),
+                config,
+                std::future::pending(),
+            )));
+        }
+        let ended = role.wait_for(|r| r.term() != Some(term)).await.is_err();
+        for duty in duties {
+            duty.abort();
+        }
+        core.cluster.unlink_all();
+        if ended {
+            return;
+        }
+    }
 }
 
 /// Accepts connections until `shutdown` resolves, then waits for the open ones to finish.

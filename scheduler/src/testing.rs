@@ -78,6 +78,7 @@ impl Harness {
             Arc::new(store),
             BlobStore::new(dir.path().join("blobs")),
             settings,
+            Arc::new(crate::leadership::Leadership::sole(1)),
         );
         Harness { core, _dir: dir }
     }

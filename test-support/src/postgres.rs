@@ -53,7 +53,10 @@ impl Postgres {
         if !require(
             test,
             &[
-                (crate::is_root(), "it needs root (to run PostgreSQL as its own user)"),
+                (
+                    crate::is_root(),
+                    "it needs root (to run PostgreSQL as its own user)",
+                ),
                 (
                     bin.is_some() && user.is_some(),
                     "PostgreSQL is not installed (scripts/setup installs it)",
@@ -131,7 +134,10 @@ impl Postgres {
             .arg(self.data())
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", &format!("port={}", self.port)])
-            .args(["-c", &format!("unix_socket_directories={}", self.dir.display())])
+            .args([
+                "-c",
+                &format!("unix_socket_directories={}", self.dir.display()),
+            ])
             .args(["-c", "max_connections=200"])
             .current_dir(&self.dir)
             .uid(self.user.uid.as_raw())
@@ -194,7 +200,8 @@ mod tests {
 
     #[test]
     fn a_server_starts_stops_resumes_and_leaves_nothing() {
-        let Some(mut postgres) = Postgres::start("a_server_starts_stops_resumes_and_leaves_nothing")
+        let Some(mut postgres) =
+            Postgres::start("a_server_starts_stops_resumes_and_leaves_nothing")
         else {
             return;
         };

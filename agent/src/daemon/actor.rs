@@ -150,8 +150,21 @@ impl Core {
             }
             LinkEvent::Message(message) => match message.kind {
                 Some(proto::scheduler_message::Kind::Assignments(a)) => {
+                    if a.term < self.state.term {
+                        tracing::error!(
+                            "refused assignments of term {} (generation {}): this agent applied \
+                             term {}'s, so they come from a deposed leader (or the scheduler's \
+                             database was replaced: then remove {})",
+                            a.term,
+                            a.generation,
+                            self.state.term,
+                            AgentState::path(&self.config.host.state_dir).display()
+                        );
+                        return;
+                    }
                     self.state = AgentState {
                         generation: a.generation,
+                        term: a.term,
                         assignments: a.dynos.into_iter().map(AssignmentRecord::from).collect(),
                     };
                     if let Err(err) = self

@@ -89,6 +89,10 @@ impl AssignmentRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
     pub generation: u64,
+    /// The scheduler leader's term these came in: assignments of an older term, from a
+    /// leader deposed since, are refused. (Absent in files of older agents: 0.)
+    #[serde(default)]
+    pub term: u64,
     pub assignments: Vec<AssignmentRecord>,
 }
 

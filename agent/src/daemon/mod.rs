@@ -249,6 +249,7 @@ mod tests {
         );
         let state = AgentState {
             generation: 7,
+            term: 2,
             assignments: vec![AssignmentRecord::from(proto::Assignment {
                 id: "d1".into(),
                 app: "app".into(),

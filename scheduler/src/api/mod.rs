@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::blobs::BlobError;
 use crate::builds::Output;
 use crate::core::Core;
+use crate::leadership::LEADER_HEADER;
 use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
 use crate::reconciler::{size_memory, Liveness};
 use crate::store::StoreError;
@@ -79,6 +80,7 @@ pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(crate::metrics::metrics))
+        .route("/leadership", get(leadership))
         .route("/apps", get(list_apps).post(create_app))
         .route(
             "/apps/:app",
@@ -148,7 +150,61 @@ pub fn router(core: Arc<Core>) -> Router {
                 .layer(DefaultBodyLimit::max(slug_limit)),
         )
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(middleware::from_fn_with_state(core.clone(), follower_gate))
         .layer(middleware::from_fn_with_state(core.clone(), auth))
         .layer(middleware::from_fn(request_id))
         .with_state(core)
+}
+
+/// This replica's view of the election: whether it leads (and in which term), else which
+/// replica does. Every replica answers for itself.
+async fn leadership(State(core): State<Arc<Core>>) -> axum::Json<Value> {
+    axum::Json(match core.leadership.holds() {
+        Some(term) => json!({"role": "leader", "term": term}),
+        None => json!({"role": "follower", "leader": core.leadership.leader_url()}),
+    })
+}
+
+/// Paths a follower cannot serve although they only read: what they read is held in the
+/// leader's memory (which hosts' agents are linked, log streams, build output, attach
+/// sessions, the routers' and log plex processes' long polls).
+fn leader_only_read(path: &str) -> bool {
+    path == "/hosts"
+        || path.starts_with("/router/")
+        || path.starts_with("/logplex/")
+        || path.ends_with("/log-stream")
+        || path.ends_with("/output")
+        || path.ends_with("/attach")
+}
+
+/// On a replica that does not lead, lets through what reads only the database (and
+/// `/health`, `/metrics`, which are this process's own) and answers everything else
+/// `503 not_leader` naming the leader in the `manifold-leader` header, so that clients go
+/// there: a follower never writes, so two replicas can never both act on one request.
+async fn follower_gate(
+    State(core): State<Arc<Core>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    use axum::http::Method;
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if core.leadership.holds().is_some() || (reads && !leader_only_read(req.uri().path())) {
+        return next.run(req).await;
+    }
+    let leader = core.leadership.leader_url();
+    let mut res = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_leader",
+        format!(
+            "this scheduler is not the leader; the leader is {}",
+            leader
+                .as_deref()
+                .unwrap_or("not known yet (an election is under way): retry")
+        ),
+    )
+    .into_response();
+    if let Some(value) = leader.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        res.headers_mut().insert(LEADER_HEADER, value);
+    }
+    res
 }

@@ -35,6 +35,7 @@ use crate::attach::{Event, Sessions};
 use crate::blobs::BlobStore;
 use crate::builds::Builds;
 use crate::cluster::Cluster;
+use crate::leadership::Leadership;
 use crate::logs::LogFeed;
 use crate::metrics::Counters;
 use crate::model::{App, Dyno, FormationUpdate};
@@ -105,6 +106,8 @@ pub struct Core {
     pub sessions: Arc<Sessions>,
     /// Wakes the automated certificates' loop (`certs:auto:enable`, `domains:add`).
     pub acm_wake: Arc<tokio::sync::Notify>,
+    /// Whether this replica leads the cluster (see [`crate::leadership`]).
+    pub leadership: Arc<Leadership>,
     poke: Poke,
     /// One reconcile (or formation check, or one-off placement) at a time: each plans
     /// from a snapshot, and two plans from one snapshot would place twice.
@@ -118,13 +121,19 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    pub fn new(store: Arc<dyn Store>, blobs: BlobStore, settings: Settings) -> Arc<Core> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: BlobStore,
+        settings: Settings,
+        leadership: Arc<Leadership>,
+    ) -> Arc<Core> {
         let poke = Poke::default();
         let counters = Arc::new(Counters::default());
         let cluster = Arc::new(Cluster::new(
             store.clone(),
             counters.clone(),
             settings.heartbeat_deadline,
+            leadership.clone(),
         ));
         let logs = Arc::new(LogFeed::new(store.clone(), settings.plex.clone()));
         let routing = Arc::new(Routing::new(
@@ -145,6 +154,7 @@ impl Core {
         Arc::new(Core {
             sessions: Arc::new(Sessions::new(settings.run)),
             acm_wake: Arc::new(tokio::sync::Notify::new()),
+            leadership,
             store,
             blobs,
             settings,

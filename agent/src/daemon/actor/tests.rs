@@ -23,6 +23,8 @@ struct Harness {
     reports: Vec<proto::DynoStatus>,
     hellos: Vec<proto::Hello>,
     generation: u64,
+    /// The scheduler leader's term the next assignments carry.
+    term: u64,
     state: tempfile::TempDir,
 }
 
@@ -83,6 +85,7 @@ impl Harness {
             reports: Vec::new(),
             hellos: Vec::new(),
             generation: 0,
+            term: 1,
             state: dir,
         }
     }
@@ -114,6 +117,7 @@ impl Harness {
                     proto::Assignments {
                         generation: self.generation,
                         dynos,
+                        term: self.term,
                     },
                 )),
             }));
@@ -365,6 +369,7 @@ async fn a_readopted_running_dyno_reports_its_state_without_relaunching() {
     let record = AssignmentRecord::from(assignment("d1", "worker.1"));
     let state = AgentState {
         generation: 3,
+        term: 1,
         assignments: vec![record.clone()],
     };
     // The dyno a previous daemon started, and a dead one it left.
@@ -466,4 +471,26 @@ async fn unassigning_a_running_dyno_stops_it_and_removes_the_entry_after_it_ends
     // Nothing starts it again.
     h.run_for(Duration::from_secs(3600)).await;
     assert_eq!(h.driver.starts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn assignments_of_a_deposed_leaders_term_are_refused() {
+    let mut h = Harness::linked();
+    h.term = 2;
+    h.assign(&[("d1", "web.1")]);
+    h.until("up", |h| h.last("d1").is_some_and(|s| s.state() == S::Up))
+        .await;
+    // The leader of term 1, deposed but not yet aware of it, sends an empty set.
+    h.term = 1;
+    h.assign(&[]);
+    h.run_for(Duration::from_secs(60)).await;
+    assert_eq!(h.last("d1").map(|s| s.state()), Some(S::Up), "still up");
+    assert!(h.calls().iter().all(|c| !matches!(c, Call::Stop { .. })));
+    assert_eq!(h.core.state.term, 2);
+    // The leader of term 3 is obeyed.
+    h.term = 3;
+    h.assign(&[]);
+    h.until("its removal", |h| !h.core.dynos.contains_key("d1"))
+        .await;
+    assert_eq!(h.core.state.term, 3);
 }
