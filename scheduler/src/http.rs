@@ -86,6 +86,13 @@ impl From<StoreError> for ApiError {
             | StoreError::DomainNotFound { .. }
             | StoreError::CertNotFound { .. } => ApiError::not_found(err.to_string()),
             StoreError::NoRelease { .. } => ApiError::invalid(err.to_string()),
+            // The lease passed to another replica while this request was handled: nothing
+            // was written, and the client goes to the new leader as for any follower.
+            StoreError::Fenced { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                format!("{err}; retry: another scheduler leads now"),
+            ),
             _ => {
                 tracing::error!("store: {err:?}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", err.to_string())
