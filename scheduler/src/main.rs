@@ -10,7 +10,6 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use manifold_logplex::PlexConfig;
 use manifold_router::RouterConfig;
-use manifold_scheduler::blobs::BlobStore;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::edge::DefaultCert;
 use manifold_scheduler::store::sql::{Database, SqlStore};
@@ -476,11 +475,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let store = SqlStore::open(&db)
         .await
         .with_context(|| format!("cannot open the store {db}"))?;
-    let core = Core::new(
-        Arc::new(store),
-        BlobStore::new(cli.state_dir.join("blobs")),
-        settings.clone(),
-    );
+    let blobs = manifold_scheduler::blobs::open(&db, &cli.state_dir)
+        .await
+        .with_context(|| format!("cannot open the blob store in {db}"))?;
+    let core = Core::new(Arc::new(store), blobs, settings.clone());
     tokio::spawn(manifold_scheduler::blobs::collect_forever(
         core.store.clone(),
         core.blobs.clone(),
