@@ -10,7 +10,7 @@ pub(super) async fn get_blob(
         .blobs
         .open(&sha)
         .await
-        .map_err(read_error)?
+        .map_err(blob_error)?
         .ok_or_else(|| ApiError::not_found(format!("blob {sha} not found")))?;
     Ok((
         [
@@ -22,16 +22,24 @@ pub(super) async fn get_blob(
         .into_response())
 }
 
-/// A blob that cannot be read: a bad name is the caller's mistake, the rest the store's.
-fn read_error(err: BlobError) -> ApiError {
+/// What a blob request did wrong is the caller's to hear (400, 413); the blob store
+/// failing (its disk, its database) is the scheduler's (500).
+pub(super) fn blob_error(err: BlobError) -> ApiError {
     match err {
-        BlobError::InvalidDigest(_) => ApiError::bad_request(err.to_string()),
-        other => {
-            tracing::error!("blob store: {other:?}");
+        BlobError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            err.to_string(),
+        ),
+        BlobError::InvalidDigest(_) | BlobError::Mismatch { .. } | BlobError::Upload(_) => {
+            ApiError::bad_request(err.to_string())
+        }
+        BlobError::Io { .. } | BlobError::Database(_) | BlobError::Damaged { .. } => {
+            tracing::error!("blob store: {err:?}");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
-                other.to_string(),
+                err.to_string(),
             )
         }
     }
@@ -49,14 +57,7 @@ pub(super) async fn put_blob(
             Some(&sha),
         )
         .await
-        .map_err(|e| match e {
-            BlobError::TooLarge { .. } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                e.to_string(),
-            ),
-            other => ApiError::bad_request(other.to_string()),
-        })?;
+        .map_err(blob_error)?;
     Ok(StatusCode::CREATED)
 }
 

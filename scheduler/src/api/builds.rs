@@ -96,11 +96,12 @@ pub(super) async fn create_build(
             }
             return Err(too_large());
         }
-        Err(other) => {
+        Err(err @ BlobError::Upload(_)) => {
             return Err(ApiError::bad_request(format!(
-                "cannot receive the source: {other}"
+                "cannot receive the source: {err}"
             )))
         }
+        Err(other) => return Err(super::blobs::blob_error(other)),
     };
     let gzip = magic == [0x1f, 0x8b];
     if !gzip {

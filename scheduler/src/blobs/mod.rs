@@ -89,17 +89,6 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-impl Reader {
-    /// Reads the whole blob (tests and small blobs only: a slug can be hundreds of MiB).
-    pub async fn bytes(mut self) -> Result<Vec<u8>, BlobError> {
-        let mut all = Vec::with_capacity(usize::try_from(self.size).unwrap_or(0));
-        while let Some(chunk) = self.body.next().await {
-            all.extend_from_slice(&chunk?);
-        }
-        Ok(all)
-    }
-}
-
 /// Where slugs and sources are kept.
 #[async_trait::async_trait]
 pub trait Blobs: Send + Sync + std::fmt::Debug {

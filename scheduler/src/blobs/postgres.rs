@@ -319,13 +319,7 @@ mod tests {
             )
             .await
             .expect("put");
-        let reader = other
-            .open(&blob.sha256)
-            .await
-            .expect("open")
-            .expect("there");
-        assert_eq!(reader.size, data.len() as u64);
-        assert!(reader.bytes().await.expect("read") == data);
+        assert!(behaviour::read(&*other, &blob.sha256).await == data);
         assert!(std::fs::read_dir(other_dir.path())
             .expect("list")
             .next()
@@ -342,16 +336,7 @@ mod tests {
             .put(chunks(&[b"hello"]), 100, Some(HELLO))
             .await
             .expect("put");
-        assert_eq!(
-            one.open(HELLO)
-                .await
-                .expect("open")
-                .expect("there")
-                .bytes()
-                .await
-                .expect("read"),
-            b"hello"
-        );
+        assert_eq!(behaviour::read(&one, HELLO).await, b"hello");
     }
 
     /// The blob's stat once the pool has reconnected to a restarted server.

@@ -50,11 +50,18 @@ fn digest(data: &[u8]) -> String {
         .collect()
 }
 
-async fn read(blobs: &dyn Blobs, sha256: &str) -> Vec<u8> {
-    let reader = blobs.open(sha256).await.expect("open").expect("stored");
-    let size = reader.size;
-    let data = reader.bytes().await.expect("read");
-    assert_eq!(data.len() as u64, size, "the size given before the bytes");
+/// The whole blob (which must be stored), checked against the size given before it.
+pub(super) async fn read(blobs: &dyn Blobs, sha256: &str) -> Vec<u8> {
+    let mut reader = blobs.open(sha256).await.expect("open").expect("stored");
+    let mut data = Vec::new();
+    while let Some(chunk) = reader.body.next().await {
+        data.extend_from_slice(&chunk.expect("read"));
+    }
+    assert_eq!(
+        data.len() as u64,
+        reader.size,
+        "the size given before the bytes"
+    );
     data
 }
 
