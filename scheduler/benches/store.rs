@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use manifold_scheduler::blobs::BlobStore;
+use manifold_scheduler::blobs::Blobs;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::leadership::Leadership;
 use manifold_scheduler::model::{App, Build, BuildStatus, Dyno, FormationUpdate, Slug};
@@ -124,16 +124,11 @@ async fn add_hosts(store: &dyn Store, n: usize) {
 /// Times the API's writes on a scheduler serving `store`: (kind, median ms, p95 ms).
 async fn api_latency(
     store: Arc<dyn Store>,
-    dir: &std::path::Path,
+    blobs: Arc<dyn Blobs>,
 ) -> Vec<(&'static str, f64, f64)> {
     add_hosts(&*store, 1).await;
     deploy(&*store, "bench").await;
-    let core = Core::new(
-        store,
-        BlobStore::new(dir.join("blobs")),
-        settings(),
-        Arc::new(Leadership::sole(1)),
-    );
+    let core = Core::new(store, blobs, settings(), Arc::new(Leadership::sole(1)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("listen");
@@ -209,7 +204,7 @@ async fn api_latency(
 
 /// Fills `store` with `dynos` dynos (apps of [`DYNOS_PER_APP`] web dynos on [`HOSTS`]
 /// hosts) and times reconciler passes over it: the median in ms.
-async fn reconcile_pass(store: Arc<dyn Store>, dir: &std::path::Path, dynos: usize) -> f64 {
+async fn reconcile_pass(store: Arc<dyn Store>, blobs: Arc<dyn Blobs>, dynos: usize) -> f64 {
     add_hosts(&*store, HOSTS).await;
     let mut changes = DynoChanges::default();
     for a in 0..dynos.div_ceil(DYNOS_PER_APP) {
@@ -238,12 +233,7 @@ async fn reconcile_pass(store: Arc<dyn Store>, dir: &std::path::Path, dynos: usi
         }
     }
     store.apply_dyno_changes(&changes).await.expect("place");
-    let core = Core::new(
-        store,
-        BlobStore::new(dir.join("blobs")),
-        settings(),
-        Arc::new(Leadership::sole(1)),
-    );
+    let core = Core::new(store, blobs, settings(), Arc::new(Leadership::sole(1)));
     let mut samples = Vec::new();
     for _ in 0..PASSES {
         let started = Instant::now();
@@ -277,8 +267,11 @@ fn main() {
         let (api, pass) = runtime.block_on(async {
             let store: Arc<dyn Store> =
                 Arc::new(SqlStore::open(database).await.expect("open the store"));
-            let api = api_latency(store.clone(), dir.path()).await;
-            let pass = reconcile_pass(store, dir.path(), dynos).await;
+            let blobs = manifold_scheduler::blobs::open(database, dir.path())
+                .await
+                .expect("open the blob store");
+            let api = api_latency(store.clone(), blobs.clone()).await;
+            let pass = reconcile_pass(store, blobs, dynos).await;
             (api, pass)
         });
         latency.push((*name, api));

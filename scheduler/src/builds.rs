@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::blobs::{Blob, BlobStore};
+use crate::blobs::{Blob, Blobs};
 use crate::cluster::Cluster;
 use crate::logs::LogFeed;
 use crate::metrics::Counters;
@@ -214,7 +214,7 @@ pub(crate) enum Built {
 pub struct Builds {
     store: Arc<dyn Store>,
     cluster: Arc<Cluster>,
-    blobs: BlobStore,
+    blobs: Arc<dyn Blobs>,
     logs: Arc<LogFeed>,
     counters: Arc<Counters>,
     output: BuildOutputs,
@@ -230,7 +230,7 @@ impl Builds {
     pub fn new(
         store: Arc<dyn Store>,
         cluster: Arc<Cluster>,
-        blobs: BlobStore,
+        blobs: Arc<dyn Blobs>,
         logs: Arc<LogFeed>,
         counters: Arc<Counters>,
     ) -> Builds {
@@ -449,10 +449,13 @@ impl Builds {
     ) -> Result<(App, Release), String> {
         let build = self.store.build(id).await.map_err(|e| e.to_string())?;
         let meta = self.slug_metadata(&build, json).await?;
-        let path = self.blobs.path(sha256).map_err(|e| e.to_string())?;
-        let size = std::fs::metadata(&path)
-            .map_err(|_| format!("the slug {sha256} was not uploaded"))?
-            .len();
+        let size = self
+            .blobs
+            .stat(sha256)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the slug {sha256} was not uploaded"))?
+            .size;
         let slug = Slug {
             id: Uuid::new_v4(),
             app_id: build.app_id,

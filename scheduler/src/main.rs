@@ -10,7 +10,6 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use manifold_logplex::PlexConfig;
 use manifold_router::RouterConfig;
-use manifold_scheduler::blobs::BlobStore;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::edge::DefaultCert;
 use manifold_scheduler::leadership::{campaign_forever, Candidate, Leadership};
@@ -497,16 +496,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the store {db}"))?;
     let store: Arc<dyn manifold_scheduler::store::Store> = Arc::new(store);
+    let blobs = manifold_scheduler::blobs::open(&db, &cli.state_dir)
+        .await
+        .with_context(|| format!("cannot open the blob store in {db}"))?;
     let leadership = Arc::new(Leadership::follower(cli.lease_ttl));
-    let core = Core::new(
-        store.clone(),
-        BlobStore::new(cli.state_dir.join("blobs")),
-        settings.clone(),
-        leadership.clone(),
-    );
+    let core = Core::new(store.clone(), blobs, settings.clone(), leadership.clone());
     tokio::spawn(manifold_scheduler::blobs::collect_forever(
-        core.store.clone(),
-        core.blobs.clone(),
+        core.clone(),
         cli.blob_retention,
     ));
     let listener = tokio::net::TcpListener::bind(cli.listen)

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use manifold_proto::{
     agent_message, scheduler_message, AgentMessage, Assignment, Capacity, DynoState as WireState,
     DynoStatus, Heartbeat, Hello, SchedulerMessage,
@@ -28,7 +29,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::blobs::BlobStore;
+use crate::blobs::{Blobs, LocalBlobs};
 use crate::core::{Core, Settings};
 use crate::model::{Build, BuildStatus, Slug};
 use crate::reconciler::Cycling;
@@ -36,6 +37,7 @@ use crate::store::sql::{Database, SqlStore};
 use crate::store::BuildOutcome;
 
 pub(crate) const API_TOKEN: &str = "api-token";
+pub(crate) const AGENT_TOKEN: &str = "agent-token";
 /// The stack every fake host has and every test slug is built for.
 pub(crate) const STACK: &str = "heroku-24";
 
@@ -55,7 +57,7 @@ pub(crate) fn settings(heartbeat: Duration) -> Settings {
         upload_limit: 1 << 20,
         slug_limit: 1 << 20,
         api_token: API_TOKEN.into(),
-        agent_token: "agent-token".into(),
+        agent_token: AGENT_TOKEN.into(),
         follower_token: "follower-token".into(),
         agent_certs: false,
         router: Default::default(),
@@ -71,12 +73,22 @@ pub(crate) fn settings(heartbeat: Duration) -> Settings {
 impl Harness {
     pub(crate) async fn new(settings: Settings) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
+        let blobs = Arc::new(LocalBlobs::new(dir.path().join("blobs")));
+        Harness::in_dir(dir, settings, blobs).await
+    }
+
+    /// A scheduler whose blobs are in `blobs`.
+    pub(crate) async fn with_blobs(settings: Settings, blobs: Arc<dyn Blobs>) -> Harness {
+        Harness::in_dir(tempfile::tempdir().expect("temp dir"), settings, blobs).await
+    }
+
+    async fn in_dir(dir: tempfile::TempDir, settings: Settings, blobs: Arc<dyn Blobs>) -> Harness {
         let store = SqlStore::open(&Database::Sqlite(dir.path().join("manifold.db")))
             .await
             .expect("store");
         let core = Core::new(
             Arc::new(store),
-            BlobStore::new(dir.path().join("blobs")),
+            blobs,
             settings,
             Arc::new(crate::leadership::Leadership::sole(1)),
         );
@@ -85,23 +97,42 @@ impl Harness {
 
     /// Calls the REST API as a user would (with the API token); the status and JSON body.
     pub(crate) async fn api(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, bytes) = self
+            .raw(
+                method,
+                path,
+                API_TOKEN,
+                "application/json",
+                Body::from(body.to_string()),
+            )
+            .await;
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Calls the API with `token` and any body; the status, headers and body.
+    pub(crate) async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Body,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         let mut router = crate::api::router(self.core.clone());
         let request = Request::builder()
             .method(method)
             .uri(path)
-            .header("authorization", format!("Bearer {API_TOKEN}"))
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", content_type)
+            .body(body)
             .expect("request");
         let response = tower_service::Service::call(&mut router, request)
             .await
             .expect("infallible");
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, json)
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        (parts.status, parts.headers, bytes)
     }
 
     /// Creates `app` with a release of a slug whose Procfile has `process_types`, as a

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use manifold_proto::agent_link_client::AgentLinkClient;
 use manifold_proto::{agent_message, AgentMessage, Hello};
-use manifold_scheduler::blobs::BlobStore;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::leadership::{campaign_forever, Candidate, Leadership, LEADER_HEADER};
 use manifold_scheduler::reconciler::Cycling;
@@ -57,12 +56,10 @@ impl Replica {
     async fn start(database: &Database, dir: &std::path::Path) -> Replica {
         let store: Arc<dyn Store> = Arc::new(SqlStore::open(database).await.unwrap());
         let leadership = Arc::new(Leadership::follower(TTL));
-        let core = Core::new(
-            store.clone(),
-            BlobStore::new(dir.join("blobs")),
-            settings(),
-            leadership.clone(),
-        );
+        let blobs = manifold_scheduler::blobs::open(database, dir)
+            .await
+            .unwrap();
+        let core = Core::new(store.clone(), blobs, settings(), leadership.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let candidate = Candidate::new(url.clone(), TTL);
@@ -214,6 +211,30 @@ async fn one_replica_leads_the_other_names_it_and_takes_over_when_it_dies() {
         leading.url
     );
     assert!(link(leading).await.is_none(), "the leader links agents");
+
+    // Blobs are shared: a slug an agent stored through the leader, the follower serves.
+    let slug = b"a slug, as an agent uploads it".to_vec();
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&slug)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let blob = |r: &Replica, method| {
+        reqwest::Client::new()
+            .request(method, format!("{}/agent/v1/blobs/{sha}", r.url))
+            .bearer_auth(AGENT_TOKEN)
+    };
+    let put = blob(leading, reqwest::Method::PUT)
+        .body(slug.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let got = blob(following, reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap(), slug);
 
     // The leader dies without a word: the follower leads within the lease and a round.
     let died = Instant::now();

@@ -68,10 +68,19 @@ pub(super) async fn create_build(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
+    // The first two bytes, kept as they pass, say whether it is gzip (without reading the
+    // stored blob back).
+    let mut magic = Vec::with_capacity(2);
     let stored = if declared.is_some_and(|n| n > limit) {
         Err(BlobError::TooLarge { limit })
     } else {
-        core.blobs.put(&mut stream, limit, None).await
+        let tee = (&mut stream).inspect(|chunk| {
+            if let Ok(chunk) = chunk {
+                let want = 2 - magic.len();
+                magic.extend_from_slice(&chunk[..want.min(chunk.len())]);
+            }
+        });
+        core.blobs.put(crate::blobs::upload(tee), limit, None).await
     };
     let source = match stored {
         Ok(source) => source,
@@ -87,23 +96,14 @@ pub(super) async fn create_build(
             }
             return Err(too_large());
         }
-        Err(other) => {
+        Err(err @ BlobError::Upload(_)) => {
             return Err(ApiError::bad_request(format!(
-                "cannot receive the source: {other}"
+                "cannot receive the source: {err}"
             )))
         }
+        Err(other) => return Err(super::blobs::blob_error(other)),
     };
-    let gzip = std::fs::File::open(
-        core.blobs
-            .path(&source.sha256)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
-    )
-    .and_then(|mut f| {
-        use std::io::Read;
-        let mut magic = [0u8; 2];
-        f.read_exact(&mut magic).map(|()| magic == [0x1f, 0x8b])
-    })
-    .unwrap_or(false);
+    let gzip = magic == [0x1f, 0x8b];
     if !gzip {
         return Err(ApiError::bad_request(
             "the source must be a gzip-compressed tarball (tar.gz), as `manifold deploy DIR` sends",
@@ -165,4 +165,62 @@ pub(super) async fn build_output(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::Method;
+
+    use super::*;
+    use crate::testing::{settings, Harness, API_TOKEN, STACK};
+
+    /// A source is gzip by its first two bytes, however the upload splits them.
+    #[tokio::test]
+    async fn a_source_must_be_gzip() {
+        let h = Harness::new(settings(Duration::from_secs(30))).await;
+        h.core.store.create_app("app", STACK).await.expect("app");
+        let post = |parts: Vec<&'static [u8]>| {
+            let body = futures::stream::iter(
+                parts
+                    .into_iter()
+                    .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))),
+            );
+            h.raw(
+                Method::POST,
+                "/apps/app/builds",
+                API_TOKEN,
+                "application/octet-stream",
+                Body::from_stream(body),
+            )
+        };
+        for refused in [
+            vec![&b"PK\x03\x04zip"[..]],
+            vec![b"\x1f"],
+            vec![b"", b"\x8b\x1f"],
+        ] {
+            let (status, _, body) = post(refused).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            let message = String::from_utf8_lossy(&body);
+            assert!(
+                message.contains("must be a gzip-compressed tarball"),
+                "{message}"
+            );
+        }
+        let (status, _, _) = post(vec![b"", b"\x1f", b"\x8b\x08rest"]).await;
+        assert_eq!(status, StatusCode::CREATED);
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(b"\x1f\x8b\x08rest")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let stored = h.core.store.builds("app").await.expect("builds");
+        assert_eq!(stored.len(), 1, "one build, of the gzip source");
+        assert_eq!(stored[0].source_sha256, sha);
+        assert_eq!(
+            h.core.blobs.stat(&sha).await.expect("stat").map(|b| b.size),
+            Some(7)
+        );
+    }
 }

@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::attach::{Event, Sessions};
-use crate::blobs::BlobStore;
+use crate::blobs::Blobs;
 use crate::builds::Builds;
 use crate::cluster::Cluster;
 use crate::leadership::Leadership;
@@ -93,7 +93,7 @@ pub struct Settings {
 /// The services, the store they share, and the reconcile loop's lock.
 pub struct Core {
     pub store: Arc<dyn Store>,
-    pub blobs: BlobStore,
+    pub blobs: Arc<dyn Blobs>,
     pub settings: Settings,
     /// What `/metrics` counts (the services count too).
     pub counters: Arc<Counters>,
@@ -123,7 +123,7 @@ impl std::fmt::Debug for Core {
 impl Core {
     pub fn new(
         store: Arc<dyn Store>,
-        blobs: BlobStore,
+        blobs: Arc<dyn Blobs>,
         settings: Settings,
         leadership: Arc<Leadership>,
     ) -> Arc<Core> {
