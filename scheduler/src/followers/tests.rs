@@ -2,7 +2,8 @@
 //! follower replica (answering as the contract says: 503 naming the leader) sends it to the
 //! leader; when that leader goes, the follower names the new one, whose route table has a
 //! version of its own that happens to equal the old one's, and the router takes its whole
-//! table anyway (an `?after=` from the old leader would have hidden it).
+//! table anyway (an `?after=` from the old leader would have hidden it). And a log plex
+//! process whose leader's firehose ends follows the new leader's.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -147,4 +148,100 @@ async fn a_following_router_takes_the_new_leaders_whole_table_after_a_failover()
 
     let _ = stop_router.send(());
     following.await.expect("join").expect("router");
+}
+
+/// A leader about to lose the lead: its firehose sends `line` for app `web` and ends; from
+/// then on it answers as a follower naming `next`. It knows app `web` (reads work).
+async fn serve_last_firehose(line: &str, next: String) -> String {
+    use axum::routing::get;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let first = serde_json::to_string(&crate::logs::FirehoseLine {
+        app: "web".into(),
+        line: manifold_logplex::LogLine::now(manifold_logplex::Source::Heroku, "api", line),
+    })
+    .expect("json")
+        + "\n";
+    let served = Arc::new(Mutex::new(false));
+    let app = axum::Router::new()
+        .route(
+            "/apps/web",
+            get(|| async { axum::Json(serde_json::json!({"name": "web"})) }),
+        )
+        .route(
+            "/logplex/v1/firehose",
+            get(move || {
+                let once = !std::mem::replace(&mut *served.lock().expect("lock"), true);
+                let (first, next) = (first.clone(), next.clone());
+                async move {
+                    if once {
+                        return (StatusCode::OK, HeaderMap::new(), first);
+                    }
+                    let mut headers = HeaderMap::new();
+                    headers.insert(LEADER_HEADER, next.parse().expect("header"));
+                    (StatusCode::SERVICE_UNAVAILABLE, headers, String::new())
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// The log plex's lines for app `web` (no tail), as the CLI reads them.
+async fn plex_lines(plex: std::net::SocketAddr) -> String {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{plex}/apps/web/log-stream?lines=100"))
+        .bearer_auth(crate::testing::API_TOKEN)
+        .send()
+        .await;
+    match answer {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_log_plex_follows_the_new_leaders_firehose_when_the_old_ones_ends() {
+    let new = Harness::new(settings(Duration::from_secs(5))).await;
+    let (status, _) = new
+        .api(
+            axum::http::Method::POST,
+            "/apps",
+            serde_json::json!({"name": "web"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (new_url, _stop_new) = serve_api(&new).await;
+    let follower_url = serve_follower(Arc::new(Mutex::new(new_url.clone()))).await;
+    let old_url = serve_last_firehose("from the old leader", follower_url.clone()).await;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let plex = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // The old leader first; the follower names the new one, which is not in the list.
+    let following = tokio::spawn(super::run_logplex(
+        Endpoints::parse(&format!("{old_url},{follower_url}")).expect("urls"),
+        "follower-token".into(),
+        reqwest::Client::new(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut got = String::new();
+    for _ in 0..1500 {
+        // The new leader's lines reach the plex once it follows that firehose.
+        new.core
+            .logs
+            .log_platform("web", "api", "from the new leader");
+        got = plex_lines(plex).await;
+        if got.contains("from the new leader") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(got.contains("from the old leader"), "{got}");
+    assert!(got.contains("from the new leader"), "{got}");
+    let _ = stop.send(());
+    following.await.expect("join").expect("logplex");
 }
