@@ -1,7 +1,8 @@
 //! The link moving between scheduler replicas, against two real tonic servers on sockets:
 //! a follower refuses the link naming the leader, the agent links there and says `Hello`
 //! with the dynos it runs; when the leader goes, the other replica takes over, gets the same
-//! `Hello`, and no dyno is stopped or started again.
+//! `Hello`, and no dyno is stopped or started again. An attach relay, too, goes to the
+//! leader a follower names.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
@@ -24,6 +25,25 @@ struct Replica {
     leads: Arc<AtomicBool>,
     leader: Arc<Mutex<String>>,
     linked: mpsc::UnboundedSender<Linked>,
+    /// The replica's name and the dyno of each attach stream it took.
+    attached: mpsc::UnboundedSender<(&'static str, String)>,
+}
+
+impl Replica {
+    fn new(
+        name: &'static str,
+        leads: bool,
+        linked: &mpsc::UnboundedSender<Linked>,
+        attached: &mpsc::UnboundedSender<(&'static str, String)>,
+    ) -> Replica {
+        Replica {
+            name,
+            leads: Arc::new(AtomicBool::new(leads)),
+            leader: Arc::new(Mutex::new(String::new())),
+            linked: linked.clone(),
+            attached: attached.clone(),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -33,9 +53,24 @@ impl AgentLink for Replica {
 
     async fn attach(
         &self,
-        _: tonic::Request<tonic::Streaming<proto::AttachPacket>>,
+        request: tonic::Request<tonic::Streaming<proto::AttachPacket>>,
     ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("no attach here"))
+        if !self.leads.load(Ordering::SeqCst) {
+            return Err(not_leader(&self.leader.lock().expect("lock")));
+        }
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::invalid_argument("no first packet"))?;
+        let _ = self.attached.send((self.name, first.dyno_id));
+        let (tx, rx) = mpsc::channel(1);
+        // Holds the stream open while the agent's side does.
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            drop(tx);
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
 
     async fn link(
@@ -116,13 +151,9 @@ async fn the_link_follows_the_leader_and_hello_keeps_the_dynos_running() {
     h.core.link_event(LinkEvent::Disconnected);
 
     let (linked_tx, mut linked) = mpsc::unbounded_channel();
-    let replica = |name, leads| Replica {
-        name,
-        leads: Arc::new(AtomicBool::new(leads)),
-        leader: Arc::new(Mutex::new(String::new())),
-        linked: linked_tx.clone(),
-    };
-    let (a, b) = (replica("a", false), replica("b", true));
+    let (attached, _) = mpsc::unbounded_channel();
+    let a = Replica::new("a", false, &linked_tx, &attached);
+    let b = Replica::new("b", true, &linked_tx, &attached);
     let (a_url, _a_task) = serve(a.clone()).await;
     let (b_url, _b_task) = serve(b.clone()).await;
     *a.leader.lock().expect("lock") = b_url.clone();
@@ -178,4 +209,40 @@ async fn the_link_follows_the_leader_and_hello_keeps_the_dynos_running() {
     );
     assert_eq!(h.states("d1"), [(S::Starting, None), (S::Up, None)]);
     link_task.abort();
+}
+
+#[tokio::test]
+async fn an_attach_relay_goes_to_the_leader_a_follower_names() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let dyno = DynoDir {
+        root: state.path().join("d1-0000abcd"),
+    };
+    std::fs::create_dir_all(&dyno.root).expect("mkdir");
+    // The shim's side of the socket (its directory is new: the relay counts it as starting).
+    let shim = tokio::net::UnixListener::bind(dyno.attach_socket()).expect("bind");
+
+    let (linked, _) = mpsc::unbounded_channel();
+    let (attached_tx, mut attached) = mpsc::unbounded_channel();
+    let a = Replica::new("a", false, &linked, &attached_tx);
+    let b = Replica::new("b", true, &linked, &attached_tx);
+    let (a_url, _a_task) = serve(a.clone()).await;
+    let (b_url, _b_task) = serve(b).await;
+    *a.leader.lock().expect("lock") = b_url;
+
+    let endpoints = Endpoints::parse(&a_url).expect("url");
+    let relay = tokio::spawn(crate::daemon::relay::run(
+        Scheduler::new(endpoints, None),
+        "d1".into(),
+        dyno,
+    ));
+    let patience = Duration::from_secs(30);
+    let _socket = tokio::time::timeout(patience, shim.accept())
+        .await
+        .expect("the relay connects to the shim")
+        .expect("accept");
+    let got = tokio::time::timeout(patience, attached.recv())
+        .await
+        .expect("an attach stream within 30 s");
+    assert_eq!(got, Some(("b", "d1".to_string())), "at the leader a named");
+    relay.abort();
 }
