@@ -82,7 +82,7 @@ pub async fn send(
         }
         if Instant::now() + pause > deadline {
             return Err(format!(
-                "no scheduler of {urls} knows a leader after {} s (an election under way?): try again",
+                "found no leader among {urls} within {} s (followers answered: an election may be under way): try again",
                 ELECTION_WAIT.as_secs()
             ));
         }
