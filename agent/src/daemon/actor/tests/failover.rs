@@ -173,14 +173,17 @@ async fn the_link_follows_the_leader_and_hello_keeps_the_dynos_running() {
     };
     assert_eq!((status.id.as_str(), status.state()), ("d1", S::Up));
 
-    // b re-establishes the same assignments: nothing changes on this host.
+    // b, the leader of a newer term, re-establishes the same assignments: nothing changes
+    // on this host.
     let generation = h.generation;
+    let term = h.term + 1;
     to_agent
         .send(Ok(proto::SchedulerMessage {
             kind: Some(proto::scheduler_message::Kind::Assignments(
                 proto::Assignments {
                     generation,
                     dynos: vec![assignment("d1", "worker.1")],
+                    term,
                 },
             )),
         }))
@@ -208,6 +211,7 @@ async fn the_link_follows_the_leader_and_hello_keeps_the_dynos_running() {
         "started once, never stopped: {calls:?}"
     );
     assert_eq!(h.states("d1"), [(S::Starting, None), (S::Up, None)]);
+    assert_eq!(h.core.state.term, term, "b's set was applied");
     link_task.abort();
 }
 
