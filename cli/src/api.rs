@@ -5,8 +5,10 @@
 //! degrade one column rather than make a whole command fail.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{anyhow, bail, Context, Result};
+use manifold_endpoints::Endpoints;
 use reqwest::header::{
     HeaderMap, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, UPGRADE,
 };
@@ -14,6 +16,8 @@ use reqwest::{Method, Response, StatusCode, Upgraded};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::leader::{self, Resend};
 
 /// Where the API listens when `MANIFOLD_API` is unset (scheduler/API.md).
 pub const DEFAULT_API: &str = "http://127.0.0.1:8750";
@@ -23,7 +27,8 @@ pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/manifold-scheduler/api-token";
 /// Connection settings, resolved once from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub base: String,
+    /// The schedulers' APIs (`MANIFOLD_API`, comma-separated): requests go to the leader.
+    pub apis: Endpoints,
     pub token: Option<String>,
     pub user: String,
     /// A CA (PEM) an https:// API is also checked against, besides the system roots.
@@ -31,18 +36,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads `MANIFOLD_API`, `MANIFOLD_API_TOKEN` (or a token file), `MANIFOLD_CA` and `$USER`.
-    pub fn from_env() -> Self {
+    /// Reads `MANIFOLD_API` (one URL or several, comma-separated), `MANIFOLD_API_TOKEN` (or
+    /// a token file), `MANIFOLD_CA` and `$USER`.
+    pub fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Settings {
-            base: var("MANIFOLD_API")
-                .unwrap_or_else(|| DEFAULT_API.to_string())
-                .trim_end_matches('/')
-                .to_string(),
+        let apis = var("MANIFOLD_API").unwrap_or_else(|| DEFAULT_API.to_string());
+        Ok(Settings {
+            apis: Endpoints::parse(&apis).context("MANIFOLD_API")?,
             token: resolve_token(var("MANIFOLD_API_TOKEN"), var("MANIFOLD_API_TOKEN_FILE")),
             user: var("USER").unwrap_or_else(|| "admin".to_string()),
             ca: var("MANIFOLD_CA").map(PathBuf::from),
-        }
+        })
     }
 
     /// Trusts `ca` (`--ca`) instead of `MANIFOLD_CA`, when given.
@@ -188,56 +192,107 @@ impl Reply {
     }
 }
 
-/// Thin wrapper over reqwest that adds auth headers and maps errors to user messages.
+/// Thin wrapper over reqwest that adds auth headers, sends to the leader among the APIs
+/// ([`leader`]) and maps errors to user messages.
 #[derive(Debug, Clone)]
 pub struct Client {
     settings: Settings,
     http: reqwest::Client,
+    /// Which API is tried next (the leader once one answered).
+    apis: Arc<Mutex<Endpoints>>,
 }
 
 impl Client {
     pub fn new(settings: Settings) -> Result<Self> {
         let mut http = reqwest::Client::builder()
             .user_agent(concat!("manifold-cli/", env!("CARGO_PKG_VERSION")));
-        if settings.base.starts_with("https://") || settings.ca.is_some() {
+        if settings.apis.is_https() || settings.ca.is_some() {
             http = http.use_preconfigured_tls(tls_config(settings.ca.as_deref())?);
         }
         let http = http.build().context("cannot set up the HTTP client")?;
-        Ok(Client { settings, http })
+        let apis = Arc::new(Mutex::new(settings.apis.clone()));
+        Ok(Client {
+            settings,
+            http,
+            apis,
+        })
     }
 
-    /// Absolute URL for an API path (`/apps/x`); absolute URLs pass through unchanged so a
-    /// server may hand out full `output_stream_url`s later.
-    pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
+    /// The API requests go to now.
+    fn base(&self) -> String {
+        self.apis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .current()
+            .to_string()
+    }
+
+    /// Absolute URL for an API path (`/apps/x`) at `base`; absolute URLs pass through
+    /// unchanged so a server may hand out full `output_stream_url`s later.
+    fn url_at(base: &str, path: &str) -> String {
+        if is_absolute(path) {
             path.to_string()
         } else {
-            format!("{}{}", self.settings.base, path)
+            format!("{base}{path}")
         }
     }
 
-    fn builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let url = self.url(path);
-        let ours = same_origin(&url, &self.settings.base);
+    fn builder(&self, method: Method, base: &str, path: &str) -> reqwest::RequestBuilder {
+        let url = Self::url_at(base, path);
+        let ours = self
+            .apis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .knows(&url);
         let mut b = self
             .http
             .request(method, url)
             .header("Manifold-User", &self.settings.user)
             .header("Accept", "application/json");
         // A URL the server handed out (`output_stream_url`) may point anywhere: the token
-        // goes only where MANIFOLD_API is.
+        // goes only to the APIs of MANIFOLD_API (and the leader they name).
         if let Some(t) = self.settings.token.as_ref().filter(|_| ours) {
             b = b.header(AUTHORIZATION, format!("Bearer {t}"));
         }
         b
     }
 
+    /// Sends `path` as built by `build` (once per attempt) to the leader; an absolute URL
+    /// goes where it says, once. The answer may have any status.
+    async fn answer(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, String>,
+    ) -> Result<Response, String> {
+        if is_absolute(path) {
+            let request = build(self.builder(method, path, path))?;
+            return request
+                .send()
+                .await
+                .map_err(|e| transport_message(path, &e));
+        }
+        let resend = match method {
+            Method::GET => Resend::Always,
+            _ => Resend::IfUnsent,
+        };
+        leader::send(&self.apis, resend, |base| {
+            build(self.builder(method.clone(), base, path))
+        })
+        .await
+    }
+
     /// Sends a request and fails with the API's message on a non-2xx status.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response> {
-        let resp = req
-            .send()
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, String>,
+    ) -> Result<Response> {
+        let resp = self
+            .answer(method, path, build)
             .await
-            .map_err(|e| anyhow!(transport_message(&self.settings.base, &e)))?;
+            .map_err(|m| anyhow!(m))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -246,13 +301,18 @@ impl Client {
         bail!(error_message(status, &body))
     }
 
-    async fn reply(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
-        let resp = self.send(req).await?;
+    async fn reply(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, String>,
+    ) -> Result<Reply> {
+        let resp = self.send(method, path, build).await?;
         let headers = resp.headers().clone();
         let text = resp
             .text()
             .await
-            .map_err(|e| anyhow!(transport_message(&self.settings.base, &e)))?;
+            .map_err(|e| anyhow!(transport_message(&self.base(), &e)))?;
         // 202s (restart, stop) may come back empty; treat that as `{}`.
         let body = if text.trim().is_empty() {
             Value::Object(Default::default())
@@ -263,28 +323,27 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> Result<Reply> {
-        self.reply(self.builder(Method::GET, path)).await
+        self.reply(Method::GET, path, Ok).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Reply> {
-        self.reply(self.builder(Method::DELETE, path)).await
+        self.reply(Method::DELETE, path, Ok).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Reply> {
-        self.reply(self.builder(Method::POST, path).json(body))
-            .await
+        self.reply(Method::POST, path, |b| Ok(b.json(body))).await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Result<Reply> {
-        self.reply(self.builder(Method::PUT, path).json(body)).await
+        self.reply(Method::PUT, path, |b| Ok(b.json(body))).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Reply> {
-        self.reply(self.builder(Method::PATCH, path).json(body))
-            .await
+        self.reply(Method::PATCH, path, |b| Ok(b.json(body))).await
     }
 
-    /// Uploads a source tarball; the file is streamed, not read into memory.
+    /// Uploads a source tarball; the file is streamed, not read into memory, and streamed
+    /// again from its start when a follower refused it.
     pub async fn post_build(
         &self,
         app: &str,
@@ -292,36 +351,41 @@ impl Client {
         tarball: std::fs::File,
         len: u64,
     ) -> Result<Reply> {
+        use std::io::{Seek, SeekFrom};
         let query: Vec<(&str, &str)> = buildpacks
             .iter()
             .map(|b| ("buildpack", b.as_str()))
             .collect();
-        let req = self
-            .builder(Method::POST, &format!("/apps/{app}/builds"))
-            .query(&query)
-            .header(CONTENT_TYPE, "application/gzip")
-            .header(CONTENT_LENGTH, len)
-            .body(tokio::fs::File::from_std(tarball));
-        self.reply(req).await
+        let path = format!("/apps/{app}/builds");
+        self.reply(Method::POST, &path, |b| {
+            // The attempts take turns: each rewinds the one file before streaming it.
+            let mut file = tarball
+                .try_clone()
+                .map_err(|e| format!("cannot read the source archive again to resend it: {e}"))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| format!("cannot rewind the source archive to resend it: {e}"))?;
+            Ok(b.query(&query)
+                .header(CONTENT_TYPE, "application/gzip")
+                .header(CONTENT_LENGTH, len)
+                .body(tokio::fs::File::from_std(file)))
+        })
+        .await
     }
 
     /// Opens a streamed text response (build output).
     pub async fn stream(&self, path: &str) -> Result<Response> {
-        self.send(self.builder(Method::GET, path)).await
+        self.send(Method::GET, path, Ok).await
     }
 
     /// `GET path` as an HTTP/1.1 upgrade to `protocol`: on `101 Switching Protocols`, the
     /// connection, which then carries that protocol both ways.
     pub async fn upgrade(&self, path: &str, protocol: &str) -> Result<Upgraded, UpgradeError> {
-        let transport =
-            |e: reqwest::Error| UpgradeError::Transport(transport_message(&self.settings.base, &e));
         let resp = self
-            .builder(Method::GET, path)
-            .header(CONNECTION, "Upgrade")
-            .header(UPGRADE, protocol)
-            .send()
+            .answer(Method::GET, path, |b| {
+                Ok(b.header(CONNECTION, "Upgrade").header(UPGRADE, protocol))
+            })
             .await
-            .map_err(transport)?;
+            .map_err(UpgradeError::Transport)?;
         let status = resp.status();
         if status != StatusCode::SWITCHING_PROTOCOLS {
             let body = resp.text().await.unwrap_or_default();
@@ -330,16 +394,15 @@ impl Client {
                 message: error_message(status, &body),
             });
         }
-        resp.upgrade().await.map_err(transport)
+        resp.upgrade()
+            .await
+            .map_err(|e| UpgradeError::Transport(transport_message(&self.base(), &e)))
     }
 }
 
-/// Whether `url` has the scheme, host and port of `base` (the API's origin).
-fn same_origin(url: &str, base: &str) -> bool {
-    match (reqwest::Url::parse(url), reqwest::Url::parse(base)) {
-        (Ok(url), Ok(base)) => url.origin() == base.origin(),
-        _ => false,
-    }
+/// Whether `path` is a whole URL rather than an API path.
+fn is_absolute(path: &str) -> bool {
+    path.starts_with("http://") || path.starts_with("https://")
 }
 
 /// Why [`Client::upgrade`] has no connection.
@@ -491,7 +554,7 @@ mod tests {
 
     fn client(base: &str) -> Client {
         Client::new(Settings {
-            base: base.to_string(),
+            apis: Endpoints::parse(base).expect("url"),
             token: Some("secret".to_string()),
             user: "me".to_string(),
             ca: None,
@@ -500,7 +563,10 @@ mod tests {
     }
 
     fn token_sent(c: &Client, path: &str) -> bool {
-        let req = c.builder(Method::GET, path).build().expect("request");
+        let req = c
+            .builder(Method::GET, &c.base(), path)
+            .build()
+            .expect("request");
         // (A URL with credentials gets reqwest's own Basic header: only ours matters.)
         req.headers()
             .get_all(AUTHORIZATION)

@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod commands;
+mod leader;
 mod output;
 mod run;
 mod scale;

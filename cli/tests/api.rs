@@ -1,5 +1,5 @@
-//! Runs the built `manifold` binary against a tiny fake API server and checks what it sends
-//! and prints.
+//! Runs the built `manifold` binary against tiny fake API servers and checks what it sends
+//! and prints; with several (`MANIFOLD_API=A,B`), that requests find the leader.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -61,16 +61,21 @@ impl FakeApi {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_manifold"))
-            .args(args)
-            .env("MANIFOLD_API", &self.url)
-            .env("MANIFOLD_API_TOKEN", "s3cret")
-            .env("USER", "tester")
-            .env_remove("MANIFOLD_APP")
-            .env_remove("MANIFOLD_API_TOKEN_FILE")
-            .output()
-            .expect("run manifold")
+        run_at(&self.url, args)
     }
+}
+
+/// Runs `manifold ARGS` with `MANIFOLD_API` set to `api` (one URL or several).
+fn run_at(api: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_manifold"))
+        .args(args)
+        .env("MANIFOLD_API", api)
+        .env("MANIFOLD_API_TOKEN", "s3cret")
+        .env("USER", "tester")
+        .env_remove("MANIFOLD_APP")
+        .env_remove("MANIFOLD_API_TOKEN_FILE")
+        .output()
+        .expect("run manifold")
 }
 
 /// Reads one HTTP/1.1 request (Content-Length bodies only: the CLI sends JSON) and
@@ -655,5 +660,145 @@ fn certs_auto_turns_acm_on_and_off_and_shows_each_domain() {
             ("DELETE", "/apps/web/acm"),
             ("POST", "/apps/off/acm")
         ]
+    );
+}
+
+/// A follower scheduler: every request gets the contract's 503, naming `leader` (if any).
+fn follower(leader: Option<String>) -> FakeApi {
+    FakeApi::start(move |_, _| {
+        let named = leader.clone().map(|l| ("manifold-leader", l));
+        (
+            503,
+            named.into_iter().collect(),
+            json(serde_json::json!({"id": "not_leader",
+                "message": "this scheduler is not the leader"})),
+        )
+    })
+}
+
+/// A URL nothing listens on.
+fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("http://{}", l.local_addr().expect("addr"))
+}
+
+fn created() -> FakeApi {
+    FakeApi::start(|_, _| {
+        (
+            201,
+            vec![],
+            json(serde_json::json!({"id": "1", "name": "myapp"})),
+        )
+    })
+}
+
+#[test]
+fn a_write_passes_a_dead_scheduler_and_goes_to_the_leader_a_follower_names() {
+    let leader = created();
+    let follower = follower(Some(leader.url.clone()));
+    // The leader is not even in the list: the follower names it.
+    let o = run_at(
+        &format!("{},{}", dead_url(), follower.url),
+        &["apps:create", "myapp"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Creating myapp... done\n");
+    assert_eq!(follower.requests().len(), 1);
+    let reqs = leader.requests();
+    assert_eq!(reqs.len(), 1, "sent once to the leader");
+    assert_eq!(reqs[0].json(), serde_json::json!({"name": "myapp"}));
+    assert_eq!(reqs[0].header("authorization"), Some("Bearer s3cret"));
+}
+
+/// A scheduler that reads each request whole and closes the connection without answering
+/// (it may have carried it out); returns its URL and how many requests it read.
+fn cut_off() -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let count = Arc::new(Mutex::new(0));
+    let seen = count.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().expect("length");
+                    }
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            *seen.lock().expect("lock") += 1;
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn a_write_cut_off_mid_request_is_never_sent_again_but_a_read_is() {
+    let (cut, count) = cut_off();
+    let other = created();
+    let apis = format!("{cut},{}", other.url);
+    let o = run_at(&apis, &["apps:create", "myapp"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("it may have been carried out: check before repeating it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(*count.lock().expect("lock"), 1);
+    assert!(other.requests().is_empty(), "not sent again elsewhere");
+
+    let reads = FakeApi::start(|_, _| (200, vec![], "[]".to_string()));
+    let o = run_at(&format!("{cut},{}", reads.url), &["apps"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(*count.lock().expect("lock"), 2);
+    assert_eq!(reads.requests().len(), 1, "the read went on to the next");
+}
+
+#[test]
+fn deploy_sends_the_whole_source_again_to_the_leader() {
+    let leader = build_api("succeeded");
+    let follower = follower(Some(leader.url.clone()));
+    let src = source_dir();
+    let dir = src.path().to_string_lossy().to_string();
+    let o = run_at(
+        &format!("{},{}", follower.url, leader.url),
+        &["deploy", &dir, "-a", "myapp"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let refused = follower.requests();
+    let sent = leader.requests();
+    let upload = sent.iter().find(|r| r.method == "POST").expect("upload");
+    assert_eq!(refused[0].body, upload.body, "the same archive, whole");
+    assert!(!upload.body.is_empty());
+    assert!(
+        sent.iter()
+            .all(|r| r.header("authorization") == Some("Bearer s3cret")),
+        "every request went on to the leader"
+    );
+}
+
+#[test]
+fn no_scheduler_reachable_names_them_all_and_a_bad_list_is_refused() {
+    let (a, b) = (dead_url(), dead_url());
+    let o = run_at(&format!("{a},{b}"), &["apps"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!("manifold: cannot reach the Manifold API at any of {a}, {b}: is manifold-scheduler running? (set MANIFOLD_API)\n")
+    );
+    let o = run_at(&format!("{a},,{b}"), &["apps"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "manifold: MANIFOLD_API: scheduler URL 2 of 3 is empty (a stray comma?)\n"
     );
 }

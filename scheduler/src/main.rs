@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use manifold_endpoints::Endpoints;
 use manifold_logplex::PlexConfig;
 use manifold_router::RouterConfig;
 use manifold_scheduler::core::{Core, Settings};
@@ -189,9 +190,10 @@ enum Command {
     /// Run only a router, on its own (e.g. on another machine): it follows the scheduler's
     /// routes over the API and sends it traffic, wakes and router log lines.
     Router {
-        /// The scheduler's API, e.g. http://10.0.0.1:8750.
-        #[arg(long, env = "MANIFOLD_SCHEDULER")]
-        scheduler: String,
+        /// The scheduler replicas' APIs, comma-separated, e.g.
+        /// https://10.0.0.1:8750,https://10.0.0.2:8750: it follows the leader among them.
+        #[arg(long, env = "MANIFOLD_SCHEDULER", value_parser = Endpoints::parse)]
+        scheduler: Endpoints,
         /// A file holding the scheduler's follower token (its STATE_DIR/follower-token;
         /// the API token works too), instead of --api-token.
         #[arg(long, env = "MANIFOLD_API_TOKEN_FILE")]
@@ -200,9 +202,10 @@ enum Command {
     /// Run only a log plex reader, on its own: it follows every line of the scheduler and
     /// serves `manifold logs` (point MANIFOLD_API at it) without loading the scheduler.
     Logplex {
-        /// The scheduler's API, e.g. http://10.0.0.1:8750.
-        #[arg(long, env = "MANIFOLD_SCHEDULER")]
-        scheduler: String,
+        /// The scheduler replicas' APIs, comma-separated, e.g.
+        /// https://10.0.0.1:8750,https://10.0.0.2:8750: it follows the leader among them.
+        #[arg(long, env = "MANIFOLD_SCHEDULER", value_parser = Endpoints::parse)]
+        scheduler: Endpoints,
         /// A file holding the scheduler's follower token (its STATE_DIR/follower-token;
         /// the API token works too), instead of --api-token.
         #[arg(long, env = "MANIFOLD_API_TOKEN_FILE")]
@@ -257,7 +260,7 @@ fn follower_token(cli: &Cli, token_file: Option<&Path>) -> anyhow::Result<String
 /// Runs `manifold-scheduler logplex`: a log plex reader following the scheduler.
 async fn follow_logs(
     cli: &Cli,
-    scheduler: &str,
+    scheduler: &Endpoints,
     token_file: Option<&Path>,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
@@ -265,9 +268,12 @@ async fn follow_logs(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the log plex"))?;
-    tracing::info!("serving logs on http://{listen}, following {scheduler}");
+    tracing::info!(
+        "serving logs on http://{listen}, following {}",
+        scheduler.urls().join(",")
+    );
     manifold_scheduler::followers::run_logplex(
-        scheduler.trim_end_matches('/').to_string(),
+        scheduler.clone(),
         token,
         manifold_scheduler::tls::follower_client(cli.cluster_ca.as_deref())?,
         listener,
@@ -278,19 +284,20 @@ async fn follow_logs(
 }
 
 /// Runs `manifold-scheduler router`: a router following the scheduler at `scheduler`.
-async fn follow(cli: &Cli, scheduler: &str, token_file: Option<&Path>) -> anyhow::Result<()> {
+async fn follow(cli: &Cli, scheduler: &Endpoints, token_file: Option<&Path>) -> anyhow::Result<()> {
     let token = follower_token(cli, token_file)?;
     let listener = tokio::net::TcpListener::bind(&cli.router_listen)
         .await
         .with_context(|| format!("cannot listen on {} for the router", cli.router_listen))?;
     tracing::info!(
-        "routing http://APP.{}:{} to apps, following {scheduler}",
+        "routing http://APP.{}:{} to apps, following {}",
         cli.domain,
-        listener.local_addr()?.port()
+        listener.local_addr()?.port(),
+        scheduler.urls().join(",")
     );
     let tls = router_tls_listener(cli).await?;
     let config = manifold_scheduler::followers::FollowConfig {
-        scheduler: scheduler.trim_end_matches('/').to_string(),
+        scheduler: scheduler.clone(),
         token,
         router: router_config(cli),
         client: manifold_scheduler::tls::follower_client(cli.cluster_ca.as_deref())?,

@@ -1,7 +1,14 @@
 //! The agent's side of its connection to the scheduler: the AgentLink stream (gRPC, dialled
-//! by the agent and redialled with backoff for as long as the agent runs) and the blob store
-//! (HTTP, same URL and token) that slugs and build sources come from and built slugs go to.
-//! With an `https://` URL both speak TLS with [`crate::daemon::tls::ClientTls`].
+//! by the agent and redialled for as long as the agent runs) and the blob store (HTTP, same
+//! URL and token) that slugs and build sources come from and built slugs go to. With
+//! `https://` URLs both speak TLS with [`crate::daemon::tls::ClientTls`].
+//!
+//! The agent knows every scheduler replica ([`Endpoints`]): the link dials the next one when
+//! the current one is unreachable, refuses as a follower (`unavailable`, naming the leader in
+//! `manifold-leader`, which is dialled next) or drops the stream. Blobs go to the replica the
+//! link last reached (any replica serves them). Nothing about a dyno depends on which
+//! replica is linked: after a failover the new leader gets the same `Hello`, with every
+//! dyno this host runs, and answers with the assignments the replicas share.
 //!
 //! This module only moves messages: [`run`] hands every connection and every message from the
 //! scheduler to the daemon as a [`LinkEvent`], and the daemon decides what to send. Who sends
@@ -11,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use manifold_endpoints::{EndpointError, Endpoints, LEADER_HEADER};
 use manifold_proto::agent_link_client::AgentLinkClient;
 use manifold_proto::{AgentMessage, SchedulerMessage};
 use sha2::Digest;
@@ -25,45 +33,57 @@ use crate::daemon::tls::{ClientTls, TlsError};
 /// daemon keeps its reports in its outbox ([`crate::daemon::outbox`]) and log lines in their queue.
 pub const OUTBOUND_BUFFER: usize = 4096;
 
-/// Where the scheduler is and how to prove who we are.
+/// Where the schedulers are and how to prove who we are.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
-    /// `http(s)://host:port`, without a trailing slash.
-    pub url: String,
+    /// Every replica; clones share which one last worked.
+    pub endpoints: Endpoints,
     pub token: Option<String>,
-    /// For an `https://` URL: the roots the scheduler is checked against and this host's
+    /// For `https://` URLs: the roots the schedulers are checked against and this host's
     /// certificate.
     pub tls: Option<Arc<ClientTls>>,
     /// The blob client (with `tls`' roots and certificate).
     http: reqwest::Client,
 }
 
+/// Errors in the agent's scheduler settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("--scheduler (MANIFOLD_SCHEDULER)")]
+    Endpoints(#[from] EndpointError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
 impl Scheduler {
-    /// A scheduler at `url`; an `https://` one needs [`Scheduler::with_tls`].
-    pub fn new(url: &str, token: Option<String>) -> Self {
+    /// The schedulers at `endpoints`; `https://` ones need [`Scheduler::with_tls`].
+    pub fn new(endpoints: Endpoints, token: Option<String>) -> Self {
         Scheduler {
-            url: url.trim_end_matches('/').to_string(),
+            endpoints,
             token,
             tls: None,
             http: reqwest::Client::new(),
         }
     }
 
-    /// A scheduler at `url` as the agent's flags give it: an `https://` one is checked
-    /// against `cluster_ca` (else the system roots), and this host presents `cert` and `key`
-    /// when given. The files are read now, so a missing or broken one stops the start; for an
-    /// `http://` URL they are an error (they would be ignored).
+    /// The schedulers at `urls` (comma-separated) as the agent's flags give them: `https://`
+    /// ones are checked against `cluster_ca` (else the system roots), and this host presents
+    /// `cert` and `key` when given. The files are read now, so a missing or broken one stops
+    /// the start; for `http://` URLs they are an error (they would be ignored).
     pub fn configure(
-        url: &str,
+        urls: &str,
         token: Option<String>,
         cluster_ca: Option<&Path>,
         cert: Option<&Path>,
         key: Option<&Path>,
-    ) -> Result<Scheduler, TlsError> {
-        let scheduler = Scheduler::new(url, token);
-        if !url.starts_with("https://") {
+    ) -> Result<Scheduler, SchedulerError> {
+        let scheduler = Scheduler::new(Endpoints::parse(urls)?, token);
+        if !scheduler.endpoints.is_https() {
             if cluster_ca.is_some() || cert.is_some() || key.is_some() {
-                return Err(TlsError::NotHttps { url: scheduler.url });
+                return Err(TlsError::NotHttps {
+                    url: urls.to_string(),
+                }
+                .into());
             }
             return Ok(scheduler);
         }
@@ -76,7 +96,7 @@ impl Scheduler {
         Ok(scheduler.with_tls(tls))
     }
 
-    /// Speaks TLS with `tls` (for an `https://` URL).
+    /// Speaks TLS with `tls` (for `https://` URLs).
     pub fn with_tls(mut self, tls: ClientTls) -> Self {
         self.http = tls.http();
         self.tls = Some(Arc::new(tls));
@@ -122,59 +142,72 @@ pub enum LinkError {
     },
 }
 
-/// Redial delays: 100 ms doubling to 5 s, back to 100 ms once a stream was established.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    pub fn new() -> Self {
-        Backoff { next: Self::FIRST }
+/// The leader a refusing scheduler named (`unavailable` with [`LEADER_HEADER`]), checked
+/// against `endpoints`; a bad name is logged and ignored.
+pub fn named_leader(endpoints: &Endpoints, status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
     }
-
-    /// The delay before the next attempt, after a failed one.
-    pub fn failed(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
-
-/// Holds a link to the scheduler until `events`' receiver is dropped: dials, reports the
-/// stream, forwards what the scheduler sends, and redials with [`Backoff`] when it ends.
-pub async fn run(scheduler: Scheduler, events: mpsc::UnboundedSender<LinkEvent>) {
-    let mut backoff = Backoff::new();
-    loop {
-        match session(&scheduler, &events, &mut backoff).await {
-            Ok(()) => tracing::warn!("the scheduler closed the agent link"),
-            Err(err) => tracing::warn!("agent link: {}", crate::error::chain(&err)),
+    let value = status.metadata().get(LEADER_HEADER)?;
+    let named = value
+        .to_str()
+        .map_err(|_| format!("{value:?} is not text"))
+        .and_then(|v| endpoints.leader_hint(v).map_err(|e| e.to_string()));
+    match named {
+        Ok(url) => Some(url),
+        Err(err) => {
+            tracing::warn!("a scheduler named a leader that is not one: {err}");
+            None
         }
+    }
+}
+
+/// How one [`session`] went.
+#[derive(Debug)]
+enum Session {
+    /// No stream: the scheduler was unreachable or refused (a follower names the leader).
+    Refused(LinkError),
+    /// A stream was open, and ended (cleanly or not).
+    Ended(Result<(), LinkError>),
+}
+
+/// Holds a link to a scheduler until `events`' receiver is dropped: dials, reports the
+/// stream, forwards what the scheduler sends, and when it ends or fails, dials the next
+/// candidate of [`Endpoints`] (after its pause).
+pub async fn run(scheduler: Scheduler, events: mpsc::UnboundedSender<LinkEvent>) {
+    let mut endpoints = scheduler.endpoints.fresh();
+    loop {
+        let url = endpoints.current().to_string();
+        let pause = match session(&scheduler, &url, &events, &mut endpoints).await {
+            Session::Ended(Ok(())) => {
+                tracing::warn!("{url} closed the agent link");
+                endpoints.dropped()
+            }
+            Session::Ended(Err(err)) => {
+                tracing::warn!("agent link to {url}: {}", crate::error::chain(&err));
+                endpoints.dropped()
+            }
+            Session::Refused(err) => {
+                tracing::warn!("agent link to {url}: {}", crate::error::chain(&err));
+                let leader = match &err {
+                    LinkError::Stream { source } => named_leader(&endpoints, source),
+                    _ => None,
+                };
+                endpoints.failed(leader)
+            }
+        };
         if events.send(LinkEvent::Disconnected).is_err() {
             return;
         }
-        tokio::time::sleep(backoff.failed()).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
-/// Opens a connection to the scheduler (HTTP/2, on which AgentLink's streams run).
-pub async fn dial(scheduler: &Scheduler) -> Result<Channel, LinkError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(scheduler.url.clone())
+/// Opens a connection to the scheduler at `url` (HTTP/2, on which AgentLink's streams run).
+pub async fn dial(scheduler: &Scheduler, url: &str) -> Result<Channel, LinkError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|source| LinkError::Address {
-            url: scheduler.url.clone(),
+            url: url.to_string(),
             source,
         })?
         .connect_timeout(Duration::from_secs(5))
@@ -186,7 +219,7 @@ pub async fn dial(scheduler: &Scheduler) -> Result<Channel, LinkError> {
         Some(tls) => endpoint
             .tls_config(tls.tonic())
             .map_err(|source| LinkError::Address {
-                url: scheduler.url.clone(),
+                url: url.to_string(),
                 source,
             })?,
         None => endpoint,
@@ -195,7 +228,7 @@ pub async fn dial(scheduler: &Scheduler) -> Result<Channel, LinkError> {
         .connect()
         .await
         .map_err(|source| LinkError::Connect {
-            url: scheduler.url.clone(),
+            url: url.to_string(),
             source,
         })
 }
@@ -210,35 +243,46 @@ pub fn request<T>(scheduler: &Scheduler, message: T) -> Result<tonic::Request<T>
     Ok(request)
 }
 
-/// One connection: returns when the stream ends.
+/// One connection to `url`: returns when the stream ends, or when there is none.
 async fn session(
     scheduler: &Scheduler,
+    url: &str,
     events: &mpsc::UnboundedSender<LinkEvent>,
-    backoff: &mut Backoff,
-) -> Result<(), LinkError> {
-    let channel = dial(scheduler).await?;
+    endpoints: &mut Endpoints,
+) -> Session {
+    let channel = match dial(scheduler, url).await {
+        Ok(channel) => channel,
+        Err(err) => return Session::Refused(err),
+    };
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
     // The daemon queues `Hello` before anything else can use the sender.
     if events.send(LinkEvent::Connected(tx)).is_err() {
-        return Ok(());
+        return Session::Ended(Ok(()));
     }
-    let request = request(scheduler, ReceiverStream::new(rx))?;
+    let request = match request(scheduler, ReceiverStream::new(rx)) {
+        Ok(request) => request,
+        Err(err) => return Session::Refused(err),
+    };
     let stream_err = |status| LinkError::Stream {
         source: Box::new(status),
     };
-    let mut inbound = AgentLinkClient::new(channel)
-        .link(request)
-        .await
-        .map_err(stream_err)?
-        .into_inner();
-    tracing::info!("linked to {}", scheduler.url);
-    backoff.reset();
-    while let Some(message) = inbound.message().await.map_err(stream_err)? {
-        if events.send(LinkEvent::Message(message)).is_err() {
-            return Ok(());
+    let mut inbound = match AgentLinkClient::new(channel).link(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Session::Refused(stream_err(status)),
+    };
+    tracing::info!("linked to {url}");
+    endpoints.succeeded();
+    Session::Ended(
+        async {
+            while let Some(message) = inbound.message().await.map_err(stream_err)? {
+                if events.send(LinkEvent::Message(message)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
         }
-    }
-    Ok(())
+        .await,
+    )
 }
 
 /// Errors moving blobs.
@@ -290,8 +334,12 @@ impl Blobs {
         self
     }
 
+    /// At the replica the link last reached: any replica serves blobs.
     fn url(&self, sha256: &str) -> String {
-        format!("{}/agent/v1/blobs/{sha256}", self.scheduler.url)
+        format!(
+            "{}/agent/v1/blobs/{sha256}",
+            self.scheduler.endpoints.leader()
+        )
     }
 
     fn authorize(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -411,22 +459,5 @@ impl Blobs {
             });
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_five_seconds_and_resets() {
-        let mut b = Backoff::new();
-        let delays: Vec<_> = (0..9).map(|_| b.failed().as_millis()).collect();
-        assert_eq!(
-            delays,
-            vec![100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
-        );
-        b.reset();
-        assert_eq!(b.failed(), Duration::from_millis(100));
     }
 }

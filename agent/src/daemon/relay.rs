@@ -10,8 +10,9 @@
 //! checks what the scheduler sends decodes; the shim acts on the frames. Nothing waits
 //! unbounded: the relay holds at most one batch read from the shim and one packet from the
 //! scheduler, so a slow side slows the other down (the shim buffers, then stops reading the
-//! dyno). The gRPC stream is redialled with [`Backoff`] while the dyno lives; the socket is
-//! kept, and the shim keeps the dyno's output meanwhile. After an agent restart the new
+//! dyno). The gRPC stream is redialled while the dyno lives, to the next scheduler of
+//! [`Endpoints`] (the attach session lives in the leader, which a follower names); the socket
+//! is kept, and the shim keeps the dyno's output meanwhile. After an agent restart the new
 //! relay's connection replaces the old one at the shim.
 
 use std::time::Duration;
@@ -24,7 +25,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::daemon::link::{self, Backoff, LinkError, Scheduler};
+use manifold_endpoints::Endpoints;
+
+use crate::daemon::link::{self, LinkError, Scheduler};
 use crate::dyno::DynoDir;
 use crate::runner::shim_alive;
 
@@ -67,23 +70,45 @@ pub async fn run(scheduler: Scheduler, dyno_id: String, dir: DynoDir) {
         written: 0,
         shim_done: false,
     };
-    let mut backoff = Backoff::new();
+    let mut endpoints = scheduler.endpoints.fresh();
     loop {
-        match relay.stream(&scheduler, &mut socket, &mut backoff).await {
+        let url = endpoints.current().to_string();
+        let pause = match relay
+            .stream(&scheduler, &url, &mut socket, &mut endpoints)
+            .await
+        {
             Ok(()) if relay.shim_done && relay.up.is_empty() => return,
-            Ok(()) => tracing::info!("{}: the scheduler ended the attach stream", relay.dyno_id),
-            Err(err) => tracing::warn!(
-                "{}: attach relay: {}",
-                relay.dyno_id,
-                crate::error::chain(&err)
-            ),
-        }
+            Ok(()) => {
+                tracing::info!("{}: {url} ended the attach stream", relay.dyno_id);
+                endpoints.dropped()
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "{}: attach relay to {url}: {}",
+                    relay.dyno_id,
+                    crate::error::chain(&err)
+                );
+                endpoints.failed(err.named_leader(&endpoints))
+            }
+        };
         // Frames the shim sent before it ended are still worth redialling for; the daemon
         // gives up on them a while after the dyno is gone.
         if !relay.shim_done && !shim_alive(&dir) {
             return;
         }
-        tokio::time::sleep(backoff.failed()).await;
+        tokio::time::sleep(pause).await;
+    }
+}
+
+impl RelayError {
+    /// The leader a follower named when it refused the stream.
+    fn named_leader(&self, endpoints: &Endpoints) -> Option<String> {
+        match self {
+            RelayError::Stream(status) | RelayError::Link(LinkError::Stream { source: status }) => {
+                link::named_leader(endpoints, status)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -102,16 +127,18 @@ struct Relay {
 }
 
 impl Relay {
-    /// One gRPC stream: returns when it ends, or once the shim is done and its last frames
-    /// went up. The backoff starts over once the stream carries something: a scheduler that
-    /// accepts streams only to end them at once is not redialled ten times a second.
+    /// One gRPC stream to `url`: returns when it ends, or once the shim is done and its last
+    /// frames went up. The scheduler counts as working (and the pauses start over) once the
+    /// stream carries something: a scheduler that accepts streams only to end them at once
+    /// is not redialled ten times a second.
     async fn stream(
         &mut self,
         scheduler: &Scheduler,
+        url: &str,
         socket: &mut UnixStream,
-        backoff: &mut Backoff,
+        endpoints: &mut Endpoints,
     ) -> Result<(), RelayError> {
-        let channel = link::dial(scheduler).await?;
+        let channel = link::dial(scheduler, url).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_PACKETS);
         let hello = AttachPacket {
             dyno_id: self.dyno_id.clone(),
@@ -146,7 +173,7 @@ impl Relay {
                             dyno_id: String::new(),
                             frames: std::mem::take(&mut self.up),
                         });
-                        backoff.reset();
+                        endpoints.succeeded();
                     }
                     Err(_) => return Ok(()),
                 },
@@ -156,7 +183,7 @@ impl Relay {
                             decode_all(&packet.frames).map_err(RelayError::Frames)?;
                             self.down = packet.frames;
                             self.written = 0;
-                            backoff.reset();
+                            endpoints.succeeded();
                         }
                         None => return Ok(()),
                     }

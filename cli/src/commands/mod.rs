@@ -31,7 +31,7 @@ const MAX_SOURCE_BYTES: u64 = 512 << 20;
 /// Runs one command; the exit code is 0 unless the command says otherwise (`run` passes
 /// on the dyno's). Errors are for `main` to print, with exit code 1.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    let client = Client::new(Settings::from_env().with_ca(cli.ca.clone()))?;
+    let client = Client::new(Settings::from_env()?.with_ca(cli.ca.clone()))?;
     let ctx = Ctx {
         client,
         json: cli.json,

@@ -302,7 +302,8 @@ impl Following {
         let (stop_router, router_stopped) = tokio::sync::oneshot::channel::<()>();
         let follower = tokio::spawn(crate::followers::run(
             crate::followers::FollowConfig {
-                scheduler: format!("http://{api_addr}"),
+                scheduler: manifold_endpoints::Endpoints::parse(&format!("http://{api_addr}"))
+                    .expect("url"),
                 token: "follower-token".into(),
                 router: manifold_router::RouterConfig {
                     workers: 0,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router as Routes;
+use manifold_endpoints::Endpoints;
 
 use crate::http::ApiError;
 
@@ -16,8 +17,9 @@ use super::*;
 /// every line from `GET /logplex/v1/firehose` into its own plex and serves `GET
 /// /apps/{app}/log-stream` (the same API as the scheduler's, same token), so that many
 /// `logs --tail` readers cost the scheduler one stream. Drains stay with the scheduler.
+/// The firehose is the leader's: it follows the leader among the `scheduler` replicas.
 pub async fn run_logplex(
-    scheduler: String,
+    scheduler: Endpoints,
     token: String,
     client: reqwest::Client,
     listener: tokio::net::TcpListener,
@@ -50,7 +52,7 @@ pub async fn run_logplex(
 struct Follower {
     plex: manifold_logplex::LogPlex,
     client: reqwest::Client,
-    scheduler: String,
+    scheduler: Endpoints,
 }
 
 /// Checks the reader's token and the app against the scheduler (which has both), then
@@ -68,10 +70,11 @@ async fn follower_log_stream(
         .unwrap_or_default();
     // The scheduler checks the reader's token and the app at once: this process holds only
     // the follower token, which reads the firehose and cannot tell a user's token from
-    // another.
+    // another. Any replica answers (a read): the one the firehose last came from.
+    let scheduler = f.scheduler.leader();
     let known = f
         .client
-        .get(format!("{}/apps/{app}", f.scheduler))
+        .get(format!("{scheduler}/apps/{app}"))
         .bearer_auth(given)
         .timeout(Duration::from_secs(10))
         .send()
@@ -80,7 +83,7 @@ async fn follower_log_stream(
             ApiError::new(
                 axum::http::StatusCode::BAD_GATEWAY,
                 "bad_gateway",
-                format!("cannot reach the scheduler {}: {e}", f.scheduler),
+                format!("cannot reach the scheduler {scheduler}: {e}"),
             )
         })?;
     match known.status() {
@@ -98,7 +101,7 @@ async fn follower_log_stream(
             return Err(ApiError::new(
                 axum::http::StatusCode::BAD_GATEWAY,
                 "bad_gateway",
-                format!("the scheduler {} answered {status}", f.scheduler),
+                format!("the scheduler {scheduler} answered {status}"),
             ));
         }
         _ => {}
@@ -106,23 +109,26 @@ async fn follower_log_stream(
     crate::logs::stream_response(&f.plex, &app, q)
 }
 
-/// Feeds the plex from the scheduler's firehose, reconnecting while the process runs.
+/// Feeds the plex from the leader's firehose, reconnecting (to the next replica when it
+/// ends) while the process runs. The firehose has no cursor: a new leader's starts with
+/// the lines it gets from then on.
 async fn follow_firehose(
     client: reqwest::Client,
-    scheduler: String,
+    scheduler: Endpoints,
     token: String,
     plex: manifold_logplex::LogPlex,
 ) {
     use futures::StreamExt;
+    let mut endpoints = scheduler.fresh();
     loop {
-        let response = client
-            .get(format!("{scheduler}/logplex/v1/firehose"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        match response {
-            Ok(r) => {
+        let response = leader::call(&mut endpoints, "cannot follow the firehose", |url| {
+            client
+                .get(format!("{url}/logplex/v1/firehose"))
+                .bearer_auth(&token)
+        })
+        .await;
+        if let Some((scheduler, r)) = response {
+            {
                 let mut body = r.bytes_stream();
                 let mut partial: Vec<u8> = Vec::new();
                 while let Some(Ok(chunk)) = body.next().await {
@@ -137,8 +143,7 @@ async fn follow_firehose(
                 }
                 tracing::warn!("the firehose of {scheduler} ended; reconnecting");
             }
-            Err(err) => tracing::warn!("cannot follow {scheduler}'s firehose: {}", causes(err)),
+            tokio::time::sleep(endpoints.dropped()).await;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -14,9 +14,16 @@
 //! - `POST /router/v1/events` carries what the router's [`manifold_router::Hooks`] saw: apps that got
 //!   requests (sleep-on-idle), apps to wake, and `heroku[router]` lines for the log plex.
 //!
+//! Each follows the scheduler replicas it is given (`--scheduler URL,URL…`, see
+//! `leader.rs`): requests go to the one that last answered, and move to the leader a
+//! follower replica names, or to the next replica, when it does not. A new leader's route
+//! table has versions of its own, so the router takes its whole table at the first answer
+//! from a scheduler other than the last one.
+//!
 //! What it cannot do from afar: a stopping dyno is drained only of the requests of the
 //! scheduler's own router (the scheduler does not wait on remote routers' in-flight counts).
 
+mod leader;
 mod logplex;
 mod router;
 mod routes;
@@ -35,3 +42,6 @@ pub use wire::{
 fn causes(err: impl std::error::Error + Send + Sync + 'static) -> String {
     format!("{:#}", anyhow::Error::new(err))
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use manifold_endpoints::Endpoints;
 use manifold_router::{AppRoute, Hooks, RouteTable, Router, RouterConfig};
 use tokio::sync::Notify;
 
@@ -18,8 +19,8 @@ const EVENTS_EVERY: Duration = Duration::from_millis(250);
 /// Where a following router listens and whom it follows.
 #[derive(Debug, Clone)]
 pub struct FollowConfig {
-    /// `http(s)://host:port` of the scheduler's API.
-    pub scheduler: String,
+    /// The scheduler replicas' APIs (`http(s)://host:port`); the router follows the leader.
+    pub scheduler: Endpoints,
     pub token: String,
     pub router: RouterConfig,
     /// The HTTP client for the scheduler (with the roots an https:// scheduler is checked
@@ -100,29 +101,38 @@ pub async fn run(
     served
 }
 
-/// Keeps `table` equal to the scheduler's, long-polling for changes; on errors retries
-/// with the table as it was (routing goes on while the scheduler is away).
+/// Keeps `table` equal to the leader's, long-polling for changes; on errors retries with
+/// the table as it was (routing goes on while the schedulers are away), at the next
+/// scheduler replica.
 async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: RouteTable) {
-    let mut version: Option<u64> = None;
+    let mut endpoints = config.scheduler.fresh();
+    // The version of the table, and which scheduler it is a version of: another one (a new
+    // leader) counts its own, so its first answer is taken whole.
+    let mut version: Option<(String, u64)> = None;
     let mut edge: Option<crate::edge::Edge> = None;
     // Says which router this is, so that the scheduler knows which version each routes by.
     let id = uuid::Uuid::new_v4();
     loop {
-        let mut url = format!("{}/router/v1/routes", config.scheduler);
-        if let Some(v) = version {
-            url.push_str(&format!("?after={v}&router={id}"));
-        }
-        let reply = client
-            .get(&url)
-            .bearer_auth(&config.token)
-            .timeout(LONG_POLL + Duration::from_secs(10))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        match reply {
-            Ok(r) => match r.json::<RoutesReply>().await {
+        let after = version
+            .as_ref()
+            .filter(|(from, _)| from == endpoints.current())
+            .map(|(_, v)| *v);
+        let reply = leader::call(&mut endpoints, "cannot get routes", |scheduler| {
+            let mut url = format!("{scheduler}/router/v1/routes");
+            if let Some(v) = after {
+                url.push_str(&format!("?after={v}&router={id}"));
+            }
+            client
+                .get(url)
+                .bearer_auth(&config.token)
+                .timeout(LONG_POLL + Duration::from_secs(10))
+        })
+        .await;
+        if let Some((scheduler, r)) = reply {
+            match r.json::<RoutesReply>().await {
                 Ok(routes) => {
-                    if version != Some(routes.version) {
+                    let now = (scheduler.clone(), routes.version);
+                    if version.as_ref() != Some(&now) {
                         let table_now: HashMap<String, AppRoute> = routes
                             .routes
                             .iter()
@@ -132,30 +142,22 @@ async fn follow_routes(client: reqwest::Client, config: FollowConfig, table: Rou
                         let edge_now = edge_from_wire(routes.edge);
                         edge_now.apply(&table, edge.as_ref());
                         edge = Some(edge_now);
-                        version = Some(routes.version);
+                        version = Some(now);
                     }
                 }
                 Err(err) => {
-                    tracing::warn!("routes from {}: {err}", config.scheduler);
+                    tracing::warn!("routes from {scheduler}: {err}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-            },
-            Err(err) => {
-                tracing::warn!(
-                    "cannot get routes from {}: {}",
-                    config.scheduler,
-                    causes(err)
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// Sends the hooks' events every [`EVENTS_EVERY`] (a wake at once); what cannot be sent is
-/// dropped, except wakes, which are retried.
+/// Sends the hooks' events every [`EVENTS_EVERY`] (a wake at once) to the scheduler the
+/// route table last came from; what cannot be sent is dropped, except wakes, which are
+/// sent again with the next batch.
 async fn send_events(client: reqwest::Client, config: FollowConfig, pending: Arc<Pending>) {
-    let url = format!("{}/router/v1/events", config.scheduler);
     loop {
         tokio::select! {
             () = pending.urgent.notified() => {}
@@ -165,20 +167,16 @@ async fn send_events(client: reqwest::Client, config: FollowConfig, pending: Arc
         if events.traffic.is_empty() && events.wake.is_empty() && events.lines.is_empty() {
             continue;
         }
-        let sent = client
-            .post(&url)
-            .bearer_auth(&config.token)
-            .json(&events)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        if let Err(err) = sent {
-            tracing::warn!(
-                "cannot send router events to {}: {}",
-                config.scheduler,
-                causes(err)
-            );
+        let mut endpoints = config.scheduler.fresh();
+        let sent = leader::call(&mut endpoints, "cannot send router events", |scheduler| {
+            client
+                .post(format!("{scheduler}/router/v1/events"))
+                .bearer_auth(&config.token)
+                .json(&events)
+                .timeout(Duration::from_secs(10))
+        })
+        .await;
+        if sent.is_none() {
             lock(&pending.events).wake.extend(events.wake);
         }
     }

@@ -13,7 +13,9 @@ use manifold_agent::host::{netpolicy, network};
 
 #[derive(Args)]
 pub(crate) struct DaemonArgs {
-    /// The scheduler's URL (gRPC and blobs), e.g. http://scheduler:7000.
+    /// The schedulers' URLs (gRPC and blobs), comma-separated, e.g.
+    /// https://10.0.0.1:8750,https://10.0.0.2:8750: the agent links to the leader among them
+    /// and moves to another when it goes (a DNS name with several addresses works too).
     #[arg(long, env = "MANIFOLD_SCHEDULER")]
     pub(crate) scheduler: Option<String>,
     /// The agent token.
@@ -124,7 +126,7 @@ pub(crate) fn daemon_config(
 ) -> anyhow::Result<daemon::DaemonConfig> {
     let mut host = host_config(state_dir, &args);
     let Some(scheduler) = args.scheduler else {
-        bail!("give a command, or --scheduler URL (MANIFOLD_SCHEDULER) to run the daemon");
+        bail!("give a command, or --scheduler URL[,URL…] (MANIFOLD_SCHEDULER) to run the daemon");
     };
     let token = match (args.token, args.token_file) {
         (Some(token), _) => Some(token),

@@ -30,7 +30,10 @@ struct Harness {
 
 fn config(state_dir: &Path) -> DaemonConfig {
     DaemonConfig {
-        scheduler: Scheduler::new("http://127.0.0.1:9", None),
+        scheduler: Scheduler::new(
+            manifold_endpoints::Endpoints::parse("http://127.0.0.1:9").expect("url"),
+            None,
+        ),
         host_id: "test-host".into(),
         address: "127.0.0.1".into(),
         memory_bytes: 1 << 30,
@@ -494,3 +497,5 @@ async fn assignments_of_a_deposed_leaders_term_are_refused() {
         .await;
     assert_eq!(h.core.state.term, 3);
 }
+
+mod failover;
