@@ -90,7 +90,7 @@ impl From<StoreError> for ApiError {
             // was written, and the client goes to the new leader as for any follower.
             StoreError::Fenced { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not_leader",
+                manifold_endpoints::NOT_LEADER,
                 format!("{err}; retry: another scheduler leads now"),
             ),
             _ => {

@@ -31,8 +31,9 @@ use crate::store::{Fence, Store};
 /// leads within this plus one campaign interval (a third of it).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
 
-/// The header (HTTP) and metadata key (gRPC) in which a follower names the leader's URL.
-pub const LEADER_HEADER: &str = "manifold-leader";
+/// The header (HTTP) and metadata key (gRPC) in which a follower names the leader's URL:
+/// the clients' constant, so both sides speak one contract.
+pub use manifold_endpoints::LEADER_HEADER;
 
 /// What this replica is in the cluster now.
 #[derive(Debug, Clone, PartialEq, Eq)]

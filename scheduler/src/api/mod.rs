@@ -194,7 +194,7 @@ async fn follower_gate(
     let leader = core.leadership.leader_url();
     let mut res = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "not_leader",
+        manifold_endpoints::NOT_LEADER,
         format!(
             "this scheduler is not the leader; the leader is {}",
             leader

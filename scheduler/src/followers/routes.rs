@@ -51,10 +51,23 @@ async fn get_routes(
         core.routing.follower_at(id, after);
     }
     let mut changes = core.routing.changes();
+    let mut role = core.leadership.subscribe();
     if let Some(after) = q.after {
         if *changes.borrow_and_update() == after {
-            let _ = tokio::time::timeout(LONG_POLL, changes.changed()).await;
+            // A poll ends early when this replica stops leading: the router asks again and
+            // is sent to the new leader, rather than waiting out the poll on a deposed one.
+            tokio::select! {
+                _ = tokio::time::timeout(LONG_POLL, changes.changed()) => {}
+                _ = role.changed() => {}
+            }
         }
+    }
+    if core.leadership.holds().is_none() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            manifold_endpoints::NOT_LEADER,
+            "this scheduler stopped leading during the poll: ask the leader",
+        ));
     }
     let published = core.routing.published();
     Ok(axum::Json(RoutesReply {
