@@ -1,11 +1,18 @@
 //! The store: everything the scheduler must not forget, behind one interface.
 //!
-//! [`Store`] is the interface; [`sqlite::SqliteStore`] the embedded default (one file,
-//! migrations in `scheduler/migrations`). Every method is one transaction, so a crash
-//! mid-change leaves the state as before it or after it, never half-written. The interface
-//! speaks in whole operations (`finish_build` stores the slug, the release and the build's
-//! outcome at once) rather than rows, so a PostgreSQL backend can serve several schedulers
-//! with the same guarantees.
+//! [`Store`] is the interface; [`sql::SqlStore`] its implementation, on an SQLite file (the
+//! embedded default) or a PostgreSQL database several schedulers share (`--database`).
+//! Every method is one transaction, so a crash mid-change leaves the state as before it or
+//! after it, never half-written. The interface speaks in whole operations (`finish_build`
+//! stores the slug, the release and the build's outcome at once) rather than rows, so both
+//! databases give the same guarantees.
+//!
+//! Several schedulers on one database elect a leader through the store: a lease row with a
+//! term that only grows ([`Store::campaign`], [`Store::leader`], [`Store::resign`]). The
+//! leader fences its store with its term ([`Store::set_fence`]): from then on each of its
+//! writes checks, in its own transaction and under the write lock, that the lease is still
+//! its own, so a leader that lost the lease (paused, partitioned, slow) cannot write over its
+//! successor: its writes fail with [`StoreError::Fenced`] and change nothing.
 
 use std::collections::BTreeMap;
 

@@ -1,23 +1,40 @@
-//! The embedded store: one SQLite file in WAL mode.
+//! The store in SQL, one implementation for SQLite and PostgreSQL.
 //!
-//! Every [`Store`] method runs in one transaction. Methods that write start it with
-//! `BEGIN IMMEDIATE`: a deferred transaction that reads before it writes can fail with
-//! `SQLITE_BUSY` when another writer commits in between (the busy timeout cannot help a
-//! stale snapshot), whereas an immediate one takes the write lock up front and simply waits
-//! its turn. Methods that only read use a plain (deferred) transaction, which in WAL mode
-//! reads one consistent snapshot without blocking writers.
+//! Why one: the two would otherwise be two copies of every query, free to drift apart.
+//! sqlx's `Any` driver runs the same SQL text on either (the schema's encoding is portable:
+//! uuids as hyphenated TEXT, timestamps as RFC 3339 TEXT in UTC with nine fractional digits,
+//! so they sort lexically as time, maps and lists as JSON TEXT, enums as their lowercase
+//! names, flags as 0 or 1, every integer 64-bit). The queries keep to what both speak: `$N`
+//! placeholders, `ON CONFLICT … DO UPDATE`, `RETURNING`, `"user"` quoted (reserved in
+//! PostgreSQL). What cannot be shared (how a transaction starts, the clock, the migrations)
+//! is in `dialect`, and nowhere else. Integers the model keeps unsigned are checked on the
+//! way in and out rather than cast, so a value the database cannot hold is an error, not a
+//! silent wrap.
 //!
-//! Encoding: uuids as hyphenated TEXT, timestamps as RFC 3339 TEXT in UTC with nine
-//! fractional digits (so they sort lexically as time), maps and lists as JSON TEXT, enums
-//! as their lowercase names. Integers the model keeps unsigned are checked on the way in
-//! and out rather than cast, so a value SQLite cannot hold is an error, not a silent wrap.
+//! Every [`Store`] method runs in one transaction. Methods that write take the one write
+//! lock first, so writers run one at a time, and a method may read then write (the next
+//! release version is the last plus one) without another writer slipping in between. On
+//! SQLite that is `BEGIN IMMEDIATE`: a deferred transaction that reads before it writes can
+//! fail with `SQLITE_BUSY` when another writer commits in between, whereas an immediate one
+//! takes the write lock up front and simply waits its turn. PostgreSQL gets the same by a
+//! transaction-scoped advisory lock on one key (`pg_advisory_xact_lock`), taken first; the
+//! transaction is READ COMMITTED, so every statement after the lock sees the last writer's
+//! commit (REPEATABLE READ would keep the snapshot taken before the wait). Serialisable
+//! transactions would do too, but would make every method retry on conflicts; the scheduler's
+//! writes are small and few, and one queue is simpler to reason about. Methods that only read
+//! take one snapshot and block no writer: a deferred transaction in WAL mode on SQLite,
+//! REPEATABLE READ READ ONLY on PostgreSQL.
+//!
+//! The leader's lease (`lease`) lives in the same database and is taken under the same write
+//! lock, which is what makes fencing sound: a write checks its holder's term after taking the
+//! lock, and the lease cannot change hands until that write commits.
 //!
 //! One file per aggregate, each with the operations of the [`Store`] methods on it and the
 //! queries they share: `apps` (and the lookups of an app every other file starts from),
 //! `drains`, `releases` (with config changes, which append to the ledger), `builds`
-//! (and slugs), `dynos` (formation, placement and reports), `hosts`; `rows` holds the
-//! encoding above. Each operation opens and commits its own transaction, so the
-//! one-transaction rule can be checked one function at a time.
+//! (and slugs), `dynos` (formation, placement and reports), `hosts`, `domains`, `acme`,
+//! `lease`; `rows` holds the encoding above. Each operation opens and commits its own
+//! transaction, so the one-transaction rule can be checked one function at a time.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
