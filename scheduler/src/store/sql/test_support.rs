@@ -1,9 +1,13 @@
 //! What the store's unit tests share: a store on each database (an SQLite file in a temp
-//! dir, then a throwaway PostgreSQL server), the rows they fill it with, and the names they
-//! all use.
+//! dir, then a database of its own on a throwaway PostgreSQL server), the rows they fill it
+//! with, and the names they all use.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use sqlx::{Connection, Executor, PgConnection};
 
 use manifold_test_support::postgres::Postgres;
 use tempfile::TempDir;
@@ -20,17 +24,63 @@ pub(super) use crate::store::{BuildOutcome, DynoChanges, Store};
 
 pub(super) use super::{Database, SqlStore};
 
-/// The database of one run of a test, removed when dropped.
+/// The database of one run of a test, removed when dropped (PostgreSQL's with the server,
+/// once no test uses it).
 pub(super) enum TestDb {
     Sqlite(TempDir),
-    Postgres(Postgres),
+    Postgres {
+        /// Held so that the server outlives the test.
+        _server: Arc<Postgres>,
+        url: String,
+    },
+}
+
+/// The PostgreSQL server the tests running now share, each in a database of its own:
+/// starting a server takes seconds, a database a moment. The last test to finish with it
+/// drops it (the server is stopped and its directory removed); a later test starts another.
+static SERVER: Mutex<Weak<Postgres>> = Mutex::new(Weak::new());
+
+/// Numbers the tests' databases, unique within the server's life (and the process's).
+static DATABASES: AtomicU64 = AtomicU64::new(0);
+
+/// A new, empty database on the shared server, or `None` when this machine cannot start
+/// one (outside CI; [`Postgres::start`] says why).
+async fn postgres(test: &str) -> Option<TestDb> {
+    let server = {
+        let mut shared = SERVER.lock().unwrap_or_else(PoisonError::into_inner);
+        match shared.upgrade() {
+            Some(server) => server,
+            None => {
+                let server = Arc::new(Postgres::start(test)?);
+                *shared = Arc::downgrade(&server);
+                server
+            }
+        }
+    };
+    let name = format!("test_{}", DATABASES.fetch_add(1, Ordering::Relaxed));
+    let mut admin = PgConnection::connect(&server.url())
+        .await
+        .expect("connect to the test server");
+    admin
+        .execute(&*format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the test's database");
+    admin.close().await.expect("close");
+    let (base, _) = server
+        .url()
+        .rsplit_once('/')
+        .map(|(b, d)| (b.to_owned(), d.to_owned()))?;
+    Some(TestDb::Postgres {
+        _server: server,
+        url: format!("{base}/{name}"),
+    })
 }
 
 impl TestDb {
     pub(super) fn database(&self) -> Database {
         match self {
             TestDb::Sqlite(dir) => Database::Sqlite(dir.path().join("manifold.db")),
-            TestDb::Postgres(server) => Database::Postgres(server.url()),
+            TestDb::Postgres { url, .. } => Database::Postgres(url.clone()),
         }
     }
 
@@ -48,11 +98,14 @@ where
     F: Fn(TestDb) -> Fut,
     Fut: Future<Output = ()>,
 {
+    // The server first, so that it is held through the whole test and the next test finds
+    // it running.
+    let postgres = postgres(name).await;
     eprintln!("{name}: on SQLite");
     test(TestDb::Sqlite(tempfile::tempdir().expect("tempdir"))).await;
-    if let Some(server) = Postgres::start(name) {
+    if let Some(db) = postgres {
         eprintln!("{name}: on PostgreSQL");
-        test(TestDb::Postgres(server)).await;
+        test(db).await;
     }
 }
 
