@@ -351,19 +351,19 @@ impl Client {
         tarball: std::fs::File,
         len: u64,
     ) -> Result<Reply> {
-        use std::io::{Seek, SeekFrom};
+        use std::os::fd::AsRawFd;
         let query: Vec<(&str, &str)> = buildpacks
             .iter()
             .map(|b| ("buildpack", b.as_str()))
             .collect();
         let path = format!("/apps/{app}/builds");
         self.reply(Method::POST, &path, |b| {
-            // The attempts take turns: each rewinds the one file before streaming it.
-            let mut file = tarball
-                .try_clone()
-                .map_err(|e| format!("cannot read the source archive again to resend it: {e}"))?;
-            file.seek(SeekFrom::Start(0))
-                .map_err(|e| format!("cannot rewind the source archive to resend it: {e}"))?;
+            // Each attempt opens the archive anew, with an offset of its own: a clone would
+            // share one offset, and an abandoned attempt still reading (a follower's refusal
+            // arrives while the body streams) would move the resend's. Through /proc, so an
+            // unlinked temporary file opens too.
+            let file = std::fs::File::open(format!("/proc/self/fd/{}", tarball.as_raw_fd()))
+                .map_err(|e| format!("cannot read the source archive again to send it: {e}"))?;
             Ok(b.query(&query)
                 .header(CONTENT_TYPE, "application/gzip")
                 .header(CONTENT_LENGTH, len)

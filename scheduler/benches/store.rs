@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use manifold_scheduler::blobs::Blobs;
 use manifold_scheduler::core::{Core, Settings};
 use manifold_scheduler::leadership::Leadership;
@@ -142,6 +144,8 @@ async fn api_latency(
             let _ = stopped.await;
         },
     ));
+    // A host whose agent is linked, so that a scale has room to place a dyno.
+    let agent = tokio::spawn(link_agent(base.clone(), "h0"));
     let client = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: serde_json::Value| {
         client
@@ -197,9 +201,38 @@ async fn api_latency(
         samples.push(started.elapsed());
     }
     timed("releases:rollback (a deploy's release)", &mut samples);
+    agent.abort();
     let _ = stop.send(());
     server.await.expect("join").expect("server");
     out
+}
+
+/// Links to the scheduler at `base` as `host`'s agent with room for dynos, and keeps the
+/// link open (ignoring its assignments) until aborted.
+async fn link_agent(base: String, host: &'static str) {
+    use manifold_proto::agent_link_client::AgentLinkClient;
+    use manifold_proto::{agent_message, AgentMessage, Capacity, Hello};
+    let mut client = AgentLinkClient::connect(base).await.expect("connect");
+    let hello = AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            host_id: host.into(),
+            address: "127.0.0.1".into(),
+            capacity: Some(Capacity {
+                memory_bytes: 1 << 40,
+                dyno_slots: 1000,
+            }),
+            stacks: vec![STACK.into()],
+            dynos: Vec::new(),
+            generation: 0,
+        })),
+    };
+    let outbound = futures::stream::iter([hello]).chain(futures::stream::pending());
+    let mut request = tonic::Request::new(outbound);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer agent".parse().expect("header"));
+    let mut inbound = client.link(request).await.expect("link").into_inner();
+    while let Ok(Some(_)) = inbound.message().await {}
 }
 
 /// Fills `store` with `dynos` dynos (apps of [`DYNOS_PER_APP`] web dynos on [`HOSTS`]

@@ -586,13 +586,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     };
     // systemd's `Type=notify`: the store is open and both listeners accept.
     notify(sd_notify::NotifyState::Ready);
-    manifold_scheduler::server::serve(core, listener, tls, router, async {
+    manifold_scheduler::server::serve(core, listener, tls, router, async move {
         shutdown_signal().await;
         notify(sd_notify::NotifyState::Stopping);
+        // Give the lease up first, so that another replica leads at once rather than after
+        // this one's requests are done: the duties stop and agents are sent on now.
+        let _ = resign.send(true);
     })
     .await?;
-    // Served out: give the lease up, so that another replica leads at once.
-    let _ = resign.send(true);
     let _ = campaign.await;
     if let Some(child) = agent.as_mut() {
         // The agent leaves its dynos running when it stops; stopping dynos is up to the user.
