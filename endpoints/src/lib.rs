@@ -199,6 +199,22 @@ impl Endpoints {
 
     /// Checks a follower's [`LEADER_HEADER`]: a base URL with the list's scheme (a hint
     /// never takes a client from https to http).
+    /// The leader a refusal named in its [`LEADER_HEADER`] value (the raw bytes of an
+    /// HTTP header or a gRPC metadata entry), when it is one this list may go to; a bad
+    /// name is logged and ignored, and the caller tries the next in the list.
+    pub fn named_leader(&self, value: &[u8]) -> Option<String> {
+        let named = std::str::from_utf8(value)
+            .map_err(|_| format!("{value:?} is not text"))
+            .and_then(|v| self.leader_hint(v).map_err(|e| e.to_string()));
+        match named {
+            Ok(url) => Some(url),
+            Err(err) => {
+                tracing::warn!("a scheduler named a leader that is not one: {err}");
+                None
+            }
+        }
+    }
+
     pub fn leader_hint(&self, value: &str) -> Result<String, EndpointError> {
         let url = base_url(value.trim())?;
         if scheme(&url) != scheme(&self.list[0]) {

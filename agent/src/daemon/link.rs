@@ -148,18 +148,7 @@ pub fn named_leader(endpoints: &Endpoints, status: &tonic::Status) -> Option<Str
     if status.code() != tonic::Code::Unavailable {
         return None;
     }
-    let value = status.metadata().get(LEADER_HEADER)?;
-    let named = value
-        .to_str()
-        .map_err(|_| format!("{value:?} is not text"))
-        .and_then(|v| endpoints.leader_hint(v).map_err(|e| e.to_string()));
-    match named {
-        Ok(url) => Some(url),
-        Err(err) => {
-            tracing::warn!("a scheduler named a leader that is not one: {err}");
-            None
-        }
-    }
+    endpoints.named_leader(status.metadata().get(LEADER_HEADER)?.as_bytes())
 }
 
 /// How one [`session`] went.

@@ -41,16 +41,5 @@ fn named_leader(endpoints: &Endpoints, response: &reqwest::Response) -> Option<S
     if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
         return None;
     }
-    let value = response.headers().get(LEADER_HEADER)?;
-    let named = value
-        .to_str()
-        .map_err(|_| format!("{value:?} is not text"))
-        .and_then(|v| endpoints.leader_hint(v).map_err(|e| e.to_string()));
-    match named {
-        Ok(url) => Some(url),
-        Err(err) => {
-            tracing::warn!("a scheduler named a leader that is not one: {err}");
-            None
-        }
-    }
+    endpoints.named_leader(response.headers().get(LEADER_HEADER)?.as_bytes())
 }
