@@ -95,7 +95,8 @@ pub async fn serve(
     let until = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let mut routing = Vec::new();
+    // Everything started here ends with `serve`, also when its caller drops it.
+    let mut tasks = Tasks::default();
     if router.http.is_some() || router.https.is_some() {
         let served = Arc::new(manifold_router::Router::new(
             core.routing.table().clone(),
@@ -104,14 +105,10 @@ pub async fn serve(
         ));
         core.routing.set_router(served.clone());
         if let Some(http) = router.http {
-            routing.push(tokio::spawn(
-                served.clone().serve(http, until(router_stopped.clone())),
-            ));
+            tasks.spawn(served.clone().serve(http, until(router_stopped.clone())));
         }
         if let Some(https) = router.https {
-            routing.push(tokio::spawn(
-                served.serve_tls(https, until(router_stopped.clone())),
-            ));
+            tasks.spawn(served.serve_tls(https, until(router_stopped.clone())));
         }
     }
     let grpc = tonic::service::Routes::new(AgentLinkServer::with_interceptor(
@@ -121,10 +118,10 @@ pub async fn serve(
     .into_axum_router();
     let app = crate::api::router(core.clone()).merge(grpc);
     let limits = core.settings.api.clone();
-    let duties = tokio::spawn(lead_while_elected(core.clone()));
+    tasks.spawn(lead_while_elected(core.clone()));
     let stopping = Arc::new(Notify::new());
     let signal = stopping.clone();
-    let served = tokio::spawn(accept_loop(listener, tls, app, limits, async move {
+    let served = tasks.spawn(accept_loop(listener, tls, app, limits, async move {
         shutdown.await;
         let _ = stop_router.send(true);
         signal.notify_one();
@@ -136,11 +133,30 @@ pub async fn serve(
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => Ok(()),
     };
-    duties.abort();
-    for routing in routing {
-        routing.abort();
-    }
     result
+}
+
+/// Tasks aborted when this is dropped (a plain `spawn`ed task outlives whoever started it).
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Tasks {
+    fn spawn<T: Send + 'static>(
+        &mut self,
+        task: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        let handle = tokio::spawn(task);
+        self.0.push(handle.abort_handle());
+        handle
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// The leader's duties, run while this replica leads and stopped when it no longer does:
@@ -157,27 +173,26 @@ async fn lead_while_elected(core: Arc<Core>) {
             continue;
         };
         core.cluster.lead_from_now();
+        // A set, so that the duties end with this task too (when the server stops and
+        // aborts it): a task a plain `spawn` started would outlive it.
+        let mut duties = tokio::task::JoinSet::new();
         let edge = core.clone();
-        let mut duties = vec![
-            tokio::spawn(async move {
-                if let Err(err) = crate::edge::refresh(&edge).await {
-                    tracing::error!("the router's domains and certificates: {err}");
-                }
-                crate::edge::refresh_forever(edge).await;
-            }),
-            tokio::spawn(core.clone().reconcile_loop()),
-        ];
+        duties.spawn(async move {
+            if let Err(err) = crate::edge::refresh(&edge).await {
+                tracing::error!("the router's domains and certificates: {err}");
+            }
+            crate::edge::refresh_forever(edge).await;
+        });
+        duties.spawn(core.clone().reconcile_loop());
         if let Some(config) = core.settings.acme.clone() {
-            duties.push(tokio::spawn(crate::edge::acm::run(
+            duties.spawn(crate::edge::acm::run(
                 core.clone(),
                 config,
                 std::future::pending(),
-            )));
+            ));
         }
         let ended = role.wait_for(|r| r.term() != Some(term)).await.is_err();
-        for duty in duties {
-            duty.abort();
-        }
+        duties.abort_all();
         core.cluster.unlink_all();
         if ended {
             return;
