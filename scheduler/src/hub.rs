@@ -48,13 +48,13 @@ impl Hub {
     }
 }
 
-/// Refuses a link without the cluster's agent token. (tonic's interceptor signature fixes
-/// the large `Status` error type.)
+/// Admits an agent's link: refuses one without the cluster's agent token. (tonic's
+/// interceptor signature fixes the large `Status` error type.)
 ///
 /// A replica that does not lead refuses the link (`unavailable`, with the leader's URL in
 /// the `manifold-leader` metadata when it is known): an agent links to the leader only.
 #[allow(clippy::result_large_err)]
-pub fn check_token(
+pub fn admit_link(
     token: String,
     leadership: Arc<Leadership>,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {

@@ -528,10 +528,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         candidate.holder,
         candidate.address
     );
-    let (resign, resigning) = tokio::sync::watch::channel(false);
-    let campaign = tokio::spawn(campaign_forever(store, leadership, candidate, async move {
-        let mut resigning = resigning;
-        let _ = resigning.wait_for(|r| *r).await;
+    let (resign, resigned) = tokio::sync::oneshot::channel::<()>();
+    let campaign = tokio::spawn(campaign_forever(store, leadership, candidate, async {
+        let _ = resigned.await;
     }));
     tracing::info!(
         "serving the API and AgentLink on {scheme}://{addr}{}",
@@ -591,7 +590,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         notify(sd_notify::NotifyState::Stopping);
         // Give the lease up first, so that another replica leads at once rather than after
         // this one's requests are done: the duties stop and agents are sent on now.
-        let _ = resign.send(true);
+        let _ = resign.send(());
     })
     .await?;
     let _ = campaign.await;

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::core::Core;
-use crate::hub::{check_token, Hub};
+use crate::hub::{admit_link, Hub};
 use crate::routing::RoutingHooks;
 use crate::tls::{ClientCert, Peer, ServerTls};
 
@@ -113,7 +113,7 @@ pub async fn serve(
     }
     let grpc = tonic::service::Routes::new(AgentLinkServer::with_interceptor(
         Hub::new(core.clone()),
-        check_token(core.settings.agent_token.clone(), core.leadership.clone()),
+        admit_link(core.settings.agent_token.clone(), core.leadership.clone()),
     ))
     .into_axum_router();
     let app = crate::api::router(core.clone()).merge(grpc);
