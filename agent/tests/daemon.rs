@@ -419,6 +419,7 @@ async fn assign(fake: &Fake, generation: u64, dynos: Vec<Assignment>) {
             dynos,
             // One leader for the whole test.
             term: 1,
+            ..Default::default()
         })),
     }))
     .await

@@ -224,6 +224,7 @@ async fn link_agent(base: String, host: &'static str) {
             stacks: vec![STACK.into()],
             dynos: Vec::new(),
             generation: 0,
+            services: Vec::new(),
         })),
     };
     let outbound = futures::stream::iter([hello]).chain(futures::stream::pending());

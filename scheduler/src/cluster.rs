@@ -375,6 +375,8 @@ impl Cluster {
                     generation,
                     dynos: out,
                     term,
+                    services: Vec::new(),
+                    destroyed_services: Vec::new(),
                 }),
             );
         }
@@ -436,5 +438,6 @@ fn assignment(app: &App, d: Dyno, config: &BTreeMap<String, String>, slug: &Slug
             cols: u32::from(a.cols),
             rows: u32::from(a.rows),
         }),
+        egress: Vec::new(),
     }
 }

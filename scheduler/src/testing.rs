@@ -194,6 +194,7 @@ impl Harness {
             stacks: vec![STACK.into()],
             dynos: Vec::new(),
             generation: 0,
+            services: Vec::new(),
         };
         let serial = crate::hub::connect(&self.core, &hello, tx)
             .await

@@ -140,6 +140,7 @@ async fn link(replica: &Replica) -> Option<tonic::Status> {
             stacks: Vec::new(),
             dynos: Vec::new(),
             generation: 0,
+            services: Vec::new(),
         })),
     };
     let mut request = tonic::Request::new(futures::stream::iter([hello]));

@@ -42,6 +42,7 @@ fn hostile_agent(c: &Cluster, host: &str, dynos: Vec<DynoStatus>, messages: Vec<
                 stacks: Vec::new(),
                 dynos,
                 generation: 0,
+                services: Vec::new(),
             })),
         };
         let outbound = futures::stream::iter(std::iter::once(hello).chain(messages));

@@ -141,6 +141,7 @@ impl Core {
                     stacks: stacks(&self.config.host.stacks_dir()),
                     dynos: self.dynos.values().map(|e| e.status.clone()).collect(),
                     generation: self.state.generation,
+                    services: Vec::new(),
                 };
                 self.send(proto::agent_message::Kind::Hello(hello));
             }

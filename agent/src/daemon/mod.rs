@@ -270,6 +270,7 @@ mod tests {
                     cols: 80,
                     rows: 100_000,
                 }),
+                egress: Vec::new(),
             })],
         };
         assert_eq!(

@@ -64,6 +64,17 @@ impl Outbox {
                     return;
                 }
             }
+            Kind::Service(status) => {
+                let same = self
+                    .waiting
+                    .iter_mut()
+                    .find(|w| matches!(&w.kind, Kind::Service(waiting) if waiting.id == status.id));
+                if let Some(waiting) = same {
+                    waiting.kind = kind;
+                    waiting.after_lines = after_lines;
+                    return;
+                }
+            }
             Kind::Heartbeat(_) => {
                 self.waiting
                     .retain(|w| !matches!(w.kind, Kind::Heartbeat(_)));

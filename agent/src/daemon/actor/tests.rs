@@ -121,6 +121,7 @@ impl Harness {
                         generation: self.generation,
                         dynos,
                         term: self.term,
+                        ..Default::default()
                     },
                 )),
             }));

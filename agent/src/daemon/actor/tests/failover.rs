@@ -184,6 +184,7 @@ async fn the_link_follows_the_leader_and_hello_keeps_the_dynos_running() {
                     generation,
                     dynos: vec![assignment("d1", "worker.1")],
                     term,
+                    ..Default::default()
                 },
             )),
         }))
