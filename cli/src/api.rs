@@ -218,8 +218,13 @@ impl Client {
         })
     }
 
-    /// The API requests go to now.
-    fn base(&self) -> String {
+    /// The settings the client was made with (its token, its CA).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The API requests go to now (the leader, once one answered).
+    pub fn base(&self) -> String {
         self.apis
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -402,6 +402,33 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+    /// Add (or update) the git remote of an app in the current repository, so that
+    /// `git push REMOTE main` deploys it. The token is not written into the repository:
+    /// git asks `manifold git:credentials` for it.
+    #[command(name = "git:remote")]
+    GitRemote {
+        #[command(flatten)]
+        app: AppArg,
+        /// The remote's name.
+        #[arg(short, long, default_value = "manifold")]
+        remote: String,
+    },
+    /// Clone an app's repository (into DIR, default the app's name), with its remote set.
+    #[command(name = "git:clone")]
+    GitClone {
+        #[command(flatten)]
+        app: AppArg,
+        dir: Option<PathBuf>,
+        /// The remote's name.
+        #[arg(short, long, default_value = "manifold")]
+        remote: String,
+    },
+    /// git's credential helper (git runs it): prints the API token for the app remotes.
+    #[command(name = "git:credentials", hide = true)]
+    GitCredentials {
+        /// get, store or erase (git's helper operations).
+        operation: String,
+    },
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,

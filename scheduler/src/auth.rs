@@ -24,8 +24,8 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 /// follower token opens these and nothing else.
 const FOLLOWER_PATHS: [&str; 2] = ["/router/v1/", "/logplex/v1/"];
 
-/// Every route but `/health` needs a token: the API token for users, the agent token
-/// for `/agent/…`; the follower routes also take the follower token, which every other
+/// Every route but `/health` needs a token: the API token for users (git remotes take it
+/// as HTTP Basic's password), the agent token for `/agent/…`; the follower routes also take the follower token, which every other
 /// route refuses (a router's host holds no admin secret).
 pub(crate) async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
@@ -39,11 +39,25 @@ pub(crate) async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next
     } else {
         &core.settings.api_token
     };
+    let git = crate::git::is_git_path(path);
+    let basic = git
+        .then(|| crate::git::basic_credentials(req.headers()))
+        .flatten();
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        // git sends the token as HTTP Basic's password, as to Heroku (any user name).
+        .or(basic.as_ref().map(|(_, password)| password.as_str()));
+    if git && !given.is_some_and(|g| same_secret(g, expected)) {
+        let why = if given.is_some() {
+            "wrong token: the password is your API token (MANIFOLD_API_TOKEN); `manifold git:remote -a APP` sets git up to send it"
+        } else {
+            "authentication required: the password is your API token; `manifold git:remote -a APP` sets git up to send it"
+        };
+        return crate::git::refusal(StatusCode::UNAUTHORIZED, why);
+    }
     let follower_token =
         given.is_some_and(|g| same_secret(g, &core.settings.follower_token)) && !agent;
     if follower_token && !follower {

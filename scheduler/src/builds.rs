@@ -210,6 +210,20 @@ pub(crate) enum Built {
     Live,
 }
 
+/// Where a build ended up (see [`Builds::outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployed {
+    /// Its release, this version, is live.
+    Released(u32),
+    /// It built a slug that made no release.
+    Built,
+    BuildFailed,
+    /// Its release, this version, failed in its release phase.
+    ReleaseFailed(u32),
+    /// Still building, or still in its release phase.
+    Pending,
+}
+
 /// Builds: where they run, their output, and what a finished one becomes.
 pub struct Builds {
     store: Arc<dyn Store>,
@@ -259,6 +273,48 @@ impl Builds {
     pub async fn read(&self, id: Uuid, from: usize) -> Output {
         self.output.read(id, from).await
     }
+    /// The build's output as it comes, batch by batch, ending when the build (and its
+    /// release phase) does: what `builds/{id}/output` streams and a `git push` relays.
+    pub fn lines(self: Arc<Self>, id: Uuid) -> impl futures::Stream<Item = Vec<String>> {
+        futures::stream::unfold((self, 0usize), move |(builds, from)| async move {
+            match builds.read(id, from).await {
+                Output::Lines { lines, next } => Some((lines, (builds, next))),
+                Output::Done | Output::Unknown => None,
+            }
+        })
+    }
+
+    /// What an ended build of `app` led to, as `manifold deploy` reports it: its release is
+    /// live, or the build failed, or its release phase did. The store may record the end a
+    /// moment after the output closes: this waits (up to `patience`) while either pends.
+    pub async fn outcome(
+        &self,
+        app: &App,
+        id: Uuid,
+        patience: Duration,
+    ) -> Result<Deployed, StoreError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let build = self.store.build(id).await?;
+            let outcome = match (build.status, build.release_version) {
+                (BuildStatus::Failed, _) => Deployed::BuildFailed,
+                (BuildStatus::Succeeded, None) => Deployed::Built,
+                (BuildStatus::Succeeded, Some(v)) => {
+                    match self.store.release(&app.name, v).await?.status {
+                        ReleaseStatus::Succeeded => Deployed::Released(v),
+                        ReleaseStatus::Failed => Deployed::ReleaseFailed(v),
+                        ReleaseStatus::Pending => Deployed::Pending,
+                    }
+                }
+                (BuildStatus::Pending, _) => Deployed::Pending,
+            };
+            if outcome != Deployed::Pending || Instant::now() >= deadline {
+                return Ok(outcome);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Starts a build of an uploaded source on a connected host with the app's stack; its
     /// output starts with `origin`, which says where its buildpacks came from. Without such
     /// a host the build fails at once, with the reason in its output.

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod core;
 pub mod edge;
 pub mod followers;
+pub mod git;
 pub mod http;
 pub mod hub;
 pub mod leadership;

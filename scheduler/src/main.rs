@@ -415,6 +415,12 @@ fn token(state_dir: &Path, name: &str, given: Option<String>) -> anyhow::Result<
 }
 
 fn main() -> anyhow::Result<()> {
+    // Run by git inside a push (see `manifold_scheduler::git`), with git's environment:
+    // before settings and logging, which are the server's.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("git-hook") {
+        std::process::exit(manifold_scheduler::git::hook::main(&args[1..]));
+    }
     // Before any thread: the settings file becomes the flags' variables.
     let settings = manifold_settings::apply(Cli::command(), std::env::args_os())?;
     let cli = Cli::parse();
@@ -508,6 +514,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the blob store in {db}"))?;
     let leadership = Arc::new(Leadership::follower(cli.lease_ttl));
     let core = Core::new(store.clone(), blobs, settings.clone(), leadership.clone());
+    core.git
+        .configure(&cli.state_dir.join("git"), &std::env::current_exe()?)
+        .context("cannot set up the apps' git remotes")?;
     tokio::spawn(manifold_scheduler::blobs::collect_forever(
         core.clone(),
         cli.blob_retention,

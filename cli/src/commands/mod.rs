@@ -20,6 +20,7 @@ mod config;
 mod deploy;
 mod domains;
 mod features;
+mod git;
 mod hosts;
 mod logs;
 mod ps;
@@ -150,6 +151,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Maintenance { app } => ctx.maintenance(app.name()?).await,
         Command::MaintenanceOn { app } => ctx.set_maintenance(app.name()?, true).await,
         Command::MaintenanceOff { app } => ctx.set_maintenance(app.name()?, false).await,
+        Command::GitRemote { app, remote } => ctx.git_remote(app.name()?, &remote).await,
+        Command::GitClone { app, dir, remote } => {
+            ctx.git_clone(app.name()?, dir.as_deref(), &remote).await
+        }
+        Command::GitCredentials { operation } => git::credentials(&ctx.client, &operation),
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,

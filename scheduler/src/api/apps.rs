@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn valid_app_name(name: &str) -> bool {
+pub(super) fn valid_app_name(name: &str) -> bool {
     let b = name.as_bytes();
     (3..=30).contains(&b.len())
         && b[0].is_ascii_lowercase()
@@ -136,6 +136,7 @@ pub(super) async fn delete_app(
     let app = core.store.app(&name).await?;
     let body = app_json(&core, &app).await?;
     core.delete_app(&name).await?;
+    core.git.remove(app.id).await;
     super::domains::publish(&core).await?;
     Ok(axum::Json(body))
 }

@@ -48,10 +48,8 @@ pub(super) async fn create_build(
                 .collect()
         })
         .unwrap_or_default();
-    // Only built-in names and git URLs: a path would name a directory on the build host,
-    // which the agent would mount into the build.
-    let (buildpacks, origin) =
-        super::buildpacks::choose(named, core.store.buildpacks(&app).await?, &a.config)?;
+    // Checked before the upload, so a bad name costs no transfer.
+    let chosen = choose_buildpacks(&core, &a, named).await?;
     let limit = core.settings.upload_limit;
     let too_large = || {
         ApiError::new(
@@ -109,6 +107,7 @@ pub(super) async fn create_build(
             "the source must be a gzip-compressed tarball (tar.gz), as `manifold deploy DIR` sends",
         ));
     }
+    let (buildpacks, origin) = chosen;
     let build = core
         .builds
         .start(&a, &source, buildpacks, origin, &user(&headers))
@@ -117,6 +116,18 @@ pub(super) async fn create_build(
         StatusCode::CREATED,
         axum::Json(build_json(&app, &build, &a.stack)),
     ))
+}
+
+/// The buildpacks a build of `app` uses (those named for it, else the app's, else
+/// detection) and the line that says so.
+pub(crate) async fn choose_buildpacks(
+    core: &Core,
+    app: &App,
+    named: Vec<String>,
+) -> Result<(Vec<String>, String)> {
+    // Only built-in names and git URLs: a path would name a directory on the build host,
+    // which the agent would mount into the build.
+    super::buildpacks::choose(named, core.store.buildpacks(&app.name).await?, &app.config)
 }
 
 fn parse_uuid(s: &str, what: &str) -> Result<Uuid> {
@@ -150,15 +161,10 @@ pub(super) async fn build_output(
             "build {id} not found in {app}"
         )));
     }
-    let stream = futures::stream::unfold((core, 0usize), move |(core, from)| async move {
-        match core.builds.read(id, from).await {
-            Output::Lines { lines, next } => {
-                let mut text = lines.join("\n");
-                text.push('\n');
-                Some((Ok::<_, std::io::Error>(Bytes::from(text)), (core, next)))
-            }
-            Output::Done | Output::Unknown => None,
-        }
+    let stream = core.builds.clone().lines(id).map(|lines| {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        Ok::<_, std::io::Error>(Bytes::from(text))
     });
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -13,6 +13,7 @@ mod domains;
 mod dynos;
 mod features;
 mod formation;
+mod git;
 mod hosts;
 mod releases;
 
@@ -33,7 +34,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::blobs::BlobError;
-use crate::builds::Output;
 use crate::core::Core;
 use crate::leadership::LEADER_HEADER;
 use crate::model::{App, Build, Desired, Dyno, FormationUpdate, Release, FEATURES};
@@ -58,6 +58,7 @@ use releases::{get_release, list_releases, rollback};
 
 use crate::http::ApiError;
 use crate::http::{rfc3339, user, Json, Result, JSON_LIMIT};
+pub(crate) use builds::choose_buildpacks;
 pub(crate) use config::check_config_key;
 pub(crate) use dynos::dyno_json;
 
@@ -139,6 +140,13 @@ pub fn router(core: Arc<Core>) -> Router {
             "/apps/:app/features/:feature",
             get(get_feature).patch(patch_feature),
         )
+        // Heroku's `https://git.heroku.com/APP.git`: the body limit is the git module's.
+        .route("/:repo/info/refs", get(git::info_refs))
+        .route("/:repo/git-upload-pack", post(git::upload_pack))
+        .route(
+            "/:repo/git-receive-pack",
+            post(git::receive_pack).layer(DefaultBodyLimit::disable()),
+        )
         .merge(crate::logs::routes())
         .merge(crate::followers::routes())
         .route("/hosts", get(list_hosts))
@@ -175,6 +183,8 @@ fn leader_only_read(path: &str) -> bool {
         || path.ends_with("/log-stream")
         || path.ends_with("/output")
         || path.ends_with("/attach")
+        // Pushes write; clones and fetches are served where pushes land.
+        || crate::git::is_git_path(path)
 }
 
 /// On a replica that does not lead, lets through what reads only the database (and
@@ -192,6 +202,18 @@ async fn follower_gate(
         return next.run(req).await;
     }
     let leader = core.leadership.leader_url();
+    if crate::git::is_git_path(req.uri().path()) {
+        return crate::git::refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this scheduler is not the leader: push to the leader's remote, {}",
+                leader.as_deref().map_or_else(
+                    || "not known yet (an election is under way): retry".to_string(),
+                    |l| format!("{l}/APP.git (manifold git:remote sets it)")
+                )
+            ),
+        );
+    }
     let mut res = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         manifold_endpoints::NOT_LEADER,

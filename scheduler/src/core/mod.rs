@@ -108,6 +108,8 @@ pub struct Core {
     pub acm_wake: Arc<tokio::sync::Notify>,
     /// Whether this replica leads the cluster (see [`crate::leadership`]).
     pub leadership: Arc<Leadership>,
+    /// The apps' git remotes on this replica's disk (see [`crate::git`]).
+    pub git: crate::git::Repos,
     poke: Poke,
     /// One reconcile (or formation check, or one-off placement) at a time: each plans
     /// from a snapshot, and two plans from one snapshot would place twice.
@@ -155,6 +157,7 @@ impl Core {
             sessions: Arc::new(Sessions::new(settings.run)),
             acm_wake: Arc::new(tokio::sync::Notify::new()),
             leadership,
+            git: crate::git::Repos::default(),
             store,
             blobs,
             settings,
