@@ -44,7 +44,8 @@ impl Ctx {
 
     pub(super) async fn git_remote(&self, app: &str, remote: &str) -> Result<()> {
         let url = self.remote_url(app).await?;
-        let repo = git(&["rev-parse", "--git-dir"]).context("run git:remote in a git repository")?;
+        let repo =
+            git(&["rev-parse", "--git-dir"]).context("run git:remote in a git repository")?;
         let repo = repo.trim();
         let exists = Command::new("git")
             .args(["remote", "get-url", remote])
@@ -75,7 +76,12 @@ impl Ctx {
         Ok(())
     }
 
-    pub(super) async fn git_clone(&self, app: &str, dir: Option<&Path>, remote: &str) -> Result<()> {
+    pub(super) async fn git_clone(
+        &self,
+        app: &str,
+        dir: Option<&Path>,
+        remote: &str,
+    ) -> Result<()> {
         let url = self.remote_url(app).await?;
         let dir = dir.unwrap_or(Path::new(app));
         let mut cmd = Command::new("git");
@@ -83,11 +89,7 @@ impl Ctx {
         for (key, value) in self.remote_config(&url)? {
             cmd.arg("-c").arg(format!("{key}={value}"));
         }
-        let status = cmd
-            .arg(&url)
-            .arg(dir)
-            .status()
-            .context("cannot run git")?;
+        let status = cmd.arg(&url).arg(dir).status().context("cannot run git")?;
         if !status.success() {
             bail!("git clone {url} failed (see above)");
         }
@@ -115,7 +117,9 @@ pub(super) fn credentials(client: &Client, operation: &str) -> Result<()> {
             Ok(())
         }
         "store" | "erase" => Ok(()),
-        other => bail!("unknown credential operation {other:?}: git runs this with get, store or erase"),
+        other => {
+            bail!("unknown credential operation {other:?}: git runs this with get, store or erase")
+        }
     }
 }
 

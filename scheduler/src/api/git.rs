@@ -139,7 +139,12 @@ async fn serve(core: Arc<Core>, repo: &str, action: Action, req: Request) -> Res
     if let Some(n) = declared {
         env.push(("CONTENT_LENGTH".into(), n.to_string().into()));
     }
-    let backend = match core.git.ensure(app.id).await.and_then(|_| core.git.backend_env(limit)) {
+    let backend = match core
+        .git
+        .ensure(app.id)
+        .await
+        .and_then(|_| core.git.backend_env(limit))
+    {
         Ok((backend, more)) => {
             env.extend(more);
             backend

@@ -46,11 +46,7 @@ impl Drop for PushSocket {
 }
 
 /// Opens the socket the hook of a push to `app`'s repository by `user` reaches.
-pub(crate) fn serve_push(
-    core: Arc<Core>,
-    app: App,
-    user: String,
-) -> Result<PushSocket, GitError> {
+pub(crate) fn serve_push(core: Arc<Core>, app: App, user: String) -> Result<PushSocket, GitError> {
     let dir = core.git.layout()?.root.join(".push");
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -94,7 +90,11 @@ async fn answer(core: &Core, app: &App, user: &str, conn: UnixStream) -> std::io
     let mut say = Sayer(&mut write);
     let pushed: Pushed = match serde_json::from_str(&line) {
         Ok(p) => p,
-        Err(e) => return say.send(Said::Reject(format!("bad request from the hook: {e}"))).await,
+        Err(e) => {
+            return say
+                .send(Said::Reject(format!("bad request from the hook: {e}")))
+                .await
+        }
     };
     let verdict = match plan(&pushed.updates) {
         Err(why) => Said::Reject(why),
@@ -108,7 +108,15 @@ async fn answer(core: &Core, app: &App, user: &str, conn: UnixStream) -> std::io
             match plan.deploy {
                 None => Said::Accept,
                 Some(update) => {
-                    deploy(core, app, user, update, pushed.quarantine.as_ref(), &mut say).await?
+                    deploy(
+                        core,
+                        app,
+                        user,
+                        update,
+                        pushed.quarantine.as_ref(),
+                        &mut say,
+                    )
+                    .await?
                 }
             }
         }
@@ -154,9 +162,7 @@ pub(crate) fn plan(updates: &[Update]) -> Result<Plan, String> {
                 ));
             }
             if deploy.is_some() {
-                return Err(
-                    "push main or master, not both: each deploys the app".to_string()
-                );
+                return Err("push main or master, not both: each deploys the app".to_string());
             }
             deploy = Some(u.clone());
         } else if let Some(branch) = u.name.strip_prefix("refs/heads/") {
@@ -179,10 +185,15 @@ async fn deploy<W: AsyncWriteExt + Unpin>(
 ) -> std::io::Result<Said> {
     let branch = update.name.trim_start_matches("refs/heads/");
     let short = &update.new[..update.new.len().min(8)];
-    say.line(format!("-----> Building {branch} ({short}) of {}", app.name))
-        .await?;
+    say.line(format!(
+        "-----> Building {branch} ({short}) of {}",
+        app.name
+    ))
+    .await?;
     if let Some(q) = quarantine {
-        if let Err(why) = check_quarantine(&core.git.path(app.id).map_err(std::io::Error::other)?, q) {
+        if let Err(why) =
+            check_quarantine(&core.git.path(app.id).map_err(std::io::Error::other)?, q)
+        {
             return Ok(Said::Reject(why));
         }
     }

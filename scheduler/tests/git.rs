@@ -1,0 +1,275 @@
+//! End-to-end: `git push` to an app's remote on the real scheduler (git's own client and
+//! `git http-backend`), building on a real agent and answering through the router. As
+//! root, with the `testing` stack.
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use harness::{bins, Cluster, API_TOKEN, TINY, UP};
+use serde_json::Value;
+
+/// A git work tree for an app's code, set up with `manifold git:remote`.
+struct Work {
+    dir: PathBuf,
+    api: String,
+    token: String,
+}
+
+impl Work {
+    /// A repository holding a copy of `source`, committed on `main`.
+    fn new(c: &Cluster, name: &str, source: &str) -> Work {
+        let dir = c.dir.path().join(name);
+        let status = Command::new("cp")
+            .args(["-r", source])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let w = Work {
+            dir,
+            api: c.api(),
+            token: API_TOKEN.into(),
+        };
+        w.git(&["init", "-q", "-b", "main"]);
+        w.commit("first");
+        w
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(&self.dir)
+            .env("MANIFOLD_API", &self.api)
+            .env("MANIFOLD_API_TOKEN", &self.token)
+            // This machine's git settings stay out of the test.
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "e2e")
+            .env("GIT_AUTHOR_EMAIL", "e2e@example.com")
+            .env("GIT_COMMITTER_NAME", "e2e")
+            .env("GIT_COMMITTER_EMAIL", "e2e@example.com");
+        cmd
+    }
+
+    /// Runs git; its output (stdout and stderr, where git prints the remote's lines).
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(Path::new("git")).args(args).output().unwrap()
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        text(&out)
+    }
+
+    fn commit(&self, message: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+    }
+
+    /// `git push` that must succeed; everything it printed.
+    fn push(&self, args: &[&str]) -> String {
+        let mut all = vec!["push"];
+        all.extend_from_slice(args);
+        self.git(&all)
+    }
+
+    /// `git push` that must fail; everything it printed.
+    fn push_refused(&self, args: &[&str]) -> String {
+        let mut all = vec!["push"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            !out.status.success(),
+            "git {all:?} should fail: {}",
+            text(&out)
+        );
+        text(&out)
+    }
+
+    fn manifold(&self, args: &[&str]) -> String {
+        let out = self
+            .command(&bins().join("manifold"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "manifold {args:?}: {}", text(&out));
+        text(&out)
+    }
+
+    fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"]).trim().to_string()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn releases(c: &Cluster, app: &str) -> Vec<Value> {
+    c.json(&["releases", "-a", app]).as_array().unwrap().clone()
+}
+
+/// The app's page through the router, once a web dyno of release `version` serves it.
+fn serves(c: &Cluster, app: &str, version: u64, expect: &str) {
+    harness::wait_for(&format!("{app} v{version} to serve"), UP, || {
+        let up = c.dynos(app).iter().any(|d| {
+            d["type"] == "web" && d["state"] == "up" && d["release"]["version"] == version
+        });
+        let (status, body) = c.route(app, "/", &[]);
+        (up && status == 200 && body.contains(expect)).then_some(())
+    });
+}
+
+/// The remote's refs, as the scheduler's repository has them.
+fn remote_refs(w: &Work) -> String {
+    w.git(&["ls-remote", "manifold"])
+}
+
+/// `git push manifold main` builds and releases with the output in the pusher's terminal;
+/// a broken push is rejected with its reason and changes nothing; another branch is kept
+/// and not deployed; a force push and `HEAD:main` deploy; deleting main is refused; a wrong
+/// token makes git say authentication failed.
+#[test]
+fn git_push_deploys_as_on_heroku() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("pusher", 20);
+    c.wait_hosts(1);
+    c.ok(&["apps:create", "pushed", "--stack", "testing"]);
+    let w = Work::new(&c, "pushed-src", TINY);
+    let said = w.manifold(&["git:remote", "-a", "pushed"]);
+    assert!(said.contains(&format!("{}/pushed.git", c.api())), "{said}");
+    let config = std::fs::read_to_string(w.dir.join(".git/config")).unwrap();
+    assert!(
+        !config.contains(API_TOKEN),
+        "the token stays out of the repository: {config}"
+    );
+
+    // The first push: the build's output reaches the pusher, then the release is live.
+    let out = w.push(&["manifold", "main"]);
+    for line in [
+        "remote: -----> Building main",
+        "remote: -----> Building on pusher",
+        "remote: -----> Nothing to compile",
+        "remote: -----> Released v1",
+        "remote: -----> pushed deployed: v1",
+        "main -> main",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    c.wait_dynos("pushed", &["web.1"], "up", UP);
+    serves(&c, "pushed", 1, "");
+    let first = w.head();
+    assert!(remote_refs(&w).contains(&format!("{first}\trefs/heads/main")));
+
+    // A push whose build fails (no Procfile: no buildpack takes it) is rejected, says
+    // why, and changes nothing: main stays, no release is made, v1 keeps serving.
+    std::fs::rename(w.dir.join("Procfile"), w.dir.join("Procfile.off")).unwrap();
+    w.commit("no procfile");
+    let out = w.push_refused(&["manifold", "main"]);
+    assert!(
+        out.contains("Push rejected to pushed: the build failed"),
+        "{out}"
+    );
+    assert!(out.contains("pre-receive hook declined"), "{out}");
+    assert!(remote_refs(&w).contains(&format!("{first}\trefs/heads/main")));
+    assert_eq!(releases(&c, "pushed").len(), 1);
+    let (status, _) = c.route("pushed", "/", &[]);
+    assert_eq!(status, 200, "v1 still serves");
+
+    // A failing release phase rejects the push too, and v1 keeps serving.
+    std::fs::rename(w.dir.join("Procfile.off"), w.dir.join("Procfile")).unwrap();
+    let mut procfile = std::fs::read_to_string(w.dir.join("Procfile")).unwrap();
+    procfile.push_str("release: echo 'migration failed' >&2; exit 4\n");
+    std::fs::write(w.dir.join("Procfile"), &procfile).unwrap();
+    w.commit("failing release phase");
+    let out = w.push_refused(&["manifold", "main"]);
+    assert!(
+        out.contains("migration failed"),
+        "the release output: {out}"
+    );
+    assert!(out.contains("failed in its release phase"), "{out}");
+    assert!(remote_refs(&w).contains(&format!("{first}\trefs/heads/main")));
+    let r = releases(&c, "pushed");
+    assert_eq!(r.last().unwrap()["status"], "failed", "{r:?}");
+    assert!(r[0]["current"].as_bool().unwrap(), "{r:?}");
+
+    // Another branch is stored and not deployed.
+    std::fs::write(
+        w.dir.join("Procfile"),
+        procfile.replace("release: echo 'migration failed' >&2; exit 4\n", ""),
+    )
+    .unwrap();
+    std::fs::write(w.dir.join("public/index.html"), "second version\n").unwrap();
+    w.commit("second");
+    let before = releases(&c, "pushed").len();
+    let out = w.push(&["manifold", "main:feature"]);
+    assert!(
+        out.contains("Pushed to non-deploy branch feature, not deploying"),
+        "{out}"
+    );
+    assert!(!out.contains("Building"), "{out}");
+    assert_eq!(releases(&c, "pushed").len(), before);
+    assert!(remote_refs(&w).contains(&format!("{}\trefs/heads/feature", w.head())));
+
+    // `HEAD:main` deploys.
+    let out = w.push(&["manifold", "HEAD:main"]);
+    assert!(out.contains("remote: -----> Building main"), "{out}");
+    assert!(out.contains("deployed: v"), "{out}");
+    let version = releases(&c, "pushed").last().unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    serves(&c, "pushed", version, "second version");
+
+    // A force push of an older history deploys it.
+    w.git(&["reset", "-q", "--hard", &first]);
+    let out = w.push_refused(&["manifold", "main"]);
+    assert!(
+        out.contains("rejected"),
+        "without --force git refuses: {out}"
+    );
+    let out = w.push(&["--force", "manifold", "main"]);
+    assert!(out.contains("forced update"), "{out}");
+    assert!(out.contains("deployed: v"), "{out}");
+    let forced = releases(&c, "pushed").last().unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    assert!(forced > version);
+    serves(&c, "pushed", forced, "");
+    let (_, body) = c.route("pushed", "/", &[]);
+    assert!(!body.contains("second version"), "{body}");
+
+    // Deleting main is refused; deleting another branch is not.
+    let out = w.push_refused(&["manifold", ":main"]);
+    assert!(out.contains("cannot delete main"), "{out}");
+    w.push(&["manifold", ":feature"]);
+    assert!(!remote_refs(&w).contains("refs/heads/feature"));
+
+    // A wrong token: git says authentication failed, and pushes nothing.
+    let wrong = Work {
+        dir: w.dir.clone(),
+        api: w.api.clone(),
+        token: "not-the-token".into(),
+    };
+    let out = wrong.push_refused(&["manifold", "main:wrong"]);
+    assert!(out.contains("Authentication failed"), "{out}");
+    assert!(out.contains("wrong token"), "the scheduler's reason: {out}");
+    assert!(!remote_refs(&w).contains("refs/heads/wrong"));
+
+    // `git:clone` gets the deployed code back.
+    let clone = c.dir.path().join("cloned");
+    w.manifold(&["git:clone", "-a", "pushed", clone.to_str().unwrap()]);
+    assert!(clone.join("Procfile").exists());
+}
