@@ -140,13 +140,11 @@ pub fn router(core: Arc<Core>) -> Router {
             "/apps/:app/features/:feature",
             get(get_feature).patch(patch_feature),
         )
-        // Heroku's `https://git.heroku.com/APP.git`: the body limit is the git module's.
+        // Heroku's `https://git.heroku.com/APP.git`. The handlers stream the body to git
+        // themselves, under the upload limit (see `git.rs`).
         .route("/:repo/info/refs", get(git::info_refs))
         .route("/:repo/git-upload-pack", post(git::upload_pack))
-        .route(
-            "/:repo/git-receive-pack",
-            post(git::receive_pack).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/:repo/git-receive-pack", post(git::receive_pack))
         .merge(crate::logs::routes())
         .merge(crate::followers::routes())
         .route("/hosts", get(list_hosts))
