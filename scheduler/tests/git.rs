@@ -268,6 +268,19 @@ fn git_push_deploys_as_on_heroku() {
     assert!(out.contains("wrong token"), "the scheduler's reason: {out}");
     assert!(!remote_refs(&w).contains("refs/heads/wrong"));
 
+    // The repository outlives the scheduler's disk: a scheduler without it (another
+    // replica, or this one after losing its state dir's repositories) restores it from the
+    // bundle the last accepted push stored.
+    let before = remote_refs(&w);
+    c.kill_scheduler();
+    std::fs::remove_dir_all(c.dir.path().join("scheduler/git")).unwrap();
+    c.start_scheduler();
+    let after = harness::wait_for("the restarted scheduler to lead and serve git", UP, || {
+        let out = w.run(&["ls-remote", "manifold"]);
+        out.status.success().then(|| text(&out))
+    });
+    assert_eq!(after, before);
+
     // `git:clone` gets the deployed code back.
     let clone = c.dir.path().join("cloned");
     w.manifold(&["git:clone", "-a", "pushed", clone.to_str().unwrap()]);

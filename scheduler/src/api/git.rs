@@ -140,8 +140,7 @@ async fn serve(core: Arc<Core>, repo: &str, action: Action, req: Request) -> Res
         env.push(("CONTENT_LENGTH".into(), n.to_string().into()));
     }
     let backend = match core
-        .git
-        .ensure(app.id)
+        .git_repo(app.id)
         .await
         .and_then(|_| core.git.backend_env(limit))
     {
@@ -169,7 +168,8 @@ async fn serve(core: Arc<Core>, repo: &str, action: Action, req: Request) -> Res
         None
     };
     let body = req.into_body();
-    match cgi::run(&backend, env, body, limit + PROTOCOL_SLACK, socket).await {
+    let after = socket.as_ref().map(|s| s.after());
+    match cgi::run(&backend, env, body, limit + PROTOCOL_SLACK, socket, after).await {
         Ok(res) => res,
         Err(e) => {
             tracing::error!("git remote of {}: {e}", app.name);

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout};
@@ -44,24 +45,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The program's stdout after its headers, with what must live until it ends.
+/// The program's stdout after its headers, with what must live until it ends and what
+/// runs then.
 struct Tail<G> {
     out: BufReader<ChildStdout>,
     child: Child,
     _feeder: AbortOnDrop,
     _guard: G,
+    after: Option<BoxFuture<'static, ()>>,
 }
 
 /// Runs `program` with exactly `env` (plus nothing inherited), `body` on its stdin (cut
 /// after `limit` bytes: the program sees the input end there and fails, as a short request
 /// would), and answers with what it prints. `guard` is kept until the response body ends
 /// or is dropped (the client went away); the program is killed then if still running.
+/// `after` runs once the program has ended, before the response does.
 pub async fn run<G: Send + 'static>(
     program: &Path,
     env: Vec<(OsString, OsString)>,
     body: Body,
     limit: u64,
     guard: G,
+    after: Option<BoxFuture<'static, ()>>,
 ) -> Result<Response, CgiError> {
     let name = program.display().to_string();
     let mut child = tokio::process::Command::new(program)
@@ -117,6 +122,7 @@ pub async fn run<G: Send + 'static>(
         child,
         _feeder: feeder,
         _guard: guard,
+        after,
     };
     let stream = futures::stream::unfold(Some(tail), |state| async move {
         let mut tail = state?;
@@ -127,6 +133,9 @@ pub async fn run<G: Send + 'static>(
                     if !status.success() {
                         tracing::debug!("CGI program ended with {status}");
                     }
+                }
+                if let Some(after) = tail.after.take() {
+                    after.await;
                 }
                 None
             }

@@ -16,7 +16,10 @@
 //! ```
 //!
 //! [`Repos::source_blob`] and [`Repos::read_file`] serve other flows (review apps) too.
+//! The repositories are on the leader's disk; [`bundle`] keeps a copy of each in the blob
+//! store for the replica that leads next.
 
+mod bundle;
 pub mod cgi;
 pub mod hook;
 mod push;
@@ -86,8 +89,10 @@ pub enum GitError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot store the source: {0}")]
+    #[error("cannot store or read a blob: {0}")]
     Blob(#[from] BlobError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Objects a push brought that git keeps apart until its `pre-receive` hook accepts them
@@ -118,11 +123,13 @@ impl Repos {
             move |source| GitError::Io { path, source }
         };
         let hooks = root.join(".hooks");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&hooks)
-            .map_err(io(&hooks))?;
+        for dir in [&hooks, &root.join(".push")] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
+        }
         let script = hooks.join("pre-receive");
         std::fs::write(&script, hook_script(program)).map_err(io(&script))?;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
@@ -197,8 +204,19 @@ impl Repos {
         Ok(self.layout()?.root.join(format!("{app}.git")))
     }
 
-    /// The app's repository, made (bare, empty, `main` as HEAD) on first use.
-    pub async fn ensure(&self, app: Uuid) -> Result<PathBuf, GitError> {
+    /// A fresh path for a push's socket or a bundle, in a directory only the scheduler
+    /// reads.
+    pub(crate) fn scratch(&self, what: &str) -> Result<PathBuf, GitError> {
+        Ok(self
+            .layout()?
+            .root
+            .join(".push")
+            .join(format!("{what}-{}", Uuid::new_v4().simple())))
+    }
+
+    /// The app's repository, made (bare, `main` as HEAD) if missing: empty, or with every
+    /// ref of `bundle` (see [`Core::git_repo`], which also restores).
+    pub async fn ensure(&self, app: Uuid, bundle: Option<&Path>) -> Result<PathBuf, GitError> {
         let path = self.path(app)?;
         if path.join("HEAD").exists() {
             return Ok(path);
@@ -220,6 +238,25 @@ impl Repos {
                 what: "init".into(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
+        }
+        if let Some(bundle) = bundle {
+            let out = git_command(Some((&aside, None)))
+                .args(["fetch", "--quiet"])
+                .arg(bundle)
+                .arg("refs/*:refs/*")
+                .output()
+                .await
+                .map_err(|source| GitError::Spawn {
+                    what: "fetch".into(),
+                    source,
+                })?;
+            if !out.status.success() {
+                let _ = tokio::fs::remove_dir_all(&aside).await;
+                return Err(GitError::Git {
+                    what: "fetch from the bundle".into(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
         }
         if tokio::fs::rename(&aside, &path).await.is_err() {
             let _ = tokio::fs::remove_dir_all(&aside).await;

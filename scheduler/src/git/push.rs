@@ -8,6 +8,7 @@
 //! - deleting the deploy branch, or moving both deploy branches at once: refused.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +32,15 @@ const OUTCOME_PATIENCE: Duration = Duration::from_secs(60);
 /// Longest path of a Unix socket (`sun_path` less its terminating NUL).
 const SOCKET_PATH_MAX: usize = 107;
 
-/// A push's socket: listening while its request runs; dropping it stops the listener
-/// (a hook still waiting then sees the end, and rejects) and removes the file.
+/// A push's socket: listening while its request runs; dropping it (the request ended)
+/// stops the listener (a hook still waiting then sees the end, and rejects) and removes
+/// the file.
 pub(crate) struct PushSocket {
     pub(crate) path: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    accepted: Arc<AtomicBool>,
+    core: Arc<Core>,
+    app: Uuid,
 }
 
 impl Drop for PushSocket {
@@ -45,22 +50,25 @@ impl Drop for PushSocket {
     }
 }
 
+impl PushSocket {
+    /// What runs once git has ended (and moved the refs): if the hook accepted the push,
+    /// the repository's new bundle is stored, before the pusher hears the push is done.
+    pub(crate) fn after(&self) -> futures::future::BoxFuture<'static, ()> {
+        let (accepted, core, app) = (self.accepted.clone(), self.core.clone(), self.app);
+        Box::pin(async move {
+            if !accepted.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = core.save_git_bundle(app).await {
+                tracing::warn!("cannot store the bundle of app {app}'s repository: {e}");
+            }
+        })
+    }
+}
+
 /// Opens the socket the hook of a push to `app`'s repository by `user` reaches.
 pub(crate) fn serve_push(core: Arc<Core>, app: App, user: String) -> Result<PushSocket, GitError> {
-    let dir = core.git.layout()?.root.join(".push");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| GitError::Io { path, source }
-    };
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io(&dir))?;
-    }
-    let path = dir.join(format!("{}.sock", Uuid::new_v4().simple()));
+    let path = core.git.scratch("push")?;
     if path.as_os_str().len() > SOCKET_PATH_MAX {
         return Err(GitError::Io {
             source: std::io::Error::other(format!(
@@ -69,19 +77,33 @@ pub(crate) fn serve_push(core: Arc<Core>, app: App, user: String) -> Result<Push
             path,
         });
     }
-    let listener = UnixListener::bind(&path).map_err(io(&path))?;
+    let listener = UnixListener::bind(&path).map_err(|source| GitError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let accepted = Arc::new(AtomicBool::new(false));
+    let (kept, id, said_yes) = (core.clone(), app.id, accepted.clone());
     let task = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            if let Err(e) = answer(&core, &app, &user, conn).await {
-                tracing::warn!("git push to {}: {e}", app.name);
+            match answer(&core, &app, &user, conn).await {
+                Ok(true) => said_yes.store(true, Ordering::SeqCst),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("git push to {}: {e}", app.name),
             }
         }
     });
-    Ok(PushSocket { path, task })
+    Ok(PushSocket {
+        path,
+        task,
+        accepted,
+        core: kept,
+        app: id,
+    })
 }
 
-/// Reads the hook's request, does the push, and tells the hook each line and the verdict.
-async fn answer(core: &Core, app: &App, user: &str, conn: UnixStream) -> std::io::Result<()> {
+/// Reads the hook's request, does the push, and tells the hook each line and the verdict;
+/// whether it accepted.
+async fn answer(core: &Core, app: &App, user: &str, conn: UnixStream) -> std::io::Result<bool> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     BufReader::new(read.take(REQUEST_LIMIT))
@@ -91,9 +113,9 @@ async fn answer(core: &Core, app: &App, user: &str, conn: UnixStream) -> std::io
     let pushed: Pushed = match serde_json::from_str(&line) {
         Ok(p) => p,
         Err(e) => {
-            return say
-                .send(Said::Reject(format!("bad request from the hook: {e}")))
-                .await
+            say.send(Said::Reject(format!("bad request from the hook: {e}")))
+                .await?;
+            return Ok(false);
         }
     };
     let verdict = match plan(&pushed.updates) {
@@ -121,7 +143,9 @@ async fn answer(core: &Core, app: &App, user: &str, conn: UnixStream) -> std::io
             }
         }
     };
-    say.send(verdict).await
+    let accepted = verdict == Said::Accept;
+    say.send(verdict).await?;
+    Ok(accepted)
 }
 
 /// Writes JSON lines to the hook.

@@ -265,7 +265,7 @@ async fn a_branch_makes_a_source_blob_and_gives_its_files() {
     let dir = tempfile::tempdir().expect("dir");
     let h = harness(&dir).await;
     let app = h.core.store.create_app("gitapp", STACK).await.expect("app");
-    let repo = h.core.git.ensure(app.id).await.expect("repo");
+    let repo = h.core.git.ensure(app.id, None).await.expect("repo");
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("work");
     git(&work, &["init", "-q", "-b", "main"]);
@@ -365,4 +365,73 @@ async fn a_branch_makes_a_source_blob_and_gives_its_files() {
         .source_blob(h.core.blobs.as_ref(), other.id, "main", 1 << 20)
         .await;
     assert!(matches!(err, Err(GitError::UnknownRev { .. })), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_repository_missing_from_this_replica_comes_back_from_its_bundle() {
+    let dir = tempfile::tempdir().expect("dir");
+    let h = harness(&dir).await;
+    let app = h.core.store.create_app("gitapp", STACK).await.expect("app");
+    // No bundle yet: the repository starts empty.
+    let repo = h.core.git_repo(app.id).await.expect("repo");
+    assert!(h
+        .core
+        .store
+        .git_bundle(app.id)
+        .await
+        .expect("row")
+        .is_none());
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("work");
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("Procfile"), "web: true\n").expect("write");
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "one"]);
+    let target = repo.display().to_string();
+    git(&work, &["push", "-q", &target, "main", "main:feature"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+
+    h.core.save_git_bundle(app.id).await.expect("bundle");
+    let sha = h
+        .core
+        .store
+        .git_bundle(app.id)
+        .await
+        .expect("row")
+        .expect("a bundle");
+    assert!(
+        h.core
+            .store
+            .blobs_in_use()
+            .await
+            .expect("in use")
+            .contains(&sha),
+        "the blob collection keeps the bundle"
+    );
+
+    // Another replica (or this one, its disk lost) has no repository: it is restored.
+    std::fs::remove_dir_all(&repo).expect("remove");
+    let restored = h.core.git_repo(app.id).await.expect("restored");
+    assert_eq!(restored, repo);
+    let refs = git(
+        &restored,
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    );
+    assert_eq!(
+        refs,
+        format!("refs/heads/feature {}refs/heads/main {}", head, head),
+        "every branch, at its commit"
+    );
+    let text = h
+        .core
+        .git
+        .read_file(app.id, "main", "Procfile", 1024)
+        .await
+        .expect("Procfile");
+    assert_eq!(text, b"web: true\n");
+    // The scratch files are gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("git/.push"))
+        .expect("scratch dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -217,8 +217,13 @@ pub trait Store: Send + Sync + 'static {
     async fn slug(&self, id: Uuid) -> Result<Slug, StoreError>;
 
     /// Every blob the store refers to and still needs: the slugs of every app's releases
-    /// and builds, and the sources of builds still pending. The blob collection keeps these.
+    /// and builds, the sources of builds still pending, and the apps' git bundles. The blob collection keeps these.
     async fn blobs_in_use(&self) -> Result<std::collections::BTreeSet<String>, StoreError>;
+
+    /// The digest of the newest bundle of the app's git repository, if a push made one.
+    async fn git_bundle(&self, app: Uuid) -> Result<Option<String>, StoreError>;
+    /// Records the newest bundle of the app's git repository.
+    async fn set_git_bundle(&self, app: Uuid, sha256: &str) -> Result<(), StoreError>;
 
     async fn create_build(&self, build: &Build) -> Result<(), StoreError>;
     async fn build(&self, id: Uuid) -> Result<Build, StoreError>;

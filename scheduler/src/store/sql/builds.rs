@@ -66,7 +66,8 @@ pub(super) async fn blobs_in_use(
     let mut tx = store.read().await?;
     let digests: Vec<String> = sqlx::query_scalar(
         "SELECT sha256 FROM slugs \
-         UNION SELECT source_sha256 FROM builds WHERE status = 'pending'",
+         UNION SELECT source_sha256 FROM builds WHERE status = 'pending' \
+         UNION SELECT sha256 FROM git_bundles",
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -62,6 +62,7 @@ mod dialect;
 mod domains;
 mod drains;
 mod dynos;
+mod git;
 mod hosts;
 mod lease;
 mod releases;
@@ -319,6 +320,14 @@ impl Store for SqlStore {
 
     async fn blobs_in_use(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         builds::blobs_in_use(self).await
+    }
+
+    async fn git_bundle(&self, app: Uuid) -> Result<Option<String>, StoreError> {
+        git::git_bundle(self, app).await
+    }
+
+    async fn set_git_bundle(&self, app: Uuid, sha256: &str) -> Result<(), StoreError> {
+        git::set_git_bundle(self, app, sha256).await
     }
 
     async fn create_build(&self, build: &Build) -> Result<(), StoreError> {
