@@ -286,3 +286,40 @@ fn git_push_deploys_as_on_heroku() {
     w.manifold(&["git:clone", "-a", "pushed", clone.to_str().unwrap()]);
     assert!(clone.join("Procfile").exists());
 }
+
+/// The build cache is kept across pushes: the second push of an app whose requirements did
+/// not change reuses the virtualenv the first one cached (on the build host, in the app's
+/// cache directory).
+#[test]
+fn a_second_push_reuses_the_build_cache() {
+    if !harness::ready() {
+        return;
+    }
+    if !Path::new("/var/lib/manifold/stacks/bookworm/.manifold-stack").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the bookworm stack is missing"
+        );
+        eprintln!("!!! SKIPPING: the bookworm stack is missing: run scripts/setup bookworm");
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("cacher", 20);
+    c.wait_hosts(1);
+    c.ok(&["apps:create", "cached"]);
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python-web");
+    let w = Work::new(&c, "cached-src", examples);
+    w.manifold(&["git:remote", "-a", "cached"]);
+    let out = w.push(&["manifold", "main"]);
+    assert!(out.contains("remote: -----> Creating virtualenv"), "{out}");
+    assert!(!out.contains("Restoring cache"), "{out}");
+    let cache = c.agents[0].state_dir.join("cache/cached/python/venv");
+    assert!(cache.is_dir(), "the first build cached its virtualenv");
+
+    std::fs::write(w.dir.join("README.md"), "changed, not the requirements\n").unwrap();
+    w.commit("second");
+    let out = w.push(&["manifold", "main"]);
+    assert!(out.contains("remote: -----> Restoring cache"), "{out}");
+    assert!(out.contains("skipping the install"), "{out}");
+    assert!(out.contains("deployed: v2"), "{out}");
+}
