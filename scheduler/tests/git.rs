@@ -18,6 +18,8 @@ struct Work {
     dir: PathBuf,
     api: String,
     token: String,
+    /// The cluster's CA, for the CLI (`MANIFOLD_CA`), with an https:// API.
+    ca: Option<PathBuf>,
 }
 
 impl Work {
@@ -34,6 +36,7 @@ impl Work {
             dir,
             api: c.api(),
             token: API_TOKEN.into(),
+            ca: c.ca.clone(),
         };
         w.git(&["init", "-q", "-b", "main"]);
         w.commit("first");
@@ -43,11 +46,14 @@ impl Work {
     fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir(&self.dir)
+            .envs(self.ca.as_ref().map(|ca| ("MANIFOLD_CA", ca)))
             .env("MANIFOLD_API", &self.api)
             .env("MANIFOLD_API_TOKEN", &self.token)
             // This machine's git settings stay out of the test.
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_CONFIG_NOSYSTEM", "1")
+            // It would override the CA `git:remote` configures.
+            .env_remove("GIT_SSL_CAINFO")
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_AUTHOR_NAME", "e2e")
             .env("GIT_AUTHOR_EMAIL", "e2e@example.com")
@@ -262,6 +268,7 @@ fn git_push_deploys_as_on_heroku() {
         dir: w.dir.clone(),
         api: w.api.clone(),
         token: "not-the-token".into(),
+        ca: None,
     };
     let out = wrong.push_refused(&["manifold", "main:wrong"]);
     assert!(out.contains("Authentication failed"), "{out}");
@@ -322,4 +329,44 @@ fn a_second_push_reuses_the_build_cache() {
     assert!(out.contains("remote: -----> Restoring cache"), "{out}");
     assert!(out.contains("skipping the install"), "{out}");
     assert!(out.contains("deployed: v2"), "{out}");
+}
+
+/// Over HTTPS with the cluster's own CA: `git:remote` tells git to trust it
+/// (`http.URL.sslCAInfo`, from `MANIFOLD_CA`), and git pushes with no other setup.
+#[test]
+fn git_over_https_trusts_the_cluster_ca() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::prepare(Duration::from_secs(10), &[]);
+    let pki = c.dir.path().join("pki");
+    for args in [vec!["ca"], vec!["issue", "scheduler", "--ip", "127.0.0.1"]] {
+        let out = Command::new(bins().join("manifold-scheduler"))
+            .arg("certs")
+            .args(&args)
+            .arg("--dir")
+            .arg(&pki)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "certs {args:?}: {}", text(&out));
+    }
+    c.flags.extend([
+        "--tls-cert".to_string(),
+        pki.join("scheduler.pem").display().to_string(),
+        "--tls-key".to_string(),
+        pki.join("scheduler-key.pem").display().to_string(),
+    ]);
+    c.ca = Some(pki.join("ca.pem"));
+    c.start_scheduler();
+    assert!(c.api().starts_with("https://"));
+    c.ok(&["apps:create", "tlsgit", "--stack", "testing"]);
+    let w = Work::new(&c, "tlsgit-src", TINY);
+    w.manifold(&["git:remote", "-a", "tlsgit"]);
+    let config = std::fs::read_to_string(w.dir.join(".git/config")).unwrap();
+    assert!(config.contains("sslCAInfo"), "{config}");
+    let out = w.push(&["manifold", "main:feature"]);
+    assert!(
+        out.contains("Pushed to non-deploy branch feature, not deploying"),
+        "{out}"
+    );
 }

@@ -135,3 +135,39 @@ fn pre_receive(input: impl BufRead, out: &mut impl Write) -> Result<bool, String
     }
     Err("the scheduler ended the push without a verdict".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_s_update_lines_parse_and_odd_ones_are_refused() {
+        let (old, new) = ("0".repeat(40), "a".repeat(40));
+        let input = format!("{old} {new} refs/heads/main\n{new} {old} refs/heads/gone\n");
+        let updates = parse_updates(input.as_bytes()).expect("parse");
+        assert_eq!(updates.len(), 2);
+        assert_eq!(updates[0].name, "refs/heads/main");
+        assert!(!updates[0].deletes());
+        assert!(updates[1].deletes());
+        for odd in ["just one", "a b c d\n"] {
+            let err = parse_updates(odd.as_bytes()).expect_err(odd);
+            assert!(err.contains("odd line"), "{err}");
+        }
+        let many = format!("{old} {new} refs/heads/x\n").repeat(MAX_UPDATES + 1);
+        let err = parse_updates(many.as_bytes()).expect_err("too many");
+        assert!(err.contains("at most"), "{err}");
+    }
+
+    #[test]
+    fn what_the_scheduler_says_round_trips_as_json_lines() {
+        for said in [
+            Said::Line("-----> Building".into()),
+            Said::Accept,
+            Said::Reject("no".into()),
+        ] {
+            let text = serde_json::to_string(&said).expect("json");
+            assert!(!text.contains('\n'));
+            assert_eq!(serde_json::from_str::<Said>(&text).expect("back"), said);
+        }
+    }
+}
