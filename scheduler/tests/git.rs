@@ -49,6 +49,7 @@ impl Work {
             .envs(self.ca.as_ref().map(|ca| ("MANIFOLD_CA", ca)))
             .env("MANIFOLD_API", &self.api)
             .env("MANIFOLD_API_TOKEN", &self.token)
+            .env("USER", "pusher-person")
             // This machine's git settings stay out of the test.
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -178,6 +179,11 @@ fn git_push_deploys_as_on_heroku() {
     c.wait_dynos("pushed", &["web.1"], "up", UP);
     serves(&c, "pushed", 1, "");
     let first = w.head();
+    let builds = c.json(&["builds", "-a", "pushed"]);
+    assert_eq!(
+        builds[0]["user"]["email"], "pusher-person",
+        "the pusher's name (git's user name, from $USER) is the build's user: {builds}"
+    );
     assert!(remote_refs(&w).contains(&format!("{first}\trefs/heads/main")));
 
     // A push whose build fails (no Procfile: no buildpack takes it) is rejected, says

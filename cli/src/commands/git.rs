@@ -12,9 +12,6 @@ use crate::api::Client;
 
 use super::*;
 
-/// The user name git sends; the scheduler checks only the password (the token).
-const GIT_USER: &str = "manifold";
-
 impl Ctx {
     /// The remote's URL, once the app is known to exist (which also finds the leader).
     async fn remote_url(&self, app: &str) -> Result<String> {
@@ -111,7 +108,9 @@ pub(super) fn credentials(client: &Client, operation: &str) -> Result<()> {
         "get" => {
             if let Some(token) = &client.settings().token {
                 let mut out = std::io::stdout();
-                writeln!(out, "username={GIT_USER}")?;
+                // The scheduler checks only the password; the name is the builds' user, as
+                // `Manifold-User` is for `deploy`.
+                writeln!(out, "username={}", client.settings().user)?;
                 writeln!(out, "password={token}")?;
             }
             Ok(())
