@@ -205,3 +205,83 @@ async fn read_headers(
         headers.append(name, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// A CGI script in `dir`.
+    fn script(dir: &Path, text: &str) -> std::path::PathBuf {
+        let path = dir.join("cgi");
+        std::fs::write(&path, format!("#!/bin/sh\n{text}")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    /// The response streams while the program runs, and the request streams into it: the
+    /// program's first line arrives while it still waits for the rest of the request,
+    /// which is only sent once that line came.
+    #[tokio::test]
+    async fn request_and_response_stream_both_ways() {
+        let dir = tempfile::tempdir().expect("dir");
+        let program = script(
+            dir.path(),
+            "printf 'Status: 201 Created\\r\\nX-Mine: yes\\r\\n\\r\\n'\necho first\nread line\necho \"then $line\"\n",
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let res = run(&program, vec![], body, 1024, (), None)
+            .await
+            .expect("run");
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(res.headers()["x-mine"], "yes");
+        let mut stream = res.into_body().into_data_stream();
+        let first = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the first line comes before the request ends")
+            .expect("a chunk")
+            .expect("bytes");
+        assert_eq!(&first[..], b"first\n");
+        tx.send(Ok(Bytes::from_static(b"second\n")))
+            .await
+            .expect("send");
+        drop(tx);
+        let mut rest = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            rest.extend_from_slice(&chunk.expect("bytes"));
+        }
+        assert_eq!(rest, b"then second\n");
+    }
+
+    #[tokio::test]
+    async fn a_program_without_a_proper_header_section_is_an_error() {
+        let dir = tempfile::tempdir().expect("dir");
+        for (text, want) in [
+            ("exit 0\n", "ended without a response"),
+            ("echo 'no colon here'\necho\n", "is not a header"),
+            ("printf 'Status: abc\\n\\n'\n", "bad status"),
+        ] {
+            let program = script(dir.path(), text);
+            let err = run(&program, vec![], Body::empty(), 1024, (), None)
+                .await
+                .expect_err(text);
+            assert!(err.to_string().contains(want), "{text}: {err}");
+        }
+        let err = run(
+            Path::new("/nonexistent/cgi"),
+            vec![],
+            Body::empty(),
+            1024,
+            (),
+            None,
+        )
+        .await
+        .expect_err("missing");
+        assert!(err.to_string().contains("cannot start"), "{err}");
+    }
+}
