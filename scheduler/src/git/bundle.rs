@@ -1,3 +1,6 @@
+//! What other flows (review apps) call: a branch's source blob and files, through
+//! [`Core::git_repo`], which restores a repository this replica lacks.
+//!
 //! Repositories outlive the replica that holds them: after every accepted push the leader
 //! stores a bundle of the whole repository (`git bundle create --all`) in the blob store
 //! (shared by the replicas with PostgreSQL) and records its digest; a replica that leads
@@ -11,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::{git_command, GitError};
+use crate::blobs::Blob;
 use crate::core::Core;
 
 /// A file in the repositories' directory, removed when dropped.
@@ -50,6 +54,29 @@ impl Core {
         drop(file);
         tracing::info!("restoring app {app}'s repository from its bundle {sha}");
         self.git.ensure(app, Some(&scratch.0)).await
+    }
+
+    /// A source blob (tar.gz, as builds take, at most the upload limit) of the commit `rev`
+    /// names in the app's repository (`refs/heads/BRANCH`, a branch name, a tag, a commit
+    /// id), the repository restored first if this replica lacks it.
+    pub async fn git_source_blob(&self, app: Uuid, rev: &str) -> Result<Blob, GitError> {
+        self.git_repo(app).await?;
+        self.git
+            .source_blob(self.blobs.as_ref(), app, rev, self.settings.upload_limit)
+            .await
+    }
+
+    /// One file (e.g. `app.json`) of the commit `rev` names, at most `limit` bytes, the
+    /// repository restored first if this replica lacks it.
+    pub async fn git_read_file(
+        &self,
+        app: Uuid,
+        rev: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, GitError> {
+        self.git_repo(app).await?;
+        self.git.read_file(app, rev, path, limit).await
     }
 
     /// Stores a bundle of the app's repository as its newest (after a push was accepted).

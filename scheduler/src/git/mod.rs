@@ -15,7 +15,8 @@
 //!            push.rs: git archive ─▶ blob ─▶ build ─▶ release phase ◀──────┘
 //! ```
 //!
-//! [`Repos::source_blob`] and [`Repos::read_file`] serve other flows (review apps) too.
+//! [`crate::core::Core::git_source_blob`] and [`crate::core::Core::git_read_file`] serve other
+//! flows (review apps) too.
 //! The repositories are on the leader's disk; [`bundle`] keeps a copy of each in the blob
 //! store for the replica that leads next.
 

@@ -424,11 +424,19 @@ async fn a_repository_missing_from_this_replica_comes_back_from_its_bundle() {
     );
     let text = h
         .core
-        .git
-        .read_file(app.id, "main", "Procfile", 1024)
+        .git_read_file(app.id, "main", "Procfile", 1024)
         .await
         .expect("Procfile");
     assert_eq!(text, b"web: true\n");
+    // The same through a source blob, after losing the repository again.
+    std::fs::remove_dir_all(&repo).expect("remove");
+    let blob = h
+        .core
+        .git_source_blob(app.id, "refs/heads/feature")
+        .await
+        .expect("blob");
+    assert!(blob.size > 0);
+    assert!(repo.join("HEAD").exists(), "restored again");
     // The scratch files are gone.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("git/.push"))
         .expect("scratch dir")
