@@ -4,7 +4,7 @@
 //!
 //! A push to `main` or `master` builds and releases inside the push: every repository's
 //! `pre-receive` hook is this scheduler's binary ([`hook`]), which hands the pushed commits
-//! to the scheduler over a socket that lives as long as the push's request ([`push`]),
+//! to the scheduler over a socket that lives as long as the push's request (`push.rs`),
 //! prints the build's output as it comes (git shows it as `remote: …` lines) and refuses
 //! the push when the build or the release phase fails, so the branch only moves to code
 //! that runs.
@@ -17,7 +17,7 @@
 //!
 //! [`crate::core::Core::git_source_blob`] and [`crate::core::Core::git_read_file`] serve other
 //! flows (review apps) too.
-//! The repositories are on the leader's disk; [`bundle`] keeps a copy of each in the blob
+//! The repositories are on the leader's disk; `bundle.rs` keeps a copy of each in the blob
 //! store for the replica that leads next.
 
 mod bundle;
