@@ -216,7 +216,7 @@ impl Repos {
     }
 
     /// The app's repository, made (bare, `main` as HEAD) if missing: empty, or with every
-    /// ref of `bundle` (see [`Core::git_repo`], which also restores).
+    /// ref of `bundle` (see [`crate::core::Core::git_repo`], which also restores).
     pub async fn ensure(&self, app: Uuid, bundle: Option<&Path>) -> Result<PathBuf, GitError> {
         let path = self.path(app)?;
         if path.join("HEAD").exists() {
