@@ -287,6 +287,7 @@ fn prepare_in(
         host: host.clone(),
         attach: None,
         log_rate: None,
+        access: Default::default(),
     };
     let output = OutputDir {
         path: out,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::netpolicy::Access;
 use crate::host::network::NetworkConfig;
 use crate::logs::LogRate;
 use crate::size::DynoSize;
@@ -242,6 +243,10 @@ pub struct DynoConfig {
     /// user's; a foreground `run` by default).
     #[serde(default)]
     pub log_rate: Option<LogRate>,
+    /// The dyno's own network policy: the add-on endpoints it may reach, and who besides
+    /// this host may reach its published port (an add-on service's peers).
+    #[serde(default, skip_serializing_if = "Access::is_empty")]
+    pub access: Access,
 }
 
 /// How a client is attached to a dyno: a terminal of this size, or pipes.
@@ -587,6 +592,7 @@ mod tests {
             host: HostConfig::default(),
             attach: None,
             log_rate: None,
+            access: Default::default(),
         };
         let mut json = serde_json::to_value(&c).expect("serialise");
         assert_eq!(json["boot_timeout"], 2000);
@@ -655,6 +661,7 @@ mod tests {
             host: HostConfig::default(),
             attach: None,
             log_rate: None,
+            access: Default::default(),
         };
         let e = c.environment();
         assert_eq!(e["DYNO"], "worker.1");

@@ -70,6 +70,7 @@ impl Run {
             host: HostConfig::default(),
             attach: Some(attach),
             log_rate: None,
+            access: Default::default(),
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dyno = runtime.block_on(Dyno::start(config, BIN.into())).unwrap();

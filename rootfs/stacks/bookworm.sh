@@ -6,7 +6,10 @@
 BOOKWORM_SUITE=bookworm
 BOOKWORM_VARIANT=minbase
 # Installed on top of minbase with apt (no recommends).
-BOOKWORM_PACKAGES=(bash ca-certificates curl git netbase python3 python3-pip python3-venv nodejs npm)
+# postgresql-client and redis-tools: apps run `psql` and `redis-cli` against their add-ons
+# (a release phase's migration), as on Heroku's stacks.
+BOOKWORM_PACKAGES=(bash ca-certificates curl git netbase python3 python3-pip python3-venv nodejs npm
+	postgresql-client redis-tools)
 # Bump to throw away the cached rootfs tarball and download again (e.g. for point releases).
 BOOKWORM_REVISION=1
 
@@ -31,7 +34,9 @@ bookworm_tarball() {
 # dynos reach package registries the way the host does. They are part of the stack's key.
 host_local_cas() { find /usr/local/share/ca-certificates -type f -name '*.crt' 2>/dev/null | sort; }
 
-stack_key_inputs() {
+stack_key_inputs() { bookworm_stack_key_inputs; }
+
+bookworm_stack_key_inputs() {
 	printf 'rootfs=%s\n' "$(bookworm_cache_key)"
 	local ca
 	while read -r ca; do
@@ -52,7 +57,9 @@ bookworm_trust_host_cas() {
 	fi
 }
 
-stack_build() {
+stack_build() { bookworm_stack_build "$@"; }
+
+bookworm_stack_build() {
 	local root=$1 tarball
 	tarball=$(bookworm_tarball)
 	if [[ -f $tarball ]]; then
@@ -80,9 +87,6 @@ bookworm_bootstrap() {
 	debootstrap --variant="$BOOKWORM_VARIANT" --arch="$(host_arch)" \
 		"$BOOKWORM_SUITE" "$root" "$mirror"
 
-	# Build-time only: no daemons started by maintainer scripts.
-	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
-	chmod 0755 "$root/usr/sbin/policy-rc.d"
 	# Stays in the stack: packages added later skip docs too.
 	cat >"$root/etc/dpkg/dpkg.cfg.d/manifold-slim" <<'EOF'
 # Manifold stack: no documentation beyond copyright files, no message translations.
@@ -94,10 +98,23 @@ path-exclude /usr/share/locale/*
 path-include /usr/share/locale/locale.alias
 EOF
 
-	log "apt-get install ${BOOKWORM_PACKAGES[*]}"
+	bookworm_apt_install "$root" "${BOOKWORM_PACKAGES[@]}"
+}
+
+# bookworm_apt_install ROOT PKG...: install packages into a bookworm root (no recommends, no
+# daemons started) and strip what a stack does not keep. Also used by the services stack.
+bookworm_apt_install() {
+	local root=$1
+	shift
+	log "apt-get install $*"
+	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+	chmod 0755 "$root/usr/sbin/policy-rc.d"
+	# A cached rootfs has no resolv.conf (debootstrap's copy was removed).
+	rm -f "$root/etc/resolv.conf"
+	cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 	mount -t proc proc "$root/proc"
 	in_chroot "$root" apt-get update -q
-	in_chroot "$root" apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "${BOOKWORM_PACKAGES[@]}"
+	in_chroot "$root" apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "$@"
 	in_chroot "$root" apt-get clean
 	umount "$root/proc"
 	rm -f "$root/usr/sbin/policy-rc.d"
@@ -116,8 +133,11 @@ EOF
 	rm -f "$root/etc/resolv.conf" "$root/etc/hostname"
 }
 
+# bookworm_save ROOT TARBALL: cache ROOT as TARBALL, removing older tarballs of the same
+# name before the key (bookworm-ARCH-*, services-ARCH-*).
 bookworm_save() {
-	local root=$1 tarball=$2 old
+	local root=$1 tarball=$2 old prefix
+	prefix=${tarball%-*.tar.zst}
 	mkdir -p "$(dirname "$tarball")"
 	log "caching rootfs as $tarball"
 	CACHE_TMP=$(mktemp "$tarball.XXXXXX")
@@ -125,7 +145,7 @@ bookworm_save() {
 		-I 'zstd -T0 -10' -cf "$CACHE_TMP" .
 	mv -f "$CACHE_TMP" "$tarball"
 	CACHE_TMP=""
-	for old in "$(dirname "$tarball")/$BOOKWORM_SUITE-$(host_arch)-"*.tar.zst; do
+	for old in "$prefix-"*.tar.zst; do
 		[[ $old == "$tarball" || ! -f $old ]] && continue
 		log "removing outdated cache $old"
 		rm -f "$old"

@@ -51,6 +51,8 @@ pub(super) struct Core {
     /// Reports waiting for room on the link.
     pub(super) outbox: Outbox,
     pub(super) metrics: Arc<AgentMetrics>,
+    /// Destroyed services already reported `DESTROYED` by this daemon (a set repeats them).
+    pub(super) destroyed_reported: BTreeSet<String>,
 }
 
 impl Core {
@@ -75,6 +77,7 @@ impl Core {
                     let since = std::fs::read_to_string(dir.root.join(SINCE_FILE))
                         .ok()
                         .and_then(|text| parse_since(&text));
+                    // A service's lines belong to no app (their dyno id is the service's).
                     let app = self
                         .assignment(&id)
                         .map(|a| a.app.clone())
@@ -141,7 +144,7 @@ impl Core {
                     stacks: stacks(&self.config.host.stacks_dir()),
                     dynos: self.dynos.values().map(|e| e.status.clone()).collect(),
                     generation: self.state.generation,
-                    services: Vec::new(),
+                    services: self.service_statuses(),
                 };
                 self.send(proto::agent_message::Kind::Hello(hello));
             }
@@ -167,6 +170,8 @@ impl Core {
                         generation: a.generation,
                         term: a.term,
                         assignments: a.dynos.into_iter().map(AssignmentRecord::from).collect(),
+                        services: a.services.into_iter().map(ServiceRecord::from).collect(),
+                        destroyed_services: a.destroyed_services,
                     };
                     if let Err(err) = self
                         .state
@@ -175,6 +180,7 @@ impl Core {
                         tracing::error!("cannot save agent.json: {err}");
                     }
                     self.reconcile();
+                    self.destroy_services();
                 }
                 Some(proto::scheduler_message::Kind::Build(request)) => {
                     tokio::spawn(run_build(
@@ -225,7 +231,8 @@ impl Core {
             .get(id)
             .map(|e| e.app.clone())
             .unwrap_or_default();
-        self.logs.line(&app, id, line, Instant::now());
+        let dyno_id = services::service_id(id).unwrap_or(id);
+        self.logs.line(&app, dyno_id, line, Instant::now());
     }
 
     /// Sends a message to the scheduler if linked, after the log lines queued before it. A
@@ -258,16 +265,34 @@ impl Core {
         }
     }
 
+    /// Whether entry `id` is in the current set: an assignment, or a service (by its key).
+    fn assigned(&self, id: &str) -> bool {
+        self.assignment(id).is_some() || self.service(id).is_some()
+    }
+
     pub(super) fn reconcile(&mut self) {
+        let services: Vec<String> = self
+            .state
+            .services
+            .iter()
+            .filter(|s| !self.state.destroyed_services.contains(&s.id))
+            .map(|s| services::key(&s.id))
+            .collect();
         let plan = plan(
-            self.state.assignments.iter().map(|a| a.id.as_str()),
+            self.state
+                .assignments
+                .iter()
+                .map(|a| a.id.as_str())
+                .chain(services.iter().map(String::as_str)),
             self.dynos.keys().map(String::as_str),
         );
         for id in plan.start {
-            let Some(assignment) = self.assignment(&id) else {
-                continue;
+            let (app, name) = match (self.assignment(&id), self.service(&id)) {
+                (Some(a), _) => (a.app.clone(), a.name.clone()),
+                (None, Some(s)) => (String::new(), s.name.clone()),
+                (None, None) => continue,
             };
-            let entry = Entry::new(&assignment.app, &assignment.name, &id, self.schedule());
+            let entry = Entry::new(&app, &name, &id, self.schedule());
             self.dynos.insert(id.clone(), entry);
             self.start(&id);
         }
@@ -279,6 +304,14 @@ impl Core {
     /// Asks the entry for a run, with the host port a web dyno needs: allocated once, kept
     /// across its restarts.
     fn start(&mut self, id: &str) {
+        if self.service(id).is_some() {
+            let port = self.service_port(id);
+            if let (Some(entry), Ok(port)) = (self.dynos.get_mut(id), &port) {
+                entry.port = Some(*port);
+            }
+            self.on(id, Input::Start(port.map(|_| ())));
+            return;
+        }
         let web = self
             .assignment(id)
             .is_some_and(|a| manifold_dyno::is_web(a.process_type()));
@@ -303,7 +336,7 @@ impl Core {
 
     /// Feeds the entry's machine and carries out what it says.
     fn on(&mut self, id: &str, input: Input) {
-        let assigned = self.assignment(id).is_some();
+        let assigned = self.assigned(id);
         let Some(entry) = self.dynos.get_mut(id) else {
             return;
         };
@@ -352,9 +385,8 @@ impl Core {
 
     /// Starts a new run of the assignment's dyno.
     fn launch(&mut self, id: &str) {
-        let Some(assignment) = self.assignment(id).cloned() else {
-            return;
-        };
+        let assignment = self.assignment(id).cloned();
+        let service = self.service(id).cloned();
         let launcher = self.launcher();
         let Some(entry) = self.dynos.get_mut(id) else {
             return;
@@ -362,7 +394,15 @@ impl Core {
         let run = container_id(id);
         entry.run = run.clone();
         entry.stop = None;
-        tokio::spawn(launch(launcher, assignment, run, entry.port));
+        match (assignment, service, entry.port) {
+            (Some(assignment), _, port) => {
+                tokio::spawn(launch(launcher, assignment, run, port));
+            }
+            (None, Some(service), Some(port)) => {
+                tokio::spawn(services::launch_service(launcher, service, run, port));
+            }
+            _ => {}
+        }
     }
 
     /// Records and reports an entry's new state.
@@ -394,6 +434,10 @@ impl Core {
         let status = entry.status.clone();
         tracing::info!("{} ({id}) is {}", entry.name, state.as_str_name());
         self.count_states();
+        if services::service_id(id).is_some() {
+            self.report_service(id, &status);
+            return;
+        }
         // The dyno's lines from before its new state go first, on the same stream (`send`
         // sees to it): a reader of the state (the release phase's outcome, a deploy's
         // output) has them.
@@ -417,7 +461,9 @@ impl Core {
     fn remove(&mut self, id: &str) {
         self.logs.forget(id);
         if let Some(entry) = self.dynos.remove(id) {
-            if let Some(port) = entry.port {
+            if services::service_id(id).is_some() {
+                self.service_removed(id, entry.port);
+            } else if let Some(port) = entry.port {
                 self.ports.release(port);
             }
         }

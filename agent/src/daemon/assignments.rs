@@ -52,6 +52,9 @@ pub struct AssignmentRecord {
     /// the scheduler instead of its output being logged.
     #[serde(default)]
     pub attach: Option<AttachSpec>,
+    /// The add-on endpoints (`ADDRESS:PORT`) the dyno may reach (`netpolicy::Access`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
 
 impl From<proto::Assignment> for AssignmentRecord {
@@ -75,6 +78,7 @@ impl From<proto::Assignment> for AssignmentRecord {
                 cols: u16::try_from(s.cols).unwrap_or(u16::MAX),
                 rows: u16::try_from(s.rows).unwrap_or(u16::MAX),
             }),
+            egress: a.egress,
         }
     }
 }
@@ -94,6 +98,12 @@ pub struct AgentState {
     #[serde(default)]
     pub term: u64,
     pub assignments: Vec<AssignmentRecord>,
+    /// The add-on services this host runs (`services.rs`).
+    #[serde(default)]
+    pub services: Vec<ServiceRecord>,
+    /// Services whose volumes are to be deleted.
+    #[serde(default)]
+    pub destroyed_services: Vec<String>,
 }
 
 impl AgentState {

@@ -2,6 +2,7 @@
 //! end, as the task the core spawns for it.
 
 use super::*;
+use crate::host::netpolicy::{Access, Endpoint};
 
 /// A container id for one run of an assignment: readable, unique per run, short enough for
 /// a hostname and an nft comment.
@@ -66,6 +67,14 @@ pub(super) async fn launch(
         }
     };
     let web = manifold_dyno::is_web(assignment.process_type());
+    let egress: Result<Vec<Endpoint>, _> = assignment.egress.iter().map(|e| e.parse()).collect();
+    let egress = match egress {
+        Ok(egress) => egress,
+        Err(err) => {
+            let _ = inputs.send(failed(format!("egress: {err}")));
+            return;
+        }
+    };
     let dyno = DynoConfig {
         id: run.clone(),
         name: assignment.name.clone(),
@@ -94,9 +103,41 @@ pub(super) async fn launch(
         host,
         attach: assignment.attach,
         log_rate: Some(config.log_rate),
+        access: Access {
+            egress,
+            reach: Vec::new(),
+            shared: false,
+        },
+    };
+    let launcher = Launcher {
+        config,
+        blobs,
+        driver,
+        messages: inputs,
+    };
+    start_and_follow(launcher, id, run, dyno).await;
+}
+
+/// Starts a dyno made for entry `id` (an assignment, or a service's key) and follows it.
+pub(super) async fn start_and_follow(
+    launcher: Launcher,
+    id: String,
+    run: String,
+    dyno: DynoConfig,
+) {
+    let Launcher {
+        config,
+        driver,
+        messages: inputs,
+        ..
+    } = launcher;
+    let failed = |reason: String| Message::LaunchFailed {
+        id: id.clone(),
+        run: run.clone(),
+        reason,
     };
     // Written before the shim starts, so every dyno directory a restarted daemon finds says
-    // which assignment it runs.
+    // which assignment (or service) it runs.
     let dir = DynoDir::new(&config.host, &run);
     if let Err(err) = std::fs::create_dir_all(&dir.root)
         .and_then(|()| write_atomic(&dir.root.join(ASSIGNMENT_FILE), id.as_bytes()))

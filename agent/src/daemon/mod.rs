@@ -71,6 +71,7 @@ mod error;
 mod fake;
 mod launch;
 mod ports;
+mod services;
 
 use crate::error::chain;
 use actor::{app_host, collect_slugs, Core, Message};
@@ -81,8 +82,9 @@ pub use config::{default_memory, host_id, parse_memory, DaemonConfig, PortRange}
 use driver::{BlobStore, DriverDyno, DynoDriver, Found, ShimDriver};
 use entry::{proto_state, Effect, Entry, Input};
 pub use error::DaemonError;
-use launch::{container_id, follow, launch, Launcher};
+use launch::{container_id, follow, launch, start_and_follow, Launcher};
 pub use ports::{PortAllocator, PortsExhausted};
+pub use services::ServiceRecord;
 
 /// How long a stopped dyno may take: the shim's own grace period plus its cleanup.
 const GRACE: Duration = Duration::from_secs(30);
@@ -141,6 +143,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         logs: LogShipper::new(config.log_rate, logship::QUEUE_LINES),
         outbox: Outbox::default(),
         metrics: Arc::new(AgentMetrics::default()),
+        destroyed_reported: BTreeSet::new(),
     };
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -149,9 +152,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         tokio::spawn(metrics::serve(listener, core.metrics.clone()));
     }
     core.adopt_all().await;
+    core.reserve_volume_ports();
     // `Hello` must carry the adopted dynos' real states: let their replays run first.
     core.settle(&mut inputs, ADOPT_SETTLE).await;
     core.reconcile();
+    core.destroy_services();
 
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     tokio::spawn(link::run(config.scheduler.clone(), link_tx));
@@ -270,8 +275,10 @@ mod tests {
                     cols: 80,
                     rows: 100_000,
                 }),
-                egress: Vec::new(),
+                egress: vec!["10.0.0.5:40001".into()],
             })],
+            services: Vec::new(),
+            destroyed_services: vec!["gone".into()],
         };
         assert_eq!(
             state.assignments[0].attach,

@@ -38,6 +38,11 @@ impl PortAllocator {
         self.used.insert(port);
     }
 
+    /// Whether some dyno or service of this agent holds `port`.
+    pub fn is_used(&self, port: u16) -> bool {
+        self.used.contains(&port)
+    }
+
     pub fn release(&mut self, port: u16) {
         self.used.remove(&port);
     }

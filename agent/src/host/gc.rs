@@ -179,6 +179,7 @@ mod tests {
             host: host.clone(),
             attach: None,
             log_rate: None,
+            access: Default::default(),
         };
         dir.write_config(&config).expect("dyno.json");
         assert_eq!(slugs_in_use(&host), BTreeSet::from([used.clone()]));

@@ -20,6 +20,18 @@
 //! - **→ published port**: from this host itself (any of its addresses), and from the
 //!   operator's router addresses; DNATed traffic from anywhere else is refused in `forward`,
 //!   and so is any other new connection into the dyno subnet.
+//! - **add-ons** (managed services run by the agent, whose published port is an add-on's
+//!   endpoint): a dyno may connect to the `ADDRESS:PORT` endpoints of its [`Access::egress`]
+//!   (its app's add-ons), on this host or another, and to nothing else of the denied ranges;
+//!   a service's published port accepts, besides this host, only the addresses of its
+//!   [`Access::reach`] (the hosts of attached apps' dynos, the scheduler's) and local dynos
+//!   whose egress names it. Both are per-dyno elements of the nft sets [`EGRESS_SET`]
+//!   (`dyno address . endpoint address . port`) and [`REACH_SET`] (`dyno address . source`),
+//!   added with the dyno's published port when it is plugged and removed with it, so a
+//!   dyno's rules never outlive it. A dyno's connection to an endpoint on its own host is
+//!   DNATed from the bridge (for an address and port in its egress only) and masqueraded to
+//!   the gateway, so the service's reply comes back through the host (bridge ports are
+//!   isolated).
 //! - **IPv6**: dynos have none (the dyno's `eth0` and the bridge have IPv6 disabled), so
 //!   neither the bridge's link-local address nor anything else is reachable over it.
 //!
@@ -54,6 +66,8 @@ pub enum PolicyError {
     Cidr { text: String, reason: &'static str },
     #[error("invalid destination {text:?}: {reason}")]
     Destination { text: String, reason: &'static str },
+    #[error("invalid endpoint {text:?}: {reason}")]
+    Endpoint { text: String, reason: &'static str },
 }
 
 /// An IPv4 network: `10.1.0.0/16`, or one address (`10.1.2.3`, which is `/32`).
@@ -200,6 +214,109 @@ impl From<Destination> for String {
     }
 }
 
+/// The nft set of the endpoints each dyno may reach: `dyno address . address . port`.
+pub const EGRESS_SET: &str = "egress";
+/// The nft set of who may reach each published dyno: `dyno address . source address`.
+pub const REACH_SET: &str = "reach";
+
+/// One TCP endpoint, `ADDRESS:PORT`: where an add-on listens (its host's address and
+/// published port), as a dyno's egress names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.address, self.port)
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = PolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason| PolicyError::Endpoint {
+            text: text.to_string(),
+            reason,
+        };
+        let (address, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("expected IPV4ADDRESS:PORT"))?;
+        let address = address
+            .parse::<Ipv4Addr>()
+            .map_err(|_| invalid("expected an IPv4 address before the port"))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("the port must be 1 to 65535"))?;
+        Ok(Endpoint { address, port })
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = PolicyError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(endpoint: Endpoint) -> Self {
+        endpoint.to_string()
+    }
+}
+
+/// One dyno's own policy beyond the host's: what it may reach and who may reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Endpoints the dyno may connect to although they are private or on this host: its
+    /// app's add-ons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<Endpoint>,
+    /// Sources besides this host that may connect to the dyno's published port: an add-on
+    /// service's peers and the scheduler.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reach: Vec<Ipv4Addr>,
+    /// Dynos of this host reach it through its published port (an add-on service): see
+    /// `network::dataplane::wire` for its bridge port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+impl Access {
+    pub fn is_empty(&self) -> bool {
+        self.egress.is_empty() && self.reach.is_empty() && !self.shared
+    }
+
+    /// The nft set elements for a dyno at `address`, each as `(set, element)`; `reach`
+    /// only matters to a dyno that publishes a port.
+    pub fn elements(&self, address: Ipv4Addr, published: bool) -> Vec<(&'static str, String)> {
+        let mut elements: Vec<(&'static str, String)> = self
+            .egress
+            .iter()
+            .map(|e| {
+                (
+                    EGRESS_SET,
+                    format!("{address} . {} . {}", e.address, e.port),
+                )
+            })
+            .collect();
+        if published {
+            elements.extend(
+                self.reach
+                    .iter()
+                    .map(|source| (REACH_SET, format!("{address} . {source}"))),
+            );
+        }
+        elements
+    }
+}
+
 /// The host's resolver configuration, which dynos get unless it names only local resolvers.
 pub const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 
@@ -317,6 +434,12 @@ pub fn filter_rules(policy: &Policy) -> String {
     // forward: dyno → dyno never; dyno → denied ranges unless allow-listed; into dynos only
     // DNATed traffic (a published port) from a router.
     rules += &format!("add rule ip {table} forward ct state established,related accept\n");
+    // A dyno's own add-on endpoints on this host (DNATed from the bridge in prerouting).
+    // Only prerouting's egress rule DNATs traffic from the bridge: what it let through is
+    // in the dyno's egress already.
+    rules += &format!(
+        "add rule ip {table} forward {from_dynos} oifname \"{bridge}\" ct status dnat accept\n"
+    );
     rules += &refuse(
         table,
         "forward",
@@ -325,10 +448,18 @@ pub fn filter_rules(policy: &Policy) -> String {
     for destination in &allowed {
         rules += &allow(table, "forward", bridge, destination);
     }
+    // A dyno's add-on endpoints on other hosts.
+    rules += &format!(
+        "add rule ip {table} forward {from_dynos} ip saddr . ip daddr . tcp dport @{EGRESS_SET} accept\n"
+    );
     rules += &refuse(
         table,
         "forward",
         &format!("{from_dynos} ip daddr {{ {} }}", DENIED.join(", ")),
+    );
+    // A published port's own sources (an add-on's peers and the scheduler).
+    rules += &format!(
+        "add rule ip {table} forward oifname \"{bridge}\" ct status dnat ip daddr . ip saddr @{REACH_SET} accept\n"
     );
     if !router_addresses.is_empty() {
         let routers: Vec<String> = router_addresses.iter().map(Cidr::to_string).collect();
@@ -422,10 +553,13 @@ mod tests {
 add rule ip manifold input iifname \"manifold0\" meta l4proto tcp reject with tcp reset
 add rule ip manifold input iifname \"manifold0\" reject with icmp type admin-prohibited
 add rule ip manifold forward ct state established,related accept
+add rule ip manifold forward iifname \"manifold0\" oifname \"manifold0\" ct status dnat accept
 add rule ip manifold forward iifname \"manifold0\" oifname \"manifold0\" meta l4proto tcp reject with tcp reset
 add rule ip manifold forward iifname \"manifold0\" oifname \"manifold0\" reject with icmp type admin-prohibited
+add rule ip manifold forward iifname \"manifold0\" ip saddr . ip daddr . tcp dport @egress accept
 add rule ip manifold forward iifname \"manifold0\" ip daddr { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, 240.0.0.0/4 } meta l4proto tcp reject with tcp reset
 add rule ip manifold forward iifname \"manifold0\" ip daddr { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, 240.0.0.0/4 } reject with icmp type admin-prohibited
+add rule ip manifold forward oifname \"manifold0\" ct status dnat ip daddr . ip saddr @reach accept
 add rule ip manifold forward oifname \"manifold0\" meta l4proto tcp reject with tcp reset
 add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-prohibited
 ";
@@ -474,6 +608,40 @@ add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-p
             "no allow-list entry opens dyno-to-dyno"
         );
         assert!(net_fwd < routers && routers < refuse_into);
+    }
+
+    #[test]
+    fn endpoints_and_access_elements() {
+        let db: Endpoint = "10.0.5.20:40001".parse().unwrap();
+        assert_eq!(db.to_string(), "10.0.5.20:40001");
+        for bad in [
+            "10.0.5.20",
+            "10.0.5.20:0",
+            "db:5432",
+            "10.0.0.0/8:1",
+            "10.0.5.20:x",
+        ] {
+            let err = bad.parse::<Endpoint>().unwrap_err();
+            assert!(
+                matches!(&err, PolicyError::Endpoint { text, .. } if text == bad),
+                "{bad}: {err:?}"
+            );
+        }
+        let access = Access {
+            egress: vec![db],
+            reach: vec![Ipv4Addr::new(10, 0, 0, 9)],
+            shared: true,
+        };
+        let me = Ipv4Addr::new(10, 217, 0, 5);
+        assert_eq!(
+            access.elements(me, true),
+            [
+                (EGRESS_SET, "10.217.0.5 . 10.0.5.20 . 40001".to_string()),
+                (REACH_SET, "10.217.0.5 . 10.0.0.9".to_string())
+            ]
+        );
+        // Nothing published, nothing to reach.
+        assert_eq!(access.elements(me, false).len(), 1);
     }
 
     #[test]

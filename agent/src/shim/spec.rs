@@ -259,6 +259,7 @@ mod tests {
             host: HostConfig::default(),
             attach: None,
             log_rate: None,
+            access: Default::default(),
         }
     }
 

@@ -43,6 +43,7 @@ fn shim(fail: Option<&'static str>) -> (Shim, Journal, tempfile::TempDir) {
         host: host.clone(),
         attach: None,
         log_rate: None,
+        access: Default::default(),
     };
     let dir = DynoDir::new(&host, &config.id);
     dir.write_config(&config).expect("dyno.json");

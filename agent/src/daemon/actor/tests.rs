@@ -78,6 +78,7 @@ impl Harness {
             logs: LogShipper::new(config.log_rate, logship::QUEUE_LINES),
             outbox: Outbox::default(),
             metrics: Arc::new(AgentMetrics::default()),
+            destroyed_reported: BTreeSet::new(),
         };
         let (_, link) = mpsc::channel(1);
         Harness {
@@ -375,6 +376,8 @@ async fn a_readopted_running_dyno_reports_its_state_without_relaunching() {
         generation: 3,
         term: 1,
         assignments: vec![record.clone()],
+        services: Vec::new(),
+        destroyed_services: Vec::new(),
     };
     // The dyno a previous daemon started, and a dead one it left.
     let run = "d1-0000abcd";
@@ -406,6 +409,7 @@ async fn a_readopted_running_dyno_reports_its_state_without_relaunching() {
         host: config.host.clone(),
         attach: None,
         log_rate: None,
+        access: Default::default(),
     };
     h.driver
         .leave_running(&running, dyno, Script::RunsUntilStopped);

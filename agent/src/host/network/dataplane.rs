@@ -6,8 +6,9 @@ use super::*;
 /// What plug, unplug and sweep need from the kernel, so their ordering and undo paths can
 /// be tested against a fake that records calls and injects failures.
 pub(super) trait Dataplane {
-    /// Creates the veth pair: host end `host` on `bridge`, up, isolated, with `alias`;
-    /// peer [`PEER_NAME`] with `mac`, directly in the netns of `pid`.
+    /// Creates the veth pair: host end `host` on `bridge`, up, with `alias`, an isolated
+    /// port unless `isolated` is false; peer [`PEER_NAME`] with `mac`, directly in the netns
+    /// of `pid`.
     fn create_veth(
         &mut self,
         bridge: &str,
@@ -15,6 +16,7 @@ pub(super) trait Dataplane {
         alias: &str,
         pid: i32,
         mac: [u8; 6],
+        isolated: bool,
     ) -> Result<(), NetworkError>;
     /// Inside the netns of `pid`: IPv6 off on [`PEER_NAME`], `lo` and [`PEER_NAME`] up,
     /// `address/prefix` on it, default route via `gateway`.
@@ -42,16 +44,18 @@ pub(super) fn plug_with(
     dyno_id: &str,
     pid: i32,
     publish: Option<(u16, u16)>,
+    access: &Access,
     start: u32,
 ) -> Result<Plug, NetworkError> {
     let lease_dir = cfg.lease_dir();
     let lease = Lease {
         dyno: dyno_id.to_string(),
         publish,
+        access: access.clone(),
     };
     let address = allocate_lease(&lease_dir, cfg.subnet, &lease, start)?;
     let host_veth = host_veth_name(dyno_id);
-    let wired = wire(kernel, cfg, dyno_id, pid, publish, address, &host_veth);
+    let wired = wire(kernel, cfg, &lease, pid, address, &host_veth);
     if let Err(error) = wired {
         if let Err(undo) = kernel.delete_link(&host_veth) {
             tracing::warn!(dyno = dyno_id, error = %undo, "plug undo: could not delete the veth");
@@ -70,19 +74,38 @@ pub(super) fn plug_with(
 }
 
 /// The steps of plug after the lease; any failure leaves the undo to [`plug_with`].
+/// The published port and the policy elements go in one nft transaction: all or none.
 fn wire(
     kernel: &mut impl Dataplane,
     cfg: &NetworkConfig,
-    dyno_id: &str,
+    lease: &Lease,
     pid: i32,
-    publish: Option<(u16, u16)>,
     address: Ipv4Addr,
     host_veth: &str,
 ) -> Result<(), NetworkError> {
-    kernel.create_veth(&cfg.bridge, host_veth, dyno_id, pid, mac_for(address))?;
+    let (dyno_id, publish) = (lease.dyno.as_str(), lease.publish);
+    // An add-on service that local dynos reach: where `br_netfilter` hands bridge frames to
+    // nft, a connection DNATed to an address on the bridge is bridged port to port (not
+    // routed through the host), which an isolated pair of ports would drop; there, nft's
+    // `forward` chain sees those frames and refuses all but the DNATed ones, so the
+    // service's port need not be isolated. Elsewhere the connection is routed and it stays
+    // isolated.
+    let isolated = !(lease.access.shared && bridge_frames_filtered());
+    kernel.create_veth(
+        &cfg.bridge,
+        host_veth,
+        dyno_id,
+        pid,
+        mac_for(address),
+        isolated,
+    )?;
     kernel.configure_inside(pid, address, cfg.subnet.prefix(), cfg.subnet.gateway())?;
-    if let Some(publish) = publish {
-        let script = publish_script(cfg, dyno_id, address, publish);
+    let mut script = publish
+        .map(|publish| publish_script(cfg, dyno_id, address, publish))
+        .unwrap_or_default();
+    script += &access_script(cfg, "add", dyno_id, address, lease);
+    if !script.is_empty() {
+        let publish = publish.unwrap_or_default();
         kernel
             .nft("publish a port", &["-f", "-"], Some(&script))
             .map_err(|e| {
@@ -127,12 +150,18 @@ pub(super) fn unplug_with(
             )?;
         }
     } else {
+        // The policy elements: `add` then `delete`, so that one already gone (a flushed
+        // table) does not fail the transaction.
         let script: String = leases
             .iter()
-            .filter_map(|(address, lease)| {
-                lease
+            .map(|(address, lease)| {
+                let published = lease
                     .publish
                     .map(|publish| retract_script(cfg, dyno_id, *address, publish))
+                    .unwrap_or_default();
+                access_script(cfg, "add", dyno_id, *address, lease)
+                    + &access_script(cfg, "delete", dyno_id, *address, lease)
+                    + &published
             })
             .collect();
         if !script.is_empty() {
@@ -170,4 +199,11 @@ pub(super) fn sweep_with(
         unplug_with(kernel, cfg, id, Veth::Delete)?;
     }
     Ok(dead)
+}
+
+/// Whether `br_netfilter` passes bridged IPv4 frames through the `ip` hooks (nft's `forward`
+/// chain sees traffic between two ports of the bridge).
+fn bridge_frames_filtered() -> bool {
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v.trim() == "1")
 }

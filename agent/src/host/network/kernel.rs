@@ -154,6 +154,7 @@ impl Dataplane for Kernel {
         alias: &str,
         pid: i32,
         mac: [u8; 6],
+        isolated: bool,
     ) -> Result<(), NetworkError> {
         let ns = open_netns(pid)?;
         let handle = &self.handle;
@@ -183,7 +184,7 @@ impl Dataplane for Kernel {
             let port = LinkBridgePort::new(0)
                 .name(host)
                 .alias(alias)
-                .isolated(true)
+                .isolated(isolated)
                 .build();
             handle
                 .link()

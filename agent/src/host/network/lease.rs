@@ -16,6 +16,9 @@ pub(super) struct Lease {
     pub(super) dyno: String,
     /// `(host_port, dyno_port)`; tells unplug whether nft needs looking at.
     pub(super) publish: Option<(u16, u16)>,
+    /// The dyno's own policy elements (`netpolicy::Access`), removed with the lease.
+    #[serde(default, skip_serializing_if = "Access::is_empty")]
+    pub(super) access: Access,
 }
 
 /// Claims the first free candidate address. The lease is written into an unnamed

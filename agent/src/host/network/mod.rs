@@ -58,7 +58,7 @@ use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBu
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::host::netpolicy::{self, Cidr, Destination};
+use crate::host::netpolicy::{self, Access, Cidr, Destination};
 
 mod config;
 mod dataplane;
@@ -75,7 +75,10 @@ use error::{io_error, netlink_error};
 use host::{disable_ipv6, lock_host, write_sysctls};
 use kernel::{connect, ensure_bridge, Kernel};
 use lease::{allocate_lease, read_leases, remove_lease, Lease};
-use nft::{host_script, list_published, publish_script, retract_script, run_nft, unpublish_script};
+use nft::{
+    access_script, host_script, list_published, publish_script, retract_script, run_nft,
+    unpublish_script,
+};
 
 /// Name of the dyno's end of the veth pair, inside its network namespace.
 const PEER_NAME: &str = "eth0";
@@ -149,8 +152,9 @@ fn host_identity(cfg: &NetworkConfig) -> Option<String> {
     ))
 }
 
-/// Gives the dyno whose container init is `pid` an address, a veth pair onto the bridge and
-/// (with `publish = Some((host_port, dyno_port))`) a host port forwarded to it.
+/// Gives the dyno whose container init is `pid` an address, a veth pair onto the bridge,
+/// (with `publish = Some((host_port, dyno_port))`) a host port forwarded to it, and its own
+/// policy elements (`access`: the add-ons it may reach, who may reach its port).
 ///
 /// The netns must be the container's own (not this process's). On failure everything done
 /// so far (lease, veth) is undone before the error is returned; the nft change is the last
@@ -160,6 +164,7 @@ pub fn plug(
     dyno_id: &str,
     pid: i32,
     publish: Option<(u16, u16)>,
+    access: &Access,
 ) -> Result<Plug, NetworkError> {
     cfg.validate()?;
     validate_dyno_id(dyno_id)?;
@@ -172,7 +177,15 @@ pub fn plug(
         }
     }
     let mut kernel = Kernel::new()?;
-    plug_with(&mut kernel, cfg, dyno_id, pid, publish, rand::random())
+    plug_with(
+        &mut kernel,
+        cfg,
+        dyno_id,
+        pid,
+        publish,
+        access,
+        rand::random(),
+    )
 }
 
 /// Removes what [`plug`] made for `dyno_id`: its published ports, its host veth if the
@@ -425,6 +438,12 @@ mod tests {
     map published {
         type inet_service : ipv4_addr . inet_service
     }
+    set egress {
+        type ipv4_addr . ipv4_addr . inet_service
+    }
+    set reach {
+        type ipv4_addr . ipv4_addr
+    }
     chain prerouting {
         type nat hook prerouting priority dstnat; policy accept;
     }
@@ -446,10 +465,12 @@ flush chain ip manifold output
 flush chain ip manifold postrouting
 flush chain ip manifold input
 flush chain ip manifold forward
+add rule ip manifold prerouting iifname \"manifold0\" fib daddr type local ip saddr . ip daddr . tcp dport @egress dnat ip to tcp dport map @published
 add rule ip manifold prerouting iifname != \"manifold0\" fib daddr type local dnat ip to tcp dport map @published
 add rule ip manifold output fib daddr type local dnat ip to tcp dport map @published
 add rule ip manifold postrouting ip saddr 10.217.0.0/16 oifname != \"manifold0\" masquerade
 add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masquerade
+add rule ip manifold postrouting iifname \"manifold0\" oifname \"manifold0\" ct status dnat masquerade
 ";
         assert_eq!(&script[..expected.len()], expected);
         // The policy follows (netpolicy's tests check it) and changes with the settings.
@@ -517,6 +538,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                                 let lease = Lease {
                                     dyno: format!("d{worker}.{i}"),
                                     publish: None,
+                                    access: Access::default(),
                                 };
                                 // Everyone starts at the same place: the worst case for races.
                                 allocate_lease(dir, net, &lease, 0)
@@ -554,6 +576,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let lease = Lease {
             dyno: "web.1".into(),
             publish: Some((8080, 5000)),
+            access: Access::default(),
         };
         let address = allocate_lease(dir.path(), net, &lease, 5).unwrap();
         assert_eq!(address, Ipv4Addr::new(10, 219, 0, 7));
@@ -621,6 +644,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             alias: &str,
             pid: i32,
             mac: [u8; 6],
+            _isolated: bool,
         ) -> Result<(), NetworkError> {
             self.step(
                 "create_veth",
@@ -674,7 +698,16 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        let plug = plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+        let plug = plug_with(
+            &mut fake,
+            &cfg,
+            "web.1",
+            42,
+            Some((8080, 5000)),
+            &Access::default(),
+            0,
+        )
+        .unwrap();
         assert_eq!(
             plug,
             Plug {
@@ -700,7 +733,8 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                 plug.address,
                 Lease {
                     dyno: "web.1".into(),
-                    publish: Some((8080, 5000))
+                    publish: Some((8080, 5000)),
+                    access: Access::default(),
                 }
             )]
         );
@@ -715,7 +749,16 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                 fail_at: Some(failing),
                 ..Fake::default()
             };
-            let err = plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
+            let err = plug_with(
+                &mut fake,
+                &cfg,
+                "web.1",
+                42,
+                Some((8080, 5000)),
+                &Access::default(),
+                0,
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, NetworkError::Nft { step, .. } if step == failing),
                 "{failing}: {err}"
@@ -742,7 +785,16 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             nft_stderr: Some("Error: Could not process rule: File exists"),
             ..Fake::default()
         };
-        let err = plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap_err();
+        let err = plug_with(
+            &mut fake,
+            &cfg,
+            "web.1",
+            42,
+            Some((8080, 5000)),
+            &Access::default(),
+            0,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, NetworkError::PortInUse { port: 8080 }),
             "{err}"
@@ -755,7 +807,16 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+        plug_with(
+            &mut fake,
+            &cfg,
+            "web.1",
+            42,
+            Some((8080, 5000)),
+            &Access::default(),
+            0,
+        )
+        .unwrap();
         fake.calls.clear();
         unplug_with(&mut fake, &cfg, "web.1", Veth::LeaveToKernel).unwrap();
         assert!(
@@ -776,7 +837,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        plug_with(&mut fake, &cfg, "worker.1", 42, None, 0).unwrap();
+        plug_with(&mut fake, &cfg, "worker.1", 42, None, &Access::default(), 0).unwrap();
         fake.calls.clear();
         unplug_with(&mut fake, &cfg, "worker.1", Veth::Delete).unwrap();
         assert_eq!(
@@ -792,7 +853,16 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             let state = tempfile::tempdir().unwrap();
             let cfg = test_config(state.path());
             let mut fake = Fake::default();
-            plug_with(&mut fake, &cfg, "web.1", 42, Some((8080, 5000)), 0).unwrap();
+            plug_with(
+                &mut fake,
+                &cfg,
+                "web.1",
+                42,
+                Some((8080, 5000)),
+                &Access::default(),
+                0,
+            )
+            .unwrap();
             fake.calls.clear();
             fake.nft_stderr = stderr;
             unplug_with(&mut fake, &cfg, "web.1", Veth::Delete).unwrap();
@@ -814,7 +884,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let state = tempfile::tempdir().unwrap();
         let cfg = test_config(state.path());
         let mut fake = Fake::default();
-        plug_with(&mut fake, &cfg, "web.1", 42, None, 0).unwrap();
+        plug_with(&mut fake, &cfg, "web.1", 42, None, &Access::default(), 0).unwrap();
         fake.fail_at = Some("delete_link");
         assert!(unplug_with(&mut fake, &cfg, "web.1", Veth::Delete).is_err());
         assert_eq!(read_leases(&cfg.lease_dir()).unwrap().len(), 1);
@@ -856,9 +926,18 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             listing: LISTING.into(),
             ..Fake::default()
         };
-        plug_with(&mut fake, &cfg, "web.1", 42, Some((18080, 5000)), 0).unwrap();
-        plug_with(&mut fake, &cfg, "worker.1", 43, None, 0).unwrap();
-        plug_with(&mut fake, &cfg, "worker.2", 44, None, 0).unwrap();
+        plug_with(
+            &mut fake,
+            &cfg,
+            "web.1",
+            42,
+            Some((18080, 5000)),
+            &Access::default(),
+            0,
+        )
+        .unwrap();
+        plug_with(&mut fake, &cfg, "worker.1", 43, None, &Access::default(), 0).unwrap();
+        plug_with(&mut fake, &cfg, "worker.2", 44, None, &Access::default(), 0).unwrap();
         fake.calls.clear();
         let alive = |id: &str| id == "worker.2";
         // run.9 holds only an nft element (its lease is gone): it is swept too.
@@ -1055,7 +1134,14 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let cfg = &host.cfg;
         let dyno = Dyno::new("web.1");
         let port = random_port();
-        let plug = plug(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
+        let plug = plug(
+            cfg,
+            &dyno.id,
+            dyno.pid(),
+            Some((port, 5000)),
+            &Access::default(),
+        )
+        .unwrap();
         let gateway = cfg.subnet.gateway();
         assert_eq!(plug.gateway, gateway);
         assert_eq!(plug.published, Some(port));
@@ -1134,7 +1220,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         }
         let host = TestHost::new();
         let dyno = Dyno::new("web.1");
-        plug(&host.cfg, &dyno.id, dyno.pid(), None).unwrap();
+        plug(&host.cfg, &dyno.id, dyno.pid(), None, &Access::default()).unwrap();
         // "The outside": another netns behind a /30 uplink that knows no route to dynos.
         let outside = Dyno::new("outside");
         let [_, _, octet, _] = host.cfg.subnet.network().octets();
@@ -1189,7 +1275,14 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let cfg = &host.cfg;
         let dyno = Dyno::new("web.1");
         let port = random_port();
-        plug(cfg, &dyno.id, dyno.pid(), Some((port, 5000))).unwrap();
+        plug(
+            cfg,
+            &dyno.id,
+            dyno.pid(),
+            Some((port, 5000)),
+            &Access::default(),
+        )
+        .unwrap();
         std::thread::scope(|scope| {
             let runs: Vec<_> = (0..4).map(|_| scope.spawn(|| ensure_host(cfg))).collect();
             for run in runs {
@@ -1197,9 +1290,9 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             }
         });
         let table = host.table();
-        assert_eq!(table.matches("masquerade").count(), 2, "{table}");
+        assert_eq!(table.matches("masquerade").count(), 3, "{table}");
         assert_eq!(table.matches("reject with tcp reset").count(), 4, "{table}");
-        assert_eq!(table.matches("dnat ip to").count(), 2, "{table}");
+        assert_eq!(table.matches("dnat ip to").count(), 3, "{table}");
         assert!(
             table.contains(&format!("{port} comment \"dyno:{}\"", dyno.id)),
             "{table}"
@@ -1233,8 +1326,22 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let cfg = &host.cfg;
         let (first, second) = (Dyno::new("web.1"), Dyno::new("web.2"));
         let port = random_port();
-        plug(cfg, &first.id, first.pid(), Some((port, 5000))).unwrap();
-        let err = plug(cfg, &second.id, second.pid(), Some((port, 5000))).unwrap_err();
+        plug(
+            cfg,
+            &first.id,
+            first.pid(),
+            Some((port, 5000)),
+            &Access::default(),
+        )
+        .unwrap();
+        let err = plug(
+            cfg,
+            &second.id,
+            second.pid(),
+            Some((port, 5000)),
+            &Access::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, NetworkError::PortInUse { port: p } if p == port),
             "{err}"
@@ -1265,7 +1372,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         }
         let host = TestHost::new();
         let own_pid = i32::try_from(std::process::id()).unwrap();
-        let err = plug(&host.cfg, "web.1", own_pid, None).unwrap_err();
+        let err = plug(&host.cfg, "web.1", own_pid, None, &Access::default()).unwrap_err();
         assert!(matches!(err, NetworkError::SharedNamespace { .. }), "{err}");
         assert_eq!(read_leases(&host.cfg.lease_dir()).unwrap(), []);
 
@@ -1274,7 +1381,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
             bridge: "mftnobridge".into(),
             ..host.cfg.clone()
         };
-        let err = plug(&no_bridge, &dyno.id, dyno.pid(), None).unwrap_err();
+        let err = plug(&no_bridge, &dyno.id, dyno.pid(), None, &Access::default()).unwrap_err();
         assert!(matches!(err, NetworkError::BridgeMissing { .. }), "{err}");
         assert_eq!(read_leases(&host.cfg.lease_dir()).unwrap(), []);
         assert_eq!(dyno.links(), ["lo"]);
@@ -1289,8 +1396,22 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
         let cfg = &host.cfg;
         let (web, worker) = (Dyno::new("web.1"), Dyno::with_user_namespace("worker.1"));
         let (web_port, worker_port) = (random_port(), random_port().wrapping_add(1));
-        let web_net = plug(cfg, &web.id, web.pid(), Some((web_port, 5000))).unwrap();
-        let worker_net = plug(cfg, &worker.id, worker.pid(), Some((worker_port, 5000))).unwrap();
+        let web_net = plug(
+            cfg,
+            &web.id,
+            web.pid(),
+            Some((web_port, 5000)),
+            &Access::default(),
+        )
+        .unwrap();
+        let worker_net = plug(
+            cfg,
+            &worker.id,
+            worker.pid(),
+            Some((worker_port, 5000)),
+            &Access::default(),
+        )
+        .unwrap();
 
         // worker → host:web_port is refused (only routers reach published ports), and
         // worker → web directly finds no way across the bridge (isolated ports).
@@ -1361,7 +1482,7 @@ add rule ip manifold postrouting oifname \"manifold0\" ip saddr 127.0.0.0/8 masq
                 for _ in 0..21 {
                     let dyno = Dyno::new("time");
                     let started = Instant::now();
-                    plug(&host.cfg, &dyno.id, dyno.pid(), publish).unwrap();
+                    plug(&host.cfg, &dyno.id, dyno.pid(), publish, &Access::default()).unwrap();
                     plugs.push(started.elapsed());
                     let id = dyno.id.clone();
                     if after_exit {

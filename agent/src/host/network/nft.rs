@@ -12,7 +12,10 @@ use super::*;
 ///   would bypass the router, so it stays traffic to the host, which `input` refuses.
 /// - postrouting: the subnet leaving by any other interface is masqueraded; host-originated
 ///   127/8 traffic DNATed onto the bridge is masqueraded to the gateway (a dyno cannot reply
-///   to 127.0.0.1).
+///   to 127.0.0.1), and so is a dyno's connection DNATed to an add-on on this host (the
+///   bridge ports are isolated: the reply must come back through the host).
+/// - the sets `egress` and `reach`: each dyno's own policy elements (`netpolicy::Access`);
+///   like the map's elements, they survive a re-run.
 /// - input/forward: the network policy, [`netpolicy::filter_rules`].
 pub(super) fn host_script(cfg: &NetworkConfig) -> String {
     let NetworkConfig {
@@ -32,6 +35,12 @@ pub(super) fn host_script(cfg: &NetworkConfig) -> String {
         "table ip {table} {{
     map {PUBLISHED_MAP} {{
         type inet_service : ipv4_addr . inet_service
+    }}
+    set {egress} {{
+        type ipv4_addr . ipv4_addr . inet_service
+    }}
+    set {reach} {{
+        type ipv4_addr . ipv4_addr
     }}
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
@@ -54,11 +63,15 @@ flush chain ip {table} output
 flush chain ip {table} postrouting
 flush chain ip {table} input
 flush chain ip {table} forward
+add rule ip {table} prerouting iifname \"{bridge}\" fib daddr type local ip saddr . ip daddr . tcp dport @{egress} dnat ip to tcp dport map @{PUBLISHED_MAP}
 add rule ip {table} prerouting iifname != \"{bridge}\" fib daddr type local dnat ip to tcp dport map @{PUBLISHED_MAP}
 add rule ip {table} output fib daddr type local dnat ip to tcp dport map @{PUBLISHED_MAP}
 add rule ip {table} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade
 add rule ip {table} postrouting oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade
-{filter}"
+add rule ip {table} postrouting iifname \"{bridge}\" oifname \"{bridge}\" ct status dnat masquerade
+{filter}",
+        egress = netpolicy::EGRESS_SET,
+        reach = netpolicy::REACH_SET,
     )
 }
 
@@ -66,6 +79,32 @@ add rule ip {table} postrouting oifname \"{bridge}\" ip saddr 127.0.0.0/8 masque
 fn element(dyno_id: &str, address: Ipv4Addr, publish: (u16, u16)) -> String {
     let (host_port, dyno_port) = publish;
     format!("{host_port} comment \"{COMMENT_PREFIX}{dyno_id}\" : {address} . {dyno_port}")
+}
+
+/// `VERB element` lines (`add` or `delete`) for the dyno's policy elements in the sets of
+/// [`netpolicy::Access`]; nothing when it has none. A deletion names the key only.
+pub(super) fn access_script(
+    cfg: &NetworkConfig,
+    verb: &str,
+    dyno_id: &str,
+    address: Ipv4Addr,
+    lease: &Lease,
+) -> String {
+    lease
+        .access
+        .elements(address, lease.publish.is_some())
+        .into_iter()
+        .map(|(set, element)| {
+            let comment = match verb {
+                "delete" => String::new(),
+                _ => format!(" comment \"{COMMENT_PREFIX}{dyno_id}\""),
+            };
+            format!(
+                "{verb} element ip {} {set} {{ {element}{comment} }}\n",
+                cfg.table
+            )
+        })
+        .collect()
 }
 
 /// `create` (not `add`) fails if the host port is in the map at all, so two dynos can never

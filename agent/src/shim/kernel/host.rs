@@ -246,6 +246,7 @@ impl Network for Host {
             &c.id,
             pid.as_raw(),
             c.publish.zip(c.port),
+            &c.access,
         )?)
     }
 

@@ -118,6 +118,7 @@ pub(crate) async fn run(host: HostConfig, args: RunArgs) -> anyhow::Result<i32> 
         host,
         attach: None,
         log_rate: (args.log_rate > 0).then(|| LogRate::per_second(args.log_rate)),
+        access: Default::default(),
     };
 
     if print_spec {
