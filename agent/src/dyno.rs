@@ -159,6 +159,11 @@ impl HostConfig {
         self.cgroup_driver.cgroup_path(&self.cgroup_parent, id)
     }
 
+    /// Add-on services' persistent volumes, one directory per service id.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir.join("volumes")
+    }
+
     /// Which app has which id range (`ids`).
     pub fn ids_dir(&self) -> PathBuf {
         self.state_dir.join("ids")

@@ -571,7 +571,7 @@ async fn only_dynos_with_the_endpoint_in_their_egress_reach_a_service() {
         &sha,
         size,
         &endpoint,
-        &[endpoint.clone()],
+        std::slice::from_ref(&endpoint),
     );
     let denied = prober("d-out", "worker.2", &sha, size, &endpoint, &[]);
     send_set(

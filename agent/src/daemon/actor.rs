@@ -275,8 +275,8 @@ impl Core {
             .state
             .services
             .iter()
-            .filter(|s| !self.state.destroyed_services.contains(&s.id))
             .map(|s| services::key(&s.id))
+            .filter(|key| self.service(key).is_some())
             .collect();
         let plan = plan(
             self.state

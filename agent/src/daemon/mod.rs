@@ -21,6 +21,9 @@
 //!          Backoff ◀──────────────────┘──timer──▶ Launching     one-off that ended ──▶ Done
 //! ```
 //!
+//! Add-on services (`Assignments.services`: managed PostgreSQL and Redis with a volume) are
+//! entries of the same machine, keyed `service/ID` (`services.rs`).
+//!
 //! The dynos run behind a driver (`driver.rs`): really a shim per dyno, so the daemon holds
 //! nothing a dyno needs: killed and restarted, it re-adopts the running dynos from their
 //! directories ([`Dyno::adopt`]). In unit tests, a fake driver scripts the dynos' lives.

@@ -123,19 +123,17 @@ impl From<proto::Service> for ServiceRecord {
     }
 }
 
-/// A service id names a directory: letters, digits, `-` and `_`, at most 64, so that it can
-/// never be a path outside `volumes/` (no `/`, no `..`, no `.`).
+/// A service id names a directory and an id range: letters, digits and `-`, at most 64, so
+/// that it can never be a path outside `volumes/` (no `/`, no `..`, no `.`).
 pub(super) fn check_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "invalid service id {id:?}: expected 1 to 64 letters, digits, '-' or '_'"
+            "invalid service id {id:?}: expected 1 to 64 letters, digits or '-'"
         ))
     }
 }
@@ -188,7 +186,7 @@ impl Volume {
     pub(super) fn new(host: &HostConfig, id: &str) -> Result<Self, String> {
         check_id(id)?;
         Ok(Volume {
-            root: host.state_dir.join("volumes").join(id),
+            root: host.volumes_dir().join(id),
         })
     }
 
@@ -238,7 +236,7 @@ impl Volume {
 
 /// Every volume on the host: (service id, its record).
 pub(super) fn volumes(host: &HostConfig) -> Vec<(String, Option<VolumeRecord>)> {
-    let Ok(entries) = std::fs::read_dir(host.state_dir.join("volumes")) else {
+    let Ok(entries) = std::fs::read_dir(host.volumes_dir()) else {
         return Vec::new();
     };
     let mut found: Vec<(String, Option<VolumeRecord>)> = entries
@@ -304,7 +302,8 @@ pub(super) async fn launch_service(
             return;
         }
     };
-    let host = match app_host(&config, &format!("service-{}", record.id)).await {
+    let range = format!("{}{}", crate::host::ids::SERVICE_PREFIX, record.id);
+    let host = match app_host(&config, &range).await {
         Ok(host) => host,
         Err(err) => {
             let _ = launcher.messages.send(failed(err));
@@ -377,9 +376,13 @@ pub(super) async fn launch_service(
 }
 
 impl Core {
-    /// The service record of entry key `key`, if it is an assigned service's.
+    /// The service record of entry key `key`, if it is an assigned service's. One that is
+    /// also destroyed is not: deleting its data wins.
     pub(super) fn service(&self, key: &str) -> Option<&ServiceRecord> {
         let id = service_id(key)?;
+        if self.state.destroyed_services.iter().any(|d| d == id) {
+            return None;
+        }
         self.state.services.iter().find(|s| s.id == id)
     }
 
@@ -575,6 +578,8 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn record(kind: &str) -> ServiceRecord {
@@ -606,13 +611,14 @@ mod tests {
             "../etc",
             "a/b",
             "a.b",
+            "a_b",
             "x y",
             &"a".repeat(65),
         ] {
             let err = check_id(bad).unwrap_err();
             assert!(err.contains("invalid service id"), "{bad}: {err}");
         }
-        check_id("0f3c-9a_b").unwrap();
+        check_id("0f3c-9aB").unwrap();
         assert_eq!(service_id(&key("abc")), Some("abc"));
         assert_eq!(service_id("abc"), None);
     }

@@ -30,6 +30,10 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::dyno::{write_durable, DynoDir, HostConfig, UserNamespace, DYNO_GID, DYNO_UID};
 
+/// The range of add-on service `ID` is named `Service-ID`: app names start with a lower-case
+/// letter, so no app's range is a service's. It is kept while the service's volume exists.
+pub const SERVICE_PREFIX: &str = "Service-";
+
 /// How many ranges a host hands out by default: 4096 apps, host ids up to about 268 million.
 pub const DEFAULT_RANGES: u32 = 4096;
 
@@ -168,7 +172,12 @@ impl IdRanges {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_none_or(|age| age < after);
+            // A service keeps its range while its volume (owned by it) exists.
+            let volume = app
+                .strip_prefix(SERVICE_PREFIX)
+                .is_some_and(|id| host.volumes_dir().join(id).exists());
             if recent
+                || volume
                 || dynos.contains(&range.host_base)
                 || owns_layers
                 || host.build_cache_dir(&app).exists()

@@ -29,9 +29,12 @@
 //!   (`dyno address . endpoint address . port`) and [`REACH_SET`] (`dyno address . source`),
 //!   added with the dyno's published port when it is plugged and removed with it, so a
 //!   dyno's rules never outlive it. A dyno's connection to an endpoint on its own host is
-//!   DNATed from the bridge (for an address and port in its egress only) and masqueraded to
-//!   the gateway, so the service's reply comes back through the host (bridge ports are
-//!   isolated).
+//!   DNATed from the bridge (for an address and port in its egress only: the only DNAT of
+//!   bridge traffic, so `forward` accepts DNATed bridge-to-bridge traffic as such) and, when
+//!   routed through the host, masqueraded to the gateway so that the reply comes back the
+//!   same way. Where `br_netfilter` bridges it port to port instead, the service's port is
+//!   not isolated (`network::dataplane`), and `forward` still refuses every bridged frame
+//!   between dynos that was not DNATed.
 //! - **IPv6**: dynos have none (the dyno's `eth0` and the bridge have IPv6 disabled), so
 //!   neither the bridge's link-local address nor anything else is reachable over it.
 //!

@@ -848,6 +848,46 @@ add rule ip manifold postrouting iifname \"manifold0\" oifname \"manifold0\" ct 
     }
 
     #[test]
+    fn a_dynos_policy_elements_go_in_with_its_port_and_out_with_its_lease() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake::default();
+        let access = Access {
+            egress: vec!["192.0.2.9:40001".parse().unwrap()],
+            reach: vec![Ipv4Addr::new(192, 0, 2, 77)],
+            shared: false,
+        };
+        plug_with(&mut fake, &cfg, "svc.1", 42, Some((8080, 5432)), &access, 0).unwrap();
+        let publish = fake.calls.last().unwrap().clone();
+        assert_eq!(
+            publish,
+            "nft -f - create element ip manifold published { 8080 comment \"dyno:svc.1\" : 10.217.0.2 . 5432 }\n\
+             add element ip manifold egress { 10.217.0.2 . 192.0.2.9 . 40001 comment \"dyno:svc.1\" }\n\
+             add element ip manifold reach { 10.217.0.2 . 192.0.2.77 comment \"dyno:svc.1\" }"
+        );
+        // The lease remembers them, so unplug (and the sweep) removes them with the port.
+        fake.calls.clear();
+        unplug_with(&mut fake, &cfg, "svc.1", Veth::LeaveToKernel).unwrap();
+        let retract = &fake.calls[0];
+        for line in [
+            "delete element ip manifold egress { 10.217.0.2 . 192.0.2.9 . 40001 }",
+            "delete element ip manifold reach { 10.217.0.2 . 192.0.2.77 }",
+            "delete element ip manifold published { 8080 }",
+        ] {
+            assert!(retract.contains(line), "{line} missing from {retract}");
+        }
+        assert_eq!(read_leases(&cfg.lease_dir()).unwrap(), []);
+        // A dyno without a port gets no `reach` element (nothing reaches it anyway).
+        fake.calls.clear();
+        plug_with(&mut fake, &cfg, "worker.1", 43, None, &access, 0).unwrap();
+        let last = fake.calls.last().unwrap();
+        assert!(
+            last.contains("add element ip manifold egress") && !last.contains("reach"),
+            "{last}"
+        );
+    }
+
+    #[test]
     fn unplug_retracts_a_published_port_in_one_nft_run_and_tolerates_it_being_gone() {
         for stderr in [None, Some("Error: Could not process rule: File exists")] {
             let state = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use super::*;
 ///   would bypass the router, so it stays traffic to the host, which `input` refuses.
 /// - postrouting: the subnet leaving by any other interface is masqueraded; host-originated
 ///   127/8 traffic DNATed onto the bridge is masqueraded to the gateway (a dyno cannot reply
-///   to 127.0.0.1), and so is a dyno's connection DNATed to an add-on on this host (the
+///   to 127.0.0.1), and so is a dyno's connection routed to an add-on on this host (the
 ///   bridge ports are isolated: the reply must come back through the host).
 /// - the sets `egress` and `reach`: each dyno's own policy elements (`netpolicy::Access`);
 ///   like the map's elements, they survive a re-run.
