@@ -556,7 +556,8 @@ async fn only_dynos_with_the_endpoint_in_their_egress_reach_a_service() {
     send_set(&fake, 1, Vec::new(), vec![redis_service.clone()], &[]).await;
     let up = reports.service(start, "rdp", ServiceState::ServiceUp).await;
     let endpoint = format!("{address}:{}", up.port);
-    // The service's peers may reach its port; the set says so while it runs.
+    // The service's peers may reach its port; the set says so while it runs. (The host
+    // itself reaches it: the other test's psql and redis-cli.)
     assert!(
         set_elements(POLICY.table, "reach")
             .iter()
@@ -574,28 +575,40 @@ async fn only_dynos_with_the_endpoint_in_their_egress_reach_a_service() {
         std::slice::from_ref(&endpoint),
     );
     let denied = prober("d-out", "worker.2", &sha, size, &endpoint, &[]);
+    // An agent whose address is 127.0.0.1 (an all-in-one node) gives its dynos endpoints on
+    // the loopback: the dyno's own loopback is not the host's, yet it reaches the service.
+    let local = format!("127.0.0.1:{}", up.port);
+    let on_loopback = prober(
+        "d-lo",
+        "worker.3",
+        &sha,
+        size,
+        &local,
+        std::slice::from_ref(&local),
+    );
     send_set(
         &fake,
         2,
-        vec![allowed, denied],
+        vec![allowed, denied, on_loopback],
         vec![redis_service.clone()],
         &[],
     )
     .await;
     let seen = reports
-        .until("both probes", Duration::from_secs(60), |r| {
+        .until("the probes", Duration::from_secs(60), |r| {
             let mut seen: HashMap<String, String> = HashMap::new();
             for line in r.lines.iter().filter(|l| l.message.starts_with("probe")) {
                 seen.entry(line.process.clone())
                     .or_insert(line.message.clone());
             }
-            (seen.len() == 2).then_some(seen)
+            (seen.len() == 3).then_some(seen)
         })
         .await;
     assert!(seen["worker.1"].starts_with("probe +OK"), "{seen:?}");
     assert!(seen["worker.1"].contains("+PONG"), "{seen:?}");
     assert_eq!(seen["worker.2"], "probe refused", "{seen:?}");
-    assert_eq!(set_elements(POLICY.table, "egress").len(), 1);
+    assert!(seen["worker.3"].contains("+PONG"), "{seen:?}");
+    assert_eq!(set_elements(POLICY.table, "egress").len(), 2);
 
     // The dynos end: their elements go with them; the service's go when it is destroyed.
     let before = reports.mark();

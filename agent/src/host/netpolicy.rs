@@ -34,7 +34,9 @@
 //!   routed through the host, masqueraded to the gateway so that the reply comes back the
 //!   same way. Where `br_netfilter` bridges it port to port instead, the service's port is
 //!   not isolated (`network::dataplane`), and `forward` still refuses every bridged frame
-//!   between dynos that was not DNATed.
+//!   between dynos that was not DNATed. An endpoint on the host's loopback (an agent whose
+//!   address is `127.0.0.1`) is reached at the gateway: the dyno's own namespace DNATs its
+//!   connections to it there ([`Access::loopback_egress`]).
 //! - **IPv6**: dynos have none (the dyno's `eth0` and the bridge have IPv6 disabled), so
 //!   neither the bridge's link-local address nor anything else is reachable over it.
 //!
@@ -296,17 +298,36 @@ impl Access {
         self.egress.is_empty() && self.reach.is_empty() && !self.shared
     }
 
-    /// The nft set elements for a dyno at `address`, each as `(set, element)`; `reach`
-    /// only matters to a dyno that publishes a port.
-    pub fn elements(&self, address: Ipv4Addr, published: bool) -> Vec<(&'static str, String)> {
+    /// The endpoints on this host's loopback (an agent whose address is `127.0.0.1`): the
+    /// dyno's own loopback is not the host's, so its connections to them are DNATed inside
+    /// its network namespace to the gateway (`network::dataplane::wire`).
+    pub fn loopback_egress(&self) -> Vec<Endpoint> {
+        self.egress
+            .iter()
+            .filter(|e| e.address.is_loopback())
+            .copied()
+            .collect()
+    }
+
+    /// The nft set elements for a dyno at `address` (whose gateway is `gateway`), each as
+    /// `(set, element)`; a loopback endpoint is reached at the gateway; `reach` only matters
+    /// to a dyno that publishes a port.
+    pub fn elements(
+        &self,
+        address: Ipv4Addr,
+        gateway: Ipv4Addr,
+        published: bool,
+    ) -> Vec<(&'static str, String)> {
         let mut elements: Vec<(&'static str, String)> = self
             .egress
             .iter()
             .map(|e| {
-                (
-                    EGRESS_SET,
-                    format!("{address} . {} . {}", e.address, e.port),
-                )
+                let to = if e.address.is_loopback() {
+                    gateway
+                } else {
+                    e.address
+                };
+                (EGRESS_SET, format!("{address} . {to} . {}", e.port))
             })
             .collect();
         if published {
@@ -636,15 +657,26 @@ add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-p
             shared: true,
         };
         let me = Ipv4Addr::new(10, 217, 0, 5);
+        let gateway = Ipv4Addr::new(10, 217, 0, 1);
         assert_eq!(
-            access.elements(me, true),
+            access.elements(me, gateway, true),
             [
                 (EGRESS_SET, "10.217.0.5 . 10.0.5.20 . 40001".to_string()),
                 (REACH_SET, "10.217.0.5 . 10.0.0.9".to_string())
             ]
         );
         // Nothing published, nothing to reach.
-        assert_eq!(access.elements(me, false).len(), 1);
+        assert_eq!(access.elements(me, gateway, false).len(), 1);
+        // The host's loopback is the gateway, seen from a dyno.
+        let local = Access {
+            egress: vec!["127.0.0.1:40003".parse().unwrap()],
+            ..Access::default()
+        };
+        assert_eq!(local.loopback_egress(), local.egress);
+        assert_eq!(
+            local.elements(me, gateway, false),
+            [(EGRESS_SET, "10.217.0.5 . 10.217.0.1 . 40003".to_string())]
+        );
     }
 
     #[test]

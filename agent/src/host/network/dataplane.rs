@@ -27,6 +27,14 @@ pub(super) trait Dataplane {
         prefix: u8,
         gateway: Ipv4Addr,
     ) -> Result<(), NetworkError>;
+    /// Inside the netns of `pid`: the dyno's connections to `endpoints` (on the host's
+    /// loopback) go to `gateway` instead ([`loopback_script`]).
+    fn redirect_loopback(
+        &mut self,
+        pid: i32,
+        gateway: Ipv4Addr,
+        endpoints: &[Endpoint],
+    ) -> Result<(), NetworkError>;
     /// Deletes the link `name`; a link that does not exist is success.
     fn delete_link(&mut self, name: &str) -> Result<(), NetworkError>;
     /// Runs `nft args…` with `script` on stdin and returns its stdout.
@@ -100,6 +108,10 @@ fn wire(
         isolated,
     )?;
     kernel.configure_inside(pid, address, cfg.subnet.prefix(), cfg.subnet.gateway())?;
+    let loopback = lease.access.loopback_egress();
+    if !loopback.is_empty() {
+        kernel.redirect_loopback(pid, cfg.subnet.gateway(), &loopback)?;
+    }
     let mut script = publish
         .map(|publish| publish_script(cfg, dyno_id, address, publish))
         .unwrap_or_default();

@@ -253,6 +253,27 @@ impl Dataplane for Kernel {
         })
     }
 
+    fn redirect_loopback(
+        &mut self,
+        pid: i32,
+        gateway: Ipv4Addr,
+        endpoints: &[Endpoint],
+    ) -> Result<(), NetworkError> {
+        let ns = open_netns(pid)?;
+        let script = loopback_script(gateway, endpoints);
+        in_netns(&ns, pid, || {
+            // `/proc/sys/net` and the `nft` child are this thread's netns: the dyno's.
+            let path = format!("/proc/sys/net/ipv4/conf/{PEER_NAME}/route_localnet");
+            fs::write(&path, "1").map_err(io_error("write", Path::new(&path)))?;
+            run_nft(
+                "redirect loopback endpoints in the dyno",
+                &["-f", "-"],
+                Some(&script),
+            )
+            .map(|_| ())
+        })
+    }
+
     fn delete_link(&mut self, name: &str) -> Result<(), NetworkError> {
         let request = LinkUnspec::new_with_name(name).build();
         match self

@@ -58,7 +58,7 @@ use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBu
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::host::netpolicy::{self, Access, Cidr, Destination};
+use crate::host::netpolicy::{self, Access, Cidr, Destination, Endpoint};
 
 mod config;
 mod dataplane;
@@ -76,8 +76,8 @@ use host::{disable_ipv6, lock_host, write_sysctls};
 use kernel::{connect, ensure_bridge, Kernel};
 use lease::{allocate_lease, read_leases, remove_lease, Lease};
 use nft::{
-    access_script, host_script, list_published, publish_script, retract_script, run_nft,
-    unpublish_script,
+    access_script, host_script, list_published, loopback_script, publish_script, retract_script,
+    run_nft, unpublish_script,
 };
 
 /// Name of the dyno's end of the veth pair, inside its network namespace.
@@ -668,6 +668,22 @@ add rule ip manifold postrouting iifname \"manifold0\" oifname \"manifold0\" ct 
             )
         }
 
+        fn redirect_loopback(
+            &mut self,
+            pid: i32,
+            gateway: Ipv4Addr,
+            endpoints: &[Endpoint],
+        ) -> Result<(), NetworkError> {
+            let listed: Vec<String> = endpoints.iter().map(Endpoint::to_string).collect();
+            self.step(
+                "redirect_loopback",
+                format!(
+                    "redirect_loopback in {pid} to {gateway}: {}",
+                    listed.join(" ")
+                ),
+            )
+        }
+
         fn delete_link(&mut self, name: &str) -> Result<(), NetworkError> {
             self.step("delete_link", format!("delete_link {name}"))
         }
@@ -884,6 +900,26 @@ add rule ip manifold postrouting iifname \"manifold0\" oifname \"manifold0\" ct 
         assert!(
             last.contains("add element ip manifold egress") && !last.contains("reach"),
             "{last}"
+        );
+        // An endpoint on the host's loopback: redirected inside the dyno to the gateway, and
+        // allowed there.
+        fake.calls.clear();
+        let local = Access {
+            egress: vec!["127.0.0.1:40003".parse().unwrap()],
+            ..Access::default()
+        };
+        let plug = plug_with(&mut fake, &cfg, "worker.2", 44, None, &local, 0).unwrap();
+        assert!(
+            fake.calls
+                .contains(&"redirect_loopback in 44 to 10.217.0.1: 127.0.0.1:40003".to_string()),
+            "{:?}",
+            fake.calls
+        );
+        let element = format!("{} . 10.217.0.1 . 40003", plug.address);
+        assert!(
+            fake.calls.last().unwrap().contains(&element),
+            "{:?}",
+            fake.calls
         );
     }
 

@@ -92,7 +92,7 @@ pub(super) fn access_script(
 ) -> String {
     lease
         .access
-        .elements(address, lease.publish.is_some())
+        .elements(address, cfg.subnet.gateway(), lease.publish.is_some())
         .into_iter()
         .map(|(set, element)| {
             let comment = match verb {
@@ -105,6 +105,30 @@ pub(super) fn access_script(
             )
         })
         .collect()
+}
+
+/// The dyno's own table, inside its network namespace, for endpoints on the host's loopback:
+/// its connections to them go to the gateway instead (the host DNATs them on), with the
+/// dyno's address as their source (`route_localnet` lets 127/8 leave by `eth0` at all).
+pub(super) fn loopback_script(gateway: Ipv4Addr, endpoints: &[Endpoint]) -> String {
+    let targets: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("{} . {}", e.address, e.port))
+        .collect();
+    format!(
+        "table ip manifold_dyno {{
+    chain output {{
+        type nat hook output priority -100; policy accept;
+        ip daddr . tcp dport {{ {} }} dnat ip to {gateway}
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname \"{PEER_NAME}\" ip saddr 127.0.0.0/8 masquerade
+    }}
+}}
+",
+        targets.join(", ")
+    )
 }
 
 /// `create` (not `add`) fails if the host port is in the map at all, so two dynos can never
