@@ -504,3 +504,4 @@ async fn assignments_of_a_deposed_leaders_term_are_refused() {
 }
 
 mod failover;
+mod services;
