@@ -566,6 +566,26 @@ async fn only_dynos_with_the_endpoint_in_their_egress_reach_a_service() {
         set_elements(POLICY.table, "reach")
     );
 
+    // The service's peers change (an attached app's dynos came to another host): its
+    // elements follow, and it is not restarted.
+    let mut moved = redis_service.clone();
+    moved.peers = vec!["192.0.2.88".into()];
+    let before = reports.mark();
+    send_set(&fake, 2, Vec::new(), vec![moved.clone()], &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let elements = set_elements(POLICY.table, "reach");
+        if elements.iter().any(|e| e.ends_with(". 192.0.2.88"))
+            && !elements.iter().any(|e| e.ends_with(". 192.0.2.77"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{elements:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let redis_service = moved;
+    let peers_changed = before;
+
     let allowed = prober(
         "d-in",
         "worker.1",
@@ -588,7 +608,7 @@ async fn only_dynos_with_the_endpoint_in_their_egress_reach_a_service() {
     );
     send_set(
         &fake,
-        2,
+        3,
         vec![allowed, denied, on_loopback],
         vec![redis_service.clone()],
         &[],
@@ -608,11 +628,14 @@ async fn only_dynos_with_the_endpoint_in_their_egress_reach_a_service() {
     assert!(seen["worker.1"].contains("+PONG"), "{seen:?}");
     assert_eq!(seen["worker.2"], "probe refused", "{seen:?}");
     assert!(seen["worker.3"].contains("+PONG"), "{seen:?}");
+    // Nothing happened to the service meanwhile (no restart for its new peers).
+    let since: Vec<_> = reports.statuses[peers_changed.0..].to_vec();
+    assert!(since.iter().all(|s| s.id != "rdp"), "{since:?}");
     assert_eq!(set_elements(POLICY.table, "egress").len(), 2);
 
     // The dynos end: their elements go with them; the service's go when it is destroyed.
     let before = reports.mark();
-    send_set(&fake, 3, Vec::new(), Vec::new(), &["rdp"]).await;
+    send_set(&fake, 4, Vec::new(), Vec::new(), &["rdp"]).await;
     reports
         .service(before, "rdp", ServiceState::ServiceDestroyed)
         .await;

@@ -166,6 +166,7 @@ impl Core {
                         );
                         return;
                     }
+                    let old_services = std::mem::take(&mut self.state.services);
                     self.state = AgentState {
                         generation: a.generation,
                         term: a.term,
@@ -181,6 +182,7 @@ impl Core {
                     }
                     self.reconcile();
                     self.destroy_services();
+                    self.refresh_access(&old_services);
                 }
                 Some(proto::scheduler_message::Kind::Build(request)) => {
                     tokio::spawn(run_build(

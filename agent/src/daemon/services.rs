@@ -338,12 +338,7 @@ pub(super) async fn launch_service(
             return;
         }
     }
-    let mut reach: Vec<Ipv4Addr> = record.peers.iter().filter_map(|p| p.parse().ok()).collect();
-    for address in scheduler_addresses(&config.scheduler).await {
-        if !reach.contains(&address) {
-            reach.push(address);
-        }
-    }
+    let access = service_access(&record, &config.scheduler).await;
     let dyno = DynoConfig {
         id: run.clone(),
         name: record.name.clone(),
@@ -366,13 +361,24 @@ pub(super) async fn launch_service(
         host,
         attach: None,
         log_rate: Some(config.log_rate),
-        access: Access {
-            egress: Vec::new(),
-            reach,
-            shared: true,
-        },
+        access,
     };
     start_and_follow(launcher, entry_key, run, dyno).await;
+}
+
+/// Who may reach a service's port besides this host: its peers and the scheduler.
+async fn service_access(record: &ServiceRecord, scheduler: &Scheduler) -> Access {
+    let mut reach: Vec<Ipv4Addr> = record.peers.iter().filter_map(|p| p.parse().ok()).collect();
+    for address in scheduler_addresses(scheduler).await {
+        if !reach.contains(&address) {
+            reach.push(address);
+        }
+    }
+    Access {
+        egress: Vec::new(),
+        reach,
+        shared: true,
+    }
 }
 
 impl Core {
@@ -436,6 +442,41 @@ impl Core {
         }
         self.ports.claim(port);
         Ok(port)
+    }
+
+    /// Gives the running services whose peers changed in the new set (`old` is the previous
+    /// one) their new policy elements, without restarting them: a database is not bounced
+    /// because an attached app's dynos came to another host.
+    pub(super) fn refresh_access(&self, old: &[ServiceRecord]) {
+        for record in &self.state.services {
+            let before = old.iter().find(|o| o.id == record.id);
+            if before.is_none_or(|o| o.peers == record.peers) {
+                continue;
+            }
+            let Some(entry) = self
+                .dynos
+                .get(&key(&record.id))
+                .filter(|e| e.stop.is_some())
+            else {
+                continue;
+            };
+            let (record, run) = (record.clone(), entry.run.clone());
+            let (scheduler, network) = (
+                self.config.scheduler.clone(),
+                self.config.host.network.clone(),
+            );
+            tokio::spawn(async move {
+                let access = service_access(&record, &scheduler).await;
+                let update = move || crate::host::network::update_access(&network, &run, &access);
+                match tokio::task::spawn_blocking(update).await {
+                    Ok(Ok(())) => {
+                        tracing::info!("service {}: peers now {:?}", record.id, record.peers)
+                    }
+                    Ok(Err(err)) => tracing::warn!("service {}: {}", record.id, chain(&err)),
+                    Err(err) => tracing::warn!("service {}: {err}", record.id),
+                }
+            });
+        }
     }
 
     /// Reports a service entry's state as a `ServiceStatus` (a dyno's `stopping` is not a

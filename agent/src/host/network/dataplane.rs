@@ -195,6 +195,46 @@ pub(super) fn unplug_with(
     Ok(())
 }
 
+pub(super) fn update_access_with(
+    kernel: &mut impl Dataplane,
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    access: &Access,
+) -> Result<(), NetworkError> {
+    let _lock = lock_host(&cfg.state_dir)?;
+    let lease_dir = cfg.lease_dir();
+    let (address, old) = read_leases(&lease_dir)?
+        .into_iter()
+        .find(|(_, lease)| lease.dyno == dyno_id)
+        .ok_or_else(|| NetworkError::NotPlugged {
+            dyno: dyno_id.to_string(),
+        })?;
+    let new = Lease {
+        access: access.clone(),
+        ..old.clone()
+    };
+    let (gateway, published) = (cfg.subnet.gateway(), old.publish.is_some());
+    let wanted = new.access.elements(address, gateway, published);
+    let gone: Vec<(&'static str, String)> = old
+        .access
+        .elements(address, gateway, published)
+        .into_iter()
+        .filter(|e| !wanted.contains(e))
+        .collect();
+    // `add` first, so that each deletion names an element that exists.
+    let script = elements_script(cfg, "add", dyno_id, &wanted)
+        + &elements_script(cfg, "add", dyno_id, &gone)
+        + &elements_script(cfg, "delete", dyno_id, &gone);
+    if !script.is_empty() {
+        kernel.nft(
+            "update a dyno's policy elements",
+            &["-f", "-"],
+            Some(&script),
+        )?;
+    }
+    replace_lease(&lease_dir, address, &new)
+}
+
 pub(super) fn sweep_with(
     kernel: &mut impl Dataplane,
     cfg: &NetworkConfig,

@@ -33,6 +33,8 @@ pub enum NetworkError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("dyno {dyno} holds no address lease: it is not plugged in")]
+    NotPlugged { dyno: String },
     #[error("bridge {bridge} does not exist; ensure_host must run first")]
     BridgeMissing { bridge: String },
     #[error("{device} exists but is not a bridge")]

@@ -95,3 +95,21 @@ pub(super) fn remove_lease(dir: &Path, address: Ipv4Addr) -> Result<(), NetworkE
         _ => Ok(()),
     }
 }
+
+/// Replaces the lease of `address` (which the caller holds, under the host lock): written
+/// beside it, then renamed over it, so a reader sees the old lease or the new one.
+pub(super) fn replace_lease(
+    dir: &Path,
+    address: Ipv4Addr,
+    lease: &Lease,
+) -> Result<(), NetworkError> {
+    let path = dir.join(address.to_string());
+    let tmp = dir.join(format!(".{address}.new"));
+    let json = serde_json::to_vec(lease).map_err(|source| NetworkError::Io {
+        step: "serialise a lease for",
+        path: path.clone(),
+        source: source.into(),
+    })?;
+    fs::write(&tmp, json).map_err(io_error("write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_error("replace", &path))
+}

@@ -69,15 +69,15 @@ mod lease;
 mod nft;
 
 pub use config::{Ipv4Subnet, NetworkConfig, Plug};
-use dataplane::{plug_with, sweep_with, unplug_with, Dataplane};
+use dataplane::{plug_with, sweep_with, unplug_with, update_access_with, Dataplane};
 pub use error::NetworkError;
 use error::{io_error, netlink_error};
 use host::{disable_ipv6, lock_host, write_sysctls};
 use kernel::{connect, ensure_bridge, Kernel};
-use lease::{allocate_lease, read_leases, remove_lease, Lease};
+use lease::{allocate_lease, read_leases, remove_lease, replace_lease, Lease};
 use nft::{
-    access_script, host_script, list_published, loopback_script, publish_script, retract_script,
-    run_nft, unpublish_script,
+    access_script, elements_script, host_script, list_published, loopback_script, publish_script,
+    retract_script, run_nft, unpublish_script,
 };
 
 /// Name of the dyno's end of the veth pair, inside its network namespace.
@@ -186,6 +186,20 @@ pub fn plug(
         access,
         rand::random(),
     )
+}
+
+/// Replaces the policy elements of a plugged dyno (an add-on service whose peers changed)
+/// without unplugging it: the new elements are added and the ones no longer wanted removed
+/// in one nft transaction, then its lease records them.
+pub fn update_access(
+    cfg: &NetworkConfig,
+    dyno_id: &str,
+    access: &Access,
+) -> Result<(), NetworkError> {
+    cfg.validate()?;
+    validate_dyno_id(dyno_id)?;
+    let mut kernel = Kernel::new()?;
+    update_access_with(&mut kernel, cfg, dyno_id, access)
 }
 
 /// Removes what [`plug`] made for `dyno_id`: its published ports, its host veth if the
@@ -921,6 +935,49 @@ add rule ip manifold postrouting iifname \"manifold0\" oifname \"manifold0\" ct 
             "{:?}",
             fake.calls
         );
+    }
+
+    #[test]
+    fn a_plugged_dynos_policy_elements_are_replaced_in_place() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = test_config(state.path());
+        let mut fake = Fake::default();
+        let reach = |last: u8| Access {
+            reach: vec![Ipv4Addr::new(192, 0, 2, last)],
+            shared: true,
+            ..Access::default()
+        };
+        plug_with(
+            &mut fake,
+            &cfg,
+            "svc.1",
+            42,
+            Some((8080, 5432)),
+            &reach(77),
+            0,
+        )
+        .unwrap();
+        fake.calls.clear();
+        update_access_with(&mut fake, &cfg, "svc.1", &reach(88)).unwrap();
+        assert_eq!(
+            fake.calls,
+            ["nft -f - add element ip manifold reach { 10.217.0.2 . 192.0.2.88 comment \"dyno:svc.1\" }\n\
+              add element ip manifold reach { 10.217.0.2 . 192.0.2.77 comment \"dyno:svc.1\" }\n\
+              delete element ip manifold reach { 10.217.0.2 . 192.0.2.77 }"]
+        );
+        let leases = read_leases(&cfg.lease_dir()).unwrap();
+        assert_eq!(leases[0].1.access, reach(88));
+        assert_eq!(leases[0].1.publish, Some((8080, 5432)));
+        // Unplugging removes the new element, not the old one.
+        fake.calls.clear();
+        unplug_with(&mut fake, &cfg, "svc.1", Veth::LeaveToKernel).unwrap();
+        assert!(
+            fake.calls[0].contains("delete element ip manifold reach { 10.217.0.2 . 192.0.2.88 }")
+        );
+        assert!(!fake.calls[0].contains("192.0.2.77"));
+        // A dyno that is not plugged in says so.
+        let err = update_access_with(&mut fake, &cfg, "svc.1", &reach(88)).unwrap_err();
+        assert!(matches!(err, NetworkError::NotPlugged { .. }), "{err}");
     }
 
     #[test]

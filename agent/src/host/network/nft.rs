@@ -90,10 +90,21 @@ pub(super) fn access_script(
     address: Ipv4Addr,
     lease: &Lease,
 ) -> String {
-    lease
+    let elements = lease
         .access
-        .elements(address, cfg.subnet.gateway(), lease.publish.is_some())
-        .into_iter()
+        .elements(address, cfg.subnet.gateway(), lease.publish.is_some());
+    elements_script(cfg, verb, dyno_id, &elements)
+}
+
+/// `VERB element` lines for `(set, element)` pairs of dyno `dyno_id`.
+pub(super) fn elements_script(
+    cfg: &NetworkConfig,
+    verb: &str,
+    dyno_id: &str,
+    elements: &[(&'static str, String)],
+) -> String {
+    elements
+        .iter()
         .map(|(set, element)| {
             let comment = match verb {
                 "delete" => String::new(),
