@@ -311,6 +311,10 @@ async fn assert_clean(state: &Path, isolation: &Isolation) {
         Vec::<String>::new()
     );
     assert_eq!(set_elements(isolation.table, "reach"), Vec::<String>::new());
+    assert_eq!(
+        set_elements(isolation.table, "services"),
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,6 +589,8 @@ async fn only_dynos_with_the_endpoint_in_their_egress_reach_a_service() {
     }
     let redis_service = moved;
     let peers_changed = before;
+    // The routers (which route to apps' dynos) never reach it: its address is in `services`.
+    assert_eq!(set_elements(POLICY.table, "services").len(), 1);
 
     let allowed = prober(
         "d-in",

@@ -223,6 +223,9 @@ impl From<Destination> for String {
 pub const EGRESS_SET: &str = "egress";
 /// The nft set of who may reach each published dyno: `dyno address . source address`.
 pub const REACH_SET: &str = "reach";
+/// The nft set of the add-on services' addresses, which the routers do not reach (they route
+/// to apps' dynos only).
+pub const SERVICES_SET: &str = "services";
 
 /// One TCP endpoint, `ADDRESS:PORT`: where an add-on listens (its host's address and
 /// published port), as a dyno's egress names it.
@@ -336,6 +339,9 @@ impl Access {
                     .iter()
                     .map(|source| (REACH_SET, format!("{address} . {source}"))),
             );
+        }
+        if self.shared {
+            elements.push((SERVICES_SET, address.to_string()));
         }
         elements
     }
@@ -488,7 +494,7 @@ pub fn filter_rules(policy: &Policy) -> String {
     if !router_addresses.is_empty() {
         let routers: Vec<String> = router_addresses.iter().map(Cidr::to_string).collect();
         rules += &format!(
-            "add rule ip {table} forward oifname \"{bridge}\" ct status dnat ip saddr {{ {} }} accept\n",
+            "add rule ip {table} forward oifname \"{bridge}\" ct status dnat ip saddr {{ {} }} ip daddr != @{SERVICES_SET} accept\n",
             routers.join(", ")
         );
     }
@@ -618,7 +624,7 @@ add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-p
         let dns_fwd = at("add rule ip t forward iifname \"b\" ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept");
         let db_in = at("add rule ip t input iifname \"b\" ip daddr 10.0.5.20 meta l4proto { tcp, udp } th dport 5432 accept");
         let net_fwd = at("add rule ip t forward iifname \"b\" ip daddr 192.168.7.0/24 accept");
-        let routers = at("add rule ip t forward oifname \"b\" ct status dnat ip saddr { 10.79.0.2, 10.80.0.0/24 } accept");
+        let routers = at("add rule ip t forward oifname \"b\" ct status dnat ip saddr { 10.79.0.2, 10.80.0.0/24 } ip daddr != @services accept");
         let refuse_in =
             at("add rule ip t input iifname \"b\" meta l4proto tcp reject with tcp reset");
         let dyno_to_dyno =
@@ -662,11 +668,12 @@ add rule ip manifold forward oifname \"manifold0\" reject with icmp type admin-p
             access.elements(me, gateway, true),
             [
                 (EGRESS_SET, "10.217.0.5 . 10.0.5.20 . 40001".to_string()),
-                (REACH_SET, "10.217.0.5 . 10.0.0.9".to_string())
+                (REACH_SET, "10.217.0.5 . 10.0.0.9".to_string()),
+                (SERVICES_SET, "10.217.0.5".to_string())
             ]
         );
         // Nothing published, nothing to reach.
-        assert_eq!(access.elements(me, gateway, false).len(), 1);
+        assert_eq!(access.elements(me, gateway, false).len(), 2);
         // The host's loopback is the gateway, seen from a dyno.
         let local = Access {
             egress: vec!["127.0.0.1:40003".parse().unwrap()],

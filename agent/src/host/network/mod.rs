@@ -458,6 +458,9 @@ mod tests {
     set reach {
         type ipv4_addr . ipv4_addr
     }
+    set services {
+        type ipv4_addr
+    }
     chain prerouting {
         type nat hook prerouting priority dstnat; policy accept;
     }
@@ -501,7 +504,9 @@ add rule ip manifold postrouting iifname \"manifold0\" oifname \"manifold0\" ct 
             router_addresses: vec!["10.79.0.2".parse().unwrap()],
             ..NetworkConfig::default()
         };
-        assert!(host_script(&routed).contains("ip saddr { 10.79.0.2 } accept"));
+        assert!(
+            host_script(&routed).contains("ip saddr { 10.79.0.2 } ip daddr != @services accept")
+        );
     }
 
     #[test]
@@ -962,6 +967,7 @@ add rule ip manifold postrouting iifname \"manifold0\" oifname \"manifold0\" ct 
         assert_eq!(
             fake.calls,
             ["nft -f - add element ip manifold reach { 10.217.0.2 . 192.0.2.88 comment \"dyno:svc.1\" }\n\
+              add element ip manifold services { 10.217.0.2 comment \"dyno:svc.1\" }\n\
               add element ip manifold reach { 10.217.0.2 . 192.0.2.77 comment \"dyno:svc.1\" }\n\
               delete element ip manifold reach { 10.217.0.2 . 192.0.2.77 }"]
         );

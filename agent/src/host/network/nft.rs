@@ -42,6 +42,9 @@ pub(super) fn host_script(cfg: &NetworkConfig) -> String {
     set {reach} {{
         type ipv4_addr . ipv4_addr
     }}
+    set {services} {{
+        type ipv4_addr
+    }}
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
     }}
@@ -72,6 +75,7 @@ add rule ip {table} postrouting iifname \"{bridge}\" oifname \"{bridge}\" ct sta
 {filter}",
         egress = netpolicy::EGRESS_SET,
         reach = netpolicy::REACH_SET,
+        services = netpolicy::SERVICES_SET,
     )
 }
 
