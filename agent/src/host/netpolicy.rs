@@ -36,7 +36,8 @@
 //!   not isolated (`network::dataplane`), and `forward` still refuses every bridged frame
 //!   between dynos that was not DNATed. An endpoint on the host's loopback (an agent whose
 //!   address is `127.0.0.1`) is reached at the gateway: the dyno's own namespace DNATs its
-//!   connections to it there ([`Access::loopback_egress`]).
+//!   connections to it there ([`Access::loopback_egress`]). The routers do not reach a
+//!   service's port: its address is in [`SERVICES_SET`].
 //! - **IPv6**: dynos have none (the dyno's `eth0` and the bridge have IPv6 disabled), so
 //!   neither the bridge's link-local address nor anything else is reachable over it.
 //!
