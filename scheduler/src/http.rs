@@ -75,6 +75,8 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
             StoreError::AppExists(_)
+            | StoreError::PipelineExists(_)
+            | StoreError::AppCoupled { .. }
             | StoreError::DrainExists { .. }
             | StoreError::DomainTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
@@ -88,8 +90,12 @@ impl From<StoreError> for ApiError {
             | StoreError::HostNotFound(_)
             | StoreError::DrainNotFound { .. }
             | StoreError::DomainNotFound { .. }
-            | StoreError::CertNotFound { .. } => ApiError::not_found(err.to_string()),
-            StoreError::NoRelease { .. } => ApiError::invalid(err.to_string()),
+            | StoreError::CertNotFound { .. }
+            | StoreError::PipelineNotFound(_)
+            | StoreError::NotCoupled(_) => ApiError::not_found(err.to_string()),
+            StoreError::NoRelease { .. } | StoreError::Promotion(_) => {
+                ApiError::invalid(err.to_string())
+            }
             // The lease passed to another replica while this request was handled: nothing
             // was written, and the client goes to the new leader as for any follower.
             StoreError::Fenced { .. } => ApiError::new(

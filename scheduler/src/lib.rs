@@ -32,6 +32,7 @@ pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod oneoff;
+pub mod pipelines;
 pub mod planner;
 pub mod reconciler;
 pub mod release_phase;

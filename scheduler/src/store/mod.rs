@@ -23,6 +23,7 @@ use crate::model::{
     App, Build, Cert, Domain, Dyno, DynoReport, DynoState, Formation, FormationUpdate, Host,
     LogDrain, Release, ReleaseStatus, Slug,
 };
+use crate::pipelines::{Coupling, Pipeline, Stage};
 
 pub mod sql;
 
@@ -52,6 +53,20 @@ pub enum StoreError {
     CertNotFound { app: String, id: Uuid },
     #[error("{app} already has a log drain to {url}")]
     DrainExists { app: String, url: String },
+    #[error("pipeline {0} already exists")]
+    PipelineExists(String),
+    #[error("pipeline {0} not found: see `manifold pipelines`")]
+    PipelineNotFound(String),
+    #[error("{app} is already in pipeline {pipeline} (stage {stage}): remove it first with `manifold pipelines:remove -a {app}`")]
+    AppCoupled {
+        app: String,
+        pipeline: String,
+        stage: crate::pipelines::Stage,
+    },
+    #[error("{0} is not in a pipeline")]
+    NotCoupled(String),
+    #[error(transparent)]
+    Promotion(#[from] crate::pipelines::PromotionError),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("database error")]
@@ -78,6 +93,15 @@ pub enum BuildOutcome {
         description: String,
     },
     Failed,
+}
+
+/// A promotion done: the source's release whose slug was copied, and each target with
+/// the release it got.
+#[derive(Debug, Clone)]
+pub struct Promoted {
+    pub pipeline: Pipeline,
+    pub source: Release,
+    pub targets: Vec<(App, Release)>,
 }
 
 /// What became of an agent's report about a dyno.
@@ -215,6 +239,43 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(App, Option<Release>), StoreError>;
 
     async fn slug(&self, id: Uuid) -> Result<Slug, StoreError>;
+
+    /// Creates a pipeline, with its first app coupled at `first`'s stage if given (both or
+    /// neither).
+    async fn create_pipeline(
+        &self,
+        name: &str,
+        first: Option<(&str, Stage)>,
+    ) -> Result<(Pipeline, Option<Coupling>), StoreError>;
+    /// A pipeline by its id or its name.
+    async fn pipeline(&self, id_or_name: &str) -> Result<Pipeline, StoreError>;
+    async fn pipelines(&self) -> Result<Vec<Pipeline>, StoreError>;
+    /// Deletes a pipeline and its couplings; its apps stay.
+    async fn delete_pipeline(&self, id_or_name: &str) -> Result<Pipeline, StoreError>;
+    /// Puts an app at a stage of a pipeline; an app already in a pipeline is refused.
+    async fn couple(&self, pipeline: &str, app: &str, stage: Stage)
+        -> Result<Coupling, StoreError>;
+    /// Takes an app out of its pipeline.
+    async fn uncouple(&self, app: &str) -> Result<Coupling, StoreError>;
+    /// One pipeline's couplings (by app name), or every pipeline's.
+    async fn couplings(&self, pipeline: Option<&str>) -> Result<Vec<Coupling>, StoreError>;
+    /// Applies `changes` (`None` removes a key) to the config review apps start with.
+    async fn set_review_config(
+        &self,
+        pipeline: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<Pipeline, StoreError>;
+    /// Appends to each target's ledger a release of `source`'s current slug with the
+    /// target's own config ("Promote SOURCE vN"), at once; the targets are the named ones
+    /// or, when none are, the apps of the next stage (see [`crate::pipelines::plan_promotion`]).
+    /// `pipeline`, if named, must be the source's.
+    async fn promote(
+        &self,
+        pipeline: Option<&str>,
+        source: &str,
+        targets: &[String],
+        user: &str,
+    ) -> Result<Promoted, StoreError>;
 
     /// Every blob the store refers to and still needs: the slugs of every app's releases
     /// and builds, the sources of builds still pending, and the apps' git bundles. The blob collection keeps these.

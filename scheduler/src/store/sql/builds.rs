@@ -157,7 +157,7 @@ async fn build_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Build, StoreE
     }
 }
 
-async fn insert_slug(conn: &mut AnyConnection, slug: &Slug) -> Result<(), StoreError> {
+pub(super) async fn insert_slug(conn: &mut AnyConnection, slug: &Slug) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO slugs (id, app_id, sha256, size, process_types, stack, buildpacks,
                             created_at)

@@ -33,7 +33,7 @@
 //! queries they share: `apps` (and the lookups of an app every other file starts from),
 //! `drains`, `releases` (with config changes, which append to the ledger), `builds`
 //! (and slugs), `dynos` (formation, placement and reports), `hosts`, `domains`, `acme`,
-//! `lease`; `rows` holds the encoding above. Each operation opens and commits its own
+//! `lease`, `pipelines` (with promotions); `rows` holds the encoding above. Each operation opens and commits its own
 //! transaction, so the one-transaction rule can be checked one function at a time.
 
 use std::collections::BTreeMap;
@@ -46,11 +46,12 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{BuildOutcome, DynoChanges, Fence, Leadership, Reported, Store, StoreError};
+use super::{BuildOutcome, DynoChanges, Fence, Leadership, Promoted, Reported, Store, StoreError};
 use crate::model::{
     App, Build, Cert, Domain, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain,
     Release, ReleaseStatus, Slug,
 };
+use crate::pipelines::{Coupling, Pipeline, Stage};
 
 use dialect::Dialect;
 pub use dialect::{BadDatabase, Database};
@@ -65,6 +66,7 @@ mod dynos;
 mod git;
 mod hosts;
 mod lease;
+mod pipelines;
 mod releases;
 mod rows;
 #[cfg(test)]
@@ -316,6 +318,61 @@ impl Store for SqlStore {
 
     async fn slug(&self, id: Uuid) -> Result<Slug, StoreError> {
         builds::slug(self, id).await
+    }
+
+    async fn create_pipeline(
+        &self,
+        name: &str,
+        first: Option<(&str, Stage)>,
+    ) -> Result<(Pipeline, Option<Coupling>), StoreError> {
+        pipelines::create_pipeline(self, name, first).await
+    }
+
+    async fn pipeline(&self, id_or_name: &str) -> Result<Pipeline, StoreError> {
+        pipelines::pipeline(self, id_or_name).await
+    }
+
+    async fn pipelines(&self) -> Result<Vec<Pipeline>, StoreError> {
+        pipelines::pipelines(self).await
+    }
+
+    async fn delete_pipeline(&self, id_or_name: &str) -> Result<Pipeline, StoreError> {
+        pipelines::delete_pipeline(self, id_or_name).await
+    }
+
+    async fn couple(
+        &self,
+        pipeline: &str,
+        app: &str,
+        stage: Stage,
+    ) -> Result<Coupling, StoreError> {
+        pipelines::couple(self, pipeline, app, stage).await
+    }
+
+    async fn uncouple(&self, app: &str) -> Result<Coupling, StoreError> {
+        pipelines::uncouple(self, app).await
+    }
+
+    async fn couplings(&self, pipeline: Option<&str>) -> Result<Vec<Coupling>, StoreError> {
+        pipelines::couplings(self, pipeline).await
+    }
+
+    async fn set_review_config(
+        &self,
+        pipeline: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<Pipeline, StoreError> {
+        pipelines::set_review_config(self, pipeline, changes).await
+    }
+
+    async fn promote(
+        &self,
+        pipeline: Option<&str>,
+        source: &str,
+        targets: &[String],
+        user: &str,
+    ) -> Result<Promoted, StoreError> {
+        pipelines::promote(self, pipeline, source, targets, user).await
     }
 
     async fn blobs_in_use(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {

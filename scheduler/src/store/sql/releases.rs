@@ -173,7 +173,7 @@ async fn release_by_version(
     }
 }
 
-async fn current_release_of(
+pub(super) async fn current_release_of(
     conn: &mut AnyConnection,
     app_id: Uuid,
 ) -> Result<Option<Release>, StoreError> {

@@ -16,6 +16,7 @@ use crate::model::{
     App, Build, Cert, CertMaterial, CertSource, CertStatus, Domain, Dyno, DynoState, Formation,
     Host, LogDrain, Release, Slug,
 };
+use crate::pipelines::{Coupling, Pipeline, Stage};
 use crate::store::StoreError;
 
 /// RFC 3339 with a fixed width, so that TEXT order is time order (the well-known formatter
@@ -124,6 +125,30 @@ pub(super) fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
         stop_timeout: c.opt_int("stop_timeout")?,
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
+    })
+}
+
+pub(super) fn pipeline_from_row(row: &AnyRow) -> Result<Pipeline, StoreError> {
+    let c = Cells::new(row, "pipelines", row.try_get("name")?);
+    Ok(Pipeline {
+        id: c.uuid("id")?,
+        name: c.text("name")?,
+        review_config: c.json("review_config")?,
+        created_at: c.time("created_at")?,
+    })
+}
+
+/// A coupling row joined with its pipeline's (`pipeline`) and app's (`app`) names.
+pub(super) fn coupling_from_row(row: &AnyRow) -> Result<Coupling, StoreError> {
+    let c = Cells::new(row, "pipeline_couplings", row.try_get("id")?);
+    Ok(Coupling {
+        id: c.uuid("id")?,
+        pipeline_id: c.uuid("pipeline_id")?,
+        pipeline: c.text("pipeline")?,
+        app_id: c.uuid("app_id")?,
+        app: c.text("app")?,
+        stage: c.parse("stage", |s| Stage::parse(s).ok())?,
+        created_at: c.time("created_at")?,
     })
 }
 
