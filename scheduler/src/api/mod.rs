@@ -15,6 +15,7 @@ mod features;
 mod formation;
 mod git;
 mod hosts;
+mod pipelines;
 mod releases;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +55,11 @@ use dynos::{list_dynos, restart_all, restart_dynos, stop_dyno};
 use features::{get_feature, list_features, patch_feature};
 use formation::{get_formation, patch_formation};
 use hosts::{drain_host, list_hosts};
+use pipelines::{
+    app_coupling, create_coupling, create_pipeline, create_promotion, delete_coupling,
+    delete_pipeline, get_pipeline, get_review_config, list_couplings, list_pipelines,
+    patch_review_config, pipeline_couplings,
+};
 use releases::{get_release, list_releases, rollback};
 
 use crate::http::ApiError;
@@ -145,6 +151,29 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/:repo/info/refs", get(git::info_refs))
         .route("/:repo/git-upload-pack", post(git::upload_pack))
         .route("/:repo/git-receive-pack", post(git::receive_pack))
+        .route("/apps/:app/pipeline-couplings", get(app_coupling))
+        .route("/pipelines", get(list_pipelines).post(create_pipeline))
+        .route(
+            "/pipelines/:pipeline",
+            get(get_pipeline).delete(delete_pipeline),
+        )
+        .route(
+            "/pipelines/:pipeline/pipeline-couplings",
+            get(pipeline_couplings),
+        )
+        .route(
+            "/pipelines/:pipeline/stage/:stage/config-vars",
+            get(get_review_config).patch(patch_review_config),
+        )
+        .route(
+            "/pipeline-couplings",
+            get(list_couplings).post(create_coupling),
+        )
+        .route(
+            "/pipeline-couplings/:id",
+            axum::routing::delete(delete_coupling),
+        )
+        .route("/pipeline-promotions", post(create_promotion))
         .merge(crate::logs::routes())
         .merge(crate::followers::routes())
         .route("/hosts", get(list_hosts))

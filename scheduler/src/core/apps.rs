@@ -13,7 +13,7 @@ use crate::model::{App, Dyno, Formation, FormationUpdate, Host, Release, Release
 use crate::oneoff::{OneOff, OneOffError};
 use crate::planner::{Rejection, Request as PlaceRequest};
 use crate::reconciler::{self, size_memory};
-use crate::store::{DynoChanges, StoreError};
+use crate::store::{DynoChanges, Promoted, StoreError};
 
 /// Why a scale was refused.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,26 @@ impl Core {
         self.logs.log_release(app, &release);
         self.poke();
         Ok(release)
+    }
+
+    /// Promotes `source`'s current slug down its pipeline (see [`crate::store::Store::promote`]): each
+    /// target's new release goes live at once, or after its own release phase.
+    pub async fn promote(
+        &self,
+        pipeline: Option<&str>,
+        source: &str,
+        targets: &[String],
+        user: &str,
+    ) -> Result<Promoted, StoreError> {
+        let promoted = self.store.promote(pipeline, source, targets, user).await?;
+        for (app, release) in &promoted.targets {
+            self.logs.log_release(&app.name, release);
+            if release.status == ReleaseStatus::Pending {
+                self.start_release_phase(app, release, None).await;
+            }
+        }
+        self.poke();
+        Ok(promoted)
     }
 
     /// Turns an app's feature (`preboot`) on or off; the reconciler follows it.
