@@ -429,6 +429,49 @@ pub enum Command {
         /// get, store or erase (git's helper operations).
         operation: String,
     },
+    /// List pipelines.
+    #[command(name = "pipelines")]
+    Pipelines,
+    /// Create a pipeline with an app at a stage (review, development, staging, production).
+    #[command(name = "pipelines:create")]
+    PipelinesCreate {
+        name: String,
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(short, long, value_name = "STAGE")]
+        stage: String,
+    },
+    /// Add an app to a pipeline at a stage.
+    #[command(name = "pipelines:add")]
+    PipelinesAdd {
+        pipeline: String,
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(short, long, value_name = "STAGE")]
+        stage: String,
+    },
+    /// Take an app out of its pipeline (the app stays).
+    #[command(name = "pipelines:remove")]
+    PipelinesRemove {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Show a pipeline's apps by stage.
+    #[command(name = "pipelines:info")]
+    PipelinesInfo { pipeline: String },
+    /// Copy the app's current slug to the apps downstream as new releases, without a
+    /// rebuild (default: every app of the next stage).
+    #[command(name = "pipelines:promote")]
+    PipelinesPromote {
+        #[command(flatten)]
+        app: AppArg,
+        /// The apps to promote to, comma-separated.
+        #[arg(short, long, value_name = "APP,APP", value_delimiter = ',')]
+        to: Vec<String>,
+    },
+    /// Destroy a pipeline (its apps stay).
+    #[command(name = "pipelines:destroy")]
+    PipelinesDestroy { pipeline: String },
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,

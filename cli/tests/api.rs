@@ -802,3 +802,96 @@ fn no_scheduler_reachable_names_them_all_and_a_bad_list_is_refused() {
         "manifold: MANIFOLD_API: scheduler URL 2 of 3 is empty (a stray comma?)\n"
     );
 }
+
+#[test]
+fn pipelines_promote_names_the_source_and_prints_each_target() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("GET", "/apps/shop-staging/pipeline-couplings") => (
+            200,
+            vec![],
+            json(serde_json::json!({"id": "c1", "stage": "staging",
+                "pipeline": {"id": "p1", "name": "shop"}, "app": {"name": "shop-staging"}})),
+        ),
+        ("POST", "/pipeline-promotions") => (
+            201,
+            vec![],
+            json(serde_json::json!({
+            "source": {"app": {"name": "shop-staging"}, "release": {"version": 7}},
+            "targets": [
+                {"app": {"name": "shop-eu"}, "release": {"version": 3, "status": "succeeded"}},
+                {"app": {"name": "shop-us"}, "release": {"version": 9, "status": "pending"}},
+            ]})),
+        ),
+        _ => (404, vec![], json(serde_json::json!({"message": "no"}))),
+    });
+    let o = api.run(&[
+        "pipelines:promote",
+        "-a",
+        "shop-staging",
+        "--to",
+        "shop-eu,shop-us",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Promoting shop-staging v7 to shop-eu... done, v3\n\
+         Promoting shop-staging v7 to shop-us... done, v9 (its release phase is running: see `manifold releases -a shop-us`)\n"
+    );
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        reqs[1].json(),
+        serde_json::json!({
+            "pipeline": {"id": "p1"},
+            "source": {"app": {"id": "shop-staging"}},
+            "targets": [{"app": {"id": "shop-eu"}}, {"app": {"id": "shop-us"}}],
+        })
+    );
+}
+
+#[test]
+fn pipelines_commands_check_stages_and_show_apps_by_stage() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("GET", "/pipelines/shop") => (
+            200,
+            vec![],
+            json(serde_json::json!({"id": "p1", "name": "shop"})),
+        ),
+        ("GET", "/pipelines/shop/pipeline-couplings") => (
+            200,
+            vec![],
+            json(serde_json::json!([
+                {"app": {"name": "shop-prod"}, "stage": "production"},
+                {"app": {"name": "shop-staging"}, "stage": "staging"},
+            ])),
+        ),
+        _ => (201, vec![], "{}".to_string()),
+    });
+    let o = api.run(&["pipelines:add", "shop", "-a", "x", "--stage", "qa"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown stage \"qa\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(api.requests().is_empty(), "nothing sent for a bad stage");
+    let o = api.run(&[
+        "pipelines:create",
+        "shop",
+        "-a",
+        "shop-staging",
+        "--stage",
+        "staging",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        api.requests()[0].json(),
+        serde_json::json!({"name": "shop", "app": "shop-staging", "stage": "staging"})
+    );
+    let o = api.run(&["pipelines:info", "shop"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let staging = out.find("shop-staging").expect("staging listed");
+    let prod = out.find("shop-prod").expect("prod listed");
+    assert!(out.starts_with("=== shop\n") && staging < prod, "{out}");
+}

@@ -23,6 +23,7 @@ mod features;
 mod git;
 mod hosts;
 mod logs;
+mod pipelines;
 mod ps;
 mod releases;
 
@@ -156,6 +157,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             ctx.git_clone(app.name()?, dir.as_deref(), &remote).await
         }
         Command::GitCredentials { operation } => git::credentials(&ctx.client, &operation),
+        Command::Pipelines => ctx.pipelines().await,
+        Command::PipelinesCreate { name, app, stage } => {
+            ctx.pipelines_create(&name, app.name()?, &stage).await
+        }
+        Command::PipelinesAdd {
+            pipeline,
+            app,
+            stage,
+        } => ctx.pipelines_add(&pipeline, app.name()?, &stage).await,
+        Command::PipelinesRemove { app } => ctx.pipelines_remove(app.name()?).await,
+        Command::PipelinesInfo { pipeline } => ctx.pipelines_info(&pipeline).await,
+        Command::PipelinesPromote { app, to } => ctx.pipelines_promote(app.name()?, &to).await,
+        Command::PipelinesDestroy { pipeline } => ctx.pipelines_destroy(&pipeline).await,
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,
