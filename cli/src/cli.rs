@@ -81,9 +81,17 @@ pub enum Command {
     #[command(name = "apps:create")]
     AppsCreate {
         name: String,
-        /// Base image for the app's builds and dynos (server default: bookworm).
+        /// Base image for the app's builds and dynos (server default: bookworm; with
+        /// --from, app.json's `stack` unless given here).
         #[arg(long)]
         stack: Option<String>,
+        /// Set the app up from DIR as its app.json says (stack, buildpacks, env, formation,
+        /// postdeploy), deploying DIR.
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// A config var for app.json's `env` (repeat for several; required ones must be given).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", requires = "from")]
+        env: Vec<String>,
     },
     /// Show an app.
     #[command(name = "apps:info")]

@@ -895,3 +895,43 @@ fn pipelines_commands_check_stages_and_show_apps_by_stage() {
     let prod = out.find("shop-prod").expect("prod listed");
     assert!(out.starts_with("=== shop\n") && staging < prod, "{out}");
 }
+
+#[test]
+fn apps_create_from_refuses_a_bad_app_json_or_a_missing_var_before_any_request() {
+    let api = FakeApi::start(|_, _| (201, vec![], "{}".to_string()));
+    let dir = source_dir();
+    std::fs::write(
+        dir.path().join("app.json"),
+        r#"{"env": {"TOKEN": {"generator": "uuid"}}}"#,
+    )
+    .expect("write");
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    let o = api.run(&["apps:create", "setup", "--from", &path]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("env.TOKEN.generator: unknown generator \"uuid\""),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        dir.path().join("app.json"),
+        r#"{"env": {"API_KEY": {"description": "yours"}, "B": {"required": true}}}"#,
+    )
+    .expect("write");
+    let o = api.run(&["apps:create", "setup", "--from", &path, "--env", "B=1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o)
+            .contains("app.json requires config vars API_KEY: give each with --env KEY=VALUE"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(dir.path().join("app.json"), "{\n  \"env\": \n}").expect("write");
+    let o = api.run(&["apps:create", "setup", "--from", &path]);
+    assert!(
+        stderr(&o).contains("not valid JSON at line 3, column 1"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(api.requests().is_empty(), "nothing was created");
+}

@@ -120,3 +120,77 @@ fn promotion_runs_stagings_slug_with_productions_config() {
     }
     harness::assert_clean(&c, 0);
 }
+
+/// `apps:create --from DIR` sets the app up as DIR/app.json says: config vars (a given
+/// one, a default, a generated secret), the formation, and a postdeploy run once, its
+/// output shown. A required var not given stops it before anything is created.
+#[test]
+fn an_app_is_set_up_from_its_app_json_with_its_postdeploy_run_once() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("setup", 20);
+    c.wait_hosts(1);
+    let src = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(harness::TINY), src.path());
+    std::fs::write(
+        src.path().join("app.json"),
+        r#"{
+          "name": "Tiny",
+          "stack": "testing",
+          "env": {
+            "GREETING": {"description": "What web says"},
+            "MOOD": {"value": "calm"},
+            "SECRET_KEY": {"generator": "secret"}
+          },
+          "formation": {"web": {"quantity": 1}},
+          "scripts": {"postdeploy": "echo \"postdeploy: $GREETING $MOOD ${#SECRET_KEY}\""}
+        }"#,
+    )
+    .unwrap();
+    let dir = src.path().to_str().unwrap();
+
+    let refused = c.cli(&["apps:create", "tiny-setup", "--from", dir]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("requires config vars GREETING"), "{said}");
+    assert!(
+        !c.ok(&["apps"]).contains("tiny-setup"),
+        "nothing was created"
+    );
+
+    let out = c.ok(&[
+        "apps:create",
+        "tiny-setup",
+        "--from",
+        dir,
+        "--env",
+        "GREETING=howdy",
+    ]);
+    assert!(out.contains("postdeploy: howdy calm 64"), "{out}");
+    let config = c.json(&["config", "-a", "tiny-setup"]);
+    assert_eq!(config["MOOD"], "calm");
+    assert_eq!(config["SECRET_KEY"].as_str().unwrap().len(), 64);
+    c.wait_dynos("tiny-setup", &["web.1"], "up", UP);
+    let body = wait_for("the set-up app to answer", UP, || {
+        let (code, body) = c.route("tiny-setup", "/cgi-bin/greeting", &[]);
+        (code == 200).then_some(body)
+    });
+    assert!(body.starts_with("howdy from web.1"), "{body}");
+    c.ok(&["apps:destroy", "tiny-setup", "--confirm", "tiny-setup"]);
+    harness::assert_clean(&c, 0);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

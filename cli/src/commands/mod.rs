@@ -26,6 +26,7 @@ mod logs;
 mod pipelines;
 mod ps;
 mod releases;
+mod setup;
 
 /// The scheduler rejects bigger uploads (413); failing before the upload saves the wait.
 const MAX_SOURCE_BYTES: u64 = 512 << 20;
@@ -51,7 +52,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             oneoff::detached(&ctx.client, app, &spec, ctx.json).await
         }
         Command::Apps => ctx.apps().await,
-        Command::AppsCreate { name, stack } => ctx.apps_create(&name, stack).await,
+        Command::AppsCreate {
+            name,
+            stack,
+            from: None,
+            ..
+        } => ctx.apps_create(&name, stack).await,
+        Command::AppsCreate {
+            name,
+            stack,
+            from: Some(dir),
+            env,
+        } => ctx.apps_setup(&name, stack, &dir, &env).await,
         Command::AppsInfo { app } => ctx.apps_info(app.name()?).await,
         Command::AppsUpdate {
             app,
