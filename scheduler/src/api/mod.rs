@@ -60,7 +60,7 @@ use pipelines::{
     delete_pipeline, get_pipeline, get_review_config, list_couplings, list_pipelines,
     patch_review_config, pipeline_couplings,
 };
-use releases::{get_release, list_releases, rollback};
+use releases::{get_release, get_slug, list_releases, rollback};
 
 use crate::http::ApiError;
 use crate::http::{rfc3339, user, Json, Result, JSON_LIMIT};
@@ -107,6 +107,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/apps/:app/builds/:id/output", get(build_output))
         .route("/apps/:app/releases", get(list_releases).post(rollback))
         .route("/apps/:app/releases/:version", get(get_release))
+        .route("/apps/:app/slugs/:id", get(get_slug))
         .route(
             "/apps/:app/formation",
             get(get_formation).patch(patch_formation),

@@ -415,6 +415,22 @@ mod tests {
         assert_eq!(prod[0]["slug"]["checksum"], staging[0]["slug"]["checksum"]);
         let release = h.core.store.release("shop-prod", 1).await.expect("v1");
         assert_eq!(release.config["WHO"], "prod");
+        // Heroku's Slug Info, per app: the copy has the source's checksum.
+        let slug_of = |app: &str, r: &serde_json::Value| {
+            format!(
+                "/apps/{app}/slugs/{}",
+                r[0]["slug"]["id"].as_str().expect("id")
+            )
+        };
+        let (status, copy) = h
+            .api(Method::GET, &slug_of("shop-prod", &prod), json!(null))
+            .await;
+        assert_eq!(status.as_u16(), 200, "{copy}");
+        assert_eq!(copy["checksum"], staging[0]["slug"]["checksum"]);
+        let (status, _) = h
+            .api(Method::GET, &slug_of("shop-staging", &prod), json!(null))
+            .await;
+        assert_eq!(status.as_u16(), 404, "another app's slug");
 
         let (_, list) = h
             .api(

@@ -48,6 +48,32 @@ pub(super) async fn get_release(
     Ok(axum::Json(release_json(&core, &app, &r, current).await?))
 }
 
+/// `GET /apps/{app}/slugs/{id}` (Heroku's Slug Info): a slug of the app's, with the
+/// checksum of its archive (a promoted slug has its source's).
+pub(super) async fn get_slug(
+    State(core): State<Arc<Core>>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>> {
+    let a = core.store.app(&app).await?;
+    let not_found = || ApiError::not_found(format!("slug {id} not found in {app}"));
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let slug = match core.store.slug(id).await {
+        Ok(slug) if slug.app_id == a.id => slug,
+        Ok(_) | Err(StoreError::SlugNotFound(_)) => return Err(not_found()),
+        Err(err) => return Err(err.into()),
+    };
+    Ok(axum::Json(json!({
+        "id": slug.id,
+        "checksum": format!("SHA256:{}", slug.sha256),
+        "size": slug.size,
+        "process_types": slug.process_types,
+        "stack": {"name": slug.stack},
+        "buildpack_provided_description": slug.buildpacks.join(", "),
+        "created_at": rfc3339(slug.created_at),
+        "app": {"name": app},
+    })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RollbackBody {
