@@ -347,8 +347,7 @@ impl Client {
         self.reply(Method::PATCH, path, |b| Ok(b.json(body))).await
     }
 
-    /// Uploads a source tarball; the file is streamed, not read into memory, and streamed
-    /// again from its start when a follower refused it.
+    /// Uploads a source tarball to build; see [`Client::post_source`].
     pub async fn post_build(
         &self,
         app: &str,
@@ -356,20 +355,32 @@ impl Client {
         tarball: std::fs::File,
         len: u64,
     ) -> Result<Reply> {
-        use std::os::fd::AsRawFd;
         let query: Vec<(&str, &str)> = buildpacks
             .iter()
             .map(|b| ("buildpack", b.as_str()))
             .collect();
-        let path = format!("/apps/{app}/builds");
-        self.reply(Method::POST, &path, |b| {
+        self.post_source(&format!("/apps/{app}/builds"), &query, tarball, len)
+            .await
+    }
+
+    /// POSTs a source tarball to `path` with `query`; the file is streamed, not read into
+    /// memory, and streamed again from its start when a follower refused it.
+    pub async fn post_source(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        tarball: std::fs::File,
+        len: u64,
+    ) -> Result<Reply> {
+        use std::os::fd::AsRawFd;
+        self.reply(Method::POST, path, |b| {
             // Each attempt opens the archive anew, with an offset of its own: a clone would
             // share one offset, and an abandoned attempt still reading (a follower's refusal
             // arrives while the body streams) would move the resend's. Through /proc, so an
             // unlinked temporary file opens too.
             let file = std::fs::File::open(format!("/proc/self/fd/{}", tarball.as_raw_fd()))
                 .map_err(|e| format!("cannot read the source archive again to send it: {e}"))?;
-            Ok(b.query(&query)
+            Ok(b.query(query)
                 .header(CONTENT_TYPE, "application/gzip")
                 .header(CONTENT_LENGTH, len)
                 .body(tokio::fs::File::from_std(file)))

@@ -36,6 +36,7 @@ pub mod pipelines;
 pub mod planner;
 pub mod reconciler;
 pub mod release_phase;
+pub mod review_apps;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -97,6 +97,62 @@ pub struct Coupling {
     pub created_at: OffsetDateTime,
 }
 
+/// A review app: a temporary app of a pipeline, made from a branch and coupled at stage
+/// review, destroyed by `reviewapps:destroy` or when it expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewApp {
+    pub app_id: Uuid,
+    pub app: String,
+    pub pipeline_id: Uuid,
+    pub pipeline: String,
+    pub branch: String,
+    /// When the leader destroys it (`None`: never).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A review app's name: `PIPELINE-pr-BRANCH-SUFFIX`, the branch reduced to what an app
+/// name may hold (lowercase letters, digits, single dashes) and the whole cut to the
+/// 30 characters app names allow, `suffix` (4 random hex digits) kept so that two review
+/// apps of one branch differ.
+pub fn review_app_name(pipeline: &str, branch: &str, suffix: &str) -> String {
+    let mut slug = String::new();
+    for c in branch.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let head = format!("{pipeline}-pr-{slug}");
+    let room = 30 - suffix.len() - 1;
+    let head: String = head.chars().take(room).collect();
+    format!("{}-{suffix}", head.trim_end_matches('-'))
+}
+
+/// A branch name as git allows it, roughly (`git check-ref-format`): what a review app
+/// is asked to be made from.
+pub fn check_branch(branch: &str) -> Result<(), String> {
+    let ok = !branch.is_empty()
+        && branch.len() <= 255
+        && !branch.starts_with(['-', '/', '.'])
+        && !branch.ends_with(['/', '.'])
+        && !branch.contains("..")
+        && !branch.contains("//")
+        && !branch.ends_with(".lock")
+        && branch
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"~^:?*[\\".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid branch name {branch:?}"))
+    }
+}
+
 /// Pipeline names follow app names' rules (Heroku's): 3 to 30 lowercase letters, digits
 /// and dashes, starting with a letter, not ending with a dash.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -277,6 +333,28 @@ mod tests {
         assert!(Stage::Review < Stage::Development && Stage::Staging < Stage::Production);
         assert_eq!(Stage::Development.next(), Some(Stage::Staging));
         assert_eq!(Stage::Production.next(), None);
+    }
+
+    #[test]
+    fn review_app_names_are_valid_app_names() {
+        assert_eq!(
+            review_app_name("shop", "feature-x", "1a2b"),
+            "shop-pr-feature-x-1a2b"
+        );
+        assert_eq!(
+            review_app_name("shop", "Feature/Big__Change!", "1a2b"),
+            "shop-pr-feature-big-chang-1a2b"
+        );
+        let long = review_app_name("a-long-pipeline-name", "a-very-long-branch", "ffff");
+        assert_eq!(long.len(), 30, "{long}");
+        assert!(long.ends_with("-ffff") && !long.contains("--"), "{long}");
+        for name in [long, review_app_name("shop", "---", "0000")] {
+            assert!(check_name(&name).is_ok(), "{name}");
+        }
+        assert!(check_branch("feature/x-1").is_ok());
+        for bad in ["", "-x", "a..b", "a b", "x.lock", "a:b", "a/"] {
+            assert!(check_branch(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Drop for Tasks {
 
 /// The leader's duties, run while this replica leads and stopped when it no longer does:
 /// the reconcile loop, the router's domains and certificates (which may store the default
-/// certificate), automated certificates. When a term ends every agent's link is closed so
+/// certificate), automated certificates, destroying review apps whose time is up. When a term ends every agent's link is closed so
 /// that each finds the new leader.
 async fn lead_while_elected(core: Arc<Core>) {
     let mut role = core.leadership.subscribe();
@@ -184,6 +184,7 @@ async fn lead_while_elected(core: Arc<Core>) {
             crate::edge::refresh_forever(edge).await;
         });
         duties.spawn(core.clone().reconcile_loop());
+        duties.spawn(crate::review_apps::expire_forever(core.clone()));
         if let Some(config) = core.settings.acme.clone() {
             duties.spawn(crate::edge::acm::run(
                 core.clone(),

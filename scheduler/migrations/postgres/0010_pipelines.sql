@@ -15,3 +15,11 @@ CREATE TABLE pipeline_couplings (
     created_at  TEXT COLLATE "C" NOT NULL
 );
 CREATE INDEX pipeline_couplings_by_pipeline ON pipeline_couplings (pipeline_id);
+
+CREATE TABLE review_apps (
+    app_id      TEXT COLLATE "C" PRIMARY KEY REFERENCES apps (id) ON DELETE CASCADE,
+    pipeline_id TEXT NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    branch      TEXT NOT NULL,
+    expires_at  TEXT COLLATE "C",
+    created_at  TEXT COLLATE "C" NOT NULL
+);

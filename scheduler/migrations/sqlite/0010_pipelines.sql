@@ -19,3 +19,13 @@ CREATE TABLE pipeline_couplings (
     created_at  TEXT NOT NULL
 );
 CREATE INDEX pipeline_couplings_by_pipeline ON pipeline_couplings (pipeline_id);
+
+-- Review apps: temporary apps made from a branch, coupled at stage review (their coupling
+-- and this row go with the app). expires_at: when the leader destroys it (NULL: never).
+CREATE TABLE review_apps (
+    app_id      TEXT PRIMARY KEY NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    pipeline_id TEXT NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    branch      TEXT NOT NULL,
+    expires_at  TEXT,
+    created_at  TEXT NOT NULL
+);

@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn build_json(app: &str, b: &Build, stack: &str) -> Value {
+pub(super) fn build_json(app: &str, b: &Build, stack: &str) -> Value {
     json!({
         "id": b.id,
         "status": b.status,
@@ -49,7 +49,24 @@ pub(super) async fn create_build(
         })
         .unwrap_or_default();
     // Checked before the upload, so a bad name costs no transfer.
-    let chosen = choose_buildpacks(&core, &a, named).await?;
+    let (buildpacks, origin) = choose_buildpacks(&core, &a, named).await?;
+    let source = receive_source(&core, &headers, body).await?;
+    let build = core
+        .builds
+        .start(&a, &source, buildpacks, origin, &user(&headers))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(build_json(&app, &build, &a.stack)),
+    ))
+}
+
+/// Stores an uploaded source (a tar.gz within the upload limit) as a blob.
+pub(super) async fn receive_source(
+    core: &Core,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<crate::blobs::Blob> {
     let limit = core.settings.upload_limit;
     let too_large = || {
         ApiError::new(
@@ -107,15 +124,7 @@ pub(super) async fn create_build(
             "the source must be a gzip-compressed tarball (tar.gz), as `manifold deploy DIR` sends",
         ));
     }
-    let (buildpacks, origin) = chosen;
-    let build = core
-        .builds
-        .start(&a, &source, buildpacks, origin, &user(&headers))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(build_json(&app, &build, &a.stack)),
-    ))
+    Ok(source)
 }
 
 /// The buildpacks a build of `app` uses (those named for it, else the app's, else

@@ -17,6 +17,7 @@ mod git;
 mod hosts;
 mod pipelines;
 mod releases;
+mod review_apps;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -61,6 +62,7 @@ use pipelines::{
     patch_review_config, pipeline_couplings,
 };
 use releases::{get_release, get_slug, list_releases, rollback};
+use review_apps::{create_review_app, delete_review_app, list_review_apps};
 
 use crate::http::ApiError;
 use crate::http::{rfc3339, user, Json, Result, JSON_LIMIT};
@@ -175,6 +177,16 @@ pub fn router(core: Arc<Core>) -> Router {
             axum::routing::delete(delete_coupling),
         )
         .route("/pipeline-promotions", post(create_promotion))
+        .route(
+            "/pipelines/:pipeline/review-apps",
+            get(list_review_apps)
+                .post(create_review_app)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/review-apps/:app",
+            axum::routing::delete(delete_review_app),
+        )
         .merge(crate::logs::routes())
         .merge(crate::followers::routes())
         .route("/hosts", get(list_hosts))

@@ -23,7 +23,7 @@ use crate::model::{
     App, Build, Cert, Domain, Dyno, DynoReport, DynoState, Formation, FormationUpdate, Host,
     LogDrain, Release, ReleaseStatus, Slug,
 };
-use crate::pipelines::{Coupling, Pipeline, Stage};
+use crate::pipelines::{Coupling, Pipeline, ReviewApp, Stage};
 
 pub mod sql;
 
@@ -102,6 +102,18 @@ pub struct Promoted {
     pub pipeline: Pipeline,
     pub source: Release,
     pub targets: Vec<(App, Release)>,
+}
+
+/// A review app to create (see [`Store::create_review_app`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewReviewApp<'a> {
+    pub pipeline: &'a str,
+    pub app: &'a str,
+    pub stack: &'a str,
+    pub branch: &'a str,
+    pub config: &'a BTreeMap<String, String>,
+    pub buildpacks: &'a [String],
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// What became of an agent's report about a dyno.
@@ -265,6 +277,14 @@ pub trait Store: Send + Sync + 'static {
         pipeline: &str,
         changes: &BTreeMap<String, Option<String>>,
     ) -> Result<Pipeline, StoreError>;
+    /// Creates a review app of a pipeline at once: the app (with its config vars and
+    /// buildpacks), coupled at stage review, remembered with its branch and expiry.
+    async fn create_review_app(
+        &self,
+        new: &NewReviewApp<'_>,
+    ) -> Result<(App, ReviewApp), StoreError>;
+    /// One pipeline's review apps, or every pipeline's, oldest first.
+    async fn review_apps(&self, pipeline: Option<&str>) -> Result<Vec<ReviewApp>, StoreError>;
     /// Appends to each target's ledger a release of `source`'s current slug with the
     /// target's own config ("Promote SOURCE vN"), at once; the targets are the named ones
     /// or, when none are, the apps of the next stage (see [`crate::pipelines::plan_promotion`]).

@@ -21,9 +21,20 @@ pub(super) async fn create_app(
     stack: &str,
 ) -> Result<App, StoreError> {
     let mut tx = store.write().await?;
+    let app = insert_app(&mut tx, name, stack).await?;
+    tx.commit().await?;
+    Ok(app)
+}
+
+/// Inserts a new app (no config yet); a taken name is refused.
+pub(super) async fn insert_app(
+    conn: &mut AnyConnection,
+    name: &str,
+    stack: &str,
+) -> Result<App, StoreError> {
     let taken = sqlx::query("SELECT 1 FROM apps WHERE name = $1")
         .bind(name)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
     if taken.is_some() {
         return Err(StoreError::AppExists(name.to_owned()));
@@ -53,9 +64,8 @@ pub(super) async fn create_app(
     .bind(to_json(&app.config)?)
     .bind(timestamp(app.created_at)?)
     .bind(timestamp(app.updated_at)?)
-    .execute(&mut *tx)
+    .execute(conn)
     .await?;
-    tx.commit().await?;
     Ok(app)
 }
 
@@ -168,10 +178,21 @@ pub(super) async fn set_buildpacks(
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = store.write().await?;
     let current = app_by_name(&mut tx, app).await?;
-    let id = current.id.to_string();
+    replace_buildpacks(&mut tx, current.id, urls).await?;
+    tx.commit().await?;
+    Ok(urls.to_vec())
+}
+
+/// Replaces the buildpacks of the app with `app_id`.
+pub(super) async fn replace_buildpacks(
+    conn: &mut AnyConnection,
+    app_id: Uuid,
+    urls: &[String],
+) -> Result<(), StoreError> {
+    let id = app_id.to_string();
     sqlx::query("DELETE FROM app_buildpacks WHERE app_id = $1")
         .bind(&id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     for (ordinal, url) in urls.iter().enumerate() {
         sqlx::query("INSERT INTO app_buildpacks (app_id, ordinal, url) VALUES ($1, $2, $3)")
@@ -181,11 +202,10 @@ pub(super) async fn set_buildpacks(
                     .map_err(|_| StoreError::Corrupt("too many buildpacks".into()))?,
             )
             .bind(url)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
     }
-    tx.commit().await?;
-    Ok(urls.to_vec())
+    Ok(())
 }
 
 pub(super) async fn app(store: &SqlStore, name: &str) -> Result<App, StoreError> {

@@ -46,12 +46,15 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{BuildOutcome, DynoChanges, Fence, Leadership, Promoted, Reported, Store, StoreError};
+use super::{
+    BuildOutcome, DynoChanges, Fence, Leadership, NewReviewApp, Promoted, Reported, Store,
+    StoreError,
+};
 use crate::model::{
     App, Build, Cert, Domain, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain,
     Release, ReleaseStatus, Slug,
 };
-use crate::pipelines::{Coupling, Pipeline, Stage};
+use crate::pipelines::{Coupling, Pipeline, ReviewApp, Stage};
 
 use dialect::Dialect;
 pub use dialect::{BadDatabase, Database};
@@ -363,6 +366,17 @@ impl Store for SqlStore {
         changes: &BTreeMap<String, Option<String>>,
     ) -> Result<Pipeline, StoreError> {
         pipelines::set_review_config(self, pipeline, changes).await
+    }
+
+    async fn create_review_app(
+        &self,
+        new: &NewReviewApp<'_>,
+    ) -> Result<(App, ReviewApp), StoreError> {
+        pipelines::create_review_app(self, new).await
+    }
+
+    async fn review_apps(&self, pipeline: Option<&str>) -> Result<Vec<ReviewApp>, StoreError> {
+        pipelines::review_apps(self, pipeline).await
     }
 
     async fn promote(

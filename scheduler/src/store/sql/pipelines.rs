@@ -7,13 +7,15 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::model::{App, Slug};
-use crate::pipelines::{self, Coupling, Pipeline, PromotionError, Stage};
-use crate::store::{Promoted, StoreError};
+use crate::pipelines::{self, Coupling, Pipeline, PromotionError, ReviewApp, Stage};
+use crate::store::{NewReviewApp, Promoted, StoreError};
 
-use super::apps::{app_by_id, app_by_name};
+use super::apps::{app_by_id, app_by_name, insert_app, replace_buildpacks, set_app_config};
 use super::builds::{insert_slug, slug_by_id};
 use super::releases::{append_release, current_release_of, status_for, NewRelease};
-use super::rows::{coupling_from_row, pipeline_from_row, timestamp, to_json, word};
+use super::rows::{
+    coupling_from_row, pipeline_from_row, review_app_from_row, timestamp, to_json, word,
+};
 use super::SqlStore;
 
 /// Couplings with their pipeline's and app's names.
@@ -254,6 +256,76 @@ pub(super) async fn promote(
     })
 }
 
+/// Review apps with their app's and pipeline's names.
+const REVIEW_APPS: &str = "SELECT review_apps.*, apps.name AS app, pipelines.name AS pipeline
+     FROM review_apps
+     JOIN apps ON apps.id = review_apps.app_id
+     JOIN pipelines ON pipelines.id = review_apps.pipeline_id";
+
+/// Creates a review app at once: the app with its config and buildpacks, its coupling at
+/// stage review, and its review app row.
+pub(super) async fn create_review_app(
+    store: &SqlStore,
+    new: &NewReviewApp<'_>,
+) -> Result<(App, ReviewApp), StoreError> {
+    let mut tx = store.write().await?;
+    let pipeline = pipeline_by(&mut tx, new.pipeline).await?;
+    let mut app = insert_app(&mut tx, new.app, new.stack).await?;
+    app.config = new.config.clone();
+    set_app_config(&mut tx, &app).await?;
+    replace_buildpacks(&mut tx, app.id, new.buildpacks).await?;
+    insert_coupling(&mut tx, &pipeline, &app.name, Stage::Review).await?;
+    let review = ReviewApp {
+        app_id: app.id,
+        app: app.name.clone(),
+        pipeline_id: pipeline.id,
+        pipeline: pipeline.name,
+        branch: new.branch.to_owned(),
+        expires_at: new.expires_at,
+        created_at: app.created_at,
+    };
+    sqlx::query(
+        "INSERT INTO review_apps (app_id, pipeline_id, branch, expires_at, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(review.app_id.to_string())
+    .bind(review.pipeline_id.to_string())
+    .bind(&review.branch)
+    .bind(review.expires_at.map(timestamp).transpose()?)
+    .bind(timestamp(review.created_at)?)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((app, review))
+}
+
+pub(super) async fn review_apps(
+    store: &SqlStore,
+    pipeline: Option<&str>,
+) -> Result<Vec<ReviewApp>, StoreError> {
+    let mut tx = store.read().await?;
+    let rows = match pipeline {
+        Some(p) => {
+            let pipeline = pipeline_by(&mut tx, p).await?;
+            sqlx::query(&format!(
+                "{REVIEW_APPS} WHERE review_apps.pipeline_id = $1 ORDER BY review_apps.created_at, apps.name"
+            ))
+            .bind(pipeline.id.to_string())
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        None => {
+            sqlx::query(&format!(
+                "{REVIEW_APPS} ORDER BY review_apps.created_at, apps.name"
+            ))
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    rows.iter().map(review_app_from_row).collect()
+}
+
 /// A pipeline by its id or its name.
 async fn pipeline_by(conn: &mut AnyConnection, id_or_name: &str) -> Result<Pipeline, StoreError> {
     let row = sqlx::query("SELECT * FROM pipelines WHERE id = $1 OR name = $2")
@@ -479,6 +551,62 @@ mod tests {
                     .await
                     .expect("in use")
                     .contains(&slug.sha256));
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn review_apps_are_made_whole_and_go_with_their_app() {
+        on_each_backend(
+            "review_apps_are_made_whole_and_go_with_their_app",
+            |db| async move {
+                let store = db.open().await;
+                pipeline_of(&store).await;
+                let config = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
+                let buildpacks = vec!["heroku/python".to_owned()];
+                let expires = OffsetDateTime::now_utc() + TimeDuration::hours(2);
+                let new = NewReviewApp {
+                    pipeline: "shop",
+                    app: "shop-pr-x-0001",
+                    stack: "heroku-24",
+                    branch: "feature/x",
+                    config: &config,
+                    buildpacks: &buildpacks,
+                    expires_at: Some(expires),
+                };
+                let (app, review) = store.create_review_app(&new).await.expect("create");
+                assert_eq!(app.config, config);
+                assert_eq!(store.buildpacks(&app.name).await.expect("bps"), buildpacks);
+                assert_eq!(review.pipeline, "shop");
+                let listed = store.review_apps(Some("shop")).await.expect("list");
+                assert_eq!(listed.len(), 1);
+                assert_eq!(listed[0].branch, "feature/x");
+                assert_eq!(
+                    listed[0].expires_at.map(|t| t.unix_timestamp()),
+                    Some(expires.unix_timestamp())
+                );
+                let coupling = store.couplings(Some("shop")).await.expect("couplings");
+                assert!(coupling
+                    .iter()
+                    .any(|c| c.app == app.name && c.stage == Stage::Review));
+                // A taken name or an unknown pipeline makes nothing.
+                assert!(matches!(
+                    store.create_review_app(&new).await,
+                    Err(StoreError::AppExists(_))
+                ));
+                let elsewhere = NewReviewApp {
+                    pipeline: "nope",
+                    app: "nope-pr-x-0002",
+                    ..new
+                };
+                assert!(matches!(
+                    store.create_review_app(&elsewhere).await,
+                    Err(StoreError::PipelineNotFound(_))
+                ));
+                assert!(store.app("nope-pr-x-0002").await.is_err());
+                store.delete_app(&app.name).await.expect("delete");
+                assert!(store.review_apps(None).await.expect("list").is_empty());
             },
         )
         .await;

@@ -16,7 +16,7 @@ use crate::model::{
     App, Build, Cert, CertMaterial, CertSource, CertStatus, Domain, Dyno, DynoState, Formation,
     Host, LogDrain, Release, Slug,
 };
-use crate::pipelines::{Coupling, Pipeline, Stage};
+use crate::pipelines::{Coupling, Pipeline, ReviewApp, Stage};
 use crate::store::StoreError;
 
 /// RFC 3339 with a fixed width, so that TEXT order is time order (the well-known formatter
@@ -62,6 +62,12 @@ impl<'r> Cells<'r> {
     fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
         let text = self.text(column)?;
         OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| self.corrupt(column, e))
+    }
+
+    fn opt_time(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.opt_text(column)?
+            .map(|t| OffsetDateTime::parse(&t, &Rfc3339).map_err(|e| self.corrupt(column, e)))
+            .transpose()
     }
 
     fn json<T: DeserializeOwned>(&self, column: &str) -> Result<T, StoreError> {
@@ -148,6 +154,20 @@ pub(super) fn coupling_from_row(row: &AnyRow) -> Result<Coupling, StoreError> {
         app_id: c.uuid("app_id")?,
         app: c.text("app")?,
         stage: c.parse("stage", |s| Stage::parse(s).ok())?,
+        created_at: c.time("created_at")?,
+    })
+}
+
+/// A review app row joined with its app's (`app`) and pipeline's (`pipeline`) names.
+pub(super) fn review_app_from_row(row: &AnyRow) -> Result<ReviewApp, StoreError> {
+    let c = Cells::new(row, "review_apps", row.try_get("app_id")?);
+    Ok(ReviewApp {
+        app_id: c.uuid("app_id")?,
+        app: c.text("app")?,
+        pipeline_id: c.uuid("pipeline_id")?,
+        pipeline: c.text("pipeline")?,
+        branch: c.text("branch")?,
+        expires_at: c.opt_time("expires_at")?,
         created_at: c.time("created_at")?,
     })
 }
