@@ -480,6 +480,34 @@ pub enum Command {
     /// Destroy a pipeline (its apps stay).
     #[command(name = "pipelines:destroy")]
     PipelinesDestroy { pipeline: String },
+    /// Create a review app of a pipeline from a branch (its app.json honoured).
+    #[command(name = "reviewapps:create")]
+    ReviewappsCreate {
+        #[arg(short, long, value_name = "PIPELINE")]
+        pipeline: String,
+        #[arg(short, long, value_name = "BRANCH")]
+        branch: String,
+        /// Destroy it after this many hours (default: never).
+        #[arg(long, value_name = "HOURS")]
+        ttl: Option<u32>,
+        /// The branch's source, checked out in DIR.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        source: PathBuf,
+    },
+    /// List a pipeline's review apps.
+    #[command(name = "reviewapps")]
+    Reviewapps {
+        #[arg(short, long, value_name = "PIPELINE")]
+        pipeline: String,
+    },
+    /// Destroy a review app with its dynos and releases.
+    #[command(name = "reviewapps:destroy")]
+    ReviewappsDestroy {
+        app: String,
+        /// The app's name again, to confirm.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,

@@ -935,3 +935,44 @@ fn apps_create_from_refuses_a_bad_app_json_or_a_missing_var_before_any_request()
     );
     assert!(api.requests().is_empty(), "nothing was created");
 }
+
+#[test]
+fn reviewapps_destroy_needs_confirmation_and_lists_show_branches() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("GET", "/pipelines/shop/review-apps") => (
+            200,
+            vec![],
+            json(
+                serde_json::json!([{"app": {"name": "shop-pr-x-1a2b"}, "branch": "x", "expires_at": null}]),
+            ),
+        ),
+        _ => (200, vec![], "{}".to_string()),
+    });
+    let o = api.run(&["reviewapps:destroy", "shop-pr-x-1a2b"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--confirm shop-pr-x-1a2b"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(api.requests().is_empty());
+    let o = api.run(&["reviewapps", "--pipeline", "shop"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("shop-pr-x-1a2b") && out.contains("never"),
+        "{out}"
+    );
+    let o = api.run(&[
+        "reviewapps:destroy",
+        "shop-pr-x-1a2b",
+        "--confirm",
+        "shop-pr-x-1a2b",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reqs = api.requests();
+    assert_eq!(
+        (reqs[1].method.as_str(), reqs[1].path.as_str()),
+        ("DELETE", "/review-apps/shop-pr-x-1a2b")
+    );
+}

@@ -194,3 +194,85 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A review app of a pipeline from a branch's source (given as a directory: the git
+/// remote is another part's): app.json's env over the pipeline's review config, its
+/// formation, its postdeploy run once (in the app's log); `reviewapps:destroy` leaves
+/// nothing.
+#[test]
+fn a_review_app_is_made_from_a_branch_and_destroyed_whole() {
+    if !harness::ready() {
+        return;
+    }
+    let mut c = Cluster::start(Duration::from_secs(10));
+    c.add_agent("review", 20);
+    c.wait_hosts(1);
+    deploy_tiny(&c, "blog-staging");
+    c.ok(&[
+        "pipelines:create",
+        "blog",
+        "-a",
+        "blog-staging",
+        "--stage",
+        "staging",
+    ]);
+    let src = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(harness::TINY), src.path());
+    std::fs::write(
+        src.path().join("app.json"),
+        r#"{
+          "env": {"GREETING": {"value": "Review"}},
+          "formation": {"web": {"quantity": 1}},
+          "scripts": {"postdeploy": "echo seeded by postdeploy"}
+        }"#,
+    )
+    .unwrap();
+    let dir = src.path().to_str().unwrap();
+    let bad = c.cli(&[
+        "reviewapps:create",
+        "--pipeline",
+        "nope",
+        "--branch",
+        "x",
+        "--source",
+        dir,
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pipeline nope not found"));
+
+    c.ok(&[
+        "reviewapps:create",
+        "--pipeline",
+        "blog",
+        "--branch",
+        "feature-x",
+        "--ttl",
+        "2",
+        "--source",
+        dir,
+    ]);
+    let listed = c.json(&["reviewapps", "--pipeline", "blog"]);
+    let review = listed[0]["app"]["name"].as_str().unwrap().to_owned();
+    assert!(review.starts_with("blog-pr-feature-x-"), "{review}");
+    c.wait_dynos(&review, &["web.1"], "up", UP);
+    let body = wait_for("the review app to answer", UP, || {
+        let (code, body) = c.route(&review, "/cgi-bin/greeting", &[]);
+        (code == 200).then_some(body)
+    });
+    assert!(body.starts_with("Review from web.1"), "{body}");
+    wait_for("postdeploy's output in the log", UP, || {
+        c.logs(&review, &[])
+            .contains("seeded by postdeploy")
+            .then_some(())
+    });
+
+    c.ok(&["reviewapps:destroy", &review, "--confirm", &review]);
+    assert!(!c.ok(&["apps"]).contains(&review));
+    assert!(c
+        .json(&["reviewapps", "--pipeline", "blog"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    c.ok(&["apps:destroy", "blog-staging", "--confirm", "blog-staging"]);
+    harness::assert_clean(&c, 0);
+}

@@ -26,6 +26,7 @@ mod logs;
 mod pipelines;
 mod ps;
 mod releases;
+mod reviewapps;
 mod setup;
 
 /// The scheduler rejects bigger uploads (413); failing before the upload saves the wait.
@@ -182,6 +183,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::PipelinesInfo { pipeline } => ctx.pipelines_info(&pipeline).await,
         Command::PipelinesPromote { app, to } => ctx.pipelines_promote(app.name()?, &to).await,
         Command::PipelinesDestroy { pipeline } => ctx.pipelines_destroy(&pipeline).await,
+        Command::ReviewappsCreate {
+            pipeline,
+            branch,
+            ttl,
+            source,
+        } => {
+            ctx.reviewapps_create(&pipeline, &branch, ttl, &source)
+                .await
+        }
+        Command::Reviewapps { pipeline } => ctx.reviewapps(&pipeline).await,
+        Command::ReviewappsDestroy { app, confirm } => {
+            ctx.reviewapps_destroy(&app, confirm.as_deref()).await
+        }
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,
