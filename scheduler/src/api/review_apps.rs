@@ -374,7 +374,7 @@ mod tests {
         let gone = crate::review_apps::expire(&h.core, later)
             .await
             .expect("expire");
-        assert_eq!(gone, [name.clone()]);
+        assert_eq!(gone, std::slice::from_ref(&name));
         assert!(h.core.store.app(&name).await.is_err());
         assert!(h.core.store.dynos(Some(&name)).await.is_err());
         assert!(h
