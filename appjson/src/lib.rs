@@ -525,6 +525,18 @@ mod tests {
     }
 
     #[test]
+    fn the_add_on_example_parses() {
+        let app = AppJson::parse(include_bytes!("../../examples/addon-web/app.json"))
+            .expect("examples/addon-web/app.json");
+        assert_eq!(app.addons[0].service, "postgresql");
+        assert_eq!(
+            app.postdeploy.expect("postdeploy").command,
+            "bash bin/postdeploy"
+        );
+        assert_eq!(app.formation["web"].size.as_deref(), Some("standard-1x"));
+    }
+
+    #[test]
     fn postdeploy_as_an_object_and_an_empty_file() {
         let app =
             parse(r#"{"scripts": {"postdeploy": {"command": "./seed", "size": "standard-2x"}}}"#)

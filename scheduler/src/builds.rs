@@ -550,18 +550,7 @@ impl Builds {
             .formation(&app.name)
             .await
             .map_err(|e| e.to_string())?;
-        let updates: Vec<FormationUpdate> = meta
-            .process_types
-            .keys()
-            .filter(|t| {
-                *t != manifold_dyno::RELEASE && !formation.iter().any(|f| &f.process_type == *t)
-            })
-            .map(|t| FormationUpdate {
-                process_type: t.clone(),
-                quantity: Some(u32::from(formation.is_empty() && manifold_dyno::is_web(t))),
-                size: None,
-            })
-            .collect();
+        let updates = new_process_types(&formation, &meta.process_types);
         if !updates.is_empty() {
             self.store
                 .update_formation(&app.name, &updates)
@@ -570,6 +559,26 @@ impl Builds {
         }
         Ok((app, release))
     }
+}
+
+/// The formation rows a new slug's process types add to an app's `formation`: each type
+/// it lacks (not `release`) at 0, except one web dyno for an app with no formation yet
+/// (as Heroku does on an app's first release when the Procfile has `web`).
+pub(crate) fn new_process_types(
+    formation: &[crate::model::Formation],
+    process_types: &std::collections::BTreeMap<String, String>,
+) -> Vec<FormationUpdate> {
+    process_types
+        .keys()
+        .filter(|t| {
+            *t != manifold_dyno::RELEASE && !formation.iter().any(|f| &f.process_type == *t)
+        })
+        .map(|t| FormationUpdate {
+            process_type: t.clone(),
+            quantity: Some(u32::from(formation.is_empty() && manifold_dyno::is_web(t))),
+            size: None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ fn promotion_runs_stagings_slug_with_productions_config() {
     let releases = c.ok(&["releases", "-a", "shop-prod"]);
     assert!(releases.contains("Promote shop-staging"), "{releases}");
 
-    c.ok(&["ps:scale", "web=1", "-a", "shop-prod"]);
+    // Its first release runs one web dyno, as a first deploy does.
     c.wait_dynos("shop-prod", &["web.1"], "up", UP);
     let body = wait_for("production to answer", UP, || {
         let (code, body) = c.route("shop-prod", "/cgi-bin/greeting", &[]);

@@ -415,6 +415,20 @@ mod tests {
         assert_eq!(prod[0]["slug"]["checksum"], staging[0]["slug"]["checksum"]);
         let release = h.core.store.release("shop-prod", 1).await.expect("v1");
         assert_eq!(release.config["WHO"], "prod");
+        // Its first release starts one web dyno, as a first deploy would.
+        let formation = h
+            .core
+            .store
+            .formation("shop-prod")
+            .await
+            .expect("formation");
+        assert_eq!(
+            formation
+                .iter()
+                .map(|f| (f.process_type.as_str(), f.quantity))
+                .collect::<Vec<_>>(),
+            [("web", 1)]
+        );
         // Heroku's Slug Info, per app: the copy has the source's checksum.
         let slug_of = |app: &str, r: &serde_json::Value| {
             format!(

@@ -129,8 +129,9 @@ impl Core {
         Ok(release)
     }
 
-    /// Promotes `source`'s current slug down its pipeline (see [`crate::store::Store::promote`]): each
-    /// target's new release goes live at once, or after its own release phase.
+    /// Promotes `source`'s current slug down its pipeline (see [`crate::store::Store::promote`]):
+    /// each target's new release goes live at once, or after its own release phase; the
+    /// slug's new process types join its formation as after a deploy.
     pub async fn promote(
         &self,
         pipeline: Option<&str>,
@@ -141,6 +142,13 @@ impl Core {
         let promoted = self.store.promote(pipeline, source, targets, user).await?;
         for (app, release) in &promoted.targets {
             self.logs.log_release(&app.name, release);
+            // A target's first release starts its web dyno, as a first deploy does.
+            let slug = self.store.slug(release.slug_id).await?;
+            let formation = self.store.formation(&app.name).await?;
+            let updates = crate::builds::new_process_types(&formation, &slug.process_types);
+            if !updates.is_empty() {
+                self.store.update_formation(&app.name, &updates).await?;
+            }
             if release.status == ReleaseStatus::Pending {
                 self.start_release_phase(app, release, None).await;
             }
