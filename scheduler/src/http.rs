@@ -77,6 +77,7 @@ impl From<StoreError> for ApiError {
             StoreError::AppExists(_)
             | StoreError::PipelineExists(_)
             | StoreError::AppCoupled { .. }
+            | StoreError::PipelineHasReviewApps { .. }
             | StoreError::DrainExists { .. }
             | StoreError::DomainTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())

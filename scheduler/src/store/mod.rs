@@ -63,6 +63,8 @@ pub enum StoreError {
         pipeline: String,
         stage: crate::pipelines::Stage,
     },
+    #[error("pipeline {pipeline} has review apps ({}): destroy them first with `manifold reviewapps:destroy APP`", .apps.join(", "))]
+    PipelineHasReviewApps { pipeline: String, apps: Vec<String> },
     #[error("{0} is not in a pipeline")]
     NotCoupled(String),
     #[error(transparent)]

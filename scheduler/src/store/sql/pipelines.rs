@@ -76,13 +76,27 @@ pub(super) async fn pipelines(store: &SqlStore) -> Result<Vec<Pipeline>, StoreEr
     rows.iter().map(pipeline_from_row).collect()
 }
 
-/// Deletes the pipeline and its couplings; its apps stay.
+/// Deletes the pipeline and its couplings; its apps stay. One with review apps is refused
+/// (they would outlive it as apps no one expires).
 pub(super) async fn delete_pipeline(
     store: &SqlStore,
     id_or_name: &str,
 ) -> Result<Pipeline, StoreError> {
     let mut tx = store.write().await?;
     let pipeline = pipeline_by(&mut tx, id_or_name).await?;
+    let reviews: Vec<String> = sqlx::query_scalar(
+        "SELECT apps.name FROM review_apps JOIN apps ON apps.id = review_apps.app_id
+         WHERE review_apps.pipeline_id = $1 ORDER BY apps.name",
+    )
+    .bind(pipeline.id.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    if !reviews.is_empty() {
+        return Err(StoreError::PipelineHasReviewApps {
+            pipeline: pipeline.name,
+            apps: reviews,
+        });
+    }
     sqlx::query("DELETE FROM pipelines WHERE id = $1")
         .bind(pipeline.id.to_string())
         .execute(&mut *tx)
@@ -607,6 +621,20 @@ mod tests {
                 assert!(store.app("nope-pr-x-0002").await.is_err());
                 store.delete_app(&app.name).await.expect("delete");
                 assert!(store.review_apps(None).await.expect("list").is_empty());
+                // A pipeline with a review app cannot go (the app would be orphaned).
+                let again = NewReviewApp {
+                    app: "shop-pr-x-0003",
+                    ..new
+                };
+                store.create_review_app(&again).await.expect("create");
+                match store.delete_pipeline("shop").await {
+                    Err(StoreError::PipelineHasReviewApps { apps, .. }) => {
+                        assert_eq!(apps, ["shop-pr-x-0003"])
+                    }
+                    other => panic!("{other:?}"),
+                }
+                store.delete_app("shop-pr-x-0003").await.expect("delete");
+                store.delete_pipeline("shop").await.expect("then it goes");
             },
         )
         .await;
