@@ -500,6 +500,20 @@ pub enum Command {
         #[arg(short, long, value_name = "PIPELINE")]
         pipeline: String,
     },
+    /// Show the config vars a pipeline's review apps start with.
+    #[command(name = "reviewapps:config")]
+    ReviewappsConfig {
+        #[arg(short, long, value_name = "PIPELINE")]
+        pipeline: String,
+    },
+    /// Set config vars (KEY=VALUE ...) review apps of the pipeline start with.
+    #[command(name = "reviewapps:config:set")]
+    ReviewappsConfigSet {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[arg(short, long, value_name = "PIPELINE")]
+        pipeline: String,
+    },
     /// Destroy a review app with its dynos and releases.
     #[command(name = "reviewapps:destroy")]
     ReviewappsDestroy {

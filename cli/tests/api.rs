@@ -963,6 +963,14 @@ fn reviewapps_destroy_needs_confirmation_and_lists_show_branches() {
         out.contains("shop-pr-x-1a2b") && out.contains("never"),
         "{out}"
     );
+    let o = api.run(&["reviewapps:config:set", "S3=review", "--pipeline", "shop"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let set = api.requests().pop().expect("a request");
+    assert_eq!(
+        (set.method.as_str(), set.path.as_str()),
+        ("PATCH", "/pipelines/shop/stage/review/config-vars")
+    );
+    assert_eq!(set.json(), serde_json::json!({"S3": "review"}));
     let o = api.run(&[
         "reviewapps:destroy",
         "shop-pr-x-1a2b",
@@ -972,7 +980,7 @@ fn reviewapps_destroy_needs_confirmation_and_lists_show_branches() {
     assert!(o.status.success(), "{}", stderr(&o));
     let reqs = api.requests();
     assert_eq!(
-        (reqs[1].method.as_str(), reqs[1].path.as_str()),
+        (reqs[2].method.as_str(), reqs[2].path.as_str()),
         ("DELETE", "/review-apps/shop-pr-x-1a2b")
     );
 }

@@ -193,6 +193,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .await
         }
         Command::Reviewapps { pipeline } => ctx.reviewapps(&pipeline).await,
+        Command::ReviewappsConfig { pipeline } => ctx.reviewapps_config(&pipeline, &[]).await,
+        Command::ReviewappsConfigSet { pairs, pipeline } => {
+            ctx.reviewapps_config(&pipeline, &pairs).await
+        }
         Command::ReviewappsDestroy { app, confirm } => {
             ctx.reviewapps_destroy(&app, confirm.as_deref()).await
         }

@@ -113,6 +113,28 @@ impl Ctx {
         Ok(())
     }
 
+    /// Shows the pipeline's review config vars after setting `pairs` (none: only shows).
+    pub(super) async fn reviewapps_config(&self, pipeline: &str, pairs: &[String]) -> Result<()> {
+        let path = format!(
+            "/pipelines/{}/stage/review/config-vars",
+            urlencode(pipeline)
+        );
+        let r = if pairs.is_empty() {
+            self.client.get(&path).await?
+        } else {
+            let vars = parse_pairs(pairs)?;
+            self.client.patch(&path, &serde_json::json!(vars)).await?
+        };
+        if self.json {
+            return print_json(&r.body);
+        }
+        print!(
+            "{}",
+            crate::output::config(&format!("{pipeline} review apps"), &r.parse()?)
+        );
+        Ok(())
+    }
+
     pub(super) async fn reviewapps_destroy(&self, app: &str, confirm: Option<&str>) -> Result<()> {
         if confirm != Some(app) {
             bail!(
