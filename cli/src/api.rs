@@ -363,6 +363,14 @@ impl Client {
             .await
     }
 
+    /// POSTs nothing (`Content-Length: 0`) to `path` with `query`.
+    pub async fn post_query(&self, path: &str, query: &[(&str, &str)]) -> Result<Reply> {
+        self.reply(Method::POST, path, |b| {
+            Ok(b.query(query).header(CONTENT_LENGTH, 0).body(""))
+        })
+        .await
+    }
+
     /// POSTs a source tarball to `path` with `query`; the file is streamed, not read into
     /// memory, and streamed again from its start when a follower refused it.
     pub async fn post_source(

@@ -490,9 +490,10 @@ pub enum Command {
         /// Destroy it after this many hours (default: never).
         #[arg(long, value_name = "HOURS")]
         ttl: Option<u32>,
-        /// The branch's source, checked out in DIR.
-        #[arg(long, value_name = "DIR", default_value = ".")]
-        source: PathBuf,
+        /// Upload the branch's source from DIR (default: the branch as pushed to the
+        /// pipeline's repository, its staging app's git remote).
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
     },
     /// List a pipeline's review apps.
     #[command(name = "reviewapps")]

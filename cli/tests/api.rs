@@ -984,3 +984,44 @@ fn reviewapps_destroy_needs_confirmation_and_lists_show_branches() {
         ("DELETE", "/review-apps/shop-pr-x-1a2b")
     );
 }
+
+#[test]
+fn reviewapps_create_without_a_source_asks_for_the_pushed_branch() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("POST", _) => (
+            201,
+            vec![],
+            json(
+                serde_json::json!({"app": {"name": "shop-pr-x-1a2b"}, "branch": "x",
+                "build": {"id": "b1", "status": "pending"}}),
+            ),
+        ),
+        ("GET", "/apps/shop-pr-x-1a2b/builds/b1/output") => (200, vec![], "-----> built\n".into()),
+        ("GET", "/apps/shop-pr-x-1a2b/builds/b1") => (
+            200,
+            vec![],
+            json(serde_json::json!({"id": "b1", "status": "succeeded"})),
+        ),
+        _ => (404, vec![], json(serde_json::json!({"message": "no"}))),
+    });
+    let o = api.run(&[
+        "reviewapps:create",
+        "--pipeline",
+        "shop",
+        "--branch",
+        "x",
+        "--ttl",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("-----> built"), "{}", stdout(&o));
+    let post = &api.requests()[0];
+    assert_eq!(
+        post.path,
+        "/pipelines/shop/review-apps?branch=x&ttl_hours=4"
+    );
+    assert!(
+        post.body.is_empty(),
+        "no source uploaded: the scheduler takes the pushed branch"
+    );
+}

@@ -189,7 +189,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             ttl,
             source,
         } => {
-            ctx.reviewapps_create(&pipeline, &branch, ttl, &source)
+            ctx.reviewapps_create(&pipeline, &branch, ttl, source.as_deref())
                 .await
         }
         Command::Reviewapps { pipeline } => ctx.reviewapps(&pipeline).await,

@@ -16,19 +16,10 @@ impl Ctx {
         pipeline: &str,
         branch: &str,
         ttl: Option<u32>,
-        dir: &Path,
+        dir: Option<&Path>,
     ) -> Result<()> {
         if branch.trim().is_empty() {
             bail!("missing branch: give --branch BRANCH");
-        }
-        eprint!("Packing {}... ", dir.display());
-        let tar = tarball::pack(dir)?;
-        eprintln!("done, {:.1} MB ({})", tar.len as f64 / 1e6, tar.checksum);
-        if tar.len > MAX_SOURCE_BYTES {
-            bail!(
-                "the source archive is {} MB; the API takes at most 512 MiB",
-                tar.len / 1_000_000
-            );
         }
         let ttl = ttl.map(|h| h.to_string());
         let mut query = vec![("branch", branch)];
@@ -36,10 +27,23 @@ impl Ctx {
             query.push(("ttl_hours", h.as_str()));
         }
         let path = format!("/pipelines/{}/review-apps", urlencode(pipeline));
-        let reply = self
-            .client
-            .post_source(&path, &query, tar.file, tar.len)
-            .await?;
+        let reply = match dir {
+            Some(dir) => {
+                eprint!("Packing {}... ", dir.display());
+                let tar = tarball::pack(dir)?;
+                eprintln!("done, {:.1} MB ({})", tar.len as f64 / 1e6, tar.checksum);
+                if tar.len > MAX_SOURCE_BYTES {
+                    bail!(
+                        "the source archive is {} MB; the API takes at most 512 MiB",
+                        tar.len / 1_000_000
+                    );
+                }
+                self.client
+                    .post_source(&path, &query, tar.file, tar.len)
+                    .await?
+            }
+            None => self.client.post_query(&path, &query).await?,
+        };
         let review = reply.body;
         let app = review
             .pointer("/app/name")

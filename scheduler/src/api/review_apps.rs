@@ -1,6 +1,7 @@
 //! `/pipelines/{p}/review-apps`, `/review-apps/{app}`: temporary apps of a pipeline made
-//! from a branch's source (see [`crate::review_apps`]). The source is uploaded as a build's
-//! is (a tar.gz body) with the branch it is of.
+//! from a branch's source (see [`crate::review_apps`]). The source is the branch of the
+//! pipeline's repository (the git repository of its staging app), or, when the request has
+//! a body, that body (a tar.gz, as a build's upload) said to be of the branch.
 
 use super::*;
 use crate::pipelines::{check_branch, review_app_name, ReviewApp, Stage};
@@ -58,14 +59,23 @@ pub(super) async fn create_review_app(
         other => other,
     };
     let pipeline = core.store.pipeline(&pipeline).await?;
-    let source = super::builds::receive_source(&core, &headers, body).await?;
-    let manifest = match crate::review_apps::app_json_in(core.blobs.as_ref(), &source.sha256)
-        .await
-        .map_err(ApiError::bad_request)?
-    {
-        Some(bytes) => manifest_of(&bytes)?,
-        None => manifest_of(b"{}")?,
+    let repo_app = repository_app(&core, &pipeline.name).await?;
+    let (source, app_json) = if has_body(&body) {
+        let source = super::builds::receive_source(&core, &headers, body).await?;
+        let app_json = crate::review_apps::app_json_in(core.blobs.as_ref(), &source.sha256)
+            .await
+            .map_err(ApiError::bad_request)?;
+        (source, app_json)
+    } else {
+        let repo = repo_app.as_ref().ok_or_else(|| {
+            ApiError::invalid(format!(
+                "pipeline {} has no staging app whose repository has {}: add one, or upload the branch's source",
+                pipeline.name, query.branch
+            ))
+        })?;
+        from_git(&core, repo.id, &query.branch).await?
     };
+    let manifest = manifest_of(app_json.as_deref().unwrap_or(b"{}"))?;
     for url in &manifest.buildpacks {
         super::buildpacks::check_buildpack(url, "app.json buildpacks")?;
     }
@@ -78,9 +88,10 @@ pub(super) async fn create_review_app(
     for key in config.keys() {
         check_config_key(key)?;
     }
-    let stack = match &manifest.stack {
-        Some(stack) => stack.clone(),
-        None => stack_of_pipeline(&core, &pipeline.name).await?,
+    let stack = match (&manifest.stack, &repo_app) {
+        (Some(stack), _) => stack.clone(),
+        (None, Some(app)) => app.stack.clone(),
+        (None, None) => "bookworm".to_owned(),
     };
     let suffix = format!("{:04x}", rand::random::<u16>());
     let name = review_app_name(&pipeline.name, &query.branch, &suffix);
@@ -120,18 +131,61 @@ fn manifest_of(bytes: &[u8]) -> Result<manifold_appjson::AppJson> {
     manifold_appjson::AppJson::parse(bytes).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
-/// A review app without app.json's `stack` runs on the stack of the pipeline's staging
-/// app (else of any app of it; else the default).
-async fn stack_of_pipeline(core: &Core, pipeline: &str) -> Result<String> {
+/// The app whose git repository is the pipeline's: its staging app (else any of its apps
+/// but review apps). A review app without app.json's `stack` runs on its stack.
+async fn repository_app(core: &Core, pipeline: &str) -> Result<Option<App>> {
     let couplings = core.store.couplings(Some(pipeline)).await?;
     let pick = couplings
         .iter()
         .find(|c| c.stage == Stage::Staging)
         .or_else(|| couplings.iter().find(|c| c.stage != Stage::Review));
     Ok(match pick {
-        Some(c) => core.store.app(&c.app).await?.stack,
-        None => "bookworm".to_owned(),
+        Some(c) => Some(core.store.app(&c.app).await?),
+        None => None,
     })
+}
+
+/// Whether the request carries a body (an uploaded source) rather than none (the source
+/// is then the branch in the pipeline's repository): a body known to be empty (no
+/// Content-Length, or 0, and not chunked) is none.
+fn has_body(body: &Body) -> bool {
+    axum::body::HttpBody::size_hint(body).exact() != Some(0)
+}
+
+/// The branch's source blob and app.json from the app's repository.
+async fn from_git(
+    core: &Core,
+    repo: Uuid,
+    branch: &str,
+) -> Result<(crate::blobs::Blob, Option<Vec<u8>>)> {
+    use crate::git::GitError;
+    let refused = |err: GitError| match err {
+        GitError::UnknownRev { .. } | GitError::BadRev { .. } | GitError::NotConfigured => {
+            ApiError::invalid(err.to_string())
+        }
+        other => {
+            tracing::error!("review app source: {other:?}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                other.to_string(),
+            )
+        }
+    };
+    let rev = format!("refs/heads/{branch}");
+    let limit = manifold_appjson::MAX_SIZE as u64;
+    let app_json = match core.git_read_file(repo, &rev, "app.json", limit).await {
+        Ok(bytes) => Some(bytes),
+        Err(GitError::FileNotFound { .. }) => None,
+        Err(GitError::FileTooLarge { .. }) => {
+            return Err(ApiError::invalid(format!(
+                "app.json in {branch} is larger than {limit} bytes"
+            )))
+        }
+        Err(err) => return Err(refused(err)),
+    };
+    let source = core.git_source_blob(repo, &rev).await.map_err(refused)?;
+    Ok((source, app_json))
 }
 
 /// `DELETE /review-apps/{app}`: the app with its dynos, releases and coupling.
@@ -204,6 +258,116 @@ mod tests {
         "formation": {"web": {"quantity": 1}},
         "scripts": {"postdeploy": "./seed"}
     }"#;
+
+    /// Runs git in `dir` (as a user would, with no global config).
+    fn git(dir: &std::path::Path, args: &[&str]) {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_body_the_source_is_the_branch_of_the_staging_apps_repository() {
+        let dir = tempfile::tempdir().expect("dir");
+        let h = Harness::new(settings(Duration::from_secs(30))).await;
+        h.core
+            .git
+            .configure(&dir.path().join("git"), std::path::Path::new("/bin/false"))
+            .expect("configure git");
+        let _agent = h.agent("h1").await;
+        h.deployed("shop-staging", &[("web", "bin/web")]).await;
+        let staging = h.core.store.app("shop-staging").await.expect("staging");
+        let (status, _) = h
+            .api(
+                Method::POST,
+                "/pipelines",
+                json!({"name": "shop", "app": "shop-staging", "stage": "staging"}),
+            )
+            .await;
+        assert_eq!(status.as_u16(), 201);
+        // A push of branch feature-x to staging's repository (not deployed: not main).
+        let repo = h.core.git_repo(staging.id).await.expect("repo");
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).expect("work");
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("Procfile"), "web: bin/web\n").expect("write");
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-qm", "main"]);
+        git(&work, &["checkout", "-q", "-b", "feature-x"]);
+        std::fs::write(
+            work.join("app.json"),
+            r#"{"env": {"GREETING": "from the branch"}}"#,
+        )
+        .expect("write");
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-qm", "review"]);
+        git(
+            &work,
+            &[
+                "push",
+                "-q",
+                &repo.display().to_string(),
+                "main",
+                "feature-x",
+            ],
+        );
+
+        let (status, said) = create_from_git(&h, "branch=no-such-branch").await;
+        assert_eq!(status, 422, "{said}");
+        assert!(
+            said["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no-such-branch"),
+            "{said}"
+        );
+        assert_eq!(
+            h.core.store.apps().await.expect("apps").len(),
+            1,
+            "nothing created"
+        );
+
+        let (status, review) = create_from_git(&h, "branch=feature-x").await;
+        assert_eq!(status, 201, "{review}");
+        let name = review["app"]["name"].as_str().expect("name");
+        let app = h.core.store.app(name).await.expect("the review app");
+        assert_eq!(app.config["GREETING"], "from the branch");
+        let builds = h.core.store.builds(name).await.expect("builds");
+        let expected = h
+            .core
+            .git_source_blob(staging.id, "refs/heads/feature-x")
+            .await
+            .expect("blob");
+        assert_eq!(
+            builds[0].source_sha256, expected.sha256,
+            "built from the branch"
+        );
+    }
+
+    async fn create_from_git(h: &Harness, query: &str) -> (u16, serde_json::Value) {
+        let (status, _, bytes) = h
+            .raw(
+                Method::POST,
+                &format!("/pipelines/shop/review-apps?{query}"),
+                API_TOKEN,
+                "application/json",
+                Body::empty(),
+            )
+            .await;
+        (
+            status.as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+        )
+    }
 
     #[tokio::test]
     async fn a_review_app_is_set_up_from_its_branch_and_goes_away_whole() {
