@@ -195,10 +195,9 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// A review app of a pipeline from a branch's source (given as a directory: the git
-/// remote is another part's): app.json's env over the pipeline's review config, its
-/// formation, its postdeploy run once (in the app's log); `reviewapps:destroy` leaves
-/// nothing.
+/// A review app of a pipeline from a branch pushed to its staging app's git remote (kept,
+/// not deployed): app.json's env, its formation, its postdeploy run once (in the app's
+/// log); `reviewapps:destroy` leaves nothing.
 #[test]
 fn a_review_app_is_made_from_a_branch_and_destroyed_whole() {
     if !harness::ready() {
@@ -227,18 +226,62 @@ fn a_review_app_is_made_from_a_branch_and_destroyed_whole() {
         }"#,
     )
     .unwrap();
-    let dir = src.path().to_str().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(src.path())
+            .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.com"])
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "git {args:?}: {said}");
+        said
+    };
+    git(&["init", "-q", "-b", "feature-x"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "review"]);
+    // The API token as the password, as Heroku's git remote takes it.
+    let remote = c
+        .api()
+        .replacen("://", &format!("://user:{}@", harness::API_TOKEN), 1);
+    git(&[
+        "push",
+        "-q",
+        &format!("{remote}/blog-staging.git"),
+        "feature-x",
+    ]);
+    let releases = c.json(&["releases", "-a", "blog-staging"]);
+    assert_eq!(
+        releases.as_array().unwrap().len(),
+        1,
+        "the branch was not deployed"
+    );
+
     let bad = c.cli(&[
         "reviewapps:create",
         "--pipeline",
         "nope",
         "--branch",
-        "x",
-        "--source",
-        dir,
+        "feature-x",
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("pipeline nope not found"));
+    let bad = c.cli(&[
+        "reviewapps:create",
+        "--pipeline",
+        "blog",
+        "--branch",
+        "no-such",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no-such"));
 
     c.ok(&[
         "reviewapps:create",
@@ -248,8 +291,6 @@ fn a_review_app_is_made_from_a_branch_and_destroyed_whole() {
         "feature-x",
         "--ttl",
         "2",
-        "--source",
-        dir,
     ]);
     let listed = c.json(&["reviewapps", "--pipeline", "blog"]);
     let review = listed[0]["app"]["name"].as_str().unwrap().to_owned();
