@@ -116,6 +116,16 @@ pub(super) async fn create_review_app(
         .builds
         .start(&app, &source, buildpacks, origin, &user(&headers))
         .await?;
+    if !manifest.addons.is_empty() {
+        let plans: Vec<&str> = manifest.addons.iter().map(|a| a.plan.as_str()).collect();
+        core.logs.log_api(
+            &app.name,
+            format!(
+                "app.json asks for add-ons {}: not provisioned (review apps do not create add-ons yet)",
+                plans.join(", ")
+            ),
+        );
+    }
     tokio::spawn(crate::review_apps::follow(
         core.clone(),
         app.name.clone(),
