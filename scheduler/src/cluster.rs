@@ -7,8 +7,9 @@
 //! ```
 //!
 //! A host's assignments are always its whole set of running dynos (and stopping web dynos
-//! whose requests are not done yet, see [`Cluster::hold_stops`]), read from the store, so an
-//! agent that missed a message catches up with the next one.
+//! whose requests are not done yet, see [`Cluster::hold_stops`]) and of add-on services
+//! (see [`crate::addons::wire`]), read from the store, so an agent that missed a message
+//! catches up with the next one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::addons::wire::ServiceSets;
 use crate::leadership::Leadership;
 use crate::metrics::Counters;
 use crate::model::{App, Desired, Dyno, DynoReport, Slug};
@@ -308,14 +310,13 @@ impl Cluster {
         if hosts.is_empty() {
             return Ok(());
         }
-        let generations: HashMap<String, u64> = self
-            .store
-            .hosts()
-            .await?
-            .into_iter()
+        let known = self.store.hosts().await?;
+        let generations: HashMap<String, u64> = known
+            .iter()
             .filter(|h| hosts.contains(&h.id))
-            .map(|h| (h.id, h.generation))
+            .map(|h| (h.id.clone(), h.generation))
             .collect();
+        let services = ServiceSets::read(self.store.as_ref(), &known).await?;
         let mut on_hosts: HashMap<String, Vec<Dyno>> = HashMap::new();
         for d in self.store.dynos(None).await? {
             if generations.contains_key(&d.host_id) {
@@ -367,16 +368,22 @@ impl Cluster {
                 let Some((config, slug)) = releases.get(&key) else {
                     continue;
                 };
-                out.push(assignment(app, d, config, slug));
+                out.push(assignment(app, d, config, slug, services.egress(app.id)));
             }
+            // The add-ons' peers: every other host that may run a dyno of an attached app.
+            let peers: Vec<String> = known
+                .iter()
+                .filter(|h| h.id != host && self.liveness(&h.id) != Liveness::Lost)
+                .map(|h| h.address.clone())
+                .collect();
             self.send(
                 &host,
                 scheduler_message::Kind::Assignments(Assignments {
                     generation,
                     dynos: out,
                     term,
-                    services: Vec::new(),
-                    destroyed_services: Vec::new(),
+                    services: services.services(&host, &peers),
+                    destroyed_services: services.destroyed(&host),
                 }),
             );
         }
@@ -416,7 +423,13 @@ impl Cluster {
 }
 
 /// One dyno as its agent is told to run it.
-fn assignment(app: &App, d: Dyno, config: &BTreeMap<String, String>, slug: &Slug) -> Assignment {
+fn assignment(
+    app: &App,
+    d: Dyno,
+    config: &BTreeMap<String, String>,
+    slug: &Slug,
+    egress: Vec<String>,
+) -> Assignment {
     Assignment {
         id: d.id,
         app: app.name.clone(),
@@ -438,6 +451,6 @@ fn assignment(app: &App, d: Dyno, config: &BTreeMap<String, String>, slug: &Slug
             cols: u32::from(a.cols),
             rows: u32::from(a.rows),
         }),
-        egress: Vec::new(),
+        egress,
     }
 }

@@ -79,7 +79,8 @@ impl From<StoreError> for ApiError {
             | StoreError::AppCoupled { .. }
             | StoreError::PipelineHasReviewApps { .. }
             | StoreError::DrainExists { .. }
-            | StoreError::DomainTaken { .. } => {
+            | StoreError::DomainTaken { .. }
+            | StoreError::AttachmentExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string())
             }
             StoreError::AppNotFound(name) => ApiError::not_found(format!(
@@ -93,8 +94,12 @@ impl From<StoreError> for ApiError {
             | StoreError::DomainNotFound { .. }
             | StoreError::CertNotFound { .. }
             | StoreError::PipelineNotFound(_)
-            | StoreError::NotCoupled(_) => ApiError::not_found(err.to_string()),
-            StoreError::NoRelease { .. } | StoreError::Promotion(_) => {
+            | StoreError::NotCoupled(_)
+            | StoreError::AddonNotFound(_)
+            | StoreError::AttachmentNotFound(_) => ApiError::not_found(err.to_string()),
+            StoreError::NoRelease { .. }
+            | StoreError::Promotion(_)
+            | StoreError::LastAttachment { .. } => {
                 ApiError::invalid(err.to_string())
             }
             // The lease passed to another replica while this request was handled: nothing

@@ -129,10 +129,8 @@ pub(crate) async fn agent_message(
         }
         Some(agent_message::Kind::Build(event)) => core.build_event(host, event).await,
         Some(agent_message::Kind::Logs(batch)) => core.ingest_logs(host, batch),
-        Some(agent_message::Kind::Heartbeat(_))
-        | Some(agent_message::Kind::Hello(_))
-        | Some(agent_message::Kind::Service(_))
-        | None => {}
+        Some(agent_message::Kind::Service(status)) => core.service_reported(host, &status).await?,
+        Some(agent_message::Kind::Heartbeat(_)) | Some(agent_message::Kind::Hello(_)) | None => {}
     }
     Ok(())
 }

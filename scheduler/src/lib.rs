@@ -14,6 +14,7 @@
 //! of several sharing a database to lead; the others serve reads and name the leader.
 
 pub mod acme;
+pub mod addons;
 pub mod api;
 pub mod attach;
 pub mod auth;

@@ -20,8 +20,9 @@ use axum::body::Body;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use manifold_proto::{
-    agent_message, scheduler_message, AgentMessage, Assignment, Capacity, DynoState as WireState,
-    DynoStatus, Heartbeat, Hello, SchedulerMessage,
+    agent_message, scheduler_message, AgentMessage, Assignment, Assignments, Capacity,
+    DynoState as WireState, DynoStatus, Heartbeat, Hello, SchedulerMessage, Service, ServiceState,
+    ServiceStatus,
 };
 use manifold_router::AppRoute;
 use serde_json::Value;
@@ -183,18 +184,31 @@ impl Harness {
 
     /// Connects a fake agent for `host` (reachable at 127.0.0.1) that runs nothing yet.
     pub(crate) async fn agent(&self, host: &str) -> FakeAgent {
+        self.agent_with(host, "127.0.0.1", &[STACK], Vec::new())
+            .await
+    }
+
+    /// Connects a fake agent for `host` at `address` with `stacks`, which says in its
+    /// `Hello` that it runs `services`.
+    pub(crate) async fn agent_with(
+        &self,
+        host: &str,
+        address: &str,
+        stacks: &[&str],
+        services: Vec<ServiceStatus>,
+    ) -> FakeAgent {
         let (tx, rx) = mpsc::unbounded_channel();
         let hello = Hello {
             host_id: host.into(),
-            address: "127.0.0.1".into(),
+            address: address.into(),
             capacity: Some(Capacity {
                 memory_bytes: 16 << 30,
                 dyno_slots: 64,
             }),
-            stacks: vec![STACK.into()],
+            stacks: stacks.iter().map(|s| s.to_string()).collect(),
             dynos: Vec::new(),
             generation: 0,
-            services: Vec::new(),
+            services,
         };
         let serial = crate::hub::connect(&self.core, &hello, tx)
             .await
@@ -205,6 +219,7 @@ impl Harness {
             rx,
             serial,
             assigned: Vec::new(),
+            last: None,
         }
     }
 
@@ -223,6 +238,8 @@ pub(crate) struct FakeAgent {
     serial: u64,
     /// The dynos of the last assignment set received.
     assigned: Vec<Assignment>,
+    /// The last assignment set received, whole.
+    last: Option<Assignments>,
 }
 
 impl FakeAgent {
@@ -233,10 +250,36 @@ impl FakeAgent {
                 kind: Some(scheduler_message::Kind::Assignments(set)),
             }) = message
             {
-                self.assigned = set.dynos;
+                self.assigned = set.dynos.clone();
+                self.last = Some(set);
             }
         }
         &self.assigned
+    }
+
+    /// The last assignment set received, whole (`None`: none yet).
+    pub(crate) fn last_set(&mut self) -> Option<&Assignments> {
+        self.assigned();
+        self.last.as_ref()
+    }
+
+    /// The add-on services of the last set received.
+    pub(crate) fn services(&mut self) -> Vec<Service> {
+        self.last_set()
+            .map(|s| s.services.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reports an add-on service's state (and the port it took).
+    pub(crate) async fn report_service(&self, id: &str, state: ServiceState, port: u32) {
+        let status = ServiceStatus {
+            id: id.into(),
+            state: state.into(),
+            changed_at_ms: OffsetDateTime::now_utc().unix_timestamp() * 1000,
+            reason: String::new(),
+            port,
+        };
+        self.send(agent_message::Kind::Service(status)).await;
     }
 
     /// The id of the assigned dyno named `name`.

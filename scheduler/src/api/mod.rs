@@ -3,6 +3,7 @@
 //! an `id` and a `message` that says what to do.
 
 mod acm;
+mod addons;
 mod apps;
 mod blobs;
 mod buildpacks;
@@ -187,6 +188,7 @@ pub fn router(core: Arc<Core>) -> Router {
             "/review-apps/:app",
             axum::routing::delete(delete_review_app),
         )
+        .merge(addon_routes())
         .merge(crate::logs::routes())
         .merge(crate::followers::routes())
         .route("/hosts", get(list_hosts))
@@ -202,6 +204,37 @@ pub fn router(core: Arc<Core>) -> Router {
         .layer(middleware::from_fn_with_state(core.clone(), auth))
         .layer(middleware::from_fn(request_id))
         .with_state(core)
+}
+
+/// Add-ons, their attachments and backups (see `addons.rs`).
+fn addon_routes() -> Router<Arc<Core>> {
+    use addons::*;
+    Router::new()
+        .route("/addons", get(list_addons))
+        .route("/addons/:addon", get(get_addon))
+        .route("/apps/:app/addons", get(list_app_addons).post(create_addon))
+        .route(
+            "/apps/:app/addons/:addon",
+            axum::routing::delete(destroy_addon),
+        )
+        .route("/apps/:app/addon-attachments", get(list_attachments))
+        .route("/addon-attachments", post(create_attachment))
+        .route(
+            "/addon-attachments/:id",
+            axum::routing::delete(delete_attachment),
+        )
+        .route(
+            "/apps/:app/pg-backups",
+            get(list_backups).post(capture_backup),
+        )
+        .route(
+            "/apps/:app/pg-backups/:backup/actions/restore",
+            post(restore_backup),
+        )
+        .route(
+            "/apps/:app/pg-backups/:backup/download",
+            get(download_backup),
+        )
 }
 
 /// This replica's view of the election: whether it leads (and in which term), else which

@@ -33,6 +33,9 @@ impl Core {
         }
         let running: HashSet<&str> = hello.dynos.iter().map(|d| d.id.as_str()).collect();
         self.cluster.forget_ended(host, &running).await?;
+        for service in &hello.services {
+            self.service_reported(host, service).await?;
+        }
         tracing::info!(
             "host {host} connected from {} with {} dynos",
             hello.address,

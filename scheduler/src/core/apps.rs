@@ -94,10 +94,24 @@ impl Core {
         if parts.is_empty() {
             return Ok(None);
         }
-        let description = parts.join("; ");
+        self.change_config(&current.name, changes, &parts.join("; "), user)
+            .await
+            .map(Some)
+    }
+
+    /// Applies config changes described as `description` (a release, if the app has one,
+    /// live at once or after its release phase): what `set_config` and attaching an add-on
+    /// share.
+    pub(crate) async fn change_config(
+        &self,
+        app: &str,
+        changes: &BTreeMap<String, Option<String>>,
+        description: &str,
+        user: &str,
+    ) -> Result<(App, Option<Release>), StoreError> {
         let (app, release) = self
             .store
-            .update_config(&current.name, changes, &description, user)
+            .update_config(app, changes, description, user)
             .await?;
         match &release {
             Some(r) => self.logs.log_release(&app.name, r),
@@ -112,7 +126,7 @@ impl Core {
             self.start_release_phase(&app, r, None).await;
         }
         self.poke();
-        Ok(Some((app, release)))
+        Ok((app, release))
     }
 
     /// Makes a copy of an earlier release current (without its release phase, as on
@@ -249,6 +263,8 @@ impl Core {
     /// Forgets an app: its dynos (their hosts are told first: their sets change, their
     /// generations move), its record, its logs and its route.
     pub(crate) async fn delete_app(&self, name: &str) -> Result<(), StoreError> {
+        // Its add-ons go with it (their data too), as on Heroku.
+        self.destroy_owned_addons(name).await?;
         let dynos = self.store.dynos(Some(name)).await?;
         let changed = self
             .store

@@ -317,6 +317,7 @@ impl Core {
             self.cluster.push_assignments(changed.keys()).await?;
         }
         self.routing.idle_apps(&apps, &dynos).await;
+        self.addons_on_lost_hosts(&hosts).await?;
         let apps: Vec<App> = apps.into_iter().map(|a| a.app).collect();
         self.releases.orphaned(&apps, &dynos).await;
         Ok(plan)

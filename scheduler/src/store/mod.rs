@@ -25,7 +25,10 @@ use crate::model::{
 };
 use crate::pipelines::{Coupling, Pipeline, ReviewApp, Stage};
 
+pub mod addons;
 pub mod sql;
+
+pub use addons::AddonStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +85,14 @@ pub enum StoreError {
     /// A write of a leader whose lease (of `term`) has passed to another or run out.
     #[error("this scheduler's lease of term {term} is over: another may lead, nothing written")]
     Fenced { term: u64 },
+    #[error("add-on {0} not found: see `manifold addons`")]
+    AddonNotFound(String),
+    #[error("{app} already has an add-on attached as {name}: choose another name with --as")]
+    AttachmentExists { app: String, name: String },
+    #[error("add-on attachment {0} not found")]
+    AttachmentNotFound(String),
+    #[error("{attachment} is the last attachment of {addon}: destroy the add-on instead (addons:destroy)")]
+    LastAttachment { addon: String, attachment: String },
     #[error("cannot migrate the database")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -160,7 +171,7 @@ pub struct Fence {
 }
 
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AddonStore + Send + Sync + 'static {
     /// Takes the lease for `holder` (whose API is at `address`) when it is free or
     /// expired — a new term, one more than the last — or renews it when `holder` holds it;
     /// `None` while another holder's lease runs. Expiry is `ttl` from now by the

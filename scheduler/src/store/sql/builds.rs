@@ -67,7 +67,8 @@ pub(super) async fn blobs_in_use(
     let digests: Vec<String> = sqlx::query_scalar(
         "SELECT sha256 FROM slugs \
          UNION SELECT source_sha256 FROM builds WHERE status = 'pending' \
-         UNION SELECT sha256 FROM git_bundles",
+         UNION SELECT sha256 FROM git_bundles \
+         UNION SELECT blob_sha256 FROM addon_backups WHERE blob_sha256 IS NOT NULL",
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -60,6 +60,7 @@ use dialect::Dialect;
 pub use dialect::{BadDatabase, Database};
 
 mod acme;
+mod addons;
 mod apps;
 mod builds;
 mod dialect;

@@ -385,3 +385,56 @@ mod tests {
         .await;
     }
 }
+
+/// An add-on row joined with its owning app's name (`app`, NULL when it has none).
+pub(super) fn addon_from_row(row: &AnyRow) -> Result<crate::addons::model::Addon, StoreError> {
+    use crate::addons::model::{Addon, AddonKind, AddonState};
+    let c = Cells::new(row, "addons", row.try_get("name")?);
+    Ok(Addon {
+        id: c.uuid("id")?,
+        name: c.text("name")?,
+        kind: c.parse("kind", AddonKind::parse)?,
+        plan: c.text("plan")?,
+        app_id: c.opt_uuid("app_id")?,
+        app: c.opt_text("app")?,
+        host_id: c.text("host_id")?,
+        port: c.opt_int("port")?,
+        user: c.text("user")?,
+        password: c.text("password")?,
+        database: c.text("database")?,
+        state: c.parse("state", AddonState::parse)?,
+        reason: c.text("reason")?,
+        created_at: c.time("created_at")?,
+    })
+}
+
+/// An attachment row joined with its add-on's (`addon`) and app's (`app`) names.
+pub(super) fn attachment_from_row(
+    row: &AnyRow,
+) -> Result<crate::addons::model::Attachment, StoreError> {
+    let c = Cells::new(row, "addon_attachments", row.try_get("id")?);
+    Ok(crate::addons::model::Attachment {
+        id: c.uuid("id")?,
+        addon_id: c.uuid("addon_id")?,
+        addon: c.text("addon")?,
+        app_id: c.uuid("app_id")?,
+        app: c.text("app")?,
+        name: c.text("name")?,
+        created_at: c.time("created_at")?,
+    })
+}
+
+pub(super) fn backup_from_row(row: &AnyRow) -> Result<crate::addons::model::Backup, StoreError> {
+    use crate::addons::model::{Backup, BackupState};
+    let c = Cells::new(row, "addon_backups", row.try_get("id")?);
+    Ok(Backup {
+        id: c.uuid("id")?,
+        addon_id: c.uuid("addon_id")?,
+        number: c.int("number")?,
+        blob_sha256: c.opt_text("blob_sha256")?,
+        size: c.int("size")?,
+        state: c.parse("state", BackupState::parse)?,
+        reason: c.text("reason")?,
+        created_at: c.time("created_at")?,
+    })
+}
