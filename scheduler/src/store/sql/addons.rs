@@ -376,3 +376,185 @@ impl AddonStore for SqlStore {
         backups(self, addon).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addons::model::{AddonKind, BackupState};
+    use crate::store::sql::test_support::*;
+
+    fn new_addon(app: &str, host: &str, name: &str) -> Addon {
+        Addon {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            kind: AddonKind::Postgresql,
+            plan: "heroku-postgresql".to_owned(),
+            app_id: None,
+            app: Some(app.to_owned()),
+            host_id: host.to_owned(),
+            port: None,
+            user: "u1".to_owned(),
+            password: "p1".to_owned(),
+            database: "d1".to_owned(),
+            state: AddonState::Provisioning,
+            reason: String::new(),
+            created_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[tokio::test]
+    async fn addons_attach_keep_their_port_and_are_forgotten_once_destroyed() {
+        on_each_backend(
+            "addons_attach_keep_their_port_and_are_forgotten_once_destroyed",
+            |db| async move {
+                let store = db.open().await;
+                let demo = store.create_app("demo", "testing").await.expect("create");
+                store.create_app("other", "testing").await.expect("create");
+                add_host(&store, "h1").await;
+                let before = generation(&store, "h1").await;
+                let addon = new_addon("demo", "h1", "postgresql-curved-12345");
+                let (stored, attached) = store
+                    .create_addon(&addon, "DATABASE")
+                    .await
+                    .expect("create");
+                assert_eq!(stored.app_id, Some(demo.id));
+                assert_eq!(
+                    (stored.port, stored.state),
+                    (None, AddonState::Provisioning)
+                );
+                assert_eq!(attached.config_var(), "DATABASE_URL");
+                assert_eq!(attached.addon, "postgresql-curved-12345");
+                assert!(
+                    generation(&store, "h1").await > before,
+                    "the host's set changed"
+                );
+                let unknown = store
+                    .create_addon(&new_addon("nope", "h1", "postgresql-x-1"), "DATABASE")
+                    .await;
+                assert!(
+                    matches!(unknown, Err(StoreError::AppNotFound(_))),
+                    "{unknown:?}"
+                );
+                assert_eq!(
+                    store.addons(None).await.expect("all").len(),
+                    1,
+                    "nothing half-made"
+                );
+
+                // By name or id.
+                assert_eq!(store.addon(&stored.name).await.expect("by name"), stored);
+                assert_eq!(
+                    store.addon(&stored.id.to_string()).await.expect("by id"),
+                    stored
+                );
+                assert!(matches!(
+                    store.addon("postgresql-none-1").await,
+                    Err(StoreError::AddonNotFound(_))
+                ));
+
+                // The first port reported is kept for life.
+                let up = store
+                    .set_addon_state(stored.id, AddonState::Available, "", Some(40001))
+                    .await
+                    .expect("up")
+                    .expect("exists");
+                assert_eq!(up.port, Some(40001));
+                let later = store
+                    .set_addon_state(stored.id, AddonState::Crashed, "oom", Some(40002))
+                    .await
+                    .expect("crash")
+                    .expect("exists");
+                assert_eq!((later.port, later.reason.as_str()), (Some(40001), "oom"));
+                assert!(store
+                    .set_addon_state(Uuid::new_v4(), AddonState::Available, "", None)
+                    .await
+                    .expect("unknown")
+                    .is_none());
+
+                // Shared with another app; one name per app.
+                let shared = store
+                    .attach_addon(stored.id, "other", "SHARED")
+                    .await
+                    .expect("attach");
+                let clash = store.attach_addon(stored.id, "other", "SHARED").await;
+                assert!(
+                    matches!(clash, Err(StoreError::AttachmentExists { .. })),
+                    "{clash:?}"
+                );
+                let names: Vec<String> = store
+                    .addons(Some("other"))
+                    .await
+                    .expect("other's")
+                    .into_iter()
+                    .map(|a| a.name)
+                    .collect();
+                assert_eq!(names, ["postgresql-curved-12345"]);
+                assert_eq!(store.attachments(None).await.expect("all").len(), 2);
+                assert_eq!(store.detach_addon(shared.id).await.expect("detach"), shared);
+                let last = store.detach_addon(attached.id).await;
+                assert!(
+                    matches!(last, Err(StoreError::LastAttachment { .. })),
+                    "{last:?}"
+                );
+
+                // Backups are numbered within the add-on and keep their blobs.
+                for (sha, state) in [
+                    (Some("ab".repeat(32)), BackupState::Completed),
+                    (None, BackupState::Failed),
+                ] {
+                    let backup = Backup {
+                        id: Uuid::new_v4(),
+                        addon_id: stored.id,
+                        number: 0,
+                        blob_sha256: sha,
+                        size: 10,
+                        state,
+                        reason: String::new(),
+                        created_at: OffsetDateTime::now_utc(),
+                    };
+                    store.add_backup(&backup).await.expect("backup");
+                }
+                let backups = store.backups(stored.id).await.expect("backups");
+                let names: Vec<String> = backups.iter().map(Backup::name).collect();
+                assert_eq!(names, ["b001", "b002"]);
+                assert!(store
+                    .blobs_in_use()
+                    .await
+                    .expect("in use")
+                    .contains(&"ab".repeat(32)));
+
+                // Destroyed: detached at once, forgotten with its backups when gone.
+                let (destroying, was) = store.destroy_addon(stored.id).await.expect("destroy");
+                assert_eq!(destroying.state, AddonState::Destroying);
+                assert_eq!(was.len(), 1);
+                assert!(store.attachments(None).await.expect("none").is_empty());
+                store.delete_addon(stored.id).await.expect("delete");
+                assert!(store.addons(None).await.expect("none").is_empty());
+                assert!(store.backups(stored.id).await.expect("none").is_empty());
+                assert!(store.blobs_in_use().await.expect("in use").is_empty());
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_addon_outlives_its_deleted_owner_until_destroyed() {
+        on_each_backend(
+            "an_addon_outlives_its_deleted_owner_until_destroyed",
+            |db| async move {
+                let store = db.open().await;
+                store.create_app("demo", "testing").await.expect("create");
+                add_host(&store, "h1").await;
+                let (stored, _) = store
+                    .create_addon(&new_addon("demo", "h1", "redis-round-10000"), "REDIS")
+                    .await
+                    .expect("create");
+                store.delete_app("demo").await.expect("delete app");
+                let kept = store.addon(&stored.name).await.expect("kept");
+                assert_eq!((kept.app_id, kept.app), (None, None));
+                assert!(store.attachments(None).await.expect("none").is_empty());
+            },
+        )
+        .await;
+    }
+}
