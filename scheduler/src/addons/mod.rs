@@ -136,4 +136,6 @@ pub(crate) fn place<'h>(hosts: &'h [HostView], addons: &[Addon]) -> Option<&'h s
 }
 
 #[cfg(test)]
+mod backup_tests;
+#[cfg(test)]
 mod tests;

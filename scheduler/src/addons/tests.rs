@@ -10,15 +10,15 @@ use serde_json::{json, Value};
 use super::SERVICES_STACK;
 use crate::testing::{settings, FakeAgent, Harness, STACK};
 
-const WEB: (&str, &str) = ("web", "python app.py");
+pub(super) const WEB: (&str, &str) = ("web", "python app.py");
 
 /// A host that can run add-ons, at `address`.
-async fn services_host(h: &Harness, id: &str, address: &str) -> FakeAgent {
+pub(super) async fn services_host(h: &Harness, id: &str, address: &str) -> FakeAgent {
     h.agent_with(id, address, &[STACK, SERVICES_STACK], Vec::new())
         .await
 }
 
-async fn create(h: &Harness, app: &str, body: Value) -> Value {
+pub(super) async fn create(h: &Harness, app: &str, body: Value) -> Value {
     let (status, created) = h
         .api(Method::POST, &format!("/apps/{app}/addons"), body)
         .await;
@@ -26,7 +26,7 @@ async fn create(h: &Harness, app: &str, body: Value) -> Value {
     created
 }
 
-async fn config(h: &Harness, app: &str) -> Value {
+pub(super) async fn config(h: &Harness, app: &str) -> Value {
     let (status, config) = h
         .api(
             Method::GET,
@@ -43,7 +43,7 @@ async fn last_release(h: &Harness, app: &str) -> String {
     releases.last().expect("a release").description.clone()
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
