@@ -358,7 +358,11 @@ async fn destroy_detaches_everywhere_and_the_rows_go_once_the_data_is_gone() {
     }
     let set = host.last_set().expect("a set").clone();
     assert!(set.services.is_empty(), "stopped");
-    assert_eq!(set.destroyed_services, [id.clone()], "its data deleted");
+    assert_eq!(
+        set.destroyed_services,
+        std::slice::from_ref(&id),
+        "its data deleted"
+    );
 
     // Reports before the data is gone change nothing; DESTROYED forgets it.
     host.report_service(&id, ServiceState::ServiceStopped, 40001)

@@ -361,31 +361,6 @@ fn encode_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreE
     StoreError::Database(sqlx::Error::Encode(Box::new(error)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::sql::test_support::*;
-
-    #[tokio::test]
-    async fn unreadable_rows_are_reported_as_corrupt() {
-        on_each_backend("unreadable_rows_are_reported_as_corrupt", |db| async move {
-            let store = db.open().await;
-            store.create_app("app", "heroku-24").await.expect("create");
-            sqlx::query("UPDATE apps SET config = 'not json' WHERE name = 'app'")
-                .execute(&store.pool)
-                .await
-                .expect("corrupt it");
-            match store.app("app").await {
-                Err(StoreError::Corrupt(message)) => {
-                    assert!(message.starts_with("apps.config of app:"), "{message}");
-                }
-                other => panic!("expected corrupt, got {other:?}"),
-            }
-        })
-        .await;
-    }
-}
-
 /// An add-on row joined with its owning app's name (`app`, NULL when it has none).
 pub(super) fn addon_from_row(row: &AnyRow) -> Result<crate::addons::model::Addon, StoreError> {
     use crate::addons::model::{Addon, AddonKind, AddonState};
@@ -437,4 +412,29 @@ pub(super) fn backup_from_row(row: &AnyRow) -> Result<crate::addons::model::Back
         reason: c.text("reason")?,
         created_at: c.time("created_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::test_support::*;
+
+    #[tokio::test]
+    async fn unreadable_rows_are_reported_as_corrupt() {
+        on_each_backend("unreadable_rows_are_reported_as_corrupt", |db| async move {
+            let store = db.open().await;
+            store.create_app("app", "heroku-24").await.expect("create");
+            sqlx::query("UPDATE apps SET config = 'not json' WHERE name = 'app'")
+                .execute(&store.pool)
+                .await
+                .expect("corrupt it");
+            match store.app("app").await {
+                Err(StoreError::Corrupt(message)) => {
+                    assert!(message.starts_with("apps.config of app:"), "{message}");
+                }
+                other => panic!("expected corrupt, got {other:?}"),
+            }
+        })
+        .await;
+    }
 }
