@@ -523,6 +523,8 @@ pub enum Command {
         #[arg(long)]
         confirm: Option<String>,
     },
+    #[command(flatten)]
+    Addons(crate::commands::addons::AddonsCommand),
     /// List hosts and their capacity.
     #[command(name = "hosts")]
     Hosts,

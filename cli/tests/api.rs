@@ -1025,3 +1025,90 @@ fn reviewapps_create_without_a_source_asks_for_the_pushed_branch() {
         "no source uploaded: the scheduler takes the pushed branch"
     );
 }
+
+#[test]
+fn addons_commands_call_the_api_and_confirm_destruction() {
+    let api = FakeApi::start(|method, path| match (method, path) {
+        ("POST", "/apps/web/addons") => (
+            201,
+            vec![],
+            json(serde_json::json!({
+                "name": "postgresql-curved-12345", "plan": {"name": "postgresql"},
+                "config_vars": ["MAIN_URL"], "host": {"id": "h1"}, "state": "provisioning"
+            })),
+        ),
+        ("GET", "/apps/web/addon-attachments") => (
+            200,
+            vec![],
+            json(serde_json::json!([{"id": "a1b2", "name": "SHARED"}])),
+        ),
+        ("DELETE", "/addon-attachments/a1b2") => (
+            200,
+            vec![],
+            json(
+                serde_json::json!({"name": "SHARED", "addon": {"name": "postgresql-curved-12345"}}),
+            ),
+        ),
+        ("GET", "/apps/web/pg-backups/b001/download") => (200, vec![], "PGDMP-bytes".into()),
+        _ => (
+            404,
+            vec![],
+            json(serde_json::json!({"id": "not_found", "message": "nope"})),
+        ),
+    });
+    let o = api.run(&["addons:create", "postgresql", "-a", "web", "--as", "main"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with(
+            "Creating postgresql on web... done: postgresql-curved-12345 (on host h1)\n"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        api.requests()[0].json(),
+        serde_json::json!({"plan": "postgresql", "attachment": {"name": "main"}})
+    );
+
+    // Destroying needs the app's name: a mismatch (or none, without a terminal) sends nothing.
+    let sent = api.requests().len();
+    let o = api.run(&[
+        "addons:destroy",
+        "postgresql-curved-12345",
+        "-a",
+        "web",
+        "--confirm",
+        "other",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("confirmation \"other\" did not match web: nothing was done"));
+    let o = api.run(&["addons:destroy", "postgresql-curved-12345", "-a", "web"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("re-run this command with --confirm web"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(api.requests().len(), sent, "no request");
+
+    // Detach names the attachment; the CLI finds its id.
+    let o = api.run(&["addons:detach", "shared", "-a", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Detaching SHARED (postgresql-curved-12345) from web... done\n"
+    );
+    let o = api.run(&["addons:detach", "OTHER", "-a", "web"]);
+    assert!(
+        stderr(&o).contains("web has no attachment OTHER: it has SHARED"),
+        "{}",
+        stderr(&o)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("b001.dump");
+    let file_arg = file.to_str().expect("utf-8");
+    let o = api.run(&["pg:backups:download", "b001", "-a", "web", "-o", file_arg]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&file).expect("written"), b"PGDMP-bytes");
+}

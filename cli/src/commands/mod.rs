@@ -14,6 +14,7 @@ use crate::cli::{Cli, Command};
 use crate::run as oneoff;
 use crate::run::RunSpec;
 
+pub mod addons;
 mod apps;
 mod buildpacks;
 mod config;
@@ -200,6 +201,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ReviewappsDestroy { app, confirm } => {
             ctx.reviewapps_destroy(&app, confirm.as_deref()).await
         }
+        Command::Addons(command) => ctx.addons_command(command).await,
         Command::Hosts => ctx.hosts().await,
         Command::HostsDrain { host } => ctx.drain(&host, true).await,
         Command::HostsUndrain { host } => ctx.drain(&host, false).await,
