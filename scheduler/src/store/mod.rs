@@ -311,7 +311,8 @@ pub trait Store: AddonStore + Send + Sync + 'static {
     ) -> Result<Promoted, StoreError>;
 
     /// Every blob the store refers to and still needs: the slugs of every app's releases
-    /// and builds, the sources of builds still pending, and the apps' git bundles. The blob collection keeps these.
+    /// and builds, the sources of builds still pending, the apps' git bundles and the
+    /// add-ons' backups. The blob collection keeps these.
     async fn blobs_in_use(&self) -> Result<std::collections::BTreeSet<String>, StoreError>;
 
     /// The digest of the newest bundle of the app's git repository, if a push made one.

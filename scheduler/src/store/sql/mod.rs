@@ -33,7 +33,8 @@
 //! queries they share: `apps` (and the lookups of an app every other file starts from),
 //! `drains`, `releases` (with config changes, which append to the ledger), `builds`
 //! (and slugs), `dynos` (formation, placement and reports), `hosts`, `domains`, `acme`,
-//! `lease`, `pipelines` (with promotions); `rows` holds the encoding above. Each operation opens and commits its own
+//! `addons` (with attachments and backups), `lease`, `pipelines` (with promotions); `rows`
+//! holds the encoding above. Each operation opens and commits its own
 //! transaction, so the one-transaction rule can be checked one function at a time.
 
 use std::collections::BTreeMap;
