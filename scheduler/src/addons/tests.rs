@@ -465,6 +465,21 @@ async fn hostile_input_is_refused_saying_what_is_wrong() {
 
     // An agent speaks for its own host's add-ons only.
     let addon = create(&h, "demo", json!({"plan": "postgresql"})).await;
+    // A second one under the same attachment name is refused whole.
+    let (status, clash) = h
+        .api(
+            Method::POST,
+            "/apps/demo/addons",
+            json!({"plan": "postgresql"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{clash}");
+    assert!(
+        text(&clash["message"]).contains(
+            "demo already has an add-on attached as DATABASE: choose another name with --as"
+        ),
+        "{clash}"
+    );
     let other = services_host(&h, "intruder", "10.0.0.9").await;
     other
         .report_service(&text(&addon["id"]), ServiceState::ServiceUp, 40009)
@@ -484,4 +499,45 @@ async fn hostile_input_is_refused_saying_what_is_wrong() {
     let (_, listed) = h.api(Method::GET, "/addons", json!(null)).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert_eq!(listed[0]["state"], "provisioning");
+}
+
+#[tokio::test]
+async fn a_returning_host_lists_its_services_in_hello_and_they_are_available_again() {
+    let deadline = Duration::from_millis(200);
+    let h = Harness::new(settings(deadline)).await;
+    h.deployed("demo", &[WEB]).await;
+    let host = services_host(&h, "db", "10.0.0.5").await;
+    let addon = create(&h, "demo", json!({"plan": "postgresql"})).await;
+    let (id, name) = (text(&addon["id"]), text(&addon["name"]));
+    host.report_service(&id, ServiceState::ServiceUp, 40001)
+        .await;
+    let releases = h.core.store.releases("demo").await.expect("releases").len();
+    host.disconnect().await;
+    tokio::time::sleep(deadline + Duration::from_millis(100)).await;
+    h.core.reconcile().await.expect("reconcile");
+    let (_, info) = h
+        .api(Method::GET, &format!("/addons/{name}"), json!(null))
+        .await;
+    assert_eq!(info["state"], "crashed", "{info}");
+
+    let up = manifold_proto::ServiceStatus {
+        id: id.clone(),
+        state: ServiceState::ServiceUp.into(),
+        changed_at_ms: 0,
+        reason: String::new(),
+        port: 40001,
+    };
+    let mut back = h
+        .agent_with("db", "10.0.0.5", &[STACK, SERVICES_STACK], vec![up])
+        .await;
+    let (_, info) = h
+        .api(Method::GET, &format!("/addons/{name}"), json!(null))
+        .await;
+    assert_eq!(info["state"], "available", "{info}");
+    assert_eq!(back.services()[0].port, 40001, "its port, for life");
+    assert_eq!(
+        h.core.store.releases("demo").await.expect("releases").len(),
+        releases,
+        "its URL did not change: no release"
+    );
 }
