@@ -349,6 +349,8 @@ impl Cluster {
                     };
                     Some((d.id.clone(), placed))
                 })
+                // An add-on's lines go to its owning app's log, as Heroku's do.
+                .chain(services.placed(&host))
                 .collect();
             lock(&self.placed).insert(host.clone(), Arc::new(placed));
             let mut out = Vec::new();

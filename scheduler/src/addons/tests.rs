@@ -541,3 +541,48 @@ async fn a_returning_host_lists_its_services_in_hello_and_they_are_available_aga
         "its URL did not change: no release"
     );
 }
+
+#[tokio::test]
+async fn an_addons_lines_go_to_its_owning_apps_log() {
+    let h = Harness::new(settings(Duration::from_secs(30))).await;
+    h.deployed("demo", &[WEB]).await;
+    let mut host = services_host(&h, "db", "10.0.0.5").await;
+    let addon = create(&h, "demo", json!({"plan": "postgresql"})).await;
+    assert_eq!(host.services().len(), 1);
+    let line = |message: &str| manifold_proto::LogEntry {
+        app: "someone-else".into(),
+        dyno_id: text(&addon["id"]),
+        process: "web.1".into(),
+        platform: false,
+        time_us: 0,
+        message: message.into(),
+    };
+    h.core.ingest_logs(
+        "db",
+        manifold_proto::LogBatch {
+            lines: vec![line("database system is ready to accept connections")],
+        },
+    );
+    let lines = h.core.logs.plex().recent("demo", &Default::default(), 100);
+    let ours: Vec<_> = lines
+        .iter()
+        .filter(|l| l.message.contains("ready to accept"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{lines:?}");
+    assert_eq!(
+        ours[0].process,
+        text(&addon["name"]),
+        "under the add-on's name"
+    );
+    // Another host cannot write as the add-on.
+    let _other = services_host(&h, "intruder", "10.0.0.9").await;
+    let refused = h.core.logs.ingest(
+        "intruder",
+        manifold_proto::LogBatch {
+            lines: vec![line("forged")],
+        },
+        &h.core.cluster.placed("intruder"),
+        |_, _| {},
+    );
+    assert_eq!(refused, 1);
+}

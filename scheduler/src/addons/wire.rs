@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::model::{Addon, AddonState};
 use super::SERVICES_STACK;
+use crate::cluster::Placed;
 use crate::model::{Host, DEFAULT_SIZE};
 use crate::store::{Store, StoreError};
 
@@ -79,6 +80,22 @@ impl ServiceSets {
             .iter()
             .filter(|a| a.host_id == host && a.state == AddonState::Destroying)
             .map(|a| a.id.to_string())
+            .collect()
+    }
+
+    /// The add-ons on `host` whose lines its agent may send, as log sources: their owning
+    /// app's log, under the add-on's name.
+    pub(crate) fn placed(&self, host: &str) -> Vec<(String, Placed)> {
+        self.addons
+            .iter()
+            .filter(|a| a.host_id == host)
+            .filter_map(|a| {
+                let placed = Placed {
+                    app: a.app.clone()?,
+                    name: a.name.clone(),
+                };
+                Some((a.id.to_string(), placed))
+            })
             .collect()
     }
 
