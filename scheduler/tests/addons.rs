@@ -1,8 +1,9 @@
 //! End-to-end: a PostgreSQL add-on on a real scheduler and agent (the `services` stack), an
 //! app on `bookworm` whose release phase migrates it with `psql` and whose web dyno serves
-//! its rows; the rows survive a crash of the add-on's server and a restart of the dynos;
-//! destroying the add-on deletes it. As root, with the `testing`, `bookworm` and `services`
-//! stacks.
+//! its rows; the rows survive a crash of the add-on's server and a restart of the dynos; a
+//! backup restores rows deleted from a one-off dyno; destroying the add-on deletes it. The
+//! agent's address is the default `127.0.0.1`, as on an all-in-one node. As root, with the
+//! `testing`, `bookworm` (with psql) and `services` stacks.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +12,7 @@ mod harness;
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{wait_for, AgentOptions, Cluster, UP};
+use harness::{wait_for, Cluster, UP};
 
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/addon-web");
 
@@ -36,22 +37,6 @@ fn postmaster(c: &Cluster) -> Option<i32> {
                 .unwrap_or(0);
             let child = read(ppid, "comm").is_ok_and(|c| c.trim() == "postgres");
             ours && postgres && !child
-        })
-}
-
-/// This machine's first global IPv4 address: the agent's `--address`, so that dynos reach
-/// the add-on's published port (127.0.0.1 inside a dyno is the dyno's own).
-fn host_address() -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "scope", "global"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.contains(" mf") && !l.contains("manifold"))
-        .find_map(|l| {
-            let cidr = l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
-            Some(cidr.split('/').next()?.to_string())
         })
 }
 
@@ -86,16 +71,8 @@ fn an_app_on_a_postgresql_addon_keeps_its_rows_across_restarts() {
     {
         return;
     }
-    let address = host_address().expect("a global IPv4 address on this machine");
     let mut c = Cluster::start(Duration::from_secs(10));
-    c.add_agent_with(
-        "db",
-        20,
-        AgentOptions {
-            args: vec!["--address".into(), address],
-            ..AgentOptions::default()
-        },
-    );
+    c.add_agent("db", 20);
     c.wait_hosts(1);
     c.ok(&["apps:create", "notes", "--stack", "bookworm"]);
     let created = c.ok(&["addons:create", "postgresql", "-a", "notes"]);
