@@ -94,6 +94,7 @@ async fn send_set(
             term: 1,
             services,
             destroyed_services: destroyed.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         })),
     }))
     .await

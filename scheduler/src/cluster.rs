@@ -331,6 +331,7 @@ impl Cluster {
             .map(|a| (a.id, a))
             .collect();
         let held: HashSet<String> = lock(&self.held_stops).keys().cloned().collect();
+        let cluster = self.store.cluster_id().await?;
         // Read now, sent with every set: a term that ended meanwhile sends nothing.
         let Some(term) = self.leadership.holds() else {
             return Ok(());
@@ -386,6 +387,7 @@ impl Cluster {
                     term,
                     services: services.services(&host, &peers),
                     destroyed_services: services.destroyed(&host),
+                    cluster: cluster.clone(),
                 }),
             );
         }

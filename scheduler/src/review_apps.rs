@@ -4,10 +4,12 @@
 //! Making one (the API has checked the request and stored the source): read app.json
 //! from the source, work out the config vars (the pipeline's review config vars, then
 //! app.json's `env`: a required var neither provides stops it here, before anything is
-//! created), create the app coupled at stage review in one store transaction, start its
-//! build, and then [`follow`] the build: once its release is live, scale app.json's
-//! formation and run `scripts.postdeploy` once in a one-off dyno (its output in the app's
-//! log). The leader destroys review apps whose time is up ([`expire_forever`]).
+//! created), create the app coupled at stage review in one store transaction, provision
+//! app.json's add-ons, start its build, and then [`follow`] the build: once its release is
+//! live, scale app.json's formation, and once the add-ons are available (their URLs set, the
+//! release that set them live too) run `scripts.postdeploy` once in a one-off dyno (its
+//! output in the app's log), so that a postdeploy seeding the database finds it. The leader
+//! destroys review apps, with their add-ons, whose time is up ([`expire_forever`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +20,10 @@ use manifold_appjson::AppJson;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::addons::model::AddonState;
 use crate::blobs::Blobs;
 use crate::core::Core;
-use crate::model::{BuildStatus, FormationUpdate, ReleaseStatus};
+use crate::model::{BuildStatus, FormationUpdate, Release, ReleaseStatus};
 use crate::oneoff::{OneOff, OneOffError};
 
 /// How often the leader looks for review apps whose time is up.
@@ -104,10 +107,10 @@ fn find_app_json(stream: impl std::io::Read) -> Result<Option<Vec<u8>>, String> 
 /// postdeploy, once. What goes wrong is said in the app's log (no one waits on this).
 pub async fn follow(core: Arc<Core>, app: String, build: Uuid, manifest: AppJson) {
     let say = |line: String| core.logs.log_api(&app, line);
-    let Some(version) = wait_for_release(&core, &app, build).await else {
+    if !wait_for_release(&core, &app, build).await {
         say("review app: the build did not release: no formation or postdeploy".into());
         return;
-    };
+    }
     let updates: Vec<FormationUpdate> = manifest
         .formation
         .iter()
@@ -127,9 +130,15 @@ pub async fn follow(core: Arc<Core>, app: String, build: Uuid, manifest: AppJson
     let Some(script) = manifest.postdeploy else {
         return;
     };
+    let Some(release) = settled(&core, &app).await else {
+        say(format!(
+            "review app: its add-ons or its latest release did not come up: postdeploy `{}` not run",
+            script.command
+        ));
+        return;
+    };
     let started = async {
         let a = core.store.app(&app).await.map_err(OneOffError::from)?;
-        let release = core.store.release(&app, version).await?;
         let slug = core.store.slug(release.slug_id).await?;
         let spec = OneOff {
             process_type: manifold_dyno::RUN,
@@ -152,28 +161,59 @@ pub async fn follow(core: Arc<Core>, app: String, build: Uuid, manifest: AppJson
     }
 }
 
-/// The version of the release `build` made, once it is live; `None` when the build or
-/// its release phase failed, or took longer than [`FOLLOW_FOR`].
-async fn wait_for_release(core: &Core, app: &str, build: Uuid) -> Option<u32> {
+/// Whether the release `build` made went live; false when the build or its release phase
+/// failed, or took longer than [`FOLLOW_FOR`].
+async fn wait_for_release(core: &Core, app: &str, build: Uuid) -> bool {
     let deadline = tokio::time::Instant::now() + FOLLOW_FOR;
     let build = loop {
-        let b = core.store.build(build).await.ok()?;
+        let Ok(b) = core.store.build(build).await else {
+            return false;
+        };
         if b.status != BuildStatus::Pending {
             break b;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let Some(version) = build.release_version else {
+        return false;
+    };
+    loop {
+        match core.store.release(app, version).await.map(|r| r.status) {
+            Ok(ReleaseStatus::Succeeded) => return true,
+            Ok(ReleaseStatus::Pending) if tokio::time::Instant::now() <= deadline => {
+                tokio::time::sleep(POLL).await
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// The app's current release once every add-on of the app is available and that release
+/// (the one setting their URLs, when they came up after the build) is live; `None` when an
+/// add-on crashed, a release failed, or it took longer than [`FOLLOW_FOR`].
+async fn settled(core: &Core, app: &str) -> Option<Release> {
+    let deadline = tokio::time::Instant::now() + FOLLOW_FOR;
+    loop {
+        let addons = core.store.addons(Some(app)).await.ok()?;
+        if addons.iter().any(|a| a.state == AddonState::Crashed) {
+            return None;
+        }
+        if addons.iter().all(|a| a.state == AddonState::Available) {
+            let newest = core.store.releases(app).await.ok()?;
+            let release = newest.into_iter().max_by_key(|r| r.version)?;
+            match release.status {
+                ReleaseStatus::Succeeded => return Some(release),
+                ReleaseStatus::Failed => return None,
+                ReleaseStatus::Pending => {}
+            }
         }
         if tokio::time::Instant::now() > deadline {
             return None;
         }
         tokio::time::sleep(POLL).await;
-    };
-    let version = build.release_version?;
-    loop {
-        match core.store.release(app, version).await.ok()?.status {
-            ReleaseStatus::Succeeded => return Some(version),
-            ReleaseStatus::Failed => return None,
-            ReleaseStatus::Pending if tokio::time::Instant::now() > deadline => return None,
-            ReleaseStatus::Pending => tokio::time::sleep(POLL).await,
-        }
     }
 }
 

@@ -5,7 +5,15 @@
 # sets `bin` (the binaries) before calling `start_node`.
 
 step() { printf '\n==> %s\n' "$*"; }
-fail() { echo "${SUITE:-suite}: $*" >&2; exit 1; }
+# fail MESSAGE: the node's last log lines (when a node runs), the message, and exit 1.
+fail() {
+    if [ -n "${node:-}" ] && [ -f "${state:-}/node.log" ]; then
+        echo "--- the node's log, last 80 lines ---" >&2
+        tail -n 80 "$state/node.log" >&2
+    fi
+    echo "${SUITE:-suite}: $*" >&2
+    exit 1
+}
 # shellcheck disable=SC2154 # bin: set by the suite before it sources this
 manifold() { "$bin/manifold" "$@"; }
 

@@ -154,15 +154,24 @@ impl Core {
             }
             LinkEvent::Message(message) => match message.kind {
                 Some(proto::scheduler_message::Kind::Assignments(a)) => {
-                    if a.term < self.state.term {
+                    if a.cluster != self.state.cluster {
+                        // A new database (a fresh node, a replaced or restored database) or
+                        // another cluster: its terms are not comparable with the last's.
+                        tracing::info!(
+                            "assignments of cluster {:?} (term {}); the last applied were of \
+                             cluster {:?} (term {}): counting its terms afresh",
+                            a.cluster,
+                            a.term,
+                            self.state.cluster,
+                            self.state.term
+                        );
+                    } else if a.term < self.state.term {
                         tracing::error!(
                             "refused assignments of term {} (generation {}): this agent applied \
-                             term {}'s, so they come from a deposed leader (or the scheduler's \
-                             database was replaced: then remove {})",
+                             term {}'s, so they come from a deposed leader",
                             a.term,
                             a.generation,
                             self.state.term,
-                            AgentState::path(&self.config.host.state_dir).display()
                         );
                         return;
                     }
@@ -170,6 +179,7 @@ impl Core {
                     self.state = AgentState {
                         generation: a.generation,
                         term: a.term,
+                        cluster: a.cluster,
                         assignments: a.dynos.into_iter().map(AssignmentRecord::from).collect(),
                         services: a.services.into_iter().map(ServiceRecord::from).collect(),
                         destroyed_services: a.destroyed_services,

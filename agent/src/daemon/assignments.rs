@@ -97,6 +97,10 @@ pub struct AgentState {
     /// leader deposed since, are refused. (Absent in files of older agents: 0.)
     #[serde(default)]
     pub term: u64,
+    /// The cluster `term` counts in (the scheduler's database's id): another cluster's
+    /// assignments start the count afresh. (Absent in files of older agents: empty.)
+    #[serde(default)]
+    pub cluster: String,
     pub assignments: Vec<AssignmentRecord>,
     /// The add-on services this host runs (`services.rs`).
     #[serde(default)]

@@ -258,6 +258,7 @@ mod tests {
         let state = AgentState {
             generation: 7,
             term: 2,
+            cluster: "c1".into(),
             assignments: vec![AssignmentRecord::from(proto::Assignment {
                 id: "d1".into(),
                 app: "app".into(),

@@ -17,6 +17,10 @@ use crate::output;
 
 use super::*;
 
+/// How long an app setup waits for its add-ons to come up (a first PostgreSQL boot runs
+/// initdb).
+const ADDONS_UP: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The add-on commands (flattened into the CLI's grammar).
 #[derive(Debug, Subcommand)]
 pub enum AddonsCommand {
@@ -228,7 +232,12 @@ impl Ctx {
         Ok(())
     }
 
-    async fn addons_create(&self, app: &str, plan: &str, name: Option<&str>) -> Result<()> {
+    pub(super) async fn addons_create(
+        &self,
+        app: &str,
+        plan: &str,
+        name: Option<&str>,
+    ) -> Result<()> {
         let mut body = json!({ "plan": plan });
         if let Some(name) = name {
             body["attachment"] = json!({ "name": name });
@@ -258,6 +267,36 @@ impl Ctx {
             text(&r.body["name"])
         );
         Ok(())
+    }
+
+    /// Waits until every add-on of `app` is available (their URLs set as a release), as an
+    /// app setup does before it builds: the release phase then migrates the database.
+    pub(super) async fn wait_addons_available(&self, app: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + ADDONS_UP;
+        loop {
+            let addons: Vec<Value> = self
+                .client
+                .get(&format!("/apps/{app}/addons"))
+                .await?
+                .parse()?;
+            if let Some(bad) = addons.iter().find(|a| text(&a["state"]) == "crashed") {
+                bail!(
+                    "add-on {} of {app} crashed while provisioning: see `manifold addons:info {}`",
+                    text(&bad["name"]),
+                    text(&bad["name"])
+                );
+            }
+            if addons.iter().all(|a| text(&a["state"]) == "available") {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the add-ons of {app} were not available within {} s: see `manifold addons -a {app}`",
+                    ADDONS_UP.as_secs()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
 
     async fn addons_info(&self, addon: &str) -> Result<()> {

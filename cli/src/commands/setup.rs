@@ -84,6 +84,18 @@ impl Ctx {
             let keys: Vec<&str> = config.keys().map(String::as_str).collect();
             println!("Setting {}... done", keys.join(", "));
         }
+        // Add-ons first, as Heroku's app setups do: the build's release then carries their
+        // URLs, and its release phase migrates the database.
+        for addon in &manifest.addons {
+            self.addons_create(name, &addon.service, addon.attach_as.as_deref())
+                .await
+                .with_context(after_create)?;
+        }
+        if !manifest.addons.is_empty() {
+            self.wait_addons_available(name)
+                .await
+                .with_context(after_create)?;
+        }
         self.deploy(name, dir, &[]).await?;
         let updates: Vec<Value> = manifest
             .formation
@@ -118,13 +130,6 @@ impl Ctx {
                 })
                 .collect();
             println!("Scaling {}... done", scaled.join(" "));
-        }
-        if !manifest.addons.is_empty() {
-            let plans: Vec<&str> = manifest.addons.iter().map(|a| a.plan.as_str()).collect();
-            eprintln!(
-                "app.json asks for add-ons {}: they were not provisioned (this setup does not create add-ons yet)",
-                plans.join(", ")
-            );
         }
         if let Some(script) = &manifest.postdeploy {
             println!("Running postdeploy: {}", script.command);

@@ -110,22 +110,24 @@ pub(super) async fn create_review_app(
         .await?;
     // The default certificate names every app.
     super::domains::publish(&core).await?;
+    // app.json's add-ons, before the build, as Heroku's app setups provision them: their URLs
+    // are set as they come up, and postdeploy waits for them (see `review_apps::follow`).
+    for addon in &manifest.addons {
+        if let Err(err) = core
+            .create_addon(&app.name, &addon.service, addon.attach_as.as_deref())
+            .await
+        {
+            // A review app without the add-ons its app.json asks for is not kept.
+            core.delete_app(&app.name).await?;
+            return Err(err.into());
+        }
+    }
     let (buildpacks, origin) =
         super::buildpacks::choose(Vec::new(), manifest.buildpacks.clone(), &app.config)?;
     let build = core
         .builds
         .start(&app, &source, buildpacks, origin, &user(&headers))
         .await?;
-    if !manifest.addons.is_empty() {
-        let plans: Vec<&str> = manifest.addons.iter().map(|a| a.plan.as_str()).collect();
-        core.logs.log_api(
-            &app.name,
-            format!(
-                "app.json asks for add-ons {}: not provisioned (review apps do not create add-ons yet)",
-                plans.join(", ")
-            ),
-        );
-    }
     tokio::spawn(crate::review_apps::follow(
         core.clone(),
         app.name.clone(),

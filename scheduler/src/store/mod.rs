@@ -185,6 +185,9 @@ pub trait Store: AddonStore + Send + Sync + 'static {
     ) -> Result<Option<u64>, StoreError>;
     /// Who holds an unexpired lease now (for followers to name the leader).
     async fn leader(&self) -> Result<Option<Leadership>, StoreError>;
+    /// The cluster's id, made with its database (sent with every assignment set: agents
+    /// count terms within one cluster).
+    async fn cluster_id(&self) -> Result<String, StoreError>;
     /// Gives the lease up if `holder` holds it in `term` (a clean shutdown: another takes
     /// over at once, in the next term).
     async fn resign(&self, holder: &str, term: u64) -> Result<(), StoreError>;

@@ -25,6 +25,8 @@ struct Harness {
     generation: u64,
     /// The scheduler leader's term the next assignments carry.
     term: u64,
+    /// The cluster the assignments say they come from.
+    cluster: String,
     state: tempfile::TempDir,
 }
 
@@ -90,6 +92,7 @@ impl Harness {
             hellos: Vec::new(),
             generation: 0,
             term: 1,
+            cluster: String::new(),
             state: dir,
         }
     }
@@ -122,6 +125,7 @@ impl Harness {
                         generation: self.generation,
                         dynos,
                         term: self.term,
+                        cluster: self.cluster.clone(),
                         ..Default::default()
                     },
                 )),
@@ -375,6 +379,7 @@ async fn a_readopted_running_dyno_reports_its_state_without_relaunching() {
     let state = AgentState {
         generation: 3,
         term: 1,
+        cluster: String::new(),
         assignments: vec![record.clone()],
         services: Vec::new(),
         destroyed_services: Vec::new(),
@@ -501,6 +506,35 @@ async fn assignments_of_a_deposed_leaders_term_are_refused() {
     h.until("its removal", |h| !h.core.dynos.contains_key("d1"))
         .await;
     assert_eq!(h.core.state.term, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_cluster_counts_its_terms_afresh() {
+    let mut h = Harness::linked();
+    h.cluster = "old".into();
+    h.term = 5;
+    h.assign(&[("d1", "web.1")]);
+    h.until("up", |h| h.last("d1").is_some_and(|s| s.state() == S::Up))
+        .await;
+    // A scheduler on a new database (a fresh node) starts at term 1: obeyed, not taken
+    // for a deposed leader of the old cluster.
+    h.cluster = "new".into();
+    h.term = 1;
+    h.assign(&[]);
+    h.until("its removal", |h| !h.core.dynos.contains_key("d1"))
+        .await;
+    assert_eq!(
+        (h.core.state.cluster.as_str(), h.core.state.term),
+        ("new", 1)
+    );
+    // Within the new cluster, the term rule holds again.
+    h.term = 0;
+    h.assign(&[("d2", "web.1")]);
+    h.run_for(Duration::from_secs(60)).await;
+    assert!(
+        !h.core.dynos.contains_key("d2"),
+        "an older term of the same cluster"
+    );
 }
 
 mod failover;

@@ -61,6 +61,16 @@ pub(super) async fn campaign(
     Ok(Some(term))
 }
 
+pub(super) async fn cluster_id(store: &SqlStore) -> Result<String, StoreError> {
+    let mut tx = store.read().await?;
+    let id: String = sqlx::query("SELECT id FROM cluster_identity WHERE one = 1")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+    tx.commit().await?;
+    Ok(id)
+}
+
 pub(super) async fn leader(store: &SqlStore) -> Result<Option<Leadership>, StoreError> {
     let mut tx = store.read().await?;
     let row = sqlx::query(&format!(
@@ -152,6 +162,30 @@ mod tests {
             holder: holder.to_owned(),
             term,
         })
+    }
+
+    #[tokio::test]
+    async fn a_database_has_one_cluster_id_and_another_database_another() {
+        let other_db = TestDb::Sqlite(tempfile::tempdir().expect("tempdir"));
+        let other = other_db.open().await.cluster_id().await.expect("other id");
+        on_each_backend(
+            "a_database_has_one_cluster_id_and_another_database_another",
+            |db| {
+                let other = other.clone();
+                async move {
+                    // Two replicas on one database, and the same one reopened, agree.
+                    let (a, b) = (db.open().await, db.open().await);
+                    let id = a.cluster_id().await.expect("id");
+                    assert_eq!(id.len(), 32, "{id}");
+                    assert!(id.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+                    assert_eq!(b.cluster_id().await.expect("id"), id);
+                    drop(a);
+                    assert_eq!(db.open().await.cluster_id().await.expect("id"), id);
+                    assert_ne!(id, other, "a new database is a new cluster");
+                }
+            },
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -201,6 +201,10 @@ impl Store for SqlStore {
         lease::leader(self).await
     }
 
+    async fn cluster_id(&self) -> Result<String, StoreError> {
+        lease::cluster_id(self).await
+    }
+
     async fn resign(&self, holder: &str, term: u64) -> Result<(), StoreError> {
         lease::resign(self, holder, term).await
     }
