@@ -83,6 +83,11 @@ const MAX_CONNECTIONS: u32 = 4;
 /// How long an SQLite writer waits for another writer's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long PostgreSQL lets one of the store's sessions sit idle inside a transaction
+/// before it ends the session (see `open`): well above any transaction's own pauses, well
+/// below how long the lab allows a failover to take.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+
 /// The [`Store`] on SQLite or PostgreSQL, one SQL for both (see the module docs).
 #[derive(Debug, Clone)]
 pub struct SqlStore {
@@ -138,6 +143,18 @@ impl SqlStore {
                         conn.execute(&*format!(
                             "PRAGMA busy_timeout = {}",
                             BUSY_TIMEOUT.as_millis()
+                        ))
+                        .await?;
+                    } else {
+                        // A replica cut off from the database in the middle of a write
+                        // leaves its server-side session idle in its transaction, holding
+                        // the write lock (an advisory lock) until TCP gives up, minutes
+                        // later: no replica could campaign meanwhile. The store's
+                        // transactions never wait on anything but the database, so the
+                        // server ends one idle this long and the lock with it.
+                        conn.execute(&*format!(
+                            "SET idle_in_transaction_session_timeout = {}",
+                            IDLE_IN_TRANSACTION.as_millis()
                         ))
                         .await?;
                     }
