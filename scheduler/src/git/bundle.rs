@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use super::{git_command, GitError};
+use super::{git_command, GitError, OutputOf};
 use crate::blobs::Blob;
 use crate::core::Core;
 
@@ -87,12 +87,8 @@ impl Core {
             .args(["bundle", "create", "--quiet"])
             .arg(&scratch.0)
             .arg("--all")
-            .output()
-            .await
-            .map_err(|source| GitError::Spawn {
-                what: "bundle create".into(),
-                source,
-            })?;
+            .output_of("bundle create")
+            .await?;
         if !out.status.success() {
             // A repository with no refs left (every branch deleted) makes no bundle.
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();

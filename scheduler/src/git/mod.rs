@@ -228,12 +228,8 @@ impl Repos {
         let out = git_command(None)
             .args(["init", "--bare", "--quiet", "--initial-branch=main"])
             .arg(&aside)
-            .output()
-            .await
-            .map_err(|source| GitError::Spawn {
-                what: "init".into(),
-                source,
-            })?;
+            .output_of("init")
+            .await?;
         if !out.status.success() {
             return Err(GitError::Git {
                 what: "init".into(),
@@ -245,12 +241,8 @@ impl Repos {
                 .args(["fetch", "--quiet"])
                 .arg(bundle)
                 .arg("refs/*:refs/*")
-                .output()
-                .await
-                .map_err(|source| GitError::Spawn {
-                    what: "fetch".into(),
-                    source,
-                })?;
+                .output_of("fetch")
+                .await?;
             if !out.status.success() {
                 let _ = tokio::fs::remove_dir_all(&aside).await;
                 return Err(GitError::Git {
@@ -297,12 +289,8 @@ impl Repos {
         let out = git_command(Some((&repo, quarantine)))
             .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
             .arg(format!("{rev}^{{commit}}"))
-            .output()
-            .await
-            .map_err(|source| GitError::Spawn {
-                what: "rev-parse".into(),
-                source,
-            })?;
+            .output_of("rev-parse")
+            .await?;
         let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || sha.is_empty() {
             return Err(GitError::UnknownRev { rev: rev.into() });
@@ -389,12 +377,8 @@ impl Repos {
             async move {
                 git_command(Some((&repo, None)))
                     .args(&args)
-                    .output()
+                    .output_of("cat-file")
                     .await
-                    .map_err(|source| GitError::Spawn {
-                        what: "cat-file".into(),
-                        source,
-                    })
             }
         };
         let kind = run(vec!["cat-file".into(), "-t".into(), object.clone()]).await?;
@@ -442,6 +426,20 @@ fn check_rev(rev: &str) -> Result<(), GitError> {
 /// `git` with nothing of this machine's or user's git configuration and none of the
 /// scheduler's environment (its tokens): only `PATH`, and the repository (with a push's
 /// quarantined objects) when given.
+/// Running a git command to its end, its failure to start named by what it was for.
+trait OutputOf {
+    async fn output_of(&mut self, what: &str) -> Result<std::process::Output, GitError>;
+}
+
+impl OutputOf for Command {
+    async fn output_of(&mut self, what: &str) -> Result<std::process::Output, GitError> {
+        self.output().await.map_err(|source| GitError::Spawn {
+            what: what.into(),
+            source,
+        })
+    }
+}
+
 fn git_command(repo: Option<(&Path, Option<&Quarantine>)>) -> Command {
     let mut cmd = Command::new("git");
     isolate(&mut cmd);
