@@ -2,7 +2,8 @@
 //! backend. Usage: `router-bench [LISTEN] [BACKEND] [TLS_LISTEN CERT KEY]` (defaults
 //! 127.0.0.1:18081 and 127.0.0.1:18080; with the last three it also serves HTTPS with the
 //! PEM certificate CERT and key KEY for `bench.localhost`). Log lines are rendered as in
-//! production, then discarded.
+//! production, then discarded. `ROUTER_WORKERS=N` sets `RouterConfig::workers` (default:
+//! one per CPU; 0 serves on this program's multi-threaded runtime).
 
 use std::error::Error;
 use std::sync::Arc;
@@ -32,11 +33,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
             addr: backend.parse()?,
         }]),
     );
-    let router = Arc::new(Router::new(
-        table.clone(),
-        Arc::new(Discard),
-        RouterConfig::default(),
-    ));
+    let mut config = RouterConfig::default();
+    if let Ok(workers) = std::env::var("ROUTER_WORKERS") {
+        config.workers = workers
+            .parse()
+            .map_err(|_| format!("ROUTER_WORKERS is a number of threads, not {workers:?}"))?;
+    }
+    let router = Arc::new(Router::new(table.clone(), Arc::new(Discard), config));
     if let (Some(tls_listen), Some(cert), Some(key)) = (args.next(), args.next(), args.next()) {
         let errors = table.set_certs(&[TlsCert {
             names: vec!["bench.localhost".to_owned()],

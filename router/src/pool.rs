@@ -51,7 +51,10 @@ impl Conn {
         stream
             .set_nodelay(true)
             .map_err(|source| ConnectError::Failed { addr, source })?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        // Head and body in one buffer, one write(2), as on the client side.
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
         let task = tokio::spawn(async move {
