@@ -26,6 +26,30 @@ pub(crate) struct Forwarded {
     pub(crate) fwd: HeaderValue,
 }
 
+/// What every request of one client connection tells its dyno about that connection,
+/// rendered once per connection: rendering it per request cost four allocations on the
+/// request path (BENCHMARKS.md, "Quiet and busy, side by side").
+pub(crate) struct ClientHeaders {
+    ip: IpAddr,
+    /// `X-Forwarded-For` of a request that brings none: the client's address alone.
+    ip_value: HeaderValue,
+    scheme: Scheme,
+    /// `X-Forwarded-Port`: the router's listening port.
+    port_value: HeaderValue,
+}
+
+impl ClientHeaders {
+    pub(crate) fn new(client: IpAddr, scheme: Scheme, port: u16) -> ClientHeaders {
+        ClientHeaders {
+            ip: client,
+            ip_value: HeaderValue::from_str(&client.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            scheme,
+            port_value: HeaderValue::from(port),
+        }
+    }
+}
+
 /// Whether the client asks to switch protocols (WebSocket): `Connection: upgrade` and an
 /// `Upgrade` header.
 pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -35,9 +59,7 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Rewrites a client request's headers for the dyno.
 pub(crate) fn forward_request(
     headers: &mut HeaderMap,
-    client: IpAddr,
-    scheme: Scheme,
-    port: u16,
+    client: &ClientHeaders,
     upgrade: bool,
 ) -> Forwarded {
     strip_hop_by_hop(headers, upgrade);
@@ -56,8 +78,11 @@ pub(crate) fn forward_request(
 
     let fwd = forwarded_for(headers, client);
     headers.insert(X_FORWARDED_FOR, fwd.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(client.scheme.as_str()),
+    );
+    headers.insert(X_FORWARDED_PORT, client.port_value.clone());
     headers.insert(X_REQUEST_START, HeaderValue::from(now_millis()));
     append_via(headers);
     Forwarded { request_id, fwd }
@@ -87,7 +112,7 @@ fn new_request_id() -> HeaderValue {
 
 /// The existing `X-Forwarded-For` chain (all its headers, in order) with the client
 /// appended.
-fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> HeaderValue {
+fn forwarded_for(headers: &HeaderMap, client: &ClientHeaders) -> HeaderValue {
     let mut chain = String::new();
     for value in headers.get_all(X_FORWARDED_FOR) {
         if let Ok(value) = value.to_str() {
@@ -99,10 +124,9 @@ fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> HeaderValue {
         }
     }
     if chain.is_empty() {
-        return HeaderValue::from_str(&client.to_string())
-            .unwrap_or(HeaderValue::from_static("unknown"));
+        return client.ip_value.clone();
     }
-    chain.push_str(&client.to_string());
+    chain.push_str(&client.ip.to_string());
     HeaderValue::try_from(chain).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
@@ -186,13 +210,8 @@ mod tests {
         h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(X_REQUEST_ID, HeaderValue::from_static("bad id"));
-        let fwd = forward_request(
-            &mut h,
-            "127.0.0.1".parse().expect("ip"),
-            Scheme::Http,
-            8080,
-            false,
-        );
+        let client = ClientHeaders::new("127.0.0.1".parse().expect("ip"), Scheme::Http, 8080);
+        let fwd = forward_request(&mut h, &client, false);
         assert_eq!(fwd.fwd, "10.0.0.1, 127.0.0.1");
         assert_eq!(header(&h, "x-forwarded-for"), "10.0.0.1, 127.0.0.1");
         assert_eq!(header(&h, "x-forwarded-proto"), "http");
@@ -207,18 +226,30 @@ mod tests {
     }
 
     #[test]
+    fn every_request_of_a_connection_names_its_client() {
+        let client = ClientHeaders::new("2001:db8::7".parse().expect("ip"), Scheme::Http, 80);
+        for _ in 0..2 {
+            let mut h = HeaderMap::new();
+            let fwd = forward_request(&mut h, &client, false);
+            assert_eq!(fwd.fwd, "2001:db8::7");
+            assert_eq!(header(&h, "x-forwarded-for"), "2001:db8::7");
+            assert_eq!(header(&h, "x-forwarded-port"), "80");
+        }
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static(" 10.0.0.2 "));
+        let fwd = forward_request(&mut h, &client, false);
+        assert_eq!(fwd.fwd, "10.0.0.1, 10.0.0.2, 2001:db8::7");
+    }
+
+    #[test]
     fn upgrade_keeps_its_headers() {
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&h));
-        forward_request(
-            &mut h,
-            "127.0.0.1".parse().expect("ip"),
-            Scheme::Https,
-            443,
-            true,
-        );
+        let client = ClientHeaders::new("127.0.0.1".parse().expect("ip"), Scheme::Https, 443);
+        forward_request(&mut h, &client, true);
         assert_eq!(header(&h, "x-forwarded-proto"), "https");
         assert_eq!(header(&h, "x-forwarded-port"), "443");
         assert_eq!(header(&h, "connection"), "upgrade");

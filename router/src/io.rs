@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::headers::ClientHeaders;
+
 /// How a client reached the router: what `X-Forwarded-Proto` tells the dyno, so an app
 /// that insists on HTTPS (Django's `SECURE_SSL_REDIRECT`) knows when it has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,19 +35,18 @@ impl Scheme {
 
 /// What every request on one client connection shares.
 pub(crate) struct ConnCtx {
-    pub(crate) peer: SocketAddr,
-    /// The router's listening port, for `X-Forwarded-Port`.
-    pub(crate) port: u16,
     pub(crate) scheme: Scheme,
+    /// What its requests tell their dynos about it (client address, router port), rendered
+    /// once.
+    pub(crate) forwarded: ClientHeaders,
     client_idle: AtomicBool,
 }
 
 impl ConnCtx {
     pub(crate) fn new(peer: SocketAddr, port: u16, scheme: Scheme) -> ConnCtx {
         ConnCtx {
-            peer,
-            port,
             scheme,
+            forwarded: ClientHeaders::new(peer.ip(), scheme, port),
             client_idle: AtomicBool::new(false),
         }
     }

@@ -105,13 +105,7 @@ impl Router {
         self.hooks.request(&slot.name);
 
         let upgrade = headers::wants_upgrade(req.headers());
-        let fwd = headers::forward_request(
-            req.headers_mut(),
-            ctx.peer.ip(),
-            ctx.scheme,
-            ctx.port,
-            upgrade,
-        );
+        let fwd = headers::forward_request(req.headers_mut(), &ctx.forwarded, upgrade);
         let path = req
             .uri()
             .path_and_query()
