@@ -185,6 +185,11 @@ impl HostConfig {
         self.state_dir.join("cache").join(name)
     }
 
+    /// Warm shims' sockets (`runner::warm`): a shim exec'd ahead, waiting for its next dyno.
+    pub fn warm_shims_dir(&self) -> PathBuf {
+        self.state_dir.join("shims")
+    }
+
     /// libcontainer's state root.
     pub fn containers_dir(&self) -> PathBuf {
         self.run_dir.join("containers")

@@ -91,12 +91,14 @@ fn dyno_resources() -> Vec<String> {
             .map(|l| format!("nft {}", l.trim())),
     );
     let procs = Command::new("pgrep")
-        .args(["-f", "manifold-agent shim"])
+        .args(["-af", "manifold-agent shim"])
         .output()
         .unwrap();
+    // A warm shim waiting for the next dyno (one per binary) is no dyno's leftover.
     found.extend(
         String::from_utf8_lossy(&procs.stdout)
             .lines()
+            .filter(|p| !p.contains(" --warm "))
             .map(|p| format!("shim process {p}")),
     );
     found

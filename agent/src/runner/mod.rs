@@ -26,6 +26,7 @@
 mod identity;
 mod lifecycle;
 mod tail;
+mod warm;
 pub mod watch;
 
 use std::fmt;
@@ -48,6 +49,7 @@ use crate::shim;
 pub use identity::{shim_alive, ShimIdentity};
 pub use lifecycle::{Action, Event, Lifecycle, LogLine, Source, State};
 use tail::{probe, Tail};
+use warm::WarmShim;
 
 /// Errors starting or following a dyno.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,31 @@ pub struct Dyno {
     /// Found running rather than started by this process: following it replays its stream
     /// from the start to rebuild its state, without re-emitting the lines already logged.
     adopted: bool,
+    /// The warm shim to put in place once this dyno's shim has reported (`warm.rs`).
+    warm: Option<WarmShim>,
+}
+
+/// `binary` as a shim, spawned the way every shim is: stdio on /dev/null, and a stop
+/// signal blocked until the shim handles it. A stop can come before the shim has installed
+/// its handlers (a dyno unassigned as it is launched): the shim unblocks them once it
+/// handles them, so such a stop is a graceful one rather than the default action.
+fn shim_command(binary: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: `pthread_sigmask` is async-signal-safe and touches only the child's mask.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(Signal::SIGTERM);
+            set.add(Signal::SIGINT);
+            set.add(Signal::SIGUSR1);
+            set.thread_block().map_err(io::Error::from)
+        });
+    }
+    command
 }
 
 /// How often a web dyno's `$PORT` is tried while it boots.
@@ -98,7 +125,8 @@ const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
 const STARTING_GRACE: Duration = Duration::from_secs(60);
 
 impl Dyno {
-    /// Writes the dyno's directory and starts its shim (`shim_binary shim --dir DIR`).
+    /// Writes the dyno's directory and starts its shim: hands it to the warm shim waiting
+    /// for it (`warm.rs`), or else execs `shim_binary shim --dir DIR`.
     /// Lines and the exit status are then had from [`Dyno::follow`].
     pub async fn start(config: DynoConfig, shim_binary: PathBuf) -> Result<Dyno, RunnerError> {
         let dir = DynoDir::new(&config.host, &config.id);
@@ -108,51 +136,51 @@ impl Dyno {
         };
         dir.write_config(&config).map_err(prepare)?;
         File::create(dir.stream()).map_err(prepare)?;
-        let mut command = tokio::process::Command::new(&shim_binary);
-        command
-            .arg("shim")
-            .arg("--dir")
-            .arg(&dir.root)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // A stop can come before the shim has installed its handlers (a dyno unassigned as it
-        // is launched): the shim starts with SIGTERM and SIGINT blocked and unblocks them once
-        // it handles them, so such a stop is a graceful one rather than the default action.
-        // SAFETY: `pthread_sigmask` is async-signal-safe and touches only the child's mask.
-        unsafe {
-            command.pre_exec(|| {
-                let mut set = nix::sys::signal::SigSet::empty();
-                set.add(Signal::SIGTERM);
-                set.add(Signal::SIGINT);
-                set.add(Signal::SIGUSR1);
-                set.thread_block().map_err(io::Error::from)
-            });
-        }
-        let mut child = command.spawn().map_err(|source| RunnerError::Spawn {
-            binary: shim_binary.clone(),
-            source,
-        })?;
-        let pid = child.id().ok_or_else(|| RunnerError::Spawn {
-            binary: shim_binary.clone(),
-            source: io::Error::other("the shim exited at once"),
-        })?;
-        let pid = i32::try_from(pid).map_err(|e| prepare(io::Error::other(e)))?;
-        // The shim cannot have been reaped yet (its reaper is spawned below), so its pid
-        // still names it while its start time is read.
+        let warm = WarmShim::of(&config.host, &shim_binary);
+        let pid = match &warm {
+            Some(warm) => warm.claim(&dir.root).await,
+            None => None,
+        };
+        let pid = match pid {
+            Some(pid) => pid,
+            None => Self::spawn_shim(&dir, &shim_binary)?,
+        };
+        // The shim cannot have been reaped yet (its reaper is this process, or, for a warm
+        // one, a process that only reaps it once it exits), so its pid still names it while
+        // its start time is read.
         ShimIdentity::of(pid)
             .and_then(|shim| shim.write(&dir))
             .map_err(prepare)?;
-        // Reap the shim while this process lives; if it dies first, init adopts the shim.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
         Ok(Dyno {
             config,
             dir,
             shim_pid: Pid::from_raw(pid),
             adopted: false,
+            warm,
         })
+    }
+
+    /// Execs a shim for the dyno in `dir` (`shim_binary shim --dir DIR`); its pid.
+    fn spawn_shim(dir: &DynoDir, shim_binary: &Path) -> Result<i32, RunnerError> {
+        let spawn_err = |source| RunnerError::Spawn {
+            binary: shim_binary.to_path_buf(),
+            source,
+        };
+        let mut child = shim_command(shim_binary)
+            .arg("shim")
+            .arg("--dir")
+            .arg(&dir.root)
+            .spawn()
+            .map_err(spawn_err)?;
+        let pid = child
+            .id()
+            .ok_or_else(|| spawn_err(io::Error::other("the shim exited at once")))?;
+        let pid = i32::try_from(pid).map_err(|e| spawn_err(io::Error::other(e)))?;
+        // Reap the shim while this process lives; if it dies first, init adopts the shim.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(pid)
     }
 
     /// Takes over a dyno whose shim outlived the process that started it (an agent restart):
@@ -170,6 +198,7 @@ impl Dyno {
             dir,
             shim_pid: Pid::from_raw(shim.pid),
             adopted: true,
+            warm: None,
         })
     }
 
@@ -228,7 +257,7 @@ impl Dyno {
     }
 
     async fn follow_with(
-        self,
+        mut self,
         emit: impl FnMut(Event),
         mut stop: mpsc::UnboundedReceiver<()>,
     ) -> Result<i32, RunnerError> {
@@ -292,6 +321,13 @@ impl Dyno {
                 break 'outer 137;
             }
             shim_gone = false;
+            if !records.is_empty() {
+                // The shim has built the container (or failed to): the next warm shim's
+                // exec no longer competes with this start.
+                if let Some(warm) = self.warm.take() {
+                    warm.replenish();
+                }
+            }
             for record in records {
                 let action = life.record(record, &mut out);
                 report.flush(&life, &mut out);

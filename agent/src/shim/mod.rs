@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use manifold_attach::Frame;
 use nix::sys::signal::{self, SigHandler, Signal};
-use nix::unistd::{setsid, Pid};
+use nix::unistd::{getpid, getsid, setsid, Pid};
 
 use crate::dyno::{DynoConfig, DynoDir, ShimEvent, Stream};
 use crate::host::cgroup::{self, Layout, Sentinel, ShimCgroup};
@@ -76,6 +76,7 @@ mod supervise;
 mod teardown;
 #[cfg(test)]
 mod tests;
+pub mod warm;
 
 use attach::Session;
 use kernel::{Container, Kernel};
@@ -120,7 +121,10 @@ pub fn main(dir: &Path) -> ! {
 
 /// The detached shim's life. Returns the process exit code of the shim itself.
 fn run(dir: DynoDir) -> anyhow::Result<i32> {
-    setsid()?;
+    // A warm shim (`warm.rs`) made its session while it waited.
+    if getsid(None)? != getpid() {
+        setsid()?;
+    }
     redirect_stdio(&dir.shim_log())?;
     // SAFETY: installing an async-signal-safe handler (it only stores to an atomic).
     unsafe {

@@ -61,8 +61,11 @@ enum Command {
     /// Internal: the per-dyno helper process. Started by `run` and the agent.
     #[command(hide = true)]
     Shim {
-        #[arg(long)]
-        dir: PathBuf,
+        #[arg(long, required_unless_present = "warm")]
+        dir: Option<PathBuf>,
+        /// Wait on this socket for the dyno to run (a warm shim, exec'd ahead).
+        #[arg(long, conflicts_with = "dir")]
+        warm: Option<PathBuf>,
     },
 }
 
@@ -91,7 +94,11 @@ fn main() -> anyhow::Result<()> {
     };
     match command {
         // The shim must stay single-threaded: it is dispatched before any runtime exists.
-        Command::Shim { dir } => shim::main(&dir),
+        Command::Shim { dir: Some(dir), .. } => shim::main(&dir),
+        Command::Shim {
+            warm: Some(socket), ..
+        } => shim::warm::main(&socket),
+        Command::Shim { .. } => anyhow::bail!("shim: --dir or --warm is required"),
         Command::Run(args) => {
             let host = host_config(&cli.state_dir, &cli.daemon);
             host.check_state_dir().map_err(anyhow::Error::msg)?;
