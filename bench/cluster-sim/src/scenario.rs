@@ -23,6 +23,8 @@ use crate::wire::Wire;
 
 /// Requests the users' side has in flight at once.
 const CONCURRENCY: usize = 16;
+/// Hosts that join at once while the cluster is set up.
+const JOIN_BATCH: usize = 100;
 /// Apps promoted per request.
 const PROMOTION_BATCH: usize = 500;
 const SEED: &str = "sim-seed";
@@ -61,6 +63,41 @@ where
         .await?;
     Ok(())
 }
+
+/// Tries a user's request up to `RETRIES` times, a second apart, as a user would after an
+/// error; each failure is counted (and the first kept) in `failures`.
+async fn retried<F, Fut>(failures: &Failures, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                failures.count.fetch_add(1, Ordering::Relaxed);
+                let mut first = failures.first.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert_with(|| format!("{err:#}"));
+                drop(first);
+                if attempt == RETRIES {
+                    return Err(err);
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Failed user requests of a scenario's action.
+#[derive(Debug, Default)]
+struct Failures {
+    count: std::sync::atomic::AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+const RETRIES: u32 = 10;
 
 impl Sim {
     /// Starts the scheduler and the hosts, and gives every app the seed app's release.
@@ -102,12 +139,9 @@ impl Sim {
             stack: "bookworm".to_string(),
             slug: Slug::new()?,
         });
-        let mut fleet = Fleet::new(hosts, link.clone());
+        let fleet = Fleet::new(hosts, link.clone());
         let t = Instant::now();
-        for i in 0..f.hosts {
-            fleet.start(i);
-        }
-        let sim = Sim {
+        let mut sim = Sim {
             apps: (0..f.apps).map(|i| format!("sim-app-{i:05}")).collect(),
             want: Arc::new(Mutex::new(HashMap::new())),
             config,
@@ -118,8 +152,18 @@ impl Sim {
             sampler,
             sampling,
         };
-        sim.wait_linked(sim.config.flags.deadline).await?;
+        // Hosts join JOIN_BATCH at a time, each batch once the previous is linked: a whole
+        // cluster dialling at once is the `restart` scenario's to measure.
+        let deadline = sim.config.flags.deadline;
+        for first in (0..sim.fleet.hosts.len()).step_by(JOIN_BATCH) {
+            for i in first..(first + JOIN_BATCH).min(sim.fleet.hosts.len()) {
+                sim.fleet.start(i);
+            }
+            sim.wait_linked(deadline.saturating_sub(t.elapsed()))
+                .await?;
+        }
         let link_secs = t.elapsed().as_secs_f64();
+        eprintln!("{} hosts linked in {link_secs:.1} s", sim.fleet.hosts.len());
 
         let t = Instant::now();
         let api = &sim.api;
@@ -140,6 +184,10 @@ impl Sim {
         }
         api.scale(PROBE, 1).await?;
         let apps_secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{} apps created and released in {apps_secs:.1} s",
+            sim.apps.len()
+        );
         let setup = Setup {
             hosts: sim.config.flags.hosts,
             apps: sim.config.flags.apps,
@@ -239,12 +287,15 @@ impl Sim {
                     .zip(&shares)
                     .map(|(a, q)| format!("{a}={q}"))
                     .collect();
+                let failures = &Failures::default();
                 let act = each(&pairs, |pair| async move {
                     let (app, q) = pair.split_once('=').context("pair")?;
-                    api.scale(app, q.parse()?).await
+                    let q = q.parse()?;
+                    retried(failures, || api.scale(app, q)).await
                 });
                 let (acted, reached) = tokio::join!(act, self.wait(started));
                 acted?;
+                self.report_failures(scenario, failures);
                 return self
                     .finish(
                         scenario,
@@ -290,15 +341,22 @@ impl Sim {
                 }
                 let api = &self.api;
                 let want = &self.want;
+                let failures = &Failures::default();
                 let act = each(&self.apps, |app| async move {
-                    let release = api.set_config(&app, "SIM_DEPLOY", "1").await?;
-                    if let Some(w) = want.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&app) {
-                        w.release = release;
-                    }
-                    Ok(())
+                    retried(failures, || async {
+                        let release = api.set_config(&app, "SIM_DEPLOY", "1").await?;
+                        if let Some(w) =
+                            want.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&app)
+                        {
+                            w.release = release;
+                        }
+                        Ok(())
+                    })
+                    .await
                 });
                 let (acted, reached) = tokio::join!(act, self.wait(started));
                 acted?;
+                self.report_failures(scenario, failures);
                 return self
                     .finish(
                         scenario,
@@ -327,6 +385,15 @@ impl Sim {
             ids_before,
         )
         .await
+    }
+
+    fn report_failures(&self, scenario: Scenario, failures: &Failures) {
+        let n = failures.count.load(Ordering::Relaxed);
+        if let Some(first) = &*failures.first.lock().unwrap_or_else(|e| e.into_inner()) {
+            eprintln!(
+                "{scenario:?}: {n} users' requests failed (each retried), the first: {first}"
+            );
+        }
     }
 
     /// Waits until the hosts run every wanted dyno (and nothing else of the apps), every
