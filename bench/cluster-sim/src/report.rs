@@ -31,6 +31,10 @@ pub struct Outcome {
     pub reached: u64,
     /// Everything up before the deadline.
     pub settled: bool,
+    /// Running hosts with an open stream at the end.
+    pub linked: usize,
+    /// Dynos the scheduler counted `up` at the end (`/metrics`, the probe app's included).
+    pub scheduler_up: u64,
     /// Until settled, or until the deadline.
     pub seconds: f64,
     /// Dynos started (or moved, or kept) per second, end to end; only when settled.
@@ -87,10 +91,13 @@ impl Outcome {
             format!("{:.1} s", self.seconds)
         } else {
             format!(
-                "**{} of {} up after {:.0} s**",
+                "**{} of {} up after {:.0} s** (scheduler: {} up; {} of {} hosts linked)",
                 thousands(self.reached),
                 thousands(self.dynos),
-                self.seconds
+                self.seconds,
+                thousands(self.scheduler_up),
+                thousands(self.linked as u64),
+                thousands(self.hosts as u64)
             )
         }
     }

@@ -77,9 +77,11 @@ where
             Ok(()) => return Ok(()),
             Err(err) => {
                 failures.count.fetch_add(1, Ordering::Relaxed);
-                let mut first = failures.first.lock().unwrap_or_else(|e| e.into_inner());
-                first.get_or_insert_with(|| format!("{err:#}"));
-                drop(first);
+                failures
+                    .first
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(|| format!("{err:#}"));
                 if attempt == RETRIES {
                     return Err(err);
                 }
@@ -461,6 +463,8 @@ impl Sim {
             dynos: target,
             reached: census.up,
             settled: reached.is_some(),
+            linked: census.linked,
+            scheduler_up: prom::sample(&after, "manifold_dynos{state=\"up\"}") as u64,
             seconds: secs,
             dynos_per_s: reached.map(|_| changed as f64 / secs.max(1e-9)),
             reconcile_passes: reconcile.as_ref().map_or(0, |h| h.count),
