@@ -89,7 +89,7 @@ impl View {
     /// The apps a pass plans: `apps` (`None`: every app) and what it was owed.
     pub(crate) fn owed_all(&mut self, apps: Option<HashSet<Uuid>>) -> Option<HashSet<Uuid>> {
         self.owe(apps);
-        std::mem::replace(&mut self.owed, Some(HashSet::new()))
+        self.owed.replace(HashSet::new())
     }
 
     /// Whether a pass may work from the view (else it reads everything).

@@ -215,29 +215,38 @@ mod bench {
     /// Copies `template`'s app, slug, releases and formation `n` times in one transaction.
     async fn fill(store: &SqlStore, template: &App, n: usize) {
         let mut tx = store.write().await.expect("write");
+        // Each statement with the values it binds: the copy's id, name and slug id, and the
+        // template's id.
         let copies = [
             "INSERT INTO apps (id, name, stack, config, created_at, updated_at)
              SELECT $1, $2, stack, config, created_at, updated_at FROM apps WHERE id = $3",
             "INSERT INTO slugs (id, app_id, sha256, size, process_types, stack, buildpacks,
                                 created_at)
-             SELECT $2 || '-' || id, $1, sha256, size, process_types, stack, buildpacks,
-                    created_at FROM slugs WHERE app_id = $3",
+             SELECT $2, $1, sha256, size, process_types, stack, buildpacks, created_at
+             FROM slugs WHERE app_id = $3",
             "INSERT INTO releases (app_id, version, slug_id, config, description, \"user\",
                                    status, created_at)
-             SELECT $1, version, $2 || '-' || slug_id, config, description, \"user\", status,
-                    created_at FROM releases WHERE app_id = $3",
+             SELECT $1, version, $2, config, description, \"user\", status, created_at
+             FROM releases WHERE app_id = $3",
             "INSERT INTO formations (app_id, process_type, quantity, size, updated_at)
              SELECT $1, process_type, quantity, size, updated_at FROM formations
-             WHERE app_id = $3",
+             WHERE app_id = $2",
         ];
+        let template = template.id.to_string();
         for i in 0..n {
             let id = uuid::Uuid::new_v4().to_string();
             let name = format!("app-{i:07}");
-            for sql in copies {
-                sqlx::query(sql)
-                    .bind(&id)
-                    .bind(&name)
-                    .bind(template.id.to_string())
+            let slug = uuid::Uuid::new_v4().to_string();
+            let binds: [&[&str]; 4] = [
+                &[&id, &name, &template],
+                &[&id, &slug, &template],
+                &[&id, &slug, &template],
+                &[&id, &template],
+            ];
+            for (sql, values) in copies.iter().zip(binds) {
+                values
+                    .iter()
+                    .fold(sqlx::query(sql), |q, v| q.bind(*v))
                     .execute(&mut *tx)
                     .await
                     .expect("copy");
