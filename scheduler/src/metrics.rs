@@ -33,6 +33,50 @@ pub struct Counters {
     pub wakes: AtomicU64,
     /// Agents' reports and log lines about dynos not placed on their host, refused.
     pub refused_reports: AtomicU64,
+    /// How long each reconcile pass took (`Core::reconcile_loop`): the figure the control
+    /// plane's cost at cluster scale shows in (issue 22, `bench/cluster-sim`).
+    pub reconcile_seconds: Histogram,
+}
+
+/// Upper bounds (seconds) of [`Histogram`]'s buckets: from a pass over a handful of dynos to
+/// one over a million.
+pub const HISTOGRAM_BOUNDS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// A Prometheus histogram of durations with the fixed [`HISTOGRAM_BOUNDS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound (not cumulative; summed when written).
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = HISTOGRAM_BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Writes the histogram `name` in Prometheus' text format.
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in HISTOGRAM_BOUNDS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
 }
 
 impl Counters {
@@ -76,6 +120,11 @@ pub async fn metrics(State(core): State<Arc<Core>>) -> Result<impl IntoResponse,
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
     }
+    c.reconcile_seconds.write(
+        &mut out,
+        "manifold_reconcile_seconds",
+        "How long reconcile passes took.",
+    );
     let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
     for d in core.store.dynos(None).await? {
         *by_state.entry(d.state.as_str()).or_default() += 1;

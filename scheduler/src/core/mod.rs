@@ -193,7 +193,10 @@ impl Core {
         self.poke();
         let mut last_unplaced = String::new();
         loop {
-            match self.reconcile().await {
+            let started = std::time::Instant::now();
+            let passed = self.reconcile().await;
+            self.counters.reconcile_seconds.observe(started.elapsed());
+            match passed {
                 Ok(plan) => {
                     let unplaced: Vec<String> = plan
                         .unplaced
