@@ -84,6 +84,8 @@ pub struct Cluster {
     /// Stopping web dynos kept assigned until their in-flight requests are done, with
     /// the deadline after which they stop anyway.
     held_stops: Mutex<HashMap<String, Instant>>,
+    /// Dyno reports on their way to the store, in batches.
+    reports: crate::reports::Reports,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -100,6 +102,7 @@ impl Cluster {
         leadership: Arc<Leadership>,
     ) -> Cluster {
         Cluster {
+            reports: crate::reports::Reports::new(store.clone()),
             store,
             counters,
             heartbeat_deadline,
@@ -238,7 +241,7 @@ impl Cluster {
     ) -> Result<(), StoreError> {
         let gone: Vec<String> = self
             .store
-            .dynos(None)
+            .dynos_on_hosts(&[host.to_owned()])
             .await?
             .into_iter()
             .filter(|d| {
@@ -269,7 +272,7 @@ impl Cluster {
         host: &str,
         report: &DynoReport,
     ) -> Result<Option<Dyno>, StoreError> {
-        Ok(match self.store.report_dyno(host, report).await? {
+        Ok(match self.reports.report(host, report).await? {
             Reported::Updated(dyno) => Some(*dyno),
             Reported::Unknown => None,
             Reported::OtherHost(owner) => {
@@ -318,14 +321,15 @@ impl Cluster {
             .collect();
         let services = ServiceSets::read(self.store.as_ref(), &known).await?;
         let mut on_hosts: HashMap<String, Vec<Dyno>> = HashMap::new();
-        for d in self.store.dynos(None).await? {
-            if generations.contains_key(&d.host_id) {
-                on_hosts.entry(d.host_id.clone()).or_default().push(d);
-            }
+        let targets: Vec<String> = generations.keys().cloned().collect();
+        for d in self.store.dynos_on_hosts(&targets).await? {
+            on_hosts.entry(d.host_id.clone()).or_default().push(d);
         }
+        let app_ids: HashSet<Uuid> = on_hosts.values().flatten().map(|d| d.app_id).collect();
+        let app_ids: Vec<Uuid> = app_ids.into_iter().collect();
         let apps: HashMap<Uuid, App> = self
             .store
-            .apps()
+            .apps_of(&app_ids)
             .await?
             .into_iter()
             .map(|a| (a.id, a))

@@ -37,6 +37,7 @@ pub mod pipelines;
 pub mod planner;
 pub mod reconciler;
 pub mod release_phase;
+mod reports;
 pub mod review_apps;
 pub mod routing;
 pub mod server;

@@ -145,6 +145,25 @@ pub fn plan(
     now: OffsetDateTime,
     cycling: &Cycling,
 ) -> Plan {
+    let dynos: Vec<&Dyno> = dynos.iter().collect();
+    let apps: Vec<&AppDesired> = apps.iter().collect();
+    plan_apps(hosts, &dynos, &apps, None, now, cycling)
+}
+
+/// [`plan`] for some apps only (`only`: their ids; `None`: every app), what an incremental
+/// reconcile runs for the apps that changed. `dynos` is every dyno of the cluster (each
+/// takes room on its host), `apps` the desired state of the apps planned, in name order.
+/// Dynos of other apps are left alone: when nothing about an app changed since a plan for
+/// it was carried out, a full plan leaves it alone too, so with the same snapshot the
+/// result is the full plan's (but for new dyno ids).
+pub fn plan_apps(
+    hosts: &[HostView],
+    dynos: &[&Dyno],
+    apps: &[&AppDesired],
+    only: Option<&HashSet<Uuid>>,
+    now: OffsetDateTime,
+    cycling: &Cycling,
+) -> Plan {
     let mut out = Plan::default();
     let liveness: HashMap<&str, Liveness> = hosts
         .iter()
@@ -155,17 +174,18 @@ pub fn plan(
             .get(d.host_id.as_str())
             .is_none_or(|l| *l == Liveness::Lost)
     };
+    let planned = |d: &Dyno| only.is_none_or(|o| o.contains(&d.app_id));
 
     let app_names: HashMap<Uuid, &str> = apps
         .iter()
         .map(|a| (a.app.id, a.app.name.as_str()))
         .collect();
     let mut live: Vec<&Dyno> = Vec::new();
-    for d in dynos {
-        if lost(d) {
-            out.changes.delete.push(d.id.clone());
-        } else {
+    for &d in dynos {
+        if !lost(d) {
             live.push(d);
+        } else if planned(d) {
+            out.changes.delete.push(d.id.clone());
         }
     }
     let mut planner = planner_for(hosts, &live);
@@ -176,7 +196,7 @@ pub fn plan(
         .map(|h| h.host.id.as_str())
         .collect();
     let mut by_app: HashMap<Uuid, Vec<&Dyno>> = HashMap::new();
-    for d in &live {
+    for d in live.iter().filter(|d| planned(d)) {
         if d.is_one_off() {
             // A one-off runs once: when it ended (or its app is gone) it is forgotten, and
             // it is never replaced, cycled or moved.
@@ -187,13 +207,13 @@ pub fn plan(
             by_app.entry(d.app_id).or_default().push(d);
         }
     }
-    for d in &live {
+    for d in live.iter().filter(|d| planned(d)) {
         if !app_names.contains_key(&d.app_id) && d.desired == Desired::Running {
             out.changes.stop.push(d.id.clone());
         }
     }
 
-    for want in apps {
+    for &want in apps {
         let running = by_app.remove(&want.app.id).unwrap_or_default();
         let mut by_name: BTreeMap<&str, Vec<&Dyno>> = BTreeMap::new();
         for d in running {
@@ -366,7 +386,7 @@ fn planner_for(hosts: &[HostView], live: &[&Dyno]) -> Planner {
 /// host counted, as for any dyno.
 pub fn place_one_off(
     hosts: &[HostView],
-    dynos: &[Dyno],
+    dynos: &[&Dyno],
     request: &Request,
 ) -> Result<String, Rejection> {
     let live_hosts: HashSet<&str> = hosts
@@ -377,6 +397,7 @@ pub fn place_one_off(
     let live: Vec<&Dyno> = dynos
         .iter()
         .filter(|d| live_hosts.contains(d.host_id.as_str()))
+        .copied()
         .collect();
     planner_for(hosts, &live)
         .place(request)
@@ -873,10 +894,13 @@ pub(crate) mod tests {
         assert_eq!(place_one_off(&hosts, &[], &request).as_deref(), Ok("a"));
         hosts[0].host.dyno_slots = 1;
         let busy = one_off("run.1000", "a");
-        assert!(place_one_off(&hosts, std::slice::from_ref(&busy), &request).is_err());
+        assert!(place_one_off(&hosts, &[&busy], &request).is_err());
         // A dyno on a lost host takes no room.
         let mut gone = busy;
         gone.host_id = "b".into();
-        assert_eq!(place_one_off(&hosts, &[gone], &request).as_deref(), Ok("a"));
+        assert_eq!(
+            place_one_off(&hosts, &[&gone], &request).as_deref(),
+            Ok("a")
+        );
     }
 }

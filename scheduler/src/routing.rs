@@ -32,8 +32,8 @@ use crate::sync::{lock, Poke};
 /// take no new requests).
 pub fn routes(
     hosts: &[HostView],
-    dynos: &[Dyno],
-    apps: &[AppDesired],
+    dynos: &[&Dyno],
+    apps: &[&AppDesired],
     stopping: &HashSet<String>,
 ) -> HashMap<String, AppRoute> {
     let addresses: HashMap<&str, &str> = hosts
@@ -41,13 +41,18 @@ pub fn routes(
         .filter(|h| h.liveness != Liveness::Lost)
         .map(|h| (h.host.id.as_str(), h.host.address.as_str()))
         .collect();
+    // Each app's running web dynos, found in one walk (not one walk per app).
+    let mut web_of: HashMap<uuid::Uuid, Vec<&Dyno>> = HashMap::new();
+    for d in dynos.iter().filter(|d| {
+        manifold_dyno::is_web(&d.process_type)
+            && d.desired == Desired::Running
+            && !stopping.contains(&d.id)
+    }) {
+        web_of.entry(d.app_id).or_default().push(d);
+    }
     let mut out = HashMap::new();
-    for want in apps {
-        let web: Vec<&Dyno> = dynos
-            .iter()
-            .filter(|d| d.app_id == want.app.id && manifold_dyno::is_web(&d.process_type))
-            .filter(|d| d.desired == Desired::Running && !stopping.contains(&d.id))
-            .collect();
+    for &want in apps {
+        let web = web_of.remove(&want.app.id).unwrap_or_default();
         let backends: Vec<Backend> = web
             .iter()
             .filter(|d| d.state == DynoState::Up)
@@ -81,6 +86,18 @@ pub fn routes(
         out.insert(want.app.name.clone(), route);
     }
     out
+}
+
+/// Whether the app may be put to sleep when idle: awake, deployed, with web dynos that are
+/// all eco.
+pub(crate) fn sleepy(want: &AppDesired) -> bool {
+    let web = want
+        .formation
+        .iter()
+        .find(|f| manifold_dyno::is_web(&f.process_type));
+    !want.app.sleeping
+        && want.release.is_some()
+        && web.is_some_and(|f| f.quantity > 0 && sleeps(&f.size))
 }
 
 /// `host:port` for a host's address, which is usually an IP and may be a name.
@@ -277,34 +294,35 @@ impl Routing {
     /// The app is gone: so is its route.
     pub(crate) fn remove_app(&self, app: &str) {
         self.table.remove(app);
+        let mut published = lock(&self.published);
+        if published.routes.remove(app).is_some() {
+            published.version += 1;
+            self.changes.send_replace(published.version);
+        }
     }
 
     /// Puts to sleep every app whose web dynos are all eco and that had no traffic for
     /// `sleep_after`. An app's idle time counts from its last request, or from when this
     /// scheduler first saw it serving.
-    pub(crate) async fn idle_apps(&self, apps: &[AppDesired], dynos: &[Dyno]) {
+    pub(crate) async fn idle_apps(&self, apps: &[&AppDesired], dynos: &[&Dyno]) {
         let Some(after) = self.sleep_after else {
             return;
         };
         let now = Instant::now();
-        for want in apps {
-            let web = want
-                .formation
-                .iter()
-                .find(|f| manifold_dyno::is_web(&f.process_type));
-            let sleepy = !want.app.sleeping
-                && want.release.is_some()
-                && web.is_some_and(|f| f.quantity > 0 && sleeps(&f.size));
-            if !sleepy {
+        let mut of_app: HashMap<uuid::Uuid, Vec<&Dyno>> = HashMap::new();
+        for &d in dynos {
+            of_app.entry(d.app_id).or_default().push(d);
+        }
+        for &want in apps {
+            let own = of_app.get(&want.app.id).map_or(&[][..], Vec::as_slice);
+            if !sleepy(want) {
                 lock(&self.traffic).remove(&want.app.name);
                 continue;
             }
             // Idle time counts from the last request, and only while a web dyno is up.
-            let serving = dynos.iter().any(|d| {
-                d.app_id == want.app.id
-                    && manifold_dyno::is_web(&d.process_type)
-                    && d.state == DynoState::Up
-            });
+            let serving = own
+                .iter()
+                .any(|d| manifold_dyno::is_web(&d.process_type) && d.state == DynoState::Up);
             let last = {
                 let mut traffic = lock(&self.traffic);
                 let last = traffic.entry(want.app.name.clone()).or_insert(now);
@@ -321,23 +339,29 @@ impl Routing {
                 continue;
             }
             lock(&self.traffic).remove(&want.app.name);
+            // The next pass stops its eco dynos.
+            self.poke.poke_apps([want.app.id]);
             Counters::add(&self.counters.sleeps, 1);
             tracing::info!("{} is idle: sleeping", want.app.name);
-            for d in dynos.iter().filter(|d| {
-                d.app_id == want.app.id && d.desired == Desired::Running && sleeps(&d.size)
-            }) {
+            for d in own
+                .iter()
+                .filter(|d| d.desired == Desired::Running && sleeps(&d.size))
+            {
                 self.logs.log_platform(&want.app.name, &d.name, "Idling");
             }
         }
     }
 
-    /// Rebuilds the router's table and logs how long woken apps took to get a web dyno up.
+    /// Rebuilds the router's table (`only`: the routes of these apps only, the others
+    /// kept; an app of `only` not in `apps` is gone) and logs how long woken apps took to
+    /// get a web dyno up.
     pub(crate) fn refresh(
         &self,
         hosts: &[HostView],
-        dynos: &[Dyno],
-        apps: &[AppDesired],
+        dynos: &[&Dyno],
+        apps: &[&AppDesired],
         stopping: &HashSet<String>,
+        only: Option<&HashSet<uuid::Uuid>>,
     ) {
         let table = routes(hosts, dynos, apps, stopping);
         {
@@ -352,24 +376,43 @@ impl Routing {
                     false
                 }
                 Some(AppRoute::Sleeping | AppRoute::Booting) => true,
+                None => only.is_some(),
                 _ => false,
             });
         }
-        self.log_gaps(&table);
-        {
-            let mut published = lock(&self.published);
-            if published.routes != table {
-                published.version += 1;
-                published.routes = table.clone();
-                self.changes.send_replace(published.version);
+        self.log_gaps(&table, only.is_none());
+        let mut published = lock(&self.published);
+        match only {
+            None => {
+                if published.routes != table {
+                    published.version += 1;
+                    published.routes = table.clone();
+                    self.changes.send_replace(published.version);
+                }
+                self.table.replace_all(table);
+            }
+            Some(_) => {
+                // Only the routes that changed are touched: the table's other apps (and
+                // the requests held for them) are left as they are.
+                let mut changed = false;
+                for (app, route) in table {
+                    if published.routes.get(&app) != Some(&route) {
+                        self.table.set(&app, route.clone());
+                        published.routes.insert(app, route);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    published.version += 1;
+                    self.changes.send_replace(published.version);
+                }
             }
         }
-        self.table.replace_all(table);
     }
 
     /// Logs when an app that had a web dyno up has none while its web dynos boot (a restart
     /// or release without preboot: requests are held meanwhile), and how long that lasted.
-    fn log_gaps(&self, table: &HashMap<String, AppRoute>) {
+    fn log_gaps(&self, table: &HashMap<String, AppRoute>, whole: bool) {
         let published = lock(&self.published);
         let mut gaps = lock(&self.gaps);
         for (app, route) in table {
@@ -401,7 +444,9 @@ impl Routing {
                 }
             }
         }
-        gaps.retain(|app, _| table.contains_key(app));
+        if whole {
+            gaps.retain(|app, _| table.contains_key(app));
+        }
     }
 }
 
@@ -452,7 +497,8 @@ mod tests {
     }
 
     fn route(hosts: &[HostView], dynos: &[Dyno], want: &AppDesired) -> AppRoute {
-        routes(hosts, dynos, std::slice::from_ref(want), &HashSet::new())
+        let dynos: Vec<&Dyno> = dynos.iter().collect();
+        routes(hosts, &dynos, &[want], &HashSet::new())
             .remove("demo")
             .expect("a route")
     }
@@ -472,8 +518,8 @@ mod tests {
         let web1 = backends[0].id.clone();
         let table = routes(
             &hosts,
-            &dynos,
-            std::slice::from_ref(&want),
+            &dynos.iter().collect::<Vec<_>>(),
+            &[&want],
             &HashSet::from([web1]),
         );
         assert_eq!(table["demo"], AppRoute::Booting);

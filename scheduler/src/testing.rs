@@ -180,6 +180,8 @@ impl Harness {
             )
             .await
             .expect("release");
+        // As a build gone live does: the reconciler looks at everything next.
+        self.core.poke();
     }
 
     /// Connects a fake agent for `host` (reachable at 127.0.0.1) that runs nothing yet.

@@ -64,6 +64,8 @@ pub(super) async fn create_app(
         )));
     }
     let app = core.store.create_app(&body.name, &stack).await?;
+    // Its route (no web dynos yet) comes with the next pass.
+    core.poke_apps([app.id]);
     // The default certificate names every app.
     super::domains::publish(&core).await?;
     Ok((

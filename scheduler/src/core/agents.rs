@@ -42,7 +42,7 @@ impl Core {
             hello.dynos.len()
         );
         self.cluster.push_assignments([host]).await?;
-        self.poke();
+        self.poke.poke_host(host);
         Ok(serial)
     }
 
@@ -83,7 +83,7 @@ impl Core {
                 })
                 .await?;
         }
-        self.poke();
+        self.poke_apps([dyno.app_id]);
         Ok(())
     }
 
@@ -120,7 +120,7 @@ impl Core {
         if self.cluster.disconnect(host, serial) {
             tracing::warn!("host {host} disconnected");
             self.builds.host_failed(host).await;
-            self.poke();
+            self.poke.poke_host(host);
         }
     }
 

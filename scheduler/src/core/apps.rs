@@ -61,7 +61,7 @@ impl Core {
             .collect();
         self.logs
             .log_api(app, format!("Scaled to {} by {user}", scaled.join(" ")));
-        self.poke();
+        self.poke_apps(formation.iter().map(|f| f.app_id));
         Ok(formation)
     }
 
@@ -210,12 +210,11 @@ impl Core {
                 .find(|f| f.process_type == "web")
                 .map_or_else(|| crate::model::DEFAULT_SIZE.to_string(), |f| f.size),
         };
-        let _one = self.reconciling.lock().await;
-        let hosts = self.cluster.host_views().await?;
-        let dynos = self.store.dynos(None).await?;
+        let mut view = self.reconciling.lock().await;
+        let (hosts, _) = self.look(&mut view, false).await?;
         let host = reconciler::place_one_off(
             &hosts,
-            &dynos,
+            &view.dynos(),
             &PlaceRequest {
                 app: app.id.to_string(),
                 process_type: spec.process_type.to_string(),
@@ -227,13 +226,22 @@ impl Core {
             size: size.clone(),
             rejection,
         })?;
-        let dyno = crate::oneoff::new_dyno(app, release, &dynos, spec, size, host.clone());
+        let dyno = crate::oneoff::new_dyno(
+            app,
+            release,
+            view.dynos_of_app(app.id),
+            spec,
+            size,
+            host.clone(),
+        );
         self.store
             .apply_dyno_changes(&DynoChanges {
                 create: vec![dyno.clone()],
                 ..DynoChanges::default()
             })
             .await?;
+        view.created(dyno.clone(), &self.settings.cycling);
+        drop(view);
         Counters::add(&self.counters.placements, 1);
         tracing::info!("placing {} ({}) on {host}", dyno.name, dyno.id);
         self.cluster.push_assignments([&host]).await?;
@@ -273,7 +281,8 @@ impl Core {
                 ..DynoChanges::default()
             })
             .await?;
-        self.store.delete_app(name).await?;
+        let app = self.store.delete_app(name).await?;
+        self.poke_apps([app.id]);
         self.logs.remove_app(name);
         self.routing.remove_app(name);
         self.cluster.push_assignments(changed.keys()).await?;

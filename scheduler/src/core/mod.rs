@@ -22,7 +22,7 @@
 //! Here: the reconcile loop, user stops and the formation check. The flows agents start are
 //! in `agents.rs`, the ones users start through the API in `apps.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ use crate::sync::Poke;
 mod agents;
 mod apps;
 mod ps;
+mod view;
+
+use view::View;
 
 pub(crate) use ps::{shown_state, PsLine};
 
@@ -112,8 +115,9 @@ pub struct Core {
     pub git: crate::git::Repos,
     poke: Poke,
     /// One reconcile (or formation check, or one-off placement) at a time: each plans
-    /// from a snapshot, and two plans from one snapshot would place twice.
-    reconciling: tokio::sync::Mutex<()>,
+    /// from the view, and two plans from one view would place twice. The lock holds the
+    /// view: what the reconciler knows between passes.
+    reconciling: tokio::sync::Mutex<View>,
 }
 
 impl std::fmt::Debug for Core {
@@ -168,18 +172,25 @@ impl Core {
             builds,
             releases,
             poke,
-            reconciling: tokio::sync::Mutex::new(()),
+            reconciling: tokio::sync::Mutex::new(View::default()),
         })
     }
 
-    /// Asks the reconcile loop to run soon.
+    /// Asks the reconcile loop to run soon, looking at everything.
     pub fn poke(&self) {
         self.poke.poke();
+    }
+
+    /// Asks the reconcile loop to run soon for these apps.
+    pub(crate) fn poke_apps(&self, apps: impl IntoIterator<Item = Uuid>) {
+        self.poke.poke_apps(apps);
     }
 
     /// Runs the reconciler whenever poked, and every `reconcile_interval` (to notice lost
     /// hosts). Runs until the process ends.
     pub async fn reconcile_loop(self: Arc<Core>) {
+        // A term begins with a full read: another leader may have written meanwhile.
+        self.poke();
         let mut last_unplaced = String::new();
         loop {
             let started = std::time::Instant::now();
@@ -207,49 +218,53 @@ impl Core {
         }
     }
 
-    /// The cluster as the reconciler sees it; `formation_override` replaces one app's
-    /// formation updates (to check a scale before storing it).
-    async fn snapshot(
+    /// Reads what changed into `view`: everything if the view is not current or a poke
+    /// asked for it, else the apps that changed (see [`view`]). Returns the hosts and, for
+    /// a pass (`pass`), the apps to plan (`None`: all); other lookers leave the apps for
+    /// the next pass to plan.
+    async fn look(
         &self,
-        formation_override: Option<(&str, &[FormationUpdate])>,
-    ) -> Result<(Vec<HostView>, Vec<Dyno>, Vec<AppDesired>), StoreError> {
+        view: &mut View,
+        pass: bool,
+    ) -> Result<(Vec<HostView>, Option<HashSet<Uuid>>), StoreError> {
+        let dirt = self.poke.take();
+        let reload = dirt.all || !view.is_current();
         let hosts = self.cluster.host_views().await?;
-        let dynos = self.store.dynos(None).await?;
-        let mut apps = Vec::new();
-        for app in self.store.apps().await? {
-            let mut formation = self.store.formation(&app.name).await?;
-            if let Some((name, updates)) = formation_override {
-                if name == app.name {
-                    apply_updates(app.id, &mut formation, updates);
-                }
-            }
-            let release = match self.store.current_release(&app.name).await? {
-                Some(r) => {
-                    let slug = self.store.slug(r.slug_id).await?;
-                    Some((r, slug))
-                }
-                None => None,
-            };
-            apps.push(AppDesired {
-                app,
-                formation,
-                release,
-            });
+        let changed = view.changed(&hosts, dirt, OffsetDateTime::now_utc());
+        let cycling = &self.settings.cycling;
+        if reload {
+            let apps = self.store.desired(None).await?;
+            let dynos = self.store.dynos(None).await?;
+            view.load(apps, dynos, cycling);
+        } else if !changed.is_empty() {
+            let ids: Vec<Uuid> = changed.iter().copied().collect();
+            let apps = self.store.desired(Some(&ids)).await?;
+            let dynos = self.store.dynos_of_apps(&ids).await?;
+            view.replace(&changed, apps, dynos, cycling);
         }
-        Ok((hosts, dynos, apps))
+        let to_plan = if reload { None } else { Some(changed) };
+        if !pass {
+            view.owe(to_plan);
+            return Ok((hosts, Some(HashSet::new())));
+        }
+        Ok((hosts, view.owed_all(to_plan)))
     }
 
-    /// One reconcile: plan, store the plan, refresh the routes, tell the hosts whose sets
-    /// changed, and put idle apps to sleep.
+    /// One reconcile: plan the apps that changed (all of them now and then), store the
+    /// plan, refresh their routes, tell the hosts whose sets changed, and put idle apps to
+    /// sleep.
     pub async fn reconcile(self: &Arc<Self>) -> Result<Plan, StoreError> {
-        let _one = self.reconciling.lock().await;
-        let (hosts, dynos, apps) = self.snapshot(None).await?;
-        let plan = reconciler::plan(
+        let mut view = self.reconciling.lock().await;
+        let (hosts, only) = self.look(&mut view, true).await?;
+        let only = only.as_ref();
+        let cycling = &self.settings.cycling;
+        let plan = reconciler::plan_apps(
             &hosts,
-            &dynos,
-            &apps,
+            &view.dynos(),
+            &view.apps(only),
+            only,
             OffsetDateTime::now_utc(),
-            &self.settings.cycling,
+            cycling,
         );
         let stopping: HashSet<String> = plan
             .changes
@@ -258,72 +273,119 @@ impl Core {
             .chain(&plan.changes.delete)
             .cloned()
             .collect();
-        if plan.is_empty() {
-            self.routing.refresh(&hosts, &dynos, &apps, &stopping);
-        } else {
-            for d in &plan.changes.create {
-                tracing::info!("placing {} ({}) on {}", d.name, d.id, d.host_id);
-            }
-            for id in &plan.changes.stop {
-                tracing::info!("stopping {id}");
-            }
-            for d in dynos.iter().filter(|d| plan.changes.delete.contains(&d.id)) {
-                if d.is_one_off() && !lost_host(&hosts, d) {
-                    tracing::info!("forgetting {}: the one-off ended", d.id);
-                    continue;
-                }
-                tracing::info!("forgetting {}: its host is lost", d.id);
-                if d.attach.is_some() {
-                    self.attach_event(
-                        &d.id,
-                        Event::Ended {
-                            exit_status: None,
-                            reason: format!("{} was lost with its host {}", d.name, d.host_id),
-                        },
-                    );
-                }
-            }
-            let names = app_names(&apps);
-            let draining: HashSet<&str> = hosts
+        let (changed, stopped) = {
+            let planned = view.dynos_of(only);
+            let apps = view.apps(only);
+            let changed = if plan.is_empty() {
+                BTreeMap::new()
+            } else {
+                self.announce(&plan, &hosts, &planned, &apps);
+                self.store.apply_dyno_changes(&plan.changes).await?
+            };
+            // Routes from the dynos as they were: a dyno about to stop takes no requests.
+            self.routing
+                .refresh(&hosts, &planned, &apps, &stopping, only);
+            let stop: HashSet<&str> = plan.changes.stop.iter().map(String::as_str).collect();
+            let stopped: Vec<Dyno> = planned
                 .iter()
-                .filter(|h| h.host.draining)
-                .map(|h| h.host.id.as_str())
+                .filter(|d| stop.contains(d.id.as_str()))
+                .map(|&d| d.clone())
                 .collect();
-            for d in dynos.iter().filter(|d| !d.is_one_off()) {
-                // Heroku's words for why the platform replaces a dyno.
-                let why = if plan.cycling.contains(&d.id) {
-                    "Cycling"
-                } else if plan.changes.delete.contains(&d.id)
-                    || (plan.changes.stop.contains(&d.id) && draining.contains(d.host_id.as_str()))
-                {
-                    "Relocating dyno to a new server"
-                } else {
-                    continue;
-                };
-                tracing::info!("{why}: {}", d.id);
-                if let Some(app) = names.get(&d.app_id) {
-                    self.logs.log_platform(app, &d.name, why);
-                }
-            }
-            let changed = self.store.apply_dyno_changes(&plan.changes).await?;
+            (changed, stopped)
+        };
+        // Stored: the view takes the plan on before anything else can fail.
+        view.applied(&plan, only, cycling);
+        if !plan.is_empty() {
             let counters = &self.counters;
             Counters::add(&counters.placements, plan.changes.create.len());
             Counters::add(&counters.stops, plan.changes.stop.len());
             Counters::add(&counters.cycles, plan.cycling.len());
-            self.routing.refresh(&hosts, &dynos, &apps, &stopping);
-            let stopped: Vec<Dyno> = dynos
-                .iter()
-                .filter(|d| plan.changes.stop.contains(&d.id))
-                .cloned()
-                .collect();
             self.hold_stops(&stopped);
             self.cluster.push_assignments(changed.keys()).await?;
         }
-        self.routing.idle_apps(&apps, &dynos).await;
+        // Sleep-on-idle goes by time: every app that may sleep is looked at each pass (and
+        // the planned ones, which may no longer).
+        let idle: Vec<&AppDesired> = view
+            .apps(None)
+            .into_iter()
+            .filter(|a| crate::routing::sleepy(a) || only.is_none_or(|o| o.contains(&a.app.id)))
+            .collect();
+        let idle_ids: HashSet<Uuid> = idle.iter().map(|a| a.app.id).collect();
+        self.routing
+            .idle_apps(&idle, &view.dynos_of(Some(&idle_ids)))
+            .await;
         self.addons_on_lost_hosts(&hosts).await?;
-        let apps: Vec<App> = apps.into_iter().map(|a| a.app).collect();
-        self.releases.orphaned(&apps, &dynos).await;
+        let apps: Vec<&App> = view.apps(None).into_iter().map(|a| &a.app).collect();
+        self.releases.orphaned(&apps, &view.dynos()).await;
         Ok(plan)
+    }
+
+    /// Logs what a plan does, in the dynos' logs too where Heroku says why it replaces one.
+    fn announce(
+        self: &Arc<Self>,
+        plan: &Plan,
+        hosts: &[HostView],
+        planned: &[&Dyno],
+        apps: &[&AppDesired],
+    ) {
+        for d in &plan.changes.create {
+            tracing::info!("placing {} ({}) on {}", d.name, d.id, d.host_id);
+        }
+        for id in &plan.changes.stop {
+            tracing::info!("stopping {id}");
+        }
+        let delete: HashSet<&str> = plan.changes.delete.iter().map(String::as_str).collect();
+        let stop: HashSet<&str> = plan.changes.stop.iter().map(String::as_str).collect();
+        let cycling: HashSet<&str> = plan.cycling.iter().map(String::as_str).collect();
+        let lost: HashSet<&str> = hosts
+            .iter()
+            .filter(|h| h.liveness == Liveness::Lost)
+            .map(|h| h.host.id.as_str())
+            .collect();
+        let known: HashSet<&str> = hosts.iter().map(|h| h.host.id.as_str()).collect();
+        let lost_host =
+            |d: &Dyno| lost.contains(d.host_id.as_str()) || !known.contains(d.host_id.as_str());
+        for d in planned.iter().filter(|d| delete.contains(d.id.as_str())) {
+            if d.is_one_off() && !lost_host(d) {
+                tracing::info!("forgetting {}: the one-off ended", d.id);
+                continue;
+            }
+            tracing::info!("forgetting {}: its host is lost", d.id);
+            if d.attach.is_some() {
+                self.attach_event(
+                    &d.id,
+                    Event::Ended {
+                        exit_status: None,
+                        reason: format!("{} was lost with its host {}", d.name, d.host_id),
+                    },
+                );
+            }
+        }
+        let names: HashMap<Uuid, &str> = apps
+            .iter()
+            .map(|a| (a.app.id, a.app.name.as_str()))
+            .collect();
+        let draining: HashSet<&str> = hosts
+            .iter()
+            .filter(|h| h.host.draining)
+            .map(|h| h.host.id.as_str())
+            .collect();
+        for d in planned.iter().filter(|d| !d.is_one_off()) {
+            // Heroku's words for why the platform replaces a dyno.
+            let why = if cycling.contains(d.id.as_str()) {
+                "Cycling"
+            } else if delete.contains(d.id.as_str())
+                || (stop.contains(d.id.as_str()) && draining.contains(d.host_id.as_str()))
+            {
+                "Relocating dyno to a new server"
+            } else {
+                continue;
+            };
+            tracing::info!("{why}: {}", d.id);
+            if let Some(app) = names.get(&d.app_id) {
+                self.logs.log_platform(app, &d.name, why);
+            }
+        }
     }
 
     /// Stops dynos on a user's request (`ps:restart`, `ps:stop`): they leave the routes
@@ -332,7 +394,7 @@ impl Core {
         if ids.is_empty() {
             return Ok(());
         }
-        let _one = self.reconciling.lock().await;
+        let mut view = self.reconciling.lock().await;
         let changed = self
             .store
             .apply_dyno_changes(&DynoChanges {
@@ -341,22 +403,32 @@ impl Core {
             })
             .await?;
         Counters::add(&self.counters.stops, ids.len());
-        let (hosts, dynos, apps) = self.snapshot(None).await?;
-        let names = app_names(&apps);
-        let stopped: Vec<Dyno> = dynos
-            .iter()
-            .filter(|d| ids.contains(&d.id))
+        let (hosts, _) = self.look(&mut view, false).await?;
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        view.stopped(&wanted);
+        let stopped: Vec<Dyno> = view
+            .dynos()
+            .into_iter()
+            .filter(|d| wanted.contains(d.id.as_str()))
             .cloned()
             .collect();
-        for d in &stopped {
-            if let Some(app) = names.get(&d.app_id) {
-                self.logs.log_platform(app, &d.name, why);
+        let apps: HashSet<Uuid> = stopped.iter().map(|d| d.app_id).collect();
+        for want in view.apps(Some(&apps)) {
+            for d in stopped.iter().filter(|d| d.app_id == want.app.id) {
+                self.logs.log_platform(&want.app.name, &d.name, why);
             }
         }
-        self.routing.refresh(&hosts, &dynos, &apps, &HashSet::new());
+        self.routing.refresh(
+            &hosts,
+            &view.dynos_of(Some(&apps)),
+            &view.apps(Some(&apps)),
+            &HashSet::new(),
+            Some(&apps),
+        );
+        drop(view);
         self.hold_stops(&stopped);
         self.cluster.push_assignments(changed.keys()).await?;
-        self.poke();
+        self.poke.poke_apps(apps);
         Ok(())
     }
 
@@ -371,39 +443,42 @@ impl Core {
     }
 
     /// Whether the app's formation with `updates` applied can be placed now: the
-    /// reconciler's plan for it, computed without storing anything.
+    /// reconciler's plan for it (with the apps still waiting for room, which come first
+    /// as in a pass), computed without storing anything.
     pub async fn check_formation(
         &self,
         app: &str,
         updates: &[FormationUpdate],
     ) -> Result<Plan, StoreError> {
-        let _one = self.reconciling.lock().await;
-        let (hosts, dynos, apps) = self.snapshot(Some((app, updates))).await?;
-        let mut plan = reconciler::plan(
+        let mut view = self.reconciling.lock().await;
+        let id = self.store.app(app).await?.id;
+        self.poke.poke_apps([id]);
+        let (hosts, _) = self.look(&mut view, false).await?;
+        let mut only = view.unsettled().clone();
+        only.insert(id);
+        let mut wanted = view.app_named(app).cloned();
+        if let Some(want) = &mut wanted {
+            apply_updates(want.app.id, &mut want.formation, updates);
+        }
+        let apps: Vec<&AppDesired> = view
+            .apps(Some(&only))
+            .into_iter()
+            .map(|a| match &wanted {
+                Some(w) if w.app.id == a.app.id => w,
+                _ => a,
+            })
+            .collect();
+        let mut plan = reconciler::plan_apps(
             &hosts,
-            &dynos,
+            &view.dynos(),
             &apps,
+            Some(&only),
             OffsetDateTime::now_utc(),
             &self.settings.cycling,
         );
         plan.unplaced.retain(|u| u.app == app);
         Ok(plan)
     }
-}
-
-/// Whether a dyno's host is lost (its dynos are forgotten for that reason).
-fn lost_host(hosts: &[HostView], d: &Dyno) -> bool {
-    hosts
-        .iter()
-        .find(|h| h.host.id == d.host_id)
-        .is_none_or(|h| h.liveness == Liveness::Lost)
-}
-
-/// App names by id.
-fn app_names(apps: &[AppDesired]) -> HashMap<Uuid, String> {
-    apps.iter()
-        .map(|a| (a.app.id, a.app.name.clone()))
-        .collect()
 }
 
 /// Applies formation updates to a formation in memory (what the store will do).

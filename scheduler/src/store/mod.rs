@@ -200,6 +200,8 @@ pub trait Store: AddonStore + Send + Sync + 'static {
     async fn create_app(&self, name: &str, stack: &str) -> Result<App, StoreError>;
     async fn app(&self, name: &str) -> Result<App, StoreError>;
     async fn apps(&self) -> Result<Vec<App>, StoreError>;
+    /// The apps with these ids (unknown ids skipped), by name.
+    async fn apps_of(&self, ids: &[Uuid]) -> Result<Vec<App>, StoreError>;
     /// Deletes the app with its builds, releases, slugs' rows, formation and dyno rows.
     async fn delete_app(&self, name: &str) -> Result<App, StoreError>;
 
@@ -357,6 +359,13 @@ pub trait Store: AddonStore + Send + Sync + 'static {
     async fn rollback(&self, app: &str, version: u32, user: &str) -> Result<Release, StoreError>;
 
     async fn formation(&self, app: &str) -> Result<Vec<Formation>, StoreError>;
+    /// What every app wants (`only`: just these apps'), ordered by name: its row, formation,
+    /// current release and that release's slug, from one snapshot in a few set queries (the
+    /// reconciler's read, whatever the number of apps).
+    async fn desired(
+        &self,
+        only: Option<&[Uuid]>,
+    ) -> Result<Vec<crate::reconciler::AppDesired>, StoreError>;
     /// Upserts each update (a new type starts at quantity 0, size `standard-1x`).
     async fn update_formation(
         &self,
@@ -366,6 +375,10 @@ pub trait Store: AddonStore + Send + Sync + 'static {
 
     /// One app's dynos, or every dyno of the cluster.
     async fn dynos(&self, app: Option<&str>) -> Result<Vec<Dyno>, StoreError>;
+    /// The dynos placed on these hosts, each host's in the order of [`Store::dynos`].
+    async fn dynos_on_hosts(&self, hosts: &[String]) -> Result<Vec<Dyno>, StoreError>;
+    /// The dynos of these apps, in the order of [`Store::dynos`].
+    async fn dynos_of_apps(&self, apps: &[Uuid]) -> Result<Vec<Dyno>, StoreError>;
     /// Applies placement decisions at once and bumps the generation of every host whose set
     /// of running dynos changed; returns those hosts' new generations.
     async fn apply_dyno_changes(
@@ -375,7 +388,18 @@ pub trait Store: AddonStore + Send + Sync + 'static {
     /// Records `host`'s agent's report about one of its dynos. A report about a dyno placed
     /// on another host changes nothing: an agent speaks for its own host only. Nor does a
     /// report whose state cannot follow the stored one: it is older than what is stored.
-    async fn report_dyno(&self, host: &str, report: &DynoReport) -> Result<Reported, StoreError>;
+    async fn report_dyno(&self, host: &str, report: &DynoReport) -> Result<Reported, StoreError> {
+        let mut reported = self
+            .report_dynos(&[(host.to_owned(), report.clone())])
+            .await?;
+        Ok(reported.pop().unwrap_or(Reported::Unknown))
+    }
+    /// [`Store::report_dyno`] for several reports (each host's about its own dynos), in
+    /// order, in one transaction: what agents report in the same moment costs one commit.
+    async fn report_dynos(
+        &self,
+        reports: &[(String, DynoReport)],
+    ) -> Result<Vec<Reported>, StoreError>;
 
     /// Records a `Hello`: inserts the host or updates its address, capacity, stacks and
     /// `last_seen`, keeping its generation and draining flag.

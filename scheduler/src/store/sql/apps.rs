@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::model::App;
 use crate::store::StoreError;
 
+use super::batch::{bind_all, list, CHUNK};
 use super::hosts::bump_generations;
 use super::rows::{app_from_row, timestamp, to_json};
 use super::SqlStore;
@@ -222,6 +223,21 @@ pub(super) async fn apps(store: &SqlStore) -> Result<Vec<App>, StoreError> {
         .await?;
     tx.commit().await?;
     rows.iter().map(app_from_row).collect()
+}
+
+pub(super) async fn apps_of(store: &SqlStore, ids: &[Uuid]) -> Result<Vec<App>, StoreError> {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let mut tx = store.read().await?;
+    let mut apps = Vec::new();
+    for ids in ids.chunks(CHUNK) {
+        let sql = format!("SELECT * FROM apps WHERE id IN ({})", list(1, ids.len()));
+        for row in bind_all(&sql, ids).fetch_all(&mut *tx).await? {
+            apps.push(app_from_row(&row)?);
+        }
+    }
+    tx.commit().await?;
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(apps)
 }
 
 pub(super) async fn delete_app(store: &SqlStore, name: &str) -> Result<App, StoreError> {

@@ -11,6 +11,7 @@ use crate::model::{Desired, Dyno, DynoReport, Formation, FormationUpdate, DEFAUL
 use crate::store::{DynoChanges, Reported, StoreError};
 
 use super::apps::{app_by_name, rows_of};
+use super::batch::{bind_all, list, texts, tuples, CHUNK};
 use super::hosts::bump_generations;
 use super::rows::{dyno_from_row, formation_from_row, timestamp, to_json, word};
 use super::SqlStore;
@@ -88,6 +89,44 @@ pub(super) async fn dynos(store: &SqlStore, app: Option<&str>) -> Result<Vec<Dyn
     rows.iter().map(dyno_from_row).collect()
 }
 
+pub(super) async fn dynos_on_hosts(
+    store: &SqlStore,
+    hosts: &[String],
+) -> Result<Vec<Dyno>, StoreError> {
+    dynos_where(store, "dynos.host_id", hosts).await
+}
+
+pub(super) async fn dynos_of_apps(
+    store: &SqlStore,
+    apps: &[Uuid],
+) -> Result<Vec<Dyno>, StoreError> {
+    let apps: Vec<String> = apps.iter().map(Uuid::to_string).collect();
+    dynos_where(store, "dynos.app_id", &apps).await
+}
+
+/// The dynos whose `column` is one of `keys`, in the order of [`dynos`] (within a chunk).
+async fn dynos_where(
+    store: &SqlStore,
+    column: &str,
+    keys: &[String],
+) -> Result<Vec<Dyno>, StoreError> {
+    let mut tx = store.read().await?;
+    let mut dynos = Vec::new();
+    for keys in keys.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT dynos.* FROM dynos JOIN apps ON apps.id = dynos.app_id
+             WHERE {column} IN ({})
+             ORDER BY apps.name, dynos.name, dynos.id",
+            list(1, keys.len())
+        );
+        for row in bind_all(&sql, keys).fetch_all(&mut *tx).await? {
+            dynos.push(dyno_from_row(&row)?);
+        }
+    }
+    tx.commit().await?;
+    Ok(dynos)
+}
+
 pub(super) async fn apply_dyno_changes(
     store: &SqlStore,
     changes: &DynoChanges,
@@ -95,58 +134,77 @@ pub(super) async fn apply_dyno_changes(
     let mut tx = store.write().await?;
     let mut changed = BTreeSet::new();
     // Stopping an already stopped (or unknown) dyno changes no host's running set.
-    for id in &changes.stop {
-        let host: Option<String> = sqlx::query_scalar(
-            "UPDATE dynos SET desired = 'stopped' WHERE id = $1 AND desired = 'running'
+    for ids in changes.stop.chunks(CHUNK) {
+        let sql = format!(
+            "UPDATE dynos SET desired = 'stopped' WHERE desired = 'running' AND id IN ({})
              RETURNING host_id",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        changed.extend(host);
+            list(1, ids.len())
+        );
+        changed.extend(texts(&bind_all(&sql, ids).fetch_all(&mut *tx).await?)?);
     }
-    for id in &changes.delete {
-        let row = sqlx::query("DELETE FROM dynos WHERE id = $1 RETURNING host_id, desired")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = row {
+    for ids in changes.delete.chunks(CHUNK) {
+        let sql = format!(
+            "DELETE FROM dynos WHERE id IN ({}) RETURNING host_id, desired",
+            list(1, ids.len())
+        );
+        for row in bind_all(&sql, ids).fetch_all(&mut *tx).await? {
             let desired: String = row.try_get("desired")?;
             if desired == word(Desired::Running) {
                 changed.insert(row.try_get::<String, _>("host_id")?);
             }
         }
     }
-    for dyno in &changes.create {
-        let host_known = sqlx::query("SELECT 1 FROM hosts WHERE id = $1")
-            .bind(&dyno.host_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if host_known.is_none() {
-            return Err(StoreError::HostNotFound(dyno.host_id.clone()));
-        }
-        insert_dyno(&mut tx, dyno).await?;
-        if dyno.desired == Desired::Running {
-            changed.insert(dyno.host_id.clone());
-        }
+    let hosts: BTreeSet<&str> = changes.create.iter().map(|d| d.host_id.as_str()).collect();
+    let hosts: Vec<&str> = hosts.into_iter().collect();
+    let mut known = BTreeSet::new();
+    for ids in hosts.chunks(CHUNK) {
+        let sql = format!("SELECT id FROM hosts WHERE id IN ({})", list(1, ids.len()));
+        known.extend(texts(&bind_all(&sql, ids).fetch_all(&mut *tx).await?)?);
     }
+    if let Some(d) = changes.create.iter().find(|d| !known.contains(&d.host_id)) {
+        return Err(StoreError::HostNotFound(d.host_id.clone()));
+    }
+    for dynos in changes.create.chunks(CHUNK) {
+        insert_dynos(&mut tx, dynos).await?;
+    }
+    changed.extend(
+        changes
+            .create
+            .iter()
+            .filter(|d| d.desired == Desired::Running)
+            .map(|d| d.host_id.clone()),
+    );
     let generations = bump_generations(&mut tx, changed).await?;
     tx.commit().await?;
     Ok(generations)
 }
 
-pub(super) async fn report_dyno(
+pub(super) async fn report_dynos(
     store: &SqlStore,
+    reports: &[(String, DynoReport)],
+) -> Result<Vec<Reported>, StoreError> {
+    let mut tx = store.write().await?;
+    let mut out = Vec::with_capacity(reports.len());
+    for (host, report) in reports {
+        out.push(report_in(&mut tx, host, report).await?);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// One report, within the batch's transaction (so a later report of the same dyno in the
+/// batch follows this one).
+async fn report_in(
+    conn: &mut AnyConnection,
     host: &str,
     report: &DynoReport,
 ) -> Result<Reported, StoreError> {
-    let mut tx = store.write().await?;
     let row = sqlx::query("SELECT * FROM dynos WHERE id = $1")
         .bind(&report.id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
     let stored = row.as_ref().map(dyno_from_row).transpose()?;
-    let reported = match stored {
+    Ok(match stored {
         None => Reported::Unknown,
         // The owner first: another host's agent learns nothing of the dyno's state.
         Some(dyno) if dyno.host_id != host => Reported::OtherHost(dyno.host_id),
@@ -164,13 +222,11 @@ pub(super) async fn report_dyno(
             .bind(&report.reason)
             .bind(report.port.map(i64::from))
             .bind(&report.id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
             Reported::Updated(Box::new(dyno_from_row(&row)?))
         }
-    };
-    tx.commit().await?;
-    Ok(reported)
+    })
 }
 
 async fn formation_of(
@@ -184,32 +240,37 @@ async fn formation_of(
     rows.iter().map(formation_from_row).collect()
 }
 
-async fn insert_dyno(conn: &mut AnyConnection, dyno: &Dyno) -> Result<(), StoreError> {
-    sqlx::query(
+/// Inserts the dynos in one statement (at most [`CHUNK`] of them).
+async fn insert_dynos(conn: &mut AnyConnection, dynos: &[Dyno]) -> Result<(), StoreError> {
+    let sql = format!(
         "INSERT INTO dynos (id, app_id, name, process_type, release_version, size, command,
                             host_id, desired, state, state_changed_at, exit_status, reason,
                             port, created_at, env, attach)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-    )
-    .bind(&dyno.id)
-    .bind(dyno.app_id.to_string())
-    .bind(&dyno.name)
-    .bind(&dyno.process_type)
-    .bind(i64::from(dyno.release_version))
-    .bind(&dyno.size)
-    .bind(&dyno.command)
-    .bind(&dyno.host_id)
-    .bind(word(dyno.desired))
-    .bind(dyno.state.as_str())
-    .bind(timestamp(dyno.state_changed_at)?)
-    .bind(dyno.exit_status)
-    .bind(&dyno.reason)
-    .bind(dyno.port.map(i64::from))
-    .bind(timestamp(dyno.created_at)?)
-    .bind(to_json(&dyno.env)?)
-    .bind(dyno.attach.as_ref().map(to_json).transpose()?)
-    .execute(conn)
-    .await?;
+         VALUES {}",
+        tuples(dynos.len(), 17)
+    );
+    let mut query = sqlx::query(&sql);
+    for dyno in dynos {
+        query = query
+            .bind(&dyno.id)
+            .bind(dyno.app_id.to_string())
+            .bind(&dyno.name)
+            .bind(&dyno.process_type)
+            .bind(i64::from(dyno.release_version))
+            .bind(&dyno.size)
+            .bind(&dyno.command)
+            .bind(&dyno.host_id)
+            .bind(word(dyno.desired))
+            .bind(dyno.state.as_str())
+            .bind(timestamp(dyno.state_changed_at)?)
+            .bind(dyno.exit_status)
+            .bind(&dyno.reason)
+            .bind(dyno.port.map(i64::from))
+            .bind(timestamp(dyno.created_at)?)
+            .bind(to_json(&dyno.env)?)
+            .bind(dyno.attach.as_ref().map(to_json).transpose()?);
+    }
+    query.execute(conn).await?;
     Ok(())
 }
 
@@ -528,6 +589,133 @@ mod tests {
             );
             assert_eq!(store.dynos(None).await.expect("dynos").len(), 1);
         })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_reports_is_each_one_in_order() {
+        on_each_backend("a_batch_of_reports_is_each_one_in_order", |db| async move {
+            let store = db.open().await;
+            add_host(&store, "h1").await;
+            add_host(&store, "h2").await;
+            let app = store.create_app("app", "heroku-24").await.expect("create");
+            let dyno = new_dyno(&app, "web.1", "h1");
+            store
+                .apply_dyno_changes(&DynoChanges {
+                    create: vec![dyno.clone()],
+                    ..DynoChanges::default()
+                })
+                .await
+                .expect("apply");
+            let start = OffsetDateTime::now_utc();
+            let report = |state, seconds| DynoReport {
+                id: dyno.id.clone(),
+                state,
+                changed_at: start + TimeDuration::seconds(seconds),
+                exit_status: None,
+                reason: String::new(),
+                port: Some(30001),
+            };
+            let up = report(DynoState::Up, 1);
+            let batch = [
+                ("h1".to_owned(), report(DynoState::Starting, 0)),
+                ("h2".to_owned(), up.clone()),
+                ("h1".to_owned(), up.clone()),
+                ("h1".to_owned(), report(DynoState::Down, 2)),
+                // Late within the batch: it cannot follow the `down` just before it.
+                ("h1".to_owned(), up.clone()),
+                (
+                    "h1".to_owned(),
+                    DynoReport {
+                        id: "app-web-9-deadbeef".to_owned(),
+                        ..up.clone()
+                    },
+                ),
+            ];
+            let outcomes = store.report_dynos(&batch).await.expect("report");
+            let kinds: Vec<String> = outcomes
+                .iter()
+                .map(|o| match o {
+                    Reported::Updated(d) => format!("updated {}", d.state.as_str()),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    "updated starting",
+                    "OtherHost(\"h1\")",
+                    "updated up",
+                    "updated down",
+                    "Stale(Down)",
+                    "Unknown"
+                ]
+            );
+            let stored = &store.dynos(None).await.expect("dynos")[0];
+            assert_eq!(stored.state, DynoState::Down);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn changes_beyond_one_statement_apply_at_once() {
+        on_each_backend(
+            "changes_beyond_one_statement_apply_at_once",
+            |db| async move {
+                let store = db.open().await;
+                add_host(&store, "h1").await;
+                add_host(&store, "h2").await;
+                let app = store.create_app("app", "heroku-24").await.expect("create");
+                // More than one chunk of each kind.
+                let n = CHUNK * 2 + 7;
+                let dynos: Vec<Dyno> = (0..n)
+                    .map(|i| new_dyno(&app, &format!("web.{}", i + 1), ["h1", "h2"][i % 2]))
+                    .collect();
+                let generations = store
+                    .apply_dyno_changes(&DynoChanges {
+                        create: dynos.clone(),
+                        ..DynoChanges::default()
+                    })
+                    .await
+                    .expect("apply");
+                assert_eq!(
+                    generations.into_iter().collect::<Vec<_>>(),
+                    [("h1".to_owned(), 1), ("h2".to_owned(), 1)]
+                );
+                assert_eq!(store.dynos(None).await.expect("dynos").len(), n);
+                let ids = |range: std::ops::Range<usize>| -> Vec<String> {
+                    dynos[range].iter().map(|d| d.id.clone()).collect()
+                };
+                store
+                    .apply_dyno_changes(&DynoChanges {
+                        stop: ids(0..CHUNK + 3),
+                        delete: ids(CHUNK + 3..n),
+                        ..DynoChanges::default()
+                    })
+                    .await
+                    .expect("apply");
+                let left = store.dynos(None).await.expect("dynos");
+                assert_eq!(left.len(), CHUNK + 3);
+                assert!(left.iter().all(|d| d.desired == Desired::Stopped));
+
+                // A placement on an unknown host is refused whole.
+                let stray = new_dyno(&app, "worker.1", "nowhere");
+                let err = store
+                    .apply_dyno_changes(&DynoChanges {
+                        create: vec![new_dyno(&app, "worker.2", "h1"), stray],
+                        stop: ids(0..1),
+                        ..DynoChanges::default()
+                    })
+                    .await
+                    .expect_err("unknown host");
+                assert!(
+                    matches!(err, StoreError::HostNotFound(ref h) if h == "nowhere"),
+                    "{err}"
+                );
+                assert_eq!(store.dynos(None).await.expect("dynos").len(), CHUNK + 3);
+                assert_eq!(generation(&store, "h1").await, 2, "nothing more bumped");
+            },
+        )
         .await;
     }
 

@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row};
 use time::OffsetDateTime;
 
 use crate::model::Host;
 use crate::store::StoreError;
 
+use super::batch::{bind_all, list, CHUNK};
 use super::rows::{host_from_row, timestamp, to_i64, to_json};
 use super::SqlStore;
 
@@ -81,19 +82,22 @@ pub(super) async fn bump_generations(
     hosts: BTreeSet<String>,
 ) -> Result<BTreeMap<String, u64>, StoreError> {
     let mut generations = BTreeMap::new();
-    for host in hosts {
-        let generation: Option<i64> = sqlx::query_scalar(
-            "UPDATE hosts SET generation = generation + 1 WHERE id = $1 RETURNING generation",
-        )
-        .bind(&host)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(generation) = generation else {
-            return Err(StoreError::HostNotFound(host));
-        };
-        let generation = u64::try_from(generation)
-            .map_err(|e| StoreError::Corrupt(format!("hosts.generation of {host}: {e}")))?;
-        generations.insert(host, generation);
+    let hosts: Vec<String> = hosts.into_iter().collect();
+    for ids in hosts.chunks(CHUNK) {
+        let sql = format!(
+            "UPDATE hosts SET generation = generation + 1 WHERE id IN ({})
+             RETURNING id, generation",
+            list(1, ids.len())
+        );
+        for row in bind_all(&sql, ids).fetch_all(&mut *conn).await? {
+            let host: String = row.try_get("id")?;
+            let generation = u64::try_from(row.try_get::<i64, _>("generation")?)
+                .map_err(|e| StoreError::Corrupt(format!("hosts.generation of {host}: {e}")))?;
+            generations.insert(host, generation);
+        }
+    }
+    if let Some(missing) = hosts.into_iter().find(|h| !generations.contains_key(h)) {
+        return Err(StoreError::HostNotFound(missing));
     }
     Ok(generations)
 }

@@ -63,7 +63,9 @@ pub use dialect::{BadDatabase, Database};
 mod acme;
 mod addons;
 mod apps;
+mod batch;
 mod builds;
+mod desired;
 mod dialect;
 mod domains;
 mod drains;
@@ -240,6 +242,10 @@ impl Store for SqlStore {
 
     async fn apps(&self) -> Result<Vec<App>, StoreError> {
         apps::apps(self).await
+    }
+
+    async fn apps_of(&self, ids: &[Uuid]) -> Result<Vec<App>, StoreError> {
+        apps::apps_of(self, ids).await
     }
 
     async fn delete_app(&self, name: &str) -> Result<App, StoreError> {
@@ -482,6 +488,13 @@ impl Store for SqlStore {
         dynos::formation(self, app).await
     }
 
+    async fn desired(
+        &self,
+        only: Option<&[Uuid]>,
+    ) -> Result<Vec<crate::reconciler::AppDesired>, StoreError> {
+        desired::desired(self, only).await
+    }
+
     async fn update_formation(
         &self,
         app: &str,
@@ -494,6 +507,14 @@ impl Store for SqlStore {
         dynos::dynos(self, app).await
     }
 
+    async fn dynos_on_hosts(&self, hosts: &[String]) -> Result<Vec<Dyno>, StoreError> {
+        dynos::dynos_on_hosts(self, hosts).await
+    }
+
+    async fn dynos_of_apps(&self, apps: &[Uuid]) -> Result<Vec<Dyno>, StoreError> {
+        dynos::dynos_of_apps(self, apps).await
+    }
+
     async fn apply_dyno_changes(
         &self,
         changes: &DynoChanges,
@@ -501,8 +522,11 @@ impl Store for SqlStore {
         dynos::apply_dyno_changes(self, changes).await
     }
 
-    async fn report_dyno(&self, host: &str, report: &DynoReport) -> Result<Reported, StoreError> {
-        dynos::report_dyno(self, host, report).await
+    async fn report_dynos(
+        &self,
+        reports: &[(String, DynoReport)],
+    ) -> Result<Vec<Reported>, StoreError> {
+        dynos::report_dynos(self, reports).await
     }
 
     async fn upsert_host(
