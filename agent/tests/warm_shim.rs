@@ -17,8 +17,12 @@ use nix::unistd::Pid;
 /// The tests take this binary's one warm shim in turns.
 static WARM: Mutex<()> = Mutex::new(());
 
-/// This binary's warm shims: (pid, socket).
+/// This binary's warm shims that a start from this process would be handed: (pid, socket).
+/// Others may wait beside them, each under a socket of its own (left by another build of the
+/// binary, or by a starter with another `oom_score_adj`, as `isolation_host` is).
 fn warm_shims() -> Vec<(i32, PathBuf)> {
+    let ours = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    let bin = std::fs::canonicalize(BIN).unwrap();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -31,7 +35,14 @@ fn warm_shims() -> Vec<(i32, PathBuf)> {
             .split(|&b| b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.len() >= 4 && args[0] == BIN && args[1] == "shim" && args[2] == "--warm" {
+        let same_start = std::fs::read_link(entry.path().join("exe")).is_ok_and(|e| e == bin)
+            && std::fs::read_to_string(entry.path().join("oom_score_adj")).is_ok_and(|o| o == ours);
+        if args.len() >= 4
+            && args[0] == BIN
+            && args[1] == "shim"
+            && args[2] == "--warm"
+            && same_start
+        {
             found.push((pid, PathBuf::from(&args[3])));
         }
     }

@@ -6,7 +6,8 @@
 //! start, one that died, a race lost to another runner) the start execs a shim as before.
 //! Either way, once the shim has reported (its container built), the runner execs the next
 //! warm one, off the start's path. The socket is named after the binary (its path, inode and
-//! mtime), so that after an upgrade dynos get the new binary's shim, never an old one's.
+//! mtime), so that after an upgrade dynos get the new binary's shim, never an old one's, and
+//! after the starter's `oom_score_adj`, which a shim keeps from whoever spawned it.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -33,13 +34,18 @@ impl WarmShim {
     /// The warm shim of `binary` on this host (`None` if the binary cannot be read).
     pub(super) fn of(host: &HostConfig, binary: &Path) -> Option<WarmShim> {
         let meta = std::fs::metadata(binary).ok()?;
+        // A shim keeps what it inherits from its spawner (the agent's OOM shield above
+        // all), so a warm shim serves only starters that would have given it the same:
+        // one spawned by an agent with another `oom_score_adj` waits under another name.
+        let oom = std::fs::read_to_string("/proc/self/oom_score_adj").ok()?;
         let id = format!(
-            "{}:{}:{}:{}:{}",
+            "{}:{}:{}:{}:{}:{}",
             binary.display(),
             meta.dev(),
             meta.ino(),
             meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
-            meta.size()
+            meta.size(),
+            oom.trim()
         );
         let digest = Sha256::digest(id.as_bytes());
         let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
