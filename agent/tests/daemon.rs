@@ -326,10 +326,42 @@ async fn daemon_runs_readopts_and_stops_assigned_dynos() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    agent.kill();
+    // Stopped as systemd stops it: the warm shim its starts left waiting goes with it.
+    let shims = state.join("shims");
+    assert!(
+        !warm_shims_in(&shims).is_empty(),
+        "the starts left no warm shim"
+    );
+    tokio::task::block_in_place(|| agent.stop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warm_shims_in(&shims).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "warm shims outlived the agent: {:?}",
+            warm_shims_in(&shims)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if std::env::var_os("SHOW_AGENT_LOG").is_some() {
         eprintln!("{}", std::fs::read_to_string(&log).unwrap());
     }
+}
+
+/// The warm shims waiting on a socket in `dir`: their pids.
+fn warm_shims_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let waiting = args.len() >= 4
+                && args[1..3] == [b"shim".as_slice(), b"--warm".as_slice()]
+                && Path::new(std::str::from_utf8(args[3]).ok()?).starts_with(dir);
+            waiting.then_some(pid)
+        })
+        .collect()
 }
 
 /// A flat tar.gz of an app's source, as `manifold deploy` uploads it.

@@ -19,7 +19,8 @@ static WARM: Mutex<()> = Mutex::new(());
 
 /// This binary's warm shims that a start from this process would be handed: (pid, socket).
 /// Others may wait beside them, each under a socket of its own (left by another build of the
-/// binary, or by a starter with another `oom_score_adj`, as `isolation_host` is).
+/// binary, or by a starter with another `oom_score_adj`, as `isolation_host` is, or another
+/// environment).
 fn warm_shims() -> Vec<(i32, PathBuf)> {
     let ours = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
     let bin = std::fs::canonicalize(BIN).unwrap();
@@ -177,5 +178,100 @@ fn a_waiting_shim_told_to_stop_goes_with_its_socket_and_takes_no_dyno() {
         assert_eq!(app_lines(&out), vec!["ok"], "{}", stdout(&out));
     }
     one_waiting();
+    stop_waiting();
+}
+
+#[test]
+fn a_starter_with_other_inherited_attributes_gets_a_warm_shim_of_its_own() {
+    if !ready() {
+        return;
+    }
+    let _turn = WARM.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(run(&["--name", "worker.1"], "true").status.success());
+    let (warm, socket) = one_waiting();
+    // Another environment (as a login shell's `run` has, beside the daemon): a shim it
+    // spawns keeps that environment, so it waits under another name, and this start does
+    // not take the one waiting.
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--name", "worker.1", "--", "echo own shim"])
+        .env("MANIFOLD_WARM_TEST", "other")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(app_lines(&out), vec!["own shim"], "{}", stdout(&out));
+    assert!(
+        polling(warm) && socket.exists(),
+        "the other starter took the waiting shim {warm}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let other = loop {
+        let others: Vec<_> = warm_shims()
+            .into_iter()
+            .filter(|(pid, s)| *pid != warm && *s != socket && polling(*pid))
+            .collect();
+        if let [(pid, _)] = others.as_slice() {
+            break *pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warm shim of the other starter's own: {others:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill(Pid::from_raw(other), Signal::SIGTERM).unwrap();
+    assert!(gone(other));
+    stop_waiting();
+}
+
+#[test]
+fn only_root_may_hand_a_warm_shim_a_dyno_and_a_bad_one_runs_nothing() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !ready() {
+        return;
+    }
+    let _turn = WARM.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(run(&["--name", "worker.1"], "true").status.success());
+    let (warm, socket) = one_waiting();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(socket.parent().unwrap()),
+        0o700,
+        "the shims' directory"
+    );
+    assert_eq!(mode(&socket) & 0o077, 0, "the socket");
+    // Another user cannot connect (the socket carries a directory the shim runs as root).
+    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])";
+    let out = std::process::Command::new("python3")
+        .args(["-c", connect])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nobody connected to {}",
+        socket.display()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(polling(warm), "the refused connection ended the warm shim");
+    // Root handing it a relative path: it answers nothing and ends, running nothing.
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.write_all(b"dynos/../../etc\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert_eq!(answer, "", "a pid for a relative directory");
+    assert!(gone(warm), "the warm shim went on after a bad hand-off");
+    // The next start execs a shim of its own and leaves a new one waiting.
+    let out = run(&["--name", "worker.1"], "echo after");
+    assert_eq!(app_lines(&out), vec!["after"], "{}", stdout(&out));
+    let (next, _) = one_waiting();
+    assert_ne!(next, warm);
     stop_waiting();
 }

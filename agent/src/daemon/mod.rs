@@ -197,6 +197,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
     }
     notify(sd_notify::NotifyState::Stopping);
+    crate::runner::retire_warm_shims(&config.host);
     tracing::info!("exiting; dynos keep running and will be re-adopted");
     Ok(())
 }

@@ -49,6 +49,7 @@ use crate::shim;
 pub use identity::{shim_alive, ShimIdentity};
 pub use lifecycle::{Action, Event, Lifecycle, LogLine, Source, State};
 use tail::{probe, Tail};
+pub use warm::retire_warm_shims;
 use warm::WarmShim;
 
 /// Errors starting or following a dyno.

@@ -405,7 +405,7 @@ impl Drop for Session {
 /// Listens on a unix socket only root can connect to: created under a umask of 0177 rather
 /// than chmod-ed after `bind`, which would leave a moment when anyone could connect. The
 /// shim is single-threaded, so changing its umask for the call races with nothing.
-fn bind_private(path: &Path) -> io::Result<UnixListener> {
+pub(super) fn bind_private(path: &Path) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

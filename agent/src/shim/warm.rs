@@ -3,7 +3,7 @@
 //! pay for exec'ing and loading the agent's binary (about 2 ms of every start).
 //!
 //! ```text
-//!  runner ──spawn──▶ shim --warm S: new session, bind S.<pid>, rename to S
+//!  runner ──spawn──▶ shim --warm S: new session, bind S.<pid> (root only), rename to S
 //!                    waiting: poll S (1 s turns); exits if a stop signal is pending, if
 //!                      S no longer names its socket (replaced, or the state removed), or
 //!                      after IDLE with no dyno
@@ -12,7 +12,9 @@
 //! ```
 //!
 //! The socket is bound under a name of its own and renamed into place, so a runner never
-//! connects before it listens. It takes one dyno: the listener is closed at the first
+//! connects before it listens; only root may connect (a connection names a directory whose
+//! `config.json` the shim runs as root), and a line that is not an absolute path ends the
+//! shim without running anything. It takes one dyno: the listener is closed at the first
 //! connection, so a second runner racing for it gets its connection reset and starts a shim
 //! of its own. Stop signals stay blocked while it waits (as the runner spawns every shim), so
 //! one sent to it is seen pending and ends it rather than the dyno it would have taken.
@@ -20,7 +22,6 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::linux::fs::MetadataExt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,7 +53,7 @@ fn wait(socket: &Path) -> io::Result<Option<PathBuf>> {
     redirect_stdio()?;
     close_inherited()?;
     let bound = PathBuf::from(format!("{}.{}", socket.display(), std::process::id()));
-    let listener = UnixListener::bind(&bound)?;
+    let listener = super::attach::bind_private(&bound)?;
     let ours = std::fs::metadata(&bound)?.st_ino();
     std::fs::rename(&bound, socket)?;
     let since = Instant::now();

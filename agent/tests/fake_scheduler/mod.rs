@@ -236,6 +236,26 @@ impl Agent {
         }
     }
 
+    /// SIGTERM to the agent, as systemd stops it, and waits for it to exit (SIGKILL after
+    /// 20 s): its dynos keep running, its waiting warm shims go.
+    pub fn stop(&mut self) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Some(child) = self.child.as_mut() {
+                    if !matches!(child.try_wait(), Ok(None)) {
+                        self.child = None;
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill();
+    }
+
     /// SIGKILL to the agent's process group: the shims run in their own sessions.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -248,7 +268,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
         let pids = shim_pids(&self.state);
         for pid in pids.values() {
             let _ = nix::sys::signal::kill(
