@@ -126,8 +126,8 @@ pub async fn metrics(State(core): State<Arc<Core>>) -> Result<impl IntoResponse,
         "How long reconcile passes took.",
     );
     let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
-    for d in core.store.dynos(None).await? {
-        *by_state.entry(d.state.as_str()).or_default() += 1;
+    for (state, n) in core.store.dyno_counts().await? {
+        *by_state.entry(state.as_str()).or_default() += n;
     }
     let _ = writeln!(
         out,

@@ -375,6 +375,9 @@ pub trait Store: AddonStore + Send + Sync + 'static {
 
     /// One app's dynos, or every dyno of the cluster.
     async fn dynos(&self, app: Option<&str>) -> Result<Vec<Dyno>, StoreError>;
+    /// How many dynos are in each observed state, counted by the store: `/metrics` is
+    /// scraped every few seconds and must not read a million dynos to count them.
+    async fn dyno_counts(&self) -> Result<Vec<(DynoState, u64)>, StoreError>;
     /// The dynos placed on these hosts, each host's in the order of [`Store::dynos`].
     async fn dynos_on_hosts(&self, hosts: &[String]) -> Result<Vec<Dyno>, StoreError>;
     /// The dynos of these apps, in the order of [`Store::dynos`].

@@ -7,13 +7,17 @@ use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::model::{Desired, Dyno, DynoReport, Formation, FormationUpdate, DEFAULT_SIZE};
+use crate::model::{
+    Desired, Dyno, DynoReport, DynoState, Formation, FormationUpdate, DEFAULT_SIZE,
+};
 use crate::store::{DynoChanges, Reported, StoreError};
 
 use super::apps::{app_by_name, rows_of};
 use super::batch::{bind_all, list, texts, tuples, CHUNK};
 use super::hosts::bump_generations;
-use super::rows::{dyno_from_row, formation_from_row, timestamp, to_json, word};
+use super::rows::{
+    dyno_from_row, formation_from_row, state_count_from_row, timestamp, to_json, word,
+};
 use super::SqlStore;
 
 pub(super) async fn formation(store: &SqlStore, app: &str) -> Result<Vec<Formation>, StoreError> {
@@ -87,6 +91,15 @@ pub(super) async fn dynos(store: &SqlStore, app: Option<&str>) -> Result<Vec<Dyn
     .await?;
     tx.commit().await?;
     rows.iter().map(dyno_from_row).collect()
+}
+
+pub(super) async fn dyno_counts(store: &SqlStore) -> Result<Vec<(DynoState, u64)>, StoreError> {
+    let mut tx = store.read().await?;
+    let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM dynos GROUP BY state")
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    rows.iter().map(state_count_from_row).collect()
 }
 
 pub(super) async fn dynos_on_hosts(
@@ -530,6 +543,46 @@ mod tests {
             assert_eq!(restarted.state, DynoState::Starting);
             assert_eq!(restarted.exit_status, None);
         })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn dynos_are_counted_by_state_without_being_read() {
+        on_each_backend(
+            "dynos_are_counted_by_state_without_being_read",
+            |db| async move {
+                let store = db.open().await;
+                assert!(store.dyno_counts().await.expect("counts").is_empty());
+                add_host(&store, "h1").await;
+                let app = store.create_app("app", "heroku-24").await.expect("create");
+                let dynos: Vec<Dyno> = (1..=3)
+                    .map(|n| new_dyno(&app, &format!("web.{n}"), "h1"))
+                    .collect();
+                store
+                    .apply_dyno_changes(&DynoChanges {
+                        create: dynos.clone(),
+                        ..DynoChanges::default()
+                    })
+                    .await
+                    .expect("apply");
+                let report = DynoReport {
+                    id: dynos[0].id.clone(),
+                    state: DynoState::Up,
+                    changed_at: OffsetDateTime::now_utc() + TimeDuration::seconds(1),
+                    exit_status: None,
+                    reason: String::new(),
+                    port: Some(30001),
+                };
+                store.report_dyno("h1", &report).await.expect("report");
+                let mut counts = store.dyno_counts().await.expect("counts");
+                counts.sort_by_key(|(state, _)| state.as_str());
+                assert_eq!(
+                    counts,
+                    vec![(dynos[1].state, 2), (DynoState::Up, 1)],
+                    "one up, the others as placed"
+                );
+            },
+        )
         .await;
     }
 

@@ -52,8 +52,8 @@ use super::{
     StoreError,
 };
 use crate::model::{
-    App, Build, Cert, Domain, Dyno, DynoReport, Formation, FormationUpdate, Host, LogDrain,
-    Release, ReleaseStatus, Slug,
+    App, Build, Cert, Domain, Dyno, DynoReport, DynoState, Formation, FormationUpdate, Host,
+    LogDrain, Release, ReleaseStatus, Slug,
 };
 use crate::pipelines::{Coupling, Pipeline, ReviewApp, Stage};
 
@@ -505,6 +505,10 @@ impl Store for SqlStore {
 
     async fn dynos(&self, app: Option<&str>) -> Result<Vec<Dyno>, StoreError> {
         dynos::dynos(self, app).await
+    }
+
+    async fn dyno_counts(&self) -> Result<Vec<(DynoState, u64)>, StoreError> {
+        dynos::dyno_counts(self).await
     }
 
     async fn dynos_on_hosts(&self, hosts: &[String]) -> Result<Vec<Dyno>, StoreError> {

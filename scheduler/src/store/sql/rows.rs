@@ -116,6 +116,12 @@ impl<'r> Cells<'r> {
     }
 }
 
+/// A row of `SELECT state, COUNT(*) AS n FROM dynos GROUP BY state`.
+pub(super) fn state_count_from_row(row: &AnyRow) -> Result<(DynoState, u64), StoreError> {
+    let c = Cells::new(row, "dynos", row.try_get("state")?);
+    Ok((c.parse("state", DynoState::parse)?, c.int("n")?))
+}
+
 pub(super) fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
     let c = Cells::new(row, "apps", row.try_get("name")?);
     Ok(App {
