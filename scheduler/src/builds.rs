@@ -206,8 +206,8 @@ pub(crate) enum Built {
     /// Its release (of the app) waits for its release phase, whose output goes on in the
     /// build's.
     Pending(Box<(App, Release)>),
-    /// Its release is live.
-    Live,
+    /// Its release (of the app with this id) is live.
+    Live(Uuid),
 }
 
 /// Where a build ended up (see [`Builds::outcome`]).
@@ -450,11 +450,11 @@ impl Builds {
                     Ok((app, release)) if release.status == ReleaseStatus::Pending => {
                         Some(Built::Pending(Box::new((app, release))))
                     }
-                    Ok((_, release)) => {
+                    Ok((app, release)) => {
                         self.output
                             .push(id, format!("-----> Released v{}", release.version));
                         self.output.close(id);
-                        Some(Built::Live)
+                        Some(Built::Live(app.id))
                     }
                     Err(why) => {
                         self.fail_build(id, &why).await;

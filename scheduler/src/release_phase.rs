@@ -179,7 +179,7 @@ impl ReleasePhase {
                             .push(build, format!("-----> Released v{}", release.version));
                         self.builds.close(build);
                     }
-                    self.poke.poke();
+                    self.poke.poke_apps([app.id]);
                 }
                 Ok(None) => {}
                 Err(err) => tracing::warn!(

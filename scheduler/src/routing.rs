@@ -278,10 +278,10 @@ impl Routing {
         let app = app.to_string();
         tokio::spawn(async move {
             match routing.store.set_sleeping(&app, false).await {
-                Ok(_) => {
+                Ok(woken) => {
                     Counters::add(&routing.counters.wakes, 1);
                     routing.logs.log_platform(&app, "web.1", "Unidling");
-                    routing.poke.poke();
+                    routing.poke.poke_apps([woken.id]);
                 }
                 Err(err) => {
                     tracing::warn!("cannot wake {app}: {err}");

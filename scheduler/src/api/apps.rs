@@ -126,7 +126,7 @@ pub(super) async fn patch_app(
     if let Some(on) = body.maintenance.filter(|on| *on != app.maintenance) {
         app = core.store.set_maintenance(&name, on).await?;
         // The next reconcile publishes the app's route: the maintenance page, or its dynos.
-        core.poke();
+        core.poke_apps([app.id]);
     }
     Ok(axum::Json(app_json(&core, &app).await?))
 }

@@ -96,7 +96,7 @@ impl Core {
                 let (app, release) = &*pending;
                 self.start_release_phase(app, release, build).await;
             }
-            Some(Built::Live) => self.poke(),
+            Some(Built::Live(app)) => self.poke_apps([app]),
             None => {}
         }
     }

@@ -125,7 +125,7 @@ impl Core {
         {
             self.start_release_phase(&app, r, None).await;
         }
-        self.poke();
+        self.poke_apps([app.id]);
         Ok((app, release))
     }
 
@@ -139,7 +139,7 @@ impl Core {
     ) -> Result<Release, StoreError> {
         let release = self.store.rollback(app, version, user).await?;
         self.logs.log_release(app, &release);
-        self.poke();
+        self.poke_apps([release.app_id]);
         Ok(release)
     }
 
@@ -167,7 +167,7 @@ impl Core {
                 self.start_release_phase(app, release, None).await;
             }
         }
-        self.poke();
+        self.poke_apps(promoted.targets.iter().map(|(app, _)| app.id));
         Ok(promoted)
     }
 
@@ -179,14 +179,15 @@ impl Core {
         enabled: bool,
     ) -> Result<App, StoreError> {
         let app = self.store.set_feature(app, feature, enabled).await?;
-        self.poke();
+        self.poke_apps([app.id]);
         Ok(app)
     }
 
     /// Drains a host (its dynos move elsewhere, nothing new goes there) or undrains it.
     pub async fn set_draining(&self, host: &str, draining: bool) -> Result<Host, StoreError> {
         let host = self.store.set_draining(host, draining).await?;
-        self.poke();
+        // The pass sees the host's draining changed and plans the apps on it.
+        self.poke.poke_host(&host.id);
         Ok(host)
     }
 
