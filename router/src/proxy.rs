@@ -19,6 +19,7 @@
 //! connection raced the dyno's keep-alive timeout): such a request is safe to repeat (RFC
 //! 9110, 9.2.2), so it goes to a dyno again, at most [`RESENDS`] times, instead of an H13.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 use crate::body::{RouterBody, UploadBody, UploadPhase, UploadState, UploadWatch};
 use crate::codes::Code;
 use crate::exchange::{Exchange, Identity};
-use crate::headers;
+use crate::headers::{self, HostName};
 use crate::io::ConnCtx;
 use crate::pages;
 use crate::pick;
@@ -56,7 +57,30 @@ struct Resend {
     headers: HeaderMap,
 }
 
+/// Spare header maps for [`Resend`] copies, per thread: a copy costs no allocation once
+/// the thread has served a few requests (a fresh `HeaderMap::clone` costs two per request).
+/// How many are kept bounds what they hold on to.
+const SPARE_HEADER_MAPS: usize = 64;
+
+thread_local! {
+    static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Resend {
+    fn new(method: &Method, uri: &Uri, headers: &HeaderMap) -> Resend {
+        let mut copy = SPARE_HEADERS.with_borrow_mut(Vec::pop).unwrap_or_default();
+        copy.reserve(headers.len());
+        // Values share the request's buffer: cloning one is a reference count.
+        for (name, value) in headers {
+            copy.append(name.clone(), value.clone());
+        }
+        Resend {
+            method: method.clone(),
+            uri: uri.clone(),
+            headers: copy,
+        }
+    }
+
     fn request(&self) -> Request<UploadBody> {
         let mut req = Request::new(UploadBody::Empty);
         *req.method_mut() = self.method.clone();
@@ -64,6 +88,18 @@ impl Resend {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
         req
+    }
+}
+
+impl Drop for Resend {
+    fn drop(&mut self) {
+        let mut headers = std::mem::take(&mut self.headers);
+        headers.clear();
+        SPARE_HEADERS.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_HEADER_MAPS {
+                spare.push(headers);
+            }
+        });
     }
 }
 
@@ -91,16 +127,16 @@ impl Router {
             return answer;
         }
         let host = host_of(&req);
-        let slot = match app_of(&host, &self.config.domain) {
+        let slot = match app_of(host.as_str(), &self.config.domain) {
             Some(app) => self.table.slot(app),
             None => self
                 .table
-                .domain_app(&host)
+                .domain_app(host.as_str())
                 .and_then(|app| self.table.slot(&app)),
         };
         let Some(slot) = slot else {
             self.metrics.record(404, None, started.elapsed());
-            return pages::not_found(&host);
+            return pages::not_found(host.as_str());
         };
         self.hooks.request(&slot.name);
 
@@ -109,8 +145,8 @@ impl Router {
         let path = req
             .uri()
             .path_and_query()
-            .map_or("/", PathAndQuery::as_str)
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let identity = Identity {
             app: slot.name.clone(),
             method: req.method().clone(),
@@ -214,11 +250,7 @@ impl Router {
         let resend = (watch.is_none()
             && client_upgrade.is_none()
             && matches!(parts.method, Method::GET | Method::HEAD))
-        .then(|| Resend {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-        });
+        .then(|| Resend::new(&parts.method, &parts.uri, &parts.headers));
         let request = Request::from_parts(parts, upload);
         match self.connect(backends, &mut ex).await {
             Ok(conn) => {
@@ -389,20 +421,12 @@ fn failure_code(error: &hyper::Error, upload: Option<&UploadState>) -> Code {
 
 /// The request's host, lowercased, without port (`Host`, or the authority of an
 /// absolute-form request).
-fn host_of(req: &Request<Incoming>) -> String {
-    let raw = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
-        .unwrap_or("");
-    let name = match raw.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
-        }
-        _ => raw,
-    };
-    name.to_ascii_lowercase()
+fn host_of(req: &Request<Incoming>) -> HostName {
+    let header = req.headers().get(HOST);
+    match header.and_then(|h| h.to_str().ok()) {
+        Some(raw) => HostName::new(raw, header),
+        None => HostName::new(req.uri().host().unwrap_or(""), None),
+    }
 }
 
 /// The app a host names: `APP.<domain>` (a trailing dot allowed), `APP` without dots.
@@ -427,5 +451,27 @@ mod tests {
         assert_eq!(app_of("localhost", "localhost"), None);
         assert_eq!(app_of("xlocalhost", "localhost"), None);
         assert_eq!(app_of("myapp.other", "localhost"), None);
+    }
+
+    #[test]
+    fn resend_copies_every_header_and_nothing_from_an_earlier_request() {
+        let uri: Uri = "/a?b=c".parse().expect("uri");
+        let mut first = HeaderMap::new();
+        first.append("x-a", "1".parse().expect("value"));
+        first.append("x-a", "2".parse().expect("value"));
+        first.append(HOST, "app.localhost".parse().expect("value"));
+        // Dropped: its header map goes back to this thread's spares.
+        drop(Resend::new(&Method::GET, &uri, &first));
+        let mut second = HeaderMap::new();
+        second.append("x-b", "3".parse().expect("value"));
+        second.append("x-b", "4".parse().expect("value"));
+        let resend = Resend::new(&Method::HEAD, &uri, &second);
+        let req = resend.request();
+        assert_eq!(req.method(), Method::HEAD);
+        assert_eq!(req.uri(), &uri);
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers(), &second);
+        let values: Vec<_> = req.headers().get_all("x-b").iter().collect();
+        assert_eq!(values, ["3", "4"], "values in order");
     }
 }
