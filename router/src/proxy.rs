@@ -19,7 +19,6 @@
 //! connection raced the dyno's keep-alive timeout): such a request is safe to repeat (RFC
 //! 9110, 9.2.2), so it goes to a dyno again, at most [`RESENDS`] times, instead of an H13.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -57,27 +56,14 @@ struct Resend {
     headers: HeaderMap,
 }
 
-/// Spare header maps for [`Resend`] copies, per thread: a copy costs no allocation once
-/// the thread has served a few requests (a fresh `HeaderMap::clone` costs two per request).
-/// How many are kept bounds what they hold on to.
-const SPARE_HEADER_MAPS: usize = 64;
-
-thread_local! {
-    static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
-}
-
 impl Resend {
     fn new(method: &Method, uri: &Uri, headers: &HeaderMap) -> Resend {
-        let mut copy = SPARE_HEADERS.with_borrow_mut(Vec::pop).unwrap_or_default();
-        copy.reserve(headers.len());
-        // Values share the request's buffer: cloning one is a reference count.
-        for (name, value) in headers {
-            copy.append(name.clone(), value.clone());
-        }
+        // A clone is two allocations, the least this copy costs: refilling a spare map
+        // with `append` rehashes every name and measured dearer (BENCHMARKS.md).
         Resend {
             method: method.clone(),
             uri: uri.clone(),
-            headers: copy,
+            headers: headers.clone(),
         }
     }
 
@@ -88,18 +74,6 @@ impl Resend {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
         req
-    }
-}
-
-impl Drop for Resend {
-    fn drop(&mut self) {
-        let mut headers = std::mem::take(&mut self.headers);
-        headers.clear();
-        SPARE_HEADERS.with_borrow_mut(|spare| {
-            if spare.len() < SPARE_HEADER_MAPS {
-                spare.push(headers);
-            }
-        });
     }
 }
 
@@ -454,23 +428,17 @@ mod tests {
     }
 
     #[test]
-    fn resend_copies_every_header_and_nothing_from_an_earlier_request() {
+    fn a_resend_is_the_same_request_over_http_1_1() {
         let uri: Uri = "/a?b=c".parse().expect("uri");
-        let mut first = HeaderMap::new();
-        first.append("x-a", "1".parse().expect("value"));
-        first.append("x-a", "2".parse().expect("value"));
-        first.append(HOST, "app.localhost".parse().expect("value"));
-        // Dropped: its header map goes back to this thread's spares.
-        drop(Resend::new(&Method::GET, &uri, &first));
-        let mut second = HeaderMap::new();
-        second.append("x-b", "3".parse().expect("value"));
-        second.append("x-b", "4".parse().expect("value"));
-        let resend = Resend::new(&Method::HEAD, &uri, &second);
+        let mut headers = HeaderMap::new();
+        headers.append("x-b", "3".parse().expect("value"));
+        headers.append("x-b", "4".parse().expect("value"));
+        let resend = Resend::new(&Method::HEAD, &uri, &headers);
         let req = resend.request();
         assert_eq!(req.method(), Method::HEAD);
         assert_eq!(req.uri(), &uri);
         assert_eq!(req.version(), Version::HTTP_11);
-        assert_eq!(req.headers(), &second);
+        assert_eq!(req.headers(), &headers);
         let values: Vec<_> = req.headers().get_all("x-b").iter().collect();
         assert_eq!(values, ["3", "4"], "values in order");
     }
