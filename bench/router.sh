@@ -13,6 +13,8 @@
 #   BUSY="taskset -c 0 stress-ng --cpu 1 --quiet" bench/router.sh   # the hog pinned to CPU 0
 #   TARGETS="direct nginx router" DURATION=30s CONNS=100 bench/router.sh
 #   PLACEMENT=shared bench/router.sh         # see below
+#   BASE=/tmp/router-bench-main bench/router.sh   # also another router-bench build ("base",
+#                                                 # "base-tls"), e.g. main's, measured alike
 #
 # Placement: Linux with sched_autogroup (most desktop and server kernels, /proc/sys/kernel/
 # sched_autogroup_enabled = 1) shares the CPU between sessions first, then between the
@@ -31,6 +33,7 @@ CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 LOADS=${LOADS:-quiet busy}
+targets_given=${TARGETS:-}
 TARGETS=${TARGETS:-nginx router nginx-tls router-tls}
 BUSY=${BUSY:-stress-ng --cpu 1 --quiet}
 PLACEMENT=${PLACEMENT:-own}
@@ -39,6 +42,12 @@ ROUTER_PORT=${ROUTER_PORT:-18081}
 NGINX_PORT=${NGINX_PORT:-18082}
 ROUTER_TLS_PORT=${ROUTER_TLS_PORT:-18443}
 NGINX_TLS_PORT=${NGINX_TLS_PORT:-18444}
+BASE=${BASE:-}
+BASE_PORT=${BASE_PORT:-18083}
+BASE_TLS_PORT=${BASE_TLS_PORT:-18445}
+if [ -n "$BASE" ] && [ -z "$targets_given" ]; then
+    TARGETS="nginx base router nginx-tls base-tls router-tls"
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/manifold/target}
 
 need=(wrk nginx openssl)
@@ -93,6 +102,15 @@ $session "$bin/router-bench" "127.0.0.1:$ROUTER_PORT" "127.0.0.1:$BACKEND_PORT" 
     "127.0.0.1:$ROUTER_TLS_PORT" "$tmp/cert.pem" "$tmp/key.pem" &
 pids+=($!)
 router_pid=$!
+base_pid=
+ports="$BACKEND_PORT $ROUTER_PORT $NGINX_PORT $ROUTER_TLS_PORT $NGINX_TLS_PORT"
+if [ -n "$BASE" ]; then
+    $session "$BASE" "127.0.0.1:$BASE_PORT" "127.0.0.1:$BACKEND_PORT" \
+        "127.0.0.1:$BASE_TLS_PORT" "$tmp/cert.pem" "$tmp/key.pem" &
+    pids+=($!)
+    base_pid=$!
+    ports="$ports $BASE_PORT $BASE_TLS_PORT"
+fi
 
 mkdir -p "$tmp/logs"
 cat >"$tmp/nginx.conf" <<NGINX
@@ -132,7 +150,7 @@ else
     nginx -p "$tmp" -c "$tmp/nginx.conf" &
 fi
 
-for port in "$BACKEND_PORT" "$ROUTER_PORT" "$NGINX_PORT" "$ROUTER_TLS_PORT" "$NGINX_TLS_PORT"; do
+for port in $ports; do
     wait_port "$port"
 done
 for _ in $(seq 100); do [ -s "$tmp/nginx.pid" ] && break; sleep 0.1; done
@@ -171,6 +189,8 @@ run() {
         router) port=$ROUTER_PORT procs=$router_pid ;;
         nginx-tls) port=$NGINX_TLS_PORT procs=$nginx_pids scheme=https ;;
         router-tls) port=$ROUTER_TLS_PORT procs=$router_pid scheme=https ;;
+        base) port=$BASE_PORT procs=$base_pid ;;
+        base-tls) port=$BASE_TLS_PORT procs=$base_pid scheme=https ;;
         *) echo "bench/router.sh: unknown target $target" >&2; exit 1 ;;
     esac
     if [ "$load" = busy ]; then
@@ -232,14 +252,14 @@ for load in $LOADS; do
 done
 echo
 for load in $LOADS; do
-    for pair in "nginx router" "nginx-tls router-tls"; do
+    for pair in "nginx router" "nginx-tls router-tls" "nginx base" "nginx-tls base-tls" "base router" "base-tls router-tls"; do
         read -r n r <<<"$pair"
         case " $TARGETS " in *" $n "*) ;; *) continue ;; esac
         case " $TARGETS " in *" $r "*) ;; *) continue ;; esac
         awk -v load="$load" -v r="$r" -v nr="${med[$load,$n,4]}" -v rr="${med[$load,$r,4]}" \
             -v n50="${med[$load,$n,5]}" -v r50="${med[$load,$r,5]}" \
-            -v n99="${med[$load,$n,6]}" -v r99="${med[$load,$r,6]}" 'BEGIN {
-            printf "%-5s %-10s router/nginx req/s %.2f   p50 %.3f vs %.3f ms   p99 %.3f vs %.3f ms (router vs nginx)\n", load, r, rr / nr, r50, n50, r99, n99
+            -v n99="${med[$load,$n,6]}" -v r99="${med[$load,$r,6]}" -v n="$n" 'BEGIN {
+            printf "%-5s %-10s / %-9s req/s %.2f   p50 %.3f vs %.3f ms   p99 %.3f vs %.3f ms\n", load, r, n, rr / nr, r50, n50, r99, n99
         }'
     done
 done

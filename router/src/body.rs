@@ -167,9 +167,12 @@ impl Body for UploadBody {
 /// The response body sent to the client: a page of the router's own, or a dyno's body.
 pub(crate) struct RouterBody(Kind);
 
+// Not boxed: hyper keeps a connection's response body in one slot it reuses, and a box
+// here cost a `malloc` per request.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Full(Option<Bytes>),
-    Relay(Box<Relay>),
+    Relay(Relay),
 }
 
 impl RouterBody {
@@ -190,7 +193,7 @@ impl RouterBody {
         status: u16,
         idle: Duration,
     ) -> RouterBody {
-        RouterBody(Kind::Relay(Box::new(Relay {
+        RouterBody(Kind::Relay(Relay {
             inner,
             exchange,
             conn: Some(conn),
@@ -200,7 +203,7 @@ impl RouterBody {
             bytes: 0,
             ended: false,
             failure: None,
-        })))
+        }))
     }
 }
 

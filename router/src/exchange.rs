@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Response};
 use tokio::time::Instant;
 
 use crate::body::RouterBody;
 use crate::codes::Code;
+use crate::headers::HostName;
 use crate::io::ConnCtx;
 use crate::logline::LogLine;
 use crate::pages;
@@ -24,8 +26,8 @@ pub(crate) struct Exchange {
     ctx: Arc<ConnCtx>,
     app: Arc<str>,
     method: Method,
-    path: String,
-    host: String,
+    path: PathAndQuery,
+    host: HostName,
     request_id: HeaderValue,
     fwd: HeaderValue,
     started: Instant,
@@ -39,8 +41,9 @@ pub(crate) struct Exchange {
 pub(crate) struct Identity {
     pub(crate) app: Arc<str>,
     pub(crate) method: Method,
-    pub(crate) path: String,
-    pub(crate) host: String,
+    /// Shares the request's buffer (no copy).
+    pub(crate) path: PathAndQuery,
+    pub(crate) host: HostName,
     pub(crate) request_id: HeaderValue,
     pub(crate) fwd: HeaderValue,
 }
@@ -119,8 +122,8 @@ impl Exchange {
         let line = LogLine {
             code,
             method: self.method.as_str(),
-            path: &self.path,
-            host: &self.host,
+            path: self.path.as_str(),
+            host: self.host.as_str(),
             request_id: self.request_id.to_str().unwrap_or(""),
             fwd: self.fwd.to_str().unwrap_or(""),
             dyno: self.backend().map(|b| b.name.as_str()),
@@ -154,8 +157,7 @@ impl Exchange {
     /// Answers 404 for an app removed while this request was held for it.
     pub(crate) fn gone(mut self) -> Response<RouterBody> {
         self.finish(404, None, 0);
-        let host = std::mem::take(&mut self.host);
-        pages::not_found(&host)
+        pages::not_found(self.host.as_str())
     }
 }
 

@@ -2,10 +2,13 @@
 //! `X-Request-Id`, `X-Request-Start`, `Via`), and the hop-by-hop headers that belong to one
 //! connection and must not cross the router (RFC 9110 §7.6.1).
 
+use std::cell::RefCell;
+use std::io::Write;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::io::Scheme;
+use bytes::Bytes;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, TE, TRAILER, TRANSFER_ENCODING,
     UPGRADE, VIA,
@@ -83,7 +86,7 @@ pub(crate) fn forward_request(
         HeaderValue::from_static(client.scheme.as_str()),
     );
     headers.insert(X_FORWARDED_PORT, client.port_value.clone());
-    headers.insert(X_REQUEST_START, HeaderValue::from(now_millis()));
+    headers.insert(X_REQUEST_START, request_start());
     append_via(headers);
     Forwarded { request_id, fwd }
 }
@@ -106,8 +109,93 @@ fn valid_request_id(id: &[u8]) -> bool {
 fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("invalid-request-id"))
+    id.hyphenated().encode_lower(&mut buf);
+    shared_value(Inline {
+        len: buf.len(),
+        buf,
+    })
+    .unwrap_or(HeaderValue::from_static("invalid-request-id"))
+}
+
+/// Up to `N` bytes in place: the owner of a [`shared_value`].
+struct Inline<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> AsRef<[u8]> for Inline<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// A header value in one allocation that its clones share. `HeaderValue::from_str` copies
+/// into a buffer that its first clone reallocates as a shared one: two `malloc`s for a
+/// value that the request, its log line and its resend copy all hold.
+fn shared_value<const N: usize>(bytes: Inline<N>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(bytes)).ok()
+}
+
+thread_local! {
+    /// The last `X-Request-Start` this thread rendered: requests in the same millisecond
+    /// share it.
+    static REQUEST_START: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `X-Request-Start`: when the router received the request, in milliseconds since the
+/// epoch, as Heroku sends it.
+fn request_start() -> HeaderValue {
+    let now = now_millis();
+    REQUEST_START.with_borrow_mut(|last| match last {
+        Some((at, value)) if *at == now => value.clone(),
+        _ => {
+            let mut digits = Inline {
+                buf: [0u8; 20],
+                len: 0,
+            };
+            let mut out = &mut digits.buf[..];
+            // u64::MAX has 20 digits: always fits.
+            let _ = write!(out, "{now}");
+            digits.len = 20 - out.len();
+            let value = shared_value(digits).unwrap_or(HeaderValue::from(now));
+            *last = Some((now, value.clone()));
+            value
+        }
+    })
+}
+
+/// A request's host name as the router matches and logs it: lowercase, without a port.
+/// Usually the client's `Host` value itself, which costs no copy.
+#[derive(Clone)]
+pub(crate) struct HostName(HeaderValue);
+
+impl HostName {
+    /// From `Host` (or the authority of an absolute-form request).
+    pub(crate) fn new(raw: &str, header: Option<&HeaderValue>) -> HostName {
+        let name = match raw.rsplit_once(':') {
+            Some((name, port))
+                if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
+            }
+            _ => raw,
+        };
+        match header {
+            Some(value)
+                if name.len() == raw.len() && !name.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                HostName(value.clone())
+            }
+            _ => HostName(
+                HeaderValue::try_from(name.to_ascii_lowercase())
+                    .unwrap_or(HeaderValue::from_static("")),
+            ),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
 }
 
 /// The existing `X-Forwarded-For` chain (all its headers, in order) with the client
@@ -254,5 +342,50 @@ mod tests {
         assert_eq!(header(&h, "x-forwarded-port"), "443");
         assert_eq!(header(&h, "connection"), "upgrade");
         assert_eq!(header(&h, "upgrade"), "websocket");
+    }
+
+    #[test]
+    fn host_names_are_lowercase_without_port() {
+        let cases = [
+            ("app.localhost", "app.localhost"),
+            ("App.LocalHost", "app.localhost"),
+            ("app.localhost:8080", "app.localhost"),
+            ("APP.localhost:80", "app.localhost"),
+            ("[::1]:80", "[::1]:80"),
+            ("app.localhost:x", "app.localhost:x"),
+            ("", ""),
+        ];
+        for (raw, want) in cases {
+            let header = HeaderValue::from_str(raw).expect("header");
+            assert_eq!(HostName::new(raw, Some(&header)).as_str(), want, "{raw}");
+            assert_eq!(HostName::new(raw, None).as_str(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn request_start_is_now_in_milliseconds() {
+        let before = now_millis();
+        let first = request_start();
+        let second = request_start();
+        let after = now_millis();
+        for value in [&first, &second] {
+            let millis: u64 = value.to_str().expect("ascii").parse().expect("digits");
+            assert!(
+                (before..=after).contains(&millis),
+                "{millis} not in {before}..={after}"
+            );
+        }
+        let value = first.to_str().expect("ascii");
+        assert!(!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()));
+    }
+
+    #[test]
+    fn generated_request_ids_are_distinct_uuids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let a = a.to_str().expect("ascii");
+        assert!(uuid::Uuid::parse_str(a).is_ok(), "{a}");
+        assert!(valid_request_id(a.as_bytes()));
     }
 }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::body::{RouterBody, UploadBody, UploadPhase, UploadState, UploadWatch};
 use crate::codes::Code;
 use crate::exchange::{Exchange, Identity};
-use crate::headers;
+use crate::headers::{self, HostName};
 use crate::io::ConnCtx;
 use crate::pages;
 use crate::pick;
@@ -57,6 +57,16 @@ struct Resend {
 }
 
 impl Resend {
+    fn new(method: &Method, uri: &Uri, headers: &HeaderMap) -> Resend {
+        // A clone is two allocations, the least this copy costs: refilling a spare map
+        // with `append` rehashes every name and measured dearer (BENCHMARKS.md).
+        Resend {
+            method: method.clone(),
+            uri: uri.clone(),
+            headers: headers.clone(),
+        }
+    }
+
     fn request(&self) -> Request<UploadBody> {
         let mut req = Request::new(UploadBody::Empty);
         *req.method_mut() = self.method.clone();
@@ -91,16 +101,16 @@ impl Router {
             return answer;
         }
         let host = host_of(&req);
-        let slot = match app_of(&host, &self.config.domain) {
+        let slot = match app_of(host.as_str(), &self.config.domain) {
             Some(app) => self.table.slot(app),
             None => self
                 .table
-                .domain_app(&host)
+                .domain_app(host.as_str())
                 .and_then(|app| self.table.slot(&app)),
         };
         let Some(slot) = slot else {
             self.metrics.record(404, None, started.elapsed());
-            return pages::not_found(&host);
+            return pages::not_found(host.as_str());
         };
         self.hooks.request(&slot.name);
 
@@ -109,8 +119,8 @@ impl Router {
         let path = req
             .uri()
             .path_and_query()
-            .map_or("/", PathAndQuery::as_str)
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let identity = Identity {
             app: slot.name.clone(),
             method: req.method().clone(),
@@ -214,11 +224,7 @@ impl Router {
         let resend = (watch.is_none()
             && client_upgrade.is_none()
             && matches!(parts.method, Method::GET | Method::HEAD))
-        .then(|| Resend {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-        });
+        .then(|| Resend::new(&parts.method, &parts.uri, &parts.headers));
         let request = Request::from_parts(parts, upload);
         match self.connect(backends, &mut ex).await {
             Ok(conn) => {
@@ -389,20 +395,12 @@ fn failure_code(error: &hyper::Error, upload: Option<&UploadState>) -> Code {
 
 /// The request's host, lowercased, without port (`Host`, or the authority of an
 /// absolute-form request).
-fn host_of(req: &Request<Incoming>) -> String {
-    let raw = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
-        .unwrap_or("");
-    let name = match raw.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
-        }
-        _ => raw,
-    };
-    name.to_ascii_lowercase()
+fn host_of(req: &Request<Incoming>) -> HostName {
+    let header = req.headers().get(HOST);
+    match header.and_then(|h| h.to_str().ok()) {
+        Some(raw) => HostName::new(raw, header),
+        None => HostName::new(req.uri().host().unwrap_or(""), None),
+    }
 }
 
 /// The app a host names: `APP.<domain>` (a trailing dot allowed), `APP` without dots.
@@ -427,5 +425,21 @@ mod tests {
         assert_eq!(app_of("localhost", "localhost"), None);
         assert_eq!(app_of("xlocalhost", "localhost"), None);
         assert_eq!(app_of("myapp.other", "localhost"), None);
+    }
+
+    #[test]
+    fn a_resend_is_the_same_request_over_http_1_1() {
+        let uri: Uri = "/a?b=c".parse().expect("uri");
+        let mut headers = HeaderMap::new();
+        headers.append("x-b", "3".parse().expect("value"));
+        headers.append("x-b", "4".parse().expect("value"));
+        let resend = Resend::new(&Method::HEAD, &uri, &headers);
+        let req = resend.request();
+        assert_eq!(req.method(), Method::HEAD);
+        assert_eq!(req.uri(), &uri);
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers(), &headers);
+        let values: Vec<_> = req.headers().get_all("x-b").iter().collect();
+        assert_eq!(values, ["3", "4"], "values in order");
     }
 }
