@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use manifold_scheduler::planner::{HostSpec, Placed, Planner, Request};
+use manifold_scheduler::planner::{HostSpec, Placed, Planner, Request, Room};
 
 const HOSTS: usize = 10_000;
 const DYNOS: usize = 1_000_000;
@@ -43,6 +43,7 @@ fn hosts() -> Vec<HostSpec> {
             memory_bytes: 64 * GIB,
             dyno_slots: 200,
             eligible: i % 1000 != 7,
+            taken: Room::default(),
         })
         .collect()
 }

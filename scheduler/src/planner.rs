@@ -97,6 +97,18 @@ pub struct HostSpec {
     pub dyno_slots: u32,
     /// Whether new dynos may go there: connected and not draining.
     pub eligible: bool,
+    /// Room already taken by dynos not given as [`Placed`]: those whose spread is never
+    /// asked about (other apps' dynos, when placing some apps' only). They count for
+    /// memory and slots like placed dynos, so the caller need not list every dyno of a
+    /// large cluster to place a few.
+    pub taken: Room,
+}
+
+/// Memory reserved and dyno slots taken on a host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Room {
+    pub memory_bytes: u64,
+    pub dynos: u32,
 }
 
 /// A dyno already on a host, which takes its share of the host's room.
@@ -277,9 +289,9 @@ impl Planner {
                 id: spec.id,
                 stacks: host_stacks,
                 memory: spec.memory_bytes,
-                used: 0,
+                used: spec.taken.memory_bytes,
                 slots: spec.dyno_slots,
-                dynos: 0,
+                dynos: spec.taken.dynos,
                 eligible: spec.eligible,
                 same: IdMap::default(),
                 classes: Vec::new(),
@@ -520,6 +532,7 @@ mod tests {
             memory_bytes,
             dyno_slots,
             eligible: true,
+            taken: Room::default(),
         }
     }
 
@@ -663,6 +676,43 @@ mod tests {
     }
 
     #[test]
+    fn room_taken_counts_as_placed_dynos_of_other_apps() {
+        let specs = vec![
+            host("a", &["bookworm"], 4 * GIB, 3),
+            host("b", &["bookworm"], 4 * GIB, 3),
+        ];
+        let others = [
+            placed("a", "blog", "web", 3 * GIB),
+            placed("b", "blog", "web", GIB),
+            placed("b", "wiki", "web", GIB),
+        ];
+        let mut listed = Planner::new(specs.clone(), others.clone());
+        let mut taken = specs;
+        taken[0].taken = Room {
+            memory_bytes: 3 * GIB,
+            dynos: 1,
+        };
+        taken[1].taken = Room {
+            memory_bytes: 2 * GIB,
+            dynos: 2,
+        };
+        let mut summed = Planner::new(taken, []);
+        let req = request("shop", "web", "bookworm", GIB);
+        let got: Vec<_> = (0..4)
+            .map(|_| summed.place(&req).map(str::to_owned))
+            .collect();
+        let want: Vec<_> = (0..4)
+            .map(|_| listed.place(&req).map(str::to_owned))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(got[..2], [Ok("b".to_owned()), Ok("a".to_owned())]);
+        assert!(
+            got[2..].iter().all(Result::is_err),
+            "every slot or byte taken: {got:?}"
+        );
+    }
+
+    #[test]
     fn remove_frees_room() {
         let hosts = vec![host("a", &["bookworm"], 2 * GIB, 2)];
         let mut planner = Planner::new(hosts, []);
@@ -711,8 +761,8 @@ mod tests {
                 if !hosts.iter().any(|h| h.spec.id == spec.id) {
                     hosts.push(OracleHost {
                         spec: spec.clone(),
-                        used: 0,
-                        dynos: 0,
+                        used: spec.taken.memory_bytes,
+                        dynos: spec.taken.dynos,
                         same: HashMap::new(),
                     });
                 }
@@ -825,6 +875,13 @@ mod tests {
                         1 + rng.below(12) as u32,
                     );
                     spec.eligible = rng.below(10) > 0;
+                    // Some room taken by dynos the planner is not told apart.
+                    if rng.below(3) == 0 {
+                        spec.taken = Room {
+                            memory_bytes: rng.below(4) * GIB,
+                            dynos: rng.below(4) as u32,
+                        };
+                    }
                     spec
                 })
                 .collect();

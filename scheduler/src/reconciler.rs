@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::model::{App, Desired, Dyno, DynoState, Formation, Host, Release, Slug};
-use crate::planner::{HostSpec, Placed, Planner, Rejection, Request};
+use crate::planner::{HostSpec, Placed, Planner, Rejection, Request, Room};
 use crate::store::DynoChanges;
 
 /// How the hub sees a host right now.
@@ -136,6 +136,50 @@ impl Cycling {
     }
 }
 
+/// The room dynos take on each host (memory reserved, slots), by host id: what the
+/// planner needs to know of the dynos whose spread it never looks at, those of the apps
+/// not planned. The view keeps it as dynos come and go, so that a pass for a few apps
+/// reads only their dynos, not every dyno of the cluster.
+///
+/// It counts every dyno, whatever its host's liveness: a host that is not connected, or
+/// is draining, takes no new dyno, so what it holds is never looked at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Load(HashMap<String, Room>);
+
+impl Load {
+    /// The room `dynos` take.
+    pub fn of<'a>(dynos: impl IntoIterator<Item = &'a Dyno>) -> Load {
+        let mut load = Load::default();
+        for d in dynos {
+            load.add(d);
+        }
+        load
+    }
+
+    /// A dyno now takes room on its host.
+    pub fn add(&mut self, d: &Dyno) {
+        let room = self.0.entry(d.host_id.clone()).or_default();
+        room.memory_bytes = room.memory_bytes.saturating_add(size_memory(&d.size));
+        room.dynos = room.dynos.saturating_add(1);
+    }
+
+    /// A dyno no longer takes room (it was forgotten, or replaced in the view).
+    pub fn remove(&mut self, d: &Dyno) {
+        if let Some(room) = self.0.get_mut(&d.host_id) {
+            room.memory_bytes = room.memory_bytes.saturating_sub(size_memory(&d.size));
+            room.dynos = room.dynos.saturating_sub(1);
+            if room.dynos == 0 {
+                self.0.remove(&d.host_id);
+            }
+        }
+    }
+
+    /// The room taken on one host.
+    pub fn on(&self, host: &str) -> Room {
+        self.0.get(host).copied().unwrap_or_default()
+    }
+}
+
 /// Decides what to create, stop and forget. Pure: the same snapshot gives the same plan
 /// (but for new dyno ids).
 pub fn plan(
@@ -145,19 +189,24 @@ pub fn plan(
     now: OffsetDateTime,
     cycling: &Cycling,
 ) -> Plan {
+    let load = Load::of(dynos);
     let dynos: Vec<&Dyno> = dynos.iter().collect();
     let apps: Vec<&AppDesired> = apps.iter().collect();
-    plan_apps(hosts, &dynos, &apps, None, now, cycling)
+    plan_apps(hosts, &load, &dynos, &apps, None, now, cycling)
 }
 
 /// [`plan`] for some apps only (`only`: their ids; `None`: every app), what an incremental
-/// reconcile runs for the apps that changed. `dynos` is every dyno of the cluster (each
-/// takes room on its host), `apps` the desired state of the apps planned, in name order.
-/// Dynos of other apps are left alone: when nothing about an app changed since a plan for
-/// it was carried out, a full plan leaves it alone too, so with the same snapshot the
-/// result is the full plan's (but for new dyno ids).
+/// reconcile runs for the apps that changed. `load` is the room every dyno of the cluster
+/// takes (each takes room on its host), `dynos` the planned apps' dynos (every dyno when
+/// `only` is `None`), all of them counted in `load`; `apps` the desired state of the apps
+/// planned, in name order. Dynos of other apps are left alone: when nothing about an app
+/// changed since a plan for it was carried out, a full plan leaves it alone too, so with
+/// the same snapshot the result is the full plan's (but for new dyno ids). The planner
+/// spreads a process type by its dynos per host, which only the planned apps' dynos
+/// decide; the others count only for room.
 pub fn plan_apps(
     hosts: &[HostView],
+    load: &Load,
     dynos: &[&Dyno],
     apps: &[&AppDesired],
     only: Option<&HashSet<Uuid>>,
@@ -180,15 +229,16 @@ pub fn plan_apps(
         .iter()
         .map(|a| (a.app.id, a.app.name.as_str()))
         .collect();
+    let dynos: Vec<&Dyno> = dynos.iter().copied().filter(|d| planned(d)).collect();
     let mut live: Vec<&Dyno> = Vec::new();
-    for &d in dynos {
-        if !lost(d) {
-            live.push(d);
-        } else if planned(d) {
+    for &d in &dynos {
+        if lost(d) {
             out.changes.delete.push(d.id.clone());
+        } else {
+            live.push(d);
         }
     }
-    let mut planner = planner_for(hosts, &live);
+    let mut planner = planner_for(hosts, load, &dynos, &live);
 
     let draining: HashSet<&str> = hosts
         .iter()
@@ -196,7 +246,7 @@ pub fn plan_apps(
         .map(|h| h.host.id.as_str())
         .collect();
     let mut by_app: HashMap<Uuid, Vec<&Dyno>> = HashMap::new();
-    for d in live.iter().filter(|d| planned(d)) {
+    for d in &live {
         if d.is_one_off() {
             // A one-off runs once: when it ended (or its app is gone) it is forgotten, and
             // it is never replaced, cycled or moved.
@@ -207,7 +257,7 @@ pub fn plan_apps(
             by_app.entry(d.app_id).or_default().push(d);
         }
     }
-    for d in live.iter().filter(|d| planned(d)) {
+    for d in &live {
         if !app_names.contains_key(&d.app_id) && d.desired == Desired::Running {
             out.changes.stop.push(d.id.clone());
         }
@@ -360,8 +410,21 @@ pub fn plan_apps(
     out
 }
 
-/// A planner loaded with the hosts and the dynos that take room on them.
-fn planner_for(hosts: &[HostView], live: &[&Dyno]) -> Planner {
+/// A planner loaded with the hosts and the room dynos take on them: `load` counts every
+/// dyno, `listed` (counted in `load`) are told apart by app and process type, those of
+/// them on hosts that are not lost (`live`) placed one by one so the planner can spread
+/// their process types and give their room back when they stop.
+fn planner_for(hosts: &[HostView], load: &Load, listed: &[&Dyno], live: &[&Dyno]) -> Planner {
+    let mut others: HashMap<&str, Room> = hosts
+        .iter()
+        .map(|h| (h.host.id.as_str(), load.on(&h.host.id)))
+        .collect();
+    for d in listed {
+        if let Some(room) = others.get_mut(d.host_id.as_str()) {
+            room.memory_bytes = room.memory_bytes.saturating_sub(size_memory(&d.size));
+            room.dynos = room.dynos.saturating_sub(1);
+        }
+    }
     Planner::new(
         hosts
             .iter()
@@ -371,6 +434,7 @@ fn planner_for(hosts: &[HostView], live: &[&Dyno]) -> Planner {
                 memory_bytes: h.host.memory_bytes,
                 dyno_slots: h.host.dyno_slots,
                 eligible: h.liveness == Liveness::Connected && !h.host.draining,
+                taken: others.get(h.host.id.as_str()).copied().unwrap_or_default(),
             })
             .collect(),
         live.iter().map(|d| Placed {
@@ -382,11 +446,12 @@ fn planner_for(hosts: &[HostView], live: &[&Dyno]) -> Planner {
     )
 }
 
-/// Where a one-off dyno goes: the host the planner picks with every dyno not on a lost
-/// host counted, as for any dyno.
+/// Where a one-off dyno goes: the host the planner picks with every dyno counted (`load`),
+/// spread among its app's dynos (`own`, counted in `load`), as for any dyno.
 pub fn place_one_off(
     hosts: &[HostView],
-    dynos: &[&Dyno],
+    load: &Load,
+    own: &[Dyno],
     request: &Request,
 ) -> Result<String, Rejection> {
     let live_hosts: HashSet<&str> = hosts
@@ -394,12 +459,13 @@ pub fn place_one_off(
         .filter(|h| h.liveness != Liveness::Lost)
         .map(|h| h.host.id.as_str())
         .collect();
-    let live: Vec<&Dyno> = dynos
+    let own: Vec<&Dyno> = own.iter().collect();
+    let live: Vec<&Dyno> = own
         .iter()
         .filter(|d| live_hosts.contains(d.host_id.as_str()))
         .copied()
         .collect();
-    planner_for(hosts, &live)
+    planner_for(hosts, load, &own, &live)
         .place(request)
         .map(|h| h.to_string())
 }
@@ -891,16 +957,20 @@ pub(crate) mod tests {
             stack: "testing".into(),
             memory_bytes: size_memory("standard-1x"),
         };
-        assert_eq!(place_one_off(&hosts, &[], &request).as_deref(), Ok("a"));
+        let place =
+            |hosts: &[HostView], own: &[Dyno]| place_one_off(hosts, &Load::of(own), own, &request);
+        assert_eq!(place(&hosts, &[]).as_deref(), Ok("a"));
         hosts[0].host.dyno_slots = 1;
         let busy = one_off("run.1000", "a");
-        assert!(place_one_off(&hosts, &[&busy], &request).is_err());
+        assert!(place(&hosts, std::slice::from_ref(&busy)).is_err());
+        // Another app's dyno takes room too, counted only in the load.
+        let mut other = busy.clone();
+        other.app_id = Uuid::from_u128(7);
+        let err = place_one_off(&hosts, &Load::of([&other]), &[], &request);
+        assert_eq!(err.map_err(|r| r.no_slots), Err(1));
         // A dyno on a lost host takes no room.
         let mut gone = busy;
         gone.host_id = "b".into();
-        assert_eq!(
-            place_one_off(&hosts, &[&gone], &request).as_deref(),
-            Ok("a")
-        );
+        assert_eq!(place(&hosts, &[gone]).as_deref(), Ok("a"));
     }
 }

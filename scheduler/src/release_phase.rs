@@ -233,8 +233,10 @@ impl ReleasePhase {
     }
 
     /// Fails pending releases whose release dyno is gone (its host was lost, or the
-    /// scheduler stopped between storing the release and placing its dyno).
-    pub(crate) async fn orphaned(&self, apps: &[&App], dynos: &[&Dyno]) {
+    /// scheduler stopped between storing the release and placing its dyno). `app` gives
+    /// an app by id with its dynos: only pending releases' apps are looked at, not every
+    /// dyno of the cluster.
+    pub(crate) async fn orphaned<'a>(&self, app: impl Fn(Uuid) -> Option<(&'a App, &'a [Dyno])>) {
         let pending = match self.store.pending_releases().await {
             Ok(p) => p,
             Err(err) => {
@@ -246,21 +248,18 @@ impl ReleasePhase {
             return;
         }
         let now = OffsetDateTime::now_utc();
-        let release_dynos: HashSet<(Uuid, u32)> = dynos
-            .iter()
-            .filter(|d| d.process_type == manifold_dyno::RELEASE)
-            .map(|d| (d.app_id, d.release_version))
-            .collect();
         for release in pending {
-            let running = release_dynos.contains(&(release.app_id, release.version))
-                || lock(&self.settling).contains(&(release.app_id, release.version));
+            let Some((app, own)) = app(release.app_id) else {
+                continue;
+            };
+            let running = own.iter().any(|d| {
+                d.process_type == manifold_dyno::RELEASE && d.release_version == release.version
+            }) || lock(&self.settling).contains(&(release.app_id, release.version));
             if running || now - release.created_at < PLACE_WINDOW {
                 continue;
             }
-            if let Some(app) = apps.iter().find(|a| a.id == release.app_id).copied() {
-                self.release_failed(app, &release, "its release dyno was lost")
-                    .await;
-            }
+            self.release_failed(app, &release, "its release dyno was lost")
+                .await;
         }
     }
 }

@@ -229,11 +229,14 @@ impl Core {
 
     /// Marks the add-ons of lost hosts crashed: they are not moved (their data is there).
     pub(crate) async fn addons_on_lost_hosts(&self, hosts: &[HostView]) -> Result<(), StoreError> {
+        let liveness: std::collections::HashMap<&str, Liveness> = hosts
+            .iter()
+            .map(|h| (h.host.id.as_str(), h.liveness))
+            .collect();
         for addon in self.store.addons(None).await? {
-            let lost = hosts
-                .iter()
-                .find(|h| h.host.id == addon.host_id)
-                .is_none_or(|h| h.liveness == Liveness::Lost);
+            let lost = liveness
+                .get(addon.host_id.as_str())
+                .is_none_or(|l| *l == Liveness::Lost);
             let live = matches!(
                 addon.state,
                 AddonState::Available | AddonState::Provisioning

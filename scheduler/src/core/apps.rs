@@ -215,7 +215,8 @@ impl Core {
         let (hosts, _) = self.look(&mut view, false).await?;
         let host = reconciler::place_one_off(
             &hosts,
-            &view.dynos(),
+            view.room(),
+            view.dynos_of_app(app.id),
             &PlaceRequest {
                 app: app.id.to_string(),
                 process_type: spec.process_type.to_string(),

@@ -38,7 +38,7 @@ use crate::cluster::Cluster;
 use crate::leadership::Leadership;
 use crate::logs::LogFeed;
 use crate::metrics::Counters;
-use crate::model::{App, Dyno, FormationUpdate};
+use crate::model::{Dyno, FormationUpdate};
 use crate::reconciler::{self, AppDesired, Cycling, HostView, Liveness, Plan};
 use crate::release_phase::ReleasePhase;
 use crate::routing::Routing;
@@ -258,24 +258,25 @@ impl Core {
         let (hosts, only) = self.look(&mut view, true).await?;
         let only = only.as_ref();
         let cycling = &self.settings.cycling;
-        let plan = reconciler::plan_apps(
-            &hosts,
-            &view.dynos(),
-            &view.apps(only),
-            only,
-            OffsetDateTime::now_utc(),
-            cycling,
-        );
-        let stopping: HashSet<String> = plan
-            .changes
-            .stop
-            .iter()
-            .chain(&plan.changes.delete)
-            .cloned()
-            .collect();
-        let (changed, stopped) = {
+        let (plan, changed, stopped) = {
             let planned = view.dynos_of(only);
             let apps = view.apps(only);
+            let plan = reconciler::plan_apps(
+                &hosts,
+                view.room(),
+                &planned,
+                &apps,
+                only,
+                OffsetDateTime::now_utc(),
+                cycling,
+            );
+            let stopping: HashSet<String> = plan
+                .changes
+                .stop
+                .iter()
+                .chain(&plan.changes.delete)
+                .cloned()
+                .collect();
             let changed = if plan.is_empty() {
                 BTreeMap::new()
             } else {
@@ -291,7 +292,7 @@ impl Core {
                 .filter(|d| stop.contains(d.id.as_str()))
                 .map(|&d| d.clone())
                 .collect();
-            (changed, stopped)
+            (plan, changed, stopped)
         };
         // Stored: the view takes the plan on before anything else can fail.
         view.applied(&plan, only, cycling);
@@ -305,18 +306,16 @@ impl Core {
         }
         // Sleep-on-idle goes by time: every app that may sleep is looked at each pass (and
         // the planned ones, which may no longer).
-        let idle: Vec<&AppDesired> = view
-            .apps(None)
-            .into_iter()
-            .filter(|a| crate::routing::sleepy(a) || only.is_none_or(|o| o.contains(&a.app.id)))
-            .collect();
+        let idle: Vec<&AppDesired> = view.sleepy_or(only);
         let idle_ids: HashSet<Uuid> = idle.iter().map(|a| a.app.id).collect();
         self.routing
             .idle_apps(&idle, &view.dynos_of(Some(&idle_ids)))
             .await;
         self.addons_on_lost_hosts(&hosts).await?;
-        let apps: Vec<&App> = view.apps(None).into_iter().map(|a| &a.app).collect();
-        self.releases.orphaned(&apps, &view.dynos()).await;
+        let view = &*view;
+        self.releases
+            .orphaned(|id| view.app(id).map(|a| (&a.app, view.dynos_of_app(id))))
+            .await;
         Ok(plan)
     }
 
@@ -470,7 +469,8 @@ impl Core {
             .collect();
         let mut plan = reconciler::plan_apps(
             &hosts,
-            &view.dynos(),
+            view.room(),
+            &view.dynos_of(Some(&only)),
             &apps,
             Some(&only),
             OffsetDateTime::now_utc(),

@@ -14,8 +14,8 @@
 //! Why this is the full plan's result: [`crate::reconciler::plan_apps`] leaves an app alone
 //! when nothing about it changed since a plan for it was carried out — the full plan finds
 //! nothing to do for such an app either, and takes no room from the planner — so planning
-//! only the changed apps, in name order, against every dyno (each takes room) decides what
-//! the full plan would. What keeps the view honest is that every write of a dyno or of what
+//! only the changed apps, in name order, against the room every dyno takes (kept here as
+//! dynos come and go: [`Load`]) decides what the full plan would. What keeps the view honest is that every write of a dyno or of what
 //! an app wants pokes: the writes the reconciler makes itself are applied here
 //! ([`View::applied`]), the others name their app or host, or ask for a full read.
 
@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::model::{Desired, Dyno};
-use crate::reconciler::{AppDesired, Cycling, HostView, Liveness, Plan};
+use crate::reconciler::{AppDesired, Cycling, HostView, Liveness, Load, Plan};
 use crate::sync::Dirt;
 
 /// How long a view is trusted before the next pass reads everything again: a write that
@@ -39,10 +39,15 @@ pub(crate) struct View {
     desired: HashMap<Uuid, AppDesired>,
     /// App ids by name: the order plans go in.
     names: BTreeMap<String, Uuid>,
+    /// The apps that may sleep when idle, looked at every pass.
+    sleepy: HashSet<Uuid>,
     /// Each app's dynos, by name then id (the store's order).
     dynos: HashMap<Uuid, Vec<Dyno>>,
     /// How many dynos of each app each host has.
     on_host: HashMap<String, HashMap<Uuid, usize>>,
+    /// The room every dyno takes on its host, for the planner (kept with the dynos, so a
+    /// pass gives the planner only the planned apps' dynos).
+    room: Load,
     /// Each host's liveness and draining flag when last looked at.
     hosts: HashMap<String, (Liveness, bool)>,
     /// When each app's first running dyno is due to cycle, and the same by time.
@@ -62,8 +67,10 @@ impl Default for View {
         View {
             desired: HashMap::new(),
             names: BTreeMap::new(),
+            sleepy: HashSet::new(),
             dynos: HashMap::new(),
             on_host: HashMap::new(),
+            room: Load::default(),
             hosts: HashMap::new(),
             due_of: HashMap::new(),
             due: BTreeSet::new(),
@@ -124,8 +131,12 @@ impl View {
             if let Some(old) = self.desired.remove(id) {
                 self.names.remove(&old.app.name);
             }
+            self.sleepy.remove(id);
         }
         for want in apps {
+            if crate::routing::sleepy(&want) {
+                self.sleepy.insert(want.app.id);
+            }
             self.names.insert(want.app.name.clone(), want.app.id);
             self.desired.insert(want.app.id, want);
         }
@@ -210,9 +221,28 @@ impl View {
         }
     }
 
+    /// One app's desired state, by id.
+    pub(crate) fn app(&self, id: Uuid) -> Option<&AppDesired> {
+        self.desired.get(&id)
+    }
+
+    /// The apps that may go to sleep when idle ([`crate::routing::sleepy`]), and the apps
+    /// `only` (every app if `None`), by name.
+    pub(crate) fn sleepy_or(&self, only: Option<&HashSet<Uuid>>) -> Vec<&AppDesired> {
+        match only {
+            None => self.apps(None),
+            Some(only) => self.apps(Some(&self.sleepy.union(only).copied().collect())),
+        }
+    }
+
     /// One app's desired state, by name.
     pub(crate) fn app_named(&self, name: &str) -> Option<&AppDesired> {
         self.names.get(name).and_then(|id| self.desired.get(id))
+    }
+
+    /// The room every dyno takes on its host.
+    pub(crate) fn room(&self) -> &Load {
+        &self.room
     }
 
     /// The apps the last plans left with dynos unplaced.
@@ -281,6 +311,7 @@ impl View {
     fn set_dynos(&mut self, app: Uuid, mut dynos: Vec<Dyno>, cycling: &Cycling) {
         if let Some(old) = self.dynos.remove(&app) {
             for d in &old {
+                self.room.remove(d);
                 if let Some(apps) = self.on_host.get_mut(&d.host_id) {
                     if let Some(n) = apps.get_mut(&app) {
                         *n -= 1;
@@ -299,6 +330,7 @@ impl View {
         }
         dynos.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         for d in &dynos {
+            self.room.add(d);
             *self
                 .on_host
                 .entry(d.host_id.clone())
@@ -332,7 +364,7 @@ mod tests {
     use super::View;
     use crate::model::{Desired, Dyno, DynoState};
     use crate::reconciler::tests::{app, apply, host, t0};
-    use crate::reconciler::{plan, plan_apps, AppDesired, Cycling, HostView, Liveness, Plan};
+    use crate::reconciler::{plan, plan_apps, AppDesired, Cycling, HostView, Liveness, Load, Plan};
     use crate::sync::Dirt;
 
     /// App `i` of the cluster: its own id, name and slug.
@@ -439,9 +471,15 @@ mod tests {
                     dynos.len(),
                     "seed {seed} round {round}: the view"
                 );
+                assert_eq!(
+                    view.room(),
+                    &Load::of(all.iter().copied()),
+                    "seed {seed} round {round}: the room kept is the room of every dyno"
+                );
                 let incremental = plan_apps(
                     &hosts,
-                    &all,
+                    view.room(),
+                    &view.dynos_of(Some(&changed)),
                     &view.apps(Some(&changed)),
                     Some(&changed),
                     now,
@@ -456,6 +494,11 @@ mod tests {
                 );
                 apply(&mut dynos, &incremental);
                 view.applied(&incremental, Some(&changed), &cycling);
+                assert_eq!(
+                    view.room(),
+                    &Load::of(&dynos),
+                    "seed {seed} round {round}: the room kept once the plan is applied"
+                );
             }
         }
     }
@@ -546,7 +589,7 @@ mod bench {
     use super::View;
     use crate::model::{Dyno, DynoState};
     use crate::reconciler::tests::{app, apply, host, t0};
-    use crate::reconciler::{plan, plan_apps, AppDesired, Cycling, HostView, Liveness};
+    use crate::reconciler::{plan, plan_apps, AppDesired, Cycling, HostView, Liveness, Load};
     use crate::routing::routes;
     use crate::sync::Dirt;
 
@@ -598,10 +641,12 @@ mod bench {
         }
         let no_stops = HashSet::new();
 
+        // The view keeps the load; a pass does not count it.
+        let load = Load::of(&dynos);
         let start = Instant::now();
         let all: Vec<&Dyno> = dynos.iter().collect();
         let every: Vec<&AppDesired> = apps.iter().collect();
-        let again = plan_apps(&hosts, &all, &every, None, t0(), &cycling);
+        let again = plan_apps(&hosts, &load, &all, &every, None, t0(), &cycling);
         let planned = start.elapsed();
         let table = routes(&hosts, &all, &every, &no_stops);
         let full = start.elapsed();
@@ -641,7 +686,8 @@ mod bench {
         view.replace(&only, theirs, their_dynos, &cycling);
         let incremental = plan_apps(
             &hosts,
-            &view.dynos(),
+            view.room(),
+            &view.dynos_of(Some(&only)),
             &view.apps(Some(&only)),
             Some(&only),
             t0(),
