@@ -18,7 +18,7 @@ use manifold_scheduler::model::{App, Build, BuildStatus, Dyno, FormationUpdate, 
 use manifold_scheduler::reconciler::Cycling;
 use manifold_scheduler::server::RouterListeners;
 use manifold_scheduler::store::sql::{Database, SqlStore};
-use manifold_scheduler::store::{BuildOutcome, DynoChanges, Store};
+use manifold_scheduler::store::{BuildOutcome, DynoChanges, HostHello, Store};
 use manifold_test_support::postgres::Postgres;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -109,15 +109,17 @@ async fn deploy(store: &dyn Store, name: &str) -> App {
 
 async fn add_hosts(store: &dyn Store, n: usize) {
     for i in 0..n {
+        let (id, address) = (format!("h{i}"), format!("10.0.{}.{}", i / 250, i % 250 + 1));
+        let stacks = [STACK.to_owned()];
+        let hello = HostHello {
+            id: &id,
+            address: &address,
+            memory_bytes: 1 << 40,
+            dyno_slots: 1000,
+            stacks: &stacks,
+        };
         store
-            .upsert_host(
-                &format!("h{i}"),
-                &format!("10.0.{}.{}", i / 250, i % 250 + 1),
-                1 << 40,
-                1000,
-                &[STACK.to_owned()],
-                OffsetDateTime::now_utc(),
-            )
+            .upsert_hosts(&[hello], OffsetDateTime::now_utc())
             .await
             .expect("host");
     }

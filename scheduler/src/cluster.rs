@@ -27,12 +27,27 @@ use crate::leadership::Leadership;
 use crate::metrics::Counters;
 use crate::model::{App, Desired, Dyno, DynoReport, Slug};
 use crate::reconciler::{HostView, Liveness};
-use crate::store::{DynoChanges, Reported, Store, StoreError};
+use crate::store::{DynoChanges, HostHello, Reported, Store, StoreError};
 use crate::sync::lock;
 
 /// How much longer than the heartbeat deadline a host gets to reconnect after the
 /// scheduler starts: an agent redials with a backoff of up to 5 s, plus a heartbeat.
 const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
+/// The failover grace's end at the latest, counted from when this replica began to lead.
+///
+/// A new leader does not know when hosts last sent a heartbeat, so it cannot tell a host
+/// that died before the restart from one whose agent is still queued behind the others'
+/// `Hello`s. Nomad answers with `failover_heartbeat_ttl`, 300 s for every node after an
+/// election. Ours is shorter and ends early: a host not seen in this term stays missing
+/// (its dynos stay where they are) for the heartbeat deadline plus [`RECONNECT_GRACE`], and
+/// beyond that for as long as other agents' `Hello`s keep arriving, the herd still being
+/// admitted, until one [`RECONNECT_GRACE`] passes without one (longer than an agent's
+/// longest redial pause, so a herd still coming in is never mistaken for its end). Sixty
+/// seconds caps it: 1,000 hosts were all admitted within a few seconds once `Hello`s were
+/// batched (BENCHMARKS.md, "The restart herd"), and a host that was already dead when the
+/// scheduler restarted has its dynos moved at most a minute later than the deadline would.
+const FAILOVER_GRACE_MAX: Duration = Duration::from_secs(60);
 
 /// How often a held stop looks at the dyno's in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -76,6 +91,9 @@ pub struct Cluster {
     /// scheduler restart or a failover).
     gone_since: Mutex<HashMap<String, Instant>>,
     leading_since: Mutex<Instant>,
+    /// When the last agent's `Hello` arrived: while they keep arriving a herd is still
+    /// being admitted (see [`FAILOVER_GRACE_MAX`]).
+    last_hello: Mutex<Option<Instant>>,
     next_serial: AtomicU64,
     /// Each host's dynos as last sent to it, by id: whose lines its agent may send (see
     /// [`crate::logs::LogFeed::ingest`]). Set before the assignments go out, so the agent
@@ -86,6 +104,8 @@ pub struct Cluster {
     held_stops: Mutex<HashMap<String, Instant>>,
     /// Dyno reports on their way to the store, in batches.
     reports: crate::reports::Reports,
+    /// Agents' `Hello`s waiting to be admitted, in batches.
+    pub(crate) admissions: crate::admission::Admissions,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -110,9 +130,11 @@ impl Cluster {
             links: Mutex::new(HashMap::new()),
             gone_since: Mutex::new(HashMap::new()),
             leading_since: Mutex::new(Instant::now()),
+            last_hello: Mutex::new(None),
             next_serial: AtomicU64::new(1),
             placed: Mutex::new(HashMap::new()),
             held_stops: Mutex::new(HashMap::new()),
+            admissions: crate::admission::Admissions::default(),
         }
     }
 
@@ -127,17 +149,28 @@ impl Cluster {
                 Liveness::Lost
             };
         }
+        if let Some(gone) = lock(&self.gone_since).get(host) {
+            return if now.duration_since(*gone) <= deadline {
+                Liveness::Missing
+            } else {
+                Liveness::Lost
+            };
+        }
         // A host not heard from since this replica began to lead may be redialling with
-        // its longest backoff: give it that much more before its dynos move.
-        let (since, allowed) = match lock(&self.gone_since).get(host) {
-            Some(gone) => (*gone, deadline),
-            None => (*lock(&self.leading_since), deadline + RECONNECT_GRACE),
-        };
-        if now.duration_since(since) <= allowed {
+        // its longest backoff, or waiting behind the herd: the failover grace.
+        let leading = now.duration_since(*lock(&self.leading_since));
+        let since_hello = lock(&self.last_hello).map(|last| now.duration_since(last));
+        if in_failover_grace(leading, since_hello, deadline) {
             Liveness::Missing
         } else {
             Liveness::Lost
         }
+    }
+
+    /// An agent's `Hello` arrived (before it is admitted): the herd after an election is
+    /// still coming in (see [`FAILOVER_GRACE_MAX`]).
+    pub(crate) fn hello_arrived(&self) {
+        *lock(&self.last_hello) = Some(Instant::now());
     }
 
     /// Every known host with its liveness now.
@@ -184,31 +217,45 @@ impl Cluster {
         })
     }
 
-    /// An agent said `Hello`: stores its host and keeps its link (replacing an older one).
-    /// Returns the link's serial, for [`Cluster::disconnect`].
-    pub(crate) async fn connect(&self, hello: &Hello, tx: LinkSender) -> Result<u64, StoreError> {
-        let capacity = hello.capacity.unwrap_or_default();
+    /// Agents said `Hello`: stores their hosts (in one transaction) and keeps their links
+    /// (replacing older ones). Returns each link's serial, for [`Cluster::disconnect`].
+    pub(crate) async fn connect(
+        &self,
+        hellos: &[(&Hello, LinkSender)],
+    ) -> Result<Vec<u64>, StoreError> {
+        let stored: Vec<HostHello<'_>> = hellos
+            .iter()
+            .map(|(hello, _)| {
+                let capacity = hello.capacity.unwrap_or_default();
+                HostHello {
+                    id: &hello.host_id,
+                    address: &hello.address,
+                    memory_bytes: capacity.memory_bytes,
+                    dyno_slots: capacity.dyno_slots,
+                    stacks: &hello.stacks,
+                }
+            })
+            .collect();
         self.store
-            .upsert_host(
-                &hello.host_id,
-                &hello.address,
-                capacity.memory_bytes,
-                capacity.dyno_slots,
-                &hello.stacks,
-                OffsetDateTime::now_utc(),
-            )
+            .upsert_hosts(&stored, OffsetDateTime::now_utc())
             .await?;
-        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        lock(&self.links).insert(
-            hello.host_id.clone(),
-            Link {
-                serial,
-                tx,
-                last_seen: Instant::now(),
-            },
-        );
-        lock(&self.gone_since).remove(&hello.host_id);
-        Ok(serial)
+        let mut serials = Vec::with_capacity(hellos.len());
+        let mut links = lock(&self.links);
+        let mut gone_since = lock(&self.gone_since);
+        for (hello, tx) in hellos {
+            let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+            links.insert(
+                hello.host_id.clone(),
+                Link {
+                    serial,
+                    tx: tx.clone(),
+                    last_seen: Instant::now(),
+                },
+            );
+            gone_since.remove(&hello.host_id);
+            serials.push(serial);
+        }
+        Ok(serials)
     }
 
     /// The host's agent said something: it is alive.
@@ -232,22 +279,23 @@ impl Cluster {
         true
     }
 
-    /// Forgets the dynos `host` was told to stop and no longer runs (`running`: what its
-    /// agent listed in its `Hello`): they ended while the link was down.
+    /// Forgets the dynos each host was told to stop and no longer runs (`running`: by
+    /// host, what its agent listed in its `Hello`): they ended while the link was down.
     pub(crate) async fn forget_ended(
         &self,
-        host: &str,
-        running: &HashSet<&str>,
+        running: &HashMap<&str, HashSet<&str>>,
     ) -> Result<(), StoreError> {
+        let hosts: Vec<String> = running.keys().map(|h| (*h).to_owned()).collect();
         let gone: Vec<String> = self
             .store
-            .dynos_on_hosts(&[host.to_owned()])
+            .dynos_on_hosts(&hosts)
             .await?
             .into_iter()
             .filter(|d| {
-                d.host_id == host
-                    && d.desired == Desired::Stopped
-                    && !running.contains(d.id.as_str())
+                d.desired == Desired::Stopped
+                    && running
+                        .get(d.host_id.as_str())
+                        .is_some_and(|ids| !ids.contains(d.id.as_str()))
             })
             .map(|d| d.id)
             .collect();
@@ -272,7 +320,27 @@ impl Cluster {
         host: &str,
         report: &DynoReport,
     ) -> Result<Option<Dyno>, StoreError> {
-        Ok(match self.reports.report(host, report).await? {
+        let outcome = self.reports.report(host, report).await?;
+        Ok(self.reported(host, report, outcome))
+    }
+
+    /// Records many reports as [`Cluster::report`] does each, in batches at once (a batch
+    /// of `Hello`s' dynos: `(host, report)`).
+    pub(crate) async fn report_all(
+        &self,
+        reports: &[(String, DynoReport)],
+    ) -> Result<(), StoreError> {
+        let outcomes = self.reports.report_all(reports).await?;
+        for ((host, report), outcome) in reports.iter().zip(outcomes) {
+            self.reported(host, report, outcome);
+        }
+        Ok(())
+    }
+
+    /// What a report did: the dyno as updated, or nothing (a refused or late report,
+    /// counted and logged).
+    fn reported(&self, host: &str, report: &DynoReport, outcome: Reported) -> Option<Dyno> {
+        match outcome {
             Reported::Updated(dyno) => Some(*dyno),
             Reported::Unknown => None,
             Reported::OtherHost(owner) => {
@@ -294,7 +362,7 @@ impl Cluster {
                 );
                 None
             }
-        })
+        }
     }
 
     /// The dynos last sent to `host`, by id.
@@ -430,6 +498,14 @@ impl Cluster {
     }
 }
 
+/// Whether a host not seen since this replica began to lead, `leading` ago, is still in
+/// the failover grace (see [`FAILOVER_GRACE_MAX`]); `since_hello`: how long ago any agent's
+/// `Hello` last arrived.
+fn in_failover_grace(leading: Duration, since_hello: Option<Duration>, deadline: Duration) -> bool {
+    let herd_arriving = since_hello.is_some_and(|since| since <= RECONNECT_GRACE);
+    leading <= deadline + RECONNECT_GRACE || (herd_arriving && leading <= FAILOVER_GRACE_MAX)
+}
+
 /// One dyno as its agent is told to run it.
 fn assignment(
     app: &App,
@@ -460,5 +536,48 @@ fn assignment(
             rows: u32::from(a.rows),
         }),
         egress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn every_host_gets_the_deadline_and_the_reconnect_grace_after_an_election() {
+        assert!(in_failover_grace(secs(0), None, DEADLINE));
+        assert!(in_failover_grace(
+            DEADLINE + RECONNECT_GRACE,
+            None,
+            DEADLINE
+        ));
+        // Nobody said Hello lately: the herd is in, and a host still away is lost.
+        assert!(!in_failover_grace(secs(16), None, DEADLINE));
+        assert!(!in_failover_grace(secs(30), Some(secs(11)), DEADLINE));
+    }
+
+    #[test]
+    fn the_grace_lasts_while_the_herd_arrives_up_to_its_cap() {
+        // Hellos still arriving: the absent hosts may be queued behind them.
+        assert!(in_failover_grace(secs(30), Some(secs(1)), DEADLINE));
+        assert!(in_failover_grace(
+            FAILOVER_GRACE_MAX,
+            Some(secs(0)),
+            DEADLINE
+        ));
+        // Never past the cap, however long agents keep arriving.
+        assert!(!in_failover_grace(
+            FAILOVER_GRACE_MAX + Duration::from_millis(1),
+            Some(secs(0)),
+            DEADLINE
+        ));
+        // A deadline longer than the cap still gets its own grace.
+        assert!(in_failover_grace(secs(70), None, secs(65)));
     }
 }

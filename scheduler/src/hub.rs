@@ -109,9 +109,13 @@ fn report_from_wire(s: &DynoStatus) -> Option<DynoReport> {
 }
 
 /// A `Hello`: the link and the dynos the agent runs, for the core.
-pub(crate) async fn connect(core: &Core, hello: &Hello, tx: LinkSender) -> Result<u64, StoreError> {
+pub(crate) async fn connect(
+    core: &Arc<Core>,
+    hello: Hello,
+    tx: LinkSender,
+) -> Result<u64, StoreError> {
     let reports: Vec<DynoReport> = hello.dynos.iter().filter_map(report_from_wire).collect();
-    core.agent_connected(hello, &reports, tx).await
+    core.agent_connected(hello, reports, tx).await
 }
 
 /// Hands one message after `Hello` to the core.
@@ -137,6 +141,10 @@ pub(crate) async fn agent_message(
 
 type LinkStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
 type AttachStream = Pin<Box<dyn Stream<Item = Result<AttachPacket, Status>> + Send>>;
+
+/// Messages read from an agent's link and not yet handled (reading waits beyond that, as
+/// an agent's own queue does: `link::OUTBOUND_BUFFER`).
+const INBOUND_QUEUE: usize = 4096;
 
 /// Packets in flight toward an agent's attach stream (the session waits beyond that).
 const ATTACH_QUEUE: usize = 16;
@@ -205,17 +213,32 @@ impl AgentLink for Hub {
         }
         self.check_cert(peer.as_ref(), &hello.host_id, "agent link")?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let serial = connect(&self.core, &hello, tx)
+        let host = hello.host_id.clone();
+        let serial = connect(&self.core, hello, tx)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        // The link is read apart from where its messages are handled: a message read is
+        // the host alive, even while the reports before it still wait for the store (a
+        // heartbeat queued behind a deploy's reports once made hosts look lost).
+        let (work, mut queued) = mpsc::channel::<AgentMessage>(INBOUND_QUEUE);
         let core = self.core.clone();
-        let host = hello.host_id.clone();
+        let handler = host.clone();
+        tokio::spawn(async move {
+            while let Some(message) = queued.recv().await {
+                if let Err(err) = agent_message(&core, &handler, message).await {
+                    tracing::warn!("host {handler}: {err}");
+                }
+            }
+            core.agent_disconnected(&handler, serial).await;
+        });
+        let core = self.core.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {
-                        if let Err(err) = agent_message(&core, &host, message).await {
-                            tracing::warn!("host {host}: {err}");
+                        core.cluster.seen(&host);
+                        if work.send(message).await.is_err() {
+                            break;
                         }
                     }
                     Ok(None) => break,
@@ -225,7 +248,6 @@ impl AgentLink for Hub {
                     }
                 }
             }
-            core.agent_disconnected(&host, serial).await;
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }

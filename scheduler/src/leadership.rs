@@ -81,6 +81,23 @@ impl Role {
         }
     }
 
+    /// How long a campaign sent at `now` may take. A follower's, a third of the lease
+    /// (its interval). A leader's, until its lease counted locally runs out, at least that
+    /// third: a renewal slowed by the store's queue (a herd of agents' writes) that still
+    /// ends within the lease keeps the leadership, where giving up after a third once made a
+    /// lone scheduler step down twice in a row and drop every agent's link. Waiting longer
+    /// is safe: [`Leadership::holds`] stops the leader acting at the lease's end whether or
+    /// not its campaign has answered.
+    pub fn campaign_timeout(&self, now: Instant, ttl: Duration) -> Duration {
+        let interval = ttl / 3;
+        match self {
+            Role::Leader { renewed, .. } => (*renewed + ttl)
+                .saturating_duration_since(now)
+                .max(interval),
+            Role::Follower { .. } => interval,
+        }
+    }
+
     /// The term this role leads in, if it leads.
     pub fn term(&self) -> Option<u64> {
         match self {
@@ -200,7 +217,7 @@ pub async fn campaign_forever(
         let sent = Instant::now();
         // A campaign that hangs is a failed one: it must not hold the leader past its lease.
         let outcome = match tokio::time::timeout(
-            every,
+            leadership.role().campaign_timeout(sent, candidate.ttl),
             store.campaign(&candidate.holder, &candidate.address, candidate.ttl),
         )
         .await
@@ -219,7 +236,7 @@ pub async fn campaign_forever(
                 Outcome::Failed
             }
             Err(_) => {
-                tracing::warn!("leadership campaign took longer than {every:?}");
+                tracing::warn!("leadership campaign took longer than {:?}", sent.elapsed());
                 Outcome::Failed
             }
         };
@@ -316,6 +333,18 @@ mod tests {
             leader: Some("https://b:8750".to_owned()),
         };
         assert_eq!(follower.after(Outcome::Failed, late, late, TTL), follower);
+    }
+
+    #[test]
+    fn a_leaders_campaign_may_take_until_its_lease_runs_out() {
+        let t0 = Instant::now();
+        let third = TTL / 3;
+        let follower = Role::Follower { leader: None };
+        assert_eq!(follower.campaign_timeout(t0, TTL), third);
+        // Renewed at t0 and campaigning again a third later: two thirds remain.
+        assert_eq!(leader(4, t0).campaign_timeout(t0 + third, TTL), TTL - third);
+        // Never less than a third, even with the lease nearly out.
+        assert_eq!(leader(4, t0).campaign_timeout(t0 + TTL, TTL), third);
     }
 
     #[test]

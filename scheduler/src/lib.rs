@@ -15,6 +15,7 @@
 
 pub mod acme;
 pub mod addons;
+mod admission;
 pub mod api;
 pub mod attach;
 pub mod auth;

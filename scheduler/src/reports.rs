@@ -54,19 +54,50 @@ impl Reports {
         host: &str,
         report: &DynoReport,
     ) -> Result<Reported, StoreError> {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(writer(self.store.clone(), rx));
-            tx
-        });
         let (tx, rx) = oneshot::channel();
-        if queue.send((host.to_owned(), report.clone(), tx)).is_ok() {
+        if self
+            .queue()
+            .send((host.to_owned(), report.clone(), tx))
+            .is_ok()
+        {
             if let Ok(outcome) = rx.await {
                 return outcome;
             }
         }
         // The writer is gone (its runtime ended): write it here.
         self.store.report_dyno(host, report).await
+    }
+
+    /// Records many reports (a batch of `Hello`s' dynos) in the next batches at once,
+    /// rather than one after another's commit; their outcomes in the order given.
+    pub(crate) async fn report_all(
+        &self,
+        reports: &[(String, DynoReport)],
+    ) -> Result<Vec<Reported>, StoreError> {
+        let queue = self.queue();
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for (host, report) in reports {
+            let (tx, rx) = oneshot::channel();
+            let _ = queue.send((host.clone(), report.clone(), tx));
+            outcomes.push(rx);
+        }
+        let mut out = Vec::with_capacity(reports.len());
+        for ((host, report), rx) in reports.iter().zip(outcomes) {
+            out.push(match rx.await {
+                Ok(outcome) => outcome?,
+                // The writer is gone (its runtime ended): write it here.
+                Err(_) => self.store.report_dyno(host, report).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn queue(&self) -> &mpsc::UnboundedSender<Queued> {
+        self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(writer(self.store.clone(), rx));
+            tx
+        })
     }
 }
 

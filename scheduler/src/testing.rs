@@ -45,7 +45,7 @@ pub(crate) const STACK: &str = "heroku-24";
 /// A scheduler in a temp dir.
 pub(crate) struct Harness {
     pub(crate) core: Arc<Core>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Settings for tests: a heartbeat deadline of `heartbeat` (short where a test loses a
@@ -93,7 +93,7 @@ impl Harness {
             settings,
             Arc::new(crate::leadership::Leadership::sole(1)),
         );
-        Harness { core, _dir: dir }
+        Harness { core, dir }
     }
 
     /// Calls the REST API as a user would (with the API token); the status and JSON body.
@@ -199,7 +199,6 @@ impl Harness {
         stacks: &[&str],
         services: Vec<ServiceStatus>,
     ) -> FakeAgent {
-        let (tx, rx) = mpsc::unbounded_channel();
         let hello = Hello {
             host_id: host.into(),
             address: address.into(),
@@ -212,17 +211,58 @@ impl Harness {
             generation: 0,
             services,
         };
-        let serial = crate::hub::connect(&self.core, &hello, tx)
+        self.hello(hello).await
+    }
+
+    /// Connects a fake agent for `host` whose `Hello` says it runs `dynos` (ids), all up
+    /// (as an agent that kept its dynos through a scheduler restart says).
+    pub(crate) async fn agent_running(&self, host: &str, dynos: &[String]) -> FakeAgent {
+        let mut hello = Hello {
+            host_id: host.into(),
+            address: "127.0.0.1".into(),
+            capacity: Some(Capacity {
+                memory_bytes: 16 << 30,
+                dyno_slots: 64,
+            }),
+            stacks: vec![STACK.to_string()],
+            ..Hello::default()
+        };
+        hello.dynos = dynos
+            .iter()
+            .map(|id| DynoStatus {
+                id: id.clone(),
+                state: WireState::Up.into(),
+                changed_at_ms: OffsetDateTime::now_utc().unix_timestamp() * 1000,
+                exit_status: None,
+                reason: String::new(),
+                port: 30001,
+            })
+            .collect();
+        self.hello(hello).await
+    }
+
+    async fn hello(&self, hello: Hello) -> FakeAgent {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let host = hello.host_id.clone();
+        let serial = crate::hub::connect(&self.core, hello, tx)
             .await
             .expect("hello");
         FakeAgent {
-            host: host.into(),
+            host,
             core: self.core.clone(),
             rx,
             serial,
             assigned: Vec::new(),
             last: None,
         }
+    }
+
+    /// The scheduler restarted: a new process (a new [`Core`]) on the same database and
+    /// blobs, which knows nothing of the agents until they say `Hello` again.
+    pub(crate) async fn restarted(self) -> Harness {
+        let settings = self.core.settings.clone();
+        let blobs = self.core.blobs.clone();
+        Harness::in_dir(self.dir, settings, blobs).await
     }
 
     /// The route the router has for `app` now.

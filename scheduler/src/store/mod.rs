@@ -93,8 +93,21 @@ pub enum StoreError {
     AttachmentNotFound(String),
     #[error("{attachment} is the last attachment of {addon}: destroy the add-on instead (addons:destroy)")]
     LastAttachment { addon: String, attachment: String },
+    /// A `Hello` whose admission ended without an outcome: the scheduler is stopping.
+    #[error("the scheduler is stopping: the agent's Hello was not admitted")]
+    Stopping,
     #[error("cannot migrate the database")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// What an agent's `Hello` says of its host.
+#[derive(Debug, Clone, Copy)]
+pub struct HostHello<'a> {
+    pub id: &'a str,
+    pub address: &'a str,
+    pub memory_bytes: u64,
+    pub dyno_slots: u32,
+    pub stacks: &'a [String],
 }
 
 /// How a build ended.
@@ -404,17 +417,14 @@ pub trait Store: AddonStore + Send + Sync + 'static {
         reports: &[(String, DynoReport)],
     ) -> Result<Vec<Reported>, StoreError>;
 
-    /// Records a `Hello`: inserts the host or updates its address, capacity, stacks and
-    /// `last_seen`, keeping its generation and draining flag.
-    async fn upsert_host(
+    /// Records agents' `Hello`s, all in one transaction: inserts each host or updates its
+    /// address, capacity, stacks and `last_seen`, keeping its generation and draining flag.
+    /// Returns the hosts as stored, in the order given (a host named twice: as last said).
+    async fn upsert_hosts(
         &self,
-        id: &str,
-        address: &str,
-        memory_bytes: u64,
-        dyno_slots: u32,
-        stacks: &[String],
+        hosts: &[HostHello<'_>],
         seen: OffsetDateTime,
-    ) -> Result<Host, StoreError>;
+    ) -> Result<Vec<Host>, StoreError>;
     async fn hosts(&self) -> Result<Vec<Host>, StoreError>;
     async fn set_draining(&self, id: &str, draining: bool) -> Result<Host, StoreError>;
 }

@@ -7,45 +7,46 @@ use sqlx::{AnyConnection, Row};
 use time::OffsetDateTime;
 
 use crate::model::Host;
-use crate::store::StoreError;
+use crate::store::{HostHello, StoreError};
 
 use super::batch::{bind_all, list, CHUNK};
 use super::rows::{host_from_row, timestamp, to_i64, to_json};
 use super::SqlStore;
 
-pub(super) async fn upsert_host(
+pub(super) async fn upsert_hosts(
     store: &SqlStore,
-    id: &str,
-    address: &str,
-    memory_bytes: u64,
-    dyno_slots: u32,
-    stacks: &[String],
+    hosts: &[HostHello<'_>],
     seen: OffsetDateTime,
-) -> Result<Host, StoreError> {
+) -> Result<Vec<Host>, StoreError> {
     let mut tx = store.write().await?;
     let seen = timestamp(seen)?;
-    let row = sqlx::query(
-        "INSERT INTO hosts (id, address, memory_bytes, dyno_slots, stacks, generation,
-                            draining, first_seen, last_seen)
-         VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $7)
-         ON CONFLICT (id) DO UPDATE
-         SET address = excluded.address, memory_bytes = excluded.memory_bytes,
-             dyno_slots = excluded.dyno_slots, stacks = excluded.stacks,
-             last_seen = excluded.last_seen
-         RETURNING *",
-    )
-    .bind(id)
-    .bind(address)
-    .bind(to_i64(memory_bytes)?)
-    .bind(i64::from(dyno_slots))
-    .bind(to_json(stacks)?)
-    .bind(&seen)
-    .bind(&seen)
-    .fetch_one(&mut *tx)
-    .await?;
-    let host = host_from_row(&row)?;
+    let mut out = Vec::with_capacity(hosts.len());
+    // One statement per host: a multi-row upsert may not touch a row twice (PostgreSQL
+    // refuses it), and a redialling agent's two `Hello`s may share a batch.
+    for host in hosts {
+        let row = sqlx::query(
+            "INSERT INTO hosts (id, address, memory_bytes, dyno_slots, stacks, generation,
+                                draining, first_seen, last_seen)
+             VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $7)
+             ON CONFLICT (id) DO UPDATE
+             SET address = excluded.address, memory_bytes = excluded.memory_bytes,
+                 dyno_slots = excluded.dyno_slots, stacks = excluded.stacks,
+                 last_seen = excluded.last_seen
+             RETURNING *",
+        )
+        .bind(host.id)
+        .bind(host.address)
+        .bind(to_i64(host.memory_bytes)?)
+        .bind(i64::from(host.dyno_slots))
+        .bind(to_json(host.stacks)?)
+        .bind(&seen)
+        .bind(&seen)
+        .fetch_one(&mut *tx)
+        .await?;
+        out.push(host_from_row(&row)?);
+    }
     tx.commit().await?;
-    Ok(host)
+    Ok(out)
 }
 
 pub(super) async fn hosts(store: &SqlStore) -> Result<Vec<Host>, StoreError> {
@@ -114,17 +115,19 @@ mod tests {
             |db| async move {
                 let store = db.open().await;
                 let first = OffsetDateTime::now_utc() - TimeDuration::minutes(5);
+                let old_stacks = ["heroku-22".to_owned()];
+                let hello = HostHello {
+                    id: "h1",
+                    address: "10.0.0.1:7000",
+                    memory_bytes: 1 << 30,
+                    dyno_slots: 4,
+                    stacks: &old_stacks,
+                };
                 let host = store
-                    .upsert_host(
-                        "h1",
-                        "10.0.0.1:7000",
-                        1 << 30,
-                        4,
-                        &["heroku-22".to_owned()],
-                        first,
-                    )
+                    .upsert_hosts(&[hello], first)
                     .await
-                    .expect("insert");
+                    .expect("insert")
+                    .remove(0);
                 assert_eq!(host.generation, 0);
                 assert!(!host.draining);
                 assert_eq!(host.first_seen, first);
@@ -143,10 +146,27 @@ mod tests {
 
                 let later = OffsetDateTime::now_utc();
                 let stacks = vec!["heroku-22".to_owned(), "heroku-24".to_owned()];
-                let host = store
-                    .upsert_host("h1", "10.0.0.2:7000", 2 << 30, 8, &stacks, later)
+                let new_hello = HostHello {
+                    address: "10.0.0.2:7000",
+                    memory_bytes: 2 << 30,
+                    dyno_slots: 8,
+                    stacks: &stacks,
+                    ..hello
+                };
+                let other = HostHello {
+                    id: "h2",
+                    ..new_hello
+                };
+                // A batch of Hellos may name a host twice (its agent redialled): the last
+                // one counts, in one transaction.
+                let mut upserted = store
+                    .upsert_hosts(&[hello, other, new_hello], later)
                     .await
                     .expect("update");
+                assert_eq!(upserted.len(), 3);
+                let h2 = upserted.remove(1);
+                assert_eq!((h2.id.as_str(), h2.generation), ("h2", 0));
+                let host = upserted.remove(1);
                 assert_eq!(host.address, "10.0.0.2:7000");
                 assert_eq!(host.memory_bytes, 2 << 30);
                 assert_eq!(host.dyno_slots, 8);
@@ -155,7 +175,7 @@ mod tests {
                 assert!(host.draining, "draining kept");
                 assert_eq!(host.first_seen, first, "first_seen kept");
                 assert_eq!(host.last_seen, later);
-                assert_eq!(store.hosts().await.expect("hosts"), vec![host]);
+                assert_eq!(store.hosts().await.expect("hosts"), vec![host, h2]);
                 assert!(matches!(
                     store.set_draining("nope", true).await,
                     Err(StoreError::HostNotFound(id)) if id == "nope"

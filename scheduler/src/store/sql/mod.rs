@@ -48,8 +48,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BuildOutcome, DynoChanges, Fence, Leadership, NewReviewApp, Promoted, Reported, Store,
-    StoreError,
+    BuildOutcome, DynoChanges, Fence, HostHello, Leadership, NewReviewApp, Promoted, Reported,
+    Store, StoreError,
 };
 use crate::model::{
     App, Build, Cert, Domain, Dyno, DynoReport, DynoState, Formation, FormationUpdate, Host,
@@ -94,6 +94,8 @@ const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// The leader's lease's own connection (see `open`).
+    lease_pool: AnyPool,
     dialect: Dialect,
     /// The lease every write must still hold, if any ([`Store::set_fence`]); shared by
     /// the store's clones.
@@ -133,42 +135,26 @@ impl SqlStore {
         // One connection first, so an unreachable database fails now with its own error
         // (the pool would retry a refused connection until its timeout and say only that).
         options.connect().await.map_err(connect)?.close().await?;
-        let pool = AnyPoolOptions::new()
+        // The lease has a connection of its own: under a herd of agents' `Hello`s the shared
+        // pool's queue can be hundreds of tasks long, and a campaign waiting its turn there
+        // took longer than its interval, so a lone scheduler lost its own lease and refused
+        // every agent (BENCHMARKS.md, "The restart herd"). On its own connection a campaign
+        // waits for the one write in progress at most (the write lock is still shared, which
+        // is what fencing needs).
+        let pool = pool_options(dialect)
             .max_connections(MAX_CONNECTIONS)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        // FULL rather than WAL's usual NORMAL: a committed change must survive
-                        // a power loss, since the scheduler has told an agent or a user about
-                        // it. Foreign keys are on by sqlx's default.
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute(&*format!(
-                            "PRAGMA busy_timeout = {}",
-                            BUSY_TIMEOUT.as_millis()
-                        ))
-                        .await?;
-                    } else {
-                        // A replica cut off from the database in the middle of a write
-                        // leaves its server-side session idle in its transaction, holding
-                        // the write lock (an advisory lock) until TCP gives up, minutes
-                        // later: no replica could campaign meanwhile. The store's
-                        // transactions never wait on anything but the database, so the
-                        // server ends one idle this long and the lock with it.
-                        conn.execute(&*format!(
-                            "SET idle_in_transaction_session_timeout = {}",
-                            IDLE_IN_TRANSACTION.as_millis()
-                        ))
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
+            .connect_with(options.clone())
+            .await
+            .map_err(connect)?;
+        let lease_pool = pool_options(dialect)
+            .max_connections(1)
             .connect_with(options)
             .await
             .map_err(connect)?;
         dialect.migrator().run(&pool).await?;
         Ok(SqlStore {
             pool,
+            lease_pool,
             dialect,
             fence: Arc::new(Mutex::new(None)),
         })
@@ -189,9 +175,13 @@ impl SqlStore {
         Ok(tx)
     }
 
-    /// A transaction that will write, whoever holds the lease: the lease's own.
+    /// A transaction that will write, whoever holds the lease: the lease's own, on the
+    /// lease's own connection.
     async fn write_unfenced(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let mut tx = self
+            .lease_pool
+            .begin_with(self.dialect.begin_write())
+            .await?;
         if let Some(lock) = self.dialect.write_lock() {
             sqlx::query(&lock).execute(&mut *tx).await?;
         }
@@ -202,6 +192,38 @@ impl SqlStore {
     async fn read(&self) -> Result<Transaction<'static, Any>, StoreError> {
         Ok(self.pool.begin_with(self.dialect.begin_read()).await?)
     }
+}
+
+/// The pool's settings shared by the store's pools: each connection's session settings.
+fn pool_options(dialect: Dialect) -> AnyPoolOptions {
+    AnyPoolOptions::new().after_connect(move |conn, _| {
+        Box::pin(async move {
+            if dialect == Dialect::Sqlite {
+                // FULL rather than WAL's usual NORMAL: a committed change must survive
+                // a power loss, since the scheduler has told an agent or a user about
+                // it. Foreign keys are on by sqlx's default.
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute(&*format!(
+                    "PRAGMA busy_timeout = {}",
+                    BUSY_TIMEOUT.as_millis()
+                ))
+                .await?;
+            } else {
+                // A replica cut off from the database in the middle of a write
+                // leaves its server-side session idle in its transaction, holding
+                // the write lock (an advisory lock) until TCP gives up, minutes
+                // later: no replica could campaign meanwhile. The store's
+                // transactions never wait on anything but the database, so the
+                // server ends one idle this long and the lock with it.
+                conn.execute(&*format!(
+                    "SET idle_in_transaction_session_timeout = {}",
+                    IDLE_IN_TRANSACTION.as_millis()
+                ))
+                .await?;
+            }
+            Ok(())
+        })
+    })
 }
 
 /// Each operation lives with its aggregate's module; this only dispatches to it.
@@ -533,16 +555,12 @@ impl Store for SqlStore {
         dynos::report_dynos(self, reports).await
     }
 
-    async fn upsert_host(
+    async fn upsert_hosts(
         &self,
-        id: &str,
-        address: &str,
-        memory_bytes: u64,
-        dyno_slots: u32,
-        stacks: &[String],
+        hosts: &[HostHello<'_>],
         seen: OffsetDateTime,
-    ) -> Result<Host, StoreError> {
-        hosts::upsert_host(self, id, address, memory_bytes, dyno_slots, stacks, seen).await
+    ) -> Result<Vec<Host>, StoreError> {
+        hosts::upsert_hosts(self, hosts, seen).await
     }
 
     async fn hosts(&self) -> Result<Vec<Host>, StoreError> {

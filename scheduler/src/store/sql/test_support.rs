@@ -20,7 +20,7 @@ pub(super) use crate::model::{
     App, Build, BuildStatus, Dyno, DynoState, FormationUpdate, Host, Release, ReleaseStatus, Slug,
     DEFAULT_SIZE,
 };
-pub(super) use crate::store::{BuildOutcome, DynoChanges, Store};
+pub(super) use crate::store::{BuildOutcome, DynoChanges, HostHello, Store};
 
 pub(super) use super::{Database, SqlStore};
 
@@ -178,17 +178,20 @@ pub(super) fn new_dyno(app: &App, name: &str, host_id: &str) -> Dyno {
 }
 
 pub(super) async fn add_host(store: &SqlStore, id: &str) -> Host {
+    let address = format!("{id}:7000");
+    let stacks = ["heroku-24".to_owned()];
+    let hello = HostHello {
+        id,
+        address: &address,
+        memory_bytes: 8 << 30,
+        dyno_slots: 16,
+        stacks: &stacks,
+    };
     store
-        .upsert_host(
-            id,
-            &format!("{id}:7000"),
-            8 << 30,
-            16,
-            &["heroku-24".to_owned()],
-            OffsetDateTime::now_utc(),
-        )
+        .upsert_hosts(&[hello], OffsetDateTime::now_utc())
         .await
         .expect("upsert host")
+        .remove(0)
 }
 
 pub(super) async fn generation(store: &SqlStore, id: &str) -> u64 {
