@@ -18,11 +18,42 @@ use nix::unistd::Pid;
 static WARM: Mutex<()> = Mutex::new(());
 
 /// This binary's warm shims that a start from this process would be handed: (pid, socket).
-/// Others may wait beside them, each under a socket of its own (left by another build of the
-/// binary, or by a starter with another `oom_score_adj`, as `isolation_host` is, or another
-/// environment).
+/// Others may wait beside them, each under a socket of its own: left by another build of the
+/// binary, or by a starter that gave its shim another OOM score (as `isolation_host` does),
+/// another environment (as `isolation_network`'s agent config does) or another cgroup. A
+/// waiting shim has joined nothing yet, so those read from `/proc` are its spawner's.
 fn warm_shims() -> Vec<(i32, PathBuf)> {
-    let ours = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    warm_shims_with(&[])
+}
+
+/// [`warm_shims`] of a start from this process given these environment variables as well.
+fn warm_shims_with(extra: &[(&str, &str)]) -> Vec<(i32, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    let ours = |name: &str| std::fs::read(format!("/proc/self/{name}")).unwrap();
+    let environ = |bytes: Vec<u8>| {
+        let mut vars: Vec<Vec<u8>> = bytes
+            .split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        vars.sort();
+        vars
+    };
+    let mut env: Vec<u8> = Vec::new();
+    let vars = std::env::vars_os()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .chain(
+            extra
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())),
+        );
+    for (k, v) in vars {
+        env.extend(k);
+        env.push(b'=');
+        env.extend(v);
+        env.push(0);
+    }
+    let (oom, cgroup, env) = (ours("oom_score_adj"), ours("cgroup"), environ(env));
     let bin = std::fs::canonicalize(BIN).unwrap();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -36,8 +67,11 @@ fn warm_shims() -> Vec<(i32, PathBuf)> {
             .split(|&b| b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
+        let theirs = |name: &str| std::fs::read(entry.path().join(name)).unwrap_or_default();
         let same_start = std::fs::read_link(entry.path().join("exe")).is_ok_and(|e| e == bin)
-            && std::fs::read_to_string(entry.path().join("oom_score_adj")).is_ok_and(|o| o == ours);
+            && theirs("oom_score_adj") == oom
+            && theirs("cgroup") == cgroup
+            && environ(theirs("environ")) == env;
         if args.len() >= 4
             && args[0] == BIN
             && args[1] == "shim"
@@ -205,7 +239,7 @@ fn a_starter_with_other_inherited_attributes_gets_a_warm_shim_of_its_own() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let other = loop {
-        let others: Vec<_> = warm_shims()
+        let others: Vec<_> = warm_shims_with(&[("MANIFOLD_WARM_TEST", "other")])
             .into_iter()
             .filter(|(pid, s)| *pid != warm && *s != socket && polling(*pid))
             .collect();
